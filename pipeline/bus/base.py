@@ -1,0 +1,83 @@
+"""The Bus interface: publish with a key, consume in batches, commit after processing."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+    timestamp_ms: int
+
+
+class Consumer(ABC):
+    """A member of a consumer group reading some topics.
+
+    ``poll`` returns the next batch; ``commit`` marks everything returned by ``poll`` so far as processed,
+    so call it only once the batch's effects are durable (at-least-once).
+    """
+
+    @abstractmethod
+    def poll(self, max_records: int = 500, timeout_s: float = 1.0) -> list[Message]: ...
+
+    @abstractmethod
+    def commit(self) -> None: ...
+
+    @abstractmethod
+    def seek_to_beginning(self) -> None: ...
+
+    @abstractmethod
+    def seek_to_time(self, timestamp_ms: int) -> None:
+        """Re-position every assigned partition at the first message at or after ``timestamp_ms``."""
+
+    @abstractmethod
+    def end_offsets(self) -> dict[tuple[str, int], int]:
+        """The next offset to be written per (topic, partition): 'caught up' means position == end."""
+
+    @abstractmethod
+    def positions(self) -> dict[tuple[str, int], int]: ...
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    def __enter__(self) -> Consumer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Bus(ABC):
+    @abstractmethod
+    def publish(self, topic: str, key: str | bytes | None, value: bytes) -> None:
+        """Queue one message. Messages with the same key keep their order."""
+
+    @abstractmethod
+    def flush(self, timeout_s: float | None = None) -> None:
+        """Block until every published message is stored by the bus."""
+
+    @abstractmethod
+    def consumer(self, topics: Iterable[str], group: str, *, from_beginning: bool = True) -> Consumer:
+        """Join ``group`` reading ``topics``; with no committed offset, start at the beginning or the end."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    def __enter__(self) -> Bus:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def encode_key(key: str | bytes | None) -> bytes | None:
+    if key is None or isinstance(key, bytes):
+        return key
+    return key.encode("utf-8")

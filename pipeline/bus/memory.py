@@ -1,0 +1,195 @@
+"""The in-process bus: the embedded default, one process, no broker.
+
+It keeps Kafka's semantics where they matter to callers — partitions chosen by key, consumer groups that
+share partitions, committed offsets, seeking by time — so that the same service code runs on Kafka.
+Memory is bounded: each partition keeps at most ``retention`` messages (the oldest are dropped, and a
+consumer that fell that far behind skips ahead, as a Kafka consumer past retention would).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import zlib
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from pipeline.bus.base import Bus, Consumer, Message, encode_key
+from pipeline.bus.topics import TopicSpec, default_topics
+
+
+@dataclass
+class _Partition:
+    base: int = 0  # offset of messages[0]
+    messages: deque[Message] = field(default_factory=deque)
+
+    @property
+    def end(self) -> int:
+        return self.base + len(self.messages)
+
+
+@dataclass
+class _Group:
+    members: list[MemoryConsumer] = field(default_factory=list)
+    committed: dict[tuple[str, int], int] = field(default_factory=dict)
+
+
+class MemoryBus(Bus):
+    def __init__(self, topics: Iterable[TopicSpec] | None = None, *, retention: int = 1_000_000) -> None:
+        self._lock = threading.Condition()
+        self._topics: dict[str, list[_Partition]] = {}
+        self._compacted: set[str] = set()
+        self._groups: dict[str, _Group] = {}
+        self._retention = retention
+        self._closed = False
+        for spec in topics if topics is not None else default_topics():
+            self.create_topic(spec)
+
+    def create_topic(self, spec: TopicSpec) -> None:
+        with self._lock:
+            if spec.name not in self._topics:
+                self._topics[spec.name] = [_Partition() for _ in range(max(1, spec.partitions))]
+                if spec.compacted:
+                    self._compacted.add(spec.name)
+
+    def _partitions(self, topic: str) -> list[_Partition]:
+        if topic not in self._topics:
+            # Like a broker with auto-creation: an unknown topic gets the default shape.
+            self._topics[topic] = [_Partition() for _ in range(3)]
+        return self._topics[topic]
+
+    def publish(self, topic: str, key: str | bytes | None, value: bytes) -> None:
+        raw_key = encode_key(key)
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("bus is closed")
+            parts = self._partitions(topic)
+            index = zlib.crc32(raw_key) % len(parts) if raw_key is not None else 0
+            part = parts[index]
+            part.messages.append(Message(topic, index, part.end, raw_key, value, int(time.time() * 1000)))
+            # Compacted topics are the revocation feed: small, and every entry must stay readable.
+            if topic not in self._compacted and len(part.messages) > self._retention:
+                part.messages.popleft()
+                part.base += 1
+            self._lock.notify_all()
+
+    def flush(self, timeout_s: float | None = None) -> None:
+        """Publishing is synchronous here: nothing is ever pending."""
+
+    def consumer(self, topics: Iterable[str], group: str, *, from_beginning: bool = True) -> MemoryConsumer:
+        with self._lock:
+            member = MemoryConsumer(self, list(topics), group, from_beginning)
+            self._groups.setdefault(group, _Group()).members.append(member)
+            for topic in member.topics:
+                self._partitions(topic)
+            return member
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            self._lock.notify_all()
+
+    # -- used by MemoryConsumer, always under self._lock ---------------------------------------------
+
+    def _assignment(self, member: MemoryConsumer) -> list[tuple[str, int]]:
+        group = self._groups[member.group]
+        index = group.members.index(member)
+        count = len(group.members)
+        assigned = []
+        for topic in member.topics:
+            for p in range(len(self._topics[topic])):
+                if p % count == index:
+                    assigned.append((topic, p))
+        return assigned
+
+    def _leave(self, member: MemoryConsumer) -> None:
+        group = self._groups.get(member.group)
+        if group and member in group.members:
+            group.members.remove(member)
+
+
+class MemoryConsumer(Consumer):
+    def __init__(self, bus: MemoryBus, topics: list[str], group: str, from_beginning: bool) -> None:
+        self.bus = bus
+        self.topics = topics
+        self.group = group
+        self._from_beginning = from_beginning
+        self._positions: dict[tuple[str, int], int] = {}
+        self._closed = False
+
+    def _position(self, tp: tuple[str, int]) -> int:
+        pos = self._positions.get(tp)
+        if pos is None:
+            committed = self.bus._groups[self.group].committed.get(tp)
+            part = self.bus._topics[tp[0]][tp[1]]
+            if committed is not None:
+                pos = committed
+            else:
+                pos = part.base if self._from_beginning else part.end
+            self._positions[tp] = pos
+        return pos
+
+    def poll(self, max_records: int = 500, timeout_s: float = 1.0) -> list[Message]:
+        deadline = time.monotonic() + timeout_s
+        with self.bus._lock:
+            while True:
+                if self._closed or self.bus._closed:
+                    return []
+                batch = self._take(max_records)
+                if batch:
+                    return batch
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return []
+                self.bus._lock.wait(remaining)
+
+    def _take(self, max_records: int) -> list[Message]:
+        batch: list[Message] = []
+        for tp in self.bus._assignment(self):
+            if len(batch) >= max_records:
+                break
+            part = self.bus._topics[tp[0]][tp[1]]
+            pos = max(self._position(tp), part.base)
+            take = min(part.end - pos, max_records - len(batch))
+            if take > 0:
+                start = pos - part.base
+                batch.extend(part.messages[i] for i in range(start, start + take))
+                pos += take
+            self._positions[tp] = pos
+        return batch
+
+    def commit(self) -> None:
+        with self.bus._lock:
+            committed = self.bus._groups[self.group].committed
+            committed.update(self._positions)
+
+    def seek_to_beginning(self) -> None:
+        with self.bus._lock:
+            for tp in self.bus._assignment(self):
+                self._positions[tp] = self.bus._topics[tp[0]][tp[1]].base
+
+    def seek_to_time(self, timestamp_ms: int) -> None:
+        with self.bus._lock:
+            for tp in self.bus._assignment(self):
+                part = self.bus._topics[tp[0]][tp[1]]
+                pos = part.end
+                for message in part.messages:
+                    if message.timestamp_ms >= timestamp_ms:
+                        pos = message.offset
+                        break
+                self._positions[tp] = pos
+
+    def end_offsets(self) -> dict[tuple[str, int], int]:
+        with self.bus._lock:
+            return {tp: self.bus._topics[tp[0]][tp[1]].end for tp in self.bus._assignment(self)}
+
+    def positions(self) -> dict[tuple[str, int], int]:
+        with self.bus._lock:
+            return {tp: self._position(tp) for tp in self.bus._assignment(self)}
+
+    def close(self) -> None:
+        with self.bus._lock:
+            self._closed = True
+            self.bus._leave(self)
+            self.bus._lock.notify_all()

@@ -1,0 +1,511 @@
+"""The three records that travel on the bus: token-usage/1, alert/1 and revocation/1.
+
+Each record is a frozen dataclass with
+
+* ``to_dict()`` / ``to_json()`` — the wire form (one JSON object per message, ``schema`` names the version);
+* ``from_dict()`` / ``from_json()`` — strict parsing that raises :class:`RecordError` naming the field and
+  the offending value, never a bare ``KeyError``/``TypeError`` traceback;
+* an Arrow schema (``TOKEN_USAGE_ARROW`` ...) for the Parquet archive.
+
+This module is the bottom of the dependency graph: it imports nothing from the rest of ``pipeline``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, ClassVar, Literal, Self
+
+import orjson
+import pyarrow as pa
+
+TOKEN_USAGE_SCHEMA = "token-usage/1"
+ALERT_SCHEMA = "alert/1"
+REVOCATION_SCHEMA = "revocation/1"
+
+Outcome = Literal["accepted", "rejected"]
+OUTCOMES: frozenset[str] = frozenset({"accepted", "rejected"})
+
+#: Every reason a validation can fail with; an accepted event has reason ``None``.
+REASONS: tuple[str, ...] = (
+    "malformed",
+    "bad_signature",
+    "alg_not_allowed",
+    "unknown_kid",
+    "expired",
+    "not_yet_valid",
+    "issuer",
+    "audience",
+    "missing_claim",
+    "type",
+    "revoked",
+    "replayed",
+    "too_large",
+    "weak_key",
+)
+REASON_SET: frozenset[str] = frozenset(REASONS)
+
+ENTITY_TYPES: frozenset[str] = frozenset({"jti", "sub", "ip"})
+SEVERITIES: tuple[str, ...] = ("low", "medium", "high", "critical")
+ALERT_ACTIONS: frozenset[str] = frozenset({"none", "revoked", "revocation_suppressed"})
+REVOCATION_KINDS: frozenset[str] = frozenset({"jti", "sub"})
+REVOCATION_SOURCES: frozenset[str] = frozenset({"auto", "manual"})
+
+# Wire values are bounded so that one hostile message cannot balloon memory downstream.
+MAX_STRING = 8192
+
+
+class RecordError(ValueError):
+    """A record could not be parsed. ``field`` names the culprit, ``value`` is a short repr of it."""
+
+    def __init__(self, record: str, field_name: str, value: object, problem: str) -> None:
+        shown = repr(value)
+        if len(shown) > 80:
+            shown = shown[:77] + "..."
+        super().__init__(f"{record}: field {field_name!r} = {shown}: {problem}")
+        self.record = record
+        self.field = field_name
+        self.value = value
+        self.problem = problem
+
+
+# --------------------------------------------------------------------------------------------- time
+
+
+def format_ts(moment: datetime | float) -> str:
+    """RFC 3339, UTC, millisecond precision, ``Z`` suffix — the one timestamp form on the wire."""
+    if isinstance(moment, int | float):
+        moment = datetime.fromtimestamp(moment, tz=UTC)
+    elif moment.tzinfo is None:
+        raise ValueError("naive datetime: jwtwatch timestamps are always UTC")
+    moment = moment.astimezone(UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def parse_ts(text: str) -> datetime:
+    """Parse an RFC 3339 timestamp that carries an explicit offset; returns an aware UTC datetime."""
+    moment = datetime.fromisoformat(text)
+    if moment.tzinfo is None:
+        raise ValueError("timestamp has no UTC offset")
+    return moment.astimezone(UTC)
+
+
+def ts_to_epoch_ms(text: str) -> int:
+    return int(parse_ts(text).timestamp() * 1000)
+
+
+# ------------------------------------------------------------------------------------ field checks
+
+Check = Callable[[str, str, object], object]
+
+
+def _fail(record: str, name: str, value: object, problem: str) -> RecordError:
+    return RecordError(record, name, value, problem)
+
+
+def _str(record: str, name: str, value: object) -> str:
+    if not isinstance(value, str):
+        raise _fail(record, name, value, "must be a string")
+    if len(value) > MAX_STRING:
+        raise _fail(record, name, value, f"longer than {MAX_STRING} characters")
+    return value
+
+
+def _opt_str(record: str, name: str, value: object) -> str | None:
+    return None if value is None else _str(record, name, value)
+
+
+def _opt_int(record: str, name: str, value: object) -> int | None:
+    if value is None:
+        return None
+    # bool is an int subclass; a JSON true is not a NumericDate.
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _fail(record, name, value, "must be an integer or null")
+    return value
+
+
+def _number(record: str, name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _fail(record, name, value, "must be a number")
+    return float(value)
+
+
+def _ts(record: str, name: str, value: object) -> str:
+    text = _str(record, name, value)
+    try:
+        parse_ts(text)
+    except ValueError as exc:
+        raise _fail(record, name, value, f"not an RFC 3339 timestamp with offset ({exc})") from None
+    return text
+
+
+def _opt_ts(record: str, name: str, value: object) -> str | None:
+    return None if value is None else _ts(record, name, value)
+
+
+def _uuid(record: str, name: str, value: object) -> str:
+    text = _str(record, name, value)
+    try:
+        uuid.UUID(text)
+    except ValueError:
+        raise _fail(record, name, value, "not a UUID") from None
+    return text
+
+
+def _ip(record: str, name: str, value: object) -> str:
+    text = _str(record, name, value)
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        raise _fail(record, name, value, "not an IP address") from None
+    return text
+
+
+def _one_of(allowed: frozenset[str] | tuple[str, ...], optional: bool = False) -> Check:
+    def check(record: str, name: str, value: object) -> object:
+        if value is None and optional:
+            return None
+        if not isinstance(value, str) or value not in allowed:
+            raise _fail(record, name, value, f"must be one of {sorted(allowed)}")
+        return value
+
+    return check
+
+
+def _str_map(record: str, name: str, value: object) -> dict[str, Any]:
+    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+        raise _fail(record, name, value, "must be an object with string keys")
+    return value
+
+
+def _list_of_maps(record: str, name: str, value: object) -> list[dict[str, Any]]:
+    if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
+        raise _fail(record, name, value, "must be a list of objects")
+    return value
+
+
+def _parse(cls: type[Any], checks: Mapping[str, Check], data: object) -> Any:
+    record = cls.SCHEMA
+    if not isinstance(data, dict):
+        raise RecordError(record, "<record>", data, "must be a JSON object")
+    schema = data.get("schema")
+    if schema != record:
+        raise RecordError(record, "schema", schema, f"expected {record!r}")
+    values: dict[str, object] = {}
+    for f in dataclasses.fields(cls):
+        if f.name == "schema":
+            continue
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        if f.name not in data:
+            if required:
+                raise RecordError(record, f.name, None, "missing")
+            continue
+        values[f.name] = checks[f.name](record, f.name, data[f.name])
+    return cls(**values)
+
+
+def _loads(cls: type[Any], raw: bytes | str) -> Any:
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise RecordError(cls.SCHEMA, "<json>", raw[:80], f"not valid JSON ({exc})") from None
+    return cls.from_dict(data)
+
+
+class _Record:
+    SCHEMA: ClassVar[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {"schema": self.SCHEMA}
+        out.update((f.name, getattr(self, f.name)) for f in dataclasses.fields(self))  # type: ignore[arg-type]
+        return out
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(self.to_dict())
+
+
+# -------------------------------------------------------------------------------------- token-usage
+
+
+@dataclass(frozen=True, slots=True)
+class TokenUsage(_Record):
+    """One validation of one token, accepted or rejected (``token-usage/1``)."""
+
+    SCHEMA: ClassVar[str] = TOKEN_USAGE_SCHEMA
+
+    event_id: str
+    ts: str
+    ip: str
+    outcome: Outcome
+    reason: str | None = None
+    jti: str | None = None
+    sub: str | None = None
+    iss: str | None = None
+    aud: str | None = None
+    client_id: str | None = None
+    iat: int | None = None
+    exp: int | None = None
+    user_agent: str | None = None
+    service: str | None = None
+    method: str | None = None
+    path: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.outcome == "accepted") != (self.reason is None):
+            raise RecordError(
+                self.SCHEMA, "reason", self.reason, "an accepted event has no reason; a rejected one has one"
+            )
+
+    @property
+    def bus_key(self) -> str:
+        """The bus key: the token id keeps one token's events in one partition; else the client IP."""
+        return self.jti if self.jti else self.ip
+
+    @classmethod
+    def from_dict(cls, data: object) -> Self:
+        return _parse(cls, _TOKEN_USAGE_CHECKS, data)
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> Self:
+        return _loads(cls, raw)
+
+    @staticmethod
+    def new_event_id() -> str:
+        return str(uuid.uuid4())
+
+
+_TOKEN_USAGE_CHECKS: dict[str, Check] = {
+    "event_id": _uuid,
+    "ts": _ts,
+    "ip": _ip,
+    "outcome": _one_of(OUTCOMES),
+    "reason": _one_of(REASON_SET, optional=True),
+    "jti": _opt_str,
+    "sub": _opt_str,
+    "iss": _opt_str,
+    "aud": _opt_str,
+    "client_id": _opt_str,
+    "iat": _opt_int,
+    "exp": _opt_int,
+    "user_agent": _opt_str,
+    "service": _opt_str,
+    "method": _opt_str,
+    "path": _opt_str,
+}
+
+# ------------------------------------------------------------------------------------------- alert
+
+
+@dataclass(frozen=True, slots=True)
+class Alert(_Record):
+    """An anomaly raised for one entity in one window (``alert/1``)."""
+
+    SCHEMA: ClassVar[str] = ALERT_SCHEMA
+
+    alert_id: str
+    ts: str
+    entity_type: str
+    entity: str
+    window_start: str
+    window_end: str
+    score: float
+    severity: str
+    model_version: str
+    type: str = "token.anomaly"
+    sub: str | None = None
+    jti: str | None = None
+    ip: str | None = None
+    features: dict[str, Any] = field(default_factory=dict)
+    reasons: list[dict[str, Any]] = field(default_factory=list)
+    action: str = "none"
+    revocation_id: str | None = None
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.score <= 1.0:
+            raise RecordError(self.SCHEMA, "score", self.score, "must lie in 0..1")
+
+    @property
+    def bus_key(self) -> str:
+        return self.alert_id
+
+    @classmethod
+    def from_dict(cls, data: object) -> Self:
+        return _parse(cls, _ALERT_CHECKS, data)
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> Self:
+        return _loads(cls, raw)
+
+
+_ALERT_CHECKS: dict[str, Check] = {
+    "alert_id": _str,
+    "type": _str,
+    "ts": _ts,
+    "entity_type": _one_of(ENTITY_TYPES),
+    "entity": _str,
+    "sub": _opt_str,
+    "jti": _opt_str,
+    "ip": _opt_str,
+    "window_start": _ts,
+    "window_end": _ts,
+    "score": _number,
+    "severity": _one_of(SEVERITIES),
+    "features": _str_map,
+    "reasons": _list_of_maps,
+    "model_version": _str,
+    "action": _one_of(ALERT_ACTIONS),
+    "revocation_id": _opt_str,
+}
+
+# -------------------------------------------------------------------------------------- revocation
+
+
+@dataclass(frozen=True, slots=True)
+class Revocation(_Record):
+    """A revoked token (``kind="jti"``) or every token of a subject issued up to ``revoked_before``."""
+
+    SCHEMA: ClassVar[str] = REVOCATION_SCHEMA
+
+    revocation_id: str
+    kind: str
+    iss: str
+    value: str
+    reason: str
+    source: str
+    created_at: str
+    expires_at: str
+    alert_id: str | None = None
+    revoked_before: str | None = None
+    version: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind == "sub" and self.revoked_before is None:
+            raise RecordError(self.SCHEMA, "revoked_before", None, "a subject revocation needs revoked_before")
+
+    @property
+    def bus_key(self) -> str:
+        """Compaction key: one live entry per revoked token or subject."""
+        return f"{self.kind}:{self.iss}:{self.value}"
+
+    @classmethod
+    def from_dict(cls, data: object) -> Self:
+        return _parse(cls, _REVOCATION_CHECKS, data)
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> Self:
+        return _loads(cls, raw)
+
+
+_REVOCATION_CHECKS: dict[str, Check] = {
+    "revocation_id": _str,
+    "kind": _one_of(REVOCATION_KINDS),
+    "iss": _str,
+    "value": _str,
+    "reason": _str,
+    "source": _one_of(REVOCATION_SOURCES),
+    "alert_id": _opt_str,
+    "created_at": _ts,
+    "expires_at": _ts,
+    "revoked_before": _opt_ts,
+    "version": _opt_int,
+}
+
+# ------------------------------------------------------------------------------------ Arrow schemas
+
+_TS = pa.timestamp("ms", tz="UTC")
+
+TOKEN_USAGE_ARROW = pa.schema(
+    [
+        ("event_id", pa.string()),
+        ("ts", _TS),
+        ("jti", pa.string()),
+        ("sub", pa.string()),
+        ("iss", pa.string()),
+        ("aud", pa.string()),
+        ("client_id", pa.string()),
+        ("iat", pa.int64()),
+        ("exp", pa.int64()),
+        ("ip", pa.string()),
+        ("user_agent", pa.string()),
+        ("outcome", pa.dictionary(pa.int8(), pa.string())),
+        ("reason", pa.dictionary(pa.int8(), pa.string())),
+        ("service", pa.string()),
+        ("method", pa.string()),
+        ("path", pa.string()),
+    ],
+    metadata={"schema": TOKEN_USAGE_SCHEMA},
+)
+
+ALERT_ARROW = pa.schema(
+    [
+        ("alert_id", pa.string()),
+        ("type", pa.string()),
+        ("ts", _TS),
+        ("entity_type", pa.string()),
+        ("entity", pa.string()),
+        ("sub", pa.string()),
+        ("jti", pa.string()),
+        ("ip", pa.string()),
+        ("window_start", _TS),
+        ("window_end", _TS),
+        ("score", pa.float64()),
+        ("severity", pa.string()),
+        ("features_json", pa.string()),
+        ("reasons_json", pa.string()),
+        ("model_version", pa.string()),
+        ("action", pa.string()),
+        ("revocation_id", pa.string()),
+    ],
+    metadata={"schema": ALERT_SCHEMA},
+)
+
+REVOCATION_ARROW = pa.schema(
+    [
+        ("revocation_id", pa.string()),
+        ("kind", pa.string()),
+        ("iss", pa.string()),
+        ("value", pa.string()),
+        ("reason", pa.string()),
+        ("source", pa.string()),
+        ("alert_id", pa.string()),
+        ("created_at", _TS),
+        ("expires_at", _TS),
+        ("revoked_before", _TS),
+        ("version", pa.int64()),
+    ],
+    metadata={"schema": REVOCATION_SCHEMA},
+)
+
+_TS_COLUMNS = {
+    TOKEN_USAGE_SCHEMA: ("ts",),
+    ALERT_SCHEMA: ("ts", "window_start", "window_end"),
+    REVOCATION_SCHEMA: ("created_at", "expires_at", "revoked_before"),
+}
+
+
+def to_arrow(records: list[TokenUsage] | list[Alert] | list[Revocation]) -> pa.Table:
+    """A batch of records of one type as an Arrow table with that type's schema."""
+    if not records:
+        raise ValueError("to_arrow needs at least one record to know its type")
+    kind = records[0].SCHEMA
+    schema = {TOKEN_USAGE_SCHEMA: TOKEN_USAGE_ARROW, ALERT_SCHEMA: ALERT_ARROW, REVOCATION_SCHEMA: REVOCATION_ARROW}[
+        kind
+    ]
+    columns: dict[str, list[Any]] = {name: [] for name in schema.names}
+    for record in records:
+        if kind != record.SCHEMA:
+            raise ValueError("to_arrow takes records of one type")
+        row = record.to_dict()
+        if kind == ALERT_SCHEMA:
+            row["features_json"] = orjson.dumps(row.pop("features")).decode()
+            row["reasons_json"] = orjson.dumps(row.pop("reasons")).decode()
+        for ts_name in _TS_COLUMNS[kind]:
+            if row.get(ts_name) is not None:
+                row[ts_name] = parse_ts(row[ts_name])
+        for name in schema.names:
+            columns[name].append(row.get(name))
+    return pa.table(columns, schema=schema)

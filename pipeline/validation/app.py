@@ -1,0 +1,216 @@
+"""The validator's HTTP surface (FastAPI): forward-auth, introspection, JWKS, revocations, health.
+
+Answers to a failed validation never say more than ``invalid_token`` (RFC 6750 §3): the reason goes to
+the usage event and the metrics, not to the caller, who may be the attacker.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+from urllib.parse import parse_qs
+
+from fastapi import APIRouter, FastAPI, Header, Query, Request, Response
+from fastapi.responses import JSONResponse, PlainTextResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, ConfigDict, Field
+
+from pipeline.validation.client_ip import client_ip
+from pipeline.validation.service import RequestContext, ValidatorService
+from pipeline.web import SecurityHeadersMiddleware, admin_token_matches, bearer_token
+
+MAX_FORM_BYTES = 64 * 1024
+JWKS_MAX_AGE_S = 60
+
+_INVALID = {"WWW-Authenticate": 'Bearer error="invalid_token"'}
+_NO_TOKEN = {"WWW-Authenticate": 'Bearer realm="jwtwatch"'}
+
+
+class RevocationRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["jti", "sub"]
+    value: str = Field(min_length=1, max_length=1024)
+    reason: str = Field("manual", min_length=1, max_length=1024)
+    revoked_before: datetime | None = Field(
+        None, description="subject revocations: tokens issued at or before this time (default: now)"
+    )
+
+
+def _unauthorized() -> JSONResponse:
+    return JSONResponse({"error": "invalid_token"}, status_code=401, headers=_INVALID)
+
+
+def _admin_denied() -> JSONResponse:
+    return JSONResponse(
+        {"error": "unauthorized"}, status_code=401, headers={"WWW-Authenticate": 'Bearer realm="jwtwatch-admin"'}
+    )
+
+
+def _context(service: ValidatorService, request: Request) -> RequestContext:
+    headers = request.headers
+    peer = request.client.host if request.client else None
+    return RequestContext(
+        ip=client_ip(peer, headers.get("x-forwarded-for"), service.trusted_proxies),
+        user_agent=headers.get("user-agent"),
+        service=headers.get("x-forwarded-host"),
+        method=headers.get("x-forwarded-method"),
+        path=headers.get("x-forwarded-uri"),
+    )
+
+
+def validator_router(service: ValidatorService) -> APIRouter:
+    router = APIRouter()
+    max_bytes = service.config.max_token_bytes
+
+    @router.get("/v1/validate", tags=["validation"], summary="Forward-auth: validate the bearer token")
+    def validate(request: Request) -> Response:
+        token = bearer_token(request.headers.get("authorization"))
+        if token is None:
+            service.metrics.no_credentials.inc()
+            return JSONResponse({"error": "unauthorized"}, status_code=401, headers=_NO_TOKEN)
+        context = _context(service, request)
+        if len(token) > max_bytes:
+            service.too_large(context)
+            return JSONResponse({"error": "invalid_token"}, status_code=431, headers=_INVALID)
+        verdict = service.check(token, context)
+        if not verdict.ok:
+            return _unauthorized()
+        claims = verdict.claims or {}
+        answer = {
+            "X-Auth-Subject": _header_value(claims.get("sub")),
+            "X-Auth-Token-Id": _header_value(claims.get("jti")),
+            "X-Auth-Client-Id": _header_value(claims.get("client_id") or claims.get("azp")),
+            "X-Auth-Scope": _header_value(claims.get("scope")),
+        }
+        return Response(status_code=200, headers={k: v for k, v in answer.items() if v})
+
+    @router.post("/v1/introspect", tags=["validation"], summary="RFC 7662 token introspection (admin)")
+    async def introspect(request: Request) -> Response:
+        if not admin_token_matches(service.admin_token, request.headers.get("authorization")):
+            return _admin_denied()
+        body = await _read_capped(request, MAX_FORM_BYTES)
+        if body is None:
+            return JSONResponse({"error": "invalid_request"}, status_code=413)
+        try:
+            form = parse_qs(body.decode("ascii"), max_num_fields=8)
+        except (UnicodeDecodeError, ValueError):
+            return JSONResponse({"error": "invalid_request"}, status_code=400)
+        tokens = form.get("token", [])
+        if len(tokens) != 1:
+            return JSONResponse({"error": "invalid_request"}, status_code=400)
+        token = tokens[0]
+        context = _context(service, request)
+        if len(token) > max_bytes:
+            service.too_large(context)
+            return JSONResponse({"active": False})
+        verdict = service.check(token, context)
+        if not verdict.ok:
+            return JSONResponse({"active": False})
+        claims = dict(verdict.claims or {})
+        answer: dict[str, Any] = {"active": True, "token_type": "access_token"}
+        for name in ("scope", "client_id", "sub", "aud", "iss", "exp", "iat", "nbf", "jti"):
+            if name in claims:
+                answer[name] = claims[name]
+        if "username" in claims:
+            answer["username"] = claims["username"]
+        return JSONResponse(answer)
+
+    @router.get("/.well-known/jwks.json", tags=["keys"], summary="The public keys this validator trusts")
+    def jwks() -> Response:
+        return JSONResponse(
+            service.validator.keys.current().public_jwks(),
+            headers={"Cache-Control": f"public, max-age={JWKS_MAX_AGE_S}"},
+            media_type="application/jwk-set+json",
+        )
+
+    @router.post("/v1/revocations", tags=["revocations"], status_code=201, summary="Revoke a token or subject")
+    def revoke(body: RevocationRequest, authorization: Annotated[str | None, Header()] = None) -> Response:
+        if not admin_token_matches(service.admin_token, authorization):
+            return _admin_denied()
+        before = None
+        if body.revoked_before is not None:
+            if body.revoked_before.tzinfo is None:
+                return JSONResponse({"error": "revoked_before needs a UTC offset"}, status_code=422)
+            before = body.revoked_before.timestamp()
+        record = service.revocations.revoke(
+            kind=body.kind,
+            iss=service.config.issuer,
+            value=body.value,
+            reason=body.reason,
+            source="manual",
+            revoked_before=before,
+            leeway_s=service.config.leeway_s,
+        )
+        # Cached verifications are checked against revocations on every use, so nothing to flush.
+        return JSONResponse(record.to_dict(), status_code=201)
+
+    @router.get("/v1/revocations", tags=["revocations"], summary="Revocations after version `since`")
+    def list_revocations(
+        since: Annotated[int, Query(ge=0, le=2**62)] = 0,
+        limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+        authorization: Annotated[str | None, Header()] = None,
+    ) -> Response:
+        if not admin_token_matches(service.admin_token, authorization):
+            return _admin_denied()
+        records = service.revocations.since(since, limit)
+        return JSONResponse({"version": service.revocations.version, "revocations": [r.to_dict() for r in records]})
+
+    @router.get("/healthz", tags=["health"])
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @router.get("/readyz", tags=["health"])
+    def readyz() -> Response:
+        ready, detail = service.ready()
+        return JSONResponse(
+            {"ready": ready, "detail": detail, "revocation_version": service.revocations.version},
+            status_code=200 if ready else 503,
+        )
+
+    return router
+
+
+def _header_value(value: object) -> str | None:
+    """A claim as an HTTP header value: no CR/LF/control characters can reach the upstream request."""
+    if value is None:
+        return None
+    text = value if isinstance(value, str) else str(value)
+    text = "".join(ch for ch in text if 0x20 <= ord(ch) < 0x7F)
+    return text[:1024] or None
+
+
+async def _read_capped(request: Request, limit: int) -> bytes | None:
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > limit):
+        return None
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            return None
+    return bytes(body)
+
+
+def metrics_route(app: FastAPI, *registries: Any) -> None:
+    @app.get("/metrics", tags=["health"], response_class=PlainTextResponse)
+    def metrics() -> Response:
+        payload = b"".join(generate_latest(r) for r in registries)
+        return Response(payload, media_type=CONTENT_TYPE_LATEST)
+
+
+def create_validator_app(service: ValidatorService) -> FastAPI:
+    app = FastAPI(title="jwtwatch validator", version="1", docs_url=None, redoc_url=None)
+    app.include_router(validator_router(service))
+    metrics_route(app, service.registry)
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception) -> JSONResponse:  # pragma: no cover - last resort
+        return JSONResponse({"error": "internal_error"}, status_code=500)
+
+    app.add_middleware(SecurityHeadersMiddleware, no_store_prefixes=("/v1/validate", "/v1/introspect", "/v1/rev"))
+    app.state.service = service
+    return app
+
+
+__all__ = ["create_validator_app", "validator_router"]

@@ -1,0 +1,79 @@
+"""ValidatorConfig: everything that decides whether a token is accepted, checked when it is built."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from pipeline.validation.jwks import ASYMMETRIC_ALGORITHMS
+
+DEFAULT_ALGORITHMS = ("RS256", "ES256", "EdDSA")
+# RFC 9068 §2.1 names at+jwt; plain "JWT" is what most issuers still send (design.md, "Validation rules").
+DEFAULT_TYPES = ("at+jwt", "application/at+jwt", "jwt")
+
+
+class ValidatorConfig(BaseModel):
+    """How a :class:`~pipeline.validation.TokenValidator` decides.
+
+    Exactly one key source: ``jwks_file``, ``jwks_url`` (HTTPS only) or ``jwks`` (a JWK Set given inline).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    issuer: str = Field(min_length=1, description="the exact `iss` tokens must carry")
+    audience: str = Field(min_length=1, description="an audience that `aud` must contain")
+    jwks_file: Path | None = None
+    jwks_url: str | None = None
+    jwks: dict[str, Any] | None = None
+    jwks_ca_file: Path | None = Field(None, description="CA bundle for the JWKS URL (default: system CAs)")
+    algorithms: tuple[str, ...] = DEFAULT_ALGORITHMS
+    leeway_s: int = Field(30, ge=0, le=300, description="clock skew allowed on exp, nbf and iat")
+    max_token_bytes: int = Field(8192, ge=256, le=65536)
+    require_typ: Literal["at+jwt"] | None = Field(None, description="'at+jwt' for strict RFC 9068 typing")
+    jwks_refetch_cooldown_s: float = Field(60.0, ge=0, description="at most one refetch per this on unknown kid")
+    jwks_refresh_s: float = Field(300.0, gt=0, description="how long fetched keys are used before a refresh")
+    jwks_timeout_s: float = Field(5.0, gt=0)
+    cache_size: int = Field(100_000, ge=0, description="verified tokens remembered; 0 disables the cache")
+
+    @field_validator("algorithms", mode="before")
+    @classmethod
+    def _split_algorithms(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("algorithms")
+    @classmethod
+    def _only_asymmetric(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("at least one algorithm is needed")
+        for alg in value:
+            if alg not in ASYMMETRIC_ALGORITHMS:
+                # HS* would make the public JWKS a shared secret; "none" is never a signature.
+                raise ValueError(f"{alg!r} is not allowed: choose from {sorted(ASYMMETRIC_ALGORITHMS)}")
+        return value
+
+    @field_validator("jwks_url")
+    @classmethod
+    def _https_only(cls, value: str | None) -> str | None:
+        if value is not None:
+            parts = urlsplit(value)
+            if parts.scheme != "https" or not parts.hostname:
+                raise ValueError("jwks_url must be an https:// URL")
+        return value
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> ValidatorConfig:
+        sources = [s for s in (self.jwks_file, self.jwks_url, self.jwks) if s is not None]
+        if len(sources) != 1:
+            raise ValueError("give exactly one of jwks_file, jwks_url or jwks")
+        return self
+
+    @property
+    def allowed_types(self) -> frozenset[str]:
+        if self.require_typ == "at+jwt":
+            return frozenset({"at+jwt", "application/at+jwt"})
+        return frozenset(DEFAULT_TYPES)

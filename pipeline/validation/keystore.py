@@ -1,0 +1,720 @@
+"""Key store for jwtwatch's bundled token issuer.
+
+Layout of a store directory::
+
+    DIR/store.json          metadata: issuer, max token lifetime, published keys (public JWKs)
+    DIR/private/<kid>.pem   PKCS#8 private keys, mode 0600, directory 0700
+    DIR/audit.log           hash-chained JSON Lines, one entry per key change
+    DIR/.lock               flock target that serialises init / rotate / prune
+
+The kid of every key is its RFC 7638 JWK thumbprint, so a kid can never point at a different key
+than the one it was minted for. Public JWKs live in store.json so that publishing the JWKS never
+touches private key material.
+
+Audit chain: every line is the canonical JSON (sorted keys, no whitespace, UTF-8) of an entry.
+``prev`` is the hex SHA-256 of the previous line's bytes (without its newline; 64 zeros for the
+first), ``hash`` the hex SHA-256 of the canonical JSON of the entry without ``hash``, and ``seq``
+equals the 1-based line number. store.json also records the seq and hash of the last entry, which
+catches what a bare chain cannot: trailing entries cut off the end of the log.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import re
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
+
+__all__ = [
+    "ALGORITHMS",
+    "AuditReport",
+    "KeyInfo",
+    "KeyStore",
+    "KeyStoreError",
+    "chain_line",
+    "entry_hash",
+    "jwk_thumbprint",
+    "verify_audit",
+    "verify_audit_lines",
+]
+
+log = logging.getLogger(__name__)
+
+ALGORITHMS = ("RS256", "ES256", "EdDSA")
+STORE_FORMAT = "jwtwatch-keystore/1"
+DEFAULT_MAX_TOKEN_LIFETIME = 3600
+DEFAULT_RSA_BITS = 3072
+MIN_RSA_BITS = 2048
+GENESIS_PREV = "0" * 64
+
+STORE_FILE = "store.json"
+AUDIT_FILE = "audit.log"
+LOCK_FILE = ".lock"
+PRIVATE_DIR = "private"
+
+# RFC 7638 §3.2: the thumbprint covers exactly these members, nothing optional.
+_THUMBPRINT_MEMBERS: dict[str, tuple[str, ...]] = {
+    "RSA": ("e", "kty", "n"),
+    "EC": ("crv", "kty", "x", "y"),
+    "OKP": ("crv", "kty", "x"),
+}
+# A kid is base64url(SHA-256) = 43 chars; checking the shape keeps a tampered store.json from
+# steering a file path outside private/.
+_KID_RE = re.compile(r"[A-Za-z0-9_-]{43}")
+# Headers the store decides itself: PyJWT lets a header "alg" override the signing algorithm, and
+# b64=false would produce tokens every validator rejects.
+_RESERVED_HEADERS = frozenset({"alg", "kid", "b64"})
+_RESERVED_CLAIMS = frozenset({"iss", "sub", "aud", "exp", "iat", "nbf", "jti", "client_id", "scope"})
+_AUDIT_FIELDS = ("seq", "ts", "action", "kid", "alg", "details", "prev", "hash")
+
+PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
+Status = Literal["current", "retired"]
+
+
+class KeyStoreError(Exception):
+    """Anything wrong with a key store: missing, corrupt, refused operation, bad argument."""
+
+
+@dataclass(frozen=True, slots=True)
+class KeyInfo:
+    kid: str
+    alg: str
+    created_at: float
+    retired_at: float | None
+    status: Status
+
+
+@dataclass(frozen=True, slots=True)
+class AuditReport:
+    """Result of checking the audit chain.
+
+    ``entries`` counts the intact entries before the first break (all of them when ``ok``);
+    ``first_broken`` is the 1-based line number, which is also the seq the entry should carry.
+    """
+
+    ok: bool
+    entries: int
+    first_broken: int | None
+    problem: str | None
+
+
+# --------------------------------------------------------------------------- pure helpers
+
+
+def canonical_json(obj: Any) -> bytes:
+    """Deterministic JSON: sorted keys, no whitespace, UTF-8 (RFC 7638 §3 style)."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def jwk_thumbprint(jwk: Mapping[str, Any]) -> str:
+    """RFC 7638 JWK thumbprint (SHA-256, base64url without padding) of a public or private JWK."""
+    kty = jwk.get("kty")
+    members = _THUMBPRINT_MEMBERS.get(kty) if isinstance(kty, str) else None
+    if members is None:
+        raise KeyStoreError(f"cannot compute a thumbprint for key type {kty!r}")
+    missing = [m for m in members if not isinstance(jwk.get(m), str)]
+    if missing:
+        raise KeyStoreError(f"{kty} JWK lacks required member(s) {', '.join(missing)}")
+    return _b64url(hashlib.sha256(canonical_json({m: jwk[m] for m in members})).digest())
+
+
+def entry_hash(entry: Mapping[str, Any]) -> str:
+    """The ``hash`` field of an audit entry: SHA-256 over its canonical JSON without ``hash``."""
+    return hashlib.sha256(canonical_json({k: v for k, v in entry.items() if k != "hash"})).hexdigest()
+
+
+def chain_line(seq: int, prev_line: bytes | None, fields: Mapping[str, Any]) -> bytes:
+    """Build the exact bytes (without newline) of audit entry ``seq`` following ``prev_line``."""
+    entry = dict(fields)
+    entry["seq"] = seq
+    entry["prev"] = GENESIS_PREV if prev_line is None else hashlib.sha256(prev_line).hexdigest()
+    entry["hash"] = entry_hash(entry)
+    return canonical_json(entry)
+
+
+def _split_lines(data: bytes) -> list[bytes]:
+    lines = data.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()  # the newline that ends the last entry
+    return lines
+
+
+def verify_audit_lines(lines: Sequence[bytes], head: tuple[int, str] | None = None) -> AuditReport:
+    """Check a hash chain given as raw lines; ``head`` is (seq, hash) of the last committed entry."""
+
+    def broken(n: int, problem: str) -> AuditReport:
+        return AuditReport(ok=False, entries=n - 1, first_broken=n, problem=f"line {n}: {problem}")
+
+    entries: list[dict[str, Any]] = []
+    for n, line in enumerate(lines, start=1):
+        try:
+            entry = json.loads(line)
+        except (ValueError, UnicodeDecodeError):
+            return broken(n, "not a JSON object (garbage or truncated line)")
+        if not isinstance(entry, dict):
+            return broken(n, "not a JSON object (garbage or truncated line)")
+        missing = [f for f in _AUDIT_FIELDS if f not in entry]
+        if missing:
+            return broken(n, f"missing field(s) {', '.join(missing)}")
+        try:
+            is_canonical = canonical_json(entry) == line
+        except ValueError:
+            is_canonical = False
+        if not is_canonical:
+            # the chain hashes exact bytes, so a re-serialised line is an edit even if its data is equal
+            return broken(n, "not in canonical form (line was rewritten)")
+        if type(entry["seq"]) is not int or entry["seq"] != n:
+            return broken(n, f"seq is {entry['seq']!r}, expected {n} (line deleted, inserted or reordered)")
+        expected_prev = GENESIS_PREV if n == 1 else hashlib.sha256(lines[n - 2]).hexdigest()
+        if entry["prev"] != expected_prev:
+            return broken(n, "prev does not match the hash of the previous line (chain broken)")
+        if entry["hash"] != entry_hash(entry):
+            return broken(n, "hash does not match the entry's contents (entry edited)")
+        entries.append(entry)
+
+    if head is not None:
+        head_seq, head_hash = head
+        if head_seq > len(entries):
+            return AuditReport(
+                ok=False,
+                entries=len(entries),
+                first_broken=len(entries) + 1,
+                problem=f"log ends after entry {len(entries)} but store.json records entry {head_seq}: "
+                "entries were removed from the end",
+            )
+        if head_seq >= 1 and entries[head_seq - 1]["hash"] != head_hash:
+            return AuditReport(
+                ok=False,
+                entries=head_seq - 1,
+                first_broken=head_seq,
+                problem=f"line {head_seq}: does not match the entry recorded in store.json (log rewritten)",
+            )
+    return AuditReport(ok=True, entries=len(entries), first_broken=None, problem=None)
+
+
+def _expired_keys(keys: Sequence[Mapping[str, Any]], max_lifetime: int, now: float) -> list[dict[str, Any]]:
+    """Retired keys whose tokens are all past exp: retired_at + max token lifetime has been reached."""
+    return [dict(k) for k in keys if k["retired_at"] is not None and now >= k["retired_at"] + max_lifetime]
+
+
+def _rfc3339(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _check_alg(alg: object) -> str:
+    if alg not in ALGORITHMS:
+        raise KeyStoreError(f"unsupported algorithm {alg!r}; choose one of {', '.join(ALGORITHMS)}")
+    return str(alg)
+
+
+def _generate_key(alg: str, rsa_bits: int) -> PrivateKey:
+    if alg == "RS256":
+        return rsa.generate_private_key(public_exponent=65537, key_size=rsa_bits)
+    if alg == "ES256":
+        return ec.generate_private_key(ec.SECP256R1())
+    return ed25519.Ed25519PrivateKey.generate()
+
+
+def _public_jwk(key: PrivateKey) -> dict[str, str]:
+    """Public JWK with the RFC 7638 required members only (no key_ops, never private params)."""
+    pub = key.public_key()
+    if isinstance(pub, rsa.RSAPublicKey):
+        full = RSAAlgorithm.to_jwk(pub, as_dict=True)
+    elif isinstance(pub, ec.EllipticCurvePublicKey):
+        full = ECAlgorithm.to_jwk(pub, as_dict=True)
+    elif isinstance(pub, ed25519.Ed25519PublicKey):
+        full = OKPAlgorithm.to_jwk(pub, as_dict=True)
+    else:  # pragma: no cover - load path refuses other key types first
+        raise KeyStoreError(f"unsupported key type {type(pub).__name__}")
+    return {m: full[m] for m in _THUMBPRINT_MEMBERS[full["kty"]]}
+
+
+def _key_matches_alg(key: object, alg: str) -> bool:
+    if alg == "RS256":
+        return isinstance(key, rsa.RSAPrivateKey) and key.key_size >= MIN_RSA_BITS
+    if alg == "ES256":
+        return isinstance(key, ec.EllipticCurvePrivateKey) and isinstance(key.curve, ec.SECP256R1)
+    return isinstance(key, ed25519.Ed25519PrivateKey)
+
+
+# --------------------------------------------------------------------------- file helpers
+
+
+@contextlib.contextmanager
+def _os_errors(action: str) -> Iterator[None]:
+    """Turn OSError into KeyStoreError so callers never see a bare traceback for disk problems."""
+    try:
+        yield
+    except OSError as e:
+        where = f" ({e.filename})" if e.filename else ""
+        raise KeyStoreError(f"{action}: {e.strerror or e}{where}") from e
+
+
+def _fsync_dir(path: Path) -> None:
+    # the rename itself lives in the directory; without this a crash can forget it
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_atomic(path: Path, data: bytes, mode: int) -> None:
+    """Readers see the old file or the new one, never a half-written one."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), mode)  # before any secret byte is written
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+@contextlib.contextmanager
+def _locked(root: Path) -> Iterator[None]:
+    fd = os.open(root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
+def _append_audit(root: Path, records: Sequence[tuple[str, str, str, dict[str, Any]]], now: float) -> dict[str, Any]:
+    """Append (action, kid, alg, details) records to the chain; return the last entry.
+
+    The caller holds the store lock.
+    """
+    path = root / AUDIT_FILE
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        data = b""
+    lines = _split_lines(data)
+    # a torn last line (crash mid-append, or tampering) is kept as its own line so verify_audit still
+    # points at it; rotation is not blocked, since rotating may be the response to an incident
+    out = b"\n" if data and not data.endswith(b"\n") else b""
+    prev = lines[-1] if lines else None
+    seq = len(lines)
+    for action, kid, alg, details in records:
+        seq += 1
+        fields = {"ts": _rfc3339(now), "action": action, "kid": kid, "alg": alg, "details": details}
+        prev = chain_line(seq, prev, fields)
+        out += prev + b"\n"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    with os.fdopen(fd, "ab") as f:
+        f.write(out)
+        f.flush()
+        os.fsync(f.fileno())
+    if prev is None:
+        raise KeyStoreError("internal error: no audit records to append")
+    return json.loads(prev)
+
+
+def _parse_meta(raw: bytes, path: Path) -> dict[str, Any]:
+    def corrupt(why: str) -> KeyStoreError:
+        return KeyStoreError(f"key store metadata {path} is corrupt: {why}")
+
+    try:
+        meta = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise corrupt(f"not valid JSON ({e})") from e
+    if not isinstance(meta, dict) or meta.get("format") != STORE_FORMAT:
+        raise corrupt(f"format is not {STORE_FORMAT!r}")
+    lifetime = meta.get("max_token_lifetime")
+    if isinstance(lifetime, bool) or not isinstance(lifetime, int) or lifetime <= 0:
+        raise corrupt("max_token_lifetime must be a positive integer")
+    if not isinstance(meta.get("rsa_bits"), int) or meta["rsa_bits"] < MIN_RSA_BITS:
+        raise corrupt(f"rsa_bits must be an integer >= {MIN_RSA_BITS}")
+    if meta.get("issuer") is not None and not isinstance(meta["issuer"], str):
+        raise corrupt("issuer must be a string or null")
+    keys = meta.get("keys")
+    if not isinstance(keys, list) or not keys:
+        raise corrupt("no keys")
+    for k in keys:
+        if not isinstance(k, dict) or not isinstance(k.get("kid"), str) or not _KID_RE.fullmatch(k["kid"]):
+            raise corrupt(f"bad key entry {k!r}")
+        if k.get("alg") not in ALGORITHMS or not isinstance(k.get("jwk"), dict):
+            raise corrupt(f"key {k['kid']}: bad alg or jwk")
+        if not isinstance(k.get("created_at"), int | float):
+            raise corrupt(f"key {k['kid']}: bad created_at")
+        if k.get("retired_at") is not None and not isinstance(k["retired_at"], int | float):
+            raise corrupt(f"key {k['kid']}: bad retired_at")
+        try:
+            thumb = jwk_thumbprint(k["jwk"])
+        except KeyStoreError as e:
+            raise corrupt(f"key {k['kid']}: {e}") from e
+        if thumb != k["kid"]:
+            raise corrupt(f"key {k['kid']}: public key does not match its kid")
+    if sum(1 for k in keys if k.get("retired_at") is None) != 1:
+        raise corrupt("there must be exactly one current key")
+    head = meta.get("audit_head")
+    if not (isinstance(head, dict) and isinstance(head.get("seq"), int) and isinstance(head.get("hash"), str)):
+        raise corrupt("bad audit_head")
+    return meta
+
+
+def _read_head(root: Path) -> tuple[int, str] | None:
+    """The audit head recorded in store.json, or None when it cannot be read (then only the chain counts)."""
+    try:
+        meta = _parse_meta((root / STORE_FILE).read_bytes(), root / STORE_FILE)
+    except (OSError, KeyStoreError):
+        return None
+    return meta["audit_head"]["seq"], meta["audit_head"]["hash"]
+
+
+def verify_audit(dir: Path) -> AuditReport:
+    """Verify DIR/audit.log: the hash chain, and that it still holds the head recorded in store.json."""
+    root = Path(dir)
+    if not root.is_dir():
+        raise KeyStoreError(f"key store {root} does not exist")
+    try:
+        data = (root / AUDIT_FILE).read_bytes()
+    except FileNotFoundError:
+        return AuditReport(ok=False, entries=0, first_broken=1, problem=f"{root / AUDIT_FILE} is missing")
+    except OSError as e:
+        raise KeyStoreError(f"cannot read {root / AUDIT_FILE}: {e.strerror}") from e
+    return verify_audit_lines(_split_lines(data), _read_head(root))
+
+
+# --------------------------------------------------------------------------- the store
+
+
+class KeyStore:
+    """A key directory. Create one with :meth:`init`, load one with :meth:`open`.
+
+    Reads go to disk (store.json is re-read when it changes) so that a long-lived process sees
+    rotations made by another process, e.g. ``jwtwatch keys rotate`` next to a running server.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self._root = Path(root)
+        self._meta_cache: tuple[tuple[int, int, int], dict[str, Any]] | None = None
+        self._private_cache: dict[str, PrivateKey] = {}
+
+    # ---- lifecycle
+
+    @classmethod
+    def init(
+        cls,
+        dir: Path,
+        alg: str = "ES256",
+        issuer: str | None = None,
+        *,
+        max_token_lifetime: int = DEFAULT_MAX_TOKEN_LIFETIME,
+        rsa_bits: int = DEFAULT_RSA_BITS,
+        now: float | None = None,
+    ) -> KeyStore:
+        """Create a store with one current key in ``dir``, which must be missing or empty."""
+        root = Path(dir)
+        alg = _check_alg(alg)
+        if isinstance(max_token_lifetime, bool) or not isinstance(max_token_lifetime, int):
+            raise KeyStoreError("max_token_lifetime must be an integer number of seconds")
+        if max_token_lifetime <= 0:
+            raise KeyStoreError("max_token_lifetime must be positive")
+        if not isinstance(rsa_bits, int) or rsa_bits < MIN_RSA_BITS:
+            raise KeyStoreError(f"RSA keys must have at least {MIN_RSA_BITS} bits, got {rsa_bits!r}")
+        if issuer is not None and (not isinstance(issuer, str) or not issuer):
+            raise KeyStoreError("issuer must be a non-empty string")
+        t = time.time() if now is None else now
+
+        with _os_errors(f"cannot create key store in {root}"):
+            if root.exists() and not root.is_dir():
+                raise KeyStoreError(f"{root} exists and is not a directory")
+            if root.is_dir() and any(root.iterdir()):
+                raise KeyStoreError(
+                    f"{root} is not empty; refusing to initialise a key store over existing files "
+                    "(use KeyStore.open for an existing store, or choose an empty directory)"
+                )
+            root.mkdir(parents=True, exist_ok=True)
+            with _locked(root):
+                # re-check under the lock: a concurrent init may have won the race
+                if any(p.name != LOCK_FILE for p in root.iterdir()):
+                    raise KeyStoreError(f"{root} was initialised concurrently; refusing to overwrite it")
+                private = root / PRIVATE_DIR
+                private.mkdir(mode=0o700)
+                os.chmod(private, 0o700)  # mkdir's mode is filtered by the umask
+                key = _generate_key(alg, rsa_bits)
+                jwk = _public_jwk(key)
+                kid = jwk_thumbprint(jwk)
+                _write_atomic(private / f"{kid}.pem", _pem(key), 0o600)
+                details = {"issuer": issuer, "max_token_lifetime": max_token_lifetime}
+                head = _append_audit(root, [("init", kid, alg, details)], t)
+                meta = {
+                    "format": STORE_FORMAT,
+                    "issuer": issuer,
+                    "max_token_lifetime": max_token_lifetime,
+                    "rsa_bits": rsa_bits,
+                    "keys": [{"kid": kid, "alg": alg, "created_at": t, "retired_at": None, "jwk": jwk}],
+                    "audit_head": {"seq": head["seq"], "hash": head["hash"]},
+                }
+                _write_atomic(root / STORE_FILE, canonical_json(meta), 0o644)
+        log.info("key store initialised in %s with %s key %s", root, alg, kid)
+        return cls(root)
+
+    @classmethod
+    def open(cls, dir: Path) -> KeyStore:
+        """Load an existing store; KeyStoreError if it is missing or its metadata is corrupt."""
+        store = cls(Path(dir))
+        store._meta()
+        return store
+
+    def rotate(self, alg: str | None = None, *, now: float | None = None) -> KeyInfo:
+        """Make a new current key; retire the old one; drop retired keys whose tokens have all expired."""
+        t = time.time() if now is None else now
+        with _os_errors(f"cannot rotate keys in {self._root}"), _locked(self._root):
+            meta = self._meta(force=True)  # under the lock: another process may just have rotated
+            old = next(k for k in meta["keys"] if k["retired_at"] is None)
+            new_alg = _check_alg(old["alg"] if alg is None else alg)
+            key = _generate_key(new_alg, meta["rsa_bits"])
+            jwk = _public_jwk(key)
+            kid = jwk_thumbprint(jwk)
+            _write_atomic(self._root / PRIVATE_DIR / f"{kid}.pem", _pem(key), 0o600)
+
+            dropped = _expired_keys(meta["keys"], meta["max_token_lifetime"], t)
+            records = [self._drop_record(k, meta["max_token_lifetime"]) for k in dropped]
+            records.append(("retire", old["kid"], old["alg"], {"replaced_by": kid}))
+            records.append(("rotate", kid, new_alg, {"previous": old["kid"]}))
+            gone = {k["kid"] for k in dropped}
+            keys = [dict(k) for k in meta["keys"] if k["kid"] not in gone]
+            for k in keys:
+                if k["kid"] == old["kid"]:
+                    k["retired_at"] = t
+            new = {"kid": kid, "alg": new_alg, "created_at": t, "retired_at": None, "jwk": jwk}
+            self._commit(meta, [*keys, new], records, t)
+            self._remove_private(gone)
+        log.info("rotated signing key in %s: %s (%s) replaces %s", self._root, kid, new_alg, old["kid"])
+        return _info(new)
+
+    def prune(self, *, now: float | None = None) -> list[KeyInfo]:
+        """Drop retired keys whose tokens can no longer be valid; return what was dropped."""
+        t = time.time() if now is None else now
+        with _os_errors(f"cannot prune keys in {self._root}"), _locked(self._root):
+            meta = self._meta(force=True)
+            dropped = _expired_keys(meta["keys"], meta["max_token_lifetime"], t)
+            if not dropped:
+                return []
+            gone = {k["kid"] for k in dropped}
+            records = [self._drop_record(k, meta["max_token_lifetime"]) for k in dropped]
+            self._commit(meta, [k for k in meta["keys"] if k["kid"] not in gone], records, t)
+            self._remove_private(gone)
+        return [_info(k) for k in dropped]
+
+    # ---- reading
+
+    @property
+    def path(self) -> Path:
+        return self._root
+
+    @property
+    def issuer(self) -> str | None:
+        return self._meta()["issuer"]
+
+    @property
+    def max_token_lifetime(self) -> int:
+        return self._meta()["max_token_lifetime"]
+
+    def keys(self) -> list[KeyInfo]:
+        """Published keys, oldest first."""
+        return [_info(k) for k in self._meta()["keys"]]
+
+    def current(self) -> KeyInfo:
+        return next(k for k in self.keys() if k.status == "current")
+
+    def public_jwks(self) -> dict[str, list[dict[str, str]]]:
+        """RFC 7517 JWK Set of the published keys, current key first; public parameters only."""
+        ordered = sorted(self._meta()["keys"], key=lambda k: (k["retired_at"] is not None, -k["created_at"]))
+        return {"keys": [{**k["jwk"], "kid": k["kid"], "alg": k["alg"], "use": "sig"} for k in ordered]}
+
+    def audit_entries(self) -> list[dict[str, Any]]:
+        """Parsed audit log entries (not verified; use :func:`verify_audit` for that)."""
+        with _os_errors("cannot read the audit log"):
+            data = (self._root / AUDIT_FILE).read_bytes()
+        entries = []
+        for n, line in enumerate(_split_lines(data), start=1):
+            try:
+                entries.append(json.loads(line))
+            except (ValueError, UnicodeDecodeError) as e:
+                raise KeyStoreError(f"audit log line {n} is not valid JSON; run verify_audit") from e
+        return entries
+
+    # ---- signing
+
+    def sign(self, claims: dict[str, Any], headers: dict[str, Any] | None = None) -> str:
+        """Sign ``claims`` as a JWS with the current key; ``typ`` defaults to at+jwt, ``kid`` is set.
+
+        Callers signing with an ``exp`` must keep it within :attr:`max_token_lifetime`: key retention
+        assumes no token outlives its key's retirement by more than that.
+        """
+        extra = dict(headers or {})
+        clash = sorted(_RESERVED_HEADERS & extra.keys())
+        if clash:
+            raise KeyStoreError(f"header(s) {', '.join(clash)} are set by the key store, not the caller")
+        cur = self.current()
+        key = self._private_key(cur.kid, cur.alg)
+        return jwt.encode(dict(claims), key, algorithm=cur.alg, headers={"typ": "at+jwt", **extra, "kid": cur.kid})
+
+    def issue_token(
+        self,
+        sub: str,
+        aud: str | list[str],
+        *,
+        ttl: int = 600,
+        issuer: str | None = None,
+        client_id: str | None = None,
+        scope: str | None = None,
+        extra: dict[str, Any] | None = None,
+        now: float | None = None,
+    ) -> str:
+        """Issue an RFC 9068 style access token."""
+        limit = self.max_token_lifetime
+        if isinstance(ttl, bool) or not isinstance(ttl, int) or not 0 < ttl <= limit:
+            raise KeyStoreError(f"ttl must be a whole number of seconds in 1..{limit} (the store's limit), got {ttl!r}")
+        iss = issuer if issuer is not None else self.issuer
+        if not iss:
+            raise KeyStoreError("no issuer: pass issuer= or initialise the store with one")
+        if not isinstance(sub, str) or not sub:
+            raise KeyStoreError("sub must be a non-empty string")
+        auds = [aud] if isinstance(aud, str) else aud
+        if not isinstance(auds, list) or not auds or not all(isinstance(a, str) and a for a in auds):
+            raise KeyStoreError("aud must be a non-empty string or a non-empty list of them")
+        clash = sorted(_RESERVED_CLAIMS & (extra or {}).keys())
+        if clash:
+            raise KeyStoreError(f"extra may not set registered claim(s) {', '.join(clash)}")
+        iat = int(time.time() if now is None else now)
+        claims: dict[str, Any] = {
+            **(extra or {}),
+            "iss": iss,
+            "sub": sub,
+            "aud": aud,
+            "iat": iat,
+            "nbf": iat,
+            "exp": iat + ttl,
+            "jti": str(uuid.uuid4()),
+        }
+        if client_id is not None:
+            claims["client_id"] = client_id
+        if scope is not None:
+            claims["scope"] = scope
+        return self.sign(claims)
+
+    # ---- internals
+
+    def _meta(self, *, force: bool = False) -> dict[str, Any]:
+        path = self._root / STORE_FILE
+        if not self._root.is_dir():
+            raise KeyStoreError(
+                f"key store {self._root} does not exist (create one with KeyStore.init / jwtwatch keys init)"
+            )
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            raise KeyStoreError(f"{self._root} is not a jwtwatch key store (no {STORE_FILE})") from None
+        except OSError as e:
+            raise KeyStoreError(f"cannot read {path}: {e.strerror}") from e
+        # os.replace gives the new file a new inode, so this notices every committed change
+        sig = (st.st_ino, st.st_mtime_ns, st.st_size)
+        if force or self._meta_cache is None or self._meta_cache[0] != sig:
+            with _os_errors(f"cannot read {path}"):
+                raw = path.read_bytes()
+            self._meta_cache = (sig, _parse_meta(raw, path))
+        return self._meta_cache[1]
+
+    def _commit(
+        self,
+        meta: dict[str, Any],
+        keys: list[dict[str, Any]],
+        records: list[tuple[str, str, str, dict[str, Any]]],
+        now: float,
+    ) -> None:
+        # audit first: a crash in between leaves an entry for a change that did not land, never a
+        # change without an entry
+        head = _append_audit(self._root, records, now)
+        new_meta = {**meta, "keys": keys, "audit_head": {"seq": head["seq"], "hash": head["hash"]}}
+        _write_atomic(self._root / STORE_FILE, canonical_json(new_meta), 0o644)
+        self._meta_cache = None
+
+    def _drop_record(self, k: Mapping[str, Any], lifetime: int) -> tuple[str, str, str, dict[str, Any]]:
+        log.info(
+            "dropping retired key %s (%s) from %s: retired at %s, tokens valid at most %ss",
+            k["kid"],
+            k["alg"],
+            self._root,
+            _rfc3339(k["retired_at"]),
+            lifetime,
+        )
+        details = {"retired_at": k["retired_at"], "reason": "max_token_lifetime elapsed since retirement"}
+        return ("drop", k["kid"], k["alg"], details)
+
+    def _remove_private(self, kids: set[str]) -> None:
+        # store.json no longer lists them; a leftover file after a crash here is harmless
+        for kid in kids:
+            self._private_cache.pop(kid, None)
+            with contextlib.suppress(FileNotFoundError):
+                (self._root / PRIVATE_DIR / f"{kid}.pem").unlink()
+        if kids:
+            _fsync_dir(self._root / PRIVATE_DIR)
+
+    def _private_key(self, kid: str, alg: str) -> PrivateKey:
+        cached = self._private_cache.get(kid)
+        if cached is not None:
+            return cached
+        path = self._root / PRIVATE_DIR / f"{kid}.pem"
+        with _os_errors(f"cannot load private key {kid}"):
+            mode = path.stat().st_mode & 0o777
+            if mode & 0o077:
+                raise KeyStoreError(f"{path} is accessible by other users (mode {mode:o}); chmod 600 it")
+            data = path.read_bytes()
+        try:
+            key = serialization.load_pem_private_key(data, password=None)
+        except (ValueError, TypeError) as e:
+            raise KeyStoreError(f"{path} is not a readable unencrypted PEM private key") from e
+        if not _key_matches_alg(key, alg) or jwk_thumbprint(_public_jwk(key)) != kid:  # type: ignore[arg-type]
+            raise KeyStoreError(f"{path} does not hold the {alg} key {kid} (file replaced or corrupt)")
+        self._private_cache[kid] = key  # type: ignore[assignment]
+        return key  # type: ignore[return-value]
+
+
+def _pem(key: PrivateKey) -> bytes:
+    return key.private_bytes(
+        encoding=serialization.Encoding.PEM,
+        format=serialization.PrivateFormat.PKCS8,
+        encryption_algorithm=serialization.NoEncryption(),
+    )
+
+
+def _info(k: Mapping[str, Any]) -> KeyInfo:
+    return KeyInfo(
+        kid=k["kid"],
+        alg=k["alg"],
+        created_at=k["created_at"],
+        retired_at=k["retired_at"],
+        status="current" if k["retired_at"] is None else "retired",
+    )

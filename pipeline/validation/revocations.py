@@ -1,0 +1,184 @@
+"""Revocations: which tokens (by jti) and which subjects (tokens issued up to a time) are no longer good.
+
+:class:`RevocationIndex` is the in-memory lookup every validation consults — pure, no I/O.
+:class:`RevocationStore` persists it in SQLite under the data dir, so a restarted validator keeps
+enforcing, and hands out monotonic versions (``GET /v1/revocations?since=V``).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+import uuid
+from dataclasses import replace
+from pathlib import Path
+
+from pipeline.events import Revocation, format_ts, parse_ts
+
+DEFAULT_MAX_TOKEN_LIFETIME_S = 24 * 3600
+
+
+class RevocationIndex:
+    """Revoked jtis and subjects, with expiry. Versions only move forward."""
+
+    def __init__(self) -> None:
+        self._jti: dict[tuple[str, str], float] = {}  # (iss, jti) -> expires_at
+        self._sub: dict[tuple[str, str], tuple[float, float]] = {}  # (iss, sub) -> (revoked_before, expires_at)
+        self.version = 0
+
+    def __len__(self) -> int:
+        return len(self._jti) + len(self._sub)
+
+    def apply(self, revocation: Revocation) -> None:
+        expires = parse_ts(revocation.expires_at).timestamp()
+        key = (revocation.iss, revocation.value)
+        if revocation.kind == "jti":
+            self._jti[key] = max(expires, self._jti.get(key, 0.0))
+        else:
+            assert revocation.revoked_before is not None
+            before = parse_ts(revocation.revoked_before).timestamp()
+            old_before, old_expires = self._sub.get(key, (float("-inf"), 0.0))
+            # A later subject revocation only widens what is revoked, never narrows it.
+            self._sub[key] = (max(before, old_before), max(expires, old_expires))
+        if revocation.version is not None:
+            self.version = max(self.version, revocation.version)
+
+    def is_revoked(self, iss: str | None, jti: str | None, sub: str | None, iat: float | None) -> bool:
+        if iss is None:
+            return False
+        if jti is not None and (iss, jti) in self._jti:
+            return True
+        if sub is not None:
+            entry = self._sub.get((iss, sub))
+            if entry is not None and (iat is None or iat <= entry[0]):
+                return True
+        return False
+
+    def purge(self, now: float) -> int:
+        """Drop entries whose tokens can no longer be valid anyway."""
+        dead_jti = [k for k, expires in self._jti.items() if expires <= now]
+        dead_sub = [k for k, (_, expires) in self._sub.items() if expires <= now]
+        for k in dead_jti:
+            del self._jti[k]
+        for k in dead_sub:
+            del self._sub[k]
+        return len(dead_jti) + len(dead_sub)
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS revocations (
+    version INTEGER PRIMARY KEY AUTOINCREMENT,
+    revocation_id TEXT NOT NULL UNIQUE,
+    expires_at REAL NOT NULL,
+    record BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS revocations_expiry ON revocations(expires_at);
+"""
+
+
+class RevocationStore:
+    """SQLite-backed revocations feeding a :class:`RevocationIndex`. Thread-safe."""
+
+    def __init__(self, path: Path, *, max_token_lifetime_s: int = DEFAULT_MAX_TOKEN_LIFETIME_S) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.max_token_lifetime_s = max_token_lifetime_s
+        self.index = RevocationIndex()
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+        now = time.time()
+        for version, raw in self._db.execute(
+            "SELECT version, record FROM revocations WHERE expires_at > ? ORDER BY version", (now,)
+        ):
+            self.index.apply(replace(Revocation.from_json(raw), version=version))
+        (last,) = self._db.execute("SELECT COALESCE(MAX(version), 0) FROM revocations").fetchone()
+        self.index.version = max(self.index.version, last)
+
+    @property
+    def version(self) -> int:
+        return self.index.version
+
+    def is_revoked(self, iss: str | None, jti: str | None, sub: str | None, iat: float | None) -> bool:
+        return self.index.is_revoked(iss, jti, sub, iat)
+
+    def revoke(
+        self,
+        *,
+        kind: str,
+        iss: str,
+        value: str,
+        reason: str,
+        source: str = "manual",
+        alert_id: str | None = None,
+        revoked_before: float | None = None,
+        token_exp: float | None = None,
+        leeway_s: int = 30,
+        now: float | None = None,
+    ) -> Revocation:
+        """Record a revocation and enforce it at once; returns it with its version."""
+        now = time.time() if now is None else now
+        if kind == "jti":
+            expires = (token_exp + leeway_s) if token_exp is not None else now + self.max_token_lifetime_s
+            before_text = None
+        elif kind == "sub":
+            before = now if revoked_before is None else revoked_before
+            expires = before + self.max_token_lifetime_s + leeway_s
+            before_text = format_ts(before)
+        else:
+            raise ValueError(f"kind must be 'jti' or 'sub', not {kind!r}")
+        record = Revocation(
+            revocation_id=str(uuid.uuid4()),
+            kind=kind,
+            iss=iss,
+            value=value,
+            reason=reason,
+            source=source,
+            alert_id=alert_id,
+            created_at=format_ts(now),
+            expires_at=format_ts(expires),
+            revoked_before=before_text,
+        )
+        return self.add(record)
+
+    def add(self, record: Revocation) -> Revocation:
+        """Store a revocation made elsewhere (the bus); idempotent on ``revocation_id``."""
+        expires = parse_ts(record.expires_at).timestamp()
+        with self._lock:
+            row = self._db.execute(
+                "SELECT version FROM revocations WHERE revocation_id = ?", (record.revocation_id,)
+            ).fetchone()
+            if row is not None:
+                return replace(record, version=row[0])
+            cursor = self._db.execute(
+                "INSERT INTO revocations (revocation_id, expires_at, record) VALUES (?, ?, ?)",
+                (record.revocation_id, expires, replace(record, version=None).to_json()),
+            )
+            stored = replace(record, version=cursor.lastrowid)
+            self.index.apply(stored)
+            return stored
+
+    def since(self, version: int, limit: int = 1000) -> list[Revocation]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT version, record FROM revocations WHERE version > ? ORDER BY version LIMIT ?",
+                (version, limit),
+            ).fetchall()
+        return [replace(Revocation.from_json(raw), version=v) for v, raw in rows]
+
+    def purge(self, now: float | None = None) -> int:
+        now = time.time() if now is None else now
+        with self._lock:
+            # The newest row stays, expired or not, so that versions never go backwards after a restart.
+            self._db.execute(
+                "DELETE FROM revocations WHERE expires_at <= ? AND version < (SELECT MAX(version) FROM revocations)",
+                (now,),
+            )
+            return self.index.purge(now)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

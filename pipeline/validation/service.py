@@ -1,0 +1,137 @@
+"""ValidatorService: the validator wired to its revocation store, usage events and metrics.
+
+The HTTP app (``app.py``) and the ASGI middleware (``middleware.py``) are thin layers over this.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from pipeline.bus import Bus
+from pipeline.validation.client_ip import Network, parse_networks
+from pipeline.validation.config import ValidatorConfig
+from pipeline.validation.revocations import RevocationStore
+from pipeline.validation.usage import UsageEmitter, usage_event
+from pipeline.validation.validator import TokenValidator
+from pipeline.validation.verifier import Verdict, reject
+
+
+@dataclass(frozen=True, slots=True)
+class RequestContext:
+    """What the validator knows about the protected request besides the token."""
+
+    ip: str
+    user_agent: str | None = None
+    service: str | None = None
+    method: str | None = None
+    path: str | None = None
+
+
+class ValidatorMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.validations = Counter(
+            "jwtwatch_validations_total",
+            "Token validations by outcome and reason",
+            ["outcome", "reason"],
+            registry=registry,
+        )
+        self.seconds = Histogram(
+            "jwtwatch_validation_seconds",
+            "Time to validate one token",
+            buckets=(0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25),
+            registry=registry,
+        )
+        self.no_credentials = Counter(
+            "jwtwatch_requests_without_token_total", "Validation requests carrying no bearer token", registry=registry
+        )
+        self.revocation_version = Gauge(
+            "jwtwatch_revocation_version", "Version of the revocation list being enforced", registry=registry
+        )
+        self.revocations_active = Gauge(
+            "jwtwatch_revocations_active", "Revocation entries being enforced", registry=registry
+        )
+        self.cache_entries = Gauge("jwtwatch_verified_cache_entries", "Verified tokens cached", registry=registry)
+
+
+class ValidatorService:
+    def __init__(
+        self,
+        config: ValidatorConfig,
+        *,
+        data_dir: Path,
+        bus: Bus | None = None,
+        events_out: Path | None = None,
+        trusted_proxies: tuple[Network, ...] | str | None = None,
+        admin_token: str | None = None,
+        max_token_lifetime_s: int = 24 * 3600,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.clock = clock
+        self.revocations = RevocationStore(
+            Path(data_dir) / "revocations.sqlite", max_token_lifetime_s=max_token_lifetime_s
+        )
+        self.validator = TokenValidator(config, revocations=self.revocations, clock=clock)
+        self.emitter = UsageEmitter(bus, events_out)
+        self.trusted_proxies = (
+            trusted_proxies if isinstance(trusted_proxies, tuple) else parse_networks(trusted_proxies)
+        )
+        self.admin_token = admin_token
+        self.registry = CollectorRegistry()
+        self.metrics = ValidatorMetrics(self.registry)
+        self.metrics.revocation_version.set_function(lambda: self.revocations.version)
+        self.metrics.revocations_active.set_function(lambda: len(self.revocations.index))
+        self.metrics.cache_entries.set_function(lambda: len(self.validator.cache))
+        self._last_purge = 0.0
+
+    def check(self, token: object, context: RequestContext) -> Verdict:
+        """Validate one token for one request, emit its usage event, count it."""
+        started = time.perf_counter()
+        now = self.clock()
+        verdict = self.validator.validate(token, now)
+        self.metrics.seconds.observe(time.perf_counter() - started)
+        self.record(verdict, context, now)
+        self._maybe_purge(now)
+        return verdict
+
+    def too_large(self, context: RequestContext) -> Verdict:
+        """A token refused before parsing because of its size: still one usage event."""
+        verdict = reject("too_large")
+        self.record(verdict, context, self.clock())
+        return verdict
+
+    def record(self, verdict: Verdict, context: RequestContext, now: float) -> None:
+        self.metrics.validations.labels("accepted" if verdict.ok else "rejected", verdict.reason or "none").inc()
+        self.emitter.emit(
+            usage_event(
+                verdict,
+                now=now,
+                ip=context.ip,
+                user_agent=context.user_agent,
+                service=context.service,
+                method=context.method,
+                path=context.path,
+            )
+        )
+
+    def _maybe_purge(self, now: float) -> None:
+        if now - self._last_purge > 60:
+            self._last_purge = now
+            self.revocations.purge(now)
+
+    def ready(self) -> tuple[bool, str]:
+        if not self.validator.keys.current().usable():
+            return False, "no usable signing keys"
+        return True, "ok"
+
+    def close(self) -> None:
+        self.emitter.close()
+        self.revocations.close()
+        close_keys = getattr(self.validator.keys, "close", None)
+        if close_keys is not None:
+            close_keys()

@@ -1,0 +1,69 @@
+"""TokenValidator: the verifier wired to its keys, the verified-token cache and the revocation list."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+from pipeline.validation.cache import VerifiedTokenCache
+from pipeline.validation.config import ValidatorConfig
+from pipeline.validation.key_sources import KeySource, key_source_for
+from pipeline.validation.verifier import TokenVerifier, Verdict, reject
+
+
+class RevocationCheck(Protocol):
+    def is_revoked(self, iss: str | None, jti: str | None, sub: str | None, iat: float | None) -> bool: ...
+
+
+class TokenValidator:
+    """``TokenValidator(ValidatorConfig(...)).validate(token) -> Verdict`` — never raises on any input."""
+
+    def __init__(
+        self,
+        config: ValidatorConfig,
+        *,
+        revocations: RevocationCheck | None = None,
+        key_source: KeySource | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.verifier = TokenVerifier(config)
+        self.keys = key_source or key_source_for(config)
+        self.revocations = revocations
+        self.cache = VerifiedTokenCache(config.cache_size)
+        self._clock = clock
+        self._generation = self.keys.generation
+
+    def validate(self, token: object, now: float | None = None) -> Verdict:
+        now = self._clock() if now is None else now
+        if self.keys.generation != self._generation:
+            # A key was added or removed: cached verifications may rest on a key no longer trusted.
+            self.cache.clear()
+            self._generation = self.keys.generation
+
+        claims = self.cache.get(token, now) if isinstance(token, str) else None
+        if claims is not None:
+            reason = self.verifier.check_time(claims, now)
+            if reason:
+                return reject(reason, claims)
+            return self._revocation_checked(Verdict(True, None, claims, cached=True))
+
+        verdict = self.verifier.verify(token, self.keys.current(), now)
+        if verdict.reason == "unknown_kid" and self.keys.refresh_for_unknown_kid():
+            verdict = self.verifier.verify(token, self.keys.current(), now)
+        if not verdict.ok:
+            return verdict
+        verdict = self._revocation_checked(verdict)
+        if verdict.ok and isinstance(token, str):
+            self.cache.put(token, verdict.claims)  # type: ignore[arg-type]
+        return verdict
+
+    def _revocation_checked(self, verdict: Verdict) -> Verdict:
+        if self.revocations is None:
+            return verdict
+        claims = verdict.claims
+        assert claims is not None
+        if self.revocations.is_revoked(claims["iss"], claims["jti"], claims["sub"], claims["iat"]):
+            return reject("revoked", claims, verdict.kid)
+        return verdict

@@ -1,0 +1,73 @@
+"""What every jwtwatch HTTP service shares: security headers and admin-token checks."""
+
+from __future__ import annotations
+
+import hmac
+from pathlib import Path
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
+    (b"strict-transport-security", b"max-age=31536000; includeSubDomains"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'"),
+    (b"referrer-policy", b"no-referrer"),
+)
+
+
+class SecurityHeadersMiddleware:
+    """Adds the security headers to every response — errors, 404s and 405s included."""
+
+    def __init__(self, app: ASGIApp, *, no_store_prefixes: tuple[str, ...] = ()) -> None:
+        self.app = app
+        self.no_store_prefixes = no_store_prefixes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        no_store = scope.get("path", "").startswith(self.no_store_prefixes) if self.no_store_prefixes else False
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [h for h in message.get("headers", []) if h[0].lower() not in _OVERRIDDEN]
+                headers.extend(SECURITY_HEADERS)
+                if no_store:
+                    headers.append((b"cache-control", b"no-store"))
+                    headers.append((b"pragma", b"no-cache"))
+                message["headers"] = headers
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+_OVERRIDDEN = {name for name, _ in SECURITY_HEADERS}
+
+
+def read_admin_token(path: Path | None) -> str | None:
+    """The admin bearer token from a file (never from the command line, where `ps` would show it)."""
+    if path is None:
+        return None
+    token = Path(path).read_text(encoding="utf-8").strip()
+    if len(token) < 16:
+        raise ValueError(f"admin token in {path} is too short (at least 16 characters)")
+    return token
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    """The credentials of an ``Authorization: Bearer`` header (RFC 6750 §2.1), else None."""
+    if not authorization:
+        return None
+    scheme, _, credentials = authorization.partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    credentials = credentials.strip()
+    return credentials or None
+
+
+def admin_token_matches(expected: str | None, authorization: str | None) -> bool:
+    """Constant-time comparison; with no admin token configured, the admin API is closed."""
+    presented = bearer_token(authorization)
+    if expected is None or presented is None:
+        return False
+    return hmac.compare_digest(presented.encode("utf-8", "surrogateescape"), expected.encode("utf-8"))
