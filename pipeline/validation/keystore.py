@@ -65,6 +65,7 @@ MIN_RSA_BITS = 2048
 GENESIS_PREV = "0" * 64
 
 STORE_FILE = "store.json"
+JWKS_FILE = "jwks.json"  # public keys only, rewritten on every change
 AUDIT_FILE = "audit.log"
 LOCK_FILE = ".lock"
 PRIVATE_DIR = "private"
@@ -476,6 +477,8 @@ class KeyStore:
                     "audit_head": {"seq": head["seq"], "hash": head["hash"]},
                 }
                 _write_atomic(root / STORE_FILE, canonical_json(meta), 0o644)
+                store = cls(root)
+                store._publish_jwks()
         log.info("key store initialised in %s with %s key %s", root, alg, kid)
         return cls(root)
 
@@ -660,6 +663,11 @@ class KeyStore:
         new_meta = {**meta, "keys": keys, "audit_head": {"seq": head["seq"], "hash": head["hash"]}}
         _write_atomic(self._root / STORE_FILE, canonical_json(new_meta), 0o644)
         self._meta_cache = None
+        self._publish_jwks()
+
+    def _publish_jwks(self) -> None:
+        """Keep ``jwks.json`` beside the store, so a validator can follow it with ``--jwks-file``."""
+        _write_atomic(self._root / JWKS_FILE, json.dumps(self.public_jwks(), indent=2).encode() + b"\n", 0o644)
 
     def _drop_record(self, k: Mapping[str, Any], lifetime: int) -> tuple[str, str, str, dict[str, Any]]:
         log.info(

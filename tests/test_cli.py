@@ -1,0 +1,142 @@
+"""The jwtwatch command, run as a user would: real processes, real files, real HTTP on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+JWTWATCH = [sys.executable, "-m", "pipeline.cli"]
+ISSUER = "https://issuer.cli.test"
+AUDIENCE = "https://api.cli.test"
+
+
+def run(*args: str, check: bool = True, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [*JWTWATCH, *args], capture_output=True, text=True, timeout=120, env={**os.environ, **(env or {})}
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"jwtwatch {' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> Path:
+    run("keys", "init", "--dir", str(tmp_path / "keys"), "--alg", "ES256", "--issuer", ISSUER)
+    return tmp_path / "keys"
+
+
+def test_help_lists_the_commands() -> None:
+    out = run("--help").stdout
+    for command in ("validator", "keys", "token", "revoke", "demo"):
+        assert command in out
+
+
+def test_keys_rotate_list_and_audit(keys: Path) -> None:
+    (first,) = [json.loads(line) for line in run("keys", "list", "--dir", str(keys), "--json").stdout.splitlines()]
+    run("keys", "rotate", "--dir", str(keys))
+    listing = [json.loads(line) for line in run("keys", "list", "--dir", str(keys), "--json").stdout.splitlines()]
+    assert [k["status"] for k in listing] == ["retired", "current"]
+    assert listing[0]["kid"] == first["kid"]  # the old key is still published
+    assert "kid" in run("keys", "list", "--dir", str(keys)).stdout  # and a table for people
+    assert "intact: 3 entries" in run("keys", "audit", "--dir", str(keys)).stdout
+
+
+def test_keys_audit_names_the_broken_entry(keys: Path) -> None:
+    run("keys", "rotate", "--dir", str(keys))
+    log = keys / "audit.log"
+    lines = log.read_bytes().splitlines(keepends=True)
+    lines[1] = lines[1].replace(b'"retire"', b'"rotate"')
+    log.write_bytes(b"".join(lines))
+    result = run("keys", "audit", "--dir", str(keys), check=False)
+    assert result.returncode == 1
+    assert "entry 2" in result.stderr
+
+
+def test_errors_are_one_clear_line(tmp_path: Path) -> None:
+    result = run("keys", "list", "--dir", str(tmp_path / "missing"), check=False)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "does not exist" in result.stderr
+    result = run("token", "issue", "--dir", str(tmp_path / "missing"), "--sub", "a", "--aud", "b", check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+
+
+def test_token_issue_refuses_more_than_the_lifetime_cap(keys: Path) -> None:
+    result = run("token", "issue", "--dir", str(keys), "--sub", "a", "--aud", AUDIENCE, "--ttl", "7200", check=False)
+    assert result.returncode == 2
+    assert "ttl" in result.stderr.lower() or "lifetime" in result.stderr.lower()
+
+
+@pytest.fixture
+def validator(keys: Path, tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    port = free_port()
+    admin = tmp_path / "admin-token"
+    admin.write_text("a-very-secret-admin-token-1234\n")
+    admin.chmod(0o600)
+    proc = subprocess.Popen(
+        [*JWTWATCH, "validator", "serve", "--port", str(port), "--jwks-file", str(keys / "jwks.json"),
+         "--admin-token-file", str(admin), "--data-dir", str(tmp_path / "data"),
+         "--events-out", str(tmp_path / "events.jsonl")],
+        env={**os.environ, "JWTWATCH_ISSUER": ISSUER, "JWTWATCH_AUDIENCE": AUDIENCE},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"validator did not start:\n{proc.stdout.read() if proc.stdout else ''}")
+        time.sleep(0.1)
+    yield url, admin
+    proc.terminate()
+    proc.wait(timeout=20)
+
+
+def test_validator_serve_end_to_end(keys: Path, validator: tuple[str, Path], tmp_path: Path) -> None:
+    url, admin = validator
+    token = run("token", "issue", "--dir", str(keys), "--sub", "alice", "--aud", AUDIENCE).stdout.strip()
+    assert httpx.get(f"{url}/v1/validate", headers={"Authorization": f"Bearer {token}"}).status_code == 200
+
+    # Rotation is picked up from jwks.json without a restart; old tokens stay good.
+    run("keys", "rotate", "--dir", str(keys))
+    time.sleep(1.1)  # the JWKS file is re-checked at most once a second
+    fresh = run("token", "issue", "--dir", str(keys), "--sub", "alice", "--aud", AUDIENCE).stdout.strip()
+    assert httpx.get(f"{url}/v1/validate", headers={"Authorization": f"Bearer {fresh}"}).status_code == 200
+    assert httpx.get(f"{url}/v1/validate", headers={"Authorization": f"Bearer {token}"}).status_code == 200
+    jwks = httpx.get(f"{url}/.well-known/jwks.json")
+    assert len(jwks.json()["keys"]) == 2
+    assert "max-age=60" in jwks.headers["cache-control"]
+
+    result = run("revoke", "--url", url, "--admin-token-file", str(admin), "--sub", "alice")
+    assert "version 1" in result.stdout
+    for t in (token, fresh):
+        assert httpx.get(f"{url}/v1/validate", headers={"Authorization": f"Bearer {t}"}).status_code == 401
+    events = (tmp_path / "events.jsonl").read_text().splitlines()
+    assert len(events) == 5
+    assert '"reason":"revoked"' in events[-1]
+
+
+def test_demo_runs_green(tmp_path: Path) -> None:
+    result = run("demo", "--data-dir", str(tmp_path / "demo"))
+    assert "every token got the answer it should" in result.stdout
+    assert (tmp_path / "demo" / "events.jsonl").read_text().count("\n") == 8
