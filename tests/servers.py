@@ -1,40 +1,14 @@
-"""Real HTTP servers on loopback for tests: uvicorn in a thread, and a request-recording trap."""
+"""Real HTTP servers on loopback for tests: the app under test, and a request-recording trap."""
 
 from __future__ import annotations
 
-import socket
 import threading
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-import uvicorn
+from pipeline.validation.server import background_server as serve_app
 
-
-@contextmanager
-def serve_app(app: Any, **config: Any) -> Iterator[str]:
-    """Run an ASGI app with uvicorn on 127.0.0.1 (a free port); yields its base URL."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off", **config))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 15
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.01)
-    scheme = "https" if "ssl_certfile" in config else "http"
-    try:
-        yield f"{scheme}://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
+__all__ = ["RequestTrap", "serve_app"]
 
 
 class RequestTrap:

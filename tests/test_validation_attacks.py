@@ -119,7 +119,8 @@ def _tampered(w: World) -> str:
 
 
 def _claims(**overrides: object) -> Case:
-    return lambda w: w.issuer.token("RS256", **overrides)
+    """Claim overrides; a callable is evaluated when the token is built (times relative to then)."""
+    return lambda w: w.issuer.token("RS256", **{k: v() if callable(v) else v for k, v in overrides.items()})
 
 
 def _headers(**headers: object) -> Case:
@@ -168,21 +169,25 @@ ATTACKS: list[tuple[str, Case, str]] = [
     ("kid-sql-injection", _kid("' OR '1'='1' --"), "unknown_kid"),
     ("kid-command-injection", _kid("rs256-1|cat /etc/passwd"), "unknown_kid"),
     ("kid-huge", _kid("k" * 5000), "malformed"),
-    ("kid-not-a-string", lambda w: raw_token({"alg": "RS256", "typ": "at+jwt", "kid": 7}, standard_claims(), b"s" * 256), "malformed"),
+    (
+        "kid-not-a-string",
+        lambda w: raw_token({"alg": "RS256", "typ": "at+jwt", "kid": 7}, standard_claims(), b"s" * 256),
+        "malformed",
+    ),
     ("es256-all-zero-signature", _zero_es256, "bad_signature"),
     ("es256-der-signature", _der_es256, "bad_signature"),
     ("tampered-payload", _tampered, "bad_signature"),
     ("alg-relabelled-against-key", _relabelled, "alg_not_allowed"),
-    ("expired", _claims(exp=_now() - 120), "expired"),
-    ("nbf-in-future", _claims(nbf=_now() + 600), "not_yet_valid"),
-    ("iat-in-future", _claims(iat=_now() + 600), "not_yet_valid"),
+    ("expired", _claims(exp=lambda: _now() - 120), "expired"),
+    ("nbf-in-future", _claims(nbf=lambda: _now() + 600), "not_yet_valid"),
+    ("iat-in-future", _claims(iat=lambda: _now() + 600), "not_yet_valid"),
     ("wrong-issuer", _claims(iss="https://evil.test"), "issuer"),
     ("prefix-extended-issuer", _claims(iss=ISSUER + ".evil.test"), "issuer"),
     ("issuer-with-trailing-slash", _claims(iss=ISSUER + "/"), "issuer"),
     ("wrong-audience", _claims(aud="https://other.test"), "audience"),
     ("audience-list-without-ours", _claims(aud=["https://a.test", "https://b.test"]), "audience"),
     *[(f"missing-{c}", _claims(**{c: DROP}), "missing_claim") for c in ("iss", "sub", "aud", "exp", "iat", "jti")],
-    *[(f"string-{c}", _claims(**{c: str(_now() + 60)}), "malformed") for c in ("exp", "iat", "nbf")],
+    *[(f"string-{c}", _claims(**{c: lambda: str(_now() + 60)}), "malformed") for c in ("exp", "iat", "nbf")],
     ("bool-exp", _claims(exp=True), "malformed"),
     ("unknown-crit", _headers(crit=["urn:example:ext"], **{"urn:example:ext": 1}), "malformed"),
     ("b64-false-in-crit", _headers(b64=False, crit=["b64"]), "malformed"),
@@ -201,10 +206,13 @@ ATTACKS: list[tuple[str, Case, str]] = [
 ]
 
 CONTROLS: list[tuple[str, Case]] = [
-    *[(f"{alg}-{typ}", (lambda a, t: lambda w: w.issuer.token(a, headers={"typ": t}))(alg, typ))
-      for alg in ("RS256", "ES256", "EdDSA") for typ in ("at+jwt", "JWT", "application/at+jwt")],
+    *[
+        (f"{alg}-{typ}", (lambda a, t: lambda w: w.issuer.token(a, headers={"typ": t}))(alg, typ))
+        for alg in ("RS256", "ES256", "EdDSA")
+        for typ in ("at+jwt", "JWT", "application/at+jwt")
+    ],
     ("audience-list-with-ours", _claims(aud=["https://other.test", AUDIENCE])),
-    ("expired-within-leeway", _claims(exp=_now() - 5)),
+    ("expired-within-leeway", _claims(exp=lambda: _now() - 5)),
     ("no-nbf", _claims(nbf=DROP)),
 ]
 

@@ -9,6 +9,7 @@ fails the last good keys stay in use.
 from __future__ import annotations
 
 import logging
+import ssl
 import threading
 import time
 from pathlib import Path
@@ -113,9 +114,8 @@ class UrlKeySource:
         self._algorithms = algorithms
         self._refresh_s = refresh_s
         self._cooldown_s = cooldown_s
-        self._client = client or httpx.Client(
-            timeout=timeout_s, follow_redirects=False, verify=str(ca_file) if ca_file else True, trust_env=False
-        )
+        tls = ssl.create_default_context(cafile=str(ca_file)) if ca_file else ssl.create_default_context()
+        self._client = client or httpx.Client(timeout=timeout_s, follow_redirects=False, verify=tls, trust_env=False)
         self._lock = threading.Lock()
         self._keys: KeySet = KeySet()
         self._fetched_at = float("-inf")  # last successful fetch
@@ -166,6 +166,11 @@ class UrlKeySource:
         with self._lock:
             if time.monotonic() - self._attempted_at < self._cooldown_s:
                 return False
+            return self._fetch()
+
+    def refresh(self) -> bool:
+        """Fetch now, whatever the schedule; True when the key set changed."""
+        with self._lock:
             return self._fetch()
 
     def close(self) -> None:

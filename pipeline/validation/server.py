@@ -40,12 +40,14 @@ def uvicorn_config(app: Any, host: str, port: int, **extra: Any) -> uvicorn.Conf
 
 
 @contextmanager
-def background_server(app: Any, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
-    """Serve ``app`` in a thread (for the demo and tools); yields the base URL."""
+def background_server(app: Any, host: str = "127.0.0.1", port: int = 0, **config: Any) -> Iterator[str]:
+    """Serve ``app`` in a thread (for the demo, tools and tests); yields the base URL."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
-    server = uvicorn.Server(uvicorn_config(app, host, sock.getsockname()[1], lifespan="off"))
+    config.setdefault("lifespan", "off")
+    config.setdefault("timeout_graceful_shutdown", 3)
+    server = uvicorn.Server(uvicorn_config(app, host, sock.getsockname()[1], **config))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True, name="uvicorn")
     thread.start()
     deadline = time.monotonic() + 20
@@ -54,7 +56,8 @@ def background_server(app: Any, host: str = "127.0.0.1", port: int = 0) -> Itera
             raise RuntimeError("the HTTP server did not start")
         time.sleep(0.01)
     try:
-        yield f"http://{host}:{sock.getsockname()[1]}"
+        scheme = "https" if config.get("ssl_certfile") else "http"
+        yield f"{scheme}://{host}:{sock.getsockname()[1]}"
     finally:
         server.should_exit = True
         thread.join(timeout=10)

@@ -132,6 +132,4 @@ class ValidatorService:
     def close(self) -> None:
         self.emitter.close()
         self.revocations.close()
-        close_keys = getattr(self.validator.keys, "close", None)
-        if close_keys is not None:
-            close_keys()
+        self.validator.close()

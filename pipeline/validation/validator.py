@@ -37,6 +37,7 @@ class TokenValidator:
 
     def validate(self, token: object, now: float | None = None) -> Verdict:
         now = self._clock() if now is None else now
+        keys = self.keys.current()  # may reload the key set (throttled), which bumps its generation
         if self.keys.generation != self._generation:
             # A key was added or removed: cached verifications may rest on a key no longer trusted.
             self.cache.clear()
@@ -49,7 +50,7 @@ class TokenValidator:
                 return reject(reason, claims)
             return self._revocation_checked(Verdict(True, None, claims, cached=True))
 
-        verdict = self.verifier.verify(token, self.keys.current(), now)
+        verdict = self.verifier.verify(token, keys, now)
         if verdict.reason == "unknown_kid" and self.keys.refresh_for_unknown_kid():
             verdict = self.verifier.verify(token, self.keys.current(), now)
         if not verdict.ok:
@@ -58,6 +59,12 @@ class TokenValidator:
         if verdict.ok and isinstance(token, str):
             self.cache.put(token, verdict.claims)  # type: ignore[arg-type]
         return verdict
+
+    def close(self) -> None:
+        """Release the key source's connections (a JWKS URL keeps an HTTPS client)."""
+        close = getattr(self.keys, "close", None)
+        if close is not None:
+            close()
 
     def _revocation_checked(self, verdict: Verdict) -> Verdict:
         if self.revocations is None:
