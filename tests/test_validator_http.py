@@ -1,0 +1,125 @@
+"""The validator's HTTP surface: security headers everywhere, introspection, health, metrics."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from pipeline.bus.memory import MemoryBus
+from pipeline.validation import ValidatorConfig
+from pipeline.validation.app import create_validator_app
+from pipeline.validation.service import ValidatorService
+from tests.jwtkit import AUDIENCE, ISSUER, Issuer
+from tests.servers import serve_app
+
+ADMIN = "admin-token-for-tests-0123456789"
+
+
+@pytest.fixture(scope="module")
+def issuer() -> Issuer:
+    return Issuer.create()
+
+
+@pytest.fixture(scope="module")
+def url(issuer: Issuer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    service = ValidatorService(
+        ValidatorConfig(issuer=ISSUER, audience=AUDIENCE, jwks=issuer.jwks()),
+        data_dir=tmp_path_factory.mktemp("data"),
+        bus=MemoryBus(),
+        admin_token=ADMIN,
+    )
+    with serve_app(create_validator_app(service)) as base:
+        yield base
+    service.close()
+
+
+REQUESTS = [
+    ("GET", "/v1/validate", {}),
+    ("GET", "/v1/validate", {"Authorization": "Bearer x.y.z"}),
+    ("POST", "/v1/introspect", {}),
+    ("GET", "/.well-known/jwks.json", {}),
+    ("POST", "/v1/revocations", {"Authorization": f"Bearer {ADMIN}"}),  # 422: no body
+    ("GET", "/v1/revocations", {}),
+    ("GET", "/healthz", {}),
+    ("GET", "/readyz", {}),
+    ("GET", "/metrics", {}),
+    ("GET", "/no/such/page", {}),
+    ("DELETE", "/v1/validate", {}),  # 405
+]
+
+
+@pytest.mark.parametrize(("method", "path", "headers"), REQUESTS, ids=[f"{m} {p}" for m, p, _ in REQUESTS])
+def test_every_answer_carries_the_security_headers(url: str, method: str, path: str, headers: dict) -> None:
+    response = httpx.request(method, url + path, headers=headers)
+    assert response.status_code < 500
+    max_age = int(response.headers["strict-transport-security"].split("max-age=")[1].split(";")[0])
+    assert max_age >= 365 * 24 * 3600
+    assert response.headers["x-content-type-options"] == "nosniff"
+    assert response.headers["content-security-policy"].startswith("default-src 'none'")
+    assert "server" not in response.headers
+
+
+@pytest.mark.parametrize("path", ["/v1/validate", "/v1/introspect"])
+def test_validation_answers_are_never_cached(url: str, path: str, issuer: Issuer) -> None:
+    response = httpx.request("GET" if path.endswith("validate") else "POST", url + path)
+    assert response.headers["cache-control"] == "no-store"
+    good = httpx.get(url + "/v1/validate", headers={"Authorization": f"Bearer {issuer.token()}"})
+    assert good.status_code == 200 and good.headers["cache-control"] == "no-store"
+
+
+def test_introspection_follows_rfc7662(url: str, issuer: Issuer) -> None:
+    token = issuer.token("ES256", sub="carol", scope="orders:read")
+    auth = {"Authorization": f"Bearer {ADMIN}"}
+    active = httpx.post(url + "/v1/introspect", data={"token": token}, headers=auth).json()
+    assert active["active"] is True
+    assert (active["sub"], active["scope"], active["token_type"]) == ("carol", "orders:read", "access_token")
+    forged = Issuer.create().token("ES256")
+    assert httpx.post(url + "/v1/introspect", data={"token": forged}, headers=auth).json() == {"active": False}
+    # The caller must be authorised (RFC 7662 §2.1), or anyone could probe tokens.
+    assert httpx.post(url + "/v1/introspect", data={"token": token}).status_code == 401
+    wrong = {"Authorization": "Bearer admin-token-for-tests-0123456780"}
+    assert httpx.post(url + "/v1/introspect", data={"token": token}, headers=wrong).status_code == 401
+
+
+def test_introspection_refuses_oversized_and_malformed_bodies(url: str) -> None:
+    auth = {"Authorization": f"Bearer {ADMIN}", "Content-Type": "application/x-www-form-urlencoded"}
+    assert httpx.post(url + "/v1/introspect", content=b"token=" + b"a" * 70_000, headers=auth).status_code == 413
+    assert httpx.post(url + "/v1/introspect", content=b"\xff\xfe", headers=auth).status_code == 400
+    assert httpx.post(url + "/v1/introspect", content=b"token=a&token=b", headers=auth).status_code == 400
+
+
+def test_health_and_readiness(url: str) -> None:
+    assert httpx.get(url + "/healthz").json() == {"status": "ok"}
+    ready = httpx.get(url + "/readyz")
+    assert ready.status_code == 200 and ready.json()["ready"] is True
+
+
+def test_metrics_count_outcomes_by_reason(url: str, issuer: Issuer) -> None:
+    httpx.get(url + "/v1/validate", headers={"Authorization": f"Bearer {issuer.token(exp=1)}"})
+    body = httpx.get(url + "/metrics").text
+    assert 'jwtwatch_validations_total{outcome="rejected",reason="expired"}' in body
+    assert "jwtwatch_revocation_version" in body
+
+
+def test_claims_cannot_inject_headers_into_the_upstream_request(url: str, issuer: Issuer) -> None:
+    token = issuer.token(sub="eve\r\nX-Admin: true", scope="a\nb")
+    response = httpx.get(url + "/v1/validate", headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 200
+    assert response.headers["x-auth-subject"] == "eveX-Admin: true"
+    assert "x-admin" not in response.headers
+
+
+def test_readiness_fails_without_usable_keys(tmp_path: Path) -> None:
+    from pipeline.validation.jwks import KeySet
+    from pipeline.validation.key_sources import StaticKeySource
+
+    service = ValidatorService(
+        ValidatorConfig(issuer=ISSUER, audience=AUDIENCE, jwks=Issuer.create().jwks()), data_dir=tmp_path
+    )
+    service.validator.keys = StaticKeySource(KeySet())
+    with serve_app(create_validator_app(service)) as base:
+        assert httpx.get(base + "/readyz").status_code == 503
+    service.close()
