@@ -17,7 +17,7 @@ import ipaddress
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar, Literal, Self
 
 import orjson
@@ -91,11 +91,18 @@ def parse_ts(text: str) -> datetime:
     moment = datetime.fromisoformat(text)
     if moment.tzinfo is None:
         raise ValueError("timestamp has no UTC offset")
-    return moment.astimezone(UTC)
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("timestamp out of range in UTC") from None
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def ts_to_epoch_ms(text: str) -> int:
-    return int(parse_ts(text).timestamp() * 1000)
+    # Integer arithmetic: float seconds lose the millisecond for dates far from 1970.
+    return (parse_ts(text) - _EPOCH) // timedelta(milliseconds=1)
 
 
 # ------------------------------------------------------------------------------------ field checks

@@ -82,7 +82,9 @@ class MemoryBus(Bus):
             member = MemoryConsumer(self, list(topics), group, from_beginning)
             self._groups.setdefault(group, _Group()).members.append(member)
             for topic in member.topics:
-                self._partitions(topic)
+                for index, part in enumerate(self._partitions(topic)):
+                    # "From the end" means the end when the consumer joined, as with Kafka.
+                    member._joined_at[(topic, index)] = part.end
             return member
 
     def close(self) -> None:
@@ -116,6 +118,7 @@ class MemoryConsumer(Consumer):
         self.group = group
         self._from_beginning = from_beginning
         self._positions: dict[tuple[str, int], int] = {}
+        self._joined_at: dict[tuple[str, int], int] = {}
         self._closed = False
 
     def _position(self, tp: tuple[str, int]) -> int:
@@ -125,8 +128,10 @@ class MemoryConsumer(Consumer):
             part = self.bus._topics[tp[0]][tp[1]]
             if committed is not None:
                 pos = committed
+            elif self._from_beginning:
+                pos = part.base
             else:
-                pos = part.base if self._from_beginning else part.end
+                pos = self._joined_at.get(tp, part.end)
             self._positions[tp] = pos
         return pos
 
@@ -146,7 +151,10 @@ class MemoryConsumer(Consumer):
 
     def _take(self, max_records: int) -> list[Message]:
         batch: list[Message] = []
-        for tp in self.bus._assignment(self):
+        assignment = self.bus._assignment(self)
+        for tp in [tp for tp in self._positions if tp not in assignment]:
+            del self._positions[tp]  # rebalanced away: the new owner resumes from the commit
+        for tp in assignment:
             if len(batch) >= max_records:
                 break
             part = self.bus._topics[tp[0]][tp[1]]
@@ -162,7 +170,8 @@ class MemoryConsumer(Consumer):
     def commit(self) -> None:
         with self.bus._lock:
             committed = self.bus._groups[self.group].committed
-            committed.update(self._positions)
+            assignment = set(self.bus._assignment(self))
+            committed.update((tp, pos) for tp, pos in self._positions.items() if tp in assignment)
 
     def seek_to_beginning(self) -> None:
         with self.bus._lock:

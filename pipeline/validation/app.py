@@ -20,6 +20,7 @@ from pipeline.validation.service import RequestContext, ValidatorService
 from pipeline.web import SecurityHeadersMiddleware, admin_token_matches, bearer_token
 
 MAX_FORM_BYTES = 64 * 1024
+_LATEST_REVOKED_BEFORE = 4102444800  # 2100-01-01: later than any token's issue time
 JWKS_MAX_AGE_S = 60
 
 _INVALID = {"WWW-Authenticate": 'Bearer error="invalid_token"'}
@@ -51,7 +52,9 @@ def _context(service: ValidatorService, request: Request) -> RequestContext:
     headers = request.headers
     peer = request.client.host if request.client else None
     return RequestContext(
-        ip=client_ip(peer, headers.get("x-forwarded-for"), service.trusted_proxies),
+        # Repeated X-Forwarded-For lines are one list (RFC 9110 §5.3): a client's forged first line must
+        # not hide the line a trusted proxy appended.
+        ip=client_ip(peer, ",".join(headers.getlist("x-forwarded-for")) or None, service.trusted_proxies),
         user_agent=headers.get("user-agent"),
         service=headers.get("x-forwarded-host"),
         method=headers.get("x-forwarded-method"),
@@ -133,6 +136,8 @@ def validator_router(service: ValidatorService) -> APIRouter:
             if body.revoked_before.tzinfo is None:
                 return JSONResponse({"error": "revoked_before needs a UTC offset"}, status_code=422)
             before = body.revoked_before.timestamp()
+            if not 0 <= before <= _LATEST_REVOKED_BEFORE:
+                return JSONResponse({"error": "revoked_before out of range"}, status_code=422)
         record = service.revocations.revoke(
             kind=body.kind,
             iss=service.config.issuer,

@@ -53,7 +53,11 @@ class TokenValidationMiddleware:
             return
         peer = scope.get("client")
         context = RequestContext(
-            ip=client_ip(peer[0] if peer else None, headers.get("x-forwarded-for"), self.service.trusted_proxies),
+            ip=client_ip(
+                peer[0] if peer else None,
+                ",".join(headers.getlist("x-forwarded-for")) or None,
+                self.service.trusted_proxies,
+            ),
             user_agent=headers.get("user-agent"),
             service=self.service_name or headers.get("host"),
             method=scope["method"],

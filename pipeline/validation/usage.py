@@ -28,9 +28,11 @@ def _epoch(value: object) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     try:
-        return int(value)
+        number = int(value)
     except (OverflowError, ValueError):
         return None
+    # An attacker's iat of 10**30 must not break the event (int64 on the wire and in Arrow).
+    return number if -(2**63) <= number < 2**63 else None
 
 
 def _audience(value: object) -> str | None:
