@@ -263,6 +263,145 @@ def revoke(
     console.print(f"revoked {record['kind']} [bold]{record['value']}[/] (version {record['version']})")
 
 
+# -------------------------------------------------------------------------------------- detection
+
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "models" / "default"
+ModelDir = Annotated[
+    Path,
+    typer.Option("--model-dir", envvar=_env("model_dir"), help="Model directory (default: the shipped model)."),
+]
+
+
+def _progress(description: str, total: int):  # type: ignore[no-untyped-def]
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    progress = Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+        console=err, transient=True, disable=not err.is_terminal,
+    )  # fmt: skip
+    task = progress.add_task(description, total=total)
+    return progress, lambda n: progress.advance(task, n)
+
+
+def _read(paths: list[Path]):  # type: ignore[no-untyped-def]
+    from pipeline.detection.sources import read_events
+
+    for path in paths:
+        if not path.exists():
+            fail(f"{path}: no such file")
+    try:
+        with err.status("reading events…"):
+            result = read_events(paths)
+    except (ValueError, OSError) as exc:
+        fail(str(exc))
+    if result.bad:
+        err.print(f"[yellow]{len(result.bad)} bad line(s) skipped[/]:")
+        for bad in result.bad[:20]:
+            err.print(f"  {bad.path}:{bad.line}: {bad.error}")
+        if len(result.bad) > 20:
+            err.print(f"  … and {len(result.bad) - 20} more")
+    return result
+
+
+@app.command("train")
+def train(
+    events: Annotated[list[Path], typer.Option("--events", help="token-usage/1 files: .jsonl, .jsonl.gz, .parquet")],
+    model_dir: Annotated[Path, typer.Option("--model-dir", envvar=_env("model_dir"), help="Where to write the model.")],
+    seed: Annotated[int, typer.Option(envvar=_env("seed"), help="Random seed of the forests.")] = 0,
+    target_alert_rate: Annotated[
+        float, typer.Option(help="Share of benign entities allowed to alert on held-out baseline traffic.")
+    ] = 0.001,
+) -> None:
+    """Train one Isolation Forest per entity type on baseline (attack-free) traffic."""
+    from pipeline.detection.training import TrainingParams, train_model
+    from pipeline.scoring.model import save_model
+
+    result = _read(events)
+    if result.frame.empty:
+        fail("no valid events to train on")
+    progress, advance = _progress("training", len(result.frame))
+    try:
+        with progress:
+            model, _ = train_model(
+                result.frame, TrainingParams(seed=seed, target_alert_rate=target_alert_rate), progress=advance
+            )
+    except ValueError as exc:
+        fail(str(exc))
+    version = save_model(model, model_dir)
+    table = Table("entity", "windows fitted", "held-out entities", "threshold", title=f"model {version}")
+    for entity_type, scorer in model.scorers.items():
+        rows = model.metadata["training"]["rows"][entity_type]
+        table.add_row(entity_type, str(rows["fit"]), str(rows["entities"]), f"{scorer.threshold_:.4f}")
+    console.print(table)
+    console.print(f"model written to {model_dir} ({len(result.frame)} events, data sha256 "
+                  f"{model.metadata['training']['data_sha256'][:12]}…)")  # fmt: skip
+
+
+@app.command("detect")
+def detect(
+    events: Annotated[Path, typer.Option("--events", help="token-usage/1 file: .jsonl, .jsonl.gz, .parquet")],
+    alerts_out: Annotated[Path, typer.Option("--alerts-out", help="Write alert/1 JSON lines here.")],
+    model_dir: ModelDir = DEFAULT_MODEL_DIR,
+) -> None:
+    """Replay recorded events in event time through the streaming engine; write the alerts."""
+    from pipeline.detection.replay import replay
+    from pipeline.scoring.model import ModelError, load_model
+
+    try:
+        model = load_model(model_dir)
+    except ModelError as exc:
+        fail(str(exc))
+    result = _read([events])
+    progress, advance = _progress("detecting", len(result.frame))
+    started = time.perf_counter()
+    with progress:
+        alerts, engine = replay(result.frame, model, progress=advance)
+    elapsed = time.perf_counter() - started
+    alerts_out.parent.mkdir(parents=True, exist_ok=True)
+    with open(alerts_out, "wb") as out:
+        for alert in alerts:
+            out.write(alert.to_json() + b"\n")
+    table = Table("entity", *SEVERITY_COLUMNS, title=f"{len(alerts)} alerts (model {model.version})")
+    for entity_type in ("jti", "sub", "ip"):
+        counts = [sum(1 for a in alerts if a.entity_type == entity_type and a.severity == s) for s in SEVERITY_COLUMNS]
+        table.add_row(entity_type, *map(str, counts))
+    console.print(table)
+    stats = engine.stats
+    console.print(
+        f"{stats.events} events ({stats.late_events} late, {len(result.bad)} bad lines) in {elapsed:.1f} s "
+        f"({stats.events / max(elapsed, 1e-9):,.0f} events/s); alerts in {alerts_out}"
+    )
+
+
+SEVERITY_COLUMNS = ("low", "medium", "high", "critical")
+
+
+@app.command("simulate")
+def simulate_command(
+    out: Annotated[Path, typer.Option("--out", help="Events file: .jsonl, .jsonl.gz or .parquet.")],
+    minutes: Annotated[float, typer.Option(envvar=_env("minutes"), help="Simulated minutes of traffic.")] = 30.0,
+    seed: Annotated[int, typer.Option(envvar=_env("seed"), help="Random seed (same seed, same traffic).")] = 0,
+    labels: Annotated[Path | None, typer.Option("--labels", help="Write the injected incidents here (JSONL).")] = None,
+    baseline_only: Annotated[bool, typer.Option("--baseline-only", help="No attacks: training traffic.")] = False,
+    users: Annotated[int | None, typer.Option(help="Browser users (default: the simulator's).")] = None,
+) -> None:
+    """Synthetic traffic — browsers, mobile apps, services, offices — with every threat injected and labelled."""
+    from pipeline.simulate import SimulationParams, simulate
+    from pipeline.simulate.io import write_events, write_labels
+
+    params = SimulationParams(minutes=minutes, seed=seed)
+    if baseline_only:
+        params = dataclasses.replace(params, threats=())
+    if users is not None:
+        params = dataclasses.replace(params, browsers=users)
+    with err.status("simulating…"):
+        sim = simulate(params)
+        write_events(sim, out)
+        if labels is not None:
+            write_labels(sim, labels)
+    console.print(f"{len(sim.events)} events, {len(sim.incidents)} incidents → {out}")
+
+
 # -------------------------------------------------------------------------------------------- demo
 
 

@@ -38,6 +38,10 @@ class Consumer(ABC):
         """Re-position every assigned partition at the first message at or after ``timestamp_ms``."""
 
     @abstractmethod
+    def seek(self, positions: dict[tuple[str, int], int]) -> None:
+        """Re-position the given (topic, partition)s at the given offsets."""
+
+    @abstractmethod
     def end_offsets(self) -> dict[tuple[str, int], int]:
         """The next offset to be written per (topic, partition): 'caught up' means position == end."""
 

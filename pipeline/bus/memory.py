@@ -189,6 +189,10 @@ class MemoryConsumer(Consumer):
                         break
                 self._positions[tp] = pos
 
+    def seek(self, positions: dict[tuple[str, int], int]) -> None:
+        with self.bus._lock:
+            self._positions.update(positions)
+
     def end_offsets(self) -> dict[tuple[str, int], int]:
         with self.bus._lock:
             return {tp: self.bus._topics[tp[0]][tp[1]].end for tp in self.bus._assignment(self)}

@@ -1,0 +1,1 @@
+"""Turning anomalous windows into alerts (and, under a guarded policy, revocations)."""
