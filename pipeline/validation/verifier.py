@@ -17,11 +17,23 @@ from dataclasses import dataclass
 from typing import Any
 
 import jwt
-from jwt.exceptions import InvalidAlgorithmError, InvalidKeyError, InvalidSignatureError, PyJWTError
+from jwt.exceptions import PyJWTError
 
 from pipeline.validation.config import ValidatorConfig
 from pipeline.validation.jwks import KeySet
 
+# PyJWT parses; signature and claims are checked below (claims with our clock and strict types).
+_PARSE_ONLY: dict[str, Any] = {
+    "verify_signature": False,
+    "verify_exp": False,
+    "verify_nbf": False,
+    "verify_iat": False,
+    "verify_aud": False,
+    "verify_iss": False,
+    "verify_jti": False,
+    "verify_sub": False,
+    "require": [],
+}
 REQUIRED_CLAIMS = ("iss", "sub", "aud", "exp", "iat", "jti")
 NUMERIC_DATE_CLAIMS = ("exp", "iat", "nbf")
 STRING_CLAIMS = ("iss", "sub", "jti", "client_id", "scope")
@@ -70,20 +82,7 @@ class TokenVerifier:
         self.config = config
         self._algorithms = frozenset(config.algorithms)
         self._types = frozenset(_media_type(t) for t in config.allowed_types)
-        self._jwt = jwt.PyJWT(
-            options={
-                # Claims are checked below, with our clock and strict types.
-                "verify_exp": False,
-                "verify_nbf": False,
-                "verify_iat": False,
-                "verify_aud": False,
-                "verify_iss": False,
-                "verify_jti": False,
-                "verify_sub": False,
-                "require": [],
-                "enforce_minimum_key_length": True,
-            }
-        )
+        self._jwt = jwt.PyJWT()
 
     # ----------------------------------------------------------------------------------------- steps
 
@@ -110,40 +109,42 @@ class TokenVerifier:
         if token.count(".") != 2 or not token.isascii():
             return reject("malformed")
 
+        # One parse, by PyJWT (header, payload and signature); nothing in it is trusted yet.
         try:
-            header = jwt.get_unverified_header(token)
-        except PyJWTError:
+            decoded = self._jwt.decode_complete(token, options=_PARSE_ONLY)
+        except (PyJWTError, ValueError, TypeError, RecursionError):
+            return reject("malformed")
+        header, unverified = decoded["header"], decoded["payload"]
+        if not isinstance(unverified, dict):
             return reject("malformed")
 
         kid = header.get("kid")
         if kid is not None and (not isinstance(kid, str) or not kid or len(kid) > MAX_KID_LENGTH):
-            return self._reject("malformed", token, None)
+            return reject("malformed", unverified)
         reason = self._check_header(header)
         if reason:
-            return self._reject(reason, token, kid)
+            return reject(reason, unverified, kid)
 
         alg = header["alg"]
         key = keys.find(kid, alg)
         if key is None:
-            return self._reject("unknown_kid", token, kid)
-        if key.refused is not None:
-            return self._reject("weak_key" if key.weak else "unknown_kid", token, kid)
+            return reject("unknown_kid", unverified, kid)
+        if key.refused is not None or key.jwk is None:
+            return reject("weak_key" if key.weak else "unknown_kid", unverified, kid)
         if key.alg != alg:
             # The key decides the algorithm (RFC 8725 §3.1): a token may not re-label it.
-            return self._reject("alg_not_allowed", token, kid)
-
+            return reject("alg_not_allowed", unverified, kid)
+        # PyJWT's algorithm checks the signature over the exact bytes received, with the key's own
+        # algorithm; the key object was prepared (and its size checked) when the JWKS was loaded.
+        signing_input = token[: token.rindex(".")].encode("ascii")
         try:
-            decoded = self._jwt.decode_complete(token, key=key.jwk, algorithms=[key.alg])
-        except InvalidSignatureError:
-            return self._reject("bad_signature", token, kid)
-        except InvalidAlgorithmError:
-            return self._reject("alg_not_allowed", token, kid)
-        except InvalidKeyError:
-            return self._reject("weak_key", token, kid)
-        except PyJWTError:
-            return self._reject("malformed", token, kid)
+            valid = key.jwk.Algorithm.verify(signing_input, key.jwk.key, decoded["signature"])
+        except (PyJWTError, ValueError, TypeError):
+            valid = False
+        if not valid:
+            return reject("bad_signature", unverified, kid)
 
-        claims = decoded["payload"]
+        claims = unverified
         reason = self.check_claims(claims, now)
         if reason:
             return reject(reason, claims, kid)
@@ -165,15 +166,6 @@ class TokenVerifier:
         if not isinstance(typ, str) or _media_type(typ) not in self._types:
             return "type"
         return None
-
-    @staticmethod
-    def _reject(reason: str, token: str, kid: str | None) -> Verdict:
-        """A rejection carrying what the token claims about itself (parsed by PyJWT, unverified)."""
-        try:
-            claims = jwt.decode(token, options={"verify_signature": False})
-        except (PyJWTError, ValueError, TypeError, RecursionError):
-            claims = None
-        return reject(reason, claims if isinstance(claims, dict) else None, kid)
 
     def check_claims(self, claims: Mapping[str, Any], now: float) -> str | None:
         """Claim types, presence, issuer, audience and time — the reason, or None when all hold."""
