@@ -50,9 +50,9 @@ class EntityWindow:
 
     __slots__ = (
         "counts",
-        "head",
         "exp",
         "first_ts",
+        "head",
         "iat",
         "ips",
         "last_ip",
