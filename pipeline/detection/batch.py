@@ -52,17 +52,18 @@ class EventBatch:
 
 
 def _nullable(series: pd.Series) -> list:
-    return [None if v is None or v != v else v for v in series.tolist()]  # NaN -> None
+    """Column values with every kind of missing (None, NaN, pd.NA) as None."""
+    return series.astype(object).where(series.notna(), None).tolist()
 
 
 def frame_to_batch(frame: pd.DataFrame) -> EventBatch:
-    """A DataFrame of token-usage/1 columns (``ts`` as epoch ms or datetime) as one batch."""
+    """A DataFrame of token-usage/1 columns (``ts`` as epoch ms, or datetimes) as one batch."""
     ts = frame["ts"]
     if pd.api.types.is_datetime64_any_dtype(ts):
-        seconds = (ts.astype("int64") / 1e9 if ts.dt.unit == "ns" else ts.astype("int64") / _per_second(ts)).tolist()
+        per_second = {"s": 1.0, "ms": 1e3, "us": 1e6, "ns": 1e9}[ts.dt.unit]
+        seconds = (ts.astype("int64") / per_second).tolist()
     else:
         seconds = (ts.astype("int64") / 1000.0).tolist()
-    ints = {name: [None if v is None or v != v else int(v) for v in frame[name].tolist()] for name in ("iat", "exp")}
     return EventBatch(
         ts=seconds,
         jti=_nullable(frame["jti"]),
@@ -70,14 +71,10 @@ def frame_to_batch(frame: pd.DataFrame) -> EventBatch:
         client_id=_nullable(frame["client_id"]),
         ip=frame["ip"].astype(str).tolist(),
         user_agent=_nullable(frame["user_agent"]),
-        reason=_nullable(frame["reason"].astype(object)),
-        iat=ints["iat"],
-        exp=ints["exp"],
+        reason=_nullable(frame["reason"]),
+        iat=_nullable(frame["iat"]),
+        exp=_nullable(frame["exp"]),
     )
-
-
-def _per_second(ts: pd.Series) -> float:
-    return {"s": 1.0, "ms": 1e3, "us": 1e6, "ns": 1e9}[ts.dt.unit]
 
 
 def micro_batches(batch: EventBatch, max_events: int = 4096, max_span_s: float = 1.0) -> Iterator[EventBatch]:

@@ -19,12 +19,13 @@ def replay(
     *,
     baselines: Baselines | None = None,
     progress: Callable[[int], None] | None = None,
-    max_batch_events: int = 4096,
+    max_batch_events: int = 8192,
+    max_batch_span_s: float = 5.0,
 ) -> tuple[list[Alert], DetectionEngine]:
     """Every alert, in the order first fired, in its latest (most severe) state."""
     engine = DetectionEngine(model, baselines=baselines)
     latest: dict[str, Alert] = {}
-    for batch in micro_batches(frame_to_batch(frame), max_events=max_batch_events):
+    for batch in micro_batches(frame_to_batch(frame), max_batch_events, max_batch_span_s):
         for alert in engine.process(batch):
             latest[alert.alert_id] = alert  # dicts keep first-insertion order: first fired first
         if progress is not None:

@@ -53,7 +53,7 @@ def collect_features(
 ) -> tuple[Collected, Baselines]:
     collected = Collected()
     engine = DetectionEngine(None, collect=collected, spec=spec)
-    for batch in micro_batches(frame_to_batch(frame)):
+    for batch in micro_batches(frame_to_batch(frame), 8192, 5.0):
         engine.process(batch)
         if progress is not None:
             progress(len(batch))

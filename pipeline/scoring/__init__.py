@@ -16,6 +16,7 @@ import numpy as np
 from sklearn.ensemble import IsolationForest
 
 from pipeline.features import DESCRIPTIONS, LOG_SCALED
+from pipeline.scoring.forest import CompiledForest
 
 SEVERITIES = ("low", "medium", "high", "critical")
 
@@ -79,7 +80,11 @@ class EntityScorer:
         self.calibration_max_ = float(scores[-1]) if len(scores) else 0.0
 
     def score(self, X: np.ndarray) -> np.ndarray:
-        return -self.forest_.score_samples(np.asarray(X, dtype=np.float64))
+        compiled = getattr(self, "compiled_", None)
+        if compiled is None or compiled.source is not self.forest_:
+            compiled = self.compiled_ = CompiledForest(self.forest_)
+            compiled.source = self.forest_
+        return compiled.anomaly(X)
 
     def severity(self, score: float) -> str | None:
         """None below the threshold; above it, the margin left to 1.0 decides."""
