@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from pipeline.detection.batch import EventBatch
+from pipeline.detection.rules import fired_rules
 from pipeline.events import Alert
 from pipeline.features import FEATURES, ip_features, subject_features, token_features, ua_family
 from pipeline.features.baselines import Baselines
@@ -51,9 +52,6 @@ _ROW_FOR_REASON = {
     "audience": OTHER_REJECTED,
     "missing_claim": OTHER_REJECTED,
 }
-
-#: Forged-token probing needs no model: this many forged/malformed tokens from one IP in a window.
-FORGED_PROBING_MIN = 10
 
 
 @dataclass
@@ -212,7 +210,7 @@ class DetectionEngine:
         alerts = []
         for key, row, score in zip(due, rows, scores.tolist(), strict=True):
             window = store.entities[key]
-            rules = self._rules(entity_type, row)
+            rules = fired_rules(entity_type, row)
             severity = scorer.severity(score)
             if severity is None and not rules:
                 self._learn(entity_type, key, window, row)
@@ -242,14 +240,6 @@ class DetectionEngine:
             if alert is not None:
                 alerts.append(alert)
         return alerts
-
-    @staticmethod
-    def _rules(entity_type: str, row: list[float]) -> list[str]:
-        if entity_type == "ip":
-            forged = math.expm1(row[FEATURES["ip"].index("forged_rejections")])
-            if forged >= FORGED_PROBING_MIN - 0.5:
-                return ["forged_probing"]
-        return []
 
     def _learn(self, entity_type: str, key: str, window, row: list[float]) -> None:
         """A clean, full window teaches the baseline what normal volume looks like."""

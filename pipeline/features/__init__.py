@@ -35,7 +35,7 @@ FEATURES: dict[str, tuple[str, ...]] = {
         "distinct_ips",
         "distinct_prefix16",
         "distinct_prefix24",
-        "distinct_user_agents",
+        "distinct_ua_families",
         "prefix_switches",
         "novel_prefix_share",
         "novel_ua_share",
@@ -81,6 +81,7 @@ DESCRIPTIONS: dict[str, str] = {
     "distinct_prefix16": "distinct /16 networks",
     "distinct_prefix24": "distinct /24 networks",
     "distinct_user_agents": "distinct user agents",
+    "distinct_ua_families": "distinct client software families (a token belongs to one client)",
     "distinct_tokens": "distinct tokens in use at once",
     "distinct_subjects": "distinct subjects seen from this IP",
     "subjects_vs_own": "subjects compared with this IP's usual number",
@@ -148,16 +149,17 @@ def token_features(window: EntityWindow, spec: WindowSpec, now: float, baselines
     lifetime = window.exp - window.iat
     age = (window.max_age_s / lifetime) if lifetime > 0 else 0.0
     client_rate = baselines.client_rate(baselines.client_of(sub))
+    families = sorted({ua_family(ua) for ua in uas})
     return [
         math.log1p(sums[TOTAL]),
-        sums[TOTAL] / client_rate,
+        sums[TOTAL] / client_rate if client_rate else 1.0,
         float(len(ips)),
         float(len(prefixes)),
         float(len({prefix24(ip) for ip in ips})),
-        float(len(uas)),
+        float(len(families)),
         math.log1p(sums[SWITCHES]),
         _novel_share(sorted(prefixes), baselines.known_prefixes(sub)),
-        _novel_share(sorted({ua_family(ua) for ua in uas}), baselines.known_ua_families(sub)),
+        _novel_share(families, baselines.known_ua_families(sub)),
         math.log1p(sums[STALE]),
         math.log1p(sums[OTHER_REJECTED]),
         min(age, 10.0),
@@ -173,7 +175,7 @@ def subject_features(window: EntityWindow, spec: WindowSpec, now: float, baselin
     prefixes = {prefix16(ip) for ip in ips}
     return [
         math.log1p(sums[TOTAL]),
-        sums[TOTAL] / baselines.subject_rate(sub),
+        sums[TOTAL] / rate if (rate := baselines.subject_rate(sub)) else 1.0,
         float(len(_distinct(window.others, horizon))),
         float(len(ips)),
         float(len(prefixes)),

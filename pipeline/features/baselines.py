@@ -95,13 +95,15 @@ class Baselines:
         return profile.client if profile is not None else None
 
     def client_rate(self, client: str | None) -> float:
+        """Usual uses of one of this client's tokens per window; 0 while not yet learned (no judgement)."""
         rate = self.clients.get(client) if client is not None else None
-        return max(rate if rate is not None else self.default_client_rate, 1.0)
+        return max(rate, 1.0) if rate is not None else 0.0
 
     def subject_rate(self, sub: str) -> float:
+        """Usual uses by this subject per window, else its client's; 0 while neither is learned."""
         profile = self.subjects.get(sub)
         if profile is None or profile.rate == 0:
-            return max(self.client_rate(profile.client if profile else None), 1.0)
+            return self.client_rate(profile.client if profile else None)
         return max(profile.rate, 1.0)
 
     def _settled(self, known: dict[str, float]) -> set[str] | None:
