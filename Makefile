@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: install demo test lint format bench clean
+.PHONY: install demo test lint format bench model clean
 
 install: $(STAMP)
 
@@ -34,6 +34,13 @@ format: install
 
 bench: install
 	$(BIN)/python -m bench.validator --out bench/results.json
+
+# The shipped model: reproducible from this recipe (tests/test_default_model.py retrains it and compares).
+MODEL_TRAINING_EVENTS := .cache/train-baseline.parquet
+model: install
+	mkdir -p .cache
+	$(BIN)/jwtwatch simulate --baseline-only --minutes 90 --seed 1 --out $(MODEL_TRAINING_EVENTS)
+	$(BIN)/jwtwatch train --events $(MODEL_TRAINING_EVENTS) --model-dir models/default --seed 0
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis data

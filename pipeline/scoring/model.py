@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import tempfile
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,7 +64,8 @@ def save_model(model: DetectionModel, directory: Path) -> str:
     for entity_type, scorer in model.scorers.items():
         name = f"forest-{entity_type}.skops"
         tmp = Path(tempfile.mkstemp(dir=directory, suffix=".tmp")[1])
-        sio.dump(scorer.forest_, tmp)
+        sio.dump(scorer.forest_, tmp, compression=zipfile.ZIP_DEFLATED, compresslevel=9)
+        os.chmod(tmp, 0o644)  # a model is not a secret; mkstemp makes files private
         os.replace(tmp, directory / name)
         files[name] = _file_sha256(directory / name)
     metadata = dict(model.metadata)
@@ -80,6 +82,7 @@ def save_model(model: DetectionModel, directory: Path) -> str:
     model.metadata = metadata
     tmp = Path(tempfile.mkstemp(dir=directory, suffix=".tmp")[1])
     tmp.write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
+    os.chmod(tmp, 0o644)
     os.replace(tmp, directory / METADATA_FILE)
     return metadata["version"]
 
