@@ -54,6 +54,9 @@ _ROW_FOR_REASON = {
 }
 
 
+LEARN_AFTER_S = 120.0
+
+
 @dataclass
 class EngineStats:
     events: int = 0
@@ -81,6 +84,7 @@ class DetectionEngine:
         baselines: Baselines | None = None,
         spec: WindowSpec | None = None,
         rescore_s: float = 5.0,
+        confirm_forest: bool = True,
         collect: Collected | None = None,
     ) -> None:
         if model is None and collect is None:
@@ -89,6 +93,7 @@ class DetectionEngine:
         self.spec = model.spec if model is not None else (spec or WindowSpec())
         self.baselines = baselines if baselines is not None else Baselines()
         self.rescore_s = rescore_s
+        self.confirm_forest = confirm_forest
         self.collect = collect
         self.stores = {t: WindowStore(self.spec) for t in FEATURES}
         self.tracker = AlertTracker(model.version if model else "untrained", window_s=self.spec.length_s)
@@ -213,7 +218,13 @@ class DetectionEngine:
             rules = fired_rules(entity_type, row)
             severity = scorer.severity(score)
             if severity is None and not rules:
+                window.suspect_since = float("-inf")
                 self._learn(entity_type, key, window, row)
+                continue
+            if not rules and self.confirm_forest and window.suspect_since == float("-inf"):
+                # The forest alone must see the entity anomalous twice in a row (>= rescore_s apart):
+                # one odd request — a lazy client's expired token — is not an attack.
+                window.suspect_since = window.last_ts
                 continue
             if rules and (severity is None or severity in ("low", "medium")):
                 severity = "high"
@@ -242,12 +253,19 @@ class DetectionEngine:
         return alerts
 
     def _learn(self, entity_type: str, key: str, window, row: list[float]) -> None:
-        """A clean, full window teaches the baseline what normal volume looks like."""
+        """A clean window teaches the baseline what normal volume looks like.
+
+        Once the entity has been seen for ``LEARN_AFTER_S`` its volume, scaled to a whole window, is
+        learned, then at most once per window — so a client's usual volume is known minutes into a
+        stream, not only after a full window.
+        """
         now = window.last_ts
-        if now - window.first_ts < self.spec.length_s or now - window.learned_at < self.spec.length_s:
+        seen = now - window.first_ts
+        if seen < LEARN_AFTER_S or now - window.learned_at < self.spec.length_s:
             return
         window.learned_at = now
-        events = math.expm1(row[0])
+        scale = self.spec.length_s / min(seen, self.spec.length_s)
+        events = math.expm1(row[0]) * scale
         if entity_type == "jti":
             self.baselines.learn_client_rate(self.baselines.client_of(window.owner), events)
         elif entity_type == "sub":

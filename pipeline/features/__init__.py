@@ -197,7 +197,7 @@ def ip_features(window: EntityWindow, spec: WindowSpec, now: float, baselines: B
     return [
         math.log1p(total),
         float(subjects),
-        subjects / baselines.ip_subjects(ip),
+        subjects / usual if (usual := baselines.ip_subjects(ip)) else 1.0,
         float(len(_distinct(window.uas, horizon))),
         math.log1p(sums[FORGED]),
         sums[FORGED] / total if total else 0.0,

@@ -120,7 +120,9 @@ class Baselines:
         return self._settled(profile.families) if profile is not None else None
 
     def ip_subjects(self, ip: str) -> float:
-        return max(self.ips.get(ip, self.default_ip_subjects), 1.0)
+        """Usual subjects behind this IP per window; 0 while not yet learned (no judgement)."""
+        usual = self.ips.get(ip)
+        return max(usual, 1.0) if usual is not None else 0.0
 
     def knows_ip(self, ip: str) -> bool:
         return ip in self.ips

@@ -65,6 +65,7 @@ class EntityWindow:
         "overflow",
         "owner",
         "scored_at",
+        "suspect_since",
         "uas",
     )
 
@@ -86,6 +87,7 @@ class EntityWindow:
         self.last_ip = ""
         self.scored_at = float("-inf")  # event time of the last scoring
         self.learned_at = float("-inf")  # event time the baseline last learned from this window
+        self.suspect_since = float("-inf")  # first of a run of above-threshold forest scores
 
     def window_counts(self, now_bucket: int, buckets: int) -> tuple[list[int], int, int]:
         """Per-row sums over the window ending at ``now_bucket``, the busiest bucket, and active buckets."""
