@@ -12,7 +12,6 @@ from __future__ import annotations
 import gzip
 import io
 import ipaddress
-import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,10 +20,11 @@ import numpy as np
 import orjson
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
-from pipeline.events import OUTCOMES, REASON_SET, TOKEN_USAGE_SCHEMA, RecordError, TokenUsage
+from pipeline.events import OUTCOMES, REASON_SET, TOKEN_USAGE_SCHEMA, UUID_PATTERN, RecordError, TokenUsage
 
 STRING_FIELDS = ("event_id", "ts", "jti", "sub", "iss", "aud", "client_id", "ip", "user_agent", "outcome", "reason",
                  "service", "method", "path")  # fmt: skip
@@ -55,14 +55,6 @@ def _open_bytes(path: Path) -> bytes:
     return data
 
 
-def _valid_uuid(value: str) -> bool:
-    try:
-        uuid.UUID(value)
-    except ValueError:
-        return False
-    return True
-
-
 def _valid_ip(value: str) -> bool:
     try:
         ipaddress.ip_address(value)
@@ -71,11 +63,20 @@ def _valid_ip(value: str) -> bool:
     return True
 
 
+def _arrow(values: pd.Series) -> pa.Array:
+    return pa.array(values.astype(object).where(values.notna(), None), type=pa.string())
+
+
 def _check_unique(values: pd.Series, check) -> np.ndarray:
     """Apply a per-value check to the unique values only; a boolean mask for the whole column."""
-    uniques = values.dropna().unique()
-    good = {v for v in uniques if check(v)}
-    return values.isin(good).to_numpy()
+    column = _arrow(values)
+    uniques = pc.unique(column.drop_null()).to_pylist()
+    good = pa.array([v for v in uniques if check(v)], type=pa.string())
+    return pc.fill_null(pc.is_in(column, value_set=good), False).to_numpy(zero_copy_only=False)
+
+
+def _matches(values: pd.Series, pattern: str) -> np.ndarray:
+    return pc.fill_null(pc.match_substring_regex(_arrow(values), pattern), False).to_numpy(zero_copy_only=False)
 
 
 def validate_frame(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[tuple[int, str]]]:
@@ -85,15 +86,19 @@ def validate_frame(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[tuple[int, s
         problems.append((frame["schema"].to_numpy(dtype=object) == TOKEN_USAGE_SCHEMA, "schema is not token-usage/1"))
     for name in ("event_id", "ts", "ip", "outcome"):
         problems.append((frame[name].notna().to_numpy(), f"field {name!r} missing"))
-    problems.append((_check_unique(frame["event_id"], _valid_uuid), "field 'event_id' is not a UUID"))
+    problems.append((_matches(frame["event_id"], UUID_PATTERN), "field 'event_id' is not a UUID"))
     problems.append((_check_unique(frame["ip"], _valid_ip), "field 'ip' is not an IP address"))
     problems.append((frame["outcome"].isin(OUTCOMES).to_numpy(), "field 'outcome' is not accepted/rejected"))
     reason = frame["reason"]
     problems.append(((reason.isna() | reason.isin(REASON_SET)).to_numpy(), "field 'reason' is not a known reason"))
     accepted = (frame["outcome"] == "accepted").to_numpy()
     problems.append((accepted == reason.isna().to_numpy(), "accepted events have no reason; rejected ones have one"))
-    ts = pd.to_datetime(frame["ts"], utc=True, errors="coerce", format="ISO8601")
-    has_offset = frame["ts"].astype(str).str.contains(r"(?:Z|[+-]\d\d:?\d\d)$", regex=True).to_numpy()
+    if pd.api.types.is_datetime64_any_dtype(frame["ts"]):  # Parquet: already a UTC timestamp column
+        ts = frame["ts"].dt.tz_convert("UTC") if frame["ts"].dt.tz is not None else frame["ts"].dt.tz_localize("UTC")
+        has_offset = np.ones(len(frame), dtype=bool)
+    else:
+        ts = pd.to_datetime(frame["ts"], utc=True, errors="coerce", format="ISO8601")
+        has_offset = frame["ts"].astype(str).str.contains(r"(?:Z|[+-]\d\d:?\d\d)$", regex=True).to_numpy()
     problems.append((ts.notna().to_numpy() & has_offset, "field 'ts' is not an RFC 3339 timestamp with offset"))
     good = np.ones(len(frame), dtype=bool)
     errors: dict[int, str] = {}
@@ -163,8 +168,6 @@ def _read_parquet(path: Path, bad: list[BadLine]) -> pd.DataFrame:
     for name in STRING_FIELDS:
         if name not in frame:
             frame[name] = None
-    if pd.api.types.is_datetime64_any_dtype(frame["ts"]):
-        frame["ts"] = frame["ts"].dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     for name in ("outcome", "reason"):
         frame[name] = frame[name].astype(object).where(frame[name].notna(), None)
     frame, errors = validate_frame(frame)
