@@ -36,8 +36,8 @@ class TrainingParams:
     seed: int = 0
     target_alert_rate: float = 0.001
     fit_share: float = 0.7
-    n_estimators: int = 150
-    max_samples: int = 512
+    n_estimators: int = 100
+    max_samples: int = 256
     max_rows_per_type: int = 200_000
 
 

@@ -45,8 +45,8 @@ class EntityScorer:
         entity_type: str,
         features: Sequence[str],
         *,
-        n_estimators: int = 150,
-        max_samples: int = 512,
+        n_estimators: int = 100,
+        max_samples: int = 256,
         target_alert_rate: float = 0.001,
         random_state: int = 0,
     ) -> None:

@@ -47,12 +47,12 @@ class CompiledForest:
             roots.append(offset)
             offset += count
             depth = max(depth, int(t.max_depth))
-        self.left = np.concatenate(lefts).astype(np.int64)
-        self.right = np.concatenate(rights).astype(np.int64)
-        self.feature = np.concatenate(features).astype(np.int64)
+        # children[2 * node] is the left child, children[2 * node + 1] the right one.
+        self.children = np.stack([np.concatenate(lefts), np.concatenate(rights)], axis=1).ravel().astype(np.intp)
+        self.feature = np.concatenate(features).astype(np.intp)
         self.threshold = np.concatenate(thresholds).astype(np.float64)
         self.leaf_value = np.concatenate(leaf_values).astype(np.float64)
-        self.roots = np.asarray(roots, dtype=np.int64)
+        self.roots = np.asarray(roots, dtype=np.intp)
         self.depth = depth
         self.source: IsolationForest | None = None
         self.denominator = len(forest.estimators_) * float(_average_path_length([forest._max_samples])[0])
@@ -63,12 +63,14 @@ class CompiledForest:
         X = np.asarray(X, dtype=np.float64).astype(np.float32).astype(np.float64)
         if X.ndim != 2 or X.shape[1] != self.n_features:
             raise ValueError(f"expected rows of {self.n_features} features, got shape {X.shape}")
-        rows = np.arange(X.shape[0])[None, :]
+        flat = X.ravel()
+        # One path per (tree, row), advanced a level at a time for all trees and rows together.
+        offsets = (np.arange(X.shape[0], dtype=np.intp) * self.n_features)[None, :]
         node = np.repeat(self.roots[:, None], X.shape[0], axis=1)
         for _ in range(self.depth):
-            go_left = X[rows, self.feature[node]] <= self.threshold[node]
-            node = np.where(go_left, self.left[node], self.right[node])
-        depths = self.leaf_value[node].sum(axis=0)
+            value = flat.take(offsets + self.feature.take(node))
+            node = self.children.take(2 * node + (value > self.threshold.take(node)))
+        depths = self.leaf_value.take(node).sum(axis=0)
         if self.denominator == 0:
             return np.ones(X.shape[0])
         return 2.0 ** (-depths / self.denominator)
