@@ -180,9 +180,12 @@ class DetectionEngine:
             rows: list[list[float]] = []
             for key in sorted(keys):  # sorted: the same events give the same alerts, run after run
                 window = store.entities.get(key)
-                if window is None or window.last_ts - window.scored_at < self.rescore_s:
+                # Re-score at once when something new appeared (an address, a client, a rejection);
+                # otherwise at most every rescore_s of event time.
+                if window is None or (not window.dirty and window.last_ts - window.scored_at < self.rescore_s):
                     continue
                 window.scored_at = window.last_ts
+                window.dirty = False
                 now = window.last_ts
                 if entity_type == "jti":
                     row = token_features(window, spec, now, baselines)

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from pipeline.bus import ALERTS, DEAD_LETTER, TOKEN_USAGE, Bus, Message
-from pipeline.detection.batch import EventBatch
+from pipeline.detection.batch import EventBatch, micro_batches
 from pipeline.detection.engine import DetectionEngine
 from pipeline.events import Alert, RecordError, TokenUsage
 from pipeline.features.baselines import Baselines
@@ -51,6 +51,7 @@ class StreamingRunner:
         group: str = DEFAULT_GROUP,
         baselines_path: Path | None = None,
         on_alert: Callable[[Alert], None] | None = None,
+        respond: Callable[[Alert], Alert] | None = None,
         max_batch: int = 4096,
         poll_timeout_s: float = 0.2,
         save_every_s: float = 60.0,
@@ -60,6 +61,7 @@ class StreamingRunner:
         self.baselines_path = Path(baselines_path) if baselines_path else None
         self.engine = DetectionEngine(model, baselines=self._load_baselines())
         self.on_alert = on_alert
+        self.respond = respond
         self.max_batch = max_batch
         self.poll_timeout_s = poll_timeout_s
         self.save_every_s = save_every_s
@@ -117,13 +119,16 @@ class StreamingRunner:
             until = self._rebuild_until.get((message.topic, message.partition))
             (replayed if until is not None and message.offset < until else live).append(event)
         if replayed:
-            self.engine.process(replayed)  # refills windows and open episodes; its alerts were published
-        if live:
-            for alert in self.engine.process(live):
-                self.bus.publish(ALERTS, alert.alert_id, alert.to_json())
-                self.published += 1
-                if self.on_alert is not None:
-                    self.on_alert(alert)
+            for part in micro_batches(replayed):
+                self.engine.process(part)  # refills windows and open episodes; its alerts were published
+        alerts = [alert for part in micro_batches(live) for alert in self.engine.process(part)] if live else []
+        for alert in alerts:
+            if self.respond is not None:
+                alert = self.respond(alert)
+            self.bus.publish(ALERTS, alert.alert_id, alert.to_json())
+            self.published += 1
+            if self.on_alert is not None:
+                self.on_alert(alert)
         self.bus.flush()
         self.consumer.commit()
         if time.monotonic() - self._last_save > self.save_every_s:

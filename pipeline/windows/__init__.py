@@ -51,6 +51,7 @@ class EntityWindow:
 
     __slots__ = (
         "counts",
+        "dirty",
         "exp",
         "first_ts",
         "head",
@@ -88,6 +89,7 @@ class EntityWindow:
         self.scored_at = float("-inf")  # event time of the last scoring
         self.learned_at = float("-inf")  # event time the baseline last learned from this window
         self.suspect_since = float("-inf")  # first of a run of above-threshold forest scores
+        self.dirty = False  # something new (an address, a client, a rejection): re-score at once
 
     def window_counts(self, now_bucket: int, buckets: int) -> tuple[list[int], int, int]:
         """Per-row sums over the window ending at ``now_bucket``, the busiest bucket, and active buckets."""
@@ -205,6 +207,7 @@ class WindowStore:
             counts[base] += 1
             if row:
                 counts[base + row] += 1
+                window.dirty = True
         # Only equality matters here, so keep the prefix's hash rather than another string per entity.
         prefix = _PREFIX_HASH.get(ip)
         if prefix is None:
@@ -216,12 +219,14 @@ class WindowStore:
         seen = window.ips.get(ip)
         if seen is None:
             _remember(window.ips, ip, ts, self._max_distinct, window, ts - self._length_s)
+            window.dirty = True
         elif ts > seen:
             window.ips[ip] = ts
         if user_agent is not None:
             seen = window.uas.get(user_agent)
             if seen is None:
                 _remember(window.uas, user_agent, ts, self._max_distinct, window, ts - self._length_s)
+                window.dirty = True
             elif ts > seen:
                 window.uas[user_agent] = ts
         if other is not None:

@@ -1,0 +1,79 @@
+"""Carrying out the policy's decisions: revoke, publish the revocation, mark the alert, warn of storms."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import replace
+
+from pipeline.bus import ALERTS, REVOCATIONS, Bus
+from pipeline.events import Alert
+from pipeline.response.policy import AutoRevoker
+from pipeline.validation.revocations import RevocationStore
+
+log = logging.getLogger(__name__)
+
+
+class Responder:
+    """``respond(alert) -> alert`` for the streaming runner: the alert comes back with its action set."""
+
+    def __init__(
+        self,
+        revoker: AutoRevoker,
+        revocations: RevocationStore,
+        bus: Bus,
+        *,
+        issuer: str,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.revoker = revoker
+        self.revocations = revocations
+        self.bus = bus
+        self.issuer = issuer
+        self.clock = clock
+        self._done: dict[tuple[str, str], str] = {}  # (kind, value) -> revocation_id, for re-issued alerts
+        self.revoked = 0
+        self.suppressed = 0
+
+    def __call__(self, alert: Alert) -> Alert:
+        decision = self.revoker.decide(alert, self.clock())
+        if decision.action == "none":
+            return alert
+        assert decision.kind is not None and decision.value is not None
+        key = (decision.kind, decision.value)
+        if decision.action == "revocation_suppressed":
+            self.suppressed += 1
+            log.warning("alert %s: revocation of %s %s suppressed: %s", alert.alert_id, *key, decision.why)
+            if decision.storm:
+                self._storm(alert, decision.why)
+            return replace(alert, action="revocation_suppressed")
+        if key in self._done:  # the same attack escalated: its token or subject is already revoked
+            return replace(alert, action="revoked", revocation_id=self._done[key])
+        record = self.revocations.revoke(
+            kind=decision.kind,
+            iss=self.issuer,
+            value=decision.value,
+            reason=f"auto: {alert.severity} alert {alert.alert_id}",
+            source="auto",
+            alert_id=alert.alert_id,
+        )
+        self.bus.publish(REVOCATIONS, record.bus_key, record.to_json())
+        if len(self._done) > 100_000:
+            self._done.clear()
+        self._done[key] = record.revocation_id
+        self.revoked += 1
+        log.warning("alert %s: revoked %s %s (version %s)", alert.alert_id, *key, record.version)
+        return replace(alert, action="revoked", revocation_id=record.revocation_id)
+
+    def _storm(self, alert: Alert, why: str) -> None:
+        storm = replace(
+            alert,
+            alert_id=f"storm-{alert.alert_id}",
+            type="revocation.storm",
+            severity="critical",
+            reasons=[{"rule": "revocation_storm", "text": why}],
+            action="none",
+            revocation_id=None,
+        )
+        self.bus.publish(ALERTS, storm.alert_id, storm.to_json())
