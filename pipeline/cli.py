@@ -13,6 +13,7 @@ from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from pipeline.validation.keystore import ALGORITHMS, KeyStore, KeyStoreError, verify_audit
@@ -40,12 +41,17 @@ def _env(name: str) -> str:
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
-    err.print(f"[bold red]error:[/] {message}")
+    err.print(f"[bold red]error:[/] {escape(message)}")
     raise typer.Exit(code)
 
 
 DataDir = Annotated[Path, typer.Option("--data-dir", envvar=_env("data_dir"), help="Where state is kept.")]
 KeysDir = Annotated[Path, typer.Option("--dir", envvar=_env("keys_dir"), help="The key store directory.")]
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "models" / "default"
+ModelDir = Annotated[
+    Path,
+    typer.Option("--model-dir", envvar=_env("model_dir"), help="Model directory (default: the shipped model)."),
+]
 
 
 # ------------------------------------------------------------------------------------------- keys
@@ -228,6 +234,104 @@ def validator_serve(
         service.close()
 
 
+# ------------------------------------------------------------------------------------------- serve
+
+
+@app.command("serve")
+def serve(
+    issuer: Annotated[str, typer.Option(envvar=_env("issuer"), help="The exact iss tokens must carry.")],
+    audience: Annotated[str, typer.Option(envvar=_env("audience"), help="An audience aud must contain.")],
+    jwks_file: Annotated[
+        Path | None, typer.Option(envvar=_env("jwks_file"), help="JWKS file (re-read when it changes).")
+    ] = None,
+    jwks_url: Annotated[str | None, typer.Option(envvar=_env("jwks_url"), help="JWKS https:// URL.")] = None,
+    host: Annotated[str, typer.Option(envvar=_env("host"))] = "127.0.0.1",
+    port: Annotated[int, typer.Option(envvar=_env("port"))] = 8080,
+    algorithms: Annotated[
+        str, typer.Option(envvar=_env("algorithms"), help="Allowed algorithms.")
+    ] = "RS256,ES256,EdDSA",
+    trusted_proxies: Annotated[
+        str | None, typer.Option(envvar=_env("trusted_proxies"), help="CIDRs whose X-Forwarded-For is believed.")
+    ] = None,
+    admin_token_file: Annotated[
+        Path | None, typer.Option(envvar=_env("admin_token_file"), help="File holding the admin bearer token.")
+    ] = None,
+    events_out: Annotated[
+        Path | None, typer.Option(envvar=_env("events_out"), help="Also append usage events to this JSONL file.")
+    ] = None,
+    data_dir: DataDir = Path("data"),
+    model_dir: ModelDir = DEFAULT_MODEL_DIR,
+    auto_revoke: Annotated[
+        bool, typer.Option("--auto-revoke", envvar=_env("auto_revoke"), help="Revoke tokens of severe alerts.")
+    ] = False,
+    revoke_min_severity: Annotated[
+        str, typer.Option(envvar=_env("revoke_min_severity"), help="Lowest severity that revokes.")
+    ] = "high",
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", envvar=_env("dry_run"), help="Decide revocations, carry none out.")
+    ] = False,
+    allow_subjects: Annotated[
+        str | None, typer.Option(envvar=_env("allow_subjects"), help="Never revoke these.")
+    ] = None,
+    allow_clients: Annotated[str | None, typer.Option(envvar=_env("allow_clients"), help="Never revoke these.")] = None,
+    allow_cidrs: Annotated[
+        str | None, typer.Option(envvar=_env("allow_cidrs"), help="Never revoke for alerts from these networks.")
+    ] = None,
+    max_revocations_per_minute: Annotated[
+        int, typer.Option(envvar=_env("max_revocations_per_minute"), help="Circuit breaker: then alert-only.")
+    ] = 10,
+) -> None:
+    """Validator, detection pipeline and alerts service in one process, on one port (embedded bus)."""
+    import uvicorn
+    from pydantic import ValidationError
+
+    from pipeline.allinone import AllInOne, ServeOptions
+    from pipeline.response.policy import ResponsePolicy
+    from pipeline.scoring.model import ModelError
+    from pipeline.validation import ValidatorConfig
+    from pipeline.validation.jwks import JwksError
+    from pipeline.validation.server import uvicorn_config
+    from pipeline.web import read_admin_token
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        options = ServeOptions(
+            config=ValidatorConfig(
+                issuer=issuer, audience=audience, jwks_file=jwks_file, jwks_url=jwks_url, algorithms=algorithms
+            ),
+            data_dir=data_dir,
+            model_dir=model_dir,
+            admin_token=read_admin_token(admin_token_file),
+            trusted_proxies=trusted_proxies,
+            events_out=events_out,
+            policy=ResponsePolicy.from_options(
+                enabled=auto_revoke,
+                min_severity=revoke_min_severity,
+                dry_run=dry_run,
+                allow_subjects=allow_subjects,
+                allow_clients=allow_clients,
+                allow_cidrs=allow_cidrs,
+                max_per_minute=max_revocations_per_minute,
+            ),
+        )
+        node = AllInOne(options)
+    except ValidationError as exc:
+        fail("; ".join(f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}" for e in exc.errors()))
+    except (JwksError, ModelError, ValueError, OSError) as exc:
+        fail(str(exc))
+    if options.admin_token is None:
+        err.print("[yellow]note:[/] no --admin-token-file: the admin API (revocations, webhooks, alerts) is closed")
+    mode = "off" if not auto_revoke else ("dry run" if dry_run else f"on, severity ≥ {revoke_min_severity}")
+    console.print(
+        f"jwtwatch on http://{host}:{port} — model {node.model.version}, auto-revocation {mode}, data in {data_dir}"
+    )
+    node.start()
+    try:
+        uvicorn.Server(uvicorn_config(node.app, host, port)).run()
+    finally:
+        node.stop()
+
+
 # ------------------------------------------------------------------------------------------ revoke
 
 
@@ -265,12 +369,6 @@ def revoke(
 
 # -------------------------------------------------------------------------------------- detection
 
-DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "models" / "default"
-ModelDir = Annotated[
-    Path,
-    typer.Option("--model-dir", envvar=_env("model_dir"), help="Model directory (default: the shipped model)."),
-]
-
 
 def _progress(description: str, total: int):  # type: ignore[no-untyped-def]
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -297,7 +395,7 @@ def _read(paths: list[Path]):  # type: ignore[no-untyped-def]
     if result.bad:
         err.print(f"[yellow]{len(result.bad)} bad line(s) skipped[/]:")
         for bad in result.bad[:20]:
-            err.print(f"  {bad.path}:{bad.line}: {bad.error}")
+            err.print(f"  {bad.path}:{bad.line}: {bad.error}", markup=False)
         if len(result.bad) > 20:
             err.print(f"  … and {len(result.bad) - 20} more")
     return result

@@ -142,12 +142,20 @@ def _number(record: str, name: str, value: object) -> float:
     return float(value)
 
 
+#: Event times outside this range are refused: nothing real happens then, and one event from the year
+#: 9999 would push the watermark so far that every later event counted as late.
+EARLIEST_TS = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST_TS = datetime(2100, 1, 1, tzinfo=UTC)
+
+
 def _ts(record: str, name: str, value: object) -> str:
     text = _str(record, name, value)
     try:
-        parse_ts(text)
+        moment = parse_ts(text)
     except ValueError as exc:
         raise _fail(record, name, value, f"not an RFC 3339 timestamp with offset ({exc})") from None
+    if not EARLIEST_TS <= moment < LATEST_TS:
+        raise _fail(record, name, value, "outside 1970..2100")
     return text
 
 
@@ -162,7 +170,7 @@ _UUID = re.compile(UUID_PATTERN)
 
 def _uuid(record: str, name: str, value: object) -> str:
     text = _str(record, name, value)
-    if not _UUID.match(text):
+    if not _UUID.fullmatch(text):
         raise _fail(record, name, value, "not a UUID")
     return text
 

@@ -28,7 +28,8 @@ class Consumer(ABC):
     def poll(self, max_records: int = 500, timeout_s: float = 1.0) -> list[Message]: ...
 
     @abstractmethod
-    def commit(self) -> None: ...
+    def commit(self, offsets: dict[tuple[str, int], int] | None = None) -> None:
+        """Mark as processed: everything polled so far, or up to the given next offsets per partition."""
 
     @abstractmethod
     def seek_to_beginning(self) -> None: ...

@@ -150,28 +150,40 @@ class MemoryConsumer(Consumer):
                 self.bus._lock.wait(remaining)
 
     def _take(self, max_records: int) -> list[Message]:
+        """Up to ``max_records``, shared fairly between the assigned partitions (as Kafka's fetcher does),
+        so that one partition's backlog does not run far ahead of the others in event time."""
         batch: list[Message] = []
         assignment = self.bus._assignment(self)
         for tp in [tp for tp in self._positions if tp not in assignment]:
             del self._positions[tp]  # rebalanced away: the new owner resumes from the commit
+        pending = []
         for tp in assignment:
-            if len(batch) >= max_records:
-                break
             part = self.bus._topics[tp[0]][tp[1]]
             pos = max(self._position(tp), part.base)
-            take = min(part.end - pos, max_records - len(batch))
-            if take > 0:
-                start = pos - part.base
-                batch.extend(part.messages[i] for i in range(start, start + take))
-                pos += take
             self._positions[tp] = pos
+            if part.end > pos:
+                pending.append((tp, part))
+        while pending and len(batch) < max_records:
+            share = max(1, (max_records - len(batch)) // len(pending))
+            still = []
+            for tp, part in pending:
+                pos = self._positions[tp]
+                take = min(part.end - pos, share, max_records - len(batch))
+                if take > 0:
+                    start = pos - part.base
+                    batch.extend(part.messages[i] for i in range(start, start + take))
+                    self._positions[tp] = pos + take
+                if part.end > self._positions[tp]:
+                    still.append((tp, part))
+            pending = still
         return batch
 
-    def commit(self) -> None:
+    def commit(self, offsets: dict[tuple[str, int], int] | None = None) -> None:
         with self.bus._lock:
             committed = self.bus._groups[self.group].committed
             assignment = set(self.bus._assignment(self))
-            committed.update((tp, pos) for tp, pos in self._positions.items() if tp in assignment)
+            chosen = self._positions if offsets is None else offsets
+            committed.update((tp, pos) for tp, pos in chosen.items() if tp in assignment)
 
     def seek_to_beginning(self) -> None:
         with self.bus._lock:

@@ -55,6 +55,8 @@ _ROW_FOR_REASON = {
 
 
 LEARN_AFTER_S = 120.0
+LEARN_MAX_FACTOR = 5.0
+TICK_S = 1.0  # entities touched in a tick of event time are scored when it closes
 
 
 @dataclass
@@ -100,6 +102,8 @@ class DetectionEngine:
         self.stats = EngineStats()
         self.max_ts = float("-inf")
         self._next_eviction = float("-inf")
+        self._tick_end = float("-inf")
+        self._touched: dict[str, set[str]] = {t: set() for t in FEATURES}
         self.on_finding: Callable[[Finding], None] | None = None
 
     @property
@@ -112,16 +116,23 @@ class DetectionEngine:
     # ----------------------------------------------------------------------------------------- ingest
 
     def process(self, batch: EventBatch) -> list[Alert]:
-        touched_jti: set[str] = set()
-        touched_sub: set[str] = set()
-        touched_ip: set[str] = set()
+        """Ingest events in order; score at every tick of event time (``TICK_S``).
+
+        Scoring happens when the first event of a new tick arrives — a point fixed by event time
+        alone, so the same events give the same scores and alert ids however they were cut into
+        batches (a replay with other batch sizes, a runner rebuilding after a restart).
+        """
+        touched_jti, touched_sub, touched_ip = self._touched["jti"], self._touched["sub"], self._touched["ip"]
         jtis, subs, ips = self.stores["jti"], self.stores["sub"], self.stores["ip"]
         observe = self.baselines.observe_use
+        grace = self.spec.grace_s
         watermark = self.watermark
         max_ts = self.max_ts
+        tick_end = self._tick_end
         late = 0
         rows = _ROW_FOR_REASON
         verified = VERIFIED_REASONS
+        alerts: list[Alert] = []
         for ts, jti, sub, client, ip, ua, reason, iat, exp in zip(
             batch.ts, batch.jti, batch.sub, batch.client_id, batch.ip, batch.user_agent, batch.reason,
             batch.iat, batch.exp, strict=True,
@@ -129,9 +140,16 @@ class DetectionEngine:
             if ts < watermark:
                 late += 1
                 continue
+            if ts >= tick_end:
+                self.max_ts = max_ts
+                alerts.extend(self._close_tick())
+                tick_end = (ts // TICK_S + 1) * TICK_S
+                if ts >= self._next_eviction:
+                    self.max_ts = max(max_ts, ts)
+                    self._evict()
             if ts > max_ts:
                 max_ts = ts
-                watermark = ts - self.spec.grace_s
+                watermark = ts - grace
             row = rows.get(reason, OTHER_REJECTED)
             trusted = reason in verified
             ips.add(ip, ts, ip, ua, row, sub if trusted else None)
@@ -153,12 +171,23 @@ class DetectionEngine:
                 if reason is None:
                     observe(sub, client, prefix16(ip), ua_family(ua) if ua else None, ts)
         self.max_ts = max_ts
+        self._tick_end = tick_end
         self.stats.events += len(batch) - late
         self.stats.late_events += late
         self.stats.batches += 1
-        alerts = self._score({"jti": touched_jti, "sub": touched_sub, "ip": touched_ip})
-        if max_ts >= self._next_eviction:
-            self._evict()
+        self.stats.alerts += len(alerts)
+        return alerts
+
+    def flush(self) -> list[Alert]:
+        """Score what the current tick touched so far — for a live stream when the bus goes quiet."""
+        alerts = self._close_tick()
+        self.stats.alerts += len(alerts)
+        return alerts
+
+    def _close_tick(self) -> list[Alert]:
+        alerts = self._score(self._touched)
+        for keys in self._touched.values():
+            keys.clear()
         return alerts
 
     def _evict(self) -> None:
@@ -207,7 +236,6 @@ class DetectionEngine:
                     self._learn(entity_type, key, store.entities[key], row)
                 continue
             alerts.extend(self._judge(entity_type, store, due, rows))
-        self.stats.alerts += len(alerts)
         return alerts
 
     def _judge(self, entity_type: str, store: WindowStore, due: list[str], rows: list[list[float]]) -> list[Alert]:
@@ -270,8 +298,15 @@ class DetectionEngine:
         scale = self.spec.length_s / min(seen, self.spec.length_s)
         events = math.expm1(row[0]) * scale
         if entity_type == "jti":
-            self.baselines.learn_client_rate(self.baselines.client_of(window.owner), events)
+            client = self.baselines.client_of(window.owner)
+            usual = self.baselines.client_rate(client)
+            # One busy token must not teach its client that abuse is normal: far above the usual
+            # volume it is left out (the rate_abuse rule needs time to reach its floor).
+            if not usual or events <= LEARN_MAX_FACTOR * usual:
+                self.baselines.learn_client_rate(client, events)
         elif entity_type == "sub":
-            self.baselines.learn_subject_rate(key, events)
+            usual = self.baselines.subject_rate(key)
+            if not usual or events <= LEARN_MAX_FACTOR * usual:
+                self.baselines.learn_subject_rate(key, events)
         else:
             self.baselines.learn_ip_subjects(key, row[1])

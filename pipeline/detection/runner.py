@@ -10,18 +10,20 @@ messages go to the dead-letter topic with the error and the original bytes; they
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import logging
 import os
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
 from pipeline.bus import ALERTS, DEAD_LETTER, TOKEN_USAGE, Bus, Message
-from pipeline.detection.batch import EventBatch, micro_batches
+from pipeline.detection.batch import EventBatch
 from pipeline.detection.engine import DetectionEngine
-from pipeline.events import Alert, RecordError, TokenUsage
+from pipeline.events import Alert, RecordError, TokenUsage, ts_to_epoch_ms
 from pipeline.features.baselines import Baselines
 from pipeline.scoring.model import DetectionModel
 
@@ -69,6 +71,8 @@ class StreamingRunner:
         self.dead_letters = 0
         self.published = 0
         self._rebuild_until: dict[tuple[str, int], int] = {}
+        self._buffers: dict[tuple[str, int], deque[tuple[int, int, bool, TokenUsage]]] = {}
+        self._skipped: dict[tuple[str, int], int] = {}  # offsets past dead-lettered messages
         self._last_save = time.monotonic()
         self._stop = threading.Event()
         self._rebuild()
@@ -103,11 +107,8 @@ class StreamingRunner:
         self.consumer.seek({tp: min(sought.get(tp, pos), pos) for tp, pos in committed.items()})
 
     def step(self) -> int:
-        """One poll → process → publish → commit. Returns the number of messages handled."""
+        """One poll → release in event-time order → process → publish → commit. Returns messages polled."""
         messages = self.consumer.poll(self.max_batch, self.poll_timeout_s)
-        if not messages:
-            return 0
-        replayed, live = EventBatch(), EventBatch()
         for message in messages:
             try:
                 event = TokenUsage.from_json(message.value)
@@ -115,13 +116,73 @@ class StreamingRunner:
                 if self._rebuild_until.get((message.topic, message.partition), -1) <= message.offset:
                     dead_letter(self.bus, message, str(exc))
                     self.dead_letters += 1
+                self._skipped[(message.topic, message.partition)] = message.offset + 1
                 continue
-            until = self._rebuild_until.get((message.topic, message.partition))
-            (replayed if until is not None and message.offset < until else live).append(event)
-        if replayed:
-            for part in micro_batches(replayed):
-                self.engine.process(part)  # refills windows and open episodes; its alerts were published
-        alerts = [alert for part in micro_batches(live) for alert in self.engine.process(part)] if live else []
+            tp = (message.topic, message.partition)
+            until = self._rebuild_until.get(tp)
+            replay = until is not None and message.offset < until
+            self._buffers.setdefault(tp, deque()).append((ts_to_epoch_ms(event.ts), message.offset, replay, event))
+        if not messages and not any(self._buffers.values()):
+            # The bus is quiet: score what the current tick has touched rather than wait for the next
+            # event to close it (live latency; a replay never gets here mid-stream).
+            self._publish(self.engine.flush())
+            if self._skipped:
+                self.consumer.commit(dict(self._skipped))
+                self._skipped.clear()
+            return 0
+        self._release(self._frontier(quiet=not messages))
+        if time.monotonic() - self._last_save > self.save_every_s:
+            self.save_baselines()
+        return len(messages)
+
+    def _frontier(self, quiet: bool) -> float:
+        """Events up to this time may be processed: every partition still behind has passed it.
+
+        Partitions are read side by side, but their event times run at different speeds (one token's
+        events all sit in one partition). Releasing only what every lagging partition has reached keeps
+        the engine in event-time order, so nothing is wrongly late.
+        """
+        buffered = {tp: buf for tp, buf in self._buffers.items() if buf}
+        if quiet or (len(buffered) <= 1 and not self._lagging(set(self._buffers) - set(buffered))):
+            return float("inf")
+        positions, ends = self.consumer.positions(), self.consumer.end_offsets()
+        lagging = {tp for tp, end in ends.items() if positions.get(tp, end) < end}
+        fronts = [buf[-1][0] for tp, buf in buffered.items() if tp in lagging]
+        fronts += [float("-inf") for tp in lagging if tp not in buffered]
+        return min(fronts) if fronts else float("inf")
+
+    def _lagging(self, partitions: set[tuple[str, int]]) -> bool:
+        if not partitions:
+            return False
+        positions, ends = self.consumer.positions(), self.consumer.end_offsets()
+        return any(positions.get(tp, 0) < ends.get(tp, 0) for tp in partitions)
+
+    def _release(self, frontier: float) -> None:
+        ready: list[tuple[int, int, bool, TokenUsage, tuple[str, int]]] = []
+        for tp, buf in self._buffers.items():
+            while buf and buf[0][0] <= frontier:
+                ts_ms, offset, replay, event = buf.popleft()
+                ready.append((ts_ms, offset, replay, event, tp))
+        if not ready:
+            return
+        ready.sort(key=lambda item: item[0])
+        offsets: dict[tuple[str, int], int] = dict(self._skipped)
+        self._skipped.clear()
+        for replay, run in itertools.groupby(ready, key=lambda item: item[2]):
+            items = list(run)
+            batch = EventBatch.from_records(item[3] for item in items)
+            if replay:
+                # Refill windows and open episodes; their alerts were published before the restart.
+                self.engine.process(batch)
+                self.engine.flush()
+            else:
+                self._publish(self.engine.process(batch))
+            for _, offset, _, _, tp in items:
+                offsets[tp] = max(offsets.get(tp, 0), offset + 1)
+        self.bus.flush()
+        self.consumer.commit(offsets)
+
+    def _publish(self, alerts: list[Alert]) -> None:
         for alert in alerts:
             if self.respond is not None:
                 alert = self.respond(alert)
@@ -129,11 +190,6 @@ class StreamingRunner:
             self.published += 1
             if self.on_alert is not None:
                 self.on_alert(alert)
-        self.bus.flush()
-        self.consumer.commit()
-        if time.monotonic() - self._last_save > self.save_every_s:
-            self.save_baselines()
-        return len(messages)
 
     def run(self) -> None:
         try:

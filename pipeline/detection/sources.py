@@ -24,7 +24,16 @@ import pyarrow.compute as pc
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
-from pipeline.events import OUTCOMES, REASON_SET, TOKEN_USAGE_SCHEMA, UUID_PATTERN, RecordError, TokenUsage
+from pipeline.events import (
+    EARLIEST_TS,
+    LATEST_TS,
+    OUTCOMES,
+    REASON_SET,
+    TOKEN_USAGE_SCHEMA,
+    UUID_PATTERN,
+    RecordError,
+    TokenUsage,
+)
 
 STRING_FIELDS = ("event_id", "ts", "jti", "sub", "iss", "aud", "client_id", "ip", "user_agent", "outcome", "reason",
                  "service", "method", "path")  # fmt: skip
@@ -100,6 +109,8 @@ def validate_frame(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[tuple[int, s
         ts = pd.to_datetime(frame["ts"], utc=True, errors="coerce", format="ISO8601")
         has_offset = frame["ts"].astype(str).str.contains(r"(?:Z|[+-]\d\d:?\d\d)$", regex=True).to_numpy()
     problems.append((ts.notna().to_numpy() & has_offset, "field 'ts' is not an RFC 3339 timestamp with offset"))
+    in_range = ((ts >= pd.Timestamp(EARLIEST_TS)) & (ts < pd.Timestamp(LATEST_TS))).fillna(False).to_numpy(dtype=bool)
+    problems.append((in_range, "field 'ts' is outside 1970..2100"))
     good = np.ones(len(frame), dtype=bool)
     errors: dict[int, str] = {}
     for mask, message in problems:
@@ -142,7 +153,7 @@ def _read_json_lines(path: Path, bad: list[BadLine]) -> pd.DataFrame:
         # Some line is not JSON or not of the schema: find each such line exactly, keep the rest.
         records = []
         lines = []
-        for number, raw in enumerate(data.splitlines(), start=1):
+        for number, raw in enumerate(_lines(data), start=1):
             if not raw.strip():
                 continue
             try:
@@ -159,7 +170,12 @@ def _read_json_lines(path: Path, bad: list[BadLine]) -> pd.DataFrame:
 
 def _line_numbers(data: bytes) -> list[int]:
     """Line number of each non-blank line (what Arrow's rows correspond to)."""
-    return [n for n, raw in enumerate(data.splitlines(), start=1) if raw.strip()]
+    return [n for n, raw in enumerate(_lines(data), start=1) if raw.strip()]
+
+
+def _lines(data: bytes) -> list[bytes]:
+    """JSON Lines are split on \\n only: a stray \\r inside a garbage line must not shift line numbers."""
+    return [line[:-1] if line.endswith(b"\r") else line for line in data.split(b"\n")]
 
 
 def _read_parquet(path: Path, bad: list[BadLine]) -> pd.DataFrame:
@@ -182,7 +198,7 @@ def read_events(paths: Iterable[Path]) -> ReadResult:
     count = 0
     for path in map(Path, paths):
         count += 1
-        name = path.name
+        name = path.name.lower()
         if name.endswith(".parquet"):
             frames.append(_read_parquet(path, bad))
         elif name.endswith((".jsonl", ".jsonl.gz", ".json", ".ndjson")):

@@ -25,7 +25,7 @@ from pipeline.events import format_ts
 from pipeline.features import FEATURES
 from pipeline.features.baselines import Baselines
 from pipeline.scoring import EntityScorer
-from pipeline.scoring.model import DetectionModel
+from pipeline.scoring.model import DetectionModel, finalize_metadata
 from pipeline.windows import WindowSpec
 
 HASHED_COLUMNS = ["event_id", "ts", "jti", "sub", "client_id", "ip", "user_agent", "reason", "iat", "exp"]
@@ -125,4 +125,6 @@ def train_model(
         },
         "features": {t: list(n) for t, n in FEATURES.items()},
     }
-    return DetectionModel(scorers, spec, metadata), baselines
+    model = DetectionModel(scorers, spec, metadata)
+    finalize_metadata(model)
+    return model, baselines

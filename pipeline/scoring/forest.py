@@ -72,5 +72,5 @@ class CompiledForest:
             node = self.children.take(2 * node + (value > self.threshold.take(node)))
         depths = self.leaf_value.take(node).sum(axis=0)
         if self.denominator == 0:
-            return np.ones(X.shape[0])
+            return np.full(X.shape[0], 0.5)  # trees of one sample: scikit-learn's 2 ** -1
         return 2.0 ** (-depths / self.denominator)

@@ -56,6 +56,24 @@ def _file_sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def finalize_metadata(model: DetectionModel) -> dict[str, Any]:
+    """Complete the metadata (window, scorers, format) and stamp the version — the model is then usable
+    in memory exactly as it will be after saving and loading."""
+    metadata = dict(model.metadata)
+    metadata["format"] = FORMAT
+    metadata["window"] = {
+        "length_s": model.spec.length_s,
+        "bucket_s": model.spec.bucket_s,
+        "grace_s": model.spec.grace_s,
+        "max_distinct": model.spec.max_distinct,
+    }
+    metadata["scorers"] = {t: s.summary() for t, s in model.scorers.items()}
+    metadata.pop("files", None)
+    metadata["version"] = model_version(metadata)
+    model.metadata = metadata
+    return metadata
+
+
 def save_model(model: DetectionModel, directory: Path) -> str:
     """Write the model into ``directory`` (created if needed); returns its version."""
     directory = Path(directory)
@@ -68,16 +86,7 @@ def save_model(model: DetectionModel, directory: Path) -> str:
         os.chmod(tmp, 0o644)  # a model is not a secret; mkstemp makes files private
         os.replace(tmp, directory / name)
         files[name] = _file_sha256(directory / name)
-    metadata = dict(model.metadata)
-    metadata["format"] = FORMAT
-    metadata["window"] = {
-        "length_s": model.spec.length_s,
-        "bucket_s": model.spec.bucket_s,
-        "grace_s": model.spec.grace_s,
-        "max_distinct": model.spec.max_distinct,
-    }
-    metadata["scorers"] = {t: s.summary() for t, s in model.scorers.items()}
-    metadata["version"] = model_version(metadata)
+    metadata = finalize_metadata(model)
     metadata["files"] = files
     model.metadata = metadata
     tmp = Path(tempfile.mkstemp(dir=directory, suffix=".tmp")[1])
@@ -88,7 +97,16 @@ def save_model(model: DetectionModel, directory: Path) -> str:
 
 
 def load_model(directory: Path) -> DetectionModel:
-    directory = Path(directory)
+    """Load and check a model directory; every problem is a :class:`ModelError` with a clear message."""
+    try:
+        return _load_model(Path(directory))
+    except ModelError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError, OSError) as exc:
+        raise ModelError(f"{directory}: not a usable jwtwatch model ({type(exc).__name__}: {exc})") from None
+
+
+def _load_model(directory: Path) -> DetectionModel:
     meta_path = directory / METADATA_FILE
     try:
         metadata = json.loads(meta_path.read_text())
@@ -98,11 +116,17 @@ def load_model(directory: Path) -> DetectionModel:
         ) from None
     except (OSError, ValueError) as exc:
         raise ModelError(f"cannot read {meta_path}: {exc}") from None
+    if not isinstance(metadata, dict):
+        raise ModelError(f"{meta_path}: not a JSON object")
     if metadata.get("format") != FORMAT:
         raise ModelError(f"{meta_path}: unsupported model format {metadata.get('format')!r}")
     if model_version(metadata) != metadata.get("version"):
         raise ModelError(f"{meta_path}: metadata does not match its version hash (edited by hand?)")
     spec = WindowSpec(**metadata["window"])
+    if set(metadata["scorers"]) != set(FEATURES):
+        raise ModelError(
+            f"{meta_path}: the model must score every entity type {sorted(FEATURES)}, has {sorted(metadata['scorers'])}"
+        )
     scorers: dict[str, EntityScorer] = {}
     for entity_type, summary in metadata["scorers"].items():
         if tuple(summary["features"]) != FEATURES.get(entity_type):

@@ -1,0 +1,507 @@
+"""The detection engine, replay and the streaming runner, with a small trained model.
+
+Hand-built event sequences drive each rule of ``pipeline.detection.rules`` (and a benign look-alike of each);
+simulated traffic with labelled attacks drives determinism, alert de-duplication, late events, eviction and
+the streaming runner on the in-memory bus (dead letters, restart without duplicates).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+import pandas as pd
+import pytest
+
+from pipeline.bus import ALERTS, DEAD_LETTER, TOKEN_USAGE, default_topics
+from pipeline.bus.memory import MemoryBus
+from pipeline.detection.batch import EventBatch, micro_batches
+from pipeline.detection.engine import DetectionEngine
+from pipeline.detection.replay import replay
+from pipeline.detection.runner import StreamingRunner
+from pipeline.detection.training import TrainingParams, train_model
+from pipeline.events import Alert, TokenUsage, format_ts, ts_to_epoch_ms
+from pipeline.features.baselines import Baselines
+from pipeline.response.alerts import Finding
+from pipeline.scoring.model import DetectionModel, load_model, save_model
+from pipeline.simulate import Simulation, SimulationParams, iter_records, simulate
+from pipeline.windows import FORGED, TOTAL
+
+T0 = 1_790_000_100.0  # on the 300 s alert grid
+POPULATION = {"browsers": 80, "mobile": 30, "offices": 3}
+CHROME = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0 Safari/537.36"
+FIREFOX = "Mozilla/5.0 (X11; Linux x86_64; rv:125.0) Gecko/20100101 Firefox/125.0"
+PHONE_APP = "AcmeApp/5.2.1 (iPhone; iOS 17.4)"
+CURL = "curl/8.4.0"
+FORGED_REASONS = ["bad_signature", "unknown_kid", "alg_not_allowed", "malformed", "weak_key", "type", "too_large"]
+
+
+# ------------------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def baseline() -> pd.DataFrame:
+    return simulate(SimulationParams(minutes=15, seed=1, threats=(), services=5, **POPULATION)).events
+
+
+@pytest.fixture(scope="module")
+def model(baseline: pd.DataFrame, tmp_path_factory: pytest.TempPathFactory) -> DetectionModel:
+    trained, _ = train_model(baseline, TrainingParams(n_estimators=50, max_samples=256))
+    directory = tmp_path_factory.mktemp("model")
+    save_model(trained, directory)
+    return load_model(directory)
+
+
+@pytest.fixture(scope="module")
+def attacks() -> Simulation:
+    """Ten minutes with one incident of every threat (about 57 events/s)."""
+    return simulate(SimulationParams(minutes=10, seed=2, services=5, incidents_per_threat=1, **POPULATION))
+
+
+@pytest.fixture(scope="module")
+def later_attacks() -> Simulation:
+    """The next ten minutes of event time: other users, other attacks."""
+    params = SimulationParams(
+        minutes=10, seed=3, start=1_790_000_600.0, services=5, incidents_per_threat=1, **POPULATION
+    )
+    return simulate(params)
+
+
+@pytest.fixture(scope="module")
+def dense_attacks() -> Simulation:
+    """Busier traffic (about 180 events/s), so that a micro-batch of 512 events spans less than 5 s."""
+    return simulate(SimulationParams(minutes=8, seed=3, services=20, incidents_per_threat=1, **POPULATION))
+
+
+# ------------------------------------------------------------------------------------- helpers
+
+
+def use(t: float, ip: str, jti: str, sub: str, *, ua: str | None = CHROME, reason: str | None = None,
+        client: str = "web") -> TokenUsage:  # fmt: skip
+    """One validation of a genuine token (issued a minute before T0, ten-minute lifetime)."""
+    iat = int(T0) - 60
+    return TokenUsage(
+        event_id=str(uuid.uuid4()), ts=format_ts(t), ip=ip, outcome="rejected" if reason else "accepted",
+        reason=reason, jti=jti, sub=sub, client_id=client, iat=iat, exp=iat + 600, user_agent=ua,
+    )  # fmt: skip
+
+
+def forged(t: float, ip: str, *, reason: str = "bad_signature", sub: str | None = "admin", jti: str | None = None,
+           ua: str = "python-requests/2.31.0") -> TokenUsage:  # fmt: skip
+    """A rejected forged token: its claims are whatever the forger wrote."""
+    return TokenUsage(
+        event_id=str(uuid.uuid4()), ts=format_ts(t), ip=ip, outcome="rejected", reason=reason, jti=jti, sub=sub,
+        iat=int(T0), exp=int(T0) + 86_400, user_agent=ua,
+    )  # fmt: skip
+
+
+@dataclass
+class Run:
+    engine: DetectionEngine
+    findings: list[Finding] = field(default_factory=list)
+    alerts: list[Alert] = field(default_factory=list)  # every alert the engine emitted: new ones and escalations
+
+    def rules(self, entity_type: str, entity: str) -> set[str]:
+        return {r for f in self.findings if (f.entity_type, f.entity) == (entity_type, entity) for r in f.rules}
+
+    def alerts_for(self, entity_type: str, entity: str) -> list[Alert]:
+        return [a for a in self.alerts if (a.entity_type, a.entity) == (entity_type, entity)]
+
+    def findings_for(self, entity_type: str, entity: str) -> list[Finding]:
+        return [f for f in self.findings if (f.entity_type, f.entity) == (entity_type, entity)]
+
+
+def run(model: DetectionModel, events: Iterable[TokenUsage], *, baselines: Baselines | None = None,
+        into: Run | None = None) -> Run:  # fmt: skip
+    """Feed events in event-time order, in micro-batches of at most 5 s, as ``replay`` does."""
+    result = into or Run(DetectionEngine(model, baselines=baselines))
+    result.engine.on_finding = result.findings.append
+    ordered = sorted(events, key=lambda e: ts_to_epoch_ms(e.ts))
+    for batch in micro_batches(EventBatch.from_records(ordered), 8192, 5.0):
+        result.alerts.extend(result.engine.process(batch))
+    return result
+
+
+def alert_rules(alert: Alert) -> set[str]:
+    return {reason["rule"] for reason in alert.reasons if "rule" in reason}
+
+
+def snapshot(engine: DetectionEngine, entity_type: str, key: str) -> tuple:
+    window = engine.stores[entity_type].get(key)
+    assert window is not None, (entity_type, key)
+    return (bytes(window.counts), dict(window.ips), dict(window.uas), window.first_ts, window.last_ts, window.owner,
+            dict(window.others or {}))  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- rules: positive
+
+
+def test_forged_probing_from_one_ip_fires_the_rule(model: DetectionModel) -> None:
+    run_ = run(model, [forged(T0 + 10 * i, "203.0.113.7", jti=f"forged-{i}") for i in range(12)])
+    alerts = run_.alerts_for("ip", "203.0.113.7")
+    assert any("forged_probing" in alert_rules(a) for a in alerts)
+    first = min(f.ts for f in run_.findings_for("ip", "203.0.113.7") if "forged_probing" in f.rules)
+    assert first == T0 + 90  # at the tenth forged token in the window, not before
+    assert all(a.severity in ("high", "critical") for a in alerts if "forged_probing" in alert_rules(a))
+
+
+def test_a_token_used_from_nine_networks_fires_token_fanout(model: DetectionModel) -> None:
+    events = [use(T0 + 5 * i + j, f"{30 + i}.{20 + i}.{i}.9", "tok-shared", "alice") for i in range(9) for j in (0, 2)]
+    run_ = run(model, events)
+    assert any("token_fanout" in alert_rules(a) for a in run_.alerts_for("jti", "tok-shared"))
+    assert "token_changed_client_and_network" not in run_.rules("jti", "tok-shared")  # one client software
+
+
+def test_a_token_with_two_clients_on_two_networks_fires_the_rule(model: DetectionModel) -> None:
+    owner = [use(T0 + 10 * i, "81.2.3.4", "tok-stolen", "bob") for i in range(12)]
+    thief = [use(T0 + 10 * i + 5, "45.9.8.7", "tok-stolen", "bob", ua=CURL) for i in range(12)]
+    run_ = run(model, owner + thief)
+    alerts = run_.alerts_for("jti", "tok-stolen")
+    assert any("token_changed_client_and_network" in alert_rules(a) for a in alerts)
+    assert {a.alert_id for a in alerts} == {alerts[0].alert_id}
+
+
+def test_repeated_expired_rejections_of_one_token_fire_stale_token_replay(model: DetectionModel) -> None:
+    events = [use(T0 + 10 * i, "45.9.8.7", "tok-old", "erin", reason="expired", ua=CURL) for i in range(6)]
+    run_ = run(model, events)
+    assert any("stale_token_replay" in alert_rules(a) for a in run_.alerts_for("jti", "tok-old"))
+
+
+def _hammering(token: str, client: str, events: int, every_s: float, ip: str = "10.20.30.40") -> list[TokenUsage]:
+    return [use(T0 + every_s * i, ip, token, f"{client}-acct", client=client, ua="okhttp/4.12") for i in range(events)]
+
+
+def test_a_token_used_far_above_its_clients_rate_fires_rate_abuse(model: DetectionModel) -> None:
+    baselines = Baselines()
+    baselines.learn_client_rate("svc-report", 10.0)  # a token of this client is usually used 10 times a window
+    run_ = run(model, _hammering("tok-hot", "svc-report", 700, every_s=0.14), baselines=baselines)  # 7/s
+    assert any("rate_abuse" in alert_rules(a) for a in run_.alerts_for("jti", "tok-hot"))
+    first = min(f.ts for f in run_.findings_for("jti", "tok-hot") if "rate_abuse" in f.rules)
+    assert first >= T0 + 599 * 0.14  # not before the 600th use in the window
+
+
+def test_an_abusive_token_does_not_teach_its_client_that_abuse_is_normal(model: DetectionModel) -> None:
+    """2.5 uses/s for 280 s against a client whose tokens make 10 uses a window: 70x the usual volume.
+
+    The rule needs 600 uses in the window, which takes 240 s at this pace; before that the token's own clean
+    scorings must not raise its client's baseline so far that the rule can no longer fire ("an attack does
+    not teach the baseline that attacks are normal", pipeline/features/baselines.py).
+    """
+    baselines = Baselines()
+    baselines.learn_client_rate("svc-report", 10.0)
+    run_ = run(model, _hammering("tok-hot", "svc-report", 700, every_s=0.4), baselines=baselines)
+    learned = run_.engine.baselines.client_rate("svc-report")
+    assert any("rate_abuse" in alert_rules(a) for a in run_.alerts_for("jti", "tok-hot")), (
+        f"client baseline moved from 10 to {learned:.1f} uses per window"
+    )
+
+
+# ----------------------------------------------------------------------- rules: benign look-alikes
+
+
+def test_a_few_malformed_tokens_from_an_office_are_not_probing(model: DetectionModel) -> None:
+    office = "198.51.100.20"
+    events = [use(T0 + 9 * u + 60 * k, office, f"tok-{u}", f"user-{u}") for u in range(20) for k in range(3)]
+    events += [forged(T0 + 30 + 60 * k, office, reason="malformed", sub=None) for k in range(3)]
+    run_ = run(model, events)
+    assert "forged_probing" not in run_.rules("ip", office)
+    assert run_.engine.stores["ip"].get(office) is not None  # the office was scored, not ignored
+
+
+def test_a_phone_hopping_carrier_addresses_is_neither_fanout_nor_a_client_change(model: DetectionModel) -> None:
+    carrier = ["100.64.1.5", "100.65.2.6", "100.66.3.7"]
+    events = [use(T0 + 10 * i, carrier[i % 3], "tok-phone", "dave", ua=PHONE_APP, client="ios") for i in range(18)]
+    run_ = run(model, events)
+    fired = run_.rules("jti", "tok-phone")
+    assert not fired & {"token_fanout", "token_changed_client_and_network"}, fired
+    assert run_.findings_for("jti", "tok-phone") or run_.engine.stats.scored > 0
+
+
+def test_one_expired_rejection_at_refresh_is_not_stale_replay(model: DetectionModel) -> None:
+    events = [use(T0 + 10 * i, "81.2.3.4", "tok-a", "frank") for i in range(10)]
+    events.append(use(T0 + 100, "81.2.3.4", "tok-a", "frank", reason="expired"))  # lazy client: 401, then refresh
+    events += [use(T0 + 101 + 10 * i, "81.2.3.4", "tok-b", "frank") for i in range(10)]
+    run_ = run(model, events)
+    assert "stale_token_replay" not in run_.rules("jti", "tok-a") | run_.rules("jti", "tok-b")
+
+
+def test_a_busy_service_at_its_usual_rate_is_not_rate_abuse(model: DetectionModel) -> None:
+    baselines = Baselines()
+    baselines.learn_client_rate("svc-busy", 650.0)
+    events = _hammering("tok-busy", "svc-busy", 700, every_s=0.14, ip="10.20.30.41")
+    # The same volume from a client whose usual rate is not learned yet: no judgement either.
+    events += _hammering("tok-new", "svc-new", 700, every_s=0.14, ip="10.20.30.42")
+    run_ = run(model, events, baselines=baselines)
+    assert "rate_abuse" not in run_.rules("jti", "tok-busy") | run_.rules("jti", "tok-new")
+
+
+# ------------------------------------------------------------------------- forged-token claims
+
+
+@pytest.mark.parametrize("reason", FORGED_REASONS)
+def test_forged_claims_only_count_against_the_ip(model: DetectionModel, reason: str) -> None:
+    run_ = run(model, [use(T0 + 10 * i, "81.2.3.4", "tok-victim", "victim") for i in range(5)])
+    engine = run_.engine
+    before = {(t, k): snapshot(engine, t, k) for t, k in (("jti", "tok-victim"), ("sub", "victim"))}
+    prefixes = dict(engine.baselines.subjects["victim"].prefixes)
+    attacker = "203.0.113.9"
+    # The forger claims the victim's subject, the victim's token id, and made-up ones.
+    claims = [("victim", "tok-victim"), ("victim", "forged-1"), ("root", "forged-2"), ("victim", None)]
+    events = [forged(T0 + 41 + 4 * i, attacker, reason=reason, sub=s, jti=j) for i, (s, j) in enumerate(claims * 4)]
+    run(model, events, into=run_)
+
+    assert engine.stores["ip"].get(attacker) is not None
+    assert "forged-1" not in engine.stores["jti"].entities and "forged-2" not in engine.stores["jti"].entities
+    assert "root" not in engine.stores["sub"].entities
+    for (entity_type, key), state in before.items():
+        assert snapshot(engine, entity_type, key) == state, (entity_type, key)  # the victim's windows untouched
+    assert engine.baselines.subjects["victim"].prefixes == prefixes  # nor its baseline
+    assert "root" not in engine.baselines.subjects
+    ip_window = engine.stores["ip"].get(attacker)
+    counts = ip_window.window_counts(int((T0 + 120) // model.spec.bucket_s), model.spec.buckets)[0]
+    assert counts[TOTAL] == counts[FORGED] == 16
+    assert not ip_window.others  # claimed subjects are not "distinct subjects behind this IP"
+    assert not [a for a in run_.alerts if a.entity_type != "ip" and a.ts >= format_ts(T0 + 41)]
+
+
+@pytest.mark.parametrize("reason", ["expired", "revoked", "replayed"])
+def test_verified_rejections_do_count_for_the_token(model: DetectionModel, reason: str) -> None:
+    """The contrast: after the signature was verified, the claims are the token's own."""
+    run_ = run(model, [use(T0 + 10 * i, "45.9.8.7", "tok-real", "grace", reason=reason) for i in range(3)])
+    assert run_.engine.stores["jti"].get("tok-real") is not None
+    assert run_.engine.stores["sub"].get("grace") is not None
+
+
+# -------------------------------------------------------------------------------- late events
+
+
+def test_late_events_are_counted_and_change_no_window(model: DetectionModel) -> None:
+    grace = model.spec.grace_s
+    run_ = run(model, [use(T0 + 5 * i, "81.2.3.4", "tok-a", "alice") for i in range(21)])  # up to T0+100
+    engine = run_.engine
+    keys = (("jti", "tok-a"), ("sub", "alice"), ("ip", "81.2.3.4"))
+    before = {key: snapshot(engine, *key) for key in keys}
+    sizes = {t: len(s) for t, s in engine.stores.items()}
+    late = [
+        use(T0 + 100 - grace - 1, "81.2.3.4", "tok-a", "alice", ua=FIREFOX),
+        use(T0 + 100 - grace - 5, "9.9.9.9", "tok-a", "alice", reason="expired"),
+        use(T0 + 10, "7.7.7.7", "tok-new", "zed"),
+        forged(T0 + 20, "203.0.113.50"),
+    ]
+    engine.process(EventBatch.from_records(late))  # does not raise
+    assert engine.stats.late_events == 4
+    assert {key: snapshot(engine, *key) for key in keys} == before
+    assert {t: len(s) for t, s in engine.stores.items()} == sizes
+
+    # Within the grace period an out-of-order event still counts, in its own bucket.
+    engine.process(EventBatch.from_records([use(T0 + 100 - grace + 5, "9.9.9.9", "tok-a", "alice")]))
+    assert engine.stats.late_events == 4
+    assert "9.9.9.9" in engine.stores["jti"].get("tok-a").ips
+
+
+def test_the_watermark_advances_within_a_batch(model: DetectionModel) -> None:
+    engine = DetectionEngine(model)
+    batch = EventBatch.from_records(
+        [use(T0 + 200, "81.2.3.4", "t", "s"), use(T0 + 150, "81.2.3.5", "t", "s"), use(T0 + 201, "81.2.3.6", "t", "s")]
+    )
+    engine.process(batch)
+    assert engine.stats.late_events == 1  # T0+150 is older than T0+200 minus the 30 s grace
+    assert engine.stats.events == 2
+    assert "81.2.3.5" not in engine.stores["ip"].entities
+
+
+# ----------------------------------------------------------------- de-duplication and eviction
+
+
+def test_an_ongoing_attack_is_one_alert_per_entity(model: DetectionModel) -> None:
+    attacker = "203.0.113.66"
+    run_ = run(model, [forged(T0 + 2 * i, attacker, jti=f"f-{i}") for i in range(120)])  # four minutes of probing
+    findings = run_.findings_for("ip", attacker)
+    alerts = run_.alerts_for("ip", attacker)
+    assert len(findings) >= 10  # scored again and again ...
+    assert len({a.alert_id for a in alerts}) == 1  # ... one alert
+    assert len(alerts) <= 1 + 4  # re-issued only on escalation
+    assert [a.alert_id for a in run_.alerts] == [a.alert_id for a in alerts]
+
+    # The same IP probing again after a quiet window is a new incident: a new alert.
+    resumed = T0 + 240 + model.spec.length_s + 60
+    run(model, [forged(resumed + 2 * i, attacker) for i in range(30)], into=run_)
+    assert len({a.alert_id for a in run_.alerts_for("ip", attacker)}) == 2
+
+
+def test_idle_entities_are_evicted_after_a_window_of_silence(model: DetectionModel) -> None:
+    spec = model.spec
+    run_ = run(model, [forged(T0 + i, "203.0.113.1") for i in range(12)])  # opens an alert episode
+    run(model, [use(T0 + i, f"81.2.{i}.4", f"tok-{i}", f"user-{i}") for i in range(10)], into=run_)
+    engine = run_.engine
+    assert engine.active_entities() == 1 + 3 * 10
+    assert engine.tracker.open
+
+    run(model, [forged(T0 + 200, "203.0.113.2")], into=run_)  # silence shorter than a window: nothing goes
+    assert engine.active_entities() == 2 + 3 * 10
+
+    silence = spec.length_s + spec.grace_s + spec.length_s / 2 + 1
+    run(model, [forged(T0 + 200 + silence, "203.0.113.3")], into=run_)
+    assert engine.active_entities() == 1
+    assert set(engine.stores["ip"].entities) == {"203.0.113.3"}
+    assert not engine.stores["jti"].entities and not engine.stores["sub"].entities
+    assert ("ip", "203.0.113.1") not in engine.tracker.open  # quiet episodes are forgotten too
+
+
+# ------------------------------------------------------------------------ replay determinism
+
+
+def test_replaying_the_same_events_gives_the_same_alerts(model: DetectionModel, attacks: Simulation) -> None:
+    first, engine = replay(attacks.events, model)
+    second, _ = replay(attacks.events, model)
+    assert len(first) >= 3
+    assert [a.to_dict() for a in first] == [a.to_dict() for a in second]
+    assert engine.stats.events == len(attacks.events) and engine.stats.late_events == 0
+    lo, hi = format_ts(attacks.events["ts"].iloc[0] / 1000), format_ts(attacks.events["ts"].iloc[-1] / 1000)
+    assert all(lo <= a.ts <= hi for a in first)
+
+
+def test_alert_ids_do_not_depend_on_the_micro_batch_size(model: DetectionModel, dense_attacks: Simulation) -> None:
+    small, small_engine = replay(dense_attacks.events, model, max_batch_events=512)
+    large, large_engine = replay(dense_attacks.events, model, max_batch_events=8192)
+    assert small_engine.stats.batches > large_engine.stats.batches  # the smaller size really cut the batches
+    assert large
+    only_large = sorted((a.entity_type, a.entity, a.ts) for a in large if a.alert_id not in {b.alert_id for b in small})
+    only_small = sorted((a.entity_type, a.entity, a.ts) for a in small if a.alert_id not in {b.alert_id for b in large})
+    assert (only_large, only_small) == ([], [])
+
+
+def test_a_freshly_trained_model_can_detect_before_it_is_saved(
+    baseline: pd.DataFrame, attacks: Simulation, tmp_path: Path
+) -> None:
+    model, _ = train_model(baseline, TrainingParams(n_estimators=50, max_samples=256))
+    alerts, _ = replay(attacks.events, model)  # the model `train_model` returned, as a library user would
+    version = save_model(model, tmp_path)
+    assert alerts
+    assert {a.model_version for a in alerts} == {version}
+
+
+# ---------------------------------------------------------------------------- streaming runner
+
+
+def publish(bus: MemoryBus, sim: Simulation | pd.DataFrame) -> int:
+    count = 0
+    for record in iter_records(sim):
+        bus.publish(TOKEN_USAGE, record.bus_key, record.to_json())
+        count += 1
+    return count
+
+
+def drain(runner: StreamingRunner) -> None:
+    for _ in range(100_000):
+        if not runner.step():
+            return
+    raise AssertionError("the runner never caught up")
+
+
+class Topic:
+    """Reads a topic from the beginning as its own consumer group, a little more at each call."""
+
+    def __init__(self, bus: MemoryBus, topic: str) -> None:
+        self.consumer = bus.consumer([topic], f"test-reader-{uuid.uuid4()}", from_beginning=True)
+
+    def read(self) -> list[bytes]:
+        out: list[bytes] = []
+        while batch := self.consumer.poll(100_000, 0):
+            out.extend(m.value for m in batch)
+        return out
+
+
+def incident_entities(sim: Simulation) -> set[str]:
+    return {e for i in sim.incidents for e in (*i.jtis, *i.ips, *i.subs)}
+
+
+@pytest.mark.parametrize("partitions", [1, 3])
+def test_runner_publishes_the_alerts_replay_gives(model: DetectionModel, attacks: Simulation, partitions: int) -> None:
+    bus = MemoryBus(default_topics(partitions))
+    alerts_topic = Topic(bus, ALERTS)
+    published = publish(bus, attacks)
+    runner = StreamingRunner(bus, model, poll_timeout_s=0)
+    drain(runner)
+    expected, _ = replay(attacks.events, model)
+    got = [Alert.from_json(raw) for raw in alerts_topic.read()]
+    assert runner.engine.stats.events + runner.engine.stats.late_events == published
+    assert runner.engine.stats.late_events == 0  # every event in time: partitions are not event-time order
+    assert sorted({a.alert_id for a in got}) == sorted({a.alert_id for a in expected})
+
+
+def test_runner_dead_letters_garbage_and_keeps_going(model: DetectionModel, attacks: Simulation) -> None:
+    bus = MemoryBus()
+    records = list(iter_records(attacks.events.iloc[:300]))
+    garbage = [b"not json", b"\xff\xfe\xfd binary", b"[1, 2, 3]", orjson.dumps({"schema": "token-usage/1"}), b""]
+    for record in records[:100]:
+        bus.publish(TOKEN_USAGE, record.bus_key, record.to_json())
+    for i, raw in enumerate(garbage):
+        bus.publish(TOKEN_USAGE, f"junk-{i}", raw)
+    for record in records[100:]:
+        bus.publish(TOKEN_USAGE, record.bus_key, record.to_json())
+    runner = StreamingRunner(bus, model, poll_timeout_s=0)
+    drain(runner)
+
+    letters = [json.loads(raw) for raw in Topic(bus, DEAD_LETTER).read()]
+    assert runner.dead_letters == len(letters) == len(garbage)
+    assert sorted(base64.b64decode(letter["original"]) for letter in letters) == sorted(garbage)
+    assert sorted(base64.b64decode(letter["key"]) for letter in letters) == sorted(
+        f"junk-{i}".encode() for i in range(len(garbage))
+    )
+    assert all(letter["topic"] == TOKEN_USAGE and "token-usage/1" in letter["error"] for letter in letters)
+    stats = runner.engine.stats
+    assert stats.events + stats.late_events == len(records)  # every good event after the garbage was processed
+
+
+def test_runner_restart_publishes_no_alert_twice(
+    model: DetectionModel, attacks: Simulation, later_attacks: Simulation
+) -> None:
+    bus = MemoryBus()
+    alerts_topic, letters_topic = Topic(bus, ALERTS), Topic(bus, DEAD_LETTER)
+    publish(bus, attacks)
+    bus.publish(TOKEN_USAGE, "junk", b"junk-1")
+    first_runner = StreamingRunner(bus, model, group="detector", poll_timeout_s=0)
+    drain(first_runner)
+    first = [Alert.from_json(raw) for raw in alerts_topic.read()]
+    first_runner.close()
+
+    publish(bus, later_attacks)
+    bus.publish(TOKEN_USAGE, "junk", b"junk-2")
+    second_runner = StreamingRunner(bus, model, group="detector", poll_timeout_s=0)
+    drain(second_runner)
+    second = [Alert.from_json(raw) for raw in alerts_topic.read()]
+
+    assert first and second
+    assert not {a.alert_id for a in first} & {a.alert_id for a in second}
+    assert any(a.entity in incident_entities(later_attacks) for a in second)  # new attacks still alert
+    letters = [base64.b64decode(json.loads(raw)["original"]) for raw in letters_topic.read()]
+    assert letters == [b"junk-1", b"junk-2"]  # the rebuild re-read junk-1 without dead-lettering it again
+
+
+def test_runner_restart_rebuilds_open_windows(model: DetectionModel) -> None:
+    """Six forged tokens before the restart and six after: the rule needs the windows rebuilt to see ten."""
+    bus = MemoryBus()
+    alerts_topic = Topic(bus, ALERTS)
+    prober = "203.0.113.77"
+    for i in range(6):
+        event = forged(T0 + 10 * i, prober)
+        bus.publish(TOKEN_USAGE, event.bus_key, event.to_json())
+    first_runner = StreamingRunner(bus, model, group="detector", poll_timeout_s=0)
+    drain(first_runner)
+    before = [Alert.from_json(raw) for raw in alerts_topic.read()]
+    first_runner.close()
+    assert not any("forged_probing" in alert_rules(a) for a in before)
+
+    for i in range(6, 12):
+        event = forged(T0 + 10 * i, prober)
+        bus.publish(TOKEN_USAGE, event.bus_key, event.to_json())
+    second_runner = StreamingRunner(bus, model, group="detector", poll_timeout_s=0)
+    drain(second_runner)
+    after = [Alert.from_json(raw) for raw in alerts_topic.read()]
+    assert any(a.entity == prober and "forged_probing" in alert_rules(a) for a in after)
