@@ -1,0 +1,218 @@
+"""The alerts service's HTTP surface (FastAPI): webhooks, the alert log, deliveries, health, metrics.
+
+Everything under ``/v1/`` needs the admin bearer token (compared in constant time) and is answered with
+``Cache-Control: no-store`` — one answer carries a signing secret. Request bodies are capped and parsed
+by hand, so a hostile body gets a 4xx, never a 500.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated, Any, Literal
+
+import orjson
+from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Query, Request, Response
+from fastapi.responses import JSONResponse, PlainTextResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.concurrency import run_in_threadpool
+
+from pipeline.alerts.delivery import EVENT_TYPES
+from pipeline.alerts.service import DELIVERY_STATUSES, AlertsService
+from pipeline.alerts.targets import TargetError
+from pipeline.events import ENTITY_TYPES, SEVERITIES, parse_ts
+from pipeline.web import SecurityHeadersMiddleware, admin_token_matches
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 16 * 1024
+#: Paths of the admin API; one answer carries a signing secret, none may be cached.
+NO_STORE_PREFIXES: tuple[str, ...] = ("/v1/webhooks", "/v1/alerts", "/v1/deliveries")
+
+EventType = Literal["token.anomaly", "token.revoked", "revocation.storm"]
+Severity = Literal["low", "medium", "high", "critical"]
+assert set(EVENT_TYPES) == {"token.anomaly", "token.revoked", "revocation.storm"}
+assert tuple(SEVERITIES) == ("low", "medium", "high", "critical")
+
+
+class WebhookRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    url: str = Field(min_length=1, max_length=2048)
+    event_types: list[EventType] = Field(default_factory=lambda: list(EVENT_TYPES), min_length=1, max_length=3)
+    min_severity: Severity = "low"
+
+
+def _denied() -> HTTPException:
+    return HTTPException(
+        status_code=401, detail="unauthorized", headers={"WWW-Authenticate": 'Bearer realm="jwtwatch-admin"'}
+    )
+
+
+def _error(status: int, error: str, detail: Any = None) -> JSONResponse:
+    body: dict[str, Any] = {"error": error}
+    if detail is not None:
+        body["detail"] = detail
+    return JSONResponse(body, status_code=status)
+
+
+def _time_param(name: str, value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        return parse_ts(value).timestamp()
+    except (ValueError, OverflowError):
+        raise ValueError(f"{name} must be an RFC 3339 timestamp with an offset") from None
+
+
+def alerts_router(service: AlertsService) -> APIRouter:
+    """The admin API under ``/v1/`` (webhooks, alerts, deliveries), to include in any FastAPI app.
+
+    Its answers need ``Cache-Control: no-store`` (:data:`NO_STORE_PREFIXES` for the security middleware).
+    """
+
+    def require_admin(authorization: Annotated[str | None, Header()] = None) -> None:
+        if not admin_token_matches(service.admin_token, authorization):
+            # A dependency: FastAPI runs it before validating any parameter, so a stranger learns nothing.
+            raise _denied()
+
+    router = APIRouter()
+    admin = [Depends(require_admin)]
+
+    @router.post("/v1/webhooks", tags=["webhooks"], status_code=201, dependencies=admin, summary="Register a webhook")
+    async def create_webhook(request: Request) -> Response:
+        raw = await _read_capped(request, MAX_BODY_BYTES)
+        if raw is None:
+            return _error(413, "request_too_large", f"at most {MAX_BODY_BYTES} bytes")
+        try:
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return _error(400, "invalid_json")
+        try:
+            body = WebhookRequest.model_validate(data)
+        except ValidationError as exc:
+            problems = [{"loc": list(e["loc"]), "msg": e["msg"]} for e in exc.errors()[:10]]
+            return _error(422, "invalid_request", problems)
+        try:
+            # Resolving the host blocks: keep it off the event loop.
+            webhook_id, secret = await run_in_threadpool(
+                service.create_subscription, body.url, body.event_types, body.min_severity
+            )
+        except TargetError as exc:
+            return _error(422, "invalid_url", str(exc))
+        except ValueError as exc:
+            return _error(422, "invalid_request", str(exc))
+        return JSONResponse({"id": webhook_id, "secret": secret}, status_code=201)
+
+    @router.get(
+        "/v1/webhooks", tags=["webhooks"], dependencies=admin, summary="Registered webhooks (never their secrets)"
+    )
+    def list_webhooks() -> Response:
+        return JSONResponse({"webhooks": service.list_subscriptions()})
+
+    @router.delete(
+        "/v1/webhooks/{webhook_id}", tags=["webhooks"], status_code=204, dependencies=admin, summary="Delete a webhook"
+    )
+    def delete_webhook(webhook_id: str) -> Response:
+        if len(webhook_id) > 64 or not service.delete_subscription(webhook_id):
+            return _error(404, "not_found")
+        return Response(status_code=204)
+
+    @router.get("/v1/alerts", tags=["alerts"], dependencies=admin, summary="The alert log, newest first")
+    def list_alerts(
+        entity_type: Annotated[Literal["jti", "sub", "ip"] | None, Query()] = None,
+        entity: Annotated[str | None, Query(max_length=8192)] = None,
+        severity: Annotated[Severity | None, Query(description="minimum severity")] = None,
+        since: Annotated[str | None, Query(max_length=64)] = None,
+        until: Annotated[str | None, Query(max_length=64)] = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    ) -> Response:
+        assert entity_type is None or entity_type in ENTITY_TYPES
+        try:
+            since_s, until_s = _time_param("since", since), _time_param("until", until)
+        except ValueError as exc:
+            return _error(422, "invalid_request", str(exc))
+        alerts = service.list_alerts(
+            entity_type=entity_type, entity=entity, severity=severity, since=since_s, until=until_s, limit=limit
+        )
+        return JSONResponse({"alerts": alerts})
+
+    @router.get(
+        "/v1/deliveries", tags=["deliveries"], dependencies=admin, summary="Webhook deliveries with their attempts"
+    )
+    def list_deliveries(
+        status: Annotated[Literal["pending", "delivered", "failed", "disabled"] | None, Query()] = None,
+        webhook: Annotated[str | None, Query(max_length=64, description="webhook id")] = None,
+        limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    ) -> Response:
+        assert status is None or status in DELIVERY_STATUSES
+        return JSONResponse({"deliveries": service.list_deliveries(status=status, webhook_id=webhook, limit=limit)})
+
+    @router.post(
+        "/v1/deliveries/{delivery_id}/redeliver",
+        tags=["deliveries"],
+        status_code=202,
+        summary="Send again, now",
+        dependencies=admin,
+    )
+    def redeliver(delivery_id: str) -> Response:
+        if not delivery_id.isdigit() or len(delivery_id) > 18:
+            return _error(404, "not_found")
+        outcome = service.redeliver(int(delivery_id))
+        if outcome == "not_found":
+            return _error(404, "not_found")
+        if outcome == "inactive":
+            return _error(409, "webhook_inactive", "the webhook was disabled or deleted")
+        return JSONResponse({"id": int(delivery_id), "status": "pending"}, status_code=202)
+
+    return router
+
+
+def health_router(service: AlertsService) -> APIRouter:
+    """``/healthz`` and ``/readyz`` of the stand-alone service (an all-in-one app has its own)."""
+    router = APIRouter()
+
+    @router.get("/healthz", tags=["health"])
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @router.get("/readyz", tags=["health"])
+    def readyz() -> Response:
+        ready, detail = service.ready()
+        return JSONResponse({"ready": ready, "detail": detail}, status_code=200 if ready else 503)
+
+    return router
+
+
+async def _read_capped(request: Request, limit: int) -> bytes | None:
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > limit):
+        return None
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            return None
+    return bytes(body)
+
+
+def create_alerts_app(service: AlertsService) -> FastAPI:
+    app = FastAPI(title="jwtwatch alerts", version="1", docs_url=None, redoc_url=None)
+    app.include_router(alerts_router(service))
+    app.include_router(health_router(service))
+
+    @app.get("/metrics", tags=["health"], response_class=PlainTextResponse)
+    def metrics() -> Response:
+        return Response(generate_latest(service.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception) -> JSONResponse:  # pragma: no cover - last resort
+        log.exception("alerts API: unhandled error on %s %s", request.method, request.url.path)
+        return JSONResponse({"error": "internal_error"}, status_code=500)
+
+    app.add_middleware(SecurityHeadersMiddleware, no_store_prefixes=NO_STORE_PREFIXES)
+    app.state.service = service
+    return app
+
+
+__all__ = ["NO_STORE_PREFIXES", "WebhookRequest", "alerts_router", "create_alerts_app", "health_router"]

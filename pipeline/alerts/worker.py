@@ -1,0 +1,204 @@
+"""Running the alerts service: the delivery loop, and the consumer that feeds it from the bus."""
+
+from __future__ import annotations
+
+import base64
+import logging
+import threading
+import time
+
+import orjson
+
+from pipeline.alerts.service import AlertsService
+from pipeline.bus import ALERTS, DEAD_LETTER, REVOCATIONS, Bus, Message
+from pipeline.events import Alert, Revocation
+
+log = logging.getLogger(__name__)
+
+DEFAULT_GROUP = "jwtwatch-alerts"
+PURGE_EVERY_S = 3600.0
+
+
+class AlertsWorker:
+    """A thread that calls ``service.deliver_due`` in a loop; ``start()`` / ``stop()``.
+
+    It sleeps ``interval_s`` whenever a round found less than a full batch to do; ``wake()`` cuts the
+    sleep short (call it after accepting something to send it at once). Once an hour it purges
+    finished deliveries older than ``retention_s``.
+    """
+
+    def __init__(
+        self,
+        service: AlertsService,
+        interval_s: float = 1.0,
+        *,
+        batch: int = 100,
+        retention_s: float | None = 30 * 24 * 3600.0,
+    ) -> None:
+        self.service = service
+        self.interval_s = interval_s
+        self.batch = batch
+        self.retention_s = retention_s
+        self.rounds = 0
+        self.attempts = 0
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._last_purge = time.monotonic()
+
+    def start(self) -> AlertsWorker:
+        if self._thread is not None and self._thread.is_alive():
+            return self
+        self._stop.clear()
+        self._thread = threading.Thread(target=self.run, name="jwtwatch-webhooks", daemon=True)
+        self._thread.start()
+        return self
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def run(self) -> None:
+        while not self._stop.is_set():
+            done = 0
+            try:
+                done = self.service.deliver_due(self.batch)
+                self.attempts += done
+                self.rounds += 1
+                if self.retention_s is not None and time.monotonic() - self._last_purge > PURGE_EVERY_S:
+                    self._last_purge = time.monotonic()
+                    self.service.purge(self.retention_s)
+            except Exception:
+                if self._stop.is_set():
+                    break
+                log.exception("webhook delivery round failed; retrying in %.1f s", self.interval_s)
+            if done < self.batch:
+                self._wake.wait(self.interval_s)
+                self._wake.clear()
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+            self._thread = None
+
+    def __enter__(self) -> AlertsWorker:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def dead_letter(bus: Bus, message: Message, error: str, *, consumer: str = DEFAULT_GROUP) -> None:
+    """Park an unparseable message on the dead-letter topic: the error and the original bytes (base64).
+
+    The same shape as the detection runner's dead letters.
+    """
+    record = {
+        "error": error[:1000],
+        "topic": message.topic,
+        "partition": message.partition,
+        "offset": message.offset,
+        "key": base64.b64encode(message.key).decode() if message.key is not None else None,
+        "original": base64.b64encode(message.value[: 1 << 20]).decode(),
+        "consumer": consumer,
+    }
+    bus.publish(DEAD_LETTER, message.key, orjson.dumps(record))
+
+
+class AlertsConsumer:
+    """Feeds the service from the bus: alert/1 from ALERTS, revocation/1 from REVOCATIONS.
+
+    ``step()`` polls one batch, accepts every record (each ``accept_*`` commits to SQLite before it
+    returns), sends what cannot be parsed to the dead-letter topic, and only then commits the bus
+    offsets: at-least-once, made exactly-once by the service's idempotent accepts. If accepting fails
+    for any other reason (the disk, say), the consumer rewinds to the start of the batch and re-raises,
+    so nothing is skipped.
+    """
+
+    def __init__(
+        self,
+        bus: Bus,
+        service: AlertsService,
+        group: str = DEFAULT_GROUP,
+        *,
+        max_records: int = 500,
+        poll_timeout_s: float = 0.5,
+    ) -> None:
+        self.bus = bus
+        self.service = service
+        self.group = group
+        self.max_records = max_records
+        self.poll_timeout_s = poll_timeout_s
+        # From the beginning for a new group: accepts are idempotent, and revocations are a compacted feed.
+        self.consumer = bus.consumer([ALERTS, REVOCATIONS], group, from_beginning=True)
+        self.accepted = 0
+        self.duplicates = 0
+        self.dead_letters = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def step(self) -> int:
+        """One poll → accept → dead-letter → commit. Returns the number of messages handled."""
+        messages = self.consumer.poll(self.max_records, self.poll_timeout_s)
+        if not messages:
+            return 0
+        try:
+            for message in messages:
+                self._handle(message)
+            self.bus.flush()  # the dead letters are stored before their offsets are committed
+        except Exception:
+            first: dict[tuple[str, int], int] = {}
+            for message in messages:
+                tp = (message.topic, message.partition)
+                first[tp] = min(first.get(tp, message.offset), message.offset)
+            self.consumer.seek(first)
+            raise
+        self.consumer.commit()
+        return len(messages)
+
+    def _handle(self, message: Message) -> None:
+        try:
+            if message.topic == REVOCATIONS:
+                fresh = self.service.accept_revocation(Revocation.from_json(message.value))
+            else:
+                fresh = self.service.accept_alert(Alert.from_json(message.value))
+        except ValueError as exc:  # RecordError, bad UTF-8, an unknown alert type
+            log.warning("dead letter from %s[%d]@%d: %s", message.topic, message.partition, message.offset, exc)
+            dead_letter(self.bus, message, str(exc), consumer=self.group)
+            self.dead_letters += 1
+            return
+        if fresh:
+            self.accepted += 1
+        else:
+            self.duplicates += 1
+
+    def run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.step()
+            except Exception:
+                if self._stop.is_set():
+                    break
+                log.exception("alerts consumer step failed; retrying")
+                self._stop.wait(1.0)
+
+    def start(self) -> AlertsConsumer:
+        if self._thread is None or not self._thread.is_alive():
+            self._stop.clear()
+            self._thread = threading.Thread(target=self.run, name="jwtwatch-alerts-consumer", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+            self._thread = None
+
+    def close(self) -> None:
+        self.stop()
+        self.consumer.close()
+
+
+__all__ = ["DEFAULT_GROUP", "AlertsConsumer", "AlertsWorker", "dead_letter"]
