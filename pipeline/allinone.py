@@ -1,0 +1,142 @@
+"""``jwtwatch serve``: validator, detection pipeline and alerts service in one process, on one port.
+
+The embedded default. Everything talks over the in-process bus exactly as it would over Kafka:
+validations publish usage events; the streaming runner scores them, applies the auto-revocation policy
+and publishes alerts (and revocations); the alerts service consumes both and delivers signed webhooks
+from its SQLite outbox. Revocations reach the validator's store directly — it is the same process.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from pipeline.alerts import AlertsConsumer, AlertsService, AlertsWorker, create_alerts_app
+from pipeline.bus.memory import MemoryBus
+from pipeline.detection.runner import StreamingRunner
+from pipeline.response.policy import AutoRevoker, ResponsePolicy
+from pipeline.response.responder import Responder
+from pipeline.scoring.model import load_model
+from pipeline.validation.app import create_validator_app
+from pipeline.validation.config import ValidatorConfig
+from pipeline.validation.service import ValidatorService
+
+log = logging.getLogger(__name__)
+
+ALERTS_PREFIXES = ("/v1/webhooks", "/v1/alerts", "/v1/deliveries")
+
+
+@dataclass
+class ServeOptions:
+    config: ValidatorConfig
+    data_dir: Path
+    model_dir: Path
+    admin_token: str | None = None
+    trusted_proxies: str | None = None
+    events_out: Path | None = None
+    policy: ResponsePolicy = field(default_factory=ResponsePolicy)
+
+
+class _Loop:
+    """Calls ``step`` until stopped; an exception is logged and the loop goes on (never a dead thread)."""
+
+    def __init__(self, name: str, step: Callable[[], object]) -> None:
+        self._stop = threading.Event()
+        self._step = step
+        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._step()
+            except Exception:
+                log.exception("%s failed; continuing", self.thread.name)
+                self._stop.wait(1.0)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.thread.join(timeout=10)
+
+
+class AllInOne:
+    def __init__(self, options: ServeOptions) -> None:
+        self.options = options
+        self.bus = MemoryBus()
+        self.validator = ValidatorService(
+            options.config,
+            data_dir=options.data_dir,
+            bus=self.bus,
+            events_out=options.events_out,
+            trusted_proxies=options.trusted_proxies,
+            admin_token=options.admin_token,
+        )
+        self.model = load_model(options.model_dir)
+        self.responder = Responder(
+            AutoRevoker(options.policy), self.validator.revocations, self.bus, issuer=options.config.issuer
+        )
+        self.runner = StreamingRunner(
+            self.bus,
+            self.model,
+            baselines_path=Path(options.data_dir) / "baselines.json",
+            respond=self.responder,
+            poll_timeout_s=0.05,
+        )
+        self.alerts = AlertsService(Path(options.data_dir), admin_token=options.admin_token)
+        self.alerts_consumer = AlertsConsumer(self.bus, self.alerts)
+        self.worker = AlertsWorker(self.alerts)
+        self._loops = [_Loop("pipeline", self.runner.step), _Loop("alerts-consumer", self._consume_alerts)]
+        self.app = _Dispatcher(create_validator_app(self.validator), create_alerts_app(self.alerts), self)
+
+    def _consume_alerts(self) -> None:
+        if self.alerts_consumer.step():
+            self.worker.wake()  # deliver new alerts now, not at the worker's next tick
+
+    def start(self) -> None:
+        for loop in self._loops:
+            loop.start()
+        self.worker.start()
+
+    def stop(self) -> None:
+        for loop in self._loops:
+            loop.stop()
+        self.worker.stop()
+        self.runner.save_baselines()
+        self.runner.close()
+        self.alerts_consumer.close()
+        self.alerts.close()
+        self.validator.close()
+        self.bus.close()
+
+    def metrics(self) -> bytes:
+        return b"".join(generate_latest(r) for r in (self.validator.registry, self.alerts.registry))
+
+
+class _Dispatcher:
+    """One port: the alerts service's paths go to its app, everything else to the validator's."""
+
+    def __init__(self, validator: ASGIApp, alerts: ASGIApp, owner: AllInOne) -> None:
+        self.validator = validator
+        self.alerts = alerts
+        self.owner = owner
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "") if scope["type"] == "http" else ""
+        if path == "/metrics":
+            from starlette.responses import Response
+
+            from pipeline.web import SecurityHeadersMiddleware
+
+            response = Response(self.owner.metrics(), media_type=CONTENT_TYPE_LATEST)
+            await SecurityHeadersMiddleware(response)(scope, receive, send)
+            return
+        target = self.alerts if path.startswith(ALERTS_PREFIXES) else self.validator
+        await target(scope, receive, send)
