@@ -25,6 +25,7 @@ from pipeline.response.responder import Responder
 from pipeline.scoring.model import load_model
 from pipeline.validation.app import create_validator_app
 from pipeline.validation.config import ValidatorConfig
+from pipeline.validation.follower import RevocationFollower
 from pipeline.validation.service import ValidatorService
 
 log = logging.getLogger(__name__)
@@ -80,9 +81,9 @@ class AllInOne:
             admin_token=options.admin_token,
         )
         self.model = load_model(options.model_dir)
-        self.responder = Responder(
-            AutoRevoker(options.policy), self.validator.revocations, self.bus, issuer=options.config.issuer
-        )
+        self.responder = Responder(AutoRevoker(options.policy), self.bus, issuer=options.config.issuer)
+        self.follower = RevocationFollower(self.bus, self.validator.revocations)
+        self.validator.feed = self.follower
         self.runner = StreamingRunner(
             self.bus,
             self.model,
@@ -93,7 +94,11 @@ class AllInOne:
         self.alerts = AlertsService(Path(options.data_dir), admin_token=options.admin_token)
         self.alerts_consumer = AlertsConsumer(self.bus, self.alerts)
         self.worker = AlertsWorker(self.alerts)
-        self._loops = [_Loop("pipeline", self.runner.step), _Loop("alerts-consumer", self._consume_alerts)]
+        self._loops = [
+            _Loop("revocation-feed", self.follower.step),
+            _Loop("pipeline", self.runner.step),
+            _Loop("alerts-consumer", self._consume_alerts),
+        ]
         self.app = _Dispatcher(create_validator_app(self.validator), create_alerts_app(self.alerts), self)
 
     def _consume_alerts(self) -> None:
@@ -112,6 +117,7 @@ class AllInOne:
         self.runner.save_baselines()
         self.runner.close()
         self.alerts_consumer.close()
+        self.follower.close()
         self.alerts.close()
         self.validator.close()
         self.bus.close()

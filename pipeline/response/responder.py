@@ -10,7 +10,7 @@ from dataclasses import replace
 from pipeline.bus import ALERTS, REVOCATIONS, Bus
 from pipeline.events import Alert
 from pipeline.response.policy import AutoRevoker
-from pipeline.validation.revocations import RevocationStore
+from pipeline.validation.revocations import DEFAULT_MAX_TOKEN_LIFETIME_S, new_revocation
 
 log = logging.getLogger(__name__)
 
@@ -21,14 +21,14 @@ class Responder:
     def __init__(
         self,
         revoker: AutoRevoker,
-        revocations: RevocationStore,
         bus: Bus,
         *,
         issuer: str,
+        max_token_lifetime_s: int = DEFAULT_MAX_TOKEN_LIFETIME_S,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.revoker = revoker
-        self.revocations = revocations
+        self.max_token_lifetime_s = max_token_lifetime_s
         self.bus = bus
         self.issuer = issuer
         self.clock = clock
@@ -50,20 +50,23 @@ class Responder:
             return replace(alert, action="revocation_suppressed")
         if key in self._done:  # the same attack escalated: its token or subject is already revoked
             return replace(alert, action="revoked", revocation_id=self._done[key])
-        record = self.revocations.revoke(
+        record = new_revocation(
             kind=decision.kind,
             iss=self.issuer,
             value=decision.value,
             reason=f"auto: {alert.severity} alert {alert.alert_id}",
             source="auto",
             alert_id=alert.alert_id,
+            max_token_lifetime_s=self.max_token_lifetime_s,
+            now=self.clock(),
         )
+        # Every validator follows the revocation feed (pipeline.validation.follower) and enforces it.
         self.bus.publish(REVOCATIONS, record.bus_key, record.to_json())
         if len(self._done) > 100_000:
             self._done.clear()
         self._done[key] = record.revocation_id
         self.revoked += 1
-        log.warning("alert %s: revoked %s %s (version %s)", alert.alert_id, *key, record.version)
+        log.warning("alert %s: revoked %s %s (%s)", alert.alert_id, *key, record.revocation_id)
         return replace(alert, action="revoked", revocation_id=record.revocation_id)
 
     def _storm(self, alert: Alert, why: str) -> None:

@@ -66,6 +66,49 @@ class RevocationIndex:
         return len(dead_jti) + len(dead_sub)
 
 
+def new_revocation(
+    *,
+    kind: str,
+    iss: str,
+    value: str,
+    reason: str,
+    source: str = "manual",
+    alert_id: str | None = None,
+    revoked_before: float | None = None,
+    token_exp: float | None = None,
+    leeway_s: int = 30,
+    max_token_lifetime_s: int = DEFAULT_MAX_TOKEN_LIFETIME_S,
+    now: float | None = None,
+) -> Revocation:
+    """A new revocation/1 record (no version yet: the store that enforces it assigns one).
+
+    It expires when no token it covers can still be valid: the token's ``exp`` plus leeway, or — when
+    that is unknown, or for a subject — the longest token lifetime after ``revoked_before``.
+    """
+    now = time.time() if now is None else now
+    if kind == "jti":
+        expires = (token_exp + leeway_s) if token_exp is not None else now + max_token_lifetime_s
+        before_text = None
+    elif kind == "sub":
+        before = now if revoked_before is None else revoked_before
+        expires = before + max_token_lifetime_s + leeway_s
+        before_text = format_ts(before)
+    else:
+        raise ValueError(f"kind must be 'jti' or 'sub', not {kind!r}")
+    return Revocation(
+        revocation_id=str(uuid.uuid4()),
+        kind=kind,
+        iss=iss,
+        value=value,
+        reason=reason,
+        source=source,
+        alert_id=alert_id,
+        created_at=format_ts(now),
+        expires_at=format_ts(expires),
+        revoked_before=before_text,
+    )
+
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS revocations (
     version INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -120,27 +163,18 @@ class RevocationStore:
         now: float | None = None,
     ) -> Revocation:
         """Record a revocation and enforce it at once; returns it with its version."""
-        now = time.time() if now is None else now
-        if kind == "jti":
-            expires = (token_exp + leeway_s) if token_exp is not None else now + self.max_token_lifetime_s
-            before_text = None
-        elif kind == "sub":
-            before = now if revoked_before is None else revoked_before
-            expires = before + self.max_token_lifetime_s + leeway_s
-            before_text = format_ts(before)
-        else:
-            raise ValueError(f"kind must be 'jti' or 'sub', not {kind!r}")
-        record = Revocation(
-            revocation_id=str(uuid.uuid4()),
+        record = new_revocation(
             kind=kind,
             iss=iss,
             value=value,
             reason=reason,
             source=source,
             alert_id=alert_id,
-            created_at=format_ts(now),
-            expires_at=format_ts(expires),
-            revoked_before=before_text,
+            revoked_before=revoked_before,
+            token_exp=token_exp,
+            leeway_s=leeway_s,
+            max_token_lifetime_s=self.max_token_lifetime_s,
+            now=now,
         )
         return self.add(record)
 

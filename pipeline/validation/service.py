@@ -88,6 +88,8 @@ class ValidatorService:
         self.metrics.revocations_active.set_function(lambda: len(self.revocations.index))
         self.metrics.cache_entries.set_function(lambda: len(self.validator.cache))
         self._last_purge = 0.0
+        #: The revocation feed this validator follows, if any (anything with ``caught_up``).
+        self.feed: object | None = None
 
     def check(self, token: object, context: RequestContext) -> Verdict:
         """Validate one token for one request, emit its usage event, count it."""
@@ -127,6 +129,8 @@ class ValidatorService:
     def ready(self) -> tuple[bool, str]:
         if not self.validator.keys.current().usable():
             return False, "no usable signing keys"
+        if self.feed is not None and not getattr(self.feed, "caught_up", True):
+            return False, "revocation feed not caught up"
         return True, "ok"
 
     def close(self) -> None:

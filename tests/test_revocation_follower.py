@@ -1,0 +1,49 @@
+"""Every validator follows the revocation feed on the bus: revocations apply once, garbage changes nothing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipeline.bus import DEAD_LETTER, REVOCATIONS
+from pipeline.bus.memory import MemoryBus
+from pipeline.validation.follower import RevocationFollower
+from pipeline.validation.revocations import RevocationStore, new_revocation
+
+
+def test_two_validators_both_enforce_a_published_revocation(tmp_path: Path) -> None:
+    bus = MemoryBus()
+    stores = [RevocationStore(tmp_path / f"v{i}.sqlite") for i in range(2)]
+    followers = [RevocationFollower(bus, store) for store in stores]
+    record = new_revocation(kind="jti", iss="https://iss", value="tok-1", reason="test", source="auto")
+    bus.publish(REVOCATIONS, record.bus_key, record.to_json())
+    bus.publish(REVOCATIONS, record.bus_key, record.to_json())  # a replayed message changes nothing
+    for follower in followers:
+        follower.step()
+        assert follower.caught_up
+    for store in stores:
+        assert store.is_revoked("https://iss", "tok-1", None, None)
+        assert store.version == 1
+
+
+def test_garbage_on_the_feed_is_dead_lettered_and_changes_nothing(tmp_path: Path) -> None:
+    bus = MemoryBus()
+    store = RevocationStore(tmp_path / "v.sqlite")
+    follower = RevocationFollower(bus, store)
+    bus.publish(REVOCATIONS, "x", b"{not json")
+    bus.publish(REVOCATIONS, "y", b'{"schema": "revocation/1", "kind": "jti"}')
+    follower.step()
+    assert follower.rejected == 2 and store.version == 0
+    letters = bus.consumer([DEAD_LETTER], "check").poll(10, 0.1)
+    assert len(letters) == 2
+
+
+def test_not_caught_up_until_the_feed_is_read(tmp_path: Path) -> None:
+    bus = MemoryBus()
+    for i in range(1500):
+        record = new_revocation(kind="jti", iss="https://iss", value=f"tok-{i}", reason="bulk")
+        bus.publish(REVOCATIONS, record.bus_key, record.to_json())
+    follower = RevocationFollower(bus, RevocationStore(tmp_path / "v.sqlite"))
+    follower.step()  # reads at most 1000
+    assert not follower.caught_up
+    follower.step()
+    assert follower.caught_up and follower.store.version == 1500
