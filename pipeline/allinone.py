@@ -18,6 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from pipeline.alerts import AlertsConsumer, AlertsService, AlertsWorker, create_alerts_app
+from pipeline.archive import ArchiveConsumer, ArchiveWriter
 from pipeline.bus.memory import MemoryBus
 from pipeline.detection.runner import StreamingRunner
 from pipeline.response.policy import AutoRevoker, ResponsePolicy
@@ -94,8 +95,10 @@ class AllInOne:
         self.alerts = AlertsService(Path(options.data_dir), admin_token=options.admin_token)
         self.alerts_consumer = AlertsConsumer(self.bus, self.alerts)
         self.worker = AlertsWorker(self.alerts)
+        self.archive = ArchiveConsumer(self.bus, ArchiveWriter(Path(options.data_dir)))
         self._loops = [
             _Loop("revocation-feed", self.follower.step),
+            _Loop("archive", self.archive.step),
             _Loop("pipeline", self.runner.step),
             _Loop("alerts-consumer", self._consume_alerts),
         ]
@@ -118,6 +121,7 @@ class AllInOne:
         self.runner.close()
         self.alerts_consumer.close()
         self.follower.close()
+        self.archive.close()
         self.alerts.close()
         self.validator.close()
         self.bus.close()
