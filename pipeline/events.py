@@ -19,6 +19,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import cache, lru_cache
 from typing import Any, ClassVar, Literal, Self
 
 import orjson
@@ -175,12 +176,19 @@ def _uuid(record: str, name: str, value: object) -> str:
     return text
 
 
-def _ip(record: str, name: str, value: object) -> str:
-    text = _str(record, name, value)
+@lru_cache(maxsize=1 << 16)
+def _is_ip(text: str) -> bool:
     try:
         ipaddress.ip_address(text)
     except ValueError:
-        raise _fail(record, name, value, "not an IP address") from None
+        return False
+    return True
+
+
+def _ip(record: str, name: str, value: object) -> str:
+    text = _str(record, name, value)
+    if not _is_ip(text):  # addresses repeat: checked once each
+        raise _fail(record, name, value, "not an IP address")
     return text
 
 
@@ -215,16 +223,22 @@ def _parse(cls: type[Any], checks: Mapping[str, Check], data: object) -> Any:
     if schema != record:
         raise RecordError(record, "schema", schema, f"expected {record!r}")
     values: dict[str, object] = {}
-    for f in dataclasses.fields(cls):
-        if f.name == "schema":
-            continue
-        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-        if f.name not in data:
+    for name, required in _fields(cls):
+        if name not in data:
             if required:
-                raise RecordError(record, f.name, None, "missing")
+                raise RecordError(record, name, None, "missing")
             continue
-        values[f.name] = checks[f.name](record, f.name, data[f.name])
+        values[name] = checks[name](record, name, data[name])
     return cls(**values)
+
+
+@cache
+def _fields(cls: type[Any]) -> tuple[tuple[str, bool], ...]:
+    """(name, required) of a record's fields — computed once per record type, not per record."""
+    return tuple(
+        (f.name, f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
+        for f in dataclasses.fields(cls)
+    )
 
 
 def _loads(cls: type[Any], raw: bytes | str) -> Any:

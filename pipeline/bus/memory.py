@@ -11,7 +11,6 @@ from __future__ import annotations
 import threading
 import time
 import zlib
-from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -22,7 +21,7 @@ from pipeline.bus.topics import TopicSpec, default_topics
 @dataclass
 class _Partition:
     base: int = 0  # offset of messages[0]
-    messages: deque[Message] = field(default_factory=deque)
+    messages: list[Message] = field(default_factory=list)  # a list: reads slice it by offset
 
     @property
     def end(self) -> int:
@@ -69,9 +68,11 @@ class MemoryBus(Bus):
             part = parts[index]
             part.messages.append(Message(topic, index, part.end, raw_key, value, int(time.time() * 1000)))
             # Compacted topics are the revocation feed: small, and every entry must stay readable.
-            if topic not in self._compacted and len(part.messages) > self._retention:
-                part.messages.popleft()
-                part.base += 1
+            if topic not in self._compacted and len(part.messages) > self._retention + self._retention // 8:
+                # Trim in chunks: dropping one message at a time from a list's head would be O(n) each.
+                excess = len(part.messages) - self._retention
+                del part.messages[:excess]
+                part.base += excess
             self._lock.notify_all()
 
     def flush(self, timeout_s: float | None = None) -> None:
@@ -171,7 +172,7 @@ class MemoryConsumer(Consumer):
                 take = min(part.end - pos, share, max_records - len(batch))
                 if take > 0:
                     start = pos - part.base
-                    batch.extend(part.messages[i] for i in range(start, start + take))
+                    batch.extend(part.messages[start : start + take])
                     self._positions[tp] = pos + take
                 if part.end > self._positions[tp]:
                     still.append((tp, part))

@@ -29,8 +29,9 @@ class EventBatch:
     def __len__(self) -> int:
         return len(self.ts)
 
-    def append(self, event: TokenUsage) -> None:
-        self.ts.append(ts_to_epoch_ms(event.ts) / 1000.0)
+    def append(self, event: TokenUsage, ts_s: float | None = None) -> None:
+        """Add one event; ``ts_s`` saves parsing its timestamp again when the caller already has it."""
+        self.ts.append(ts_to_epoch_ms(event.ts) / 1000.0 if ts_s is None else ts_s)
         self.jti.append(event.jti)
         self.sub.append(event.sub)
         self.client_id.append(event.client_id)

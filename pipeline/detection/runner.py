@@ -170,7 +170,9 @@ class StreamingRunner:
         self._skipped.clear()
         for replay, run in itertools.groupby(ready, key=lambda item: item[2]):
             items = list(run)
-            batch = EventBatch.from_records(item[3] for item in items)
+            batch = EventBatch()
+            for item in items:
+                batch.append(item[3], item[0] / 1000.0)
             if replay:
                 # Refill windows and open episodes; their alerts were published before the restart.
                 self.engine.process(batch)
