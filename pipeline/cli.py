@@ -47,6 +47,22 @@ def fail(message: str, code: int = 2) -> NoReturn:
 
 DataDir = Annotated[Path, typer.Option("--data-dir", envvar=_env("data_dir"), help="Where state is kept.")]
 KeysDir = Annotated[Path, typer.Option("--dir", envvar=_env("keys_dir"), help="The key store directory.")]
+Issuer = Annotated[str, typer.Option(envvar=_env("issuer"), help="The exact iss tokens must carry.")]
+Audience = Annotated[str, typer.Option(envvar=_env("audience"), help="An audience aud must contain.")]
+JwksFile = Annotated[Path | None, typer.Option(envvar=_env("jwks_file"), help="JWKS file (re-read when it changes).")]
+JwksUrl = Annotated[str | None, typer.Option(envvar=_env("jwks_url"), help="JWKS https:// URL.")]
+Host = Annotated[str, typer.Option(envvar=_env("host"), help="Address to listen on.")]
+Port = Annotated[int, typer.Option(envvar=_env("port"), help="Port to listen on.")]
+Algorithms = Annotated[str, typer.Option(envvar=_env("algorithms"), help="Allowed algorithms, comma-separated.")]
+TrustedProxies = Annotated[
+    str | None, typer.Option(envvar=_env("trusted_proxies"), help="CIDRs whose X-Forwarded-For is believed.")
+]
+AdminTokenFile = Annotated[
+    Path | None, typer.Option(envvar=_env("admin_token_file"), help="File holding the admin bearer token.")
+]
+EventsOut = Annotated[
+    Path | None, typer.Option(envvar=_env("events_out"), help="Also append usage events to this JSONL file.")
+]
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "models" / "default"
 ModelDir = Annotated[
     Path,
@@ -155,26 +171,16 @@ def token_issue(
 
 @validator_app.command("serve")
 def validator_serve(
-    issuer: Annotated[str, typer.Option(envvar=_env("issuer"), help="The exact iss tokens must carry.")],
-    audience: Annotated[str, typer.Option(envvar=_env("audience"), help="An audience aud must contain.")],
-    jwks_file: Annotated[
-        Path | None, typer.Option(envvar=_env("jwks_file"), help="JWKS file (re-read when it changes).")
-    ] = None,
-    jwks_url: Annotated[str | None, typer.Option(envvar=_env("jwks_url"), help="JWKS https:// URL.")] = None,
-    host: Annotated[str, typer.Option(envvar=_env("host"))] = "127.0.0.1",
-    port: Annotated[int, typer.Option(envvar=_env("port"))] = 8080,
-    algorithms: Annotated[
-        str, typer.Option(envvar=_env("algorithms"), help="Allowed algorithms.")
-    ] = "RS256,ES256,EdDSA",
-    trusted_proxies: Annotated[
-        str | None, typer.Option(envvar=_env("trusted_proxies"), help="CIDRs whose X-Forwarded-For is believed.")
-    ] = None,
-    admin_token_file: Annotated[
-        Path | None, typer.Option(envvar=_env("admin_token_file"), help="File holding the admin bearer token.")
-    ] = None,
-    events_out: Annotated[
-        Path | None, typer.Option(envvar=_env("events_out"), help="Also append usage events to this JSONL file.")
-    ] = None,
+    issuer: Issuer,
+    audience: Audience,
+    jwks_file: JwksFile = None,
+    jwks_url: JwksUrl = None,
+    host: Host = "127.0.0.1",
+    port: Port = 8080,
+    algorithms: Algorithms = "RS256,ES256,EdDSA",
+    trusted_proxies: TrustedProxies = None,
+    admin_token_file: AdminTokenFile = None,
+    events_out: EventsOut = None,
     data_dir: DataDir = Path("data"),
     require_typ: Annotated[
         str | None, typer.Option(envvar=_env("require_typ"), help="'at+jwt' for strict RFC 9068 typing.")
@@ -239,26 +245,16 @@ def validator_serve(
 
 @app.command("serve")
 def serve(
-    issuer: Annotated[str, typer.Option(envvar=_env("issuer"), help="The exact iss tokens must carry.")],
-    audience: Annotated[str, typer.Option(envvar=_env("audience"), help="An audience aud must contain.")],
-    jwks_file: Annotated[
-        Path | None, typer.Option(envvar=_env("jwks_file"), help="JWKS file (re-read when it changes).")
-    ] = None,
-    jwks_url: Annotated[str | None, typer.Option(envvar=_env("jwks_url"), help="JWKS https:// URL.")] = None,
-    host: Annotated[str, typer.Option(envvar=_env("host"))] = "127.0.0.1",
-    port: Annotated[int, typer.Option(envvar=_env("port"))] = 8080,
-    algorithms: Annotated[
-        str, typer.Option(envvar=_env("algorithms"), help="Allowed algorithms.")
-    ] = "RS256,ES256,EdDSA",
-    trusted_proxies: Annotated[
-        str | None, typer.Option(envvar=_env("trusted_proxies"), help="CIDRs whose X-Forwarded-For is believed.")
-    ] = None,
-    admin_token_file: Annotated[
-        Path | None, typer.Option(envvar=_env("admin_token_file"), help="File holding the admin bearer token.")
-    ] = None,
-    events_out: Annotated[
-        Path | None, typer.Option(envvar=_env("events_out"), help="Also append usage events to this JSONL file.")
-    ] = None,
+    issuer: Issuer,
+    audience: Audience,
+    jwks_file: JwksFile = None,
+    jwks_url: JwksUrl = None,
+    host: Host = "127.0.0.1",
+    port: Port = 8080,
+    algorithms: Algorithms = "RS256,ES256,EdDSA",
+    trusted_proxies: TrustedProxies = None,
+    admin_token_file: AdminTokenFile = None,
+    events_out: EventsOut = None,
     data_dir: DataDir = Path("data"),
     model_dir: ModelDir = DEFAULT_MODEL_DIR,
     auto_revoke: Annotated[

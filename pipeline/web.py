@@ -5,6 +5,7 @@ from __future__ import annotations
 import hmac
 from pathlib import Path
 
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
@@ -71,3 +72,16 @@ def admin_token_matches(expected: str | None, authorization: str | None) -> bool
     if expected is None or presented is None:
         return False
     return hmac.compare_digest(presented.encode("utf-8", "surrogateescape"), expected.encode("utf-8"))
+
+
+async def read_capped(request: Request, limit: int) -> bytes | None:
+    """The request body, or None when it is (or claims to be) larger than ``limit`` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > limit):
+        return None
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            return None
+    return bytes(body)

@@ -21,7 +21,7 @@ from pipeline.alerts.delivery import EVENT_TYPES
 from pipeline.alerts.service import DELIVERY_STATUSES, AlertsService
 from pipeline.alerts.targets import TargetError
 from pipeline.events import ENTITY_TYPES, SEVERITIES, parse_ts
-from pipeline.web import SecurityHeadersMiddleware, admin_token_matches
+from pipeline.web import SecurityHeadersMiddleware, admin_token_matches, read_capped
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ def alerts_router(service: AlertsService) -> APIRouter:
 
     @router.post("/v1/webhooks", tags=["webhooks"], status_code=201, dependencies=admin, summary="Register a webhook")
     async def create_webhook(request: Request) -> Response:
-        raw = await _read_capped(request, MAX_BODY_BYTES)
+        raw = await read_capped(request, MAX_BODY_BYTES)
         if raw is None:
             return _error(413, "request_too_large", f"at most {MAX_BODY_BYTES} bytes")
         try:
@@ -182,18 +182,6 @@ def health_router(service: AlertsService) -> APIRouter:
         return JSONResponse({"ready": ready, "detail": detail}, status_code=200 if ready else 503)
 
     return router
-
-
-async def _read_capped(request: Request, limit: int) -> bytes | None:
-    declared = request.headers.get("content-length")
-    if declared is not None and (not declared.isdigit() or int(declared) > limit):
-        return None
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            return None
-    return bytes(body)
 
 
 def create_alerts_app(service: AlertsService) -> FastAPI:

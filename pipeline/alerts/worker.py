@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import base64
 import logging
 import threading
 import time
 
-import orjson
-
 from pipeline.alerts.service import AlertsService
-from pipeline.bus import ALERTS, DEAD_LETTER, REVOCATIONS, Bus, Message
+from pipeline.bus import ALERTS, REVOCATIONS, Bus, Message
+from pipeline.bus.dead_letter import dead_letter
 from pipeline.events import Alert, Revocation
 
 log = logging.getLogger(__name__)
@@ -87,23 +85,6 @@ class AlertsWorker:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-def dead_letter(bus: Bus, message: Message, error: str, *, consumer: str = DEFAULT_GROUP) -> None:
-    """Park an unparseable message on the dead-letter topic: the error and the original bytes (base64).
-
-    The same shape as the detection runner's dead letters.
-    """
-    record = {
-        "error": error[:1000],
-        "topic": message.topic,
-        "partition": message.partition,
-        "offset": message.offset,
-        "key": base64.b64encode(message.key).decode() if message.key is not None else None,
-        "original": base64.b64encode(message.value[: 1 << 20]).decode(),
-        "consumer": consumer,
-    }
-    bus.publish(DEAD_LETTER, message.key, orjson.dumps(record))
 
 
 class AlertsConsumer:

@@ -35,15 +35,18 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import TypeVar
 
 from kafka import ConsumerRebalanceListener, KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import ConfigResource, ConfigResourceType
-from kafka.errors import KafkaError, KafkaTimeoutError, TopicAlreadyExistsError, for_code
+from kafka.errors import KafkaError, KafkaTimeoutError, RetriableError, TopicAlreadyExistsError, for_code
 from kafka.structs import MemberState, OffsetAndMetadata, TopicPartition
 
 from pipeline.bus.base import Bus, Consumer, Message, encode_key
 from pipeline.bus.topics import TopicSpec, default_topics
+
+_Client = TypeVar("_Client")
 
 __all__ = ["KafkaBus", "KafkaBusError", "KafkaConsumerAdapter"]
 
@@ -67,6 +70,42 @@ def _translated(what: str) -> Iterator[None]:
         yield
     except KafkaError as exc:
         raise KafkaBusError(f"{what}: {type(exc).__name__}: {exc}") from exc
+
+
+def _bounded(call: Callable[[], object], timeout_s: float, what: str) -> None:
+    """Run a kafka-python call that has no timeout of its own; give up (raise) after ``timeout_s``."""
+    outcome: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            call()
+        except BaseException as exc:
+            outcome.append(exc)
+        else:
+            outcome.append(None)
+
+    worker = threading.Thread(target=run, name="jwtwatch-kafka-call", daemon=True)
+    worker.start()
+    worker.join(timeout_s)
+    if not outcome:
+        raise KafkaBusError(f"{what}: no answer from Kafka within {timeout_s:g} s")
+    error = outcome[0]
+    if isinstance(error, KafkaError):
+        raise KafkaBusError(f"{what}: {type(error).__name__}: {error}") from error
+    if error is not None:
+        raise error
+
+
+def _close_producer(producer: KafkaProducer) -> None:
+    """Close without waiting: whatever is still unacknowledged fails (and is counted by the bus)."""
+    try:
+        producer.close(timeout=0)
+    except KafkaError:
+        # kafka-python 3 quirk: close() starts with flush(timeout), which raises KafkaTimeoutError while
+        # batches are outstanding, before the sender thread is stopped. Stop it the way close() would have.
+        sender = getattr(producer, "_sender", None)
+        if sender is not None:
+            sender.force_close()
 
 
 def _tp_key(tp: TopicPartition) -> tuple[str, int]:
@@ -121,25 +160,47 @@ class KafkaBus(Bus):
         self._failures: list[BaseException] = []
         self._failed_count = 0
 
+        self._compression_type = compression_type
+        self._producer_lock = threading.Lock()
+
         if create_topics and self.topics:
             self.create_topics(self.topics)
-        self._producer = self._connect(
-            "producer",
-            lambda: KafkaProducer(
-                client_id=client_id,
-                acks="all",
-                enable_idempotence=True,
-                linger_ms=5,
-                batch_size=BATCH_BYTES,
-                compression_type=compression_type,
-                max_request_size=MAX_REQUEST_BYTES,
-                max_block_ms=timeout_ms,
-                delivery_timeout_ms=self._delivery_timeout_ms,
-                **self._client_config,
-            ),
+        self._producer = _Producer(self, self._connect("producer", self._new_producer))
+
+    def _new_producer(self) -> KafkaProducer:
+        return KafkaProducer(
+            client_id=self.client_id,
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=5,
+            batch_size=BATCH_BYTES,
+            compression_type=self._compression_type,
+            max_request_size=MAX_REQUEST_BYTES,
+            max_block_ms=self._timeout_ms,
+            delivery_timeout_ms=self._delivery_timeout_ms,
+            **self._client_config,
         )
 
-    def _connect(self, what: str, make):  # type: ignore[no-untyped-def]
+    def _working_producer(self) -> _Producer:
+        """The producer, replaced first if a non-retriable delivery error has broken it.
+
+        kafka-python 3 quirk: its idempotent (non-transactional) producer treats every non-retriable
+        broker error for a batch — e.g. MessageSizeTooLargeError for a message over the topic's
+        max.message.bytes — as fatal, and fails every later send too. So after such an error the bus
+        closes it and starts a new one (the failure itself is still reported by ``flush``).
+        """
+        current = self._producer
+        if not current.broken:
+            return current
+        with self._producer_lock:
+            current = self._producer
+            if current.broken and not self._closed:
+                log.warning("replacing the Kafka producer after a non-retriable delivery error")
+                self._producer = _Producer(self, self._connect("producer", self._new_producer))
+                _close_producer(current.producer)  # fails (and so settles) whatever it still held
+            return self._producer
+
+    def _connect(self, what: str, make: Callable[[], _Client]) -> _Client:
         try:
             return make()
         except KafkaError as exc:
@@ -210,29 +271,20 @@ class KafkaBus(Bus):
     def publish(self, topic: str, key: str | bytes | None, value: bytes) -> None:
         if self._closed:
             raise RuntimeError("bus is closed")
-        with self._cond:
-            self._pending += 1
-        try:
-            with _translated(f"publish to {topic!r}"):
-                future = self._producer.send(topic, key=encode_key(key), value=value)
-        except BaseException:
-            self._settle(None)
-            raise
-        future.add_callback(self._settle)
-        future.add_errback(self._settle_failed)
+        self._working_producer().send(topic, encode_key(key), value)
 
-    def _settle(self, _metadata: object) -> None:
+    def _sent(self) -> None:
         with self._cond:
             self._pending -= 1
             if self._pending == 0:
                 self._cond.notify_all()
 
-    def _settle_failed(self, exc: BaseException) -> None:
+    def _failed(self, exc: BaseException) -> None:
         with self._cond:
             self._failed_count += 1
             if len(self._failures) < 10:
                 self._failures.append(exc)
-        self._settle(None)
+        self._sent()
 
     def flush(self, timeout_s: float | None = None) -> None:
         """Block until every published message is acknowledged by the broker (``acks=all``).
@@ -245,8 +297,9 @@ class KafkaBus(Bus):
         deadline = time.monotonic() + timeout
         # Make lingering batches sendable now. kafka-python's flush(timeout) waits up to `timeout` per batch
         # (so it is no overall bound); the overall wait is ours, below.
-        with contextlib.suppress(KafkaTimeoutError):
-            self._producer.flush(timeout=0)
+        if not self._closed:
+            with contextlib.suppress(KafkaTimeoutError):
+                self._producer.producer.flush(timeout=0)
         with self._cond:
             while self._pending > 0:
                 remaining = deadline - time.monotonic()
@@ -256,6 +309,7 @@ class KafkaBus(Bus):
             failures, count = self._failures, self._failed_count
             self._failures, self._failed_count = [], 0
         if count:
+            self._working_producer()
             first = failures[0]
             raise KafkaBusError(
                 f"{count} message(s) could not be delivered; first error: {type(first).__name__}: {first}"
@@ -269,6 +323,11 @@ class KafkaBus(Bus):
         topics = list(topics)
         if not topics:
             raise ValueError("consumer needs at least one topic")
+        for topic in topics:
+            # Make sure the topic exists: unknown topics are auto-created where the broker allows it
+            # (like the memory bus); otherwise this fails after timeout_s.
+            with _translated(f"topic {topic!r} is not available"):
+                self._producer.producer.partitions_for(topic)
         kafka_consumer = self._connect(
             f"consumer for group {group!r}",
             lambda: KafkaConsumer(
@@ -286,11 +345,14 @@ class KafkaBus(Bus):
         adapter = KafkaConsumerAdapter(self, kafka_consumer, topics, group)
         try:
             # kafka-python 3 quirk: a member joins its group without waiting for the subscribed topics'
-            # metadata, and a group leader that lacks it hands out an empty assignment (fixed only by a
-            # rebalance later). Load the metadata first.
-            with _translated("topic metadata"):
-                for topic in topics:
-                    kafka_consumer.partitions_for_topic(topic)
+            # metadata, and a group leader that lacks it hands out an empty assignment (mended only by a
+            # later rebalance). So load the metadata first. KafkaConsumer.partitions_for_topic waits without
+            # a timeout, hence the bounded helper.
+            _bounded(
+                lambda: [kafka_consumer.partitions_for_topic(topic) for topic in topics],
+                self.timeout_s,
+                f"topic metadata for {topics}",
+            )
             kafka_consumer.subscribe(topics, listener=_AssignmentTracker(adapter))
         except BaseException:
             kafka_consumer.close(autocommit=False, timeout_ms=self._timeout_ms)
@@ -310,8 +372,37 @@ class KafkaBus(Bus):
             self.flush(self.timeout_s)
         except KafkaBusError as exc:
             log.warning("closing the Kafka bus: %s", exc)
-        with contextlib.suppress(KafkaError):
-            self._producer.close(timeout=0)
+        _close_producer(self._producer.producer)
+
+
+class _Producer:
+    """One KafkaProducer and the delivery callbacks of the messages sent through it."""
+
+    def __init__(self, bus: KafkaBus, producer: KafkaProducer) -> None:
+        self.bus = bus
+        self.producer = producer
+        self.broken = False
+
+    def send(self, topic: str, key: bytes | None, value: bytes) -> None:
+        bus = self.bus
+        with bus._cond:
+            bus._pending += 1
+        try:
+            with _translated(f"publish to {topic!r}"):
+                future = self.producer.send(topic, key=key, value=value)
+        except BaseException:
+            bus._sent()
+            raise
+        future.add_callback(self._on_sent)
+        future.add_errback(self._on_failed)
+
+    def _on_sent(self, _metadata: object) -> None:
+        self.bus._sent()
+
+    def _on_failed(self, exc: BaseException) -> None:
+        if not isinstance(exc, RetriableError):
+            self.broken = True
+        self.bus._failed(exc)
 
 
 class KafkaConsumerAdapter(Consumer):
@@ -383,13 +474,13 @@ class KafkaConsumerAdapter(Consumer):
 
     def _ensure_assigned(self) -> set[TopicPartition]:
         """Wait (bounded) until this member has joined its group; return its assigned partitions."""
-        if self._closed or self._closing:
-            raise RuntimeError("consumer is closed")
         deadline = time.monotonic() + self.bus.assignment_timeout_s
         while True:
-            # kafka-python 3 quirk: the member can report STABLE before its assignment is applied (e.g. when
-            # the assignment names a topic its metadata does not know yet and it has to rejoin), so also wait
-            # for the rebalance listener to have seen the partitions handed over.
+            if self._closed or self._closing:
+                raise RuntimeError("consumer is closed")
+            # kafka-python 3 quirk: the member turns STABLE just before it applies its assignment, and stays
+            # STABLE without partitions when applying fails (the assignment names a topic its metadata lacks;
+            # it rejoins on a later poll). So also wait for the rebalance listener to see partitions handed over.
             metadata = self._consumer.group_metadata()
             if metadata.state == MemberState.STABLE and self._assigned:
                 return set(self._consumer.assignment())

@@ -9,7 +9,6 @@ messages go to the dead-letter topic with the error and the original bytes; they
 
 from __future__ import annotations
 
-import base64
 import itertools
 import json
 import logging
@@ -20,7 +19,8 @@ from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
-from pipeline.bus import ALERTS, DEAD_LETTER, TOKEN_USAGE, Bus, Message
+from pipeline.bus import ALERTS, TOKEN_USAGE, Bus
+from pipeline.bus.dead_letter import dead_letter
 from pipeline.detection.batch import EventBatch
 from pipeline.detection.engine import DetectionEngine
 from pipeline.events import Alert, RecordError, TokenUsage, ts_to_epoch_ms
@@ -30,18 +30,6 @@ from pipeline.scoring.model import DetectionModel
 log = logging.getLogger(__name__)
 
 DEFAULT_GROUP = "jwtwatch-pipeline"
-
-
-def dead_letter(bus: Bus, message: Message, error: str) -> None:
-    record = {
-        "error": error[:1000],
-        "topic": message.topic,
-        "partition": message.partition,
-        "offset": message.offset,
-        "key": base64.b64encode(message.key).decode() if message.key is not None else None,
-        "original": base64.b64encode(message.value[: 1 << 20]).decode(),
-    }
-    bus.publish(DEAD_LETTER, message.key, json.dumps(record).encode())
 
 
 class StreamingRunner:
@@ -67,6 +55,7 @@ class StreamingRunner:
         self.max_batch = max_batch
         self.poll_timeout_s = poll_timeout_s
         self.save_every_s = save_every_s
+        self.group = group
         self.consumer = bus.consumer([TOKEN_USAGE], group, from_beginning=True)
         self.dead_letters = 0
         self.published = 0
@@ -114,7 +103,7 @@ class StreamingRunner:
                 event = TokenUsage.from_json(message.value)
             except RecordError as exc:
                 if self._rebuild_until.get((message.topic, message.partition), -1) <= message.offset:
-                    dead_letter(self.bus, message, str(exc))
+                    dead_letter(self.bus, message, str(exc), consumer=self.group)
                     self.dead_letters += 1
                 self._skipped[(message.topic, message.partition)] = message.offset + 1
                 continue

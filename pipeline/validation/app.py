@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.validation.client_ip import client_ip
 from pipeline.validation.service import RequestContext, ValidatorService
-from pipeline.web import SecurityHeadersMiddleware, admin_token_matches, bearer_token
+from pipeline.web import SecurityHeadersMiddleware, admin_token_matches, bearer_token, read_capped
 
 MAX_FORM_BYTES = 64 * 1024
 _LATEST_REVOKED_BEFORE = 4102444800  # 2100-01-01: later than any token's issue time
@@ -92,7 +92,7 @@ def validator_router(service: ValidatorService) -> APIRouter:
     async def introspect(request: Request) -> Response:
         if not admin_token_matches(service.admin_token, request.headers.get("authorization")):
             return _admin_denied()
-        body = await _read_capped(request, MAX_FORM_BYTES)
+        body = await read_capped(request, MAX_FORM_BYTES)
         if body is None:
             return JSONResponse({"error": "invalid_request"}, status_code=413)
         try:
@@ -183,18 +183,6 @@ def _header_value(value: object) -> str | None:
     text = value if isinstance(value, str) else str(value)
     text = "".join(ch for ch in text if 0x20 <= ord(ch) < 0x7F)
     return text[:1024] or None
-
-
-async def _read_capped(request: Request, limit: int) -> bytes | None:
-    declared = request.headers.get("content-length")
-    if declared is not None and (not declared.isdigit() or int(declared) > limit):
-        return None
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            return None
-    return bytes(body)
 
 
 def metrics_route(app: FastAPI, *registries: Any) -> None:

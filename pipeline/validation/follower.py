@@ -9,12 +9,11 @@ dead-letter topic and change nothing.
 
 from __future__ import annotations
 
-import base64
-import json
 import logging
 import uuid
 
-from pipeline.bus import DEAD_LETTER, REVOCATIONS, Bus
+from pipeline.bus import REVOCATIONS, Bus
+from pipeline.bus.dead_letter import dead_letter
 from pipeline.events import RecordError, Revocation
 from pipeline.validation.revocations import RevocationStore
 
@@ -39,19 +38,7 @@ class RevocationFollower:
             except RecordError as exc:
                 self.rejected += 1
                 log.warning("revocation feed: unusable record at offset %s: %s", message.offset, exc)
-                self.bus.publish(
-                    DEAD_LETTER,
-                    message.key,
-                    json.dumps(
-                        {
-                            "error": str(exc)[:1000],
-                            "topic": message.topic,
-                            "partition": message.partition,
-                            "offset": message.offset,
-                            "original": base64.b64encode(message.value).decode(),
-                        }
-                    ).encode(),
-                )
+                dead_letter(self.bus, message, str(exc), consumer="validator")
                 continue
             self.store.add(record)
             self.applied += 1
