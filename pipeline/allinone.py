@@ -9,8 +9,6 @@ from its SQLite outbox. Revocations reach the validator's store directly — it 
 from __future__ import annotations
 
 import logging
-import threading
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +19,7 @@ from pipeline.alerts import AlertsConsumer, AlertsService, AlertsWorker, create_
 from pipeline.archive import ArchiveConsumer, ArchiveWriter
 from pipeline.bus.memory import MemoryBus
 from pipeline.detection.runner import StreamingRunner
+from pipeline.loop import BackgroundLoop
 from pipeline.response.policy import AutoRevoker, ResponsePolicy
 from pipeline.response.responder import Responder
 from pipeline.scoring.model import load_model
@@ -43,30 +42,6 @@ class ServeOptions:
     trusted_proxies: str | None = None
     events_out: Path | None = None
     policy: ResponsePolicy = field(default_factory=ResponsePolicy)
-
-
-class _Loop:
-    """Calls ``step`` until stopped; an exception is logged and the loop goes on (never a dead thread)."""
-
-    def __init__(self, name: str, step: Callable[[], object]) -> None:
-        self._stop = threading.Event()
-        self._step = step
-        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self._step()
-            except Exception:
-                log.exception("%s failed; continuing", self.thread.name)
-                self._stop.wait(1.0)
-
-    def start(self) -> None:
-        self.thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self.thread.join(timeout=10)
 
 
 class AllInOne:
@@ -97,10 +72,10 @@ class AllInOne:
         self.worker = AlertsWorker(self.alerts)
         self.archive = ArchiveConsumer(self.bus, ArchiveWriter(Path(options.data_dir)))
         self._loops = [
-            _Loop("revocation-feed", self.follower.step),
-            _Loop("archive", self.archive.step),
-            _Loop("pipeline", self.runner.step),
-            _Loop("alerts-consumer", self._consume_alerts),
+            BackgroundLoop("revocation-feed", self.follower.step),
+            BackgroundLoop("archive", self.archive.step),
+            BackgroundLoop("pipeline", self.runner.step),
+            BackgroundLoop("alerts-consumer", self._consume_alerts),
         ]
         self.app = _Dispatcher(create_validator_app(self.validator), create_alerts_app(self.alerts), self)
 

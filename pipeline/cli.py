@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, NoReturn
 
@@ -68,6 +69,40 @@ ModelDir = Annotated[
     Path,
     typer.Option("--model-dir", envvar=_env("model_dir"), help="Model directory (default: the shipped model)."),
 ]
+
+
+def _bus(kafka: str | None):  # type: ignore[no-untyped-def]
+    """The bus a service runs on: Kafka when a bootstrap address is given, else the in-process bus."""
+    if kafka is None:
+        from pipeline.bus.memory import MemoryBus
+
+        return MemoryBus()
+    from pipeline.bus.kafka import KafkaBus, KafkaBusError
+
+    try:
+        return KafkaBus(kafka)
+    except KafkaBusError as exc:
+        fail(str(exc))
+
+
+def _run_until_interrupted(loops: list, stop: Callable[[], None]) -> None:  # type: ignore[type-arg]
+    import signal
+    import threading
+
+    done = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: done.set())
+    for loop in loops:
+        loop.start()
+    try:
+        done.wait()
+    finally:
+        for loop in loops:
+            loop.stop()
+        stop()
+
+
+Kafka = Annotated[str | None, typer.Option(envvar=_env("kafka"), help="Kafka bootstrap HOST:PORT.")]
 
 
 # ------------------------------------------------------------------------------------------- keys
@@ -186,23 +221,23 @@ def validator_serve(
         str | None, typer.Option(envvar=_env("require_typ"), help="'at+jwt' for strict RFC 9068 typing.")
     ] = None,
     leeway: Annotated[int, typer.Option(envvar=_env("leeway"), help="Clock skew allowed, seconds.")] = 30,
-    kafka: Annotated[str | None, typer.Option(envvar=_env("kafka"), help="Kafka bootstrap HOST:PORT.")] = None,
+    kafka: Kafka = None,
 ) -> None:
     """Serve GET /v1/validate (forward-auth), introspection, JWKS, revocations, health and metrics."""
     import uvicorn
     from pydantic import ValidationError
 
-    from pipeline.bus.memory import MemoryBus
+    from pipeline.loop import BackgroundLoop
     from pipeline.validation import ValidatorConfig
     from pipeline.validation.app import create_validator_app
+    from pipeline.validation.follower import RevocationFollower
     from pipeline.validation.jwks import JwksError
     from pipeline.validation.server import is_loopback, uvicorn_config
     from pipeline.validation.service import ValidatorService
     from pipeline.web import read_admin_token
 
-    if kafka is not None:
-        fail("--kafka: the Kafka bus is not built yet (issue 5); run without it to use the embedded bus")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    bus = _bus(kafka)
     try:
         config = ValidatorConfig(
             issuer=issuer,
@@ -217,7 +252,7 @@ def validator_serve(
         service = ValidatorService(
             config,
             data_dir=data_dir,
-            bus=MemoryBus(),
+            bus=bus,
             events_out=events_out,
             trusted_proxies=trusted_proxies,
             admin_token=admin_token,
@@ -226,6 +261,11 @@ def validator_serve(
         fail("; ".join(f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}" for e in exc.errors()))
     except (JwksError, ValueError, OSError) as exc:
         fail(str(exc))
+    # Every validator follows the revocation feed: what the pipeline or another validator revokes applies here.
+    follower = RevocationFollower(bus, service.revocations)
+    service.feed = follower
+    feed = BackgroundLoop("revocation-feed", follower.step)
+    feed.start()
     if not is_loopback(host) and not trusted_proxies:
         err.print(
             f"[yellow]warning:[/] serving plain HTTP on {host}; put it behind a TLS-terminating proxy "
@@ -237,7 +277,10 @@ def validator_serve(
     try:
         uvicorn.Server(uvicorn_config(create_validator_app(service), host, port)).run()
     finally:
+        feed.stop()
+        follower.close()
         service.close()
+        bus.close()
 
 
 # ------------------------------------------------------------------------------------------- serve
@@ -326,6 +369,114 @@ def serve(
         uvicorn.Server(uvicorn_config(node.app, host, port)).run()
     finally:
         node.stop()
+
+
+# ------------------------------------------------------------------------------- pipeline, alerts
+
+pipeline_app = typer.Typer(help="The detection pipeline as its own process (over Kafka).", no_args_is_help=True)
+alerts_app = typer.Typer(help="The alerts service as its own process (over Kafka).", no_args_is_help=True)
+app.add_typer(pipeline_app, name="pipeline")
+app.add_typer(alerts_app, name="alerts")
+
+
+@pipeline_app.command("run")
+def pipeline_run(
+    kafka: Annotated[str, typer.Option(envvar=_env("kafka"), help="Kafka bootstrap HOST:PORT.")],
+    issuer: Annotated[str, typer.Option(envvar=_env("issuer"), help="Issuer (iss) of the revocations it makes.")],
+    model_dir: ModelDir = DEFAULT_MODEL_DIR,
+    data_dir: DataDir = Path("data"),
+    auto_revoke: Annotated[
+        bool, typer.Option("--auto-revoke", envvar=_env("auto_revoke"), help="Revoke tokens of severe alerts.")
+    ] = False,
+    revoke_min_severity: Annotated[str, typer.Option(envvar=_env("revoke_min_severity"))] = "high",
+    dry_run: Annotated[bool, typer.Option("--dry-run", envvar=_env("dry_run"))] = False,
+    allow_subjects: Annotated[str | None, typer.Option(envvar=_env("allow_subjects"))] = None,
+    allow_clients: Annotated[str | None, typer.Option(envvar=_env("allow_clients"))] = None,
+    allow_cidrs: Annotated[str | None, typer.Option(envvar=_env("allow_cidrs"))] = None,
+    max_revocations_per_minute: Annotated[int, typer.Option(envvar=_env("max_revocations_per_minute"))] = 10,
+    group: Annotated[str, typer.Option(envvar=_env("group"), help="Consumer group (share it to share work).")] = (
+        "jwtwatch-pipeline"
+    ),
+) -> None:
+    """Consume token-usage/1, score it, publish alert/1 (and revocations); archive events and alerts."""
+    from pipeline.archive import ArchiveConsumer, ArchiveWriter
+    from pipeline.detection.runner import StreamingRunner
+    from pipeline.loop import BackgroundLoop
+    from pipeline.response.policy import AutoRevoker, ResponsePolicy
+    from pipeline.response.responder import Responder
+    from pipeline.scoring.model import ModelError, load_model
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        model = load_model(model_dir)
+        policy = ResponsePolicy.from_options(
+            enabled=auto_revoke, min_severity=revoke_min_severity, dry_run=dry_run, allow_subjects=allow_subjects,
+            allow_clients=allow_clients, allow_cidrs=allow_cidrs, max_per_minute=max_revocations_per_minute,
+        )  # fmt: skip
+    except (ModelError, ValueError) as exc:
+        fail(str(exc))
+    bus = _bus(kafka)
+    runner = StreamingRunner(
+        bus,
+        model,
+        group=group,
+        baselines_path=data_dir / "baselines.json",
+        respond=Responder(AutoRevoker(policy), bus, issuer=issuer),
+    )
+    archive = ArchiveConsumer(bus, ArchiveWriter(data_dir), group=f"{group}-archive")
+    console.print(f"pipeline on {kafka}: model {model.version}, group {group}, data in {data_dir}")
+
+    def stop() -> None:
+        runner.save_baselines()
+        runner.close()
+        archive.close()
+        bus.close()
+
+    _run_until_interrupted([BackgroundLoop("pipeline", runner.step), BackgroundLoop("archive", archive.step)], stop)
+
+
+@alerts_app.command("serve")
+def alerts_serve(
+    admin_token_file: Annotated[
+        Path, typer.Option(envvar=_env("admin_token_file"), help="File holding the admin bearer token.")
+    ],
+    host: Host = "127.0.0.1",
+    port: Annotated[int, typer.Option(envvar=_env("alerts_port"), help="Port to listen on.")] = 8081,
+    kafka: Kafka = None,
+    data_dir: DataDir = Path("data"),
+) -> None:
+    """Webhook subscriptions, alert log and signed deliveries; consumes alerts and revocations from Kafka."""
+    import uvicorn
+
+    from pipeline.alerts import AlertsConsumer, AlertsService, AlertsWorker, create_alerts_app
+    from pipeline.loop import BackgroundLoop
+    from pipeline.validation.server import uvicorn_config
+    from pipeline.web import read_admin_token
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        service = AlertsService(data_dir, admin_token=read_admin_token(admin_token_file))
+    except (ValueError, OSError) as exc:
+        fail(str(exc))
+    bus = _bus(kafka)
+    if kafka is None:
+        err.print(
+            "[yellow]note:[/] no --kafka: nothing feeds this service alerts (use `jwtwatch serve` for one process)"
+        )
+    consumer = AlertsConsumer(bus, service)
+    worker = AlertsWorker(service)
+    loop = BackgroundLoop("alerts-consumer", consumer.step)
+    worker.start()
+    loop.start()
+    console.print(f"alerts service on http://{host}:{port}, data in {data_dir}")
+    try:
+        uvicorn.Server(uvicorn_config(create_alerts_app(service), host, port)).run()
+    finally:
+        loop.stop()
+        worker.stop()
+        consumer.close()
+        service.close()
+        bus.close()
 
 
 # ------------------------------------------------------------------------------------------ revoke

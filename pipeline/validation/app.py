@@ -147,7 +147,7 @@ def validator_router(service: ValidatorService) -> APIRouter:
             revoked_before=before,
             leeway_s=service.config.leeway_s,
         )
-        # Cached verifications are checked against revocations on every use, so nothing to flush.
+        service.announce(record)  # other validators follow the feed; cached verifications are rechecked anyway
         return JSONResponse(record.to_dict(), status_code=201)
 
     @router.get("/v1/revocations", tags=["revocations"], summary="Revocations after version `since`")

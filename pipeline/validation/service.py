@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from pipeline.bus import Bus
+from pipeline.bus import REVOCATIONS, Bus
+from pipeline.events import Revocation
 from pipeline.validation.client_ip import Network, parse_networks
 from pipeline.validation.config import ValidatorConfig
 from pipeline.validation.revocations import RevocationStore
@@ -120,6 +121,13 @@ class ValidatorService:
                 path=context.path,
             )
         )
+
+    def announce(self, record: Revocation) -> None:
+        """Put a revocation made here on the revocation feed, so every other validator enforces it too."""
+        bus = self.emitter.bus
+        if bus is not None:
+            bus.publish(REVOCATIONS, record.bus_key, replace(record, version=None).to_json())
+            bus.flush(timeout_s=10)
 
     def _maybe_purge(self, now: float) -> None:
         if now - self._last_purge > 60:

@@ -1,0 +1,168 @@
+"""The scale-out loop over a real Kafka broker, as separate processes: two validators, the pipeline and
+the alerts service. A stolen token is replayed → alert → revocation → 401 at both validators → webhook."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from kafka.admin import KafkaAdminClient
+from standardwebhooks import Webhook
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from pipeline.bus.topics import default_topics
+from pipeline.validation.keystore import KeyStore
+from tests.servers import serve_app
+
+pytestmark = [pytest.mark.kafka, pytest.mark.timeout(300)]
+
+ISSUER = "https://issuer.kafka.test"
+AUDIENCE = "https://api.kafka.test"
+ADMIN = "kafka-loop-admin-token-0123456789"
+CHROME = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0 Safari/537.36"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def fresh_topics(bootstrap: str) -> None:
+    """A clean slate: these tests use the product's topic names on a broker other tests may have used."""
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15000)
+    try:
+        names = {spec.name for spec in default_topics()}
+        existing = names & set(admin.list_topics())
+        if existing:
+            admin.delete_topics(list(existing))
+            deadline = time.monotonic() + 60
+            while names & set(admin.list_topics()) and time.monotonic() < deadline:
+                time.sleep(0.5)
+    finally:
+        admin.close()
+
+
+def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "pipeline.cli", *args],
+        env={**os.environ, **env},
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+
+
+def wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"process exited early:\n{log.read_text()[-3000:]}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise AssertionError(f"{url} never became ready:\n{log.read_text()[-3000:]}")
+
+
+@pytest.fixture
+def hooks() -> Iterator[tuple[str, list[tuple[bytes, dict[str, str]]]]]:
+    hits: list[tuple[bytes, dict[str, str]]] = []
+
+    async def hook(request: Request) -> Response:
+        hits.append((await request.body(), dict(request.headers)))
+        return Response(status_code=204)
+
+    with serve_app(Starlette(routes=[Route("/hook", hook, methods=["POST"])])) as url:
+        yield f"{url}/hook", hits
+
+
+def test_stolen_token_is_revoked_at_every_validator(kafka_bootstrap: str, tmp_path: Path, hooks) -> None:
+    hook_url, hits = hooks
+    fresh_topics(kafka_bootstrap)
+    keys = KeyStore.init(tmp_path / "keys", alg="ES256", issuer=ISSUER)
+    admin_file = tmp_path / "admin"
+    admin_file.write_text(ADMIN)
+    env = {"JWTWATCH_KAFKA": kafka_bootstrap, "JWTWATCH_ISSUER": ISSUER, "JWTWATCH_AUDIENCE": AUDIENCE}
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        validators = []
+        for i in range(2):
+            port = free_port()
+            log = tmp_path / f"validator-{i}.log"
+            proc = start(
+                ["validator", "serve", "--port", str(port), "--jwks-file", str(keys.path / "jwks.json"),
+                 "--trusted-proxies", "127.0.0.1/32", "--admin-token-file", str(admin_file),
+                 "--data-dir", str(tmp_path / f"validator-{i}")],
+                env, log,
+            )  # fmt: skip
+            procs.append(proc)
+            validators.append((f"http://127.0.0.1:{port}", proc, log))
+        pipeline_log = tmp_path / "pipeline.log"
+        procs.append(start(["pipeline", "run", "--auto-revoke", "--data-dir", str(tmp_path / "pipeline")], env,
+                           pipeline_log))  # fmt: skip
+        alerts_port = free_port()
+        alerts_log = tmp_path / "alerts.log"
+        procs.append(start(["alerts", "serve", "--port", str(alerts_port), "--admin-token-file", str(admin_file),
+                            "--data-dir", str(tmp_path / "alerts")], env, alerts_log))  # fmt: skip
+        alerts_url = f"http://127.0.0.1:{alerts_port}"
+        for url, proc, log in validators:
+            wait_ready(url, proc, log)
+        wait_ready(alerts_url, procs[-1], alerts_log)
+        created = httpx.post(
+            f"{alerts_url}/v1/webhooks",
+            json={"url": hook_url, "event_types": ["token.anomaly", "token.revoked"], "min_severity": "low"},
+            headers={"Authorization": f"Bearer {ADMIN}"},
+        )
+        assert created.status_code == 201, created.text
+        secret = created.json()["secret"]
+
+        token = keys.issue_token("alice", AUDIENCE, ttl=600, client_id="web")
+        jti = json.loads(base64.urlsafe_b64decode(token.split(".")[1] + "==="))["jti"]
+        owner = {"Authorization": f"Bearer {token}", "User-Agent": CHROME, "X-Forwarded-For": "198.51.100.7"}
+        thief = {"Authorization": f"Bearer {token}", "User-Agent": "curl/8.5.0", "X-Forwarded-For": "203.0.113.50"}
+        (first, _, _), (second, _, _) = validators
+        for _ in range(3):
+            assert httpx.get(f"{first}/v1/validate", headers=owner).status_code == 200
+        deadline = time.monotonic() + 90
+        status = 200
+        while status == 200 and time.monotonic() < deadline:
+            status = httpx.get(f"{second}/v1/validate", headers=thief).status_code  # replayed at the other one
+            time.sleep(0.1)
+        assert status == 401, f"never revoked; pipeline log:\n{pipeline_log.read_text()[-3000:]}"
+        # Every validator enforces it: the first one too, for the owner's requests as well.
+        deadline = time.monotonic() + 10
+        while httpx.get(f"{first}/v1/validate", headers=owner).status_code != 401:
+            assert time.monotonic() < deadline, "the first validator did not receive the revocation"
+            time.sleep(0.1)
+
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and {json.loads(b)["type"] for b, _ in hits} < {"token.anomaly",
+                                                                                          "token.revoked"}:  # fmt: skip
+            time.sleep(0.3)
+        verifier = Webhook(secret)
+        delivered = {verifier.verify(body, headers)["type"] for body, headers in hits}
+        assert {"token.anomaly", "token.revoked"} <= delivered
+        revoked = [json.loads(b)["data"] for b, _ in hits if json.loads(b)["type"] == "token.revoked"]
+        assert revoked[0]["value"] == jti
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
