@@ -26,6 +26,7 @@ from pipeline.scoring.model import load_model
 from pipeline.validation.app import create_validator_app
 from pipeline.validation.config import ValidatorConfig
 from pipeline.validation.follower import RevocationFollower
+from pipeline.validation.revocation_feed import FeedSigner, FeedVerifier, open_or_create_keys
 from pipeline.validation.service import ValidatorService
 
 log = logging.getLogger(__name__)
@@ -57,8 +58,12 @@ class AllInOne:
             admin_token=options.admin_token,
         )
         self.model = load_model(options.model_dir)
-        self.responder = Responder(AutoRevoker(options.policy), self.bus, issuer=options.config.issuer)
-        self.follower = RevocationFollower(self.bus, self.validator.revocations)
+        # Revocations travel signed even in one process: the same code, and the same guarantees, as over Kafka.
+        keys = open_or_create_keys(Path(options.data_dir) / "revocation-keys")
+        signer, verifier = FeedSigner(keys), FeedVerifier.from_store(keys)
+        self.validator.signer = signer
+        self.responder = Responder(AutoRevoker(options.policy), self.bus, issuer=options.config.issuer, signer=signer)
+        self.follower = RevocationFollower(self.bus, self.validator.revocations, verifier=verifier)
         self.validator.feed = self.follower
         self.runner = StreamingRunner(
             self.bus,
@@ -68,7 +73,9 @@ class AllInOne:
             poll_timeout_s=0.05,
         )
         self.alerts = AlertsService(Path(options.data_dir), admin_token=options.admin_token)
-        self.alerts_consumer = AlertsConsumer(self.bus, self.alerts)
+        self.alerts_consumer = AlertsConsumer(
+            self.bus, self.alerts, parse_revocation=FeedVerifier.from_store(keys).verify
+        )
         self.worker = AlertsWorker(self.alerts)
         self.archive = ArchiveConsumer(self.bus, ArchiveWriter(Path(options.data_dir)))
         self._loops = [

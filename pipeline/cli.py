@@ -103,6 +103,31 @@ def _run_until_interrupted(loops: list, stop: Callable[[], None]) -> None:  # ty
 
 
 Kafka = Annotated[str | None, typer.Option(envvar=_env("kafka"), help="Kafka bootstrap HOST:PORT.")]
+RevocationKeys = Annotated[
+    Path | None,
+    typer.Option(
+        envvar=_env("revocation_keys"),
+        help="Key store (jwtwatch keys init --dir DIR) that signs and verifies the revocation feed; "
+        "needed with --kafka. Default without Kafka: DATA_DIR/revocation-keys.",
+    ),
+]
+
+
+def _feed_keys(directory: Path | None, kafka: str | None, data_dir: Path):  # type: ignore[no-untyped-def]
+    """The revocation feed's signer and verifier. Over Kafka the key store must be given (and shared)."""
+    from pipeline.validation.keystore import KeyStore, KeyStoreError
+    from pipeline.validation.revocation_feed import FeedSigner, FeedVerifier, open_or_create_keys
+
+    try:
+        if directory is not None:
+            keys = KeyStore.open(directory)
+        elif kafka is not None:
+            fail("--revocation-keys DIR is needed with --kafka: every process must share the feed's keys")
+        else:
+            keys = open_or_create_keys(data_dir / "revocation-keys")
+    except KeyStoreError as exc:
+        fail(str(exc))
+    return FeedSigner(keys), FeedVerifier.from_store(keys)
 
 
 # ------------------------------------------------------------------------------------------- keys
@@ -222,6 +247,7 @@ def validator_serve(
     ] = None,
     leeway: Annotated[int, typer.Option(envvar=_env("leeway"), help="Clock skew allowed, seconds.")] = 30,
     kafka: Kafka = None,
+    revocation_keys: RevocationKeys = None,
 ) -> None:
     """Serve GET /v1/validate (forward-auth), introspection, JWKS, revocations, health and metrics."""
     import uvicorn
@@ -237,6 +263,7 @@ def validator_serve(
     from pipeline.web import read_admin_token
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    signer, verifier = _feed_keys(revocation_keys, kafka, data_dir)
     bus = _bus(kafka)
     try:
         config = ValidatorConfig(
@@ -262,8 +289,9 @@ def validator_serve(
     except (JwksError, ValueError, OSError) as exc:
         fail(str(exc))
     # Every validator follows the revocation feed: what the pipeline or another validator revokes applies here.
-    follower = RevocationFollower(bus, service.revocations)
+    follower = RevocationFollower(bus, service.revocations, verifier=verifier)
     service.feed = follower
+    service.signer = signer
     feed = BackgroundLoop("revocation-feed", follower.step)
     feed.start()
     if not is_loopback(host) and not trusted_proxies:
@@ -397,6 +425,7 @@ def pipeline_run(
     group: Annotated[str, typer.Option(envvar=_env("group"), help="Consumer group (share it to share work).")] = (
         "jwtwatch-pipeline"
     ),
+    revocation_keys: RevocationKeys = None,
 ) -> None:
     """Consume token-usage/1, score it, publish alert/1 (and revocations); archive events and alerts."""
     from pipeline.archive import ArchiveConsumer, ArchiveWriter
@@ -415,13 +444,14 @@ def pipeline_run(
         )  # fmt: skip
     except (ModelError, ValueError) as exc:
         fail(str(exc))
+    signer, _ = _feed_keys(revocation_keys, kafka, data_dir)
     bus = _bus(kafka)
     runner = StreamingRunner(
         bus,
         model,
         group=group,
         baselines_path=data_dir / "baselines.json",
-        respond=Responder(AutoRevoker(policy), bus, issuer=issuer),
+        respond=Responder(AutoRevoker(policy), bus, issuer=issuer, signer=signer),
     )
     archive = ArchiveConsumer(bus, ArchiveWriter(data_dir), group=f"{group}-archive")
     console.print(f"pipeline on {kafka}: model {model.version}, group {group}, data in {data_dir}")
@@ -444,6 +474,7 @@ def alerts_serve(
     port: Annotated[int, typer.Option(envvar=_env("alerts_port"), help="Port to listen on.")] = 8081,
     kafka: Kafka = None,
     data_dir: DataDir = Path("data"),
+    revocation_keys: RevocationKeys = None,
 ) -> None:
     """Webhook subscriptions, alert log and signed deliveries; consumes alerts and revocations from Kafka."""
     import uvicorn
@@ -458,12 +489,13 @@ def alerts_serve(
         service = AlertsService(data_dir, admin_token=read_admin_token(admin_token_file))
     except (ValueError, OSError) as exc:
         fail(str(exc))
+    _, verifier = _feed_keys(revocation_keys, kafka, data_dir)
     bus = _bus(kafka)
     if kafka is None:
         err.print(
             "[yellow]note:[/] no --kafka: nothing feeds this service alerts (use `jwtwatch serve` for one process)"
         )
-    consumer = AlertsConsumer(bus, service)
+    consumer = AlertsConsumer(bus, service, parse_revocation=verifier.verify)
     worker = AlertsWorker(service)
     loop = BackgroundLoop("alerts-consumer", consumer.step)
     worker.start()

@@ -22,8 +22,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from pipeline.bus import REVOCATIONS
+from pipeline.bus.kafka import KafkaBus
 from pipeline.bus.topics import default_topics
 from pipeline.validation.keystore import KeyStore
+from pipeline.validation.revocation_feed import FeedSigner
+from pipeline.validation.revocations import new_revocation
 from tests.servers import serve_app
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(300)]
@@ -96,7 +100,13 @@ def test_stolen_token_is_revoked_at_every_validator(kafka_bootstrap: str, tmp_pa
     keys = KeyStore.init(tmp_path / "keys", alg="ES256", issuer=ISSUER)
     admin_file = tmp_path / "admin"
     admin_file.write_text(ADMIN)
-    env = {"JWTWATCH_KAFKA": kafka_bootstrap, "JWTWATCH_ISSUER": ISSUER, "JWTWATCH_AUDIENCE": AUDIENCE}
+    feed_keys = KeyStore.init(tmp_path / "revocation-keys", alg="ES256")
+    env = {
+        "JWTWATCH_KAFKA": kafka_bootstrap,
+        "JWTWATCH_ISSUER": ISSUER,
+        "JWTWATCH_AUDIENCE": AUDIENCE,
+        "JWTWATCH_REVOCATION_KEYS": str(feed_keys.path),
+    }
     procs: list[subprocess.Popen[bytes]] = []
     try:
         validators = []
@@ -130,6 +140,17 @@ def test_stolen_token_is_revoked_at_every_validator(kafka_bootstrap: str, tmp_pa
         assert created.status_code == 201, created.text
         secret = created.json()["secret"]
 
+        # A forged revocation on the real topic — signed by a key store the feed does not trust — is refused.
+        bystander = keys.issue_token("bob", AUDIENCE, ttl=600, client_id="web")
+        bystander_jti = json.loads(base64.urlsafe_b64decode(bystander.split(".")[1] + "==="))["jti"]
+        forger = FeedSigner(KeyStore.init(tmp_path / "forger-keys", alg="ES256"))
+        forged = new_revocation(kind="jti", iss=ISSUER, value=bystander_jti, reason="forged", source="manual")
+        bus = KafkaBus(kafka_bootstrap)
+        bus.publish(REVOCATIONS, forged.bus_key, forger.sign(forged))
+        bus.publish(REVOCATIONS, forged.bus_key, forged.to_json())  # and an unsigned one
+        bus.flush()
+        bus.close()
+
         token = keys.issue_token("alice", AUDIENCE, ttl=600, client_id="web")
         jti = json.loads(base64.urlsafe_b64decode(token.split(".")[1] + "==="))["jti"]
         owner = {"Authorization": f"Bearer {token}", "User-Agent": CHROME, "X-Forwarded-For": "198.51.100.7"}
@@ -157,7 +178,10 @@ def test_stolen_token_is_revoked_at_every_validator(kafka_bootstrap: str, tmp_pa
         delivered = {verifier.verify(body, headers)["type"] for body, headers in hits}
         assert {"token.anomaly", "token.revoked"} <= delivered
         revoked = [json.loads(b)["data"] for b, _ in hits if json.loads(b)["type"] == "token.revoked"]
-        assert revoked[0]["value"] == jti
+        assert [r["value"] for r in revoked] == [jti]  # not the forged one
+        bob = {"Authorization": f"Bearer {bystander}", "User-Agent": CHROME, "X-Forwarded-For": "198.51.100.9"}
+        for url, _, _ in validators:
+            assert httpx.get(f"{url}/v1/validate", headers=bob).status_code == 200  # the forgeries changed nothing
     finally:
         for proc in procs:
             proc.terminate()

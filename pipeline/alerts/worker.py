@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 from pipeline.alerts.service import AlertsService
 from pipeline.bus import ALERTS, REVOCATIONS, Bus, Message
@@ -105,7 +106,10 @@ class AlertsConsumer:
         *,
         max_records: int = 500,
         poll_timeout_s: float = 0.5,
+        parse_revocation: Callable[[bytes], Revocation] = Revocation.from_json,
     ) -> None:
+        #: How a revocation message is read: a FeedVerifier's ``verify`` when the feed is signed.
+        self.parse_revocation = parse_revocation
         self.bus = bus
         self.service = service
         self.group = group
@@ -141,7 +145,7 @@ class AlertsConsumer:
     def _handle(self, message: Message) -> None:
         try:
             if message.topic == REVOCATIONS:
-                fresh = self.service.accept_revocation(Revocation.from_json(message.value))
+                fresh = self.service.accept_revocation(self.parse_revocation(message.value))
             else:
                 fresh = self.service.accept_alert(Alert.from_json(message.value))
         except ValueError as exc:  # RecordError, bad UTF-8, an unknown alert type

@@ -10,6 +10,7 @@ from dataclasses import replace
 from pipeline.bus import ALERTS, REVOCATIONS, Bus
 from pipeline.events import Alert
 from pipeline.response.policy import AutoRevoker
+from pipeline.validation.revocation_feed import FeedSigner
 from pipeline.validation.revocations import DEFAULT_MAX_TOKEN_LIFETIME_S, new_revocation
 
 log = logging.getLogger(__name__)
@@ -25,8 +26,10 @@ class Responder:
         *,
         issuer: str,
         max_token_lifetime_s: int = DEFAULT_MAX_TOKEN_LIFETIME_S,
+        signer: FeedSigner | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        self.signer = signer
         self.revoker = revoker
         self.max_token_lifetime_s = max_token_lifetime_s
         self.bus = bus
@@ -61,7 +64,7 @@ class Responder:
             now=self.clock(),
         )
         # Every validator follows the revocation feed (pipeline.validation.follower) and enforces it.
-        self.bus.publish(REVOCATIONS, record.bus_key, record.to_json())
+        self.bus.publish(REVOCATIONS, record.bus_key, self.signer.sign(record) if self.signer else record.to_json())
         if len(self._done) > 100_000:
             self._done.clear()
         self._done[key] = record.revocation_id

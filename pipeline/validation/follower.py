@@ -4,7 +4,8 @@ Each validator instance reads ``jwtwatch.revocations`` from the beginning in a c
 own (so every instance sees every record) and applies them to its revocation store — idempotent on
 ``revocation_id``, so a replayed feed changes nothing. ``caught_up`` says whether it has read up to
 the end offsets it last saw: ``/readyz`` reports not-ready until then. Unparseable records go to the
-dead-letter topic and change nothing.
+dead-letter topic and change nothing; with a :class:`FeedVerifier`, so do unsigned, forged and replayed
+ones.
 """
 
 from __future__ import annotations
@@ -15,15 +16,27 @@ import uuid
 from pipeline.bus import REVOCATIONS, Bus
 from pipeline.bus.dead_letter import dead_letter
 from pipeline.events import RecordError, Revocation
+from pipeline.validation.revocation_feed import FeedError, FeedVerifier
 from pipeline.validation.revocations import RevocationStore
 
 log = logging.getLogger(__name__)
 
 
 class RevocationFollower:
-    def __init__(self, bus: Bus, store: RevocationStore, *, group: str | None = None, poll_timeout_s: float = 0.05):
+    def __init__(
+        self,
+        bus: Bus,
+        store: RevocationStore,
+        *,
+        verifier: FeedVerifier | None = None,
+        group: str | None = None,
+        poll_timeout_s: float = 0.05,
+    ):
         self.bus = bus
         self.store = store
+        # With a verifier (always, over Kafka) only signed revocations count; without one (the in-process
+        # bus of tests) plain revocation/1 records are read.
+        self.verifier = verifier
         self.consumer = bus.consumer([REVOCATIONS], group or f"jwtwatch-validator-{uuid.uuid4()}", from_beginning=True)
         self.poll_timeout_s = poll_timeout_s
         self.applied = 0
@@ -34,8 +47,8 @@ class RevocationFollower:
         messages = self.consumer.poll(1000, self.poll_timeout_s)
         for message in messages:
             try:
-                record = Revocation.from_json(message.value)
-            except RecordError as exc:
+                record = self.verifier.verify(message.value) if self.verifier else Revocation.from_json(message.value)
+            except (RecordError, FeedError) as exc:
                 self.rejected += 1
                 log.warning("revocation feed: unusable record at offset %s: %s", message.offset, exc)
                 dead_letter(self.bus, message, str(exc), consumer="validator")

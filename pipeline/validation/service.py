@@ -16,6 +16,7 @@ from pipeline.bus import REVOCATIONS, Bus
 from pipeline.events import Revocation
 from pipeline.validation.client_ip import Network, parse_networks
 from pipeline.validation.config import ValidatorConfig
+from pipeline.validation.revocation_feed import FeedSigner
 from pipeline.validation.revocations import RevocationStore
 from pipeline.validation.usage import UsageEmitter, usage_event
 from pipeline.validation.validator import TokenValidator
@@ -91,6 +92,8 @@ class ValidatorService:
         self._last_purge = 0.0
         #: The revocation feed this validator follows, if any (anything with ``caught_up``).
         self.feed: object | None = None
+        #: Signs the revocations this validator's admin API puts on the feed (``--revocation-keys``).
+        self.signer: FeedSigner | None = None
 
     def check(self, token: object, context: RequestContext) -> Verdict:
         """Validate one token for one request, emit its usage event, count it."""
@@ -126,7 +129,8 @@ class ValidatorService:
         """Put a revocation made here on the revocation feed, so every other validator enforces it too."""
         bus = self.emitter.bus
         if bus is not None:
-            bus.publish(REVOCATIONS, record.bus_key, replace(record, version=None).to_json())
+            record = replace(record, version=None)
+            bus.publish(REVOCATIONS, record.bus_key, self.signer.sign(record) if self.signer else record.to_json())
             bus.flush(timeout_s=10)
 
     def _maybe_purge(self, now: float) -> None:

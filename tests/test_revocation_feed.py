@@ -1,0 +1,92 @@
+"""The signed revocation feed: only revocations signed with the feed's keys change anything."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import jwt
+import pytest
+
+from pipeline.bus import DEAD_LETTER, REVOCATIONS
+from pipeline.bus.memory import MemoryBus
+from pipeline.validation.follower import RevocationFollower
+from pipeline.validation.keystore import KeyStore
+from pipeline.validation.revocation_feed import FeedError, FeedSigner, FeedVerifier
+from pipeline.validation.revocations import RevocationStore, new_revocation
+
+ISS = "https://issuer.feed.test"
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> KeyStore:
+    return KeyStore.init(tmp_path / "feed-keys", alg="ES256")
+
+
+def revocation(value: str = "tok-1", kind: str = "jti"):
+    return new_revocation(kind=kind, iss=ISS, value=value, reason="test", source="auto")
+
+
+def test_a_signed_revocation_verifies_and_is_a_secevent(keys: KeyStore) -> None:
+    record = revocation()
+    raw = FeedSigner(keys).sign(record)
+    header = jwt.get_unverified_header(raw.decode())
+    assert header["typ"] == "secevent+jwt"
+    claims = jwt.decode(raw.decode(), options={"verify_signature": False})
+    event = claims["events"]["https://schemas.openid.net/secevent/caep/event-type/session-revoked"]
+    assert event["subject"] == {"format": "jwt_id", "iss": ISS, "jti": "tok-1"}
+    assert FeedVerifier.from_store(keys).verify(raw) == record
+
+
+def test_subject_revocations_use_the_iss_sub_format(keys: KeyStore) -> None:
+    record = revocation("alice", kind="sub")
+    claims = jwt.decode(FeedSigner(keys).sign(record).decode(), options={"verify_signature": False})
+    subject = next(iter(claims["events"].values()))["subject"]
+    assert subject == {"format": "iss_sub", "iss": ISS, "sub": "alice"}
+
+
+def test_forged_unsigned_tampered_and_replayed_messages_are_refused(keys: KeyStore, tmp_path: Path) -> None:
+    verifier = FeedVerifier.from_store(keys)
+    signer = FeedSigner(keys)
+    attacker = KeyStore.init(tmp_path / "attacker", alg="ES256")
+    with pytest.raises(FeedError, match="key"):
+        verifier.verify(FeedSigner(attacker).sign(revocation("tok-2")))  # forged: another key store
+    with pytest.raises(FeedError, match="JWS"):
+        verifier.verify(revocation("tok-3").to_json())  # unsigned: a plain record
+    genuine = signer.sign(revocation("tok-4")).decode()
+    head, body, sig = genuine.split(".")
+    claims = json.loads(jwt.utils.base64url_decode(body))
+    claims["jwtwatch_revocation"]["value"] = "someone-else"
+    tampered = f"{head}.{jwt.utils.base64url_encode(json.dumps(claims).encode()).decode()}.{sig}"
+    with pytest.raises(FeedError, match="signature"):
+        verifier.verify(tampered.encode())
+    older = signer.sign(revocation("tok-5"))
+    newer = signer.sign(replace(revocation("tok-5"), reason="again"))
+    verifier.verify(newer)
+    verifier.verify(newer)  # the same message delivered twice is fine (at-least-once)
+    with pytest.raises(FeedError, match="replayed"):
+        verifier.verify(older)
+
+
+def test_rotation_of_the_feed_key_is_followed(keys: KeyStore) -> None:
+    verifier = FeedVerifier.from_store(keys)
+    keys.rotate()
+    assert verifier.verify(FeedSigner(keys).sign(revocation("tok-6"))).value == "tok-6"
+
+
+def test_follower_applies_only_what_verifies(keys: KeyStore, tmp_path: Path) -> None:
+    bus = MemoryBus()
+    store = RevocationStore(tmp_path / "v.sqlite")
+    follower = RevocationFollower(bus, store, verifier=FeedVerifier.from_store(keys))
+    attacker = KeyStore.init(tmp_path / "attacker", alg="ES256")
+    good = revocation("tok-good")
+    bus.publish(REVOCATIONS, good.bus_key, FeedSigner(keys).sign(good))
+    for bad in (FeedSigner(attacker).sign(revocation("tok-forged")), revocation("tok-plain").to_json()):
+        bus.publish(REVOCATIONS, "k", bad)
+    follower.step()
+    assert store.is_revoked(ISS, "tok-good", None, None)
+    assert not store.is_revoked(ISS, "tok-forged", None, None)
+    assert not store.is_revoked(ISS, "tok-plain", None, None)
+    assert follower.rejected == 2
+    assert len(bus.consumer([DEAD_LETTER], "check").poll(10, 0.1)) == 2
