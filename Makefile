@@ -36,7 +36,8 @@ bench: install
 	$(BIN)/python -m bench.validator --out bench/results-validator.json
 	$(BIN)/python -m bench.detection --out bench/results-detection.json
 	$(BIN)/python -m bench.time_to_revoke --out bench/results-time-to-revoke.json
-	test ! -f bench/pipeline.py || $(BIN)/python -m bench.pipeline --out bench/results-pipeline.json
+	$(BIN)/python -m bench.pipeline --out bench/results-pipeline.json
+	$(BIN)/python -m bench.kafka --out bench/results-kafka.json
 
 # The shipped model: reproducible from this recipe (tests/test_default_model.py retrains it and compares).
 MODEL_TRAINING_EVENTS := .cache/train-baseline.parquet
