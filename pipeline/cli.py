@@ -248,6 +248,13 @@ def validator_serve(
     leeway: Annotated[int, typer.Option(envvar=_env("leeway"), help="Clock skew allowed, seconds.")] = 30,
     kafka: Kafka = None,
     revocation_keys: RevocationKeys = None,
+    max_feed_lag: Annotated[
+        float, typer.Option(envvar=_env("max_feed_lag"), help="Not ready when the revocation feed lags this long (s).")
+    ] = 30.0,
+    fail_closed: Annotated[
+        bool,
+        typer.Option("--fail-closed", envvar=_env("fail_closed"), help="Answer 503 while the revocation feed lags."),
+    ] = False,
 ) -> None:
     """Serve GET /v1/validate (forward-auth), introspection, JWKS, revocations, health and metrics."""
     import uvicorn
@@ -283,6 +290,8 @@ def validator_serve(
             events_out=events_out,
             trusted_proxies=trusted_proxies,
             admin_token=admin_token,
+            max_feed_lag_s=max_feed_lag,
+            fail_closed=fail_closed,
         )
     except ValidationError as exc:
         fail("; ".join(f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}" for e in exc.errors()))

@@ -76,6 +76,9 @@ def validator_router(service: ValidatorService) -> APIRouter:
         if len(token) > max_bytes:
             service.too_large(context)
             return JSONResponse({"error": "invalid_token"}, status_code=431, headers=_INVALID)
+        if service.fail_closed and service.feed_stale():
+            # Revocations may be missing: refuse to vouch for any token rather than let a revoked one in.
+            return JSONResponse({"error": "temporarily_unavailable"}, status_code=503, headers={"Retry-After": "5"})
         verdict = service.check(token, context)
         if not verdict.ok:
             return _unauthorized()

@@ -11,6 +11,7 @@ ones.
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 
 from pipeline.bus import REVOCATIONS, Bus
@@ -42,6 +43,8 @@ class RevocationFollower:
         self.applied = 0
         self.rejected = 0
         self.caught_up = False
+        self.lag_messages = 0
+        self.caught_up_at: float | None = None  # monotonic time the feed was last fully read
 
     def step(self) -> int:
         messages = self.consumer.poll(1000, self.poll_timeout_s)
@@ -59,8 +62,15 @@ class RevocationFollower:
             self.bus.flush()
             self.consumer.commit()
         positions, ends = self.consumer.positions(), self.consumer.end_offsets()
-        self.caught_up = all(positions.get(tp, 0) >= end for tp, end in ends.items())
+        self.lag_messages = sum(max(0, end - positions.get(tp, 0)) for tp, end in ends.items())
+        self.caught_up = self.lag_messages == 0
+        if self.caught_up:
+            self.caught_up_at = time.monotonic()
         return len(messages)
+
+    def lag_seconds(self) -> float:
+        """How long since the feed was last fully read (infinite before the first time)."""
+        return float("inf") if self.caught_up_at is None else time.monotonic() - self.caught_up_at
 
     def close(self) -> None:
         self.consumer.close()

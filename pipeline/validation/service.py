@@ -58,6 +58,14 @@ class ValidatorMetrics:
             "jwtwatch_revocations_active", "Revocation entries being enforced", registry=registry
         )
         self.cache_entries = Gauge("jwtwatch_verified_cache_entries", "Verified tokens cached", registry=registry)
+        self.feed_lag = Gauge(
+            "jwtwatch_revocation_feed_lag_messages", "Revocation feed messages not yet applied", registry=registry
+        )
+        self.feed_age = Gauge(
+            "jwtwatch_revocation_feed_seconds_since_caught_up",
+            "Seconds since the revocation feed was last fully applied (-1: no feed)",
+            registry=registry,
+        )
 
 
 class ValidatorService:
@@ -71,6 +79,8 @@ class ValidatorService:
         trusted_proxies: tuple[Network, ...] | str | None = None,
         admin_token: str | None = None,
         max_token_lifetime_s: int = 24 * 3600,
+        max_feed_lag_s: float = 30.0,
+        fail_closed: bool = False,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
@@ -94,6 +104,12 @@ class ValidatorService:
         self.feed: object | None = None
         #: Signs the revocations this validator's admin API puts on the feed (``--revocation-keys``).
         self.signer: FeedSigner | None = None
+        #: Not ready when the feed was last caught up longer ago than this; with ``fail_closed`` the
+        #: validator then refuses to answer validations (503) rather than miss a revocation.
+        self.max_feed_lag_s = max_feed_lag_s
+        self.fail_closed = fail_closed
+        self.metrics.feed_lag.set_function(lambda: getattr(self.feed, "lag_messages", 0))
+        self.metrics.feed_age.set_function(self._feed_age)
 
     def check(self, token: object, context: RequestContext) -> Verdict:
         """Validate one token for one request, emit its usage event, count it."""
@@ -138,11 +154,23 @@ class ValidatorService:
             self._last_purge = now
             self.revocations.purge(now)
 
+    def _feed_age(self) -> float:
+        if self.feed is None:
+            return -1.0
+        age = self.feed.lag_seconds()  # type: ignore[attr-defined]
+        return age if age != float("inf") else 1e9
+
+    def feed_stale(self) -> bool:
+        """The revocation feed has not been fully applied for longer than ``max_feed_lag_s``."""
+        return self.feed is not None and self._feed_age() > self.max_feed_lag_s
+
     def ready(self) -> tuple[bool, str]:
         if not self.validator.keys.current().usable():
             return False, "no usable signing keys"
-        if self.feed is not None and not getattr(self.feed, "caught_up", True):
-            return False, "revocation feed not caught up"
+        if self.feed is not None and self.feed.caught_up_at is None:  # type: ignore[attr-defined]
+            return False, "revocation feed not caught up yet"
+        if self.feed_stale():
+            return False, f"revocation feed lagging for more than {self.max_feed_lag_s:.0f} s"
         return True, "ok"
 
     def close(self) -> None:
