@@ -90,3 +90,32 @@ def test_follower_applies_only_what_verifies(keys: KeyStore, tmp_path: Path) -> 
     assert not store.is_revoked(ISS, "tok-plain", None, None)
     assert follower.rejected == 2
     assert len(bus.consumer([DEAD_LETTER], "check").poll(10, 0.1)) == 2
+
+
+def test_expired_revocations_leave_a_tombstone_that_changes_nothing(keys: KeyStore, tmp_path: Path) -> None:
+    from pipeline.validation import ValidatorConfig
+    from pipeline.validation.service import RequestContext, ValidatorService
+    from tests.jwtkit import AUDIENCE, Issuer
+
+    bus = MemoryBus()
+    now = [1_790_000_000.0]
+    service = ValidatorService(
+        ValidatorConfig(issuer=ISS, audience=AUDIENCE, jwks=Issuer.create().jwks()),
+        data_dir=tmp_path / "v",
+        bus=bus,
+        clock=lambda: now[0],
+    )
+    service.signer = FeedSigner(keys)
+    follower = RevocationFollower(bus, service.revocations, verifier=FeedVerifier.from_store(keys))
+    short = new_revocation(kind="jti", iss=ISS, value="tok-short", reason="t", token_exp=now[0] + 10, now=now[0])
+    long = new_revocation(kind="jti", iss=ISS, value="tok-long", reason="t", now=now[0])
+    for record in (short, long):
+        bus.publish(REVOCATIONS, record.bus_key, FeedSigner(keys).sign(record))
+    follower.step()
+    now[0] += 3600  # the short one has expired; the long one (24 h) has not
+    service.check("anything", RequestContext(ip="203.0.113.1"))  # validations purge, at most once a minute
+    tombstones = [m for m in bus.consumer([REVOCATIONS], "read").poll(100, 0.1) if not m.value]
+    assert [m.key for m in tombstones] == [b"jti:" + ISS.encode() + b":tok-short"]
+    follower.step()  # a follower reading the tombstone changes nothing and dead-letters nothing
+    assert follower.tombstones == 1 and follower.rejected == 0
+    assert service.revocations.is_revoked(ISS, "tok-long", None, None)

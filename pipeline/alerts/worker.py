@@ -143,6 +143,8 @@ class AlertsConsumer:
         return len(messages)
 
     def _handle(self, message: Message) -> None:
+        if message.topic == REVOCATIONS and not message.value:
+            return  # a tombstone on the compacted feed: an expired revocation, nothing to deliver
         try:
             if message.topic == REVOCATIONS:
                 fresh = self.service.accept_revocation(self.parse_revocation(message.value))

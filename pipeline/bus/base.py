@@ -61,7 +61,7 @@ class Consumer(ABC):
 
 class Bus(ABC):
     @abstractmethod
-    def publish(self, topic: str, key: str | bytes | None, value: bytes) -> None:
+    def publish(self, topic: str, key: str | bytes | None, value: bytes | None) -> None:
         """Queue one message. Messages with the same key keep their order."""
 
     @abstractmethod

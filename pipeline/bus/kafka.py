@@ -268,7 +268,7 @@ class KafkaBus(Bus):
 
     # -- producing --------------------------------------------------------------------------------------
 
-    def publish(self, topic: str, key: str | bytes | None, value: bytes) -> None:
+    def publish(self, topic: str, key: str | bytes | None, value: bytes | None) -> None:
         if self._closed:
             raise RuntimeError("bus is closed")
         self._working_producer().send(topic, encode_key(key), value)

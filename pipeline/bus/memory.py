@@ -58,7 +58,7 @@ class MemoryBus(Bus):
             self._topics[topic] = [_Partition() for _ in range(3)]
         return self._topics[topic]
 
-    def publish(self, topic: str, key: str | bytes | None, value: bytes) -> None:
+    def publish(self, topic: str, key: str | bytes | None, value: bytes | None) -> None:
         raw_key = encode_key(key)
         with self._lock:
             if self._closed:
@@ -66,7 +66,8 @@ class MemoryBus(Bus):
             parts = self._partitions(topic)
             index = zlib.crc32(raw_key) % len(parts) if raw_key is not None else 0
             part = parts[index]
-            part.messages.append(Message(topic, index, part.end, raw_key, value, int(time.time() * 1000)))
+            # A None value is a tombstone (Kafka's delete marker); readers see it as empty bytes.
+            part.messages.append(Message(topic, index, part.end, raw_key, value or b"", int(time.time() * 1000)))
             # Compacted topics are the revocation feed: small, and every entry must stay readable.
             if topic not in self._compacted and len(part.messages) > self._retention + self._retention // 8:
                 # Trim in chunks: dropping one message at a time from a list's head would be O(n) each.

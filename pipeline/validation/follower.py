@@ -42,6 +42,7 @@ class RevocationFollower:
         self.poll_timeout_s = poll_timeout_s
         self.applied = 0
         self.rejected = 0
+        self.tombstones = 0
         self.caught_up = False
         self.lag_messages = 0
         self.caught_up_at: float | None = None  # monotonic time the feed was last fully read
@@ -49,6 +50,9 @@ class RevocationFollower:
     def step(self) -> int:
         messages = self.consumer.poll(1000, self.poll_timeout_s)
         for message in messages:
+            if not message.value:
+                self.tombstones += 1  # compaction's delete marker: an expired entry, nothing to apply
+                continue
             try:
                 record = self.verifier.verify(message.value) if self.verifier else Revocation.from_json(message.value)
             except (RecordError, FeedError) as exc:

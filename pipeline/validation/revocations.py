@@ -55,15 +55,15 @@ class RevocationIndex:
                 return True
         return False
 
-    def purge(self, now: float) -> int:
-        """Drop entries whose tokens can no longer be valid anyway."""
+    def purge(self, now: float) -> list[str]:
+        """Drop entries whose tokens can no longer be valid anyway; returns their bus keys."""
         dead_jti = [k for k, expires in self._jti.items() if expires <= now]
         dead_sub = [k for k, (_, expires) in self._sub.items() if expires <= now]
         for k in dead_jti:
             del self._jti[k]
         for k in dead_sub:
             del self._sub[k]
-        return len(dead_jti) + len(dead_sub)
+        return [f"jti:{iss}:{value}" for iss, value in dead_jti] + [f"sub:{iss}:{value}" for iss, value in dead_sub]
 
 
 def new_revocation(
@@ -203,7 +203,8 @@ class RevocationStore:
             ).fetchall()
         return [replace(Revocation.from_json(raw), version=v) for v, raw in rows]
 
-    def purge(self, now: float | None = None) -> int:
+    def purge(self, now: float | None = None) -> list[str]:
+        """Forget expired revocations; returns the bus keys of the entries that are now gone entirely."""
         now = time.time() if now is None else now
         with self._lock:
             # The newest row stays, expired or not, so that versions never go backwards after a restart.

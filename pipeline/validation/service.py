@@ -152,7 +152,14 @@ class ValidatorService:
     def _maybe_purge(self, now: float) -> None:
         if now - self._last_purge > 60:
             self._last_purge = now
-            self.revocations.purge(now)
+            gone = self.revocations.purge(now)
+            bus = self.emitter.bus
+            if gone and bus is not None and self.signer is not None:
+                # Tombstones let the compacted feed forget expired revocations. They carry no signature
+                # and need none: a tombstone cannot revoke, and validators never un-revoke on one — their
+                # entries expire on their own.
+                for key in gone:
+                    bus.publish(REVOCATIONS, key, None)
 
     def _feed_age(self) -> float:
         if self.feed is None:
