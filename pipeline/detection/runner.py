@@ -85,12 +85,27 @@ class StreamingRunner:
         self._last_save = time.monotonic()
 
     def _rebuild(self) -> None:
-        """Re-read the last window length before the committed offsets, to refill open windows."""
+        """Re-read a window length before the last processed event, to refill the open windows.
+
+        "Last processed" is the newest message before the committed offsets — not the wall clock: a
+        pipeline restarted after a long outage must still rebuild the windows it had.
+        """
         committed = self.consumer.positions()
         if not any(committed.values()):
             return  # a new group: nothing was processed before, nothing to rebuild
         self._rebuild_until = committed
-        self.consumer.seek_to_time(int((time.time() - self.model.spec.length_s - self.model.spec.grace_s) * 1000))
+        probes = {tp: pos - 1 for tp, pos in committed.items() if pos > 0}
+        self.consumer.seek(probes)
+        newest: dict[tuple[str, int], int] = {}
+        deadline = time.monotonic() + 15
+        while len(newest) < len(probes) and time.monotonic() < deadline:
+            for message in self.consumer.poll(1000, 0.2):
+                tp = (message.topic, message.partition)
+                if probes.get(tp) == message.offset:
+                    newest[tp] = message.timestamp_ms
+        last_ms = max(newest.values()) if newest else int(time.time() * 1000)
+        span_ms = int((self.model.spec.length_s + self.model.spec.grace_s) * 1000)
+        self.consumer.seek_to_time(last_ms - span_ms)
         # Never skip past what was committed: messages after it were not processed yet.
         sought = self.consumer.positions()
         self.consumer.seek({tp: min(sought.get(tp, pos), pos) for tp, pos in committed.items()})
