@@ -3,7 +3,7 @@
 One ongoing attack raises one alert per entity: an *episode* opens when an entity first scores above
 its threshold (or a rule fires) and stays open while it keeps doing so, closing after ``quiet_s`` of
 event time without. Within an episode the alert is re-issued — same ``alert_id`` — only when its
-severity rises, so subscribers see it updated rather than repeated.
+severity rises or another rule fires, so subscribers see it updated rather than repeated.
 
 ``alert_id`` is a UUIDv5 of entity type, entity, the window the episode opened in, and the model
 version: replaying the same events (``jwtwatch detect``, or a pipeline rebuilding its windows after a
