@@ -57,6 +57,31 @@ def fresh_topics(bootstrap: str) -> None:
                 time.sleep(0.5)
     finally:
         admin.close()
+    # Create them again before any process starts, so that no consumer subscribes to a topic that is
+    # still being deleted (creating one that is marked for deletion "succeeds" and then vanishes).
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            KafkaBus(bootstrap).close()
+            admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15000)
+            try:
+                present = names <= set(admin.list_topics())
+            finally:
+                admin.close()
+            if present:
+                time.sleep(1)  # and still there a moment later
+                admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15000)
+                try:
+                    if names <= set(admin.list_topics()):
+                        return
+                finally:
+                    admin.close()
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+        if time.monotonic() > deadline:
+            raise AssertionError("the jwtwatch topics could not be re-created")
+        time.sleep(1)
 
 
 def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:

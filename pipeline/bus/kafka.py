@@ -339,6 +339,8 @@ class KafkaBus(Bus):
                 session_timeout_ms=10_000,
                 heartbeat_interval_ms=1_000,
                 max_poll_interval_ms=300_000,
+                # Notice re-created topics and new partitions within 30 s, not kafka-python's default 5 min.
+                metadata_max_age_ms=30_000,
                 **self._client_config,
             ),
         )

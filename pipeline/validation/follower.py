@@ -67,7 +67,8 @@ class RevocationFollower:
             self.consumer.commit()
         positions, ends = self.consumer.positions(), self.consumer.end_offsets()
         self.lag_messages = sum(max(0, end - positions.get(tp, 0)) for tp, end in ends.items())
-        self.caught_up = self.lag_messages == 0
+        # No partition assigned (yet) is not "caught up": it would call an empty feed complete.
+        self.caught_up = bool(ends) and self.lag_messages == 0
         if self.caught_up:
             self.caught_up_at = time.monotonic()
         return len(messages)
