@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from pipeline.alerts import AlertsConsumer, AlertsService, AlertsWorker, create_alerts_app
@@ -28,6 +29,7 @@ from pipeline.validation.config import ValidatorConfig
 from pipeline.validation.follower import RevocationFollower
 from pipeline.validation.revocation_feed import FeedSigner, FeedVerifier, open_or_create_keys
 from pipeline.validation.service import ValidatorService
+from pipeline.web import SecurityHeadersMiddleware
 
 log = logging.getLogger(__name__)
 
@@ -123,10 +125,6 @@ class _Dispatcher:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "") if scope["type"] == "http" else ""
         if path == "/metrics":
-            from starlette.responses import Response
-
-            from pipeline.web import SecurityHeadersMiddleware
-
             response = Response(self.owner.metrics(), media_type=CONTENT_TYPE_LATEST)
             await SecurityHeadersMiddleware(response)(scope, receive, send)
             return

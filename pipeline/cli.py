@@ -61,6 +61,10 @@ TrustedProxies = Annotated[
 AdminTokenFile = Annotated[
     Path | None, typer.Option(envvar=_env("admin_token_file"), help="File holding the admin bearer token.")
 ]
+RequireTyp = Annotated[
+    str | None, typer.Option(envvar=_env("require_typ"), help="'at+jwt' for strict RFC 9068 typing.")
+]
+Leeway = Annotated[int, typer.Option(envvar=_env("leeway"), help="Clock skew allowed, seconds.")]
 EventsOut = Annotated[
     Path | None, typer.Option(envvar=_env("events_out"), help="Also append usage events to this JSONL file.")
 ]
@@ -242,10 +246,8 @@ def validator_serve(
     admin_token_file: AdminTokenFile = None,
     events_out: EventsOut = None,
     data_dir: DataDir = Path("data"),
-    require_typ: Annotated[
-        str | None, typer.Option(envvar=_env("require_typ"), help="'at+jwt' for strict RFC 9068 typing.")
-    ] = None,
-    leeway: Annotated[int, typer.Option(envvar=_env("leeway"), help="Clock skew allowed, seconds.")] = 30,
+    require_typ: RequireTyp = None,
+    leeway: Leeway = 30,
     kafka: Kafka = None,
     revocation_keys: RevocationKeys = None,
     max_feed_lag: Annotated[
@@ -337,6 +339,8 @@ def serve(
     events_out: EventsOut = None,
     data_dir: DataDir = Path("data"),
     model_dir: ModelDir = DEFAULT_MODEL_DIR,
+    require_typ: RequireTyp = None,
+    leeway: Leeway = 30,
     auto_revoke: Annotated[
         bool, typer.Option("--auto-revoke", envvar=_env("auto_revoke"), help="Revoke tokens of severe alerts.")
     ] = False,
@@ -373,7 +377,13 @@ def serve(
     try:
         options = ServeOptions(
             config=ValidatorConfig(
-                issuer=issuer, audience=audience, jwks_file=jwks_file, jwks_url=jwks_url, algorithms=algorithms
+                issuer=issuer,
+                audience=audience,
+                jwks_file=jwks_file,
+                jwks_url=jwks_url,
+                algorithms=algorithms,
+                require_typ=require_typ,
+                leeway_s=leeway,
             ),
             data_dir=data_dir,
             model_dir=model_dir,
