@@ -1,7 +1,7 @@
 """Alerts: webhook subscriptions, signing, a durable outbox with retries, the alert log, and its HTTP app.
 
-* :class:`AlertsService` — subscriptions, ``accept_alert`` / ``accept_revocation`` / ``accept_storm``
-  into a SQLite outbox under the data dir, ``deliver_due`` (Standard Webhooks, signed);
+* :class:`AlertsService` — subscriptions, ``accept_alert`` (a ``revocation.storm`` is an alert of that type)
+  and ``accept_revocation`` into a SQLite outbox under the data dir, ``deliver_due`` (Standard Webhooks, signed);
 * :func:`create_alerts_app` — the admin HTTP API (``/v1/webhooks``, ``/v1/alerts``, ``/v1/deliveries``),
   health and metrics;
 * :class:`AlertsWorker` — the delivery loop in a thread; :class:`AlertsConsumer` — feeds the service

@@ -1,7 +1,7 @@
 """AlertsService: webhook subscriptions, the alert log and a durable outbox of deliveries, in SQLite.
 
 Durability: ``<data_dir>/alerts.sqlite`` in WAL mode with ``synchronous=FULL``. ``accept_alert`` (and
-``accept_revocation`` / ``accept_storm``) write the alert, the message to send and one delivery row per
+``accept_revocation``) write the alert, the message to send and one delivery row per
 matching subscription in *one* transaction, committed before they return — so a caller that commits its
 bus offsets afterwards never loses an alert, whatever crashes when.
 
@@ -71,7 +71,6 @@ _RANK = {name: rank for rank, name in enumerate(SEVERITIES)}
 DELIVERY_STATUSES: tuple[str, ...] = ("pending", "delivered", "failed", "disabled")
 #: A claimed delivery is not claimed again for this long (covers the attempt, even if the process dies in it).
 CLAIM_LEASE_S = 300.0
-MAX_STORM_BYTES = 64 * 1024
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS subscriptions (
@@ -433,17 +432,6 @@ class AlertsService:
         if queued:
             self.metrics.accepted.labels("token.revoked").inc()
         return queued
-
-    def accept_storm(self, details: dict[str, Any]) -> None:
-        """Queue a ``revocation.storm`` message with ``details`` as its data (a JSON object)."""
-        if not isinstance(details, dict):
-            raise ValueError("storm details must be a dict")
-        if len(orjson.dumps(details)) > MAX_STORM_BYTES:
-            raise ValueError(f"storm details larger than {MAX_STORM_BYTES} bytes")
-        now = self.clock()
-        with self._tx() as db:
-            self._enqueue(db, f"storm_{uuid.uuid4().hex}", "revocation.storm", None, details, now)
-        self.metrics.accepted.labels("revocation.storm").inc()
 
     def _enqueue(
         self,

@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import orjson
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -208,8 +207,3 @@ def read_events(paths: Iterable[Path]) -> ReadResult:
     frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=[*STRING_FIELDS, *INT_FIELDS])
     frame = frame.sort_values("ts", kind="stable", ignore_index=True)
     return ReadResult(frame, bad, count)
-
-
-def record_lines(frame: pd.DataFrame) -> Iterable[bytes]:  # pragma: no cover - convenience for tools
-    for row in frame.to_dict("records"):
-        yield orjson.dumps(row)
