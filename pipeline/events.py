@@ -254,7 +254,7 @@ class _Record:
 
     def to_dict(self) -> dict[str, Any]:
         out = {"schema": self.SCHEMA}
-        out.update((f.name, getattr(self, f.name)) for f in dataclasses.fields(self))  # type: ignore[arg-type]
+        out.update((name, getattr(self, name)) for name, _ in _fields(type(self)))
         return out
 
     def to_json(self) -> bytes:
