@@ -1,3 +1,4 @@
+# ruff: noqa: F811
 """The alerts service's HTTP API, served for real on loopback."""
 
 from __future__ import annotations
@@ -14,23 +15,20 @@ from standardwebhooks import Webhook
 
 from pipeline.alerts import AlertsService, create_alerts_app
 from tests.servers import serve_app
-from tests.test_alerts_service import ADMIN, FakeClock, Receiver, make_alert, make_revocation
+
+# The webhook receiver fixtures live with the service tests; importing them here registers them for pytest
+# (hence F401/F811: test arguments named after imported fixtures).
+from tests.test_alerts_service import (  # noqa: F401
+    ADMIN,
+    FakeClock,
+    Receiver,
+    make_alert,
+    make_revocation,
+    receiver,
+    receiver_server,
+)
 
 AUTH = {"Authorization": f"Bearer {ADMIN}"}
-
-
-@pytest.fixture(scope="module")
-def receiver_server() -> Iterator[Receiver]:
-    receiver = Receiver()
-    with serve_app(receiver.app()) as base:
-        receiver.base = base
-        yield receiver
-
-
-@pytest.fixture
-def receiver(receiver_server: Receiver) -> Receiver:
-    receiver_server.reset()
-    return receiver_server
 
 
 @pytest.fixture(scope="module")

@@ -15,15 +15,11 @@ one already published unless it escalated.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import socket
-import subprocess
 import time
 import uuid
 from collections import defaultdict
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -38,11 +34,11 @@ from pipeline.events import SEVERITIES, Alert, TokenUsage
 from pipeline.scoring.model import DetectionModel, load_model
 from pipeline.simulate import Simulation, SimulationParams, iter_records, simulate
 from pipeline.validation.usage import UsageEmitter
+from tests.kafka_broker import Broker, private_broker, tail
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(600)]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-KAFKA_LOCAL = REPO_ROOT / "scripts" / "kafka-local"
 MODEL_DIR = REPO_ROOT / "models" / "default"
 
 # The producer's delivery timeout is 4 x timeout_s (KafkaBus._delivery_timeout_ms): 4 x 45 s = 180 s covers
@@ -55,10 +51,6 @@ RANK = {name: rank for rank, name in enumerate(SEVERITIES)}
 # ------------------------------------------------------------------------------------- the broker
 
 
-def _tail(text: str, lines: int = 40) -> str:
-    return "\n".join(text.strip().splitlines()[-lines:])
-
-
 def _reachable(port: int, timeout: float = 2.0) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=timeout):
@@ -67,78 +59,12 @@ def _reachable(port: int, timeout: float = 2.0) -> bool:
         return False
 
 
-def _two_free_ports() -> tuple[int, int]:
-    with socket.socket() as a, socket.socket() as b:
-        a.bind(("127.0.0.1", 0))
-        b.bind(("127.0.0.1", 0))
-        return a.getsockname()[1], b.getsockname()[1]
-
-
-@dataclass
-class Broker:
-    """A kafka-local broker of our own, which the test may stop and start again (same ports, same dir)."""
-
-    port: int
-    controller_port: int
-    directory: Path
-
-    @property
-    def bootstrap(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def _run(self, command: str, timeout: float) -> subprocess.CompletedProcess[str]:
-        args = ["bash", str(KAFKA_LOCAL), command, "--dir", str(self.directory)]
-        if command == "start":
-            args += ["--port", str(self.port), "--controller-port", str(self.controller_port)]
-        return subprocess.run(args, capture_output=True, text=True, timeout=timeout, check=False)
-
-    def start(self) -> subprocess.CompletedProcess[str]:
-        return self._run("start", timeout=400)
-
-    def stop(self) -> subprocess.CompletedProcess[str]:
-        return self._run("stop", timeout=90)
-
-    def log_tail(self) -> str:
-        log = self.directory / "broker.log"
-        return _tail(log.read_text(errors="replace")) if log.exists() else "(no broker.log)"
-
-
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
-    """A private broker on two free ports (stopped at teardown, whatever happened). Same policy as the
-    ``kafka_bootstrap`` fixture when it cannot start: skip, or fail when JWTWATCH_REQUIRE_KAFKA=1."""
-    require = os.environ.get("JWTWATCH_REQUIRE_KAFKA", "").strip() == "1"
-
-    def unavailable(reason: str) -> None:
-        if require:
-            pytest.fail(f"JWTWATCH_REQUIRE_KAFKA=1 but no Kafka broker could be had: {reason}", pytrace=False)
-        pytest.skip(f"no Kafka broker (scripts/kafka-local could not start one): {reason}")
-
-    if not KAFKA_LOCAL.is_file():
-        unavailable(f"{KAFKA_LOCAL} is missing")
-    port, controller_port = _two_free_ports()
-    own = Broker(port, controller_port, tmp_path_factory.mktemp("kafka-restart"))
-
-    def stop() -> None:
-        with contextlib.suppress(OSError, subprocess.TimeoutExpired):
-            own.stop()
-
-    try:
-        started = own.start()
-    except BaseException as exc:  # timeout, missing bash, or pytest-timeout firing mid-start
-        stop()
-        if isinstance(exc, OSError | subprocess.TimeoutExpired):
-            unavailable(f"scripts/kafka-local start did not complete: {exc!r}")
-        raise
-    if started.returncode != 0 or not started.stdout.strip():
-        stop()
-        unavailable(
-            f"scripts/kafka-local start exited {started.returncode}:\n{_tail(started.stderr or started.stdout)}"
-        )
-    try:
+    """A private broker on two free ports, stopped at teardown whatever happened (the shared one must not
+    be stopped). Same policy as ``kafka_bootstrap`` when it cannot start."""
+    with private_broker(tmp_path_factory.mktemp("kafka-restart")) as own:
         yield own
-    finally:
-        stop()
 
 
 # ------------------------------------------------------------------------------------- helpers
@@ -262,7 +188,7 @@ def test_broker_restart_mid_stream_loses_no_event_and_duplicates_no_alert(
         restarted = broker.start()
         outage_s = time.monotonic() - down_at
         if restarted.returncode != 0:
-            pytest.fail(f"kafka-local could not restart the broker:\n{_tail(restarted.stderr)}\n{broker.log_tail()}")
+            pytest.fail(f"kafka-local could not restart the broker:\n{tail(restarted.stderr, 40)}\n{broker.log_tail()}")
         try:
             producer_bus.flush()
         except Exception as exc:
