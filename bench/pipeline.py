@@ -38,12 +38,10 @@ from __future__ import annotations
 import argparse
 import cProfile
 import dataclasses
-import datetime as dt
 import gc
 import io
 import json
 import os
-import platform
 import pstats
 import subprocess
 import sys
@@ -51,7 +49,6 @@ import tempfile
 import time
 import tracemalloc
 from collections.abc import Sequence
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +57,7 @@ from rich.console import Console
 from rich.table import Table
 
 import pipeline
+from bench import machine
 from pipeline.bus import TOKEN_USAGE, default_topics
 from pipeline.bus.memory import MemoryBus
 from pipeline.detection.batch import COLUMNS, EventBatch, frame_to_batch, micro_batches
@@ -335,17 +333,6 @@ def profile_replay(frame: Any, model: DetectionModel, top: int) -> str:
 # ------------------------------------------------------------------------------------------- report
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def git_state() -> dict[str, Any]:
     """The commit measured, and whether pipeline/ had uncommitted changes at the time."""
     root = Path(pipeline.__file__).resolve().parent.parent  # the checkout whose pipeline/ was imported
@@ -357,20 +344,11 @@ def git_state() -> dict[str, Any]:
     return {"commit": head.stdout.strip(), "pipeline_dirty": bool(dirty.stdout.strip())}
 
 
+LIBRARIES = ("numpy", "scikit-learn", "pandas", "pyarrow", "orjson")
+
+
 def environment() -> dict[str, Any]:
-    return {
-        **git_state(),
-        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "cpus": os.cpu_count(),
-        "cpu_model": cpu_model(),
-        "python": platform.python_version(),
-        "numpy": version("numpy"),
-        "scikit-learn": version("scikit-learn"),
-        "pandas": version("pandas"),
-        "pyarrow": version("pyarrow"),
-        "orjson": version("orjson"),
-        "platform": platform.platform(),
-    }
+    return {**git_state(), **machine.environment(*LIBRARIES)}
 
 
 def figures(results: dict[str, Any]) -> list[dict[str, Any]]:
@@ -417,10 +395,7 @@ def render(results: dict[str, Any], env: dict[str, Any], console: Console) -> No
         met = "-" if f["met"] is None else ("yes" if f["met"] else "NO")
         table.add_row(f["figure"], f["value"], f["detail"], f["target"] or "-", met)
     console.print(table)
-    console.print(
-        f"{env['cpus']} CPU(s) {env['cpu_model']} · Python {env['python']} · numpy {env['numpy']} · "
-        f"scikit-learn {env['scikit-learn']} · pandas {env['pandas']} · pyarrow {env['pyarrow']} · {env['date']}"
-    )
+    console.print(machine.machine_line(env, *LIBRARIES))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

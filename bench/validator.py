@@ -28,24 +28,21 @@ jtis and subjects (consulted on every use), default cache size, the wall clock.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import gc
 import json
-import os
-import platform
 import statistics
 import sys
 import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from importlib.metadata import version
 from typing import Any
 
 import jwt
 from rich.console import Console
 from rich.table import Table
 
+from bench.machine import environment, machine_line
 from pipeline.events import Revocation, format_ts
 from pipeline.validation import TokenValidator, ValidatorConfig
 from pipeline.validation.revocations import RevocationIndex
@@ -195,27 +192,7 @@ def run_scenario(
 # ------------------------------------------------------------------------------------------- report
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def environment() -> dict[str, Any]:
-    return {
-        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "cpus": os.cpu_count(),
-        "cpu_model": cpu_model(),
-        "python": platform.python_version(),
-        "pyjwt": version("PyJWT"),
-        "cryptography": version("cryptography"),
-        "platform": platform.platform(),
-    }
+LIBRARIES = ("PyJWT", "cryptography")
 
 
 def render(results: list[dict[str, Any]], env: dict[str, Any], console: Console) -> None:
@@ -247,10 +224,7 @@ def render(results: list[dict[str, Any]], env: dict[str, Any], console: Console)
             met,
         )
     console.print(table)
-    console.print(
-        f"{env['cpus']} CPU(s) {env['cpu_model']} · Python {env['python']} · PyJWT {env['pyjwt']} · "
-        f"cryptography {env['cryptography']} · {env['date']}"
-    )
+    console.print(machine_line(env, *LIBRARIES))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -328,7 +302,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.print(f"[dim]{scenario.name}: {args.rounds} rounds...[/dim]")
         results.append(run_scenario(scenario, new_validator, args.rounds, args.chunk))
 
-    env = environment()
+    env = environment(*LIBRARIES)
     report = {
         "benchmark": "validator",
         "command": " ".join(["python -m bench.validator", *(sys.argv[1:] if argv is None else argv)]),

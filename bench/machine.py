@@ -1,0 +1,37 @@
+"""What a benchmark ran on: CPU, Python, the libraries that matter for its figures, the date."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import platform
+from importlib.metadata import version
+from typing import Any
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def environment(*distributions: str) -> dict[str, Any]:
+    """The machine, plus the installed version of each named distribution (keyed by its name)."""
+    return {
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "cpus": os.cpu_count(),
+        "cpu_model": cpu_model(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        **{name: version(name) for name in distributions},
+    }
+
+
+def machine_line(env: dict[str, Any], *distributions: str) -> str:
+    versions = " · ".join(f"{name} {env[name]}" for name in distributions)
+    return f"{env['cpus']} CPU(s) {env['cpu_model']} · Python {env['python']} · {versions} · {env['date']}"
