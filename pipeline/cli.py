@@ -10,7 +10,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -39,6 +39,11 @@ app.add_typer(token_app, name="token")
 
 def _env(name: str) -> str:
     return f"JWTWATCH_{name.upper().replace('-', '_')}"
+
+
+def config_errors(exc: Any) -> str:
+    """A pydantic ValidationError as one line: ``field: problem; field: problem``."""
+    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}" for e in exc.errors())
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
@@ -296,7 +301,7 @@ def validator_serve(
             fail_closed=fail_closed,
         )
     except ValidationError as exc:
-        fail("; ".join(f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}" for e in exc.errors()))
+        fail(config_errors(exc))
     except (JwksError, ValueError, OSError) as exc:
         fail(str(exc))
     # Every validator follows the revocation feed: what the pipeline or another validator revokes applies here.
@@ -402,7 +407,7 @@ def serve(
         )
         node = AllInOne(options)
     except ValidationError as exc:
-        fail("; ".join(f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}" for e in exc.errors()))
+        fail(config_errors(exc))
     except (JwksError, ModelError, ValueError, OSError) as exc:
         fail(str(exc))
     if options.admin_token is None:
