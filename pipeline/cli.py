@@ -277,8 +277,6 @@ def validator_serve(
     from pipeline.web import read_admin_token
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    signer, verifier = _feed_keys(revocation_keys, kafka, data_dir)
-    bus = _bus(kafka)
     try:
         config = ValidatorConfig(
             issuer=issuer,
@@ -290,6 +288,14 @@ def validator_serve(
             leeway_s=leeway,
         )
         admin_token = read_admin_token(admin_token_file)
+    except ValidationError as exc:
+        fail(config_errors(exc))
+    except (ValueError, OSError) as exc:
+        fail(str(exc))
+    # Only a valid configuration gets keys, a bus connection and state on disk.
+    signer, verifier = _feed_keys(revocation_keys, kafka, data_dir)
+    bus = _bus(kafka)
+    try:
         service = ValidatorService(
             config,
             data_dir=data_dir,
@@ -300,8 +306,6 @@ def validator_serve(
             max_feed_lag_s=max_feed_lag,
             fail_closed=fail_closed,
         )
-    except ValidationError as exc:
-        fail(config_errors(exc))
     except (JwksError, ValueError, OSError) as exc:
         fail(str(exc))
     # Every validator follows the revocation feed: what the pipeline or another validator revokes applies here.

@@ -140,3 +140,13 @@ def test_demo_runs_green(tmp_path: Path) -> None:
     result = run("demo", "--data-dir", str(tmp_path / "demo"))
     assert "every token got the answer it should" in result.stdout
     assert (tmp_path / "demo" / "events.jsonl").read_text().count("\n") == 8
+
+
+def test_a_bad_validator_configuration_fails_before_touching_disk(tmp_path: Path) -> None:
+    result = run(
+        "validator", "serve", "--issuer", ISSUER, "--audience", AUDIENCE, "--jwks-url", "http://insecure.example/jwks",
+        "--data-dir", str(tmp_path / "data"), check=False,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "https" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "data").exists()  # no key store, no SQLite file for a configuration that cannot run
