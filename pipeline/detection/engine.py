@@ -105,6 +105,9 @@ class DetectionEngine:
         self._tick_end = float("-inf")
         self._touched: dict[str, set[str]] = {t: set() for t in FEATURES}
         self.on_finding: Callable[[Finding], None] | None = None
+        #: Called with every scored batch of one entity type: (entity_type, keys, event times, feature
+        #: rows, scores) — what the archive keeps as window features and scores.
+        self.on_scored: Callable[[str, list[str], list[float], list[list[float]], list[float]], None] | None = None
 
     @property
     def watermark(self) -> float:
@@ -242,6 +245,8 @@ class DetectionEngine:
         assert self.model is not None
         scorer = self.model.scorers[entity_type]
         scores = scorer.score(np.asarray(rows))
+        if self.on_scored is not None:
+            self.on_scored(entity_type, due, [store.entities[k].last_ts for k in due], rows, scores.tolist())
         names = FEATURES[entity_type]
         alerts = []
         for key, row, score in zip(due, rows, scores.tolist(), strict=True):
