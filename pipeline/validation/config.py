@@ -25,17 +25,19 @@ class ValidatorConfig(BaseModel):
 
     issuer: str = Field(min_length=1, description="the exact `iss` tokens must carry")
     audience: str = Field(min_length=1, description="an audience that `aud` must contain")
-    jwks_file: Path | None = None
-    jwks_url: str | None = None
-    jwks: dict[str, Any] | None = None
+    jwks_file: Path | None = Field(None, description="JWKS file; re-read when it changes")
+    jwks_url: str | None = Field(None, description="JWKS https:// URL, fetched without following redirects")
+    jwks: dict[str, Any] | None = Field(None, description="a JWK Set given inline (library use and tests)")
     jwks_ca_file: Path | None = Field(None, description="CA bundle for the JWKS URL (default: system CAs)")
-    algorithms: tuple[str, ...] = DEFAULT_ALGORITHMS
+    algorithms: tuple[str, ...] = Field(
+        DEFAULT_ALGORITHMS, description="allowed algorithms (asymmetric only); a comma-separated string is accepted"
+    )
     leeway_s: int = Field(30, ge=0, le=300, description="clock skew allowed on exp, nbf and iat")
-    max_token_bytes: int = Field(8192, ge=256, le=65536)
+    max_token_bytes: int = Field(8192, ge=256, le=65536, description="longer tokens are refused before parsing")
     require_typ: Literal["at+jwt"] | None = Field(None, description="'at+jwt' for strict RFC 9068 typing")
     jwks_refetch_cooldown_s: float = Field(60.0, ge=0, description="at most one refetch per this on unknown kid")
     jwks_refresh_s: float = Field(300.0, gt=0, description="how long fetched keys are used before a refresh")
-    jwks_timeout_s: float = Field(5.0, gt=0)
+    jwks_timeout_s: float = Field(5.0, gt=0, description="timeout of one JWKS URL fetch")
     cache_size: int = Field(100_000, ge=0, description="verified tokens remembered; 0 disables the cache")
 
     @field_validator("algorithms", mode="before")
