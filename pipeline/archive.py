@@ -1,9 +1,18 @@
-"""The Parquet archive: usage events and alerts under the data dir, partitioned by date and hour.
+"""The Parquet archive: usage events, window features, scores and alerts, partitioned by date and hour.
 
 Layout (Hive partitioning, so pandas, pyarrow, DuckDB and Spark read it as is)::
 
     <data_dir>/archive/events/date=2026-11-28/hour=14/part-<uuid>.parquet
     <data_dir>/archive/alerts/date=2026-11-28/hour=14/part-<uuid>.parquet
+    <data_dir>/archive/scores/date=2026-11-28/hour=14/part-<uuid>.parquet
+    <data_dir>/archive/features/entity_type=jti/date=2026-11-28/hour=14/part-<uuid>.parquet
+
+``events`` and ``alerts`` are the token-usage/1 and alert/1 records (their Arrow schemas in
+:mod:`pipeline.events`). ``scores`` has one row per scoring of an entity's window: event time, entity type,
+entity, score, the model's threshold and the severity the score maps to. ``features`` holds the feature
+vector behind each of those scores; its columns differ by entity type (``pipeline.features.FEATURES``),
+hence the extra ``entity_type`` partition. Both come from the detection engine's ``on_scored`` observer
+(:class:`ScoreRecorder`).
 
 Files are written whole to a temporary name and renamed, so a reader never sees half a file. The
 :class:`ArchiveConsumer` commits its bus offsets only after the files are on disk: a crash re-archives at
@@ -13,69 +22,278 @@ most one batch (consumers de-duplicate on ``event_id`` / ``alert_id``), and lose
 from __future__ import annotations
 
 import os
+import threading
 import time
 import uuid
 from collections import defaultdict
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from pipeline.bus import ALERTS, TOKEN_USAGE, Bus
 from pipeline.events import Alert, RecordError, TokenUsage, parse_ts, to_arrow
+from pipeline.features import FEATURES
+from pipeline.scoring.model import DetectionModel
+from pipeline.simulate.io import to_arrow_table  # a token-usage/1 frame as Arrow (not only for simulations)
 
-KINDS = ("events", "alerts")
+KINDS = ("events", "features", "scores", "alerts")
+_RECORD_KINDS = ("events", "alerts")
+_TS = pa.timestamp("ms", tz="UTC")
+
+SCORES_ARROW = pa.schema(
+    [
+        ("ts", _TS),
+        ("entity_type", pa.string()),
+        ("entity", pa.string()),
+        ("score", pa.float64()),
+        ("threshold", pa.float64()),
+        ("severity", pa.string()),
+        ("model_version", pa.string()),
+    ]
+)
+
+
+def features_arrow(entity_type: str) -> pa.Schema:
+    """The schema of one entity type's feature rows: when, which entity, then one float per feature."""
+    return pa.schema(
+        [("ts", _TS), ("entity", pa.string()), ("model_version", pa.string())]
+        + [(name, pa.float64()) for name in FEATURES[entity_type]]
+    )
+
+
+def _partition(moment: datetime) -> tuple[str, str]:
+    return moment.strftime("%Y-%m-%d"), moment.strftime("%H")
 
 
 class ArchiveWriter:
+    """Buffers archive rows and writes them as Parquet files, one per partition and flush. Thread-safe:
+    the detection engine adds scores from its thread while an archive consumer flushes from another."""
+
     def __init__(self, data_dir: Path) -> None:
         self.root = Path(data_dir) / "archive"
-        self._pending: dict[str, list[TokenUsage | Alert]] = {kind: [] for kind in KINDS}
+        self._lock = threading.Lock()
+        self._records: dict[str, list[TokenUsage | Alert]] = {kind: [] for kind in _RECORD_KINDS}
+        self._frames: list[pd.DataFrame] = []
+        self._scores: list[dict[str, object]] = []
+        self._features: dict[str, list[dict[str, object]]] = {t: [] for t in FEATURES}
         self.written = {kind: 0 for kind in KINDS}
 
     def add(self, kind: str, records: Sequence[TokenUsage | Alert]) -> None:
-        self._pending[kind].extend(records)
+        if kind not in _RECORD_KINDS:
+            raise ValueError(f"add() takes {_RECORD_KINDS}; scores and features come through add_scored()")
+        with self._lock:
+            self._records[kind].extend(records)
+
+    def add_event_frame(self, frame: pd.DataFrame) -> None:
+        """Usage events as a DataFrame (``ts`` in epoch ms, as read from files): ``jwtwatch detect``'s input,
+        archived without turning every row into a record."""
+        with self._lock:
+            self._frames.append(frame)
+
+    def add_scored(
+        self,
+        entity_type: str,
+        keys: Sequence[str],
+        event_times: Sequence[float],
+        feature_rows: Sequence[Sequence[float]],
+        scores: Sequence[float],
+        *,
+        model_version: str,
+        threshold: float,
+        severities: Sequence[str | None],
+    ) -> None:
+        """One scored batch of one entity type (the engine's ``on_scored`` arguments, plus model facts)."""
+        names = FEATURES[entity_type]
+        features, scored = [], []
+        for key, ts, row, score, severity in zip(keys, event_times, feature_rows, scores, severities, strict=True):
+            moment = datetime.fromtimestamp(ts, UTC)
+            values = dict(zip(names, row, strict=True))
+            features.append({"ts": moment, "entity": key, "model_version": model_version, **values})
+            scored.append(
+                {
+                    "ts": moment,
+                    "entity_type": entity_type,
+                    "entity": key,
+                    "score": score,
+                    "threshold": threshold,
+                    "severity": severity,
+                    "model_version": model_version,
+                }
+            )
+        with self._lock:
+            self._features[entity_type].extend(features)
+            self._scores.extend(scored)
 
     def pending(self) -> int:
-        return sum(len(v) for v in self._pending.values())
+        with self._lock:
+            return (
+                sum(len(v) for v in self._records.values())
+                + sum(len(f) for f in self._frames)
+                + len(self._scores)
+                + sum(len(v) for v in self._features.values())
+            )
 
     def flush(self) -> int:
-        """Write everything pending; returns the number of records written."""
+        """Write everything pending; returns the number of rows written."""
+        with self._lock:
+            records = {kind: rows for kind, rows in self._records.items()}
+            self._records = {kind: [] for kind in _RECORD_KINDS}
+            frames, self._frames = self._frames, []
+            scores, self._scores = self._scores, []
+            features = self._features
+            self._features = {t: [] for t in FEATURES}
         total = 0
-        for kind, records in self._pending.items():
+        for kind, rows in records.items():
             groups: dict[tuple[str, str], list[TokenUsage | Alert]] = defaultdict(list)
-            for record in records:
-                moment = parse_ts(record.ts)
-                groups[(moment.strftime("%Y-%m-%d"), moment.strftime("%H"))].append(record)
+            for record in rows:
+                groups[_partition(parse_ts(record.ts))].append(record)
             for (date, hour), group in sorted(groups.items()):
-                directory = self.root / kind / f"date={date}" / f"hour={hour}"
-                directory.mkdir(parents=True, exist_ok=True)
-                name = f"part-{uuid.uuid4().hex}.parquet"
-                tmp = directory / f".{name}.tmp"
-                pq.write_table(to_arrow(group), tmp)  # type: ignore[arg-type]
-                os.replace(tmp, directory / name)
-                total += len(group)
-            self.written[kind] += len(records)
-            records.clear()
+                self._write(self.root / kind, date, hour, to_arrow(group))  # type: ignore[arg-type]
+            total += self._count(kind, len(rows))
+        for frame in frames:
+            total += self._write_frame(frame)
+        total += self._write_rows(self.root / "scores", scores, SCORES_ARROW, "scores")
+        for entity_type, rows in features.items():
+            directory = self.root / "features" / f"entity_type={entity_type}"
+            total += self._write_rows(directory, rows, features_arrow(entity_type), "features")
         return total
 
+    def _count(self, kind: str, n: int) -> int:
+        self.written[kind] += n
+        return n
 
-def read_archive(data_dir: Path, kind: str = "events") -> pd.DataFrame:
-    """One kind of archived record as a DataFrame (with ``date`` and ``hour`` columns), sorted by time."""
+    def _write_frame(self, frame: pd.DataFrame) -> int:
+        moments = pd.to_datetime(frame["ts"], unit="ms", utc=True)
+        keys = pd.DataFrame({"date": moments.dt.strftime("%Y-%m-%d"), "hour": moments.dt.strftime("%H")})
+        for (date, hour), index in keys.groupby(["date", "hour"], sort=True).groups.items():
+            self._write(self.root / "events", date, hour, to_arrow_table(frame.loc[index]))
+        return self._count("events", len(frame))
+
+    def _write_rows(self, directory: Path, rows: list[dict[str, object]], schema: pa.Schema, kind: str) -> int:
+        groups: dict[tuple[str, str], list[dict[str, object]]] = defaultdict(list)
+        for row in rows:
+            groups[_partition(row["ts"])].append(row)  # type: ignore[arg-type]
+        for (date, hour), group in sorted(groups.items()):
+            self._write(directory, date, hour, pa.Table.from_pylist(group, schema=schema))
+        return self._count(kind, len(rows))
+
+    @staticmethod
+    def _write(directory: Path, date: str, hour: str, table: pa.Table) -> None:
+        directory = directory / f"date={date}" / f"hour={hour}"
+        directory.mkdir(parents=True, exist_ok=True)
+        name = f"part-{uuid.uuid4().hex}.parquet"
+        tmp = directory / f".{name}.tmp"  # a dot file: readers skip it until the rename
+        pq.write_table(table, tmp)
+        os.replace(tmp, directory / name)
+
+
+class ScoreRecorder:
+    """The detection engine's ``on_scored`` observer: every scored window's features and score, archived.
+
+    ``engine.on_scored = ScoreRecorder(writer, model)``. It only buffers; whoever owns the writer flushes
+    (the archive consumer on its schedule, ``detect`` and ``demo`` at the end)."""
+
+    def __init__(self, writer: ArchiveWriter, model: DetectionModel) -> None:
+        self.writer = writer
+        self.model = model
+
+    def __call__(
+        self,
+        entity_type: str,
+        keys: list[str],
+        event_times: list[float],
+        feature_rows: list[list[float]],
+        scores: list[float],
+    ) -> None:
+        scorer = self.model.scorers[entity_type]
+        self.writer.add_scored(
+            entity_type,
+            keys,
+            event_times,
+            feature_rows,
+            scores,
+            model_version=self.model.version,
+            threshold=float(scorer.threshold_),
+            severities=[scorer.severity(s) for s in scores],
+        )
+
+
+# ------------------------------------------------------------------------------------------ readers
+
+
+def archive_root(data_dir: Path) -> Path:
+    return Path(data_dir) / "archive"
+
+
+def read_archive(data_dir: Path, kind: str = "events", *, entity_type: str | None = None) -> pd.DataFrame:
+    """One kind of archived data as a DataFrame (with ``date`` and ``hour`` columns), sorted by time.
+
+    ``features`` needs ``entity_type`` (``jti``, ``sub`` or ``ip``): each has its own columns. Empty when
+    nothing of that kind was archived yet."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}")
-    root = Path(data_dir) / "archive" / kind
+    root = archive_root(data_dir) / kind
+    if kind == "features":
+        if entity_type not in FEATURES:
+            raise ValueError(f"features need entity_type, one of {tuple(FEATURES)}")
+        root = root / f"entity_type={entity_type}"
+    elif entity_type is not None and kind != "scores":
+        raise ValueError("entity_type selects features or scores")
     if not root.exists():
         return pd.DataFrame()
     dataset = ds.dataset(root, format="parquet", partitioning="hive", exclude_invalid_files=True)
-    frame = dataset.to_table().to_pandas()
+    only = ds.field("entity_type") == entity_type if kind == "scores" and entity_type else None
+    table = dataset.to_table(filter=only)
+    frame = table.to_pandas()
     return frame.sort_values("ts", kind="stable", ignore_index=True) if not frame.empty else frame
 
 
+def read_features(data_dir: Path, entity_type: str) -> pd.DataFrame:
+    """The archived feature rows of one entity type."""
+    return read_archive(data_dir, "features", entity_type=entity_type)
+
+
+def partitions(data_dir: Path) -> pd.DataFrame:
+    """What the archive holds: one row per partition directory with its kind, date, hour, files and bytes."""
+    rows = []
+    root = archive_root(data_dir)
+    for path in sorted(root.glob("*/**/hour=*")):
+        files = [f for f in path.glob("*.parquet") if not f.name.startswith(".")]
+        relative = path.relative_to(root).parts
+        parts = dict(p.split("=", 1) for p in relative[1:])
+        rows.append(
+            {
+                "kind": relative[0],
+                "entity_type": parts.get("entity_type"),
+                "date": parts["date"],
+                "hour": int(parts["hour"]),
+                "files": len(files),
+                "bytes": sum(f.stat().st_size for f in files),
+            }
+        )
+    return pd.DataFrame(rows, columns=["kind", "entity_type", "date", "hour", "files", "bytes"])
+
+
+def entity_events(events: pd.DataFrame, entity_type: str, entity: str) -> pd.DataFrame:
+    """The usage events of one entity — a token (``jti``), a subject (``sub``) or an address (``ip``)."""
+    if entity_type not in ("jti", "sub", "ip"):
+        raise ValueError("entity_type must be jti, sub or ip")
+    return events[events[entity_type] == entity].reset_index(drop=True)
+
+
+# ------------------------------------------------------------------------------------- bus consumer
+
+
 class ArchiveConsumer:
-    """Archives what passes on the bus: usage events and alerts, flushed in batches."""
+    """Archives what passes on the bus: usage events and alerts, flushed in batches.
+
+    Window features and scores do not travel on the bus: give the writer to a :class:`ScoreRecorder` on the
+    engine that scores (``runner.engine.on_scored``) and this consumer's flushes write them too."""
 
     def __init__(
         self,

@@ -647,8 +647,17 @@ def detect(
     events: Annotated[Path, typer.Option("--events", help="token-usage/1 file: .jsonl, .jsonl.gz, .parquet")],
     alerts_out: Annotated[Path, typer.Option("--alerts-out", help="Write alert/1 JSON lines here.")],
     model_dir: ModelDir = DEFAULT_MODEL_DIR,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--data-dir",
+            help="Also archive the events, window features, scores and alerts as Parquet under DATA_DIR/archive "
+            "(partitioned by date and hour; what the notebooks read).",
+        ),
+    ] = None,
 ) -> None:
     """Replay recorded events in event time through the streaming engine; write the alerts."""
+    from pipeline.archive import ArchiveWriter, ScoreRecorder
     from pipeline.detection.replay import replay
     from pipeline.scoring.model import ModelError, load_model
 
@@ -657,15 +666,26 @@ def detect(
     except ModelError as exc:
         fail(str(exc))
     result = _read([events])
+    archive = ArchiveWriter(data_dir) if data_dir is not None else None
     progress, advance = _progress("detecting", len(result.frame))
     started = time.perf_counter()
     with progress:
-        alerts, engine = replay(result.frame, model, progress=advance)
+        recorder = ScoreRecorder(archive, model) if archive is not None else None
+        alerts, engine = replay(result.frame, model, progress=advance, on_scored=recorder)
     elapsed = time.perf_counter() - started
     alerts_out.parent.mkdir(parents=True, exist_ok=True)
     with open(alerts_out, "wb") as out:
         for alert in alerts:
             out.write(alert.to_json() + b"\n")
+    if archive is not None:
+        try:
+            with err.status("archiving…"):
+                archive.add_event_frame(result.frame)
+                archive.add("alerts", alerts)
+                archive.flush()
+        except OSError as exc:
+            fail(f"cannot write the archive under {data_dir}: {exc}")
+        console.print(f"archive: {', '.join(f'{n} {k}' for k, n in archive.written.items())} under {archive.root}")
     table = Table("entity", *SEVERITY_COLUMNS, title=f"{len(alerts)} alerts (model {model.version})")
     for entity_type in ("jti", "sub", "ip"):
         counts = [sum(1 for a in alerts if a.entity_type == entity_type and a.severity == s) for s in SEVERITY_COLUMNS]

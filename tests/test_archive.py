@@ -1,14 +1,23 @@
-"""The Parquet archive: events and alerts partitioned by date and hour, committed only once on disk."""
+"""The Parquet archive: events, window features, scores and alerts by date and hour, committed once on disk."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.archive import ArchiveConsumer, ArchiveWriter, read_archive
+import pytest
+from typer.testing import CliRunner
+
+from pipeline.archive import ArchiveConsumer, ArchiveWriter, ScoreRecorder, partitions, read_archive, read_features
 from pipeline.bus import ALERTS, TOKEN_USAGE
 from pipeline.bus.memory import MemoryBus
+from pipeline.cli import DEFAULT_MODEL_DIR as DEFAULT_MODEL
+from pipeline.cli import app
+from pipeline.detection.replay import replay
 from pipeline.events import Alert
+from pipeline.features import FEATURES
+from pipeline.scoring.model import load_model
 from pipeline.simulate import SimulationParams, iter_records, simulate
+from pipeline.simulate.io import write_events
 
 
 def test_bus_traffic_lands_in_hourly_partitions(tmp_path: Path) -> None:
@@ -50,3 +59,50 @@ def test_offsets_are_committed_only_after_the_files_are_written(tmp_path: Path) 
         pass
     second.close()
     assert len(read_archive(tmp_path, "events")) == len(sim.events)  # ... so nothing was lost
+
+
+def test_scored_windows_are_archived_as_features_and_scores(tmp_path: Path) -> None:
+    sim = simulate(SimulationParams(minutes=4, seed=5, browsers=10, mobile=4, services=1, offices=1))
+    model = load_model(DEFAULT_MODEL)
+    writer = ArchiveWriter(tmp_path)
+    alerts, engine = replay(sim.events.drop(columns=["incident_id"]), model, on_scored=ScoreRecorder(writer, model))
+    writer.add_event_frame(sim.events)
+    writer.add("alerts", alerts)
+    writer.flush()
+    scores = read_archive(tmp_path, "scores")
+    assert len(scores) == engine.stats.scored > 0
+    assert set(scores["entity_type"]) == {"jti", "sub", "ip"}
+    assert (scores["model_version"] == model.version).all()
+    above = scores["score"] >= scores["threshold"]
+    assert scores.loc[above, "severity"].notna().all() and scores.loc[~above, "severity"].isna().all()
+    for entity_type, names in FEATURES.items():
+        features = read_features(tmp_path, entity_type)
+        assert list(features.columns[3 : 3 + len(names)]) == list(names)
+        assert len(features) == int((scores["entity_type"] == entity_type).sum())
+    assert len(read_archive(tmp_path, "scores", entity_type="ip")) == int((scores["entity_type"] == "ip").sum())
+    events = read_archive(tmp_path, "events")
+    assert set(events["event_id"]) == set(sim.events["event_id"])
+    kinds = set(partitions(tmp_path)["kind"])
+    assert kinds == {"events", "features", "scores", "alerts"} if alerts else {"events", "features", "scores"}
+
+
+def test_readers_say_what_they_need(tmp_path: Path) -> None:
+    assert read_archive(tmp_path, "events").empty  # nothing archived yet is not an error
+    with pytest.raises(ValueError, match="kind"):
+        read_archive(tmp_path, "windows")
+    with pytest.raises(ValueError, match="entity_type"):
+        read_archive(tmp_path, "features")
+
+
+def test_detect_writes_the_archive_when_given_a_data_dir(tmp_path: Path) -> None:
+    sim = simulate(SimulationParams(minutes=3, seed=6, browsers=8, mobile=3, services=1, offices=1))
+    write_events(sim, tmp_path / "events.parquet")
+    result = CliRunner().invoke(
+        app,
+        ["detect", "--events", str(tmp_path / "events.parquet"), "--alerts-out", str(tmp_path / "alerts.jsonl"),
+         "--data-dir", str(tmp_path / "data")],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert len(read_archive(tmp_path / "data", "events")) == len(sim.events)
+    assert len(read_archive(tmp_path / "data", "scores")) > 0
+    assert len(read_features(tmp_path / "data", "sub")) > 0

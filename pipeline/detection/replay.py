@@ -12,6 +12,9 @@ from pipeline.events import Alert
 from pipeline.features.baselines import Baselines
 from pipeline.scoring.model import DetectionModel
 
+#: ``DetectionEngine.on_scored``: (entity type, keys, event times, feature rows, scores).
+ScoredObserver = Callable[[str, list[str], list[float], list[list[float]], list[float]], None]
+
 
 def replay(
     frame: pd.DataFrame,
@@ -21,9 +24,13 @@ def replay(
     progress: Callable[[int], None] | None = None,
     max_batch_events: int = 8192,
     max_batch_span_s: float = 5.0,
+    on_scored: ScoredObserver | None = None,
 ) -> tuple[list[Alert], DetectionEngine]:
-    """Every alert, in the order first fired, in its latest (most severe) state."""
+    """Every alert, in the order first fired, in its latest (most severe) state.
+
+    ``on_scored`` sees every scored window (the archive's features and scores: ``ScoreRecorder``)."""
     engine = DetectionEngine(model, baselines=baselines)
+    engine.on_scored = on_scored
     latest: dict[str, Alert] = {}
     for batch in micro_batches(frame_to_batch(frame), max_batch_events, max_batch_span_s):
         for alert in engine.process(batch):
