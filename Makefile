@@ -17,8 +17,9 @@ $(STAMP): pyproject.toml
 	rm -f $(VENV)/.installed-*
 	touch $@
 
+# The whole loop on the embedded default, with a report under data/demo/report (DEMO_ARGS="--minutes 4" ...).
 demo: install
-	$(BIN)/jwtwatch demo
+	$(BIN)/jwtwatch demo $(DEMO_ARGS)
 
 # Starts a real Kafka broker (scripts/kafka-local) for the tests marked `kafka`, and stops it after.
 test: install
@@ -43,7 +44,8 @@ bench: install
 MODEL_TRAINING_EVENTS := .cache/train-baseline.parquet
 model: install
 	mkdir -p .cache
-	$(BIN)/jwtwatch simulate --baseline-only --minutes 90 --seed 1 --out $(MODEL_TRAINING_EVENTS)
+	$(BIN)/jwtwatch simulate --baseline-only --minutes 90 --seed 1 --users 600 --mobile 300 --services 30 --offices 16 \
+		--out $(MODEL_TRAINING_EVENTS)
 	$(BIN)/jwtwatch train --events $(MODEL_TRAINING_EVENTS) --model-dir models/default --seed 0
 
 clean:

@@ -36,6 +36,9 @@ from pipeline.simulate import Simulation, SimulationParams, simulate
 from pipeline.validation.server import background_server
 
 MARKER = ".jwtwatch-demo"  # the demo only ever deletes a directory it made
+#: What the former ``jwtwatch demo`` (now ``jwtwatch validator demo``) left in data/demo, before the marker.
+_FORMER_DEMO = {"keys", "attacker-keys", "events.jsonl", "revocations.sqlite", "revocations.sqlite-wal",
+                "revocations.sqlite-shm"}  # fmt: skip
 
 
 class DemoError(Exception):
@@ -104,7 +107,8 @@ def prepare(data_dir: Path) -> None:
     if data_dir.exists():
         if not data_dir.is_dir():
             raise DemoError(f"{data_dir} exists and is not a directory")
-        if any(data_dir.iterdir()) and not (data_dir / MARKER).exists():
+        names = {entry.name for entry in data_dir.iterdir()}
+        if names and MARKER not in names and not names <= _FORMER_DEMO:
             raise DemoError(
                 f"{data_dir} is not empty and was not made by jwtwatch demo; pick another --data-dir (nothing deleted)"
             )
