@@ -279,6 +279,20 @@ def partitions(data_dir: Path) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["kind", "entity_type", "date", "hour", "files", "bytes"])
 
 
+def as_usage_frame(events: pd.DataFrame) -> pd.DataFrame:
+    """Archived events in the layout ``jwtwatch train`` and ``detect`` read from files (``ts`` as epoch ms,
+    plain strings, nullable ints, no partition columns) — to train or replay on an archive."""
+    frame = events.drop(columns=[c for c in ("date", "hour") if c in events])
+    ts = pd.to_datetime(frame["ts"], utc=True)
+    frame = frame.assign(ts=(ts - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(milliseconds=1))
+    for name in ("outcome", "reason"):
+        column = frame[name].astype(object)
+        frame[name] = column.where(column.notna(), None)
+    for name in ("iat", "exp"):
+        frame[name] = frame[name].astype("Int64")
+    return frame.sort_values("ts", kind="stable", ignore_index=True)
+
+
 def entity_events(events: pd.DataFrame, entity_type: str, entity: str) -> pd.DataFrame:
     """The usage events of one entity — a token (``jti``), a subject (``sub``) or an address (``ip``)."""
     if entity_type not in ("jti", "sub", "ip"):
