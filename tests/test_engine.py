@@ -172,6 +172,18 @@ def test_repeated_expired_rejections_of_one_token_fire_stale_token_replay(model:
     assert any("stale_token_replay" in alert_rules(a) for a in run_.alerts_for("jti", "tok-old"))
 
 
+def test_a_stolen_refresh_token_shows_as_parallel_sessions_of_one_client(model: DetectionModel) -> None:
+    """The owner keeps browsing from home; the thief mints their own tokens and reads slowly from a new network."""
+    owner = [use(T0 + 8 * i, "81.2.3.4", "tok-owner", "carol") for i in range(30)]
+    thief = [use(T0 + 20 + 45 * i, "45.9.8.7", "tok-minted", "carol") for i in range(5)]  # the victim's own UA
+    run_ = run(model, owner + thief)
+    alerts = run_.alerts_for("sub", "carol")
+    assert any("parallel_sessions" in alert_rules(a) for a in alerts)
+    assert not run_.rules("jti", "tok-minted")  # each token on its own looks like a quiet user
+    # A look-alike exists (one user's app on two devices at once), so it alerts below auto-revocation's "high".
+    assert {a.severity for a in alerts if alert_rules(a) == {"parallel_sessions"}} <= {"medium"}
+
+
 def _hammering(token: str, client: str, events: int, every_s: float, ip: str = "10.20.30.40") -> list[TokenUsage]:
     return [use(T0 + every_s * i, ip, token, f"{client}-acct", client=client, ua="okhttp/4.12") for i in range(events)]
 
@@ -213,6 +225,13 @@ def test_a_few_malformed_tokens_from_an_office_are_not_probing(model: DetectionM
     assert run_.engine.stores["ip"].get(office) is not None  # the office was scored, not ignored
 
 
+def test_probing_from_an_address_some_real_users_share_is_still_probing(model: DetectionModel) -> None:
+    shared = "198.51.100.77"
+    events = [use(T0 + 20 * u, shared, f"tok-{u}", f"user-{u}") for u in range(2)]
+    events += [forged(T0 + 5 + 10 * i, shared, jti=f"f-{i}") for i in range(12)]
+    assert "forged_probing" in run(model, events).rules("ip", shared)
+
+
 def test_a_phone_hopping_carrier_addresses_is_neither_fanout_nor_a_client_change(model: DetectionModel) -> None:
     carrier = ["100.64.1.5", "100.65.2.6", "100.66.3.7"]
     events = [use(T0 + 10 * i, carrier[i % 3], "tok-phone", "dave", ua=PHONE_APP, client="ios") for i in range(18)]
@@ -220,6 +239,30 @@ def test_a_phone_hopping_carrier_addresses_is_neither_fanout_nor_a_client_change
     fired = run_.rules("jti", "tok-phone")
     assert not fired & {"token_fanout", "token_changed_client_and_network"}, fired
     assert run_.findings_for("jti", "tok-phone") or run_.engine.stats.scored > 0
+
+
+def test_a_refresh_while_changing_networks_is_not_a_parallel_session(model: DetectionModel) -> None:
+    events = [use(T0 + 10 * i, "81.2.3.4", "tok-wifi", "gina", ua=PHONE_APP, client="ios") for i in range(12)]
+    events += [use(T0 + 121 + 10 * i, "100.64.1.5", "tok-cell", "gina", ua=PHONE_APP, client="ios") for i in range(12)]
+    run_ = run(model, events)
+    assert "parallel_sessions" not in run_.rules("sub", "gina")
+
+
+def test_a_user_on_laptop_and_phone_at_once_is_not_a_parallel_session(model: DetectionModel) -> None:
+    events = [use(T0 + 10 * i, "81.2.3.4", "tok-laptop", "hank") for i in range(24)]
+    events += [use(T0 + 5 + 10 * i, "100.64.1.5", "tok-phone", "hank", ua=PHONE_APP, client="ios") for i in range(24)]
+    run_ = run(model, events)
+    assert "parallel_sessions" not in run_.rules("sub", "hank")
+
+
+def test_service_replicas_with_a_token_each_are_not_parallel_sessions(model: DetectionModel) -> None:
+    """Client credentials: ``sub`` is the client (RFC 9068 §2.2), and every replica holds its own token."""
+    events = []
+    for replica, ip in enumerate(["10.1.0.5", "172.20.0.9", "192.0.2.44"]):
+        events += [use(T0 + replica + 6 * i, ip, f"tok-r{replica}", "svc-sync", client="svc-sync", ua="okhttp/4.12")
+                   for i in range(40)]  # fmt: skip
+    run_ = run(model, events)
+    assert "parallel_sessions" not in run_.rules("sub", "svc-sync")
 
 
 def test_one_expired_rejection_at_refresh_is_not_stale_replay(model: DetectionModel) -> None:

@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from pipeline.detection.batch import EventBatch
-from pipeline.detection.rules import fired_rules
+from pipeline.detection.rules import fired_rules, rule_severity
 from pipeline.events import Alert
-from pipeline.features import FEATURES, ip_features, subject_features, token_features, ua_family
+from pipeline.features import FEATURES, Session, ip_features, subject_features, token_features, ua_family
 from pipeline.features.baselines import Baselines
 from pipeline.response.alerts import AlertTracker, Finding
 from pipeline.scoring.model import DetectionModel
@@ -162,6 +162,7 @@ class DetectionEngine:
             if jti is not None:
                 window = jtis.add(jti, ts, ip, ua, row)
                 window.owner = sub
+                window.client = client
                 if iat is not None and exp is not None:
                     window.iat, window.exp = float(iat), float(exp)
                     age = ts - iat
@@ -222,7 +223,7 @@ class DetectionEngine:
                 if entity_type == "jti":
                     row = token_features(window, spec, now, baselines)
                 elif entity_type == "sub":
-                    row = subject_features(window, spec, now, baselines, key)
+                    row = subject_features(window, spec, now, baselines, key, self._sessions(window, now))
                 else:
                     row = ip_features(window, spec, now, baselines, key)
                 due.append(key)
@@ -240,6 +241,22 @@ class DetectionEngine:
                 continue
             alerts.extend(self._judge(entity_type, store, due, rows))
         return alerts
+
+    def _sessions(self, window, now: float) -> list[Session] | None:
+        """The subject's tokens seen in its window, with their clients, use spans and networks."""
+        tokens = window.others
+        if not tokens or len(tokens) < 2:
+            return None
+        horizon = now - self.spec.length_s
+        store = self.stores["jti"].entities
+        sessions = []
+        for jti, seen in tokens.items():
+            token = store.get(jti)
+            if seen < horizon or token is None or token.client is None:
+                continue
+            networks = frozenset(prefix16(ip) for ip, at in token.ips.items() if at >= horizon)
+            sessions.append(Session(token.client, max(token.first_ts, horizon), token.last_ts, networks))
+        return sessions
 
     def _judge(self, entity_type: str, store: WindowStore, due: list[str], rows: list[list[float]]) -> list[Alert]:
         assert self.model is not None
@@ -262,8 +279,7 @@ class DetectionEngine:
                 # one odd request — a lazy client's expired token — is not an attack.
                 window.suspect_since = window.last_ts
                 continue
-            if rules and (severity is None or severity in ("low", "medium")):
-                severity = "high"
+            severity = rule_severity(rules, severity)
             now = window.last_ts
             finding = Finding(
                 entity_type=entity_type,

@@ -13,6 +13,7 @@ score vectors built from another list.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from functools import lru_cache
 
 from pipeline.features.baselines import Baselines
@@ -57,16 +58,17 @@ FEATURES: dict[str, tuple[str, ...]] = {
         "stale_rejections",
         "other_rejections",
         "burstiness",
+        "parallel_sessions",
     ),
     "ip": (
         "events",
         "distinct_subjects",
         "subjects_vs_own",
-        "distinct_user_agents",
-        "forged_rejections",
+        "user_agents_per_subject",
+        "forged_per_subject",
         "forged_share",
-        "stale_rejections",
-        "other_rejections",
+        "stale_per_subject",
+        "other_per_subject",
         "novel_ip",
         "burstiness",
     ),
@@ -89,16 +91,32 @@ DESCRIPTIONS: dict[str, str] = {
     "novel_prefix_share": "share of networks never seen for this subject",
     "novel_ua_share": "share of client software never seen for this subject",
     "forged_rejections": "forged or malformed tokens presented (log scale)",
+    "forged_per_subject": "forged or malformed tokens per user behind this IP (log scale)",
+    "user_agents_per_subject": "distinct user agents per user behind this IP",
+    "stale_per_subject": "expired, revoked or replayed tokens per user behind this IP (log scale)",
+    "other_per_subject": "other rejections per user behind this IP (log scale)",
     "forged_share": "share of requests with forged or malformed tokens",
     "stale_rejections": "expired, revoked or replayed tokens presented (log scale)",
     "other_rejections": "other rejections (log scale)",
     "token_age_fraction": "age of the token at use, as a share of its lifetime",
     "novel_ip": "IP never seen in the baseline",
     "burstiness": "busiest bucket against the average bucket",
+    "parallel_sessions": "tokens of one user client in use at the same time from different networks",
 }
 
 #: Features whose value is log1p of a count; reasons show the count itself.
-LOG_SCALED = frozenset({"events", "forged_rejections", "stale_rejections", "other_rejections", "prefix_switches"})
+LOG_SCALED = frozenset(
+    {
+        "events",
+        "forged_rejections",
+        "forged_per_subject",
+        "stale_per_subject",
+        "other_per_subject",
+        "stale_rejections",
+        "other_rejections",
+        "prefix_switches",
+    }
+)
 
 
 @lru_cache(maxsize=4096)
@@ -128,6 +146,45 @@ def _novel_share(observed: list[str], known: frozenset[str] | set[str] | None) -
     if not observed or known is None:
         return 0.0
     return sum(1 for value in observed if value not in known) / len(observed)
+
+
+#: Two tokens of one client count as parallel sessions only when each was still used this long after the
+#: other appeared — a page's in-flight calls that still carry the old token after a refresh do not count.
+PARALLEL_MIN_OVERLAP_S = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    """One token of a subject as the subject's window sees it: its client, use span and networks."""
+
+    client: str
+    first_ts: float
+    last_ts: float
+    networks: frozenset[str]
+
+
+def parallel_sessions(sessions: list[Session], sub: str) -> int:
+    """Tokens of one *user* client that were in use at the same time from disjoint networks.
+
+    One client of one user holds one session at a time: refreshing replaces the token, a phone that
+    changes networks keeps its token. Two live token chains of the same client from two networks is
+    what a stolen refresh token looks like (the attacker mints their own access tokens). Machine
+    tokens are left out: under RFC 9068 §2.2 a client-credentials token's ``sub`` is the client itself,
+    and service replicas legitimately hold one token each.
+    """
+    found: set[int] = set()
+    for i, a in enumerate(sessions):
+        if a.client == sub:
+            continue
+        for j in range(i + 1, len(sessions)):
+            b = sessions[j]
+            if (
+                b.client == a.client
+                and min(a.last_ts, b.last_ts) - max(a.first_ts, b.first_ts) >= PARALLEL_MIN_OVERLAP_S
+                and not (a.networks & b.networks)
+            ):
+                found.update((i, j))
+    return len(found)
 
 
 def window_summary(window: EntityWindow, spec: WindowSpec, now: float) -> tuple[list[int], float, float]:
@@ -167,7 +224,15 @@ def token_features(window: EntityWindow, spec: WindowSpec, now: float, baselines
     ]
 
 
-def subject_features(window: EntityWindow, spec: WindowSpec, now: float, baselines: Baselines, sub: str) -> list[float]:
+def subject_features(
+    window: EntityWindow,
+    spec: WindowSpec,
+    now: float,
+    baselines: Baselines,
+    sub: str,
+    sessions: list[Session] | None = None,
+) -> list[float]:
+    """``sessions``: the subject's tokens in the window (see :func:`parallel_sessions`)."""
     sums, burstiness, _ = window_summary(window, spec, now)
     horizon = now - spec.length_s
     ips = _distinct(window.ips, horizon)
@@ -186,23 +251,30 @@ def subject_features(window: EntityWindow, spec: WindowSpec, now: float, baselin
         math.log1p(sums[STALE]),
         math.log1p(sums[OTHER_REJECTED]),
         burstiness,
+        float(parallel_sessions(sessions, sub)) if sessions and len(sessions) > 1 else 0.0,
     ]
 
 
 def ip_features(window: EntityWindow, spec: WindowSpec, now: float, baselines: Baselines, ip: str) -> list[float]:
+    """Counts per user behind the address: an office NAT is many ordinary users, not one busy attacker.
+
+    Buggy apps behind a NAT ("Bearer undefined"), clock-skewed laptops and lazy clients add up with the
+    number of users; a prober's forged tokens carry no trusted subject, so for it these are plain counts.
+    """
     sums, burstiness, _ = window_summary(window, spec, now)
     horizon = now - spec.length_s
     subjects = len(_distinct(window.others, horizon))
+    users = max(subjects, 1)
     total = sums[TOTAL]
     return [
         math.log1p(total),
         float(subjects),
         subjects / usual if (usual := baselines.ip_subjects(ip)) else 1.0,
-        float(len(_distinct(window.uas, horizon))),
-        math.log1p(sums[FORGED]),
+        len(_distinct(window.uas, horizon)) / users,
+        math.log1p(sums[FORGED] / users),
         sums[FORGED] / total if total else 0.0,
-        math.log1p(sums[STALE]),
-        math.log1p(sums[OTHER_REJECTED]),
+        math.log1p(sums[STALE] / users),
+        math.log1p(sums[OTHER_REJECTED] / users),
         0.0 if baselines.knows_ip(ip) else 1.0,
         burstiness,
     ]

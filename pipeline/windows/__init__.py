@@ -50,6 +50,7 @@ class EntityWindow:
     """The sliding-window state of one entity."""
 
     __slots__ = (
+        "client",
         "counts",
         "dirty",
         "exp",
@@ -82,6 +83,7 @@ class EntityWindow:
         self.overflow = 0
         self.last_prefix = 0
         self.owner: str | None = None  # the subject of a token, the client of a subject
+        self.client: str | None = None  # the client a token was issued to (tokens only)
         self.iat = 0.0
         self.exp = 0.0
         self.max_age_s = 0.0
