@@ -709,6 +709,9 @@ def simulate_command(
     labels: Annotated[Path | None, typer.Option("--labels", help="Write the injected incidents here (JSONL).")] = None,
     baseline_only: Annotated[bool, typer.Option("--baseline-only", help="No attacks: training traffic.")] = False,
     users: Annotated[int | None, typer.Option(help="Browser users (default: the simulator's).")] = None,
+    mobile: Annotated[int | None, typer.Option(help="Mobile-app users (default: the simulator's).")] = None,
+    services: Annotated[int | None, typer.Option(help="Service accounts (default: the simulator's).")] = None,
+    offices: Annotated[int | None, typer.Option(help="Office NATs shared by users (default: the simulator's).")] = None,
 ) -> None:
     """Synthetic traffic — browsers, mobile apps, services, offices — with every threat injected and labelled."""
     from pipeline.simulate import SimulationParams, simulate
@@ -717,8 +720,8 @@ def simulate_command(
     params = SimulationParams(minutes=minutes, seed=seed)
     if baseline_only:
         params = dataclasses.replace(params, threats=())
-    if users is not None:
-        params = dataclasses.replace(params, browsers=users)
+    population = {"browsers": users, "mobile": mobile, "services": services, "offices": offices}
+    params = dataclasses.replace(params, **{k: v for k, v in population.items() if v is not None})
     with err.status("simulating…"):
         sim = simulate(params)
         write_events(sim, out)

@@ -5,6 +5,11 @@ feature row of every scoring. Rows from the first ``fit_share`` of the period tr
 Forest per entity type; the remaining rows are held out: each held-out entity's *highest* score is what
 the threshold is calibrated on, so ``target_alert_rate`` is a share of benign entities alerted, not of
 windows scored.
+
+The held-out period is scored twice: once as it followed the fit period (warm baselines) and once
+replayed on its own through a fresh engine (cold: every IP first seen, no subject history) — what a new
+deployment, or a pipeline restarted without its baselines, sees in its first minutes. An entity's
+highest score over both is what calibration uses, so the threshold holds on a cold start too.
 """
 
 from __future__ import annotations
@@ -71,6 +76,7 @@ def train_model(
     collected, baselines = collect_features(frame, spec, progress)
     t0, t1 = frame["ts"].iloc[0] / 1000.0, frame["ts"].iloc[-1] / 1000.0
     split = t0 + params.fit_share * (t1 - t0)
+    cold, _ = collect_features(frame[frame["ts"] >= split * 1000.0], spec)
     scorers: dict[str, EntityScorer] = {}
     rows_used: dict[str, dict[str, int]] = {}
     rng = np.random.default_rng(params.seed)
@@ -93,13 +99,16 @@ def train_model(
             random_state=params.seed,
         )
         scorer.fit(X_fit, calibration_entity_max=np.zeros(1))
-        held_scores = scorer.score(X[~fit_mask])
-        per_entity = pd.Series(held_scores).groupby(entities[~fit_mask]).max().to_numpy()
+        X_cold = np.asarray(cold.rows[entity_type], dtype=np.float64).reshape(-1, len(names))
+        held_scores = np.concatenate([scorer.score(X[~fit_mask]), scorer.score(X_cold)])
+        held_entities = np.concatenate([entities[~fit_mask], np.asarray(cold.entity[entity_type], dtype=object)])
+        per_entity = pd.Series(held_scores).groupby(held_entities).max().to_numpy()
         scorer.calibrate(per_entity)
         scorers[entity_type] = scorer
         rows_used[entity_type] = {
             "fit": len(X_fit),
             "held_out": int((~fit_mask).sum()),
+            "held_out_cold": len(X_cold),
             "entities": len(per_entity),
         }
     metadata = {
