@@ -6,12 +6,20 @@ command is run with --help: an option the CLI does not have fails this test.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import re
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import httpx
 import pytest
 import yaml
+
+from pipeline.validation.keystore import KeyStore
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
@@ -38,3 +46,69 @@ def test_service_commands_are_real_jwtwatch_commands(name: str) -> None:
     ).stdout
     for option in (w for w in command if w.startswith("--")):
         assert option in help_text, f"{name}: `jwtwatch {' '.join(words)}` has no option {option}"
+
+
+def _interpolate(value: str) -> str:
+    """Compose's ``${NAME:-default}``, with the defaults (what `docker compose up` uses with no .env)."""
+    return re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", value)
+
+
+@pytest.mark.kafka
+@pytest.mark.timeout(180)
+def test_the_three_services_start_as_compose_configures_them(kafka_bootstrap: str, tmp_path: Path) -> None:
+    """Each service's command and environment from docker-compose.yml, with the container's paths mapped to
+    temporary directories and its ports to free loopback ports, against the real test broker: the validator
+    and the alerts service report ready, and the pipeline keeps running. A missing option (such as the
+    revocation feed's key store, which every process needs with Kafka) fails here."""
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    (secrets / "admin-token").write_text("compose-test-admin-token-0123456789\n")
+    KeyStore.init(secrets / "keys", alg="ES256", issuer="https://issuer.example")
+    KeyStore.init(secrets / "revocation-keys", alg="ES256", issuer="urn:jwtwatch")
+    ports = {"8080": str(_free_port()), "8081": str(_free_port())}
+
+    def host_path(value: str, service: str) -> str:
+        value = _interpolate(value)
+        value = value.replace("/run/secrets/admin-token", str(secrets / "admin-token"))
+        value = value.replace("/revocation-keys", str(secrets / "revocation-keys"))
+        value = value.replace("/keys/", f"{secrets / 'keys'}/")
+        if value == "/data":
+            return str(tmp_path / f"{service}-data")
+        return ports.get(value, "127.0.0.1" if value == "0.0.0.0" else value)
+
+    processes: dict[str, subprocess.Popen[bytes]] = {}
+    try:
+        for name in ("validator", "pipeline", "alerts"):
+            service = COMPOSE["services"][name]
+            env = {**os.environ, **{k: host_path(str(v), name) for k, v in service["environment"].items()}}
+            env["JWTWATCH_KAFKA"] = kafka_bootstrap
+            command = [host_path(word, name) for word in service["command"]]
+            log = (tmp_path / f"{name}.log").open("wb")
+            processes[name] = subprocess.Popen([sys.executable, "-m", "pipeline.cli", *command], env=env,
+                                               stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+        deadline = time.monotonic() + 120
+        ready = {"validator": False, "alerts": False}
+        while not all(ready.values()) and time.monotonic() < deadline:
+            for name, process in processes.items():
+                assert process.poll() is None, f"{name} exited: {(tmp_path / f'{name}.log').read_text()[-2000:]}"
+            for name, port in (("validator", ports["8080"]), ("alerts", ports["8081"])):
+                with contextlib.suppress(httpx.HTTPError):
+                    ready[name] = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200
+            time.sleep(0.5)
+        assert all(ready.values()), ready
+        time.sleep(2)
+        assert processes["pipeline"].poll() is None, (tmp_path / "pipeline.log").read_text()[-2000:]
+    finally:
+        for process in processes.values():
+            process.terminate()
+        for process in processes.values():
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
