@@ -80,7 +80,7 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
     if value is None:
         return None
     text = value.strip()
-    if text.isdigit():
+    if text.isascii() and text.isdigit():  # isdigit() alone admits '²', which float() refuses
         return min(float(text), MAX_RETRY_AFTER_S)
     try:
         moment = parsedate_to_datetime(text)
