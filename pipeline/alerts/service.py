@@ -28,12 +28,13 @@ import logging
 import os
 import random
 import secrets
+import socket
 import sqlite3
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,11 +67,26 @@ from pipeline.events import SEVERITIES, Alert, Revocation, format_ts, parse_ts
 log = logging.getLogger(__name__)
 
 DB_NAME = "alerts.sqlite"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: deliveries.claimed_by
 _RANK = {name: rank for rank, name in enumerate(SEVERITIES)}
 DELIVERY_STATUSES: tuple[str, ...] = ("pending", "delivered", "failed", "disabled")
 #: A claimed delivery is not claimed again for this long (covers the attempt, even if the process dies in it).
+#: A restarted service does not wait for it: claims of a process on this host that no longer runs are released
+#: at start (see ``_release_dead_claims``).
 CLAIM_LEASE_S = 300.0
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists, under another user
+    return True
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS subscriptions (
@@ -244,11 +260,48 @@ class AlertsService:
         self._db.execute("PRAGMA busy_timeout=10000")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(_SCHEMA)
+        self._migrate()
         self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        # Who holds a claim: this host and process. The file is local (SQLite), so every process that can
+        # claim is on this host and its liveness can be checked.
+        self._claimer = f"{socket.gethostname()}:{os.getpid()}"
+        self._release_dead_claims()
         self.registry = CollectorRegistry()
         self.metrics = AlertsMetrics(self.registry, self._pending_for_metrics)
 
     # ------------------------------------------------------------------------------------ plumbing
+
+    def _migrate(self) -> None:
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(deliveries)")}
+        if "claimed_by" not in columns:
+            self._db.execute("ALTER TABLE deliveries ADD COLUMN claimed_by TEXT")
+
+    def _release_dead_claims(self) -> int:
+        """Make deliveries claimed by a process of this host that has died due now, not after the lease.
+
+        A process killed in the middle of an attempt leaves its claims behind; waiting out the lease would
+        hold those alerts back for minutes after a restart. A claimer that still runs (or a PID reused by
+        another process, which looks alive) keeps its lease: at worst that delivery waits for the lease.
+        """
+        host = socket.gethostname()
+        now = self.clock()
+        released = 0
+        with self._tx() as db:
+            claimers = db.execute(
+                "SELECT DISTINCT claimed_by FROM deliveries WHERE status = 'pending' AND claimed_by IS NOT NULL"
+            ).fetchall()
+            for (claimer,) in claimers:
+                claimer_host, _, pid = str(claimer).rpartition(":")
+                if claimer_host != host or not pid.isdigit() or _process_alive(int(pid)):
+                    continue
+                released += db.execute(
+                    "UPDATE deliveries SET next_attempt_at = ?, claimed_by = NULL"
+                    " WHERE status = 'pending' AND claimed_by = ? AND next_attempt_at > ?",
+                    (now, claimer, now),
+                ).rowcount
+        if released:
+            log.warning("released %d webhook deliveries claimed by a process that is gone", released)
+        return released
 
     @contextlib.contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -469,18 +522,26 @@ class AlertsService:
     # ------------------------------------------------------------------------------------ delivering
 
     def deliver_due(self, limit: int = 100) -> int:
-        """Attempt every delivery that is due (at most ``limit``) once; returns the attempts made."""
+        """Attempt every delivery that is due (at most ``limit``) once; returns the attempts made.
+
+        Each attempt is recorded as soon as it ends, not when the whole batch has: a process killed in the
+        middle of a batch repeats only the attempts that were in flight (at most ``concurrency``).
+        """
         jobs = self._claim(limit)
         if not jobs:
             return 0
+        # Jitter drawn in claim order, so that a seeded service gives the same schedule whatever order the
+        # attempts finish in.
+        rngs = [random.Random(self.rng.getrandbits(64)) for _ in jobs]  # noqa: S311 - jitter, not security
         if len(jobs) == 1 or self.concurrency == 1:
-            results = [self._attempt(job) for job in jobs]
-        else:
-            with ThreadPoolExecutor(max_workers=min(self.concurrency, len(jobs)), thread_name_prefix="webhook") as pool:
-                results = list(pool.map(self._attempt, jobs))
-        # Recorded in claim order, so that a seeded jitter gives the same schedule every run.
-        for job, (started, result) in zip(jobs, results, strict=True):
-            self._record(job, started, result)
+            for job, rng in zip(jobs, rngs, strict=True):
+                self._record(job, *self._attempt(job), rng)
+            return len(jobs)
+        with ThreadPoolExecutor(max_workers=min(self.concurrency, len(jobs)), thread_name_prefix="webhook") as pool:
+            attempts = {pool.submit(self._attempt, job): (job, rng) for job, rng in zip(jobs, rngs, strict=True)}
+            for done in as_completed(attempts):
+                job, rng = attempts[done]
+                self._record(job, *done.result(), rng)
         return len(jobs)
 
     def _claim(self, limit: int) -> list[_Job]:
@@ -494,7 +555,8 @@ class AlertsService:
                 (now, max(0, int(limit))),
             ).fetchall()
             db.executemany(
-                "UPDATE deliveries SET next_attempt_at = ? WHERE id = ?", [(now + CLAIM_LEASE_S, r[0]) for r in rows]
+                "UPDATE deliveries SET next_attempt_at = ?, claimed_by = ? WHERE id = ?",
+                [(now + CLAIM_LEASE_S, self._claimer, r[0]) for r in rows],
             )
         return [_Job(*row) for row in rows]
 
@@ -513,7 +575,7 @@ class AlertsService:
             log.exception("webhook %s: delivery %s failed unexpectedly", job.webhook_id, job.delivery_id)
             return started, AttemptResult(None, f"{type(exc).__name__}: {exc}"[:300], time.perf_counter() - began)
 
-    def _record(self, job: _Job, started: float, result: AttemptResult) -> None:
+    def _record(self, job: _Job, started: float, result: AttemptResult, rng: random.Random) -> None:
         now = self.clock()
         code = result.status_code
         first = job.first_attempt_at if job.first_attempt_at is not None else started
@@ -533,7 +595,7 @@ class AlertsService:
                 if next_at > deadline:
                     outcome = "failed"  # the receiver asks for more time than the retry window has left
             else:
-                next_at = min(now + self.retry.backoff(job.retries + 1, self.rng), deadline)
+                next_at = min(now + self.retry.backoff(job.retries + 1, rng), deadline)
         error = result.error
         if error is None and outcome != "delivered" and code is not None:
             error = f"HTTP {code}"
@@ -548,7 +610,7 @@ class AlertsService:
             if outcome == "delivered" or still_pending:
                 status = "pending" if outcome == "retry" else outcome
                 db.execute(
-                    "UPDATE deliveries SET status = ?, next_attempt_at = ?, retries = retries + ?,"
+                    "UPDATE deliveries SET status = ?, next_attempt_at = ?, retries = retries + ?, claimed_by = NULL,"
                     " attempt_count = attempt_count + 1, first_attempt_at = ?, updated_at = ?,"
                     " last_status_code = ?, last_error = ? WHERE id = ?",
                     (status, next_at, 0 if outcome == "delivered" else 1, first, now, code, error, job.delivery_id),

@@ -16,6 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.validation.client_ip import client_ip
+from pipeline.validation.revocations import RevocationStoreError
 from pipeline.validation.service import RequestContext, ValidatorService
 from pipeline.web import SecurityHeadersMiddleware, admin_token_matches, bearer_token, read_capped
 
@@ -199,6 +200,11 @@ def create_validator_app(service: ValidatorService) -> FastAPI:
     app = FastAPI(title="jwtwatch validator", version="1", docs_url=None, redoc_url=None)
     app.include_router(validator_router(service))
     metrics_route(app, service.registry)
+
+    @app.exception_handler(RevocationStoreError)
+    async def store_unavailable(request: Request, exc: RevocationStoreError) -> JSONResponse:
+        # Not stored means not in force: tell the caller to retry (disk full, read-only data dir).
+        return JSONResponse({"error": "revocation_store_unavailable", "detail": str(exc)}, status_code=503)
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception) -> JSONResponse:  # pragma: no cover - last resort

@@ -120,6 +120,10 @@ CREATE INDEX IF NOT EXISTS revocations_expiry ON revocations(expires_at);
 """
 
 
+class RevocationStoreError(RuntimeError):
+    """A revocation could not be stored (disk full, read-only or broken storage): it is not in force."""
+
+
 class RevocationStore:
     """SQLite-backed revocations feeding a :class:`RevocationIndex`. Thread-safe."""
 
@@ -187,10 +191,17 @@ class RevocationStore:
             ).fetchone()
             if row is not None:
                 return replace(record, version=row[0])
-            cursor = self._db.execute(
-                "INSERT INTO revocations (revocation_id, expires_at, record) VALUES (?, ?, ?)",
-                (record.revocation_id, expires, replace(record, version=None).to_json()),
-            )
+            try:
+                cursor = self._db.execute(
+                    "INSERT INTO revocations (revocation_id, expires_at, record) VALUES (?, ?, ?)",
+                    (record.revocation_id, expires, replace(record, version=None).to_json()),
+                )
+            except sqlite3.Error as exc:
+                # Enforced only once durable: a revocation that a restart would forget is not applied at all,
+                # and the caller (an admin, the feed follower) learns it must try again.
+                raise RevocationStoreError(
+                    f"cannot store revocation {record.revocation_id} in {self.path}: {exc}"
+                ) from exc
             stored = replace(record, version=cursor.lastrowid)
             self.index.apply(stored)
             return stored
