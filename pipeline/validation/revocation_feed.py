@@ -116,6 +116,8 @@ class FeedVerifier:
             event = claims["events"][SESSION_REVOKED]
             subject = event["subject"]
             version = claims["jwtwatch_version"]
+            if not isinstance(subject, dict):  # a string subject would crash the follower at .get below
+                raise TypeError(f"subject must be an object, not {type(subject).__name__}")
         except (KeyError, TypeError, RecordError) as exc:
             raise FeedError(f"malformed revocation event: {exc}") from None
         expected = record.value if record.kind == "jti" else None
