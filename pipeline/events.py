@@ -107,6 +107,10 @@ def ts_to_epoch_ms(text: str) -> int:
     return (parse_ts(text) - _EPOCH) // timedelta(milliseconds=1)
 
 
+#: ``YYYY-MM-DDTHH:MM:SS`` in ASCII digits — the whole-second part of the canonical wire form.
+_SECOND = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d", re.ASCII)
+
+
 # ------------------------------------------------------------------------------------ field checks
 
 Check = Callable[[str, str, object], object]
@@ -164,6 +168,46 @@ def _opt_ts(record: str, name: str, value: object) -> str | None:
     return None if value is None else _ts(record, name, value)
 
 
+def event_time_ms(value: object) -> int | None:
+    """Epoch milliseconds of a token-usage ``ts``, or None exactly where :func:`_ts` refuses the value.
+
+    The streaming runner calls this once per event, so the canonical form ``format_ts`` writes
+    (``2026-11-28T12:34:56.789Z``) takes a shortcut: its whole-second part is parsed and range-checked
+    once per second of event time (memoised), and the milliseconds are added. Every other form goes
+    through the very checks of ``_ts``.
+    """
+    if type(value) is not str:  # orjson gives exact types; _ts refuses anything but a str
+        return None
+    if len(value) == 24 and value[19] == "." and value[23] == "Z" and value.isascii() and value[20:23].isdigit():
+        second_ms = second_start_ms(value[:19])
+        if second_ms is not None:
+            return second_ms + int(value[20:23])
+    return _general_time_ms(value)
+
+
+@lru_cache(maxsize=1 << 14)
+def second_start_ms(prefix: str) -> int | None:
+    """``prefix + ".000Z"`` in epoch ms if ``prefix`` is ``YYYY-MM-DDTHH:MM:SS``, a valid time in range, else None.
+
+    Range bounds are whole seconds, so adding .000 to .999 to a second inside the range stays inside it.
+    """
+    if not _SECOND.fullmatch(prefix):
+        return None
+    return _general_time_ms(prefix + ".000Z")
+
+
+def _general_time_ms(text: str) -> int | None:
+    if len(text) > MAX_STRING:
+        return None
+    try:
+        moment = parse_ts(text)
+    except ValueError:
+        return None
+    if not EARLIEST_TS <= moment < LATEST_TS:
+        return None
+    return (moment - _EPOCH) // timedelta(milliseconds=1)
+
+
 #: The canonical 8-4-4-4-12 hex form (also what the vectorised file reader checks).
 UUID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
 _UUID = re.compile(UUID_PATTERN)
@@ -177,7 +221,8 @@ def _uuid(record: str, name: str, value: object) -> str:
 
 
 @lru_cache(maxsize=1 << 16)
-def _is_ip(text: str) -> bool:
+def is_ip(text: str) -> bool:
+    """Whether ``text`` is an IPv4 or IPv6 address (memoised: addresses repeat)."""
     try:
         ipaddress.ip_address(text)
     except ValueError:
@@ -187,7 +232,7 @@ def _is_ip(text: str) -> bool:
 
 def _ip(record: str, name: str, value: object) -> str:
     text = _str(record, name, value)
-    if not _is_ip(text):  # addresses repeat: checked once each
+    if not is_ip(text):  # addresses repeat: checked once each
         raise _fail(record, name, value, "not an IP address")
     return text
 

@@ -2,14 +2,33 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import re
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter
+from typing import Any
 
+import numpy as np
+import orjson
 import pandas as pd
 
-from pipeline.events import TokenUsage, ts_to_epoch_ms
+from pipeline.events import (
+    MAX_STRING,
+    OUTCOMES,
+    REASON_SET,
+    TOKEN_USAGE_SCHEMA,
+    UUID_PATTERN,
+    TokenUsage,
+    event_time_ms,
+    is_ip,
+    second_start_ms,
+    ts_to_epoch_ms,
+)
 
 COLUMNS = ("ts", "jti", "sub", "client_id", "ip", "user_agent", "reason", "iat", "exp")
+
+#: One event as the engine reads it: the values of ``COLUMNS`` in that order (``ts`` in epoch seconds).
+Row = tuple[float, str | None, str | None, str | None, str, str | None, str | None, int | None, int | None]
 
 
 @dataclass
@@ -40,6 +59,12 @@ class EventBatch:
         self.reason.append(event.reason)
         self.iat.append(event.iat)
         self.exp.append(event.exp)
+
+    @classmethod
+    def from_rows(cls, rows: Sequence[Row]) -> EventBatch:
+        if not rows:
+            return cls()
+        return cls(*map(list, zip(*rows, strict=True)))
 
     @classmethod
     def from_records(cls, records: Iterable[TokenUsage]) -> EventBatch:
@@ -97,3 +122,167 @@ def micro_batches(batch: EventBatch, max_events: int = 4096, max_span_s: float =
             stop = lo
         yield batch.slice(start, stop)
         start = stop
+
+
+# ------------------------------------------------------------------------------ decoding from the bus
+#
+# The streaming runner decodes a whole poll at once and never builds a ``TokenUsage``: each message goes
+# straight from orjson to a tuple of its fields (``itemgetter``), and every rule of ``TokenUsage.from_json``
+# is checked once per poll on the columns, in C where possible — the set of type signatures, the set of
+# (outcome, reason) pairs, the distinct IPs, event ids and timestamps as byte grids in numpy. Only a poll
+# that fails a column check is checked row by row, to find the culprits. A message the decoder refuses is
+# parsed again by ``from_json``, whose error names the field; the decoder accepts exactly what
+# ``from_json`` accepts (tests/test_runner_decode.py checks them side by side on hostile records).
+
+#: The fields of token-usage/1 in the order the decoder reads them.
+_FIELDS = ("schema", "event_id", "ts", "ip", "outcome", "reason", "jti", "sub", "iss", "aud", "client_id",
+           "user_agent", "service", "method", "path", "iat", "exp")  # fmt: skip
+_SCHEMA, _EVENT_ID, _TS, _IP, _OUTCOME, _REASON, _JTI, _SUB = range(8)
+_CLIENT_ID, _USER_AGENT, _IAT, _EXP = (_FIELDS.index(name) for name in ("client_id", "user_agent", "iat", "exp"))
+_GET_FIELDS = itemgetter(*_FIELDS)
+_NONE = type(None)
+#: Allowed types per field (after ``schema``), in ``_FIELDS`` order: a type signature is a tuple of types.
+_TYPES = ({str},) * 4 + ({str, _NONE},) * 10 + ({int, _NONE},) * 2  # exact int: a JSON true is a bool
+#: (outcome, reason): accepted events have no reason, rejected ones a known one (TokenUsage.__post_init__).
+_OUTCOME_REASON = frozenset({("accepted", None), *(("rejected", reason) for reason in REASON_SET)})
+assert set(OUTCOMES) == {"accepted", "rejected"}
+
+_UUID = re.compile(UUID_PATTERN)
+_UUID_DASHES = np.array([8, 13, 18, 23])
+_UUID_HEX = np.setdiff1d(np.arange(36), _UUID_DASHES)
+_IS_HEX = np.zeros(256, dtype=bool)
+_IS_HEX[[ord(c) for c in "0123456789abcdefABCDEF"]] = True
+# The canonical timestamp (format_ts): YYYY-MM-DDTHH:MM:SS.mmmZ.
+_TS_SEPARATORS = {4: "-", 7: "-", 10: "T", 13: ":", 16: ":", 19: ".", 23: "Z"}
+_TS_SEP_AT = np.array(list(_TS_SEPARATORS))
+_TS_SEP = np.frombuffer("".join(_TS_SEPARATORS.values()).encode(), dtype=np.uint8)
+_TS_DIGITS = np.array([i for i in range(24) if i not in _TS_SEPARATORS])
+_TS_SECOND_DIGITS = _TS_DIGITS[:-3]  # YYYYMMDDhhmmss
+_TS_MS_DIGITS = np.array([20, 21, 22])
+_POWERS = 10 ** np.arange(len(_TS_SECOND_DIGITS) - 1, -1, -1, dtype=np.int64)
+
+
+def decode_rows(values: Sequence[bytes]) -> list[Row | None]:
+    """Decode token-usage/1 messages into engine rows; ``None`` where ``TokenUsage.from_json`` would fail."""
+    if not values:
+        return []
+    fields = _field_tuples(values)
+    columns = list(zip(*fields, strict=True))
+    # A JSON string takes at least one byte per character: no string is too long in a short message.
+    if not (_columns_valid(columns) and max(map(len, values)) <= MAX_STRING):
+        bad = {i for i, row in enumerate(fields) if not _fields_valid(row, len(values[i]))}
+    else:
+        bad = set()
+    times = _event_times_ms(columns[_TS])
+    seconds = [ms / 1000.0 if ms is not None else 0.0 for ms in times]
+    if None in times:
+        bad.update(i for i, ms in enumerate(times) if ms is None)
+    rows: list[Row | None] = list(
+        zip(seconds, columns[_JTI], columns[_SUB], columns[_CLIENT_ID], columns[_IP], columns[_USER_AGENT],
+            columns[_REASON], columns[_IAT], columns[_EXP], strict=True)
+    )  # fmt: skip
+    for i in bad:
+        rows[i] = None
+    return rows
+
+
+def _field_tuples(values: Sequence[bytes]) -> list[tuple[Any, ...]]:
+    """Each message's fields in ``_FIELDS`` order; a missing field reads as null (as in ``from_json``,
+    where a missing optional field is null and a missing required one is refused anyway)."""
+    try:
+        # All in C: each dict is dropped as soon as its fields are taken.
+        return list(map(_GET_FIELDS, map(orjson.loads, values)))
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return [_fields_of(value) for value in values]
+
+
+_NOT_A_RECORD = (None,) * len(_FIELDS)  # schema None: refused
+
+
+def _fields_of(value: bytes) -> tuple[Any, ...]:
+    try:
+        data = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return _NOT_A_RECORD
+    if type(data) is not dict:
+        return _NOT_A_RECORD
+    return tuple(data.get(name) for name in _FIELDS)
+
+
+def _columns_valid(columns: list[tuple[Any, ...]]) -> bool:
+    """Every rule but the timestamp's, on whole columns. False means: look row by row."""
+    schema, event_id, ip, outcome, reason = (columns[i] for i in (_SCHEMA, _EVENT_ID, _IP, _OUTCOME, _REASON))
+    if schema.count(TOKEN_USAGE_SCHEMA) != len(schema):
+        return False
+    signatures = set(zip(*(map(type, column) for column in columns[1:]), strict=True))
+    if not all(map(_signature_valid, signatures)):
+        return False
+    # Only str and None from here on: every value is hashable.
+    if not set(zip(outcome, reason, strict=True)) <= _OUTCOME_REASON:
+        return False
+    return all(map(is_ip, set(ip))) and _uuids_valid(event_id)
+
+
+def _signature_valid(signature: tuple[type, ...]) -> bool:
+    return all(kind in allowed for kind, allowed in zip(signature, _TYPES, strict=True))
+
+
+def _ascii_grid(column: Sequence[str], width: int) -> np.ndarray | None:
+    """The column as an (n, width) byte array, if every value is an ASCII str of ``width`` characters."""
+    if set(map(type, column)) != {str} or set(map(len, column)) != {width}:
+        return None
+    joined = "".join(column)
+    if not joined.isascii():
+        return None
+    return np.frombuffer(joined.encode("ascii"), dtype=np.uint8).reshape(len(column), width)
+
+
+def _uuids_valid(column: Sequence[str]) -> bool:
+    grid = _ascii_grid(column, 36)
+    if grid is None:
+        return all(_UUID.fullmatch(value) for value in column)
+    return bool((grid[:, _UUID_DASHES] == ord("-")).all() and _IS_HEX[grid[:, _UUID_HEX]].all())
+
+
+def _event_times_ms(column: Sequence[Any]) -> list[int | None]:
+    """Epoch ms per timestamp, None where ``from_json`` refuses it.
+
+    Canonical timestamps are read as a byte grid; each distinct second is parsed and range-checked once
+    (``event_time_ms``'s memo). Any other form goes through ``event_time_ms`` one by one.
+    """
+    grid = _ascii_grid(column, 24)
+    if grid is None or not ((grid[:, _TS_SEP_AT] == _TS_SEP).all() and _all_digits(grid[:, _TS_DIGITS])):
+        return list(map(event_time_ms, column))
+    digits = grid.astype(np.int64) - 48
+    second_keys = digits[:, _TS_SECOND_DIGITS] @ _POWERS
+    _, first, inverse = np.unique(second_keys, return_index=True, return_inverse=True)
+    starts = [second_start_ms(column[i][:19]) for i in first.tolist()]
+    if None in starts:
+        return list(map(event_time_ms, column))  # a non-existent date somewhere: let the slow path sort it out
+    ms = np.asarray(starts, dtype=np.int64)[inverse] + digits[:, _TS_MS_DIGITS] @ np.array([100, 10, 1])
+    return ms.tolist()
+
+
+def _all_digits(grid: np.ndarray) -> bool:
+    return bool(((grid - np.uint8(48)) <= 9).all())  # uint8 wraps: bytes below "0" become large
+
+
+def _fields_valid(row: tuple[Any, ...], size: int) -> bool:
+    """Every rule but the timestamp's, for one message (``size``: its length in bytes)."""
+    if row[_SCHEMA] != TOKEN_USAGE_SCHEMA:
+        return False
+    if not _signature_valid(tuple(map(type, row[1:]))):
+        return False
+    if size > MAX_STRING and any(type(v) is str and len(v) > MAX_STRING for v in row):
+        return False
+    return (
+        (row[_OUTCOME], row[_REASON]) in _OUTCOME_REASON
+        and is_ip(row[_IP])
+        and _UUID.fullmatch(row[_EVENT_ID]) is not None
+    )
+
+
+def row_of(event: TokenUsage) -> Row:
+    """The engine row of a parsed record."""
+    return (ts_to_epoch_ms(event.ts) / 1000.0, event.jti, event.sub, event.client_id, event.ip, event.user_agent,
+            event.reason, event.iat, event.exp)  # fmt: skip

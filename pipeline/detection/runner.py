@@ -15,15 +15,14 @@ import logging
 import os
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
-from pipeline.bus import ALERTS, TOKEN_USAGE, Bus
+from pipeline.bus import ALERTS, TOKEN_USAGE, Bus, MessageRun
 from pipeline.bus.dead_letter import dead_letter
-from pipeline.detection.batch import EventBatch
+from pipeline.detection.batch import EventBatch, Row, decode_rows, row_of
 from pipeline.detection.engine import DetectionEngine
-from pipeline.events import Alert, RecordError, TokenUsage, ts_to_epoch_ms
+from pipeline.events import Alert, RecordError, TokenUsage
 from pipeline.features.baselines import Baselines
 from pipeline.scoring.model import DetectionModel
 
@@ -60,8 +59,10 @@ class StreamingRunner:
         self.dead_letters = 0
         self.published = 0
         self._rebuild_until: dict[tuple[str, int], int] = {}
-        self._buffers: dict[tuple[str, int], deque[tuple[int, int, bool, TokenUsage]]] = {}
-        self._skipped: dict[tuple[str, int], int] = {}  # offsets past dead-lettered messages
+        self._buffers: dict[tuple[str, int], _Pending] = {}
+        # Per partition: the offset after the last message taken from a poll, and the last commit made.
+        self._handled: dict[tuple[str, int], int] = {}
+        self._committed: dict[tuple[str, int], int] = {}
         self._last_save = time.monotonic()
         self._stop = threading.Event()
         self._rebuild()
@@ -112,32 +113,61 @@ class StreamingRunner:
 
     def step(self) -> int:
         """One poll → release in event-time order → process → publish → commit. Returns messages polled."""
-        messages = self.consumer.poll(self.max_batch, self.poll_timeout_s)
-        for message in messages:
-            try:
-                event = TokenUsage.from_json(message.value)
-            except RecordError as exc:
-                if self._rebuild_until.get((message.topic, message.partition), -1) <= message.offset:
-                    dead_letter(self.bus, message, str(exc), consumer=self.group)
-                    self.dead_letters += 1
-                self._skipped[(message.topic, message.partition)] = message.offset + 1
-                continue
-            tp = (message.topic, message.partition)
-            until = self._rebuild_until.get(tp)
-            replay = until is not None and message.offset < until
-            self._buffers.setdefault(tp, deque()).append((ts_to_epoch_ms(event.ts), message.offset, replay, event))
-        if not messages and not any(self._buffers.values()):
+        runs = self.consumer.poll_runs(self.max_batch, self.poll_timeout_s)
+        if runs:
+            polled = self._take(runs)
+        elif not any(self._buffers.values()):
             # The bus is quiet: score what the current tick has touched rather than wait for the next
             # event to close it (live latency; a replay never gets here mid-stream).
             self._publish(self.engine.flush())
-            if self._skipped:
-                self.consumer.commit(dict(self._skipped))
-                self._skipped.clear()
+            self._commit()
             return 0
-        self._release(self._frontier(quiet=not messages))
+        else:
+            polled = 0
+        self._release(self._frontier(quiet=not runs))
         if time.monotonic() - self._last_save > self.save_every_s:
             self.save_baselines()
-        return len(messages)
+        return polled
+
+    def _take(self, runs: list[MessageRun]) -> int:
+        """Decode a whole poll at once (no object per message) into the partitions' buffers."""
+        rows = decode_rows([value for run in runs for value in run.values])
+        start = 0
+        for run in runs:
+            tp = (run.topic, run.partition)
+            pending = self._buffers.get(tp)
+            if pending is None:
+                pending = self._buffers[tp] = _Pending()
+            stop = start + len(run.values)
+            taken = rows[start:stop]
+            if None in taken:
+                keep = [i for i, row in enumerate(taken) if row is not None or self._refused(run, i, taken)]
+                taken, offsets = [taken[i] for i in keep], [run.offsets[i] for i in keep]
+            else:
+                offsets = run.offsets
+            pending.rows.extend(taken)  # type: ignore[arg-type]
+            pending.offsets.extend(offsets)
+            self._handled[tp] = run.offsets[-1] + 1
+            start = stop
+        return start
+
+    def _refused(self, run: MessageRun, index: int, rows: list[Row | None]) -> bool:
+        """A message the fast decoder refused: ``from_json`` gives the exact error for the dead letter.
+
+        Returns whether to keep the row after all (set in ``rows``): only if ``from_json`` accepts it.
+        """
+        try:
+            event = TokenUsage.from_json(run.values[index])
+        except RecordError as exc:
+            offset = run.offsets[index]
+            if self._rebuild_until.get((run.topic, run.partition), -1) <= offset:
+                dead_letter(self.bus, run.message(index), str(exc), consumer=self.group)
+                self.dead_letters += 1
+            return False
+        log.warning("fast decoder refused a message from_json accepts (%s[%d]@%d)", run.topic, run.partition,
+                    run.offsets[index])  # fmt: skip
+        rows[index] = row_of(event)
+        return True
 
     def _frontier(self, quiet: bool) -> float:
         """Events up to this time may be processed: every partition still behind has passed it.
@@ -151,7 +181,7 @@ class StreamingRunner:
             return float("inf")
         positions, ends = self.consumer.positions(), self.consumer.end_offsets()
         lagging = {tp for tp, end in ends.items() if positions.get(tp, end) < end}
-        fronts = [buf[-1][0] for tp, buf in buffered.items() if tp in lagging]
+        fronts = [buf.rows[-1][0] for tp, buf in buffered.items() if tp in lagging]
         fronts += [float("-inf") for tp in lagging if tp not in buffered]
         return min(fronts) if fronts else float("inf")
 
@@ -162,31 +192,56 @@ class StreamingRunner:
         return any(positions.get(tp, 0) < ends.get(tp, 0) for tp in partitions)
 
     def _release(self, frontier: float) -> None:
-        ready: list[tuple[int, int, bool, TokenUsage, tuple[str, int]]] = []
-        for tp, buf in self._buffers.items():
-            while buf and buf[0][0] <= frontier:
-                ts_ms, offset, replay, event = buf.popleft()
-                ready.append((ts_ms, offset, replay, event, tp))
-        if not ready:
-            return
-        ready.sort(key=lambda item: item[0])
-        offsets: dict[tuple[str, int], int] = dict(self._skipped)
-        self._skipped.clear()
-        for replay, run in itertools.groupby(ready, key=lambda item: item[2]):
-            items = list(run)
-            batch = EventBatch()
-            for item in items:
-                batch.append(item[3], item[0] / 1000.0)
+        """Process every buffered event up to ``frontier`` as one batch, in event-time order; commit."""
+        ready: list[Row] = []
+        replayed: list[bool] = []  # per row of ready, only while a rebuild is under way
+        for tp, pending in self._buffers.items():
+            rows, offsets = pending.take(frontier)
+            if not rows:
+                continue
+            until = self._rebuild_until.get(tp, -1)
+            if offsets[0] < until or replayed:
+                replayed.extend([False] * (len(ready) - len(replayed)))
+                replayed.extend(offset < until for offset in offsets)
+            ready.extend(rows)
+        if ready:
+            if replayed:
+                replayed.extend([False] * (len(ready) - len(replayed)))
+                self._process_rebuilding(ready, replayed)
+            else:
+                ready.sort(key=_event_time)  # stable: a partition's events keep their order within a ms
+                self._publish(self.engine.process(EventBatch.from_rows(ready)))
+        self._commit()
+
+    def _process_rebuilding(self, ready: list[Row], replayed: list[bool]) -> None:
+        order = sorted(range(len(ready)), key=lambda i: ready[i][0])
+        for replay, run in itertools.groupby(order, key=replayed.__getitem__):
+            batch = EventBatch.from_rows([ready[i] for i in run])
             if replay:
                 # Refill windows and open episodes; their alerts were published before the restart.
                 self.engine.process(batch)
                 self.engine.flush()
             else:
                 self._publish(self.engine.process(batch))
-            for _, offset, _, _, tp in items:
-                offsets[tp] = max(offsets.get(tp, 0), offset + 1)
+
+    def _commit(self) -> None:
+        """Commit, per partition, up to its first event still held back (else past everything handled).
+
+        Alerts and dead letters are flushed to the bus first: a committed message's effects are durable.
+        """
+        offsets = {}
+        for tp, handled in self._handled.items():
+            pending = self._buffers.get(tp)
+            offset = pending.offsets[0] if pending else handled
+            # While rebuilding, never commit below what was committed before the restart.
+            offset = max(offset, self._rebuild_until.get(tp, 0))
+            if self._committed.get(tp) != offset:
+                offsets[tp] = offset
+        if not offsets:
+            return
         self.bus.flush()
         self.consumer.commit(offsets)
+        self._committed.update(offsets)
 
     def _publish(self, alerts: list[Alert]) -> None:
         for alert in alerts:
@@ -210,3 +265,32 @@ class StreamingRunner:
     def close(self) -> None:
         self.stop()
         self.consumer.close()
+
+
+def _event_time(row: Row) -> float:
+    return row[0]
+
+
+class _Pending:
+    """One partition's decoded events not yet processed, in offset order."""
+
+    __slots__ = ("offsets", "rows")
+
+    def __init__(self) -> None:
+        self.rows: list[Row] = []
+        self.offsets: list[int] = []
+
+    def __bool__(self) -> bool:
+        return bool(self.rows)
+
+    def take(self, frontier: float) -> tuple[list[Row], list[int]]:
+        """The leading events at or before ``frontier`` (a partition is released in offset order)."""
+        rows = self.rows
+        if not rows or rows[0][0] > frontier:
+            return [], []
+        count = len(rows)
+        if rows[-1][0] > frontier:
+            count = next(i for i, row in enumerate(rows) if row[0] > frontier)
+        taken, offsets = rows[:count], self.offsets[:count]
+        del rows[:count], self.offsets[:count]
+        return taken, offsets
