@@ -14,7 +14,7 @@ deterministic ``alert_id``).
 
 from __future__ import annotations
 
-from pipeline.bus.base import Bus, Consumer, Message
+from pipeline.bus.base import Bus, Consumer, Message, MessageRun
 from pipeline.bus.topics import ALERTS, DEAD_LETTER, REVOCATIONS, TOKEN_USAGE, TopicSpec, default_topics
 
 __all__ = [
@@ -25,6 +25,7 @@ __all__ = [
     "Bus",
     "Consumer",
     "Message",
+    "MessageRun",
     "TopicSpec",
     "default_topics",
 ]

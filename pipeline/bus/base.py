@@ -5,16 +5,37 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 
-@dataclass(frozen=True, slots=True)
-class Message:
+class Message(NamedTuple):
+    """One message read from a topic. A named tuple, not a dataclass: consumers build one per message
+    read (hundreds of thousands a second in the pipeline), and a tuple is built several times faster."""
+
     topic: str
     partition: int
     offset: int
     key: bytes | None
     value: bytes
     timestamp_ms: int
+
+
+@dataclass(slots=True)
+class MessageRun:
+    """Consecutive messages of one partition from one poll, as columns (``offsets[i]`` is ``values[i]``'s).
+
+    What a high-volume consumer reads instead of one :class:`Message` per message: no object per message.
+    """
+
+    topic: str
+    partition: int
+    offsets: list[int]
+    keys: list[bytes | None]
+    values: list[bytes]
+
+    def message(self, index: int) -> Message:
+        """The ``index``-th message on its own (for a dead letter). Its timestamp is not kept: 0."""
+        return Message(self.topic, self.partition, self.offsets[index], self.keys[index], self.values[index], 0)
 
 
 class Consumer(ABC):
@@ -26,6 +47,19 @@ class Consumer(ABC):
 
     @abstractmethod
     def poll(self, max_records: int = 500, timeout_s: float = 1.0) -> list[Message]: ...
+
+    def poll_runs(self, max_records: int = 500, timeout_s: float = 1.0) -> list[MessageRun]:
+        """Like ``poll``, with the messages as columns, one :class:`MessageRun` per partition run."""
+        runs: list[MessageRun] = []
+        for message in self.poll(max_records, timeout_s):
+            run = runs[-1] if runs else None
+            if run is None or (run.topic, run.partition) != (message.topic, message.partition):
+                run = MessageRun(message.topic, message.partition, [], [], [])
+                runs.append(run)
+            run.offsets.append(message.offset)
+            run.keys.append(message.key)
+            run.values.append(message.value)
+        return runs
 
     @abstractmethod
     def commit(self, offsets: dict[tuple[str, int], int] | None = None) -> None:
