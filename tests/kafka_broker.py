@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,6 +63,19 @@ class Broker:
 
     def stop(self) -> subprocess.CompletedProcess[str]:
         return self._run("stop", timeout=90)
+
+    def kill(self) -> None:
+        """SIGKILL the broker: no clean shutdown, its log is recovered at the next start."""
+        pid = int((self.directory / "broker.pid").read_text().strip())
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"broker {pid} still alive 30 s after SIGKILL")
 
     def log_tail(self) -> str:
         log = self.directory / "broker.log"

@@ -59,7 +59,7 @@ def _reachable(port: int, timeout: float = 2.0) -> bool:
         return False
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
     """A private broker on two free ports, stopped at teardown whatever happened (the shared one must not
     be stopped). Same policy as ``kafka_bootstrap`` when it cannot start."""
@@ -138,8 +138,15 @@ def escalates(alert: Alert, severity: str, rules: set[str]) -> bool:
 # ------------------------------------------------------------------------------------- the test
 
 
+@pytest.mark.parametrize(
+    "outage",
+    [
+        "stop",  # kafka-local stop: SIGTERM, a clean shutdown
+        pytest.param("sigkill", marks=pytest.mark.chaos),  # SIGKILL while the validator is publishing
+    ],
+)
 def test_broker_restart_mid_stream_loses_no_event_and_duplicates_no_alert(
-    broker: Broker, model: DetectionModel, traffic: Simulation
+    broker: Broker, model: DetectionModel, traffic: Simulation, outage: str
 ) -> None:
     records: list[TokenUsage] = list(iter_records(traffic))
     half = len(records) // 2
@@ -175,11 +182,20 @@ def test_broker_restart_mid_stream_loses_no_event_and_duplicates_no_alert(
         assert first_messages, "the first runner published no alert"
 
         # ---- the broker goes away; the validator keeps emitting into its producer's buffer
-        stopped = broker.stop()
-        assert stopped.returncode == 0, f"kafka-local stop failed:\n{stopped.stderr}"
+        if outage == "sigkill":
+            # Under load: the producer is mid-stream (batches in flight, some not yet acknowledged) when the
+            # broker dies without a clean shutdown.
+            quarter = half + (len(records) - half) // 4
+            for record in records[half:quarter]:
+                emitter.emit(record)
+            broker.kill()
+        else:
+            quarter = half
+            stopped = broker.stop()
+            assert stopped.returncode == 0, f"kafka-local stop failed:\n{stopped.stderr}"
         down_at = time.monotonic()
-        assert not _reachable(broker.port), "the broker still accepts connections after kafka-local stop"
-        for record in records[half:]:
+        assert not _reachable(broker.port), "the broker still accepts connections after it went down"
+        for record in records[quarter:]:
             emitter.emit(record)
         emitted_for_s = time.monotonic() - down_at
         assert emitted_for_s < PRODUCER_TIMEOUT_S, f"publishing to a stopped broker blocked for {emitted_for_s:.0f} s"
