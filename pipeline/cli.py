@@ -73,6 +73,25 @@ Leeway = Annotated[int, typer.Option(envvar=_env("leeway"), help="Clock skew all
 EventsOut = Annotated[
     Path | None, typer.Option(envvar=_env("events_out"), help="Also append usage events to this JSONL file.")
 ]
+TlsCert = Annotated[
+    Path | None,
+    typer.Option(envvar=_env("tls_cert"), help="Serve HTTPS with this PEM certificate (chain after the leaf)."),
+]
+TlsKey = Annotated[Path | None, typer.Option(envvar=_env("tls_key"), help="The PEM private key of --tls-cert.")]
+RequireTls = Annotated[
+    bool,
+    typer.Option(
+        "--require-tls", envvar=_env("require_tls"), help="Refuse plain HTTP altogether: no start without --tls-cert."
+    ),
+]
+InsecureHttp = Annotated[
+    bool,
+    typer.Option(
+        "--insecure-http",
+        envvar=_env("insecure_http"),
+        help="Allow plain HTTP on a non-loopback address without --trusted-proxies (not for production).",
+    ),
+]
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "models" / "default"
 ModelDir = Annotated[
     Path,
@@ -92,6 +111,36 @@ def _bus(kafka: str | None):  # type: ignore[no-untyped-def]
         return KafkaBus(kafka)
     except KafkaBusError as exc:
         fail(str(exc))
+
+
+def _transport(
+    host: str,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    trusted_proxies: str | None,
+    require_tls: bool,
+    insecure_http: bool,
+):  # type: ignore[no-untyped-def]
+    """HTTPS, or plain HTTP only on loopback / behind trusted proxies (pipeline.validation.tls); says which."""
+    from pipeline.validation.client_ip import parse_networks
+    from pipeline.validation.tls import TransportError, choose_transport
+
+    try:
+        parse_networks(trusted_proxies)
+        transport = choose_transport(
+            host,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+            trusted_proxies=trusted_proxies,
+            require_tls=require_tls,
+            insecure_http=insecure_http,
+        )
+    except (TransportError, ValueError) as exc:
+        fail(str(exc))
+    logging.getLogger("jwtwatch").info("transport: %s", transport.mode)
+    style = "green" if transport.tls else ("bold red" if transport.insecure else "yellow")
+    err.print(f"[{style}]transport:[/] {escape(transport.mode)}")
+    return transport
 
 
 def _run_until_interrupted(loops: list, stop: Callable[[], None]) -> None:  # type: ignore[type-arg]
@@ -262,6 +311,10 @@ def validator_serve(
         bool,
         typer.Option("--fail-closed", envvar=_env("fail_closed"), help="Answer 503 while the revocation feed lags."),
     ] = False,
+    tls_cert: TlsCert = None,
+    tls_key: TlsKey = None,
+    require_tls: RequireTls = False,
+    insecure_http: InsecureHttp = False,
 ) -> None:
     """Serve GET /v1/validate (forward-auth), introspection, JWKS, revocations, health and metrics."""
     import uvicorn
@@ -272,11 +325,12 @@ def validator_serve(
     from pipeline.validation.app import create_validator_app
     from pipeline.validation.follower import RevocationFollower
     from pipeline.validation.jwks import JwksError
-    from pipeline.validation.server import is_loopback, uvicorn_config
+    from pipeline.validation.server import uvicorn_config
     from pipeline.validation.service import ValidatorService
     from pipeline.web import read_admin_token
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    transport = _transport(host, tls_cert, tls_key, trusted_proxies, require_tls, insecure_http)
     try:
         config = ValidatorConfig(
             issuer=issuer,
@@ -314,16 +368,11 @@ def validator_serve(
     service.signer = signer
     feed = BackgroundLoop("revocation-feed", follower.step)
     feed.start()
-    if not is_loopback(host) and not trusted_proxies:
-        err.print(
-            f"[yellow]warning:[/] serving plain HTTP on {host}; put it behind a TLS-terminating proxy "
-            "and name it with --trusted-proxies"
-        )
     if admin_token is None:
         err.print("[yellow]note:[/] no --admin-token-file: the admin API (revocations, introspection) is closed")
-    console.print(f"validator for [bold]{issuer}[/] / [bold]{audience}[/] on http://{host}:{port}")
+    console.print(f"validator for [bold]{issuer}[/] / [bold]{audience}[/] on {transport.scheme}://{host}:{port}")
     try:
-        uvicorn.Server(uvicorn_config(create_validator_app(service), host, port)).run()
+        uvicorn.Server(uvicorn_config(create_validator_app(service), host, port, tls=transport.context)).run()
     finally:
         feed.stop()
         follower.close()
@@ -369,6 +418,10 @@ def serve(
     max_revocations_per_minute: Annotated[
         int, typer.Option(envvar=_env("max_revocations_per_minute"), help="Circuit breaker: then alert-only.")
     ] = 10,
+    tls_cert: TlsCert = None,
+    tls_key: TlsKey = None,
+    require_tls: RequireTls = False,
+    insecure_http: InsecureHttp = False,
 ) -> None:
     """Validator, detection pipeline and alerts service in one process, on one port (embedded bus)."""
     import uvicorn
@@ -383,6 +436,7 @@ def serve(
     from pipeline.web import read_admin_token
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    transport = _transport(host, tls_cert, tls_key, trusted_proxies, require_tls, insecure_http)
     try:
         options = ServeOptions(
             config=ValidatorConfig(
@@ -418,11 +472,12 @@ def serve(
         err.print("[yellow]note:[/] no --admin-token-file: the admin API (revocations, webhooks, alerts) is closed")
     mode = "off" if not auto_revoke else ("dry run" if dry_run else f"on, severity ≥ {revoke_min_severity}")
     console.print(
-        f"jwtwatch on http://{host}:{port} — model {node.model.version}, auto-revocation {mode}, data in {data_dir}"
+        f"jwtwatch on {transport.scheme}://{host}:{port} — model {node.model.version}, auto-revocation {mode}, "
+        f"data in {data_dir}"
     )
     node.start()
     try:
-        uvicorn.Server(uvicorn_config(node.app, host, port)).run()
+        uvicorn.Server(uvicorn_config(node.app, host, port, tls=transport.context)).run()
     finally:
         node.stop()
 
@@ -503,6 +558,17 @@ def alerts_serve(
     kafka: Kafka = None,
     data_dir: DataDir = Path("data"),
     revocation_keys: RevocationKeys = None,
+    trusted_proxies: Annotated[
+        str | None,
+        typer.Option(
+            envvar=_env("trusted_proxies"),
+            help="CIDRs of the TLS-terminating proxies in front (allows plain HTTP on a non-loopback address).",
+        ),
+    ] = None,
+    tls_cert: TlsCert = None,
+    tls_key: TlsKey = None,
+    require_tls: RequireTls = False,
+    insecure_http: InsecureHttp = False,
 ) -> None:
     """Webhook subscriptions, alert log and signed deliveries; consumes alerts and revocations from Kafka."""
     import uvicorn
@@ -513,6 +579,7 @@ def alerts_serve(
     from pipeline.web import read_admin_token
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    transport = _transport(host, tls_cert, tls_key, trusted_proxies, require_tls, insecure_http)
     try:
         service = AlertsService(data_dir, admin_token=read_admin_token(admin_token_file))
     except (ValueError, OSError) as exc:
@@ -528,9 +595,9 @@ def alerts_serve(
     loop = BackgroundLoop("alerts-consumer", consumer.step)
     worker.start()
     loop.start()
-    console.print(f"alerts service on http://{host}:{port}, data in {data_dir}")
+    console.print(f"alerts service on {transport.scheme}://{host}:{port}, data in {data_dir}")
     try:
-        uvicorn.Server(uvicorn_config(create_alerts_app(service), host, port)).run()
+        uvicorn.Server(uvicorn_config(create_alerts_app(service), host, port, tls=transport.context)).run()
     finally:
         loop.stop()
         worker.stop()

@@ -2,9 +2,22 @@
 
 from __future__ import annotations
 
+import random
 import tracemalloc
 
-from pipeline.windows import FORGED, STALE, SWITCHES, TOTAL, WindowSpec, WindowStore, prefix16, prefix24
+from pipeline.windows import (
+    FORGED,
+    ROWS,
+    STALE,
+    SWITCHES,
+    TOTAL,
+    EntityWindow,
+    SubjectWindow,
+    WindowSpec,
+    WindowStore,
+    prefix16,
+    prefix24,
+)
 
 SPEC = WindowSpec(length_s=300, bucket_s=20, grace_s=30, max_distinct=8)  # 15 buckets
 T0 = 1_790_000_000.0
@@ -58,6 +71,74 @@ def test_distinct_values_are_bounded() -> None:
     assert len(window.uas) == SPEC.max_distinct and len(window.others) == SPEC.max_distinct
     assert window.overflow > 0
     assert "ua-99" in window.uas  # the newest are kept
+
+
+def test_a_set_keeps_one_value_inline_until_a_second_arrives() -> None:
+    store = WindowStore(SPEC)
+    window = store.add("t", T0, "10.0.0.1", "ua-a", 0, "x")
+    assert window.ip_many is None and window.ua_many is None and window.other_many is None  # no dict yet
+    store.add("t", T0 + 5, "10.0.0.1", "ua-a", 0, "x")
+    assert window.ips == {"10.0.0.1": T0 + 5} and window.uas == {"ua-a": T0 + 5} and window.others == {"x": T0 + 5}
+    store.add("t", T0 + 9, "10.0.0.2", "ua-b", 0, "y")
+    store.add("t", T0 + 12, "10.0.0.1", "ua-a", 0, "x")
+    # Promoted to a map in the order first seen, with each value's last time.
+    assert list(window.ips.items()) == [("10.0.0.1", T0 + 12), ("10.0.0.2", T0 + 9)]
+    assert list(window.uas.items()) == [("ua-a", T0 + 12), ("ua-b", T0 + 9)]
+    assert list(window.others.items()) == [("x", T0 + 12), ("y", T0 + 9)]
+    assert window.ips_within(T0 + 10) == ["10.0.0.1"] and window.uas_within(T0) == ["ua-a", "ua-b"]
+    assert window.others_within(T0 + 13) == []
+
+
+def test_an_inline_value_falls_out_of_the_window_by_time() -> None:
+    store = WindowStore(SPEC)
+    window = store.add("t", T0, "10.0.0.1", "ua-a", 0, "x")
+    assert window.ips_within(T0) == ["10.0.0.1"] and window.ips_within(T0 + 1) == []
+    assert window.uas_within(T0 + 1) == [] and window.others_within(T0 + 1) == []
+
+
+def test_ip_windows_keep_no_set_of_ips_and_share_their_key() -> None:
+    store = WindowStore(SPEC, window_type=EntityWindow)
+    key = "".join(["10.0.0.", "1"])  # a fresh string, as parsed
+    window = store.add(key, T0, key, "ua", 0, "alice")
+    store.add("10.0.0.1", T0 + 1, "10.0.0.1", "ua", 0, "bob")
+    assert window.ips == {} and window.ips_within(T0) == [] and not isinstance(window, SubjectWindow)
+    assert window.last_ip is key and window.dirty  # as a first address makes a window due
+    assert window.others_within(T0) == ["alice", "bob"]
+
+
+def test_user_agents_are_shared_between_windows() -> None:
+    strings: dict[str, str] = {}
+    tokens, subjects = WindowStore(SPEC, strings=strings), WindowStore(SPEC, strings=strings)
+    ua = "Mozilla/5.0 (X11; Linux x86_64) Firefox/125.0"
+    a = tokens.add("a", T0, "10.0.0.1", "".join([ua]), 0)
+    b = subjects.add("s", T0, "10.0.0.1", ua[:10] + ua[10:], 0)  # an equal string, another object
+    assert a.ua_one == b.ua_one == ua and a.ua_one is b.ua_one
+
+
+def _window_counts_by_loop(window: EntityWindow, now_bucket: int, buckets: int) -> tuple[list[int], int, int]:
+    """The plain definition: sum each bucket of the window that the ring still holds."""
+    sums, busiest, active = [0] * ROWS, 0, 0
+    for bucket in range(now_bucket - buckets + 1, now_bucket + 1):
+        if window.head - buckets < bucket <= window.head:
+            base = (bucket % buckets) * ROWS
+            if window.counts[base]:
+                active += 1
+                busiest = max(busiest, window.counts[base])
+                sums = [total + window.counts[base + row] for row, total in enumerate(sums)]
+    return sums, busiest, active
+
+
+def test_window_counts_match_the_plain_definition() -> None:
+    rng = random.Random(7)
+    store = WindowStore(SPEC)
+    ts = T0
+    for _ in range(3000):
+        ts += rng.choice([0.5, 3, 19, 40, 350])
+        late = ts - rng.random() * (SPEC.grace_s + SPEC.bucket_s)  # some out of order, some too old for the ring
+        window = store.add("t", rng.choice([ts, late]), f"10.{rng.randrange(3)}.0.1", None, rng.randrange(4))
+        now_bucket = int(window.last_ts // SPEC.bucket_s)
+        for probe in (now_bucket, now_bucket - 3, now_bucket + 4):
+            assert window.window_counts(probe, SPEC.buckets) == _window_counts_by_loop(window, probe, SPEC.buckets)
 
 
 def test_idle_entities_are_evicted_after_a_window() -> None:

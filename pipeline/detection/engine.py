@@ -29,7 +29,20 @@ from pipeline.features import FEATURES, Session, ip_features, subject_features, 
 from pipeline.features.baselines import Baselines
 from pipeline.response.alerts import AlertTracker, Finding
 from pipeline.scoring.model import DetectionModel
-from pipeline.windows import FORGED, OTHER_REJECTED, STALE, WindowSpec, WindowStore, prefix16
+from pipeline.windows import (
+    _PREFIX_HASH,
+    FORGED,
+    NEVER,
+    OTHER_REJECTED,
+    STALE,
+    EntityWindow,
+    SubjectWindow,
+    TokenWindow,
+    WindowSpec,
+    WindowStore,
+    _prefix_hash,
+    prefix16,
+)
 
 #: Reasons given only after the signature was verified: the claims in such an event are authentic.
 VERIFIED_REASONS = frozenset(
@@ -97,13 +110,16 @@ class DetectionEngine:
         self.rescore_s = rescore_s
         self.confirm_forest = confirm_forest
         self.collect = collect
-        self.stores = {t: WindowStore(self.spec) for t in FEATURES}
+        strings: dict[str, str] = {}  # user agents and client ids, shared by all windows
+        kinds = {"jti": TokenWindow, "sub": SubjectWindow, "ip": EntityWindow}
+        self.stores = {t: WindowStore(self.spec, window_type=kinds[t], strings=strings) for t in FEATURES}
         self.tracker = AlertTracker(model.version if model else "untrained", window_s=self.spec.length_s)
         self.stats = EngineStats()
         self.max_ts = float("-inf")
         self._next_eviction = float("-inf")
         self._tick_end = float("-inf")
         self._touched: dict[str, set[str]] = {t: set() for t in FEATURES}
+        self._lifetimes: dict[float, float] = {}  # exp - iat -> the float that token windows share
         self.on_finding: Callable[[Finding], None] | None = None
         #: Called with every scored batch of one entity type: (entity_type, keys, event times, feature
         #: rows, scores) — what the archive keeps as window features and scores.
@@ -126,9 +142,14 @@ class DetectionEngine:
         batches (a replay with other batch sizes, a runner rebuilding after a restart).
         """
         touched_jti, touched_sub, touched_ip = self._touched["jti"], self._touched["sub"], self._touched["ip"]
-        jtis, subs, ips = self.stores["jti"], self.stores["sub"], self.stores["ip"]
+        add_jti, add_sub, add_ip = self.stores["jti"].add_at, self.stores["sub"].add_at, self.stores["ip"].add_at
+        intern = self.stores["jti"].intern
         observe = self.baselines.observe_use
         grace = self.spec.grace_s
+        bucket_s = self.spec.bucket_s
+        bucket = -1
+        lifetimes = self._lifetimes
+        prefix_hashes = _PREFIX_HASH
         watermark = self.watermark
         max_ts = self.max_ts
         tick_end = self._tick_end
@@ -153,27 +174,48 @@ class DetectionEngine:
             if ts > max_ts:
                 max_ts = ts
                 watermark = ts - grace
+            # The bucket and the /16's hash are the same for the event's three windows: computed once. Windows
+            # keep the bucket number (``head``): one int object per bucket, not one per window.
+            number = int(ts // bucket_s)
+            if number != bucket:
+                bucket = number
+            prefix = prefix_hashes.get(ip) or _prefix_hash(ip)
             row = rows.get(reason, OTHER_REJECTED)
             trusted = reason in verified
-            ips.add(ip, ts, ip, ua, row, sub if trusted else None)
+            # From here on ``ip`` is the IP window's own copy of the address, which the token and subject
+            # windows then share instead of each keeping the copy parsed from their first event.
+            ip = add_ip(ip, ts, bucket, prefix, ip, ua, row, sub if trusted else None).last_ip
             touched_ip.add(ip)
             if not trusted:
                 continue
+            if client is not None:
+                client = intern(client)
+            if sub is not None:
+                window = add_sub(sub, ts, bucket, prefix, ip, ua, row, jti)
+                window.owner = client
+                sub = window.key
+                touched_sub.add(sub)
             if jti is not None:
-                window = jtis.add(jti, ts, ip, ua, row)
+                window = add_jti(jti, ts, bucket, prefix, ip, ua, row)
                 window.owner = sub
                 window.client = client
                 if iat is not None and exp is not None:
-                    window.iat, window.exp = float(iat), float(exp)
+                    # Only the lifetime is read (token_age_fraction): exp - iat of the latest event, as floats.
+                    # Most tokens of a client share a lifetime, and then one float object.
+                    life = exp - iat
+                    if life != window.lifetime:
+                        shared = lifetimes.get(life)
+                        if shared is None:
+                            if len(lifetimes) > 10_000:
+                                lifetimes.clear()
+                            shared = lifetimes[life] = float(exp) - float(iat)
+                        window.lifetime = shared
                     age = ts - iat
                     if age > window.max_age_s:
                         window.max_age_s = age
                 touched_jti.add(jti)
-            if sub is not None:
-                subs.add(sub, ts, ip, ua, row, jti).owner = client
-                touched_sub.add(sub)
-                if reason is None:
-                    observe(sub, client, prefix16(ip), ua_family(ua) if ua else None, ts)
+            if sub is not None and reason is None:
+                observe(sub, client, prefix16(ip), ua_family(ua) if ua else None, ts)
         self.max_ts = max_ts
         self._tick_end = tick_end
         self.stats.events += len(batch) - late
@@ -244,7 +286,7 @@ class DetectionEngine:
 
     def _sessions(self, window, now: float) -> list[Session] | None:
         """The subject's tokens seen in its window, with their clients, use spans and networks."""
-        tokens = window.others
+        tokens = window.other_many  # two tokens or more: otherwise the one token is inline
         if not tokens or len(tokens) < 2:
             return None
         horizon = now - self.spec.length_s
@@ -254,7 +296,7 @@ class DetectionEngine:
             token = store.get(jti)
             if seen < horizon or token is None or token.client is None:
                 continue
-            networks = frozenset(prefix16(ip) for ip, at in token.ips.items() if at >= horizon)
+            networks = frozenset(prefix16(ip) for ip in token.ips_within(horizon))
             sessions.append(Session(token.client, max(token.first_ts, horizon), token.last_ts, networks))
         return sessions
 
@@ -271,10 +313,10 @@ class DetectionEngine:
             rules = fired_rules(entity_type, row)
             severity = scorer.severity(score)
             if severity is None and not rules:
-                window.suspect_since = float("-inf")
+                window.suspect_since = NEVER
                 self._learn(entity_type, key, window, row)
                 continue
-            if not rules and self.confirm_forest and window.suspect_since == float("-inf"):
+            if not rules and self.confirm_forest and window.suspect_since == NEVER:
                 # The forest alone must see the entity anomalous twice in a row (>= rescore_s apart):
                 # one odd request — a lazy client's expired token — is not an attack.
                 window.suspect_since = window.last_ts

@@ -138,10 +138,6 @@ def ua_family(user_agent: str) -> str:
     return head[:40] or "unknown"
 
 
-def _distinct(values: dict[str, float] | None, horizon: float) -> list[str]:
-    return [value for value, seen in values.items() if seen >= horizon] if values else []
-
-
 def _novel_share(observed: list[str], known: frozenset[str] | set[str] | None) -> float:
     if not observed or known is None:
         return 0.0
@@ -199,11 +195,11 @@ def window_summary(window: EntityWindow, spec: WindowSpec, now: float) -> tuple[
 def token_features(window: EntityWindow, spec: WindowSpec, now: float, baselines: Baselines) -> list[float]:
     sums, burstiness, _ = window_summary(window, spec, now)
     horizon = now - spec.length_s
-    ips = _distinct(window.ips, horizon)
-    uas = _distinct(window.uas, horizon)
+    ips = window.ips_within(horizon)
+    uas = window.uas_within(horizon)
     sub = window.owner
     prefixes = {prefix16(ip) for ip in ips}
-    lifetime = window.exp - window.iat
+    lifetime = window.lifetime
     age = (window.max_age_s / lifetime) if lifetime > 0 else 0.0
     client_rate = baselines.client_rate(baselines.client_of(sub))
     families = sorted({ua_family(ua) for ua in uas})
@@ -235,13 +231,13 @@ def subject_features(
     """``sessions``: the subject's tokens in the window (see :func:`parallel_sessions`)."""
     sums, burstiness, _ = window_summary(window, spec, now)
     horizon = now - spec.length_s
-    ips = _distinct(window.ips, horizon)
-    uas = _distinct(window.uas, horizon)
+    ips = window.ips_within(horizon)
+    uas = window.uas_within(horizon)
     prefixes = {prefix16(ip) for ip in ips}
     return [
         math.log1p(sums[TOTAL]),
         sums[TOTAL] / rate if (rate := baselines.subject_rate(sub)) else 1.0,
-        float(len(_distinct(window.others, horizon))),
+        float(len(window.others_within(horizon))),
         float(len(ips)),
         float(len(prefixes)),
         float(len(uas)),
@@ -263,14 +259,14 @@ def ip_features(window: EntityWindow, spec: WindowSpec, now: float, baselines: B
     """
     sums, burstiness, _ = window_summary(window, spec, now)
     horizon = now - spec.length_s
-    subjects = len(_distinct(window.others, horizon))
+    subjects = len(window.others_within(horizon))
     users = max(subjects, 1)
     total = sums[TOTAL]
     return [
         math.log1p(total),
         float(subjects),
         subjects / usual if (usual := baselines.ip_subjects(ip)) else 1.0,
-        len(_distinct(window.uas, horizon)) / users,
+        len(window.uas_within(horizon)) / users,
         math.log1p(sums[FORGED] / users),
         sums[FORGED] / total if total else 0.0,
         math.log1p(sums[STALE] / users),

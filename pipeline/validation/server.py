@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -23,7 +24,13 @@ def is_loopback(host: str) -> bool:
         return host == "localhost"
 
 
-def uvicorn_config(app: Any, host: str, port: int, **extra: Any) -> uvicorn.Config:
+def uvicorn_config(
+    app: Any, host: str, port: int, *, tls: ssl.SSLContext | None = None, **extra: Any
+) -> uvicorn.Config:
+    """uvicorn's configuration for a jwtwatch service; with ``tls`` (``pipeline.validation.tls.server_context``)
+    it serves HTTPS with exactly that context (minimum version and ciphers included), else plain HTTP."""
+    if tls is not None:
+        extra["ssl_context_factory"] = lambda _config, _default: tls
     # The token travels in a header: keep h11's/httptools' limits above our own 8 KiB cap so that
     # an oversized token reaches the app and gets a clean 431 and a usage event.
     return uvicorn.Config(
@@ -40,14 +47,16 @@ def uvicorn_config(app: Any, host: str, port: int, **extra: Any) -> uvicorn.Conf
 
 
 @contextmanager
-def background_server(app: Any, host: str = "127.0.0.1", port: int = 0, **config: Any) -> Iterator[str]:
-    """Serve ``app`` in a thread (for the demo, tools and tests); yields the base URL."""
+def background_server(
+    app: Any, host: str = "127.0.0.1", port: int = 0, *, tls: ssl.SSLContext | None = None, **config: Any
+) -> Iterator[str]:
+    """Serve ``app`` in a thread (for the demo, tools and tests); yields the base URL (https:// with ``tls``)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     config.setdefault("lifespan", "off")
     config.setdefault("timeout_graceful_shutdown", 3)
-    server = uvicorn.Server(uvicorn_config(app, host, sock.getsockname()[1], **config))
+    server = uvicorn.Server(uvicorn_config(app, host, sock.getsockname()[1], tls=tls, **config))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True, name="uvicorn")
     thread.start()
     deadline = time.monotonic() + 20
@@ -56,7 +65,7 @@ def background_server(app: Any, host: str = "127.0.0.1", port: int = 0, **config
             raise RuntimeError("the HTTP server did not start")
         time.sleep(0.01)
     try:
-        scheme = "https" if config.get("ssl_certfile") else "http"
+        scheme = "https" if tls is not None or config.get("ssl_certfile") else "http"
         yield f"{scheme}://{host}:{sock.getsockname()[1]}"
     finally:
         server.should_exit = True

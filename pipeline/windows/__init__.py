@@ -28,6 +28,11 @@ from functools import lru_cache
 TOTAL, FORGED, STALE, OTHER_REJECTED, SWITCHES = range(5)
 ROWS = 5
 _SATURATED = 65535
+_ZEROS = array("H", [0]) * ROWS  # one bucket's counters
+#: "Never": the one shared object, not a new float per window (three per window add up).
+NEVER = float("-inf")
+#: Interned strings (user agents, client ids) per engine; cleared past this size (a UA spray).
+_MAX_INTERNED = 50_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,58 +52,103 @@ class WindowSpec:
 
 
 class EntityWindow:
-    """The sliding-window state of one entity."""
+    """The sliding-window state of one entity — as kept for an IP, which needs no set of IPs.
+
+    Memory is what limits how many entities one process can watch, so each entity type gets only the
+    fields it uses (:class:`SubjectWindow` adds the set of IPs, :class:`TokenWindow` the token's claims),
+    and the distinct sets are kept lazily: most tokens use one IP and one user agent in a window, so the
+    first value of a set lives inline (``*_one`` and its time) and a dict (``*_many``) is made only when a
+    second distinct value arrives.
+    """
 
     __slots__ = (
-        "client",
         "counts",
         "dirty",
-        "exp",
         "first_ts",
         "head",
-        "iat",
-        "ips",
+        "key",
         "last_ip",
         "last_prefix",
         "last_ts",
         "learned_at",
-        "max_age_s",
-        "others",
+        "other_many",
+        "other_one",
+        "other_one_ts",
         "overflow",
         "owner",
         "scored_at",
         "suspect_since",
-        "uas",
+        "ua_many",
+        "ua_one",
+        "ua_one_ts",
     )
 
-    def __init__(self, buckets: int) -> None:
+    # Fields of the subclasses, read as "none" on a window type that does not keep them.
+    ip_one: str | None = None
+    ip_one_ts = 0.0
+    ip_many: dict[str, float] | None = None
+    client: str | None = None
+    lifetime = 0.0
+    max_age_s = 0.0
+
+    def __init__(self, buckets: int, key: str = "") -> None:
         # uint16 counters, saturating at 65535 per bucket (beyond that a count is extreme anyway).
-        self.counts = array("H", [0]) * (ROWS * buckets)
+        self.counts = _ZEROS * buckets
+        self.key = key  # the first copy of the key seen: the engine shares it instead of keeping more
         self.head = -1  # the newest bucket number in the ring; slots hold buckets head-B+1 .. head
         self.first_ts = 0.0
         self.last_ts = 0.0
-        self.ips: dict[str, float] = {}
-        self.uas: dict[str, float] = {}
-        self.others: dict[str, float] | None = None  # subjects per IP, or tokens per subject
+        # Distinct sets: one value inline (``*_one``, ``*_one_ts``), or all of them in ``*_many``.
+        self.ua_one: str | None = None
+        self.ua_one_ts = 0.0
+        self.ua_many: dict[str, float] | None = None
+        self.other_one: str | None = None  # subjects per IP, or tokens per subject
+        self.other_one_ts = 0.0
+        self.other_many: dict[str, float] | None = None
         self.overflow = 0
         self.last_prefix = 0
         self.owner: str | None = None  # the subject of a token, the client of a subject
-        self.client: str | None = None  # the client a token was issued to (tokens only)
-        self.iat = 0.0
-        self.exp = 0.0
-        self.max_age_s = 0.0
         self.last_ip = ""
-        self.scored_at = float("-inf")  # event time of the last scoring
-        self.learned_at = float("-inf")  # event time the baseline last learned from this window
-        self.suspect_since = float("-inf")  # first of a run of above-threshold forest scores
+        self.scored_at = NEVER  # event time of the last scoring
+        self.learned_at = NEVER  # event time the baseline last learned from this window
+        self.suspect_since = NEVER  # first of a run of above-threshold forest scores
         self.dirty = False  # something new (an address, a client, a rejection): re-score at once
+
+    # -- the distinct sets, as maps of value -> last time seen (for tests and tools: built on demand) --
+
+    @property
+    def ips(self) -> dict[str, float]:
+        return _as_map(self.ip_one, self.ip_one_ts, self.ip_many)
+
+    @property
+    def uas(self) -> dict[str, float]:
+        return _as_map(self.ua_one, self.ua_one_ts, self.ua_many)
+
+    @property
+    def others(self) -> dict[str, float]:
+        return _as_map(self.other_one, self.other_one_ts, self.other_many)
+
+    def ips_within(self, horizon: float) -> list[str]:
+        """The IPs seen at or after ``horizon``, in the order first seen."""
+        return _within(self.ip_one, self.ip_one_ts, self.ip_many, horizon)
+
+    def uas_within(self, horizon: float) -> list[str]:
+        return _within(self.ua_one, self.ua_one_ts, self.ua_many, horizon)
+
+    def others_within(self, horizon: float) -> list[str]:
+        return _within(self.other_one, self.other_one_ts, self.other_many, horizon)
 
     def window_counts(self, now_bucket: int, buckets: int) -> tuple[list[int], int, int]:
         """Per-row sums over the window ending at ``now_bucket``, the busiest bucket, and active buckets."""
+        counts = self.counts
+        if now_bucket == self.head:
+            # The usual case (scoring at the newest event): the ring holds exactly the window, because
+            # sliding clears every slot it moves over — so sum whole rows with strided slices, in C.
+            totals = counts[TOTAL::ROWS]
+            return [sum(counts[row::ROWS]) for row in range(ROWS)], max(totals), buckets - totals.count(0)
         sums = [0] * ROWS
         busiest = 0
         active = 0
-        counts = self.counts
         for bucket in range(max(self.head, now_bucket) - buckets + 1, min(self.head, now_bucket) + 1):
             base = (bucket % buckets) * ROWS
             total = counts[base]
@@ -108,6 +158,42 @@ class EntityWindow:
                 for row in range(ROWS):
                     sums[row] += counts[base + row]
         return sums, busiest, active
+
+
+class SubjectWindow(EntityWindow):
+    """A subject's window: also the set of IPs it was used from."""
+
+    __slots__ = ("ip_many", "ip_one", "ip_one_ts")
+
+    def __init__(self, buckets: int, key: str = "") -> None:
+        super().__init__(buckets, key)
+        self.ip_one = None
+        self.ip_one_ts = 0.0
+        self.ip_many = None
+
+
+class TokenWindow(SubjectWindow):
+    """A token's window: also its client, lifetime and greatest age at use (from its claims)."""
+
+    __slots__ = ("client", "lifetime", "max_age_s")
+
+    def __init__(self, buckets: int, key: str = "") -> None:
+        super().__init__(buckets, key)
+        self.client = None  # the client the token was issued to
+        self.lifetime = 0.0  # exp - iat
+        self.max_age_s = 0.0
+
+
+def _as_map(one: str | None, one_ts: float, many: dict[str, float] | None) -> dict[str, float]:
+    if many is not None:
+        return dict(many)
+    return {one: one_ts} if one is not None else {}
+
+
+def _within(one: str | None, one_ts: float, many: dict[str, float] | None, horizon: float) -> list[str]:
+    if many is not None:
+        return [value for value, seen in many.items() if seen >= horizon]
+    return [one] if one is not None and one_ts >= horizon else []
 
 
 def _remember(values: dict[str, float], value: str, ts: float, cap: int, window: EntityWindow, horizon: float) -> None:
@@ -136,7 +222,6 @@ def prefix16(ip: str) -> str:
 
 
 _PREFIX_HASH: dict[str, int] = {}
-_ZEROS = array("H", [0]) * ROWS
 
 
 def _prefix_hash(ip: str) -> int:
@@ -154,12 +239,28 @@ def prefix24(ip: str) -> str:
 
 
 class WindowStore:
-    """All windows of one entity type, with the watermark and eviction."""
+    """All windows of one entity type, with the watermark and eviction.
 
-    def __init__(self, spec: WindowSpec) -> None:
+    ``window_type`` says what is kept per entity. A plain :class:`EntityWindow` is for windows keyed by the
+    IP itself: their set of IPs would only ever hold the key, so it is not kept (no feature reads it), and
+    ``last_ip`` is the key — the engine shares that one copy of the address with the token and subject
+    windows. ``strings`` interns user agents and client ids across the stores of one engine: thousands of
+    windows then share a handful of strings.
+    """
+
+    def __init__(
+        self,
+        spec: WindowSpec,
+        *,
+        window_type: type[EntityWindow] = TokenWindow,
+        strings: dict[str, str] | None = None,
+    ) -> None:
         self.spec = spec
         self.entities: dict[str, EntityWindow] = {}
         self.evicted = 0
+        self.window_type = window_type
+        self.track_ips = issubclass(window_type, SubjectWindow)
+        self.strings: dict[str, str] = strings if strings is not None else {}
         self._buckets = spec.buckets
         self._bucket_s = spec.bucket_s
         self._length_s = spec.length_s
@@ -174,6 +275,16 @@ class WindowStore:
     def get(self, key: str) -> EntityWindow | None:
         return self.entities.get(key)
 
+    def intern(self, value: str) -> str:
+        """The shared copy of a string that many windows hold (a user agent, a client id)."""
+        strings = self.strings
+        shared = strings.get(value)
+        if shared is None:
+            if len(strings) >= _MAX_INTERNED:
+                strings.clear()  # only sharing is lost, never a value
+            shared = strings[value] = value
+        return shared
+
     def add(
         self,
         key: str,
@@ -183,17 +294,34 @@ class WindowStore:
         row: int,
         other: str | None = None,
     ) -> EntityWindow:
-        """Count one event for ``key``. ``row`` says which rejection counter it adds to, if any.
+        """Count one event for ``key``. ``row`` says which rejection counter it adds to, if any."""
+        prefix = _PREFIX_HASH.get(ip) or _prefix_hash(ip)
+        return self.add_at(key, ts, int(ts // self._bucket_s), prefix, ip, user_agent, row, other)
 
-        This runs three times per usage event: it is written for speed (locals, no helper calls on the
-        common path of a value already in its distinct map).
+    def add_at(
+        self,
+        key: str,
+        ts: float,
+        bucket: int,
+        prefix: int,
+        ip: str,
+        user_agent: str | None,
+        row: int,
+        other: str | None = None,
+    ) -> EntityWindow:
+        """:meth:`add` with the event's bucket and /16 hash already computed: the engine computes them once
+        per event rather than once per window (each event updates three windows).
+
+        Written for speed (locals, no helper calls on the common path of a value already in its set).
         """
         window = self.entities.get(key)
         if window is None:
-            window = self.entities[key] = EntityWindow(self._buckets)
+            window = self.entities[key] = self.window_type(self._buckets, key)
             window.first_ts = ts
+            if not self.track_ips:
+                window.last_ip = key
+                window.dirty = True  # as a first IP would make it (it is due anyway: never scored)
         buckets = self._buckets
-        bucket = int(ts // self._bucket_s)
         counts = window.counts
         head = window.head
         if bucket > head:
@@ -211,33 +339,70 @@ class WindowStore:
                 counts[base + row] += 1
                 window.dirty = True
         # Only equality matters here, so keep the prefix's hash rather than another string per entity.
-        prefix = _PREFIX_HASH.get(ip)
-        if prefix is None:
-            prefix = _prefix_hash(ip)
         if prefix != window.last_prefix:
             if window.last_prefix and counts[base + SWITCHES] < _SATURATED:
                 counts[base + SWITCHES] += 1
             window.last_prefix = prefix
-        seen = window.ips.get(ip)
-        if seen is None:
-            _remember(window.ips, ip, ts, self._max_distinct, window, ts - self._length_s)
-            window.dirty = True
-        elif ts > seen:
-            window.ips[ip] = ts
-        if user_agent is not None:
-            seen = window.uas.get(user_agent)
-            if seen is None:
-                _remember(window.uas, user_agent, ts, self._max_distinct, window, ts - self._length_s)
+        if self.track_ips:
+            if ip == window.ip_one:
+                if ts > window.ip_one_ts:
+                    window.ip_one_ts = ts
+            elif window.ip_many is not None:
+                seen = window.ip_many.get(ip)
+                if seen is None:
+                    _remember(window.ip_many, ip, ts, self._max_distinct, window, ts - self._length_s)
+                    window.dirty = True
+                elif ts > seen:
+                    window.ip_many[ip] = ts
+            elif window.ip_one is None:
+                window.ip_one = ip
+                window.ip_one_ts = ts
                 window.dirty = True
-            elif ts > seen:
-                window.uas[user_agent] = ts
+            else:
+                window.ip_many = {window.ip_one: window.ip_one_ts}
+                window.ip_one = None
+                _remember(window.ip_many, ip, ts, self._max_distinct, window, ts - self._length_s)
+                window.dirty = True
+        if user_agent is not None:
+            if user_agent == window.ua_one:
+                if ts > window.ua_one_ts:
+                    window.ua_one_ts = ts
+            elif window.ua_many is not None:
+                seen = window.ua_many.get(user_agent)
+                if seen is None:
+                    _remember(window.ua_many, self.intern(user_agent), ts, self._max_distinct, window,
+                              ts - self._length_s)  # fmt: skip
+                    window.dirty = True
+                elif ts > seen:
+                    window.ua_many[user_agent] = ts
+            elif window.ua_one is None:
+                window.ua_one = self.intern(user_agent)
+                window.ua_one_ts = ts
+                window.dirty = True
+            else:
+                window.ua_many = {window.ua_one: window.ua_one_ts}
+                window.ua_one = None
+                _remember(window.ua_many, self.intern(user_agent), ts, self._max_distinct, window,
+                          ts - self._length_s)  # fmt: skip
+                window.dirty = True
         if other is not None:
-            if window.others is None:
-                window.others = {}
-            _remember(window.others, other, ts, self._max_distinct, window, ts - self._length_s)
+            # No re-scoring for a new subject or token alone (as before the sets were inline).
+            if other == window.other_one:
+                if ts > window.other_one_ts:
+                    window.other_one_ts = ts
+            elif window.other_many is not None:
+                _remember(window.other_many, other, ts, self._max_distinct, window, ts - self._length_s)
+            elif window.other_one is None:
+                window.other_one = other
+                window.other_one_ts = ts
+            else:
+                window.other_many = {window.other_one: window.other_one_ts}
+                window.other_one = None
+                _remember(window.other_many, other, ts, self._max_distinct, window, ts - self._length_s)
         if ts >= window.last_ts:
             window.last_ts = ts
-            window.last_ip = ip
+            if self.track_ips:
+                window.last_ip = ip
         return window
 
     def evict_idle(self, watermark: float) -> int:
