@@ -43,6 +43,30 @@ class WebhookRequest(BaseModel):
     min_severity: Severity = "low"
 
 
+class WebhookCreated(BaseModel):
+    id: str
+    secret: str = Field(description="the Standard Webhooks signing secret (whsec_...), shown only in this answer")
+
+
+class ErrorAnswer(BaseModel):
+    """Every error answer: ``{"error": ..., "detail": ...}`` from the handlers, ``{"detail": ...}`` from FastAPI."""
+
+    error: str | None = None
+    detail: Any = None
+
+
+#: The error answers of the admin API, declared so that the OpenAPI schema describes what is really sent
+#: (FastAPI's default 422 schema demands a list of validation errors; the handlers' own 422s carry a string).
+ERRORS: dict[int | str, dict[str, Any]] = {status: {"model": ErrorAnswer} for status in (400, 401, 404, 409, 413, 422)}
+#: POST /v1/webhooks reads its body by hand (capped, never a 500): its schema is declared here.
+WEBHOOK_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": WebhookRequest.model_json_schema()}},
+    }
+}
+
+
 def _denied() -> HTTPException:
     return HTTPException(
         status_code=401, detail="unauthorized", headers={"WWW-Authenticate": 'Bearer realm="jwtwatch-admin"'}
@@ -79,7 +103,16 @@ def alerts_router(service: AlertsService) -> APIRouter:
     router = APIRouter()
     admin = [Depends(require_admin)]
 
-    @router.post("/v1/webhooks", tags=["webhooks"], status_code=201, dependencies=admin, summary="Register a webhook")
+    @router.post(
+        "/v1/webhooks",
+        tags=["webhooks"],
+        status_code=201,
+        dependencies=admin,
+        summary="Register a webhook",
+        response_model=WebhookCreated,
+        responses=ERRORS,
+        openapi_extra=WEBHOOK_BODY,
+    )
     async def create_webhook(request: Request) -> Response:
         raw = await read_capped(request, MAX_BODY_BYTES)
         if raw is None:
@@ -118,7 +151,9 @@ def alerts_router(service: AlertsService) -> APIRouter:
             return _error(404, "not_found")
         return Response(status_code=204)
 
-    @router.get("/v1/alerts", tags=["alerts"], dependencies=admin, summary="The alert log, newest first")
+    @router.get(
+        "/v1/alerts", tags=["alerts"], dependencies=admin, summary="The alert log, newest first", responses=ERRORS
+    )
     def list_alerts(
         entity_type: Annotated[Literal["jti", "sub", "ip"] | None, Query()] = None,
         entity: Annotated[str | None, Query(max_length=8192)] = None,
