@@ -17,7 +17,15 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from pipeline.validation.keystore import ALGORITHMS, KeyStore, KeyStoreError, verify_audit
+from pipeline.validation.keystore import (
+    ALGORITHMS,
+    KeyStore,
+    KeyStoreError,
+    parse_duration,
+    read_secret_file,
+    verify_audit,
+    verify_store,
+)
 
 console = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -190,6 +198,20 @@ def _feed_keys(directory: Path | None, kafka: str | None, data_dir: Path):  # ty
 
 # ------------------------------------------------------------------------------------------- keys
 
+PassphraseFile = Annotated[
+    Path | None,
+    typer.Option(
+        envvar="JWTWATCH_KEYS_PASSPHRASE_FILE",
+        help="File (mode 0600) holding the passphrase that encrypts the private keys at rest; "
+        "or set JWTWATCH_KEYS_PASSPHRASE. Never on the command line.",
+    ),
+]
+
+
+def _passphrase(file: Path | None) -> bytes | None:
+    """--passphrase-file, else None: the key store then reads JWTWATCH_KEYS_PASSPHRASE(_FILE) itself."""
+    return read_secret_file(file, "passphrase") if file is not None else None
+
 
 @keys_app.command("init")
 def keys_init(
@@ -199,14 +221,19 @@ def keys_init(
     max_token_lifetime: Annotated[
         int, typer.Option(envvar=_env("max_token_lifetime"), help="Longest token lifetime, seconds.")
     ] = 3600,
+    passphrase_file: PassphraseFile = None,
 ) -> None:
     """Create a key store with one signing key (and its jwks.json for validators)."""
     try:
-        store = KeyStore.init(dir, alg=alg, issuer=issuer, max_token_lifetime=max_token_lifetime)
+        store = KeyStore.init(
+            dir, alg=alg, issuer=issuer, max_token_lifetime=max_token_lifetime, passphrase=_passphrase(passphrase_file)
+        )
     except KeyStoreError as exc:
         fail(str(exc))
     key = store.current()
     console.print(f"key store created in [bold]{dir}[/]: {key.alg} key [bold]{key.kid}[/]")
+    if not store._meta().get("encrypted") and store.BACKEND == "file":
+        err.print("[yellow]warning:[/] private keys are not encrypted at rest (set JWTWATCH_KEYS_PASSPHRASE)")
     console.print(f"public keys: {dir / 'jwks.json'}")
 
 
@@ -214,14 +241,42 @@ def keys_init(
 def keys_rotate(
     dir: KeysDir,
     alg: Annotated[str | None, typer.Option(envvar=_env("alg"), help="Algorithm of the new key.")] = None,
+    if_older_than: Annotated[
+        str | None,
+        typer.Option(
+            "--if-older-than",
+            envvar=_env("rotate_if_older_than"),
+            help="Rotate only when the current key is at least this old (90d, 12h, 1d12h, seconds), else only drop "
+            "expired retired keys; idempotent, for cron.",
+        ),
+    ] = None,
+    passphrase_file: PassphraseFile = None,
 ) -> None:
     """Make a new current key; the previous one stays published until its tokens have expired."""
     try:
-        store = KeyStore.open(dir)
-        key = store.rotate(alg)
+        store = KeyStore.open(dir, passphrase=_passphrase(passphrase_file))
+        if if_older_than is None:
+            key = store.rotate(alg)
+        else:
+            key = store.rotate_if_older_than(parse_duration(if_older_than), alg)
     except KeyStoreError as exc:
         fail(str(exc))
+    if key is None:
+        current = store.current()
+        age = int(time.time() - current.created_at)
+        console.print(f"current key [bold]{current.kid}[/] is {age} s old, younger than {if_older_than}: not rotated")
+        return
     console.print(f"new current key [bold]{key.kid}[/] ({key.alg})")
+
+
+@keys_app.command("encrypt")
+def keys_encrypt(dir: KeysDir, passphrase_file: PassphraseFile = None) -> None:
+    """Encrypt the private keys of a store made without a passphrase (recorded in the audit log)."""
+    try:
+        count = KeyStore.open(dir, passphrase=_passphrase(passphrase_file)).encrypt()
+    except KeyStoreError as exc:
+        fail(str(exc))
+    console.print(f"encrypted {count} private key(s)" if count else "private keys were already encrypted")
 
 
 @keys_app.command("list")
@@ -248,8 +303,33 @@ def keys_list(
 
 
 @keys_app.command("audit")
-def keys_audit(dir: KeysDir) -> None:
+def keys_audit(
+    dir: KeysDir,
+    verify: Annotated[
+        bool,
+        typer.Option(
+            "--verify",
+            help="Also check the key directory against the log and the rotation policy (for CI/CD gates): "
+            "exit 1 on any problem.",
+        ),
+    ] = False,
+    max_key_age: Annotated[
+        str,
+        typer.Option(envvar=_env("max_key_age"), help="With --verify: the oldest the current key may be (90d, 12h)."),
+    ] = "90d",
+) -> None:
     """Verify the hash chain of the key audit log; exit 1 naming the first broken entry."""
+    if verify:
+        try:
+            check = verify_store(dir, max_key_age=parse_duration(max_key_age))
+        except KeyStoreError as exc:
+            fail(str(exc))
+        if check.ok:
+            console.print(f"key store verified: audit log intact ({check.audit.entries} entries), keys within policy")
+            return
+        for problem in check.problems:
+            err.print(f"[bold red]problem:[/] {escape(problem)}")
+        raise typer.Exit(1)
     report = verify_audit(dir)
     if report.ok:
         console.print(f"audit log intact: {report.entries} entries")
@@ -270,10 +350,11 @@ def token_issue(
     issuer: Annotated[str | None, typer.Option(envvar=_env("issuer"), help="Issuer; default: the store's.")] = None,
     client_id: Annotated[str | None, typer.Option(help="client_id claim.")] = None,
     scope: Annotated[str | None, typer.Option(help="scope claim.")] = None,
+    passphrase_file: PassphraseFile = None,
 ) -> None:
     """Sign an access token (typ at+jwt) with the store's current key and print it."""
     try:
-        store = KeyStore.open(dir)
+        store = KeyStore.open(dir, passphrase=_passphrase(passphrase_file))
         if issuer is None and store.issuer is None:
             fail("no issuer: pass --issuer or create the store with one")
         token = store.issue_token(

@@ -37,10 +37,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
+from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm, get_default_algorithms
 
 __all__ = [
     "ALGORITHMS",
@@ -48,11 +47,16 @@ __all__ = [
     "KeyInfo",
     "KeyStore",
     "KeyStoreError",
+    "StoreCheck",
     "chain_line",
     "entry_hash",
     "jwk_thumbprint",
+    "parse_duration",
+    "passphrase_from_env",
+    "read_secret_file",
     "verify_audit",
     "verify_audit_lines",
+    "verify_store",
 ]
 
 log = logging.getLogger(__name__)
@@ -63,6 +67,13 @@ DEFAULT_MAX_TOKEN_LIFETIME = 3600
 DEFAULT_RSA_BITS = 3072
 MIN_RSA_BITS = 2048
 GENESIS_PREV = "0" * 64
+
+PASSPHRASE_ENV = "JWTWATCH_KEYS_PASSPHRASE"
+PASSPHRASE_FILE_ENV = "JWTWATCH_KEYS_PASSPHRASE_FILE"
+_NEED_PASSPHRASE = (
+    "the private keys in {root} are encrypted: set JWTWATCH_KEYS_PASSPHRASE or give the passphrase file "
+    "(--passphrase-file / JWTWATCH_KEYS_PASSPHRASE_FILE)"
+)
 
 STORE_FILE = "store.json"
 JWKS_FILE = "jwks.json"  # public keys only, rewritten on every change
@@ -84,6 +95,8 @@ _KID_RE = re.compile(r"[A-Za-z0-9_-]{43}")
 _RESERVED_HEADERS = frozenset({"alg", "kid", "b64"})
 _RESERVED_CLAIMS = frozenset({"iss", "sub", "aud", "exp", "iat", "nbf", "jti", "client_id", "scope"})
 _AUDIT_FIELDS = ("seq", "ts", "action", "kid", "alg", "details", "prev", "hash")
+
+_JWS_ALGORITHMS = {alg: get_default_algorithms()[alg] for alg in ("RS256", "ES256", "EdDSA")}
 
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
 Status = Literal["current", "retired"]
@@ -116,12 +129,45 @@ class AuditReport:
     problem: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class StoreCheck:
+    """Result of :func:`verify_store`: the audit chain, the key directory and the rotation policy."""
+
+    audit: AuditReport
+    problems: tuple[str, ...]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
 # --------------------------------------------------------------------------- pure helpers
+
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_DURATION_RE = re.compile(r"(?:\d+[smhdw])+")
+
+
+def parse_duration(text: str) -> int:
+    """Seconds in ``90d``, ``12h``, ``1d12h``, ``30m``, ``45s``, ``2w`` or a bare number of seconds."""
+    value = text.strip().lower()
+    if value.isdigit():
+        seconds = int(value)
+    elif _DURATION_RE.fullmatch(value):
+        seconds = sum(int(n) * _DURATION_UNITS[u] for n, u in re.findall(r"(\d+)([smhdw])", value))
+    else:
+        raise KeyStoreError(f"not a duration: {text!r} (use e.g. 90d, 12h, 1d12h, 30m, 45s or seconds)")
+    if seconds <= 0:
+        raise KeyStoreError(f"a duration must be positive, got {text!r}")
+    return seconds
 
 
 def canonical_json(obj: Any) -> bytes:
     """Deterministic JSON: sorted keys, no whitespace, UTF-8 (RFC 7638 §3 style)."""
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+
+
+def _compact_json(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
 
 
 def _b64url(data: bytes) -> str:
@@ -415,10 +461,17 @@ class KeyStore:
     rotations made by another process, e.g. ``jwtwatch keys rotate`` next to a running server.
     """
 
-    def __init__(self, root: Path) -> None:
+    BACKEND = "file"
+
+    def __init__(self, root: Path, *, passphrase: bytes | str | None = None) -> None:
         self._root = Path(root)
         self._meta_cache: tuple[tuple[int, int, int], dict[str, Any]] | None = None
         self._private_cache: dict[str, PrivateKey] = {}
+        if isinstance(passphrase, str):
+            passphrase = passphrase.encode()
+        self._passphrase: bytes | None = passphrase if passphrase is not None else passphrase_from_env()
+        if self._passphrase is not None and not self._passphrase:
+            raise KeyStoreError("the key store passphrase is empty")
 
     # ---- lifecycle
 
@@ -432,8 +485,15 @@ class KeyStore:
         max_token_lifetime: int = DEFAULT_MAX_TOKEN_LIFETIME,
         rsa_bits: int = DEFAULT_RSA_BITS,
         now: float | None = None,
+        passphrase: bytes | str | None = None,
+        **backend: Any,
     ) -> KeyStore:
-        """Create a store with one current key in ``dir``, which must be missing or empty."""
+        """Create a store with one current key in ``dir``, which must be missing or empty.
+
+        Private keys are encrypted at rest with ``passphrase`` — by default the one in the environment
+        (``JWTWATCH_KEYS_PASSPHRASE``, or the file named by ``JWTWATCH_KEYS_PASSPHRASE_FILE``). Without
+        one they are written unencrypted, and every later use warns.
+        """
         root = Path(dir)
         alg = _check_alg(alg)
         if isinstance(max_token_lifetime, bool) or not isinstance(max_token_lifetime, int):
@@ -459,60 +519,87 @@ class KeyStore:
                 # re-check under the lock: a concurrent init may have won the race
                 if any(p.name != LOCK_FILE for p in root.iterdir()):
                     raise KeyStoreError(f"{root} was initialised concurrently; refusing to overwrite it")
-                private = root / PRIVATE_DIR
-                private.mkdir(mode=0o700)
-                os.chmod(private, 0o700)  # mkdir's mode is filtered by the umask
-                key = _generate_key(alg, rsa_bits)
-                jwk = _public_jwk(key)
+                store = cls(root, passphrase=passphrase, **backend)
+                backend_meta = store._init_backend()
+                jwk = store._new_key(alg, rsa_bits)
                 kid = jwk_thumbprint(jwk)
-                _write_atomic(private / f"{kid}.pem", _pem(key), 0o600)
-                details = {"issuer": issuer, "max_token_lifetime": max_token_lifetime}
+                details = {"issuer": issuer, "max_token_lifetime": max_token_lifetime, **backend_meta}
                 head = _append_audit(root, [("init", kid, alg, details)], t)
                 meta = {
                     "format": STORE_FORMAT,
                     "issuer": issuer,
                     "max_token_lifetime": max_token_lifetime,
                     "rsa_bits": rsa_bits,
+                    **backend_meta,
                     "keys": [{"kid": kid, "alg": alg, "created_at": t, "retired_at": None, "jwk": jwk}],
                     "audit_head": {"seq": head["seq"], "hash": head["hash"]},
                 }
                 _write_atomic(root / STORE_FILE, canonical_json(meta), 0o644)
-                store = cls(root)
                 store._publish_jwks()
         log.info("key store initialised in %s with %s key %s", root, alg, kid)
-        return cls(root)
+        return store
 
     @classmethod
-    def open(cls, dir: Path) -> KeyStore:
-        """Load an existing store; KeyStoreError if it is missing or its metadata is corrupt."""
-        store = cls(Path(dir))
-        store._meta()
+    def open(cls, dir: Path, *, passphrase: bytes | str | None = None, **backend: Any) -> KeyStore:
+        """Load an existing store; KeyStoreError if it is missing or its metadata is corrupt.
+
+        A store whose keys live in a PKCS#11 token opens as a :class:`~pipeline.validation.pkcs11.Pkcs11KeyStore`.
+        """
+        store = cls(Path(dir), passphrase=passphrase, **backend)
+        kind = store._meta().get("backend", "file")
+        if kind != cls.BACKEND:
+            if kind != "pkcs11" or cls is not KeyStore:
+                raise KeyStoreError(f"{dir} is a {kind!r} key store, not a {cls.BACKEND!r} one")
+            from pipeline.validation.pkcs11 import Pkcs11KeyStore
+
+            store = Pkcs11KeyStore(Path(dir), **backend)
+        store._opened()
         return store
 
     def rotate(self, alg: str | None = None, *, now: float | None = None) -> KeyInfo:
         """Make a new current key; retire the old one; drop retired keys whose tokens have all expired."""
         t = time.time() if now is None else now
         with _os_errors(f"cannot rotate keys in {self._root}"), _locked(self._root):
-            meta = self._meta(force=True)  # under the lock: another process may just have rotated
-            old = next(k for k in meta["keys"] if k["retired_at"] is None)
-            new_alg = _check_alg(old["alg"] if alg is None else alg)
-            key = _generate_key(new_alg, meta["rsa_bits"])
-            jwk = _public_jwk(key)
-            kid = jwk_thumbprint(jwk)
-            _write_atomic(self._root / PRIVATE_DIR / f"{kid}.pem", _pem(key), 0o600)
+            return self._rotate_locked(alg, t)
 
-            dropped = _expired_keys(meta["keys"], meta["max_token_lifetime"], t)
-            records = [self._drop_record(k, meta["max_token_lifetime"]) for k in dropped]
-            records.append(("retire", old["kid"], old["alg"], {"replaced_by": kid}))
-            records.append(("rotate", kid, new_alg, {"previous": old["kid"]}))
-            gone = {k["kid"] for k in dropped}
-            keys = [dict(k) for k in meta["keys"] if k["kid"] not in gone]
-            for k in keys:
-                if k["kid"] == old["kid"]:
-                    k["retired_at"] = t
-            new = {"kid": kid, "alg": new_alg, "created_at": t, "retired_at": None, "jwk": jwk}
-            self._commit(meta, [*keys, new], records, t)
-            self._remove_private(gone)
+    def rotate_if_older_than(
+        self, max_age: float, alg: str | None = None, *, now: float | None = None
+    ) -> KeyInfo | None:
+        """Rotate when the current key is at least ``max_age`` seconds old, else only prune; idempotent.
+
+        Made for cron: run it as often as you like, it rotates once per ``max_age``. Decided under the
+        store lock, so two runs at once rotate once. Returns the new key, or None when none was due.
+        """
+        if isinstance(max_age, bool) or not isinstance(max_age, int | float) or max_age <= 0:
+            raise KeyStoreError(f"max_age must be a positive number of seconds, got {max_age!r}")
+        t = time.time() if now is None else now
+        with _os_errors(f"cannot rotate keys in {self._root}"), _locked(self._root):
+            meta = self._meta(force=True)
+            current = next(k for k in meta["keys"] if k["retired_at"] is None)
+            if t - current["created_at"] >= max_age:
+                return self._rotate_locked(alg, t)
+            self._prune_locked(t)
+        return None
+
+    def _rotate_locked(self, alg: str | None, t: float) -> KeyInfo:
+        meta = self._meta(force=True)  # under the lock: another process may just have rotated
+        old = next(k for k in meta["keys"] if k["retired_at"] is None)
+        new_alg = _check_alg(old["alg"] if alg is None else alg)
+        jwk = self._new_key(new_alg, meta["rsa_bits"])
+        kid = jwk_thumbprint(jwk)
+
+        dropped = _expired_keys(meta["keys"], meta["max_token_lifetime"], t)
+        records = [self._drop_record(k, meta["max_token_lifetime"]) for k in dropped]
+        records.append(("retire", old["kid"], old["alg"], {"replaced_by": kid}))
+        records.append(("rotate", kid, new_alg, {"previous": old["kid"]}))
+        gone = {k["kid"] for k in dropped}
+        keys = [dict(k) for k in meta["keys"] if k["kid"] not in gone]
+        for k in keys:
+            if k["kid"] == old["kid"]:
+                k["retired_at"] = t
+        new = {"kid": kid, "alg": new_alg, "created_at": t, "retired_at": None, "jwk": jwk}
+        self._commit(meta, [*keys, new], records, t)
+        self._remove_private(gone)
         log.info("rotated signing key in %s: %s (%s) replaces %s", self._root, kid, new_alg, old["kid"])
         return _info(new)
 
@@ -520,14 +607,17 @@ class KeyStore:
         """Drop retired keys whose tokens can no longer be valid; return what was dropped."""
         t = time.time() if now is None else now
         with _os_errors(f"cannot prune keys in {self._root}"), _locked(self._root):
-            meta = self._meta(force=True)
-            dropped = _expired_keys(meta["keys"], meta["max_token_lifetime"], t)
-            if not dropped:
-                return []
-            gone = {k["kid"] for k in dropped}
-            records = [self._drop_record(k, meta["max_token_lifetime"]) for k in dropped]
-            self._commit(meta, [k for k in meta["keys"] if k["kid"] not in gone], records, t)
-            self._remove_private(gone)
+            return self._prune_locked(t)
+
+    def _prune_locked(self, t: float) -> list[KeyInfo]:
+        meta = self._meta(force=True)
+        dropped = _expired_keys(meta["keys"], meta["max_token_lifetime"], t)
+        if not dropped:
+            return []
+        gone = {k["kid"] for k in dropped}
+        records = [self._drop_record(k, meta["max_token_lifetime"]) for k in dropped]
+        self._commit(meta, [k for k in meta["keys"] if k["kid"] not in gone], records, t)
+        self._remove_private(gone)
         return [_info(k) for k in dropped]
 
     # ---- reading
@@ -581,8 +671,10 @@ class KeyStore:
         if clash:
             raise KeyStoreError(f"header(s) {', '.join(clash)} are set by the key store, not the caller")
         cur = self.current()
-        key = self._private_key(cur.kid, cur.alg)
-        return jwt.encode(dict(claims), key, algorithm=cur.alg, headers={"typ": "at+jwt", **extra, "kid": cur.kid})
+        header = {"alg": cur.alg, "typ": "at+jwt", **extra, "kid": cur.kid}
+        signing_input = _b64url(_compact_json(header)) + "." + _b64url(_compact_json(dict(claims)))
+        signature = self._sign_bytes(cur.kid, cur.alg, signing_input.encode("ascii"))
+        return signing_input + "." + _b64url(signature)
 
     def issue_token(
         self,
@@ -690,6 +782,73 @@ class KeyStore:
         if kids:
             _fsync_dir(self._root / PRIVATE_DIR)
 
+    # ---- the private-key backend: files under private/ (Pkcs11KeyStore overrides these)
+
+    def _init_backend(self) -> dict[str, Any]:
+        """Prepare a new store's private-key storage; return what store.json records about it."""
+        private = self._root / PRIVATE_DIR
+        private.mkdir(mode=0o700)
+        os.chmod(private, 0o700)  # mkdir's mode is filtered by the umask
+        return {"encrypted": self._passphrase is not None}
+
+    def _opened(self) -> None:
+        if not self._meta().get("encrypted"):
+            log.warning(
+                "private keys in %s are stored unencrypted; set JWTWATCH_KEYS_PASSPHRASE (or a passphrase file) "
+                "and run jwtwatch keys encrypt",
+                self._root,
+            )
+
+    def _new_key(self, alg: str, rsa_bits: int) -> dict[str, str]:
+        """Generate a key, keep its private half, return its public JWK (RFC 7638 members)."""
+        encrypted = bool(self._meta().get("encrypted")) if (self._root / STORE_FILE).exists() else None
+        if encrypted is None:  # init: the store is encrypted when a passphrase is given
+            encrypted = self._passphrase is not None
+        if encrypted and self._passphrase is None:
+            raise KeyStoreError(_NEED_PASSPHRASE.format(root=self._root))
+        key = _generate_key(alg, rsa_bits)
+        jwk = _public_jwk(key)
+        kid = jwk_thumbprint(jwk)
+        path = self._root / PRIVATE_DIR / f"{kid}.pem"
+        _write_atomic(path, _pem(key, self._passphrase if encrypted else None), 0o600)
+        return jwk
+
+    def _sign_bytes(self, kid: str, alg: str, data: bytes) -> bytes:
+        """The JWS signature (RFC 7518 format: r||s for ECDSA) of ``data`` with key ``kid``."""
+        return _JWS_ALGORITHMS[alg].sign(data, self._private_key(kid, alg))
+
+    def encrypt(self, *, now: float | None = None) -> int:
+        """Re-write every private key of an unencrypted store encrypted with the store's passphrase.
+
+        Returns how many keys were encrypted (0 when the store already was). Recorded in the audit log.
+        """
+        if self._passphrase is None:
+            raise KeyStoreError("no passphrase: set JWTWATCH_KEYS_PASSPHRASE or give a passphrase file")
+        t = time.time() if now is None else now
+        with _os_errors(f"cannot encrypt keys in {self._root}"), _locked(self._root):
+            meta = self._meta(force=True)
+            if meta.get("encrypted"):
+                return 0
+            for k in meta["keys"]:
+                key = self._private_key(k["kid"], k["alg"])
+                _write_atomic(self._root / PRIVATE_DIR / f"{k['kid']}.pem", _pem(key, self._passphrase), 0o600)
+            records = [("encrypt", k["kid"], k["alg"], {}) for k in meta["keys"]]
+            self._commit({**meta, "encrypted": True}, meta["keys"], records, t)
+        return len(meta["keys"])
+
+    def _check_private(self, kid: str, alg: str) -> str | None:
+        """Why the private key of ``kid`` is unusable, or None; never decrypts or loads it."""
+        path = self._root / PRIVATE_DIR / f"{kid}.pem"
+        try:
+            mode = path.stat().st_mode & 0o777
+        except FileNotFoundError:
+            return f"private key of published key {kid} is missing ({path})"
+        except OSError as e:
+            return f"cannot read {path}: {e.strerror}"
+        if mode & 0o077:
+            return f"{path} is accessible by other users (mode {mode:o})"
+        return None
+
     def _private_key(self, kid: str, alg: str) -> PrivateKey:
         cached = self._private_cache.get(kid)
         if cached is not None:
@@ -700,22 +859,60 @@ class KeyStore:
             if mode & 0o077:
                 raise KeyStoreError(f"{path} is accessible by other users (mode {mode:o}); chmod 600 it")
             data = path.read_bytes()
+        encrypted = data.startswith(b"-----BEGIN ENCRYPTED PRIVATE KEY-----")
+        if encrypted and self._passphrase is None:
+            raise KeyStoreError(_NEED_PASSPHRASE.format(root=self._root))
+        if not encrypted and self._meta().get("encrypted"):
+            # an attacker who can write private/ must not get an unencrypted key of their own used silently
+            raise KeyStoreError(f"{path} is not encrypted, but this store's keys are (file replaced?)")
         try:
-            key = serialization.load_pem_private_key(data, password=None)
-        except (ValueError, TypeError) as e:
-            raise KeyStoreError(f"{path} is not a readable unencrypted PEM private key") from e
+            key = serialization.load_pem_private_key(data, password=self._passphrase if encrypted else None)
+        except ValueError as e:
+            if encrypted:
+                raise KeyStoreError(
+                    f"wrong passphrase for the private keys in {self._root} (cannot decrypt {kid})"
+                ) from e
+            raise KeyStoreError(f"{path} is not a readable PEM private key") from e
+        except TypeError as e:
+            raise KeyStoreError(f"{path} is not a readable PEM private key") from e
         if not _key_matches_alg(key, alg) or jwk_thumbprint(_public_jwk(key)) != kid:  # type: ignore[arg-type]
             raise KeyStoreError(f"{path} does not hold the {alg} key {kid} (file replaced or corrupt)")
         self._private_cache[kid] = key  # type: ignore[assignment]
         return key  # type: ignore[return-value]
 
 
-def _pem(key: PrivateKey) -> bytes:
+def _pem(key: PrivateKey, passphrase: bytes | None = None) -> bytes:
+    encryption: serialization.KeySerializationEncryption = (
+        serialization.BestAvailableEncryption(passphrase) if passphrase else serialization.NoEncryption()
+    )
     return key.private_bytes(
         encoding=serialization.Encoding.PEM,
         format=serialization.PrivateFormat.PKCS8,
-        encryption_algorithm=serialization.NoEncryption(),
+        encryption_algorithm=encryption,
     )
+
+
+def passphrase_from_env(environ: Mapping[str, str] | None = None) -> bytes | None:
+    """The key store passphrase from ``JWTWATCH_KEYS_PASSPHRASE``, else the file ``JWTWATCH_KEYS_PASSPHRASE_FILE``."""
+    env = os.environ if environ is None else environ
+    value = env.get(PASSPHRASE_ENV)
+    if value:
+        return value.encode()
+    file = env.get(PASSPHRASE_FILE_ENV)
+    return read_secret_file(Path(file), "passphrase") if file else None
+
+
+def read_secret_file(path: Path, what: str) -> bytes:
+    """A secret kept in a file (passphrase, PIN): owner-only, first line, trailing newline stripped."""
+    with _os_errors(f"cannot read the {what} file"):
+        mode = path.stat().st_mode & 0o777
+        data = path.read_bytes()
+    if mode & 0o077:
+        raise KeyStoreError(f"the {what} file {path} is accessible by other users (mode {mode:o}); chmod 600 it")
+    secret = data.split(b"\n", 1)[0].rstrip(b"\r")
+    if not secret:
+        raise KeyStoreError(f"the {what} file {path} is empty")
+    return secret
 
 
 def _info(k: Mapping[str, Any]) -> KeyInfo:
@@ -726,3 +923,96 @@ def _info(k: Mapping[str, Any]) -> KeyInfo:
         retired_at=k["retired_at"],
         status="current" if k["retired_at"] is None else "retired",
     )
+
+
+# --------------------------------------------------------------------------- verification for CI gates
+
+
+def _replay_audit(entries: Sequence[Mapping[str, Any]]) -> tuple[set[str], str | None]:
+    """The published kids and the current kid that the audit log's history implies."""
+    published: set[str] = set()
+    current: str | None = None
+    for e in entries:
+        action, kid = e.get("action"), e.get("kid")
+        if action in ("init", "rotate"):
+            published.add(kid)  # type: ignore[arg-type]
+            current = kid  # type: ignore[assignment]
+        elif action == "drop":
+            published.discard(kid)  # type: ignore[arg-type]
+    return published, current
+
+
+def verify_store(dir: Path, *, max_key_age: float | None = None, now: float | None = None) -> StoreCheck:
+    """Everything a CI/CD gate wants to know about a key store, as a list of problems (empty: all good).
+
+    * the audit chain is intact and still holds the head store.json records;
+    * the published keys are the ones the audit log's history adds, retires and drops — a key slipped into
+      store.json without an audit entry, or one dropped silently, is caught;
+    * ``jwks.json`` publishes exactly the store's public keys (validators follow that file);
+    * every published key has its private key (a file of mode 0600, or an object in the HSM token);
+    * the current key is not older than ``max_key_age`` (the rotation policy);
+    * no retired key is still published past the longest token lifetime (it should have been dropped).
+    """
+    root = Path(dir)
+    t = time.time() if now is None else now
+    audit = verify_audit(root)
+    problems: list[str] = []
+    if not audit.ok:
+        problems.append(f"audit log broken at entry {audit.first_broken}: {audit.problem}")
+    try:
+        store = KeyStore.open(root)
+        meta = store._meta(force=True)
+    except KeyStoreError as e:
+        return StoreCheck(audit, (*problems, str(e)))
+
+    keys = meta["keys"]
+    kids = {k["kid"] for k in keys}
+    current = next(k for k in keys if k["retired_at"] is None)
+    if audit.ok:
+        expected, expected_current = _replay_audit(store.audit_entries())
+        for kid in sorted(kids - expected):
+            problems.append(f"key {kid} is published but the audit log never added it (key slipped into store.json)")
+        for kid in sorted(expected - kids):
+            problems.append(f"key {kid} is missing from store.json but the audit log never dropped it")
+        if expected_current is not None and expected_current != current["kid"]:
+            problems.append(f"store.json names {current['kid']} current, the audit log {expected_current}")
+
+    try:
+        published = json.loads((root / JWKS_FILE).read_bytes())
+    except (OSError, ValueError) as e:
+        problems.append(f"{JWKS_FILE} cannot be read: {e}")
+    else:
+        if published != store.public_jwks():
+            problems.append(f"{JWKS_FILE} does not match the key store (a key was added, removed or edited by hand)")
+
+    for k in keys:
+        problem = store._check_private(k["kid"], k["alg"])
+        if problem:
+            problems.append(problem)
+
+    if max_key_age is not None:
+        age = t - current["created_at"]
+        if age > max_key_age:
+            problems.append(
+                f"current key {current['kid']} is {_human(age)} old; the policy allows {_human(max_key_age)} "
+                "(jwtwatch keys rotate --if-older-than)"
+            )
+    for k in _expired_keys(keys, meta["max_token_lifetime"], t):
+        late = t - (k["retired_at"] + meta["max_token_lifetime"])
+        problems.append(
+            f"retired key {k['kid']} is still published {_human(late)} after its last token expired "
+            f"(retired {_rfc3339(k['retired_at'])}, tokens live at most {meta['max_token_lifetime']} s; "
+            "jwtwatch keys rotate --if-older-than drops it)"
+        )
+    return StoreCheck(audit, tuple(problems))
+
+
+def _human(seconds: float) -> str:
+    """1d2h, 3h5m, 4m10s, 12s."""
+    s = int(seconds)
+    days, hours, minutes = s // 86400, s % 86400 // 3600, s % 3600 // 60
+    if days:
+        return f"{days}d{hours}h"
+    if hours:
+        return f"{hours}h{minutes}m"
+    return f"{minutes}m{s % 60}s" if minutes else f"{s}s"
