@@ -707,7 +707,7 @@ class AlertsService:
             where.append("ts <= ?")
             params.append(until)
         rows = self._query(
-            f"SELECT record, revision FROM alerts WHERE {' AND '.join(where)} ORDER BY ts DESC, alert_id LIMIT ?",  # noqa: S608 - fixed clauses
+            f"SELECT record, revision FROM alerts WHERE {' AND '.join(where)} ORDER BY ts DESC, alert_id LIMIT ?",  # noqa: S608 - fixed clauses, values bound as ?  # nosec B608
             [*params, max(0, int(limit))],
         )
         return [{**orjson.loads(record), "revision": revision} for record, revision in rows]
@@ -771,7 +771,7 @@ class AlertsService:
         cutoff = self.clock() - older_than_s
         with self._tx() as db:
             old = "SELECT id FROM deliveries WHERE status != 'pending' AND updated_at < ?"
-            db.execute(f"DELETE FROM delivery_attempts WHERE delivery_id IN ({old})", (cutoff,))  # noqa: S608
+            db.execute(f"DELETE FROM delivery_attempts WHERE delivery_id IN ({old})", (cutoff,))  # noqa: S608 - {old} is the constant query above  # nosec B608
             removed = db.execute("DELETE FROM deliveries WHERE status != 'pending' AND updated_at < ?", (cutoff,))
             # A message is kept while a delivery needs it; revocation messages stay as the idempotency record.
             db.execute(

@@ -47,7 +47,7 @@ def client_ip(peer: str | None, forwarded_for: str | None, trusted_proxies: tupl
     """The client's IP as text; ``0.0.0.0`` when the peer is unknown (e.g. a Unix socket)."""
     peer_ip = _ip(peer) if peer else None
     if peer_ip is None:
-        return "0.0.0.0"  # noqa: S104 - a placeholder address, nothing binds to it
+        return "0.0.0.0"  # noqa: S104 - a placeholder address, nothing binds to it  # nosec B104
     if not forwarded_for or not _trusted(peer_ip, trusted_proxies):
         return str(peer_ip)
     client = peer_ip
