@@ -188,17 +188,19 @@ class DetectionEngine:
             touched_ip.add(ip)
             if not trusted:
                 continue
-            if client is not None:
-                client = intern(client)
             if sub is not None:
                 window = add_sub(sub, ts, bucket, prefix, ip, ua, row, jti)
-                window.owner = client
+                # Windows and baselines share one copy of each client id and subject.
+                if client != window.owner:
+                    window.owner = None if client is None else intern(client)
+                client = window.owner
                 sub = window.key
                 touched_sub.add(sub)
             if jti is not None:
                 window = add_jti(jti, ts, bucket, prefix, ip, ua, row)
                 window.owner = sub
-                window.client = client
+                if client != window.client:
+                    window.client = None if client is None else intern(client)
                 if iat is not None and exp is not None:
                     # Only the lifetime is read (token_age_fraction): exp - iat of the latest event, as floats.
                     # Most tokens of a client share a lifetime, and then one float object.

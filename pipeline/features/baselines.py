@@ -65,8 +65,10 @@ class Baselines:
         profile = self.subjects.get(sub)
         if profile is None:
             profile = self.subjects[sub] = SubjectProfile()
-        _first_seen(profile.prefixes, prefix, ts, MAX_PREFIXES)
-        if family is not None:
+        # Once per accepted event: the usual case, a known network and software, needs no call.
+        if prefix not in profile.prefixes:
+            _first_seen(profile.prefixes, prefix, ts, MAX_PREFIXES)
+        if family is not None and family not in profile.families:
             _first_seen(profile.families, family, ts, MAX_FAMILIES)
         if client is not None:
             profile.client = client
