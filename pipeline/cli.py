@@ -100,6 +100,13 @@ InsecureHttp = Annotated[
         help="Allow plain HTTP on a non-loopback address without --trusted-proxies (not for production).",
     ),
 ]
+MaxTokenLifetime = Annotated[
+    int,
+    typer.Option(
+        envvar=_env("max_token_lifetime"),
+        help="Longest token lifetime (exp - iat) accepted, seconds; longer tokens are rejected (reason lifetime).",
+    ),
+]
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "models" / "default"
 ModelDir = Annotated[
     Path,
@@ -346,13 +353,27 @@ def token_issue(
     dir: KeysDir,
     sub: Annotated[str, typer.Option(help="Subject (sub).")],
     aud: Annotated[list[str], typer.Option(help="Audience (aud); repeat for several.")],
-    ttl: Annotated[int, typer.Option(help="Lifetime in seconds (at most the store's maximum).")] = 600,
+    ttl: Annotated[
+        int, typer.Option(help="Lifetime in seconds (default 10 minutes; at most --max-token-lifetime).")
+    ] = 600,
+    max_token_lifetime: Annotated[
+        int,
+        typer.Option(
+            envvar=_env("max_token_lifetime"),
+            help="Refuse a --ttl above this, seconds: validators reject longer tokens (reason lifetime).",
+        ),
+    ] = 3600,
     issuer: Annotated[str | None, typer.Option(envvar=_env("issuer"), help="Issuer; default: the store's.")] = None,
     client_id: Annotated[str | None, typer.Option(help="client_id claim.")] = None,
     scope: Annotated[str | None, typer.Option(help="scope claim.")] = None,
     passphrase_file: PassphraseFile = None,
 ) -> None:
     """Sign an access token (typ at+jwt) with the store's current key and print it."""
+    if ttl > max_token_lifetime:
+        fail(
+            f"--ttl {ttl} exceeds the maximum token lifetime of {max_token_lifetime} s (--max-token-lifetime): "
+            "validators would reject the token (reason lifetime)"
+        )
     try:
         store = KeyStore.open(dir, passphrase=_passphrase(passphrase_file))
         if issuer is None and store.issuer is None:
@@ -383,6 +404,7 @@ def validator_serve(
     data_dir: DataDir = Path("data"),
     require_typ: RequireTyp = None,
     leeway: Leeway = 30,
+    max_token_lifetime: MaxTokenLifetime = 3600,
     kafka: Kafka = None,
     revocation_keys: RevocationKeys = None,
     max_feed_lag: Annotated[
@@ -421,6 +443,7 @@ def validator_serve(
             algorithms=algorithms,
             require_typ=require_typ,
             leeway_s=leeway,
+            max_token_lifetime_s=max_token_lifetime,
         )
         admin_token = read_admin_token(admin_token_file)
     except ValidationError as exc:
@@ -480,6 +503,7 @@ def serve(
     model_dir: ModelDir = DEFAULT_MODEL_DIR,
     require_typ: RequireTyp = None,
     leeway: Leeway = 30,
+    max_token_lifetime: MaxTokenLifetime = 3600,
     auto_revoke: Annotated[
         bool, typer.Option("--auto-revoke", envvar=_env("auto_revoke"), help="Revoke tokens of severe alerts.")
     ] = False,
@@ -528,6 +552,7 @@ def serve(
                 algorithms=algorithms,
                 require_typ=require_typ,
                 leeway_s=leeway,
+                max_token_lifetime_s=max_token_lifetime,
             ),
             data_dir=data_dir,
             model_dir=model_dir,

@@ -48,6 +48,7 @@ REASONS: tuple[str, ...] = (
     "replayed",
     "too_large",
     "weak_key",
+    "lifetime",
 )
 REASON_SET: frozenset[str] = frozenset(REASONS)
 

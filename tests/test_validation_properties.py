@@ -24,8 +24,8 @@ from tests.servers import serve_app
 ISSUER_KEYS = Issuer.create()
 CONFIG = ValidatorConfig(issuer=ISSUER, audience=AUDIENCE, jwks=ISSUER_KEYS.jwks())
 VALIDATOR = TokenValidator(CONFIG)
-# Long-lived good tokens, one per algorithm, signed once for the whole module.
-GOOD = {alg: ISSUER_KEYS.token(alg, ttl=24 * 3600) for alg in ("RS256", "ES256", "EdDSA")}
+# Good tokens living as long as the validator allows (1 h), one per algorithm, signed once for the whole module.
+GOOD = {alg: ISSUER_KEYS.token(alg, ttl=CONFIG.max_token_lifetime_s) for alg in ("RS256", "ES256", "EdDSA")}
 
 PROPERTY = settings(max_examples=200, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 

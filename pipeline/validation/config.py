@@ -33,6 +33,9 @@ class ValidatorConfig(BaseModel):
         DEFAULT_ALGORITHMS, description="allowed algorithms (asymmetric only); a comma-separated string is accepted"
     )
     leeway_s: int = Field(30, ge=0, le=300, description="clock skew allowed on exp, nbf and iat")
+    max_token_lifetime_s: int = Field(
+        3600, ge=1, le=31 * 24 * 3600, description="tokens whose exp - iat exceeds this are rejected (`lifetime`)"
+    )
     max_token_bytes: int = Field(8192, ge=256, le=65536, description="longer tokens are refused before parsing")
     require_typ: Literal["at+jwt"] | None = Field(None, description="'at+jwt' for strict RFC 9068 typing")
     jwks_refetch_cooldown_s: float = Field(60.0, ge=0, description="at most one refetch per this on unknown kid")

@@ -78,7 +78,7 @@ class ValidatorService:
         events_out: Path | None = None,
         trusted_proxies: tuple[Network, ...] | str | None = None,
         admin_token: str | None = None,
-        max_token_lifetime_s: int = 24 * 3600,
+        max_token_lifetime_s: int | None = None,
         max_feed_lag_s: float = 30.0,
         fail_closed: bool = False,
         clock: Callable[[], float] = time.time,
@@ -86,7 +86,10 @@ class ValidatorService:
         self.config = config
         self.clock = clock
         self.revocations = RevocationStore(
-            Path(data_dir) / "revocations.sqlite", max_token_lifetime_s=max_token_lifetime_s
+            Path(data_dir) / "revocations.sqlite",
+            # No accepted token lives longer than the configured cap (reason `lifetime`), so a subject
+            # revocation can be forgotten that long after its cut-off.
+            max_token_lifetime_s=config.max_token_lifetime_s if max_token_lifetime_s is None else max_token_lifetime_s,
         )
         self.validator = TokenValidator(config, revocations=self.revocations, clock=clock)
         self.emitter = UsageEmitter(bus, events_out)

@@ -189,6 +189,10 @@ class TokenVerifier:
             return "malformed"
         if self.config.audience not in audiences:
             return "audience"
+        if claims["exp"] - claims["iat"] > self.config.max_token_lifetime_s:
+            # A long-lived bearer token is a long-lived theft: refused however it was signed. It also bounds
+            # how long a subject revocation and a one-time token's replay entry must be kept.
+            return "lifetime"
         return self.check_time(claims, now)
 
     def check_time(self, claims: Mapping[str, Any], now: float) -> str | None:
