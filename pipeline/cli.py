@@ -258,14 +258,29 @@ def keys_rotate(
         ),
     ] = None,
     passphrase_file: PassphraseFile = None,
+    root: Annotated[
+        Path | None,
+        typer.Option(
+            envvar=_env("jwks_root"), help="Root key dir (keys init-root): sign jwks.jwt afresh, rotated or not."
+        ),
+    ] = None,
+    validity: Annotated[
+        str, typer.Option(envvar=_env("jwks_validity"), help="With --root: signed JWKS lifetime.")
+    ] = "7d",
 ) -> None:
     """Make a new current key; the previous one stays published until its tokens have expired."""
+    from pipeline.validation.signed_jwks import RootKey, publish_signed_jwks
+
     try:
         store = KeyStore.open(dir, passphrase=_passphrase(passphrase_file))
+        root_key = RootKey.open(root, passphrase=_passphrase(passphrase_file)) if root is not None else None
         if if_older_than is None:
             key = store.rotate(alg)
         else:
             key = store.rotate_if_older_than(parse_duration(if_older_than), alg)
+        if root_key is not None:
+            signed = publish_signed_jwks(store, root_key, validity_s=parse_duration(validity))
+            console.print(f"signed key set: {signed}")
     except KeyStoreError as exc:
         fail(str(exc))
     if key is None:
@@ -274,6 +289,43 @@ def keys_rotate(
         console.print(f"current key [bold]{current.kid}[/] is {age} s old, younger than {if_older_than}: not rotated")
         return
     console.print(f"new current key [bold]{key.kid}[/] ({key.alg})")
+
+
+@keys_app.command("init-root")
+def keys_init_root(
+    dir: KeysDir,
+    issuer: Annotated[str, typer.Option(envvar=_env("issuer"), help="The iss of the key sets it signs.")],
+    alg: Annotated[str, typer.Option(envvar=_env("alg"), help=f"One of {', '.join(ALGORITHMS)}.")] = "ES256",
+    passphrase_file: PassphraseFile = None,
+) -> None:
+    """Create the long-lived root key that signs published key sets (keep it apart from the signing keys)."""
+    from pipeline.validation.signed_jwks import ROOT_PUBLIC, RootKey
+
+    try:
+        root = RootKey.init(dir, issuer, alg, passphrase=_passphrase(passphrase_file))
+    except KeyStoreError as exc:
+        fail(str(exc))
+    console.print(f"root key [bold]{root.kid}[/] ({root.alg}) in {dir}; pin {dir / ROOT_PUBLIC} on validators")
+
+
+@keys_app.command("sign-jwks")
+def keys_sign_jwks(
+    dir: KeysDir,
+    root: Annotated[Path, typer.Option(envvar=_env("jwks_root"), help="Root key directory (keys init-root).")],
+    validity: Annotated[str, typer.Option(envvar=_env("jwks_validity"), help="Lifetime of the signed set.")] = "7d",
+    passphrase_file: PassphraseFile = None,
+) -> None:
+    """Sign the store's public keys with the root key into DIR/jwks.jwt (served at /.well-known/jwks.jwt)."""
+    from pipeline.validation.signed_jwks import RootKey, publish_signed_jwks
+
+    try:
+        store = KeyStore.open(dir, passphrase=_passphrase(passphrase_file))
+        path = publish_signed_jwks(
+            store, RootKey.open(root, passphrase=_passphrase(passphrase_file)), validity_s=parse_duration(validity)
+        )
+    except KeyStoreError as exc:
+        fail(str(exc))
+    console.print(f"signed key set: {path}")
 
 
 @keys_app.command("encrypt")
@@ -389,6 +441,50 @@ def token_issue(
 # -------------------------------------------------------------------------------------- validator
 
 
+def _extra_key_sources(  # type: ignore[no-untyped-def]
+    keys_dir, signed_url, root_key, signed_issuer, max_age, jwks_file, jwks_url, algorithms
+):
+    """Key sources beside --jwks-file/--jwks-url: a key store's jwks.json and a signed JWKS URL.
+
+    Returns (extra sources, the jwks_file for the config, an inline JWKS for the config): the config needs
+    one source of its own, so a store alone becomes its jwks.json, a signed URL alone its first verified set.
+    """
+    from pipeline.validation.jwks import JwksError
+    from pipeline.validation.key_sources import FileKeySource, SignedJwksUrlSource
+    from pipeline.validation.keystore import JWKS_FILE
+
+    algs = tuple(a.strip() for a in algorithms.split(",") if a.strip())
+    sources: list[Any] = []
+    if keys_dir is not None:
+        try:
+            KeyStore.open(keys_dir)
+        except KeyStoreError as exc:
+            fail(f"--keys-dir: {exc}")
+        if jwks_file is None and jwks_url is None:
+            jwks_file = keys_dir / JWKS_FILE  # the store's keys are the config's own source
+        else:
+            try:
+                sources.append(FileKeySource(keys_dir / JWKS_FILE, algs))
+            except JwksError as exc:
+                fail(f"--keys-dir: {exc}")
+    if signed_url is not None:
+        if root_key is None or signed_issuer is None:
+            fail("--signed-jwks-url needs --jwks-root-key (the pinned root public key) and --signed-jwks-issuer")
+        try:
+            root_jwk = json.loads(root_key.read_bytes())
+            source = SignedJwksUrlSource(
+                signed_url, algs, root_jwk=root_jwk, issuer=signed_issuer, max_age_s=parse_duration(max_age)
+            )
+        except (OSError, ValueError, JwksError, KeyStoreError) as exc:
+            fail(f"--signed-jwks-url: {exc}")
+        if not source.has_keys:
+            fail(f"--signed-jwks-url: no verified key set from {signed_url}: {source.last_error}")
+        sources.append(source)
+    if jwks_file is None and jwks_url is None and sources:
+        return sources, None, sources[0].current().public_jwks()
+    return sources, jwks_file, None
+
+
 @validator_app.command("serve")
 def validator_serve(
     issuer: Issuer,
@@ -418,6 +514,29 @@ def validator_serve(
     tls_key: TlsKey = None,
     require_tls: RequireTls = False,
     insecure_http: InsecureHttp = False,
+    keys_dir: Annotated[
+        Path | None,
+        typer.Option(
+            envvar=_env("keys_dir"),
+            help="Key store (jwtwatch keys init) whose public keys to trust and publish, beside any JWKS; "
+            "its signed jwks.jwt is served at /.well-known/jwks.jwt.",
+        ),
+    ] = None,
+    signed_jwks_url: Annotated[
+        str | None,
+        typer.Option(envvar=_env("signed_jwks_url"), help="https:// URL of a signed JWKS (jwk-set+jwt) to trust."),
+    ] = None,
+    jwks_root_key: Annotated[
+        Path | None,
+        typer.Option(envvar=_env("jwks_root_key"), help="The root public JWK (root.jwk.json) pinned for it."),
+    ] = None,
+    signed_jwks_issuer: Annotated[
+        str | None,
+        typer.Option(envvar=_env("signed_jwks_issuer"), help="The iss the signed JWKS must carry."),
+    ] = None,
+    signed_jwks_max_age: Annotated[
+        str, typer.Option(envvar=_env("signed_jwks_max_age"), help="Refuse a signed JWKS issued longer ago.")
+    ] = "7d",
 ) -> None:
     """Serve GET /v1/validate (forward-auth), introspection, JWKS, revocations, health and metrics."""
     import uvicorn
@@ -434,12 +553,17 @@ def validator_serve(
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     transport = _transport(host, tls_cert, tls_key, trusted_proxies, require_tls, insecure_http)
+    extra_keys, jwks_file, inline_jwks = _extra_key_sources(
+        keys_dir, signed_jwks_url, jwks_root_key, signed_jwks_issuer, signed_jwks_max_age, jwks_file, jwks_url,
+        algorithms,
+    )  # fmt: skip
     try:
         config = ValidatorConfig(
             issuer=issuer,
             audience=audience,
             jwks_file=jwks_file,
             jwks_url=jwks_url,
+            jwks=inline_jwks,
             algorithms=algorithms,
             require_typ=require_typ,
             leeway_s=leeway,
@@ -466,6 +590,14 @@ def validator_serve(
         )
     except (JwksError, ValueError, OSError) as exc:
         fail(str(exc))
+    if extra_keys:
+        from pipeline.validation.key_sources import CombinedKeySource
+
+        # an inline copy stood in for the config only: the live sources replace it (a signed set that expires
+        # must stop being trusted)
+        base = [] if inline_jwks is not None else [service.validator.keys]
+        service.validator.keys = CombinedKeySource([*base, *extra_keys])
+    service.keys_dir = keys_dir  # type: ignore[attr-defined]  # serves KEYS_DIR/jwks.jwt
     # Every validator follows the revocation feed: what the pipeline or another validator revokes applies here.
     follower = RevocationFollower(bus, service.revocations, verifier=verifier)
     service.feed = follower

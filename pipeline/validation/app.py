@@ -131,6 +131,19 @@ def validator_router(service: ValidatorService) -> APIRouter:
             media_type="application/jwk-set+json",
         )
 
+    @router.get("/.well-known/jwks.jwt", tags=["keys"], summary="The key store's public keys, signed by its root key")
+    def signed_jwks() -> Response:
+        # written by `jwtwatch keys sign-jwks` beside the --keys-dir store's jwks.json; the root key never comes here
+        keys_dir = getattr(service, "keys_dir", None)
+        try:
+            body = (keys_dir / "jwks.jwt").read_bytes().strip() if keys_dir is not None else None
+        except OSError:
+            body = None
+        if not body:
+            return JSONResponse({"error": "not_found"}, status_code=404)
+        headers = {"Cache-Control": f"public, max-age={JWKS_MAX_AGE_S}"}
+        return Response(body, headers=headers, media_type="application/jwk-set+jwt")
+
     @router.post("/v1/revocations", tags=["revocations"], status_code=201, summary="Revoke a token or subject")
     def revoke(body: RevocationRequest, authorization: Annotated[str | None, Header()] = None) -> Response:
         if not admin_token_matches(service.admin_token, authorization):

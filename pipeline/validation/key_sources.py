@@ -97,6 +97,8 @@ class FileKeySource:
 class UrlKeySource:
     """A JWKS served over HTTPS, refreshed every ``refresh_s`` and on unknown kids (rate-limited)."""
 
+    ACCEPT = "application/json"
+
     def __init__(
         self,
         url: str,
@@ -129,7 +131,7 @@ class UrlKeySource:
         self._attempted_at = time.monotonic()
         self.fetches += 1
         try:
-            with self._client.stream("GET", self.url, headers={"Accept": "application/json"}) as response:
+            with self._client.stream("GET", self.url, headers={"Accept": self.ACCEPT}) as response:
                 if response.status_code != 200:
                     raise JwksError(f"HTTP {response.status_code}")
                 body = bytearray()
@@ -137,7 +139,7 @@ class UrlKeySource:
                     body += chunk
                     if len(body) > MAX_JWKS_BYTES:
                         raise JwksError(f"larger than {MAX_JWKS_BYTES} bytes")
-            keys = parse_jwks(bytes(body), self._algorithms)
+            keys = self._parse(bytes(body))
         except (httpx.HTTPError, JwksError) as exc:
             self.last_error = f"{type(exc).__name__}: {exc}"
             log.warning("JWKS fetch from %s failed, keeping the last good keys: %s", self.url, self.last_error)
@@ -149,6 +151,9 @@ class UrlKeySource:
         if changed:
             self.generation += 1
         return changed
+
+    def _parse(self, body: bytes) -> KeySet:
+        return parse_jwks(body, self._algorithms)
 
     @property
     def has_keys(self) -> bool:
@@ -175,6 +180,114 @@ class UrlKeySource:
 
     def close(self) -> None:
         self._client.close()
+
+
+class SignedJwksUrlSource(UrlKeySource):
+    """A signed JWKS (``jwk-set+jwt``) over HTTPS, checked against a pinned root public key.
+
+    A key set is used only when it is signed by the root, comes from ``issuer``, and is fresh: not expired,
+    not issued in the future, not issued longer than ``max_age_s`` ago. A refused set is never used; the last
+    good one stays in use until its own ``exp`` — after that no keys at all (fail closed), since nobody vouches
+    for them any more.
+    """
+
+    ACCEPT = "application/jwk-set+jwt"
+
+    def __init__(
+        self,
+        url: str,
+        algorithms: tuple[str, ...],
+        *,
+        root_jwk: dict[str, Any],
+        issuer: str,
+        max_age_s: float = 7 * 86400,
+        leeway_s: float = 30.0,
+        clock: Any = time.time,
+        **kwargs: Any,
+    ) -> None:
+        self._root_jwk = dict(root_jwk)
+        self._issuer = issuer
+        self._max_age_s = max_age_s
+        self._leeway_s = leeway_s
+        self._clock = clock
+        self._expires_at = float("inf")
+        self._pending_exp = float("inf")
+        super().__init__(url, algorithms, **kwargs)
+
+    def _parse(self, body: bytes) -> KeySet:
+        from pipeline.validation.signed_jwks import verify_signed_jwks
+
+        jwks, exp = verify_signed_jwks(
+            body,
+            self._root_jwk,
+            issuer=self._issuer,
+            max_age_s=self._max_age_s,
+            leeway_s=self._leeway_s,
+            now=self._clock(),
+        )
+        keys = parse_jwks(jwks, self._algorithms)
+        self._expires_at = exp
+        return keys
+
+    def current(self) -> KeySet:
+        keys = super().current()
+        if self._clock() >= self._expires_at + self._leeway_s:
+            if len(keys):
+                log.warning("signed JWKS from %s expired and could not be renewed: no keys trusted", self.url)
+                self._keys = KeySet()
+                self.generation += 1
+            return self._keys
+        return keys
+
+
+class CombinedKeySource:
+    """Several key sources trusted side by side (``--keys-dir`` beside ``--jwks-file``/``--jwks-url``).
+
+    A kid found in two sources with different keys is refused in both: it would be ambiguous.
+    """
+
+    def __init__(self, sources: list[KeySource]) -> None:
+        self.sources = list(sources)
+        self._merged: KeySet | None = None
+        self._stamp: tuple[int, ...] = ()
+
+    @property
+    def generation(self) -> int:  # type: ignore[override]
+        return sum(s.generation for s in self.sources)
+
+    def current(self) -> KeySet:
+        sets = [s.current() for s in self.sources]
+        stamp = tuple(s.generation for s in self.sources)
+        if self._merged is None or stamp != self._stamp:
+            self._merged, self._stamp = _merge(sets), stamp
+        return self._merged
+
+    def refresh_for_unknown_kid(self) -> bool:
+        return any([s.refresh_for_unknown_kid() for s in self.sources])
+
+    def close(self) -> None:
+        for source in self.sources:
+            close = getattr(source, "close", None)
+            if close is not None:
+                close()
+
+
+def _merge(sets: list[KeySet]) -> KeySet:
+    from pipeline.validation.jwks import BoundKey
+
+    by_kid: dict[str, BoundKey] = {}
+    problems: list[str] = []
+    for keys in sets:
+        problems.extend(keys.problems)
+        for kid, key in keys.by_kid.items():
+            seen = by_kid.get(kid)
+            if seen is None:
+                by_kid[kid] = key
+            elif (seen.alg, seen.public_jwk) != (key.alg, key.public_jwk):
+                problems.append(f"key {kid}: different keys under one kid in two sources")
+                by_kid[kid] = BoundKey(kid, key.alg, None, {}, refused="duplicate kid")
+    without_kid = tuple(k for keys in sets for k in keys.without_kid)
+    return KeySet(by_kid, without_kid, tuple(problems))
 
 
 def key_source_for(config: Any) -> KeySource:

@@ -760,6 +760,13 @@ class KeyStore:
     def _publish_jwks(self) -> None:
         """Keep ``jwks.json`` beside the store, so a validator can follow it with ``--jwks-file``."""
         _write_atomic(self._root / JWKS_FILE, json.dumps(self.public_jwks(), indent=2).encode() + b"\n", 0o644)
+        # a signed copy (jwks.jwt, see signed_jwks.py) that no longer lists these keys would be a lie: remove it
+        # until it is signed again (jwtwatch keys sign-jwks, or keys rotate --root)
+        signed = self._root / "jwks.jwt"
+        if signed.exists() and _signed_keys(signed) != self.public_jwks()["keys"]:
+            log.warning("%s no longer matches the key set and was removed: sign it again with the root key", signed)
+            with contextlib.suppress(FileNotFoundError):
+                signed.unlink()
 
     def _drop_record(self, k: Mapping[str, Any], lifetime: int) -> tuple[str, str, str, dict[str, Any]]:
         log.info(
@@ -913,6 +920,15 @@ def read_secret_file(path: Path, what: str) -> bytes:
     if not secret:
         raise KeyStoreError(f"the {what} file {path} is empty")
     return secret
+
+
+def _signed_keys(path: Path) -> Any:
+    """The ``keys`` claim of a signed JWKS file, unverified (only to tell whether it is stale)."""
+    try:
+        payload = path.read_text().strip().split(".")[1]
+        return json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))).get("keys")
+    except (OSError, IndexError, ValueError, AttributeError):
+        return None
 
 
 def _info(k: Mapping[str, Any]) -> KeyInfo:

@@ -1,0 +1,218 @@
+"""A signed JWK Set: the key store's public keys as a JWS signed by a long-lived root key.
+
+In the manner of OpenID Federation's ``signed_jwks_uri``: a JWT with header ``typ: jwk-set+jwt`` and claims
+``iss``, ``sub`` (both the issuer), ``iat``, ``exp`` and ``keys`` (the JWK Set's keys). A validator that pins
+the root's public key accepts a key set only when its signature, issuer and freshness check out — so whoever
+can change what a web server publishes still cannot slip in a signing key.
+
+The root key is kept apart from the signing keys (its own directory, made by ``jwtwatch keys init-root``):
+``ROOT/root.pem`` (PKCS#8, 0600, encrypted with the key store passphrase when one is set) and
+``ROOT/root.jwk.json``, the public JWK to pin on validators. Signing happens where the root key is —
+``jwtwatch keys sign-jwks`` or ``jwtwatch keys rotate --root`` — and writes ``jwks.jwt`` beside the store's
+``jwks.json``; a validator with ``--keys-dir`` only serves that file, it never holds the root key.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import jwt
+from cryptography.hazmat.primitives import serialization
+
+from pipeline.validation.jwks import JwksError, bind_key
+from pipeline.validation.keystore import (
+    JWKS_FILE,
+    KeyStore,
+    KeyStoreError,
+    _check_alg,
+    _generate_key,
+    _os_errors,
+    _pem,
+    _public_jwk,
+    _write_atomic,
+    jwk_thumbprint,
+    passphrase_from_env,
+)
+
+__all__ = [
+    "SIGNED_JWKS_FILE",
+    "SIGNED_JWKS_TYP",
+    "RootKey",
+    "publish_signed_jwks",
+    "sign_jwks",
+    "verify_signed_jwks",
+]
+
+SIGNED_JWKS_TYP = "jwk-set+jwt"
+SIGNED_JWKS_FILE = "jwks.jwt"
+ROOT_PRIVATE = "root.pem"
+ROOT_PUBLIC = "root.jwk.json"
+ROOT_META = "root.json"
+DEFAULT_VALIDITY_S = 7 * 86400
+
+
+class RootKey:
+    """The long-lived key that signs published key sets. Create with :meth:`init`, load with :meth:`open`."""
+
+    def __init__(self, path: Path, issuer: str, public_jwk: dict[str, str], private: Any) -> None:
+        self.path = path
+        self.issuer = issuer
+        self.public_jwk = public_jwk
+        self._private = private
+
+    @property
+    def kid(self) -> str:
+        return self.public_jwk["kid"]
+
+    @property
+    def alg(self) -> str:
+        return self.public_jwk["alg"]
+
+    @classmethod
+    def init(cls, dir: Path, issuer: str, alg: str = "ES256", *, passphrase: bytes | str | None = None) -> RootKey:
+        root = Path(dir)
+        alg = _check_alg(alg)
+        if not isinstance(issuer, str) or not issuer:
+            raise KeyStoreError("the root key needs an issuer (the iss of the key sets it signs)")
+        secret = passphrase.encode() if isinstance(passphrase, str) else passphrase
+        secret = secret if secret is not None else passphrase_from_env()
+        with _os_errors(f"cannot create a root key in {root}"):
+            if root.exists() and (not root.is_dir() or any(root.iterdir())):
+                raise KeyStoreError(f"{root} exists and is not an empty directory")
+            root.mkdir(parents=True, exist_ok=True, mode=0o700)
+            os.chmod(root, 0o700)
+            key = _generate_key(alg, 3072)
+            jwk = _public_jwk(key)
+            public = {**jwk, "kid": jwk_thumbprint(jwk), "alg": alg, "use": "sig"}
+            _write_atomic(root / ROOT_PRIVATE, _pem(key, secret), 0o600)
+            _write_atomic(root / ROOT_PUBLIC, json.dumps(public, indent=2).encode() + b"\n", 0o644)
+            meta = {"format": "jwtwatch-root/1", "issuer": issuer, "jwk": public, "encrypted": secret is not None}
+            _write_atomic(root / ROOT_META, json.dumps(meta, indent=2).encode() + b"\n", 0o644)
+        return cls(root, issuer, public, key)
+
+    @classmethod
+    def open(cls, dir: Path, *, passphrase: bytes | str | None = None) -> RootKey:
+        root = Path(dir)
+        secret = passphrase.encode() if isinstance(passphrase, str) else passphrase
+        secret = secret if secret is not None else passphrase_from_env()
+        with _os_errors(f"cannot open the root key in {root}"):
+            meta = json.loads((root / ROOT_META).read_bytes())
+            path = root / ROOT_PRIVATE
+            mode = path.stat().st_mode & 0o777
+            if mode & 0o077:
+                raise KeyStoreError(f"{path} is accessible by other users (mode {mode:o}); chmod 600 it")
+            data = path.read_bytes()
+        encrypted = data.startswith(b"-----BEGIN ENCRYPTED PRIVATE KEY-----")
+        if encrypted and secret is None:
+            raise KeyStoreError(f"the root key in {root} is encrypted: set JWTWATCH_KEYS_PASSPHRASE")
+        try:
+            key = serialization.load_pem_private_key(data, password=secret if encrypted else None)
+        except ValueError as e:
+            raise KeyStoreError(f"wrong passphrase for the root key in {root}" if encrypted else str(e)) from e
+        public = meta["jwk"]
+        if jwk_thumbprint(_public_jwk(key)) != public["kid"]:  # type: ignore[arg-type]
+            raise KeyStoreError(f"{path} does not hold the root key {public['kid']} (file replaced?)")
+        return cls(root, meta["issuer"], public, key)
+
+    def sign(self, claims: dict[str, Any]) -> str:
+        return jwt.encode(claims, self._private, algorithm=self.alg, headers={"typ": SIGNED_JWKS_TYP, "kid": self.kid})
+
+
+def sign_jwks(
+    root: RootKey, jwks: dict[str, Any], *, validity_s: int = DEFAULT_VALIDITY_S, now: float | None = None
+) -> str:
+    """The JWK Set ``jwks`` as a ``jwk-set+jwt`` signed by ``root``, valid for ``validity_s`` seconds."""
+    iat = int(time.time() if now is None else now)
+    claims = {"iss": root.issuer, "sub": root.issuer, "iat": iat, "exp": iat + validity_s, "keys": jwks["keys"]}
+    return root.sign(claims)
+
+
+def publish_signed_jwks(
+    store: KeyStore, root: RootKey, *, validity_s: int = DEFAULT_VALIDITY_S, now: float | None = None
+) -> Path:
+    """Write ``jwks.jwt`` beside the store's ``jwks.json``: the same keys, signed by the root."""
+    token = sign_jwks(root, store.public_jwks(), validity_s=validity_s, now=now)
+    path = store.path / SIGNED_JWKS_FILE
+    with _os_errors(f"cannot write {path}"):
+        _write_atomic(path, token.encode() + b"\n", 0o644)
+    return path
+
+
+def signed_jwks_is_current(store_dir: Path) -> bool:
+    """Whether DIR/jwks.jwt carries exactly the keys of DIR/jwks.json (its signature is not checked here)."""
+    try:
+        token = (Path(store_dir) / SIGNED_JWKS_FILE).read_text().strip()
+        published = json.loads((Path(store_dir) / JWKS_FILE).read_bytes())
+        claims = jwt.decode(token, options={"verify_signature": False})
+    except (OSError, ValueError, jwt.PyJWTError):
+        return False
+    return claims.get("keys") == published.get("keys")
+
+
+def verify_signed_jwks(
+    token: str | bytes,
+    root_jwk: dict[str, Any],
+    *,
+    issuer: str,
+    max_age_s: float = DEFAULT_VALIDITY_S,
+    leeway_s: float = 30.0,
+    now: float | None = None,
+) -> tuple[dict[str, Any], float]:
+    """Check a signed JWK Set against the pinned root key; return (the JWK Set, its exp).
+
+    Refused (JwksError): a signature that is not the root's, an algorithm other than the root key's, a ``typ``
+    other than ``jwk-set+jwt``, an ``iss`` other than ``issuer``, no ``iat``/``exp``, ``exp`` passed,
+    ``iat`` in the future, or ``iat`` older than ``max_age_s`` (a replayed old set, even if not expired).
+    """
+    t = time.time() if now is None else now
+    text = token.decode("ascii", "replace") if isinstance(token, bytes) else token
+    text = text.strip()
+    root = bind_key(root_jwk)
+    if root.refused is not None or root.jwk is None:
+        raise JwksError(f"the pinned root key is unusable: {root.refused}")
+    try:
+        header = jwt.get_unverified_header(text)
+    except jwt.PyJWTError as e:
+        raise JwksError(f"signed JWKS is not a JWS: {e}") from None
+    if header.get("typ") != SIGNED_JWKS_TYP:
+        raise JwksError(f"signed JWKS has typ {header.get('typ')!r}, not {SIGNED_JWKS_TYP!r}")
+    if header.get("alg") != root.alg:
+        raise JwksError(f"signed JWKS uses alg {header.get('alg')!r}; the root key is {root.alg}")
+    if set(header) - {"alg", "typ", "kid"}:
+        raise JwksError(f"signed JWKS has unexpected header(s) {sorted(set(header) - {'alg', 'typ', 'kid'})}")
+    try:
+        claims = jwt.decode(
+            text,
+            root.jwk.key,
+            algorithms=[root.alg],
+            issuer=issuer,
+            leeway=leeway_s,
+            options={"require": ["iss", "iat", "exp"], "verify_aud": False},
+        )
+    except jwt.InvalidSignatureError:
+        raise JwksError("signed JWKS: the signature is not the pinned root key's") from None
+    except jwt.ExpiredSignatureError:
+        raise JwksError("signed JWKS has expired") from None
+    except jwt.InvalidIssuerError:
+        raise JwksError(f"signed JWKS is not from issuer {issuer!r}") from None
+    except jwt.ImmatureSignatureError:
+        raise JwksError("signed JWKS is issued in the future") from None
+    except jwt.PyJWTError as e:
+        raise JwksError(f"signed JWKS refused: {e}") from None
+    iat, exp = claims["iat"], claims["exp"]
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in (iat, exp)):
+        raise JwksError("signed JWKS: iat and exp must be numbers")
+    if iat > t + leeway_s:
+        raise JwksError("signed JWKS is issued in the future")
+    if t - iat > max_age_s:
+        raise JwksError(f"signed JWKS was issued {int(t - iat)} s ago, more than the {int(max_age_s)} s allowed")
+    keys = claims.get("keys")
+    if not isinstance(keys, list):
+        raise JwksError('signed JWKS has no "keys" list')
+    if any(isinstance(k, dict) and k.get("kid") == root.kid for k in keys):
+        raise JwksError("signed JWKS lists the root key itself as a signing key")
+    return {"keys": keys}, float(exp)

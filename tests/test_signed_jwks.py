@@ -1,0 +1,256 @@
+"""Signed JWKS (jwk-set+jwt): a root key signs the store's keys; validators pin the root and refuse the rest."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import jwt
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from typer.testing import CliRunner
+
+from pipeline.cli import app as cli_app
+from pipeline.validation import TokenValidator, ValidatorConfig
+from pipeline.validation.app import create_validator_app
+from pipeline.validation.jwks import JwksError
+from pipeline.validation.key_sources import CombinedKeySource, FileKeySource, SignedJwksUrlSource
+from pipeline.validation.keystore import KeyStore
+from pipeline.validation.service import ValidatorService
+from pipeline.validation.signed_jwks import (
+    SIGNED_JWKS_FILE,
+    RootKey,
+    publish_signed_jwks,
+    sign_jwks,
+    verify_signed_jwks,
+)
+from tests.jwtkit import Issuer
+from tests.servers import serve_app
+from tests.tls import make_tls
+
+ISS = "https://issuer.signed.test"
+AUD = "https://api.signed.test"
+ALGS = ("RS256", "ES256", "EdDSA")
+
+
+@pytest.fixture(autouse=True)
+def _no_ambient_passphrase(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("JWTWATCH_KEYS_PASSPHRASE", raising=False)
+    monkeypatch.delenv("JWTWATCH_KEYS_PASSPHRASE_FILE", raising=False)
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> RootKey:
+    return RootKey.init(tmp_path / "root", ISS)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> KeyStore:
+    return KeyStore.init(tmp_path / "keys", "ES256", issuer=ISS)
+
+
+def test_signed_jwks_round_trip(root: RootKey, store: KeyStore) -> None:
+    token = sign_jwks(root, store.public_jwks())
+    header = jwt.get_unverified_header(token)
+    assert header == {"alg": "ES256", "typ": "jwk-set+jwt", "kid": root.kid}
+    jwks, exp = verify_signed_jwks(token, root.public_jwk, issuer=ISS)
+    assert jwks == store.public_jwks() and exp > time.time()
+    claims = jwt.decode(token, options={"verify_signature": False})
+    assert claims["iss"] == claims["sub"] == ISS and claims["exp"] - claims["iat"] == 7 * 86400
+
+
+def test_root_key_is_kept_apart_and_owner_only(root: RootKey, store: KeyStore) -> None:
+    assert (root.path / "root.pem").stat().st_mode & 0o077 == 0
+    assert root.path.stat().st_mode & 0o077 == 0
+    assert "d" not in json.loads((root.path / "root.jwk.json").read_bytes())
+    assert root.kid not in [k["kid"] for k in store.public_jwks()["keys"]]
+    assert RootKey.open(root.path).kid == root.kid
+
+
+def _forge(root: RootKey, claims: dict, **header: object) -> str:
+    return jwt.encode(
+        claims, root._private, algorithm="ES256", headers={"typ": "jwk-set+jwt", "kid": root.kid, **header}
+    )
+
+
+def _claims(store: KeyStore, now: float, **change: object) -> dict:
+    return {
+        "iss": ISS,
+        "sub": ISS,
+        "iat": int(now),
+        "exp": int(now) + 3600,
+        "keys": store.public_jwks()["keys"],
+        **change,
+    }
+
+
+REFUSALS = {
+    # name: (build the token from root, other root, store, now) -> words in the error
+    "signed_by_another_root": (lambda r, o, s, t: sign_jwks(o, s.public_jwks(), now=t), "signature"),
+    "wrong_issuer": (lambda r, o, s, t: _forge(r, _claims(s, t, iss="https://evil.test")), "issuer"),
+    "expired": (lambda r, o, s, t: _forge(r, _claims(s, t - 7200, exp=int(t) - 3600)), "expired"),
+    "issued_in_the_future": (lambda r, o, s, t: _forge(r, _claims(s, t + 600)), "future"),
+    "too_old_but_not_expired": (lambda r, o, s, t: _forge(r, _claims(s, t - 9 * 86400, exp=int(t) + 3600)), "ago"),
+    "wrong_typ": (lambda r, o, s, t: _forge(r, _claims(s, t), typ="JWT"), "typ"),
+    "no_typ": (lambda r, o, s, t: jwt.encode(_claims(s, t), r._private, algorithm="ES256"), "typ"),
+    "no_exp": (lambda r, o, s, t: _forge(r, {k: v for k, v in _claims(s, t).items() if k != "exp"}), "exp"),
+    "tampered_keys": (lambda r, o, s, t: _tamper(sign_jwks(r, s.public_jwks(), now=t), o), "signature"),
+    "root_key_as_signing_key": (
+        lambda r, o, s, t: _forge(r, _claims(s, t, keys=[r.public_jwk, *s.public_jwks()["keys"]])),
+        "root key itself",
+    ),
+}
+
+
+def _tamper(token: str, other: RootKey) -> str:
+    """Swap an attacker's key into the payload, keep the root's signature."""
+    header, _, sig = token.split(".")
+    claims = jwt.decode(token, options={"verify_signature": False})
+    claims["keys"].append({**other.public_jwk, "kid": "attacker"})
+    forged = jwt.encode(claims, other._private, algorithm="ES256", headers={"typ": "jwk-set+jwt"}).split(".")[1]
+    return f"{header}.{forged}.{sig}"
+
+
+@pytest.mark.parametrize("name", REFUSALS)
+def test_refused_key_sets(root: RootKey, store: KeyStore, tmp_path: Path, name: str) -> None:
+    build, words = REFUSALS[name]
+    other = RootKey.init(tmp_path / "other-root", ISS)
+    now = time.time()
+    token = build(root, other, store, now)
+    with pytest.raises(JwksError, match=words):
+        verify_signed_jwks(token, root.public_jwk, issuer=ISS, max_age_s=7 * 86400, now=now)
+
+
+def test_rotation_removes_a_stale_signed_set_and_rotate_root_signs_again(root: RootKey, store: KeyStore) -> None:
+    publish_signed_jwks(store, root)
+    assert (store.path / SIGNED_JWKS_FILE).exists()
+    store.rotate()
+    assert not (store.path / SIGNED_JWKS_FILE).exists()  # it would no longer list the current key
+    runner = CliRunner()
+    result = runner.invoke(
+        cli_app, ["keys", "rotate", "--dir", str(store.path), "--if-older-than", "30d", "--root", str(root.path)]
+    )
+    assert result.exit_code == 0, result.output
+    jwks, _ = verify_signed_jwks((store.path / SIGNED_JWKS_FILE).read_text(), root.public_jwk, issuer=ISS)
+    assert jwks == store.public_jwks()
+
+
+def test_cli_init_root_and_sign_jwks(tmp_path: Path, store: KeyStore) -> None:
+    runner = CliRunner()
+    result = runner.invoke(cli_app, ["keys", "init-root", "--dir", str(tmp_path / "r"), "--issuer", ISS])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(cli_app, ["keys", "sign-jwks", "--dir", str(store.path), "--root", str(tmp_path / "r")])
+    assert result.exit_code == 0, result.output
+    pinned = json.loads((tmp_path / "r" / "root.jwk.json").read_bytes())
+    assert verify_signed_jwks((store.path / SIGNED_JWKS_FILE).read_text(), pinned, issuer=ISS)[0] == store.public_jwks()
+
+
+# --------------------------------------------------------------------------- over real HTTPS
+
+
+@dataclass
+class SignedServer:
+    body: bytes = b""
+    requests: int = 0
+
+    def app(self) -> Starlette:
+        async def signed(request: Request) -> Response:
+            self.requests += 1
+            return Response(self.body, media_type="application/jwk-set+jwt")
+
+        return Starlette(routes=[Route("/.well-known/jwks.jwt", signed)])
+
+
+@pytest.fixture
+def https(tmp_path: Path) -> Iterator[tuple[str, SignedServer, Path]]:
+    tls = make_tls(tmp_path)
+    server = SignedServer()
+    with serve_app(server.app(), ssl_certfile=str(tls.cert), ssl_keyfile=str(tls.key)) as url:
+        yield f"{url}/.well-known/jwks.jwt", server, tls.ca
+
+
+def _validator(source: SignedJwksUrlSource) -> TokenValidator:
+    config = ValidatorConfig(issuer=ISS, audience=AUD, jwks={"keys": source.current().public_jwks()["keys"] or [{}]})
+    return TokenValidator(config, key_source=source)
+
+
+def test_signed_jwks_url_over_tls_trusts_only_root_signed_keys(https, root: RootKey, store: KeyStore, tmp_path) -> None:
+    url, server, ca = https
+    server.body = sign_jwks(root, store.public_jwks()).encode()
+    source = SignedJwksUrlSource(url, ALGS, root_jwk=root.public_jwk, issuer=ISS, ca_file=ca, cooldown_s=0)
+    assert source.has_keys, source.last_error
+    validator = _validator(source)
+    token = store.issue_token("alice", AUD)
+    assert validator.validate(token).ok
+
+    # someone who controls the web server publishes their own key, signed by their own "root"
+    attacker = KeyStore.init(tmp_path / "attacker", "ES256", issuer=ISS)
+    server.body = sign_jwks(RootKey.init(tmp_path / "evil-root", ISS), attacker.public_jwks()).encode()
+    assert source.refresh() is False and "signature" in (source.last_error or "")
+    forged = attacker.issue_token("alice", AUD)
+    assert validator.validate(forged).reason == "unknown_kid"
+    assert validator.validate(token).ok  # the last good set stays in use
+    source.close()
+
+
+def test_expired_signed_set_is_no_longer_trusted(https, root: RootKey, store: KeyStore) -> None:
+    url, server, ca = https
+    now = time.time()
+    server.body = sign_jwks(root, store.public_jwks(), validity_s=600, now=now).encode()
+    clock = [now]
+    source = SignedJwksUrlSource(
+        url, ALGS, root_jwk=root.public_jwk, issuer=ISS, ca_file=ca, cooldown_s=3600, clock=lambda: clock[0]
+    )
+    assert len(source.current()) == 1
+    clock[0] = now + 600 + 31  # past exp and the leeway; the server still has only the old set
+    assert len(source.current()) == 0  # fail closed: nobody vouches for these keys any more
+    source.close()
+
+
+def test_unpinned_root_or_untrusted_tls_gives_no_keys(https, root: RootKey, store: KeyStore, tmp_path) -> None:
+    url, server, ca = https
+    server.body = sign_jwks(root, store.public_jwks()).encode()
+    other = RootKey.init(tmp_path / "other", ISS)
+    assert not SignedJwksUrlSource(url, ALGS, root_jwk=other.public_jwk, issuer=ISS, ca_file=ca).has_keys
+    assert not SignedJwksUrlSource(url, ALGS, root_jwk=root.public_jwk, issuer="https://x", ca_file=ca).has_keys
+    no_ca = SignedJwksUrlSource(url, ALGS, root_jwk=root.public_jwk, issuer=ISS)
+    assert not no_ca.has_keys and "CERTIFICATE_VERIFY_FAILED" in (no_ca.last_error or "")
+
+
+# --------------------------------------------------------------------------- the validator app
+
+
+def test_validator_with_keys_dir_serves_the_signed_set_and_trusts_both(tmp_path: Path, root: RootKey, store) -> None:
+    other = Issuer.create()
+    jwks_file = tmp_path / "other.json"
+    jwks_file.write_text(json.dumps(other.jwks()))
+    config = ValidatorConfig(issuer=ISS, audience=AUD, jwks_file=jwks_file)
+    service = ValidatorService(config, data_dir=tmp_path / "data")
+    service.validator.keys = CombinedKeySource([service.validator.keys, FileKeySource(store.path / "jwks.json", ALGS)])
+    service.keys_dir = store.path  # type: ignore[attr-defined]
+    with serve_app(create_validator_app(service)) as url, httpx.Client(base_url=url) as client:
+        assert client.get("/.well-known/jwks.jwt").status_code == 404  # not signed yet
+        publish_signed_jwks(store, root)
+        answer = client.get("/.well-known/jwks.jwt")
+        assert answer.status_code == 200 and answer.headers["content-type"] == "application/jwk-set+jwt"
+        assert verify_signed_jwks(answer.content, root.public_jwk, issuer=ISS)[0] == store.public_jwks()
+        published = {k["kid"] for k in client.get("/.well-known/jwks.json").json()["keys"]}
+    assert store.current().kid in published and published > {store.current().kid}
+    assert service.validator.validate(store.issue_token("a", AUD)).ok
+    service.close()
+
+
+def test_combined_sources_refuse_one_kid_with_two_keys(tmp_path: Path) -> None:
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    first, second = Issuer.create(), Issuer.create()
+    a.write_text(json.dumps(first.jwks()))
+    b.write_text(json.dumps(second.jwks()))  # same kids, different keys
+    combined = CombinedKeySource([FileKeySource(a, ALGS), FileKeySource(b, ALGS)])
+    assert combined.current().usable() == []
