@@ -457,6 +457,38 @@ def test_records_fetched_while_joining_are_not_skipped(make_bus: BusFactory) -> 
         assert consumer.positions() == {(topic, 0): 50}
 
 
+def test_poll_runs_gives_the_messages_as_columns(make_bus: BusFactory) -> None:
+    """poll_runs: one run per partition with its offsets, keys and values in order; a tombstone is b""."""
+    topic = unique("test.events")
+    bus = make_bus([TopicSpec(topic, 3)])
+    for i in range(90):
+        bus.publish(topic, f"k{i % 9}", f"m{i}".encode() if i != 40 else None)
+    bus.flush(30)
+    with bus.consumer([topic], unique("g")) as consumer:
+        runs = []
+        deadline = time.monotonic() + 30
+        while sum(len(run.values) for run in runs) < 90 and time.monotonic() < deadline:
+            runs.extend(consumer.poll_runs(25, timeout_s=0.5))
+        assert consumer.poll_runs(25, timeout_s=0.3) == []
+    got = sorted(
+        (run.partition, offset, key, value)
+        for run in runs
+        for offset, key, value in zip(run.offsets, run.keys, run.values, strict=True)
+    )
+    assert len(got) == 90
+    assert all(run.topic == topic for run in runs)
+    assert sorted(value for *_, value in got) == sorted([f"m{i}".encode() for i in range(90) if i != 40] + [b""])
+    for p in {partition for partition, *_ in got}:
+        assert [offset for partition, offset, *_ in got if partition == p] == list(
+            range(sum(1 for partition, *_ in got if partition == p))
+        )
+    by_key: dict[bytes | None, list[bytes]] = {}
+    for run in runs:
+        for key, value in zip(run.keys, run.values, strict=True):
+            by_key.setdefault(key, []).append(value)
+    assert by_key[b"k0"] == [f"m{i}".encode() for i in range(0, 90, 9)]  # one key, one partition, in order
+
+
 # --- polling and closing ----------------------------------------------------------------------------------
 
 

@@ -38,6 +38,19 @@ class MessageRun:
         return Message(self.topic, self.partition, self.offsets[index], self.keys[index], self.values[index], 0)
 
 
+def runs_of(messages: Iterable[Message]) -> list[MessageRun]:
+    """Messages as columns: one run per stretch of consecutive messages of one partition."""
+    runs: list[MessageRun] = []
+    for message in messages:
+        if not runs or (runs[-1].topic, runs[-1].partition) != (message.topic, message.partition):
+            runs.append(MessageRun(message.topic, message.partition, [], [], []))
+        run = runs[-1]
+        run.offsets.append(message.offset)
+        run.keys.append(message.key)
+        run.values.append(message.value)
+    return runs
+
+
 class Consumer(ABC):
     """A member of a consumer group reading some topics.
 
@@ -50,16 +63,7 @@ class Consumer(ABC):
 
     def poll_runs(self, max_records: int = 500, timeout_s: float = 1.0) -> list[MessageRun]:
         """Like ``poll``, with the messages as columns, one :class:`MessageRun` per partition run."""
-        runs: list[MessageRun] = []
-        for message in self.poll(max_records, timeout_s):
-            run = runs[-1] if runs else None
-            if run is None or (run.topic, run.partition) != (message.topic, message.partition):
-                run = MessageRun(message.topic, message.partition, [], [], [])
-                runs.append(run)
-            run.offsets.append(message.offset)
-            run.keys.append(message.key)
-            run.values.append(message.value)
-        return runs
+        return runs_of(self.poll(max_records, timeout_s))
 
     @abstractmethod
     def commit(self, offsets: dict[tuple[str, int], int] | None = None) -> None:
