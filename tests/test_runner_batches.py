@@ -13,7 +13,7 @@ import zlib
 
 import pytest
 
-from pipeline.bus import ALERTS, DEAD_LETTER, TOKEN_USAGE, TopicSpec, default_topics
+from pipeline.bus import ALERTS, DEAD_LETTER, TOKEN_USAGE, MessageRun, TopicSpec, default_topics
 from pipeline.bus.memory import MemoryBus
 from pipeline.detection.replay import replay
 from pipeline.detection.runner import StreamingRunner
@@ -163,3 +163,33 @@ def test_restart_resumes_from_the_held_back_events(model: DetectionModel) -> Non
     # The second runner rebuilt the first 20 of partition 1 and then processed everything else.
     assert seen == 420
     assert bus._groups["detector"].committed == {(TOKEN_USAGE, 0): 20, (TOKEN_USAGE, 1): 400}
+
+
+def test_a_partition_no_poll_returned_yet_still_holds_the_others_back(model: DetectionModel) -> None:
+    """Kafka may hand out one partition's whole fetch first: the other partitions still count as behind."""
+    bus = MemoryBus([TopicSpec(TOKEN_USAGE, 2), *(t for t in default_topics() if t.name != TOKEN_USAGE)])
+    ahead, behind = key_for_partition(0, 2, "ahead"), key_for_partition(1, 2, "behind")
+    for i in range(50):
+        bus.publish(TOKEN_USAGE, ahead, usage(T0 + 100 + i, jti=ahead).to_json())
+    for i in range(50):
+        bus.publish(TOKEN_USAGE, behind, usage(T0 + i, jti=behind).to_json())
+    runner = StreamingRunner(bus, model, poll_timeout_s=0)
+    real_poll = runner.consumer.poll_runs
+    first = True
+
+    def partition_zero_first(max_records: int = 500, timeout_s: float = 1.0) -> list[MessageRun]:
+        nonlocal first
+        runs = real_poll(max_records, timeout_s)
+        if first:
+            first = False
+            later = [run for run in runs if run.partition != 0]
+            runner.consumer.seek({(run.topic, run.partition): run.offsets[0] for run in later})  # not fetched yet
+            runs = [run for run in runs if run.partition == 0]
+        return runs
+
+    runner.consumer.poll_runs = partition_zero_first  # type: ignore[method-assign]
+    runner.step()
+    assert runner.engine.stats.events == 0  # partition 0 waits: partition 1 has not been read at all
+    drain(runner)
+    assert runner.engine.stats.events == 100
+    assert runner.engine.stats.late_events == 0

@@ -174,22 +174,19 @@ class StreamingRunner:
 
         Partitions are read side by side, but their event times run at different speeds (one token's
         events all sit in one partition). Releasing only what every lagging partition has reached keeps
-        the engine in event-time order, so nothing is wrongly late.
+        the engine in event-time order, so nothing is wrongly late. Every assigned partition counts, also
+        one no poll has returned anything from yet: a Kafka poll can hand out one partition's whole fetch
+        before the others'.
         """
-        buffered = {tp: buf for tp, buf in self._buffers.items() if buf}
-        if quiet or (len(buffered) <= 1 and not self._lagging(set(self._buffers) - set(buffered))):
+        if quiet:
             return float("inf")
         positions, ends = self.consumer.positions(), self.consumer.end_offsets()
-        lagging = {tp for tp, end in ends.items() if positions.get(tp, end) < end}
-        fronts = [buf.rows[-1][0] for tp, buf in buffered.items() if tp in lagging]
-        fronts += [float("-inf") for tp in lagging if tp not in buffered]
-        return min(fronts) if fronts else float("inf")
-
-    def _lagging(self, partitions: set[tuple[str, int]]) -> bool:
-        if not partitions:
-            return False
-        positions, ends = self.consumer.positions(), self.consumer.end_offsets()
-        return any(positions.get(tp, 0) < ends.get(tp, 0) for tp in partitions)
+        fronts = []
+        for tp, end in ends.items():
+            if positions.get(tp, end) < end:
+                pending = self._buffers.get(tp)
+                fronts.append(pending.rows[-1][0] if pending else float("-inf"))
+        return min(fronts, default=float("inf"))
 
     def _release(self, frontier: float) -> None:
         """Process every buffered event up to ``frontier`` as one batch, in event-time order; commit."""
