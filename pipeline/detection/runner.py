@@ -41,7 +41,7 @@ class StreamingRunner:
         baselines_path: Path | None = None,
         on_alert: Callable[[Alert], None] | None = None,
         respond: Callable[[Alert], Alert] | None = None,
-        max_batch: int = 4096,
+        max_batch: int = 16384,  # a backlog drains in fewer, larger steps (fewer commits and end-offset queries)
         poll_timeout_s: float = 0.2,
         save_every_s: float = 60.0,
     ) -> None:
