@@ -86,6 +86,8 @@ class AllInOne:
             BackgroundLoop("pipeline", self.runner.step),
             BackgroundLoop("alerts-consumer", self._consume_alerts),
         ]
+        if self.validator.replay_feed is not None:  # one-time tokens: the same code as between instances
+            self._loops.append(BackgroundLoop("replay-feed", self.validator.replay_feed.step))
         self.app = _Dispatcher(create_validator_app(self.validator), create_alerts_app(self.alerts), self)
 
     def _consume_alerts(self) -> None:

@@ -107,6 +107,24 @@ MaxTokenLifetime = Annotated[
         help="Longest token lifetime (exp - iat) accepted, seconds; longer tokens are rejected (reason lifetime).",
     ),
 ]
+OneTimeAudiences = Annotated[
+    str | None,
+    typer.Option(
+        envvar=_env("one_time_audiences"),
+        help="Comma-separated audiences whose tokens are one-time: accepted once, a second use rejected (replayed).",
+    ),
+]
+OneTimeScopes = Annotated[
+    str | None,
+    typer.Option(envvar=_env("one_time_scopes"), help="Comma-separated scopes that make a token one-time."),
+]
+OneTimeClaims = Annotated[
+    str | None,
+    typer.Option(
+        envvar=_env("one_time_claims"),
+        help="Comma-separated claims that make a token one-time: NAME (the claim is true) or NAME=VALUE.",
+    ),
+]
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "models" / "default"
 ModelDir = Annotated[
     Path,
@@ -501,6 +519,9 @@ def validator_serve(
     require_typ: RequireTyp = None,
     leeway: Leeway = 30,
     max_token_lifetime: MaxTokenLifetime = 3600,
+    one_time_audiences: OneTimeAudiences = None,
+    one_time_scopes: OneTimeScopes = None,
+    one_time_claims: OneTimeClaims = None,
     kafka: Kafka = None,
     revocation_keys: RevocationKeys = None,
     max_feed_lag: Annotated[
@@ -568,6 +589,9 @@ def validator_serve(
             require_typ=require_typ,
             leeway_s=leeway,
             max_token_lifetime_s=max_token_lifetime,
+            one_time_audiences=one_time_audiences,
+            one_time_scopes=one_time_scopes,
+            one_time_claims=one_time_claims,
         )
         admin_token = read_admin_token(admin_token_file)
     except ValidationError as exc:
@@ -604,6 +628,10 @@ def validator_serve(
     service.signer = signer
     feed = BackgroundLoop("revocation-feed", follower.step)
     feed.start()
+    # One-time tokens used at other instances (jwtwatch.replay): only with --one-time-* rules.
+    replay_feed = BackgroundLoop("replay-feed", service.replay_feed.step) if service.replay_feed else None
+    if replay_feed is not None:
+        replay_feed.start()
     if admin_token is None:
         err.print("[yellow]note:[/] no --admin-token-file: the admin API (revocations, introspection) is closed")
     console.print(f"validator for [bold]{issuer}[/] / [bold]{audience}[/] on {transport.scheme}://{host}:{port}")
@@ -611,6 +639,8 @@ def validator_serve(
         uvicorn.Server(uvicorn_config(create_validator_app(service), host, port, tls=transport.context)).run()
     finally:
         feed.stop()
+        if replay_feed is not None:
+            replay_feed.stop()
         follower.close()
         service.close()
         bus.close()
@@ -636,6 +666,9 @@ def serve(
     require_typ: RequireTyp = None,
     leeway: Leeway = 30,
     max_token_lifetime: MaxTokenLifetime = 3600,
+    one_time_audiences: OneTimeAudiences = None,
+    one_time_scopes: OneTimeScopes = None,
+    one_time_claims: OneTimeClaims = None,
     auto_revoke: Annotated[
         bool, typer.Option("--auto-revoke", envvar=_env("auto_revoke"), help="Revoke tokens of severe alerts.")
     ] = False,
@@ -685,6 +718,9 @@ def serve(
                 require_typ=require_typ,
                 leeway_s=leeway,
                 max_token_lifetime_s=max_token_lifetime,
+                one_time_audiences=one_time_audiences,
+                one_time_scopes=one_time_scopes,
+                one_time_claims=one_time_claims,
             ),
             data_dir=data_dir,
             model_dir=model_dir,

@@ -8,6 +8,7 @@ TOKEN_USAGE = "jwtwatch.token-usage"
 ALERTS = "jwtwatch.alerts"
 REVOCATIONS = "jwtwatch.revocations"
 DEAD_LETTER = "jwtwatch.dead-letter"
+REPLAY = "jwtwatch.replay"  # one-time tokens used, shared between validator instances (pipeline.validation.replay)
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,4 +26,5 @@ def default_topics(partitions: int = 3) -> list[TopicSpec]:
         TopicSpec(ALERTS, partitions),
         TopicSpec(REVOCATIONS, 1, compacted=True),
         TopicSpec(DEAD_LETTER, 1),
+        TopicSpec(REPLAY, 1),
     ]

@@ -42,6 +42,32 @@ class ValidatorConfig(BaseModel):
     jwks_refresh_s: float = Field(300.0, gt=0, description="how long fetched keys are used before a refresh")
     jwks_timeout_s: float = Field(5.0, gt=0, description="timeout of one JWKS URL fetch")
     cache_size: int = Field(100_000, ge=0, description="verified tokens remembered; 0 disables the cache")
+    one_time_audiences: tuple[str, ...] = Field(
+        (), description="tokens for any of these audiences are one-time: accepted once, then `replayed`"
+    )
+    one_time_scopes: tuple[str, ...] = Field((), description="tokens carrying any of these scopes are one-time")
+    one_time_claims: tuple[str, ...] = Field(
+        (),
+        description="`name` (the claim is true) or `name=value` (equals, or a list holding it) marks a one-time token",
+    )
+
+    @field_validator("one_time_audiences", "one_time_scopes", "one_time_claims", mode="before")
+    @classmethod
+    def _split_list(cls, value: Any) -> Any:
+        if value is None:
+            return ()
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("one_time_claims")
+    @classmethod
+    def _claim_marks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for mark in value:
+            name = mark.split("=", 1)[0]
+            if not name or name in ("iss", "sub", "aud", "exp", "iat", "nbf", "jti"):
+                raise ValueError(f"{mark!r}: name a claim of its own (not a registered one), as name or name=value")
+        return value
 
     @field_validator("algorithms", mode="before")
     @classmethod
@@ -76,6 +102,15 @@ class ValidatorConfig(BaseModel):
         if len(sources) != 1:
             raise ValueError("give exactly one of jwks_file, jwks_url or jwks")
         return self
+
+    @property
+    def one_time(self) -> bool:
+        """Whether any token can be one-time under this configuration."""
+        return bool(self.one_time_audiences or self.one_time_scopes or self.one_time_claims)
+
+    @property
+    def one_time_marks(self) -> tuple[tuple[str, str | None], ...]:
+        return tuple((m.split("=", 1)[0], m.split("=", 1)[1] if "=" in m else None) for m in self.one_time_claims)
 
     @property
     def allowed_types(self) -> frozenset[str]:

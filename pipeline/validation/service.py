@@ -6,6 +6,7 @@ The HTTP app (``app.py``) and the ASGI middleware (``middleware.py``) are thin l
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -13,9 +14,11 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from pipeline.bus import REVOCATIONS, Bus
+from pipeline.bus.topics import REPLAY
 from pipeline.events import Revocation
 from pipeline.validation.client_ip import Network, parse_networks
 from pipeline.validation.config import ValidatorConfig
+from pipeline.validation.replay import ReplayFollower, use_message
 from pipeline.validation.revocation_feed import FeedSigner
 from pipeline.validation.revocations import RevocationStore
 from pipeline.validation.usage import UsageEmitter, usage_event
@@ -61,6 +64,12 @@ class ValidatorMetrics:
         self.feed_lag = Gauge(
             "jwtwatch_revocation_feed_lag_messages", "Revocation feed messages not yet applied", registry=registry
         )
+        self.replay_races = Counter(
+            "jwtwatch_replay_races_total",
+            "One-time tokens accepted here and at another instance within the bus's propagation delay",
+            registry=registry,
+        )
+        self.replay_entries = Gauge("jwtwatch_replay_entries", "One-time token uses remembered", registry=registry)
         self.feed_age = Gauge(
             "jwtwatch_revocation_feed_seconds_since_caught_up",
             "Seconds since the revocation feed was last fully applied (-1: no feed)",
@@ -113,6 +122,23 @@ class ValidatorService:
         self.fail_closed = fail_closed
         self.metrics.feed_lag.set_function(lambda: getattr(self.feed, "lag_messages", 0))
         self.metrics.feed_age.set_function(self._feed_age)
+        #: This instance's name on the replay topic (a restarted instance is a new one).
+        self.instance = str(uuid.uuid4())
+        #: Follows the other instances' one-time uses (only with one-time rules and a bus); drive ``step``.
+        self.replay_feed: ReplayFollower | None = None
+        replay = self.validator.replay
+        if replay is not None:
+            self.metrics.replay_entries.set_function(lambda: len(replay))
+            if bus is not None:
+                replay.on_claim = self._announce_use
+                self.replay_feed = ReplayFollower(
+                    bus,
+                    replay,
+                    instance=self.instance,
+                    max_ttl_s=config.max_token_lifetime_s + config.leeway_s,
+                    clock=clock,
+                    on_race=self.metrics.replay_races.inc,
+                )
 
     def check(self, token: object, context: RequestContext) -> Verdict:
         """Validate one token for one request, emit its usage event, count it."""
@@ -152,6 +178,12 @@ class ValidatorService:
             bus.publish(REVOCATIONS, record.bus_key, self.signer.sign(record) if self.signer else record.to_json())
             bus.flush(timeout_s=10)
 
+    def _announce_use(self, iss: str, jti: str, expires_at: float) -> None:
+        """Tell every other validator instance that this one-time token has been used (``jwtwatch.replay``)."""
+        bus = self.emitter.bus
+        if bus is not None:
+            bus.publish(REPLAY, f"{iss}:{jti}"[:2048], use_message(iss, jti, expires_at, self.instance, self.clock()))
+
     def _maybe_purge(self, now: float) -> None:
         if now - self._last_purge > 60:
             self._last_purge = now
@@ -181,9 +213,13 @@ class ValidatorService:
             return False, "revocation feed not caught up yet"
         if self.feed_stale():
             return False, f"revocation feed lagging for more than {self.max_feed_lag_s:.0f} s"
+        if self.replay_feed is not None and self.replay_feed.caught_up_at is None:
+            return False, "one-time token uses of other instances not read yet"
         return True, "ok"
 
     def close(self) -> None:
+        if self.replay_feed is not None:
+            self.replay_feed.close()
         self.emitter.close()
         self.revocations.close()
         self.validator.close()

@@ -9,6 +9,7 @@ from typing import Protocol
 from pipeline.validation.cache import VerifiedTokenCache
 from pipeline.validation.config import ValidatorConfig
 from pipeline.validation.key_sources import KeySource, key_source_for
+from pipeline.validation.replay import ReplayCache, is_one_time
 from pipeline.validation.verifier import TokenVerifier, Verdict, reject
 
 
@@ -25,6 +26,7 @@ class TokenValidator:
         *,
         revocations: RevocationCheck | None = None,
         key_source: KeySource | None = None,
+        replay: ReplayCache | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
@@ -34,6 +36,13 @@ class TokenValidator:
         self.cache = VerifiedTokenCache(config.cache_size)
         self._clock = clock
         self._generation = self.keys.generation
+        #: One-time tokens seen (only when the configuration marks some tokens one-time).
+        self.replay = replay if replay is not None else (ReplayCache() if config.one_time else None)
+        self._one_time = (
+            frozenset(config.one_time_audiences),
+            frozenset(config.one_time_scopes),
+            config.one_time_marks,
+        )
 
     def validate(self, token: object, now: float | None = None) -> Verdict:
         now = self._clock() if now is None else now
@@ -48,14 +57,14 @@ class TokenValidator:
             reason = self.verifier.check_time(claims, now)
             if reason:
                 return reject(reason, claims)
-            return self._revocation_checked(Verdict(True, None, claims, cached=True))
+            return self._replay_checked(self._revocation_checked(Verdict(True, None, claims, cached=True)), now)
 
         verdict = self.verifier.verify(token, keys, now)
         if verdict.reason == "unknown_kid" and self.keys.refresh_for_unknown_kid():
             verdict = self.verifier.verify(token, self.keys.current(), now)
         if not verdict.ok:
             return verdict
-        verdict = self._revocation_checked(verdict)
+        verdict = self._replay_checked(self._revocation_checked(verdict), now)
         if verdict.ok and isinstance(token, str):
             self.cache.put(token, verdict.claims)  # type: ignore[arg-type]
         return verdict
@@ -65,6 +74,21 @@ class TokenValidator:
         close = getattr(self.keys, "close", None)
         if close is not None:
             close()
+
+    def _replay_checked(self, verdict: Verdict, now: float) -> Verdict:
+        """A one-time token is accepted once: its first accepted use is recorded, any later one is ``replayed``.
+
+        Last of all the checks, so that a token refused for any other reason is not used up by that attempt.
+        """
+        if not verdict.ok or self.replay is None:
+            return verdict
+        claims = verdict.claims
+        assert claims is not None
+        if not is_one_time(claims, *self._one_time):
+            return verdict
+        if self.replay.claim(claims["iss"], claims["jti"], claims["exp"] + self.config.leeway_s, now):
+            return verdict
+        return reject("replayed", claims, verdict.kid)
 
     def _revocation_checked(self, verdict: Verdict) -> Verdict:
         if self.revocations is None:
