@@ -57,7 +57,8 @@ def _interpolate(value: str) -> str:
 @pytest.mark.timeout(180)
 def test_the_three_services_start_as_compose_configures_them(kafka_bootstrap: str, tmp_path: Path) -> None:
     """Each service's command and environment from docker-compose.yml, with the container's paths mapped to
-    temporary directories and its ports to free loopback ports, against the real test broker: the validator
+    temporary directories and its ports to free ports (bound as compose binds them; the test's traffic goes to
+    loopback only), against the real test broker: the validator
     and the alerts service report ready, and the pipeline keeps running. A missing option (such as the
     revocation feed's key store, which every process needs with Kafka) fails here."""
     secrets = tmp_path / "secrets"
@@ -74,7 +75,7 @@ def test_the_three_services_start_as_compose_configures_them(kafka_bootstrap: st
         value = value.replace("/keys/", f"{secrets / 'keys'}/")
         if value == "/data":
             return str(tmp_path / f"{service}-data")
-        return ports.get(value, "127.0.0.1" if value == "0.0.0.0" else value)
+        return ports.get(value, value)  # the bind address stays as compose has it (0.0.0.0)
 
     processes: dict[str, subprocess.Popen[bytes]] = {}
     try:
