@@ -46,7 +46,7 @@ from pipeline.windows import (
 
 #: Reasons given only after the signature was verified: the claims in such an event are authentic.
 VERIFIED_REASONS = frozenset(
-    {None, "expired", "not_yet_valid", "issuer", "audience", "missing_claim", "revoked", "replayed"}
+    {None, "expired", "not_yet_valid", "issuer", "audience", "missing_claim", "lifetime", "revoked", "replayed"}
 )
 _ROW_FOR_REASON = {
     None: 0,
@@ -64,6 +64,7 @@ _ROW_FOR_REASON = {
     "issuer": OTHER_REJECTED,
     "audience": OTHER_REJECTED,
     "missing_claim": OTHER_REJECTED,
+    "lifetime": OTHER_REJECTED,
 }
 
 
