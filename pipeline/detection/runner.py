@@ -44,6 +44,7 @@ class StreamingRunner:
         max_batch: int = 16384,  # a backlog drains in fewer, larger steps (fewer commits and end-offset queries)
         poll_timeout_s: float = 0.2,
         save_every_s: float = 60.0,
+        topic: str = TOKEN_USAGE,
     ) -> None:
         self.bus = bus
         self.model = model
@@ -55,7 +56,7 @@ class StreamingRunner:
         self.poll_timeout_s = poll_timeout_s
         self.save_every_s = save_every_s
         self.group = group
-        self.consumer = bus.consumer([TOKEN_USAGE], group, from_beginning=True)
+        self.consumer = bus.consumer([topic], group, from_beginning=True)
         self.dead_letters = 0
         self.published = 0
         self._rebuild_until: dict[tuple[str, int], int] = {}
