@@ -34,12 +34,6 @@ def test_durations_control() -> None:
         parse_duration("0s")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="pipeline/validation/keystore.py parse_duration: str.isdigit() admits '²' (int() refuses it) and int() "
-    "refuses more than 4300 digits, so these raise a bare ValueError, not KeyStoreError — the CLI's clean "
-    "configuration error becomes a traceback",
-)
 @pytest.mark.parametrize("text", ["\u00b2", "9" * 5000, "9" * 5000 + "s"], ids=["superscript", "digits", "unit"])
 def test_hostile_durations_raise_keystore_error(text: str) -> None:
     with pytest.raises(KeyStoreError):

@@ -145,17 +145,22 @@ class StoreCheck:
 
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _DURATION_RE = re.compile(r"(?:\d+[smhdw])+")
+_DURATION_MAX_CHARS = 100
 
 
 def parse_duration(text: str) -> int:
     """Seconds in ``90d``, ``12h``, ``1d12h``, ``30m``, ``45s``, ``2w`` or a bare number of seconds."""
     value = text.strip().lower()
+    # ASCII digits only: str.isdigit() and \d also admit '²' or '٣', which int() refuses or reads oddly
+    if not value.isascii() or not (value.isdigit() or _DURATION_RE.fullmatch(value)):
+        raise KeyStoreError(f"not a duration: {text!r} (use e.g. 90d, 12h, 1d12h, 30m, 45s or seconds)")
+    if len(value) > _DURATION_MAX_CHARS:
+        # also keeps int() below its 4300-digit limit, which raises a bare ValueError
+        raise KeyStoreError(f"duration too long: {len(value)} characters (at most {_DURATION_MAX_CHARS})")
     if value.isdigit():
         seconds = int(value)
-    elif _DURATION_RE.fullmatch(value):
-        seconds = sum(int(n) * _DURATION_UNITS[u] for n, u in re.findall(r"(\d+)([smhdw])", value))
     else:
-        raise KeyStoreError(f"not a duration: {text!r} (use e.g. 90d, 12h, 1d12h, 30m, 45s or seconds)")
+        seconds = sum(int(n) * _DURATION_UNITS[u] for n, u in re.findall(r"(\d+)([smhdw])", value))
     if seconds <= 0:
         raise KeyStoreError(f"a duration must be positive, got {text!r}")
     return seconds
