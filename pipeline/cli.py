@@ -238,6 +238,21 @@ def _passphrase(file: Path | None) -> bytes | None:
     return read_secret_file(file, "passphrase") if file is not None else None
 
 
+PinFile = Annotated[
+    Path | None,
+    typer.Option(
+        envvar="JWTWATCH_PKCS11_PIN_FILE",
+        help="For a key store in a PKCS#11 token (HSM): file (mode 0600) holding the token's user PIN; "
+        "or set JWTWATCH_PKCS11_PIN. Never on the command line.",
+    ),
+]
+
+
+def _pin(file: Path | None) -> bytes | None:
+    """--pin-file, else None: a PKCS#11 key store then reads JWTWATCH_PKCS11_PIN(_FILE) itself."""
+    return read_secret_file(file, "PIN") if file is not None else None
+
+
 @keys_app.command("init")
 def keys_init(
     dir: KeysDir,
@@ -247,11 +262,43 @@ def keys_init(
         int, typer.Option(envvar=_env("max_token_lifetime"), help="Longest token lifetime, seconds.")
     ] = 3600,
     passphrase_file: PassphraseFile = None,
+    backend: Annotated[
+        str,
+        typer.Option(
+            envvar=_env("keys_backend"),
+            help="Where the private keys live: file (under DIR/private) or pkcs11 (generated in and never leaving "
+            "a PKCS#11 token / HSM; ES256 or RS256).",
+        ),
+    ] = "file",
+    pkcs11_module: Annotated[
+        Path | None,
+        typer.Option(envvar=_env("pkcs11_module"), help="With --backend pkcs11: the PKCS#11 library (absolute path)."),
+    ] = None,
+    token_label: Annotated[
+        str | None,
+        typer.Option(envvar=_env("pkcs11_token_label"), help="With --backend pkcs11: the label of the token."),
+    ] = None,
+    pin_file: PinFile = None,
 ) -> None:
     """Create a key store with one signing key (and its jwks.json for validators)."""
+    options: dict[str, Any] = {}
+    if backend == "pkcs11":
+        if pkcs11_module is None or not token_label:
+            fail("--backend pkcs11 needs --pkcs11-module and --token-label")
+        options = {"module": pkcs11_module, "token_label": token_label}
+    elif backend != "file" or pkcs11_module is not None or token_label is not None:
+        fail("--backend is file or pkcs11; --pkcs11-module and --token-label go with --backend pkcs11")
     try:
+        if backend == "pkcs11":
+            options["pin"] = _pin(pin_file)
         store = KeyStore.init(
-            dir, alg=alg, issuer=issuer, max_token_lifetime=max_token_lifetime, passphrase=_passphrase(passphrase_file)
+            dir,
+            alg=alg,
+            issuer=issuer,
+            max_token_lifetime=max_token_lifetime,
+            passphrase=_passphrase(passphrase_file),
+            backend=backend,
+            **options,
         )
     except KeyStoreError as exc:
         fail(str(exc))
@@ -285,12 +332,13 @@ def keys_rotate(
     validity: Annotated[
         str, typer.Option(envvar=_env("jwks_validity"), help="With --root: signed JWKS lifetime.")
     ] = "7d",
+    pin_file: PinFile = None,
 ) -> None:
     """Make a new current key; the previous one stays published until its tokens have expired."""
     from pipeline.validation.signed_jwks import RootKey, publish_signed_jwks
 
     try:
-        store = KeyStore.open(dir, passphrase=_passphrase(passphrase_file))
+        store = KeyStore.open(dir, passphrase=_passphrase(passphrase_file), pin=_pin(pin_file))
         root_key = RootKey.open(root, passphrase=_passphrase(passphrase_file)) if root is not None else None
         if if_older_than is None:
             key = store.rotate(alg)
@@ -394,11 +442,12 @@ def keys_audit(
         str,
         typer.Option(envvar=_env("max_key_age"), help="With --verify: the oldest the current key may be (90d, 12h)."),
     ] = "90d",
+    pin_file: PinFile = None,
 ) -> None:
     """Verify the hash chain of the key audit log; exit 1 naming the first broken entry."""
     if verify:
         try:
-            check = verify_store(dir, max_key_age=parse_duration(max_key_age))
+            check = verify_store(dir, max_key_age=parse_duration(max_key_age), pin=_pin(pin_file))
         except KeyStoreError as exc:
             fail(str(exc))
         if check.ok:
@@ -437,6 +486,7 @@ def token_issue(
     client_id: Annotated[str | None, typer.Option(help="client_id claim.")] = None,
     scope: Annotated[str | None, typer.Option(help="scope claim.")] = None,
     passphrase_file: PassphraseFile = None,
+    pin_file: PinFile = None,
 ) -> None:
     """Sign an access token (typ at+jwt) with the store's current key and print it."""
     if ttl > max_token_lifetime:
@@ -445,7 +495,7 @@ def token_issue(
             "validators would reject the token (reason lifetime)"
         )
     try:
-        store = KeyStore.open(dir, passphrase=_passphrase(passphrase_file))
+        store = KeyStore.open(dir, passphrase=_passphrase(passphrase_file), pin=_pin(pin_file))
         if issuer is None and store.issuer is None:
             fail("no issuer: pass --issuer or create the store with one")
         token = store.issue_token(

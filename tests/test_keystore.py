@@ -501,3 +501,35 @@ def test_any_single_byte_change_is_detected_on_its_own_line(data: st.DataObject)
     tampered[index] = lines[index][:pos] + bytes([byte]) + lines[index][pos + 1 :]
     report = verify_audit_lines(tampered)
     assert not report.ok and report.first_broken == index + 1
+
+
+# --------------------------------------------------------------------------- backends and durations
+
+
+def test_init_refuses_an_unknown_backend_and_pkcs11_options_on_a_file_store(tmp_path: Path) -> None:
+    with pytest.raises(KeyStoreError, match="unknown key store backend 'vault'"):
+        KeyStore.init(tmp_path / "a", backend="vault")
+    with pytest.raises(KeyStoreError, match="apply to pkcs11 key stores only"):
+        KeyStore.init(tmp_path / "b", token_label="t")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    store = KeyStore.init(tmp_path / "c", backend="file", issuer=ISS)
+    with pytest.raises(KeyStoreError, match="apply to pkcs11 key stores only"):
+        KeyStore.open(store.path, module="/x.so")
+    assert KeyStore.open(store.path, pin=None).keys() == store.keys()
+
+
+def test_open_refuses_an_unknown_backend(store: KeyStore) -> None:
+    meta_path = store.path / "store.json"
+    meta = json.loads(meta_path.read_text())
+    meta["backend"] = "vault"
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(KeyStoreError, match="unknown backend 'vault'"):
+        KeyStore.open(store.path)
+
+
+@pytest.mark.parametrize("text", ["\u0663", "\u0663s", "1\uff10m", "9" * 101])
+def test_durations_are_ascii_and_bounded(text: str) -> None:
+    from pipeline.validation.keystore import parse_duration
+
+    with pytest.raises(KeyStoreError):
+        parse_duration(text)

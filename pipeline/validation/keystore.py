@@ -274,9 +274,9 @@ def _rfc3339(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def _check_alg(alg: object) -> str:
-    if alg not in ALGORITHMS:
-        raise KeyStoreError(f"unsupported algorithm {alg!r}; choose one of {', '.join(ALGORITHMS)}")
+def _check_alg(alg: object, allowed: Sequence[str] = ALGORITHMS) -> str:
+    if alg not in allowed:
+        raise KeyStoreError(f"unsupported algorithm {alg!r}; choose one of {', '.join(allowed)}")
     return str(alg)
 
 
@@ -290,7 +290,11 @@ def _generate_key(alg: str, rsa_bits: int) -> PrivateKey:
 
 def _public_jwk(key: PrivateKey) -> dict[str, str]:
     """Public JWK with the RFC 7638 required members only (no key_ops, never private params)."""
-    pub = key.public_key()
+    return public_key_jwk(key.public_key())
+
+
+def public_key_jwk(pub: object) -> dict[str, str]:
+    """The RFC 7638 members of a public key's JWK (RSA, EC or Ed25519)."""
     if isinstance(pub, rsa.RSAPublicKey):
         full = RSAAlgorithm.to_jwk(pub, as_dict=True)
     elif isinstance(pub, ec.EllipticCurvePublicKey):
@@ -433,6 +437,23 @@ def _parse_meta(raw: bytes, path: Path) -> dict[str, Any]:
     return meta
 
 
+def _backend_of(root: Path) -> str:
+    """``backend`` of the store in ``root`` (``file`` when store.json does not say); checks the store exists."""
+    path = root / STORE_FILE
+    if not root.is_dir():
+        raise KeyStoreError(f"key store {root} does not exist (create one with KeyStore.init / jwtwatch keys init)")
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise KeyStoreError(f"{root} is not a jwtwatch key store (no {STORE_FILE})") from None
+    except OSError as e:
+        raise KeyStoreError(f"cannot read {path}: {e.strerror}") from e
+    kind = _parse_meta(raw, path).get("backend", "file")
+    if kind not in ("file", "pkcs11"):
+        raise KeyStoreError(f"key store metadata {path} is corrupt: unknown backend {kind!r}")
+    return kind
+
+
 def _read_head(root: Path) -> tuple[int, str] | None:
     """The audit head recorded in store.json, or None when it cannot be read (then only the chain counts)."""
     try:
@@ -467,8 +488,14 @@ class KeyStore:
     """
 
     BACKEND = "file"
+    ALGORITHMS: tuple[str, ...] = ALGORITHMS  # what this backend can generate and sign with
 
-    def __init__(self, root: Path, *, passphrase: bytes | str | None = None) -> None:
+    def __init__(
+        self, root: Path, *, passphrase: bytes | str | None = None, pin: bytes | str | None = None, **options: Any
+    ) -> None:
+        # pin: a file store has none (the CLI passes --pin-file / JWTWATCH_PKCS11_PIN_FILE to any store)
+        if options:
+            raise KeyStoreError(f"option(s) {', '.join(sorted(options))} apply to pkcs11 key stores only")
         self._root = Path(root)
         self._meta_cache: tuple[tuple[int, int, int], dict[str, Any]] | None = None
         self._private_cache: dict[str, PrivateKey] = {}
@@ -491,16 +518,26 @@ class KeyStore:
         rsa_bits: int = DEFAULT_RSA_BITS,
         now: float | None = None,
         passphrase: bytes | str | None = None,
-        **backend: Any,
+        backend: str | None = None,
+        **options: Any,
     ) -> KeyStore:
         """Create a store with one current key in ``dir``, which must be missing or empty.
 
         Private keys are encrypted at rest with ``passphrase`` — by default the one in the environment
         (``JWTWATCH_KEYS_PASSPHRASE``, or the file named by ``JWTWATCH_KEYS_PASSPHRASE_FILE``). Without
         one they are written unencrypted, and every later use warns.
+
+        ``backend="pkcs11"`` keeps the keys in a PKCS#11 token instead (``module=``, ``token_label=``, ``pin=``;
+        see :class:`~pipeline.validation.pkcs11.Pkcs11KeyStore`).
         """
+        if backend is not None and backend != cls.BACKEND:
+            if backend != "pkcs11" or cls is not KeyStore:
+                raise KeyStoreError(f"unknown key store backend {backend!r} (file or pkcs11)")
+            from pipeline.validation.pkcs11 import Pkcs11KeyStore
+
+            cls = Pkcs11KeyStore
         root = Path(dir)
-        alg = _check_alg(alg)
+        alg = _check_alg(alg, cls.ALGORITHMS)
         if isinstance(max_token_lifetime, bool) or not isinstance(max_token_lifetime, int):
             raise KeyStoreError("max_token_lifetime must be an integer number of seconds")
         if max_token_lifetime <= 0:
@@ -510,6 +547,9 @@ class KeyStore:
         if issuer is not None and (not isinstance(issuer, str) or not issuer):
             raise KeyStoreError("issuer must be a non-empty string")
         t = time.time() if now is None else now
+        # a bad module, token or PIN is refused before anything is written
+        store = cls(root, passphrase=passphrase, **options)
+        store._preflight()
 
         with _os_errors(f"cannot create key store in {root}"):
             if root.exists() and not root.is_dir():
@@ -524,7 +564,6 @@ class KeyStore:
                 # re-check under the lock: a concurrent init may have won the race
                 if any(p.name != LOCK_FILE for p in root.iterdir()):
                     raise KeyStoreError(f"{root} was initialised concurrently; refusing to overwrite it")
-                store = cls(root, passphrase=passphrase, **backend)
                 backend_meta = store._init_backend()
                 jwk = store._new_key(alg, rsa_bits)
                 kid = jwk_thumbprint(jwk)
@@ -545,19 +584,20 @@ class KeyStore:
         return store
 
     @classmethod
-    def open(cls, dir: Path, *, passphrase: bytes | str | None = None, **backend: Any) -> KeyStore:
+    def open(cls, dir: Path, *, passphrase: bytes | str | None = None, **options: Any) -> KeyStore:
         """Load an existing store; KeyStoreError if it is missing or its metadata is corrupt.
 
-        A store whose keys live in a PKCS#11 token opens as a :class:`~pipeline.validation.pkcs11.Pkcs11KeyStore`.
+        A store whose keys live in a PKCS#11 token opens as a :class:`~pipeline.validation.pkcs11.Pkcs11KeyStore`
+        (``options``: ``pin=``, and ``module=`` / ``token_label=`` to override what store.json records).
         """
-        store = cls(Path(dir), passphrase=passphrase, **backend)
-        kind = store._meta().get("backend", "file")
+        kind = _backend_of(Path(dir))
         if kind != cls.BACKEND:
             if kind != "pkcs11" or cls is not KeyStore:
                 raise KeyStoreError(f"{dir} is a {kind!r} key store, not a {cls.BACKEND!r} one")
             from pipeline.validation.pkcs11 import Pkcs11KeyStore
 
-            store = Pkcs11KeyStore(Path(dir), **backend)
+            cls = Pkcs11KeyStore
+        store = cls(Path(dir), passphrase=passphrase, **options)
         store._opened()
         return store
 
@@ -589,7 +629,7 @@ class KeyStore:
     def _rotate_locked(self, alg: str | None, t: float) -> KeyInfo:
         meta = self._meta(force=True)  # under the lock: another process may just have rotated
         old = next(k for k in meta["keys"] if k["retired_at"] is None)
-        new_alg = _check_alg(old["alg"] if alg is None else alg)
+        new_alg = _check_alg(old["alg"] if alg is None else alg, self.ALGORITHMS)
         jwk = self._new_key(new_alg, meta["rsa_bits"])
         kid = jwk_thumbprint(jwk)
 
@@ -796,6 +836,9 @@ class KeyStore:
 
     # ---- the private-key backend: files under private/ (Pkcs11KeyStore overrides these)
 
+    def _preflight(self) -> None:
+        """Check, before init writes anything, that keys can be made (Pkcs11KeyStore: module, token, PIN)."""
+
     def _init_backend(self) -> dict[str, Any]:
         """Prepare a new store's private-key storage; return what store.json records about it."""
         private = self._root / PRIVATE_DIR
@@ -963,7 +1006,9 @@ def _replay_audit(entries: Sequence[Mapping[str, Any]]) -> tuple[set[str], str |
     return published, current
 
 
-def verify_store(dir: Path, *, max_key_age: float | None = None, now: float | None = None) -> StoreCheck:
+def verify_store(
+    dir: Path, *, max_key_age: float | None = None, now: float | None = None, **options: Any
+) -> StoreCheck:
     """Everything a CI/CD gate wants to know about a key store, as a list of problems (empty: all good).
 
     * the audit chain is intact and still holds the head store.json records;
@@ -971,6 +1016,7 @@ def verify_store(dir: Path, *, max_key_age: float | None = None, now: float | No
       store.json without an audit entry, or one dropped silently, is caught;
     * ``jwks.json`` publishes exactly the store's public keys (validators follow that file);
     * every published key has its private key (a file of mode 0600, or an object in the HSM token);
+      ``options`` go to :meth:`KeyStore.open` (``pin=`` for a PKCS#11 store);
     * the current key is not older than ``max_key_age`` (the rotation policy);
     * no retired key is still published past the longest token lifetime (it should have been dropped).
     """
@@ -981,7 +1027,7 @@ def verify_store(dir: Path, *, max_key_age: float | None = None, now: float | No
     if not audit.ok:
         problems.append(f"audit log broken at entry {audit.first_broken}: {audit.problem}")
     try:
-        store = KeyStore.open(root)
+        store = KeyStore.open(root, **options)
         meta = store._meta(force=True)
     except KeyStoreError as e:
         return StoreCheck(audit, (*problems, str(e)))
