@@ -9,13 +9,15 @@ messages go to the dead-letter topic with the error and the original bytes; they
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import itertools
 import json
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from pipeline.bus import ALERTS, TOKEN_USAGE, Bus, MessageRun
@@ -132,7 +134,8 @@ class StreamingRunner:
 
     def _take(self, runs: list[MessageRun]) -> int:
         """Decode a whole poll at once (no object per message) into the partitions' buffers."""
-        rows = decode_rows([value for run in runs for value in run.values])
+        with _collector_paused():
+            rows = decode_rows([value for run in runs for value in run.values])
         start = 0
         for run in runs:
             tp = (run.topic, run.partition)
@@ -263,6 +266,24 @@ class StreamingRunner:
     def close(self) -> None:
         self.stop()
         self.consumer.close()
+
+
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """No cyclic garbage collection while a poll is decoded.
+
+    Decoding allocates two tuples per message and creates no reference cycles, yet every 700 allocations
+    trigger a young-generation collection that walks the poll's lists again: about 20% of the runner's time
+    on a large backlog. Paused, the allocations are counted all the same and one collection follows.
+    """
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 def _event_time(row: Row) -> float:
