@@ -82,6 +82,7 @@ class ArchiveWriter:
         self._scores: list[dict[str, object]] = []
         self._features: dict[str, list[dict[str, object]]] = {t: [] for t in FEATURES}
         self.written = {kind: 0 for kind in KINDS}
+        self.unarchivable = 0
 
     def add(self, kind: str, records: Sequence[TokenUsage | Alert]) -> None:
         if kind not in _RECORD_KINDS:
@@ -153,7 +154,9 @@ class ArchiveWriter:
             for record in rows:
                 groups[_partition(parse_ts(record.ts))].append(record)
             for (date, hour), group in sorted(groups.items()):
-                self._write(self.root / kind, date, hour, to_arrow(group))  # type: ignore[arg-type]
+                table = self._records_table(group)
+                if table is not None:
+                    self._write(self.root / kind, date, hour, table)
             total += self._count(kind, len(rows))
         for frame in frames:
             total += self._write_frame(frame)
@@ -162,6 +165,22 @@ class ArchiveWriter:
             directory = self.root / "features" / f"entity_type={entity_type}"
             total += self._write_rows(directory, rows, features_arrow(entity_type), "features")
         return total
+
+    def _records_table(self, group: list[TokenUsage | Alert]) -> pa.Table | None:
+        """The records as Arrow; one that Arrow cannot hold (an ``iat`` beyond int64 from a foreign producer)
+        is left out and counted in ``unarchivable`` — a poison message must not fail every flush after it."""
+        try:
+            return to_arrow(group)  # type: ignore[arg-type]
+        except (OverflowError, pa.ArrowException):
+            good = []
+            for record in group:
+                try:
+                    to_arrow([record])  # type: ignore[list-item]
+                except (OverflowError, pa.ArrowException):
+                    self.unarchivable += 1
+                    continue
+                good.append(record)
+            return to_arrow(good) if good else None  # type: ignore[arg-type]
 
     def _count(self, kind: str, n: int) -> int:
         self.written[kind] += n

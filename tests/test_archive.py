@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -106,3 +107,14 @@ def test_detect_writes_the_archive_when_given_a_data_dir(tmp_path: Path) -> None
     assert len(read_archive(tmp_path / "data", "events")) == len(sim.events)
     assert len(read_archive(tmp_path / "data", "scores")) > 0
     assert len(read_features(tmp_path / "data", "sub")) > 0
+
+
+def test_a_record_arrow_cannot_hold_does_not_block_the_archive(tmp_path: Path) -> None:
+    sim = simulate(SimulationParams(minutes=2, seed=8, browsers=4, mobile=2, services=1, offices=1))
+    records = list(iter_records(sim))[:50]
+    poison = dataclasses.replace(records[10], iat=2**63)  # valid JSON integer, beyond int64
+    writer = ArchiveWriter(tmp_path)
+    writer.add("events", [*records[:10], poison, *records[11:]])
+    writer.flush()
+    assert writer.unarchivable == 1
+    assert len(read_archive(tmp_path, "events")) == len(records) - 1
