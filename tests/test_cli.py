@@ -136,8 +136,8 @@ def test_validator_serve_end_to_end(keys: Path, validator: tuple[str, Path], tmp
     assert '"reason":"revoked"' in events[-1]
 
 
-def test_demo_runs_green(tmp_path: Path) -> None:
-    result = run("demo", "--data-dir", str(tmp_path / "demo"))
+def test_the_validator_demo_runs_green(tmp_path: Path) -> None:
+    result = run("validator", "demo", "--data-dir", str(tmp_path / "demo"))
     assert "every token got the answer it should" in result.stdout
     assert (tmp_path / "demo" / "events.jsonl").read_text().count("\n") == 8
 
