@@ -17,7 +17,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from pipeline.alerts import AlertsConsumer, AlertsService, AlertsWorker, create_alerts_app
-from pipeline.archive import ArchiveConsumer, ArchiveWriter
+from pipeline.archive import ArchiveConsumer, ArchiveWriter, ScoreRecorder
 from pipeline.bus.memory import MemoryBus
 from pipeline.detection.runner import StreamingRunner
 from pipeline.loop import BackgroundLoop
@@ -50,6 +50,7 @@ class ServeOptions:
 class AllInOne:
     def __init__(self, options: ServeOptions) -> None:
         self.options = options
+        self._stopped = False
         self.bus = MemoryBus()
         self.validator = ValidatorService(
             options.config,
@@ -80,6 +81,8 @@ class AllInOne:
         )
         self.worker = AlertsWorker(self.alerts)
         self.archive = ArchiveConsumer(self.bus, ArchiveWriter(Path(options.data_dir)))
+        # Window features and scores go to the archive beside events and alerts (the writer is thread-safe).
+        self.runner.engine.on_scored = ScoreRecorder(self.archive.writer, self.model)
         self._loops = [
             BackgroundLoop("revocation-feed", self.follower.step),
             BackgroundLoop("archive", self.archive.step),
@@ -100,6 +103,10 @@ class AllInOne:
         self.worker.start()
 
     def stop(self) -> None:
+        """Stop the loops and close everything, flushing the archive and saving baselines; idempotent."""
+        if self._stopped:
+            return
+        self._stopped = True
         for loop in self._loops:
             loop.stop()
         self.worker.stop()

@@ -835,7 +835,7 @@ def pipeline_run(
     revocation_keys: RevocationKeys = None,
 ) -> None:
     """Consume token-usage/1, score it, publish alert/1 (and revocations); archive events and alerts."""
-    from pipeline.archive import ArchiveConsumer, ArchiveWriter
+    from pipeline.archive import ArchiveConsumer, ArchiveWriter, ScoreRecorder
     from pipeline.detection.runner import StreamingRunner
     from pipeline.loop import BackgroundLoop
     from pipeline.response.policy import AutoRevoker, ResponsePolicy
@@ -861,6 +861,7 @@ def pipeline_run(
         respond=Responder(AutoRevoker(policy), bus, issuer=issuer, signer=signer),
     )
     archive = ArchiveConsumer(bus, ArchiveWriter(data_dir), group=f"{group}-archive")
+    runner.engine.on_scored = ScoreRecorder(archive.writer, model)  # window features and scores, archived
     console.print(f"pipeline on {kafka}: model {model.version}, group {group}, data in {data_dir}")
 
     def stop() -> None:

@@ -126,3 +126,24 @@ def test_one_port_serves_everything(node: Node) -> None:
     metrics = httpx.get(f"{node.url}/metrics")
     assert "jwtwatch_validations_total" in metrics.text
     assert metrics.headers["x-content-type-options"] == "nosniff"
+
+
+def test_the_archive_keeps_events_scores_and_alerts_of_a_live_stream(node: Node) -> None:
+    from pipeline.archive import read_archive, read_features
+
+    token = node.keys.issue_token("bob", AUDIENCE, ttl=600, client_id="web")
+    for _ in range(3):
+        assert use(node.url, token, "198.51.100.8", CHROME) == 200
+    deadline = time.monotonic() + 15
+    while use(node.url, token, "203.0.113.51", "curl/8.5.0") == 200:  # stolen: alerted and revoked
+        assert time.monotonic() < deadline, "the stolen token was never revoked"
+        time.sleep(0.05)
+    node.node.stop()  # flushes what the archive consumer holds
+    data_dir = node.node.options.data_dir
+    events = read_archive(data_dir, "events")
+    assert {"198.51.100.8", "203.0.113.51"} <= set(events["ip"])
+    features = read_features(data_dir, "jti")
+    assert not features.empty and "distinct_prefix16" in features.columns
+    scores = read_archive(data_dir, "scores")
+    assert {"jti", "sub", "ip"} <= set(scores["entity_type"]), scores.columns
+    assert not read_archive(data_dir, "alerts").empty
