@@ -145,7 +145,8 @@ _NONE = type(None)
 _TYPES = ({str},) * 4 + ({str, _NONE},) * 10 + ({int, _NONE},) * 2  # exact int: a JSON true is a bool
 #: (outcome, reason): accepted events have no reason, rejected ones a known one (TokenUsage.__post_init__).
 _OUTCOME_REASON = frozenset({("accepted", None), *(("rejected", reason) for reason in REASON_SET)})
-assert set(OUTCOMES) == {"accepted", "rejected"}
+if {o for o, _ in _OUTCOME_REASON} != OUTCOMES:  # _OUTCOME_REASON spells the outcomes out
+    raise ImportError("token-usage/1 outcomes changed: update _OUTCOME_REASON in pipeline/detection/batch.py")
 
 _UUID = re.compile(UUID_PATTERN)
 _UUID_DASHES = np.array([8, 13, 18, 23])
