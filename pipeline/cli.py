@@ -608,8 +608,21 @@ def validator_serve(
     signed_jwks_max_age: Annotated[
         str, typer.Option(envvar=_env("signed_jwks_max_age"), help="Refuse a signed JWKS issued longer ago.")
     ] = "7d",
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=64,
+            envvar=_env("workers"),
+            help="Worker processes sharing the port (about one per core). They share the data dir's revocation "
+            "store (each reads the others' revocations within ~100 ms) and --events-out; with one-time token rules "
+            "more than one needs --kafka.",
+        ),
+    ] = 1,
 ) -> None:
     """Serve GET /v1/validate (forward-auth), introspection, JWKS, revocations, health and metrics."""
+    import gc
+
     import uvicorn
     from pydantic import ValidationError
 
@@ -620,6 +633,8 @@ def validator_serve(
     from pipeline.validation.jwks import JwksError
     from pipeline.validation.server import uvicorn_config
     from pipeline.validation.service import ValidatorService
+    from pipeline.validation.store_sync import RevocationStoreSync
+    from pipeline.validation.workers import listening_socket, run_workers
     from pipeline.web import read_admin_token
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -648,52 +663,102 @@ def validator_serve(
         fail(config_errors(exc))
     except (ValueError, OSError) as exc:
         fail(str(exc))
+    if workers > 1 and config.one_time and kafka is None:
+        fail(
+            "--workers > 1 with one-time token rules needs --kafka: the workers share one-time uses over the bus "
+            "(jwtwatch.replay), and without one a token could be used once at each worker"
+        )
     # Only a valid configuration gets keys, a bus connection and state on disk.
     signer, verifier = _feed_keys(revocation_keys, kafka, data_dir)
-    bus = _bus(kafka)
-    try:
-        service = ValidatorService(
-            config,
-            data_dir=data_dir,
-            bus=bus,
-            events_out=events_out,
-            trusted_proxies=trusted_proxies,
-            admin_token=admin_token,
-            max_feed_lag_s=max_feed_lag,
-            fail_closed=fail_closed,
-        )
-    except (JwksError, ValueError, OSError) as exc:
-        fail(str(exc))
-    if extra_keys:
-        from pipeline.validation.key_sources import CombinedKeySource
 
-        # an inline copy stood in for the config only: the live sources replace it (a signed set that expires
-        # must stop being trusted)
-        base = [] if inline_jwks is not None else [service.validator.keys]
-        service.validator.keys = CombinedKeySource([*base, *extra_keys])
-    service.keys_dir = keys_dir  # type: ignore[attr-defined]  # serves KEYS_DIR/jwks.jwt
-    # Every validator follows the revocation feed: what the pipeline or another validator revokes applies here.
-    follower = RevocationFollower(bus, service.revocations, verifier=verifier)
-    service.feed = follower
-    service.signer = signer
-    feed = BackgroundLoop("revocation-feed", follower.step)
-    feed.start()
-    # One-time tokens used at other instances (jwtwatch.replay): only with --one-time-* rules.
-    replay_feed = BackgroundLoop("replay-feed", service.replay_feed.step) if service.replay_feed else None
-    if replay_feed is not None:
-        replay_feed.start()
+    def run(sock: Any = None, worker: int | None = None) -> None:
+        sources = extra_keys
+        if worker is not None:
+            # fresh key sources after the fork: no HTTP connection shared with the parent or a sibling
+            sources = _extra_key_sources(
+                keys_dir, signed_jwks_url, jwks_root_key, signed_jwks_issuer, signed_jwks_max_age, jwks_file,
+                jwks_url, algorithms,
+            )[0]  # fmt: skip
+        bus = _bus(kafka)
+        try:
+            service = ValidatorService(
+                config,
+                data_dir=data_dir,
+                bus=bus,
+                events_out=events_out,
+                trusted_proxies=trusted_proxies,
+                admin_token=admin_token,
+                max_feed_lag_s=max_feed_lag,
+                fail_closed=fail_closed,
+                # a lone validator's in-process bus has no reader for usage events: only --events-out gets them
+                usage_to_bus=kafka is not None,
+                background=True,
+                worker=worker,
+            )
+        except (JwksError, ValueError, OSError) as exc:
+            fail(str(exc))
+        if sources:
+            from pipeline.validation.key_sources import CombinedKeySource
+
+            # an inline copy stood in for the config only: the live sources replace it (a signed set that expires
+            # must stop being trusted)
+            base = [] if inline_jwks is not None else [service.validator.keys]
+            service.validator.keys = CombinedKeySource([*base, *sources])
+        service.keys_dir = keys_dir  # type: ignore[attr-defined]  # serves KEYS_DIR/jwks.jwt
+        # Every validator follows the revocation feed: what the pipeline or another validator revokes applies here.
+        follower = RevocationFollower(bus, service.revocations, verifier=verifier)
+        service.feed = follower
+        service.signer = signer
+        loops = [BackgroundLoop("revocation-feed", follower.step)]
+        # One-time tokens used at other instances (jwtwatch.replay): only with --one-time-* rules.
+        if service.replay_feed is not None:
+            loops.append(BackgroundLoop("replay-feed", service.replay_feed.step))
+        if worker is not None:
+            # revocations the other workers stored (admin API) reach this one through the shared store
+            service.store_sync = RevocationStoreSync(service.revocations)
+            service.store_sync.sync()
+            loops.append(BackgroundLoop("revocation-store", service.store_sync.step))
+        loops.append(BackgroundLoop("maintenance", lambda: (service.maintain(), time.sleep(1.0))))
+        for loop in loops:
+            loop.start()
+        try:
+            server = uvicorn.Server(uvicorn_config(create_validator_app(service), host, port, tls=transport.context))
+            # everything built so far lives as long as the process: keep it out of the collector's way
+            gc.collect()
+            gc.freeze()
+            server.run(sockets=[sock] if sock is not None else None)
+        finally:
+            if service.store_sync is not None:
+                service.store_sync.close()
+            for loop in loops:
+                loop.stop()
+            follower.close()
+            service.close()
+            bus.close()
+
     if admin_token is None:
         err.print("[yellow]note:[/] no --admin-token-file: the admin API (revocations, introspection) is closed")
-    console.print(f"validator for [bold]{issuer}[/] / [bold]{audience}[/] on {transport.scheme}://{host}:{port}")
+    plural = f" ({workers} workers)" if workers > 1 else ""
+    console.print(
+        f"validator for [bold]{issuer}[/] / [bold]{audience}[/] on {transport.scheme}://{host}:{port}{plural}"
+    )
+    if workers == 1:
+        run()
+        return
+    for source in extra_keys:  # the workers make their own
+        close = getattr(source, "close", None)
+        if close is not None:
+            close()
     try:
-        uvicorn.Server(uvicorn_config(create_validator_app(service), host, port, tls=transport.context)).run()
+        sock = listening_socket(host, port)
+    except OSError as exc:
+        fail(f"cannot listen on {host}:{port}: {exc}")
+    try:
+        status = run_workers(workers, lambda index: run(sock, index))
     finally:
-        feed.stop()
-        if replay_feed is not None:
-            replay_feed.stop()
-        follower.close()
-        service.close()
-        bus.close()
+        sock.close()
+    if status:
+        raise typer.Exit(status)
 
 
 # ------------------------------------------------------------------------------------------- serve

@@ -6,6 +6,7 @@ the usage event and the metrics, not to the caller, who may be the attacker.
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 from typing import Annotated, Any, Literal
 from urllib.parse import parse_qs
@@ -14,11 +15,15 @@ from fastapi import APIRouter, FastAPI, Header, Query, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.types import Receive, Scope, Send
 
 from pipeline.validation.client_ip import client_ip
+from pipeline.validation.fastpath import PATH, ValidateEndpoint, header_value
 from pipeline.validation.revocations import RevocationStoreError
 from pipeline.validation.service import RequestContext, ValidatorService
 from pipeline.web import SecurityHeadersMiddleware, admin_token_matches, bearer_token, read_capped
+
+log = logging.getLogger(__name__)
 
 MAX_FORM_BYTES = 64 * 1024
 _LATEST_REVOKED_BEFORE = 4102444800  # 2100-01-01: later than any token's issue time
@@ -193,13 +198,7 @@ def validator_router(service: ValidatorService) -> APIRouter:
     return router
 
 
-def _header_value(value: object) -> str | None:
-    """A claim as an HTTP header value: no CR/LF/control characters can reach the upstream request."""
-    if value is None:
-        return None
-    text = value if isinstance(value, str) else str(value)
-    text = "".join(ch for ch in text if 0x20 <= ord(ch) < 0x7F)
-    return text[:1024] or None
+_header_value = header_value
 
 
 def metrics_route(app: FastAPI, *registries: Any) -> None:
@@ -209,8 +208,38 @@ def metrics_route(app: FastAPI, *registries: Any) -> None:
         return Response(payload, media_type=CONTENT_TYPE_LATEST)
 
 
-def create_validator_app(service: ValidatorService) -> FastAPI:
-    app = FastAPI(title="jwtwatch validator", version="1", docs_url=None, redoc_url=None)
+class ValidatorApp(FastAPI):
+    """The FastAPI app, with ``GET /v1/validate`` answered by :class:`ValidateEndpoint` (raw ASGI) before routing.
+
+    The FastAPI route stays (OpenAPI, and every other method on the path); ``fast_path=False`` serves
+    everything through FastAPI — the reference the fast path is tested against.
+    """
+
+    validate_endpoint: ValidateEndpoint | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        endpoint = self.validate_endpoint
+        if (
+            endpoint is not None
+            and scope["type"] == "http"
+            and scope["method"] == "GET"
+            and scope["path"] == PATH
+            and not scope.get("root_path")
+        ):
+            try:
+                await endpoint(scope, receive, send)
+                return
+            except Exception:  # pragma: no cover - last resort, as the FastAPI app's handler
+                log.exception("GET /v1/validate failed")
+                await endpoint.internal_error.send(send)
+                return
+        await super().__call__(scope, receive, send)
+
+
+def create_validator_app(service: ValidatorService, *, fast_path: bool = True) -> FastAPI:
+    app = ValidatorApp(title="jwtwatch validator", version="1", docs_url=None, redoc_url=None)
+    if fast_path:
+        app.validate_endpoint = ValidateEndpoint(service)
     app.include_router(validator_router(service))
     metrics_route(app, service.registry)
 

@@ -185,24 +185,32 @@ class RevocationStore:
     def add(self, record: Revocation) -> Revocation:
         """Store a revocation made elsewhere (the bus); idempotent on ``revocation_id``."""
         expires = parse_ts(record.expires_at).timestamp()
+        find = "SELECT version, record FROM revocations WHERE revocation_id = ?"
         with self._lock:
-            row = self._db.execute(
-                "SELECT version FROM revocations WHERE revocation_id = ?", (record.revocation_id,)
-            ).fetchone()
-            if row is not None:
-                return replace(record, version=row[0])
-            try:
-                cursor = self._db.execute(
-                    "INSERT INTO revocations (revocation_id, expires_at, record) VALUES (?, ?, ?)",
-                    (record.revocation_id, expires, replace(record, version=None).to_json()),
-                )
-            except sqlite3.Error as exc:
-                # Enforced only once durable: a revocation that a restart would forget is not applied at all,
-                # and the caller (an admin, the feed follower) learns it must try again.
-                raise RevocationStoreError(
-                    f"cannot store revocation {record.revocation_id} in {self.path}: {exc}"
-                ) from exc
-            stored = replace(record, version=cursor.lastrowid)
+            row = self._db.execute(find, (record.revocation_id,)).fetchone()
+            if row is None:
+                try:
+                    cursor = self._db.execute(
+                        "INSERT INTO revocations (revocation_id, expires_at, record) VALUES (?, ?, ?)",
+                        (record.revocation_id, expires, replace(record, version=None).to_json()),
+                    )
+                except sqlite3.IntegrityError:
+                    # Another process sharing this store (validator serve --workers N) stored it first.
+                    row = self._db.execute(find, (record.revocation_id,)).fetchone()
+                    if row is None:
+                        raise RevocationStoreError(f"cannot store revocation {record.revocation_id}") from None
+                except sqlite3.Error as exc:
+                    # Enforced only once durable: a revocation that a restart would forget is not applied at all,
+                    # and the caller (an admin, the feed follower) learns it must try again.
+                    raise RevocationStoreError(
+                        f"cannot store revocation {record.revocation_id} in {self.path}: {exc}"
+                    ) from exc
+            if row is None:
+                stored = replace(record, version=cursor.lastrowid)
+            else:
+                # Stored already — perhaps by another process sharing this store, which this index has not
+                # read yet: apply what is stored (not what came now), idempotently.
+                stored = replace(Revocation.from_json(row[1]), version=row[0])
             self.index.apply(stored)
             return stored
 

@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -21,7 +22,8 @@ from pipeline.validation.config import ValidatorConfig
 from pipeline.validation.replay import ReplayFollower, use_message
 from pipeline.validation.revocation_feed import FeedSigner
 from pipeline.validation.revocations import RevocationStore
-from pipeline.validation.usage import UsageEmitter, usage_event
+from pipeline.validation.store_sync import RevocationStoreSync
+from pipeline.validation.usage import UsageEmitter
 from pipeline.validation.validator import TokenValidator
 from pipeline.validation.verifier import Verdict, reject
 
@@ -91,7 +93,15 @@ class ValidatorService:
         max_feed_lag_s: float = 30.0,
         fail_closed: bool = False,
         clock: Callable[[], float] = time.time,
+        usage_to_bus: bool = True,
+        background: bool = False,
+        worker: int | None = None,
     ) -> None:
+        """``usage_to_bus=False``: usage events go to ``events_out`` only (nobody reads them from an in-process
+        bus of a lone validator). ``background=True`` (``validator serve``): usage events are built and sent in
+        batches by a thread, and expired revocations are purged by :meth:`maintain` (which the caller runs in a
+        background loop), so that nothing but the validation itself happens on the request path. ``worker``: this
+        process's index among ``validator serve --workers N`` (a metric)."""
         self.config = config
         self.clock = clock
         self.revocations = RevocationStore(
@@ -101,7 +111,9 @@ class ValidatorService:
             max_token_lifetime_s=config.max_token_lifetime_s if max_token_lifetime_s is None else max_token_lifetime_s,
         )
         self.validator = TokenValidator(config, revocations=self.revocations, clock=clock)
-        self.emitter = UsageEmitter(bus, events_out)
+        self.bus = bus
+        self.emitter = UsageEmitter(bus if usage_to_bus else None, events_out, background=background)
+        self.background = background
         self.trusted_proxies = (
             trusted_proxies if isinstance(trusted_proxies, tuple) else parse_networks(trusted_proxies)
         )
@@ -111,6 +123,13 @@ class ValidatorService:
         self.metrics.revocation_version.set_function(lambda: self.revocations.version)
         self.metrics.revocations_active.set_function(lambda: len(self.revocations.index))
         self.metrics.cache_entries.set_function(lambda: len(self.validator.cache))
+        self._counters: dict[tuple[bool, str | None], Any] = {}  # validations_total children, by (ok, reason)
+        self.worker = worker
+        if worker is not None:
+            about = "This process's index among validator serve --workers"
+            Gauge("jwtwatch_validator_worker", about, registry=self.registry).set(worker)
+        #: Reads what other processes wrote to the shared revocation store (``validator serve --workers N``).
+        self.store_sync: RevocationStoreSync | None = None
         self._last_purge = 0.0
         #: The revocation feed this validator follows, if any (anything with ``caught_up``).
         self.feed: object | None = None
@@ -147,7 +166,8 @@ class ValidatorService:
         verdict = self.validator.validate(token, now)
         self.metrics.seconds.observe(time.perf_counter() - started)
         self.record(verdict, context, now)
-        self._maybe_purge(now)
+        if not self.background:
+            self._maybe_purge(now)
         return verdict
 
     def too_large(self, context: RequestContext) -> Verdict:
@@ -157,22 +177,22 @@ class ValidatorService:
         return verdict
 
     def record(self, verdict: Verdict, context: RequestContext, now: float) -> None:
-        self.metrics.validations.labels("accepted" if verdict.ok else "rejected", verdict.reason or "none").inc()
-        self.emitter.emit(
-            usage_event(
-                verdict,
-                now=now,
-                ip=context.ip,
-                user_agent=context.user_agent,
-                service=context.service,
-                method=context.method,
-                path=context.path,
+        key = (verdict.ok, verdict.reason)
+        counter = self._counters.get(key)
+        if counter is None:
+            counter = self._counters[key] = self.metrics.validations.labels(
+                "accepted" if verdict.ok else "rejected", verdict.reason or "none"
             )
-        )
+        counter.inc()
+        self.emitter.defer(verdict, context, now)
+
+    def maintain(self) -> None:
+        """Background upkeep (with ``background=True``): purge expired revocations once a minute."""
+        self._maybe_purge(self.clock())
 
     def announce(self, record: Revocation) -> None:
         """Put a revocation made here on the revocation feed, so every other validator enforces it too."""
-        bus = self.emitter.bus
+        bus = self.bus
         if bus is not None:
             record = replace(record, version=None)
             bus.publish(REVOCATIONS, record.bus_key, self.signer.sign(record) if self.signer else record.to_json())
@@ -180,7 +200,7 @@ class ValidatorService:
 
     def _announce_use(self, iss: str, jti: str, expires_at: float) -> None:
         """Tell every other validator instance that this one-time token has been used (``jwtwatch.replay``)."""
-        bus = self.emitter.bus
+        bus = self.bus
         if bus is not None:
             bus.publish(REPLAY, f"{iss}:{jti}"[:2048], use_message(iss, jti, expires_at, self.instance, self.clock()))
 
@@ -188,7 +208,7 @@ class ValidatorService:
         if now - self._last_purge > 60:
             self._last_purge = now
             gone = self.revocations.purge(now)
-            bus = self.emitter.bus
+            bus = self.bus
             if gone and bus is not None and self.signer is not None:
                 # Tombstones let the compacted feed forget expired revocations. They carry no signature
                 # and need none: a tombstone cannot revoke, and validators never un-revoke on one — their
@@ -204,6 +224,8 @@ class ValidatorService:
 
     def feed_stale(self) -> bool:
         """The revocation feed has not been fully applied for longer than ``max_feed_lag_s``."""
+        if self.store_sync is not None and self.store_sync.stale():
+            return True
         return self.feed is not None and self._feed_age() > self.max_feed_lag_s
 
     def ready(self) -> tuple[bool, str]:
@@ -211,6 +233,8 @@ class ValidatorService:
             return False, "no usable signing keys"
         if self.feed is not None and self.feed.caught_up_at is None:  # type: ignore[attr-defined]
             return False, "revocation feed not caught up yet"
+        if self.store_sync is not None and self.store_sync.stale():
+            return False, self.store_sync.describe()
         if self.feed_stale():
             return False, f"revocation feed lagging for more than {self.max_feed_lag_s:.0f} s"
         if self.replay_feed is not None and self.replay_feed.caught_up_at is None:

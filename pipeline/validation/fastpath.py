@@ -1,0 +1,174 @@
+"""``GET /v1/validate`` as raw ASGI: the forward-auth answer without FastAPI's routing, dependency injection,
+middleware stack and thread pool.
+
+Every gateway request passes through this endpoint, so it is the one worth writing by hand. The answers are
+byte for byte those of the FastAPI route in ``app.py`` (same status, body and headers, the security headers
+and ``Cache-Control: no-store`` included; ``tests/test_fastpath.py`` compares the two): the response headers
+are rendered once, by the same Starlette response classes and the same rules as ``SecurityHeadersMiddleware``,
+and copied per request.
+
+The validation runs on the event loop when it cannot block: a cache hit costs about 2 µs and a first-seen
+token one signature check. A key source that may fetch over the network on the request path (a JWKS URL,
+re-fetched every few minutes and on unknown kids) sends the validation to the thread pool instead, as the
+FastAPI route does, so that a slow JWKS server never stalls the other connections.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio.to_thread
+from starlette.responses import JSONResponse, Response
+from starlette.types import Receive, Scope, Send
+
+from pipeline.validation.client_ip import client_ip
+from pipeline.validation.key_sources import CombinedKeySource, FileKeySource, StaticKeySource, UrlKeySource
+from pipeline.validation.service import RequestContext, ValidatorService
+from pipeline.web import _OVERRIDDEN, SECURITY_HEADERS, bearer_token
+
+PATH = "/v1/validate"
+NO_STORE = ((b"cache-control", b"no-store"), (b"pragma", b"no-cache"))
+_PEERS_MAX = 4096
+_WANTED = frozenset((b"authorization", b"user-agent", b"x-forwarded-host", b"x-forwarded-method", b"x-forwarded-uri"))
+
+
+def _text(value: bytes | None) -> str | None:
+    return value.decode("latin-1") if value is not None else None
+
+
+def secured(raw_headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """What ``SecurityHeadersMiddleware`` (with a matching no-store prefix) makes of a response's headers."""
+    return [h for h in raw_headers if h[0].lower() not in _OVERRIDDEN] + [*SECURITY_HEADERS, *NO_STORE]
+
+
+class _Prepared:
+    """A fixed answer, rendered once."""
+
+    __slots__ = ("body", "headers", "status")
+
+    def __init__(self, response: Response) -> None:
+        self.status = response.status_code
+        self.headers = secured(response.raw_headers)
+        self.body = bytes(response.body)
+
+    async def send(self, send: Send) -> None:
+        await send({"type": "http.response.start", "status": self.status, "headers": list(self.headers)})
+        await send({"type": "http.response.body", "body": self.body})
+
+
+def _may_block(source: object) -> bool:
+    """Whether ``current()``/``refresh_for_unknown_kid()`` of this key source can do network I/O."""
+    if isinstance(source, UrlKeySource):
+        return True
+    if isinstance(source, CombinedKeySource):
+        return any(_may_block(s) for s in source.sources)
+    return not isinstance(source, FileKeySource | StaticKeySource)  # unknown: assume it may
+
+
+def header_value(value: object) -> str | None:
+    """A claim as an HTTP header value: no CR/LF/control characters can reach the upstream request."""
+    if value is None:
+        return None
+    text = value if isinstance(value, str) else str(value)
+    if not (text.isascii() and text.isprintable()):  # printable ASCII is exactly 0x20-0x7E
+        text = "".join(ch for ch in text if 0x20 <= ord(ch) < 0x7F)
+    return text[:1024] or None
+
+
+class ValidateEndpoint:
+    """The ASGI callable answering ``GET /v1/validate`` for one :class:`ValidatorService`."""
+
+    def __init__(self, service: ValidatorService) -> None:
+        self.service = service
+        self.max_bytes = service.config.max_token_bytes
+        invalid = {"WWW-Authenticate": 'Bearer error="invalid_token"'}
+        realm = {"WWW-Authenticate": 'Bearer realm="jwtwatch"'}
+        self.no_token = _Prepared(JSONResponse({"error": "unauthorized"}, status_code=401, headers=realm))
+        self.invalid = _Prepared(JSONResponse({"error": "invalid_token"}, status_code=401, headers=invalid))
+        self.too_large = _Prepared(JSONResponse({"error": "invalid_token"}, status_code=431, headers=invalid))
+        self.unavailable = _Prepared(
+            JSONResponse({"error": "temporarily_unavailable"}, status_code=503, headers={"Retry-After": "5"})
+        )
+        self.internal_error = _Prepared(JSONResponse({"error": "internal_error"}, status_code=500))
+        # a 200: the X-Auth-* headers, then these (Response(status_code=200, headers=...) has an empty body)
+        self.ok_tail = secured([(b"content-length", b"0")])
+        self._peers: dict[str, str] = {}  # socket peer -> client IP, for requests without X-Forwarded-For
+        self._keys: object = None
+        self._inline = True
+
+    def _runs_inline(self) -> bool:
+        keys = self.service.validator.keys
+        if keys is not self._keys:  # the key source can be replaced after the app is built
+            self._keys, self._inline = keys, not _may_block(keys)
+        return self._inline
+
+    def _client_ip(self, peer: str | None, forwarded: list[bytes]) -> str:
+        if forwarded:
+            # Repeated X-Forwarded-For lines are one list (RFC 9110 §5.3): a client's forged first line must
+            # not hide the line a trusted proxy appended.
+            joined = ",".join(v.decode("latin-1") for v in forwarded)
+            return client_ip(peer, joined or None, self.service.trusted_proxies)
+        if peer is None:
+            return client_ip(None, None, self.service.trusted_proxies)
+        ip = self._peers.get(peer)
+        if ip is None:
+            if len(self._peers) >= _PEERS_MAX:
+                self._peers.clear()
+            ip = self._peers[peer] = client_ip(peer, None, self.service.trusted_proxies)
+        return ip
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        first: dict[bytes, bytes] = {}  # the first line of each header of interest, as Starlette's .get()
+        forwarded: list[bytes] = []
+        for name, value in scope["headers"]:
+            if name == b"x-forwarded-for":
+                forwarded.append(value)
+            elif name in _WANTED and name not in first:
+                first[name] = value
+        authorization = first.get(b"authorization")
+        service = self.service
+        token = bearer_token(authorization.decode("latin-1") if authorization is not None else None)
+        if token is None:
+            service.metrics.no_credentials.inc()
+            await self.no_token.send(send)
+            return
+        client = scope.get("client")
+        context = RequestContext(
+            ip=self._client_ip(client[0] if client else None, forwarded),
+            user_agent=_text(first.get(b"user-agent")),
+            service=_text(first.get(b"x-forwarded-host")),
+            method=_text(first.get(b"x-forwarded-method")),
+            path=_text(first.get(b"x-forwarded-uri")),
+        )
+        if len(token) > self.max_bytes:
+            service.too_large(context)
+            await self.too_large.send(send)
+            return
+        if service.fail_closed and service.feed_stale():
+            # Revocations may be missing: refuse to vouch for any token rather than let a revoked one in.
+            await self.unavailable.send(send)
+            return
+        if self._runs_inline():
+            verdict = service.check(token, context)
+        else:
+            verdict = await anyio.to_thread.run_sync(service.check, token, context)
+        if not verdict.ok:
+            await self.invalid.send(send)
+            return
+        claims: Any = verdict.claims or {}
+        headers = []
+        for name, value in (
+            (b"x-auth-subject", claims.get("sub")),
+            (b"x-auth-token-id", claims.get("jti")),
+            (b"x-auth-client-id", claims.get("client_id") or claims.get("azp")),
+            (b"x-auth-scope", claims.get("scope")),
+        ):
+            text = header_value(value)
+            if text:
+                headers.append((name, text.encode("latin-1")))
+        headers.extend(self.ok_tail)
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b""})
+
+
+__all__ = ["PATH", "ValidateEndpoint", "header_value", "secured"]
