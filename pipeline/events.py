@@ -139,6 +139,10 @@ def _opt_int(record: str, name: str, value: object) -> int | None:
     # bool is an int subclass; a JSON true is not a NumericDate.
     if isinstance(value, bool) or not isinstance(value, int):
         raise _fail(record, name, value, "must be an integer or null")
+    # int64, as on the wire from the validator (it leaves out larger claims) and in the Arrow archive: a
+    # larger value from a foreign producer would be a poison message for the archive.
+    if not -(2**63) <= value < 2**63:
+        raise _fail(record, name, value, "must fit in a signed 64-bit integer")
     return value
 
 

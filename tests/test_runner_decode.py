@@ -174,6 +174,8 @@ HOSTILE: dict[str, bytes] = {
     "exp a bool": raw(exp=False),
     "iat negative (allowed)": raw(iat=-1),
     "exp huge (allowed)": raw(exp=2**63 - 1),
+    "exp past int64 (refused: the archive holds int64)": raw(exp=2**63),
+    "iat at the top of uint64": raw(iat=2**64 - 1),
     "a number beyond 64 bits elsewhere (allowed)": raw()[:-1] + b', "huge": 123456789012345678901234567890}',
     "iat beyond 64 bits": raw(iat=0).replace(b'"iat":0', b'"iat":123456789012345678901234567890'),
     "iat in exponent form": raw(iat=0).replace(b'"iat":0', b'"iat":1e9'),

@@ -218,10 +218,17 @@ def _columns_valid(columns: list[tuple[Any, ...]]) -> bool:
     signatures = set(zip(*(map(type, column) for column in columns[1:]), strict=True))
     if not all(map(_signature_valid, signatures)):
         return False
-    # Only str and None from here on: every value is hashable.
+    # Only str, int and None from here on: every value is hashable.
     if not set(zip(outcome, reason, strict=True)) <= _OUTCOME_REASON:
         return False
+    if not all(map(_int64_or_none, set(columns[_IAT]) | set(columns[_EXP]))):
+        return False
     return all(map(is_ip, set(ip))) and _uuids_valid(event_id)
+
+
+def _int64_or_none(value: int | None) -> bool:
+    """What ``TokenUsage.from_json`` allows for iat and exp (once their type is checked)."""
+    return value is None or -(2**63) <= value < 2**63
 
 
 def _signature_valid(signature: tuple[type, ...]) -> bool:
@@ -278,6 +285,8 @@ def _fields_valid(row: tuple[Any, ...], size: int) -> bool:
         return False
     return (
         (row[_OUTCOME], row[_REASON]) in _OUTCOME_REASON
+        and _int64_or_none(row[_IAT])
+        and _int64_or_none(row[_EXP])
         and is_ip(row[_IP])
         and _UUID.fullmatch(row[_EVENT_ID]) is not None
     )
