@@ -510,7 +510,7 @@ def token_issue(
 
 
 def _extra_key_sources(  # type: ignore[no-untyped-def]
-    keys_dir, signed_url, root_key, signed_issuer, max_age, jwks_file, jwks_url, algorithms
+    keys_dir, signed_url, root_key, signed_issuer, max_age, jwks_file, jwks_url, algorithms, ca_file=None
 ):
     """Key sources beside --jwks-file/--jwks-url: a key store's jwks.json and a signed JWKS URL.
 
@@ -541,7 +541,12 @@ def _extra_key_sources(  # type: ignore[no-untyped-def]
         try:
             root_jwk = json.loads(root_key.read_bytes())
             source = SignedJwksUrlSource(
-                signed_url, algs, root_jwk=root_jwk, issuer=signed_issuer, max_age_s=parse_duration(max_age)
+                signed_url,
+                algs,
+                root_jwk=root_jwk,
+                issuer=signed_issuer,
+                max_age_s=parse_duration(max_age),
+                ca_file=ca_file,
             )
         except (OSError, ValueError, JwksError, KeyStoreError) as exc:
             fail(f"--signed-jwks-url: {exc}")
@@ -608,6 +613,13 @@ def validator_serve(
     signed_jwks_max_age: Annotated[
         str, typer.Option(envvar=_env("signed_jwks_max_age"), help="Refuse a signed JWKS issued longer ago.")
     ] = "7d",
+    jwks_ca_file: Annotated[
+        Path | None,
+        typer.Option(
+            envvar=_env("jwks_ca_file"),
+            help="CA bundle (PEM) to verify --jwks-url and --signed-jwks-url with (default: the system's CAs).",
+        ),
+    ] = None,
     workers: Annotated[
         int,
         typer.Option(
@@ -641,7 +653,7 @@ def validator_serve(
     transport = _transport(host, tls_cert, tls_key, trusted_proxies, require_tls, insecure_http)
     extra_keys, jwks_file, inline_jwks = _extra_key_sources(
         keys_dir, signed_jwks_url, jwks_root_key, signed_jwks_issuer, signed_jwks_max_age, jwks_file, jwks_url,
-        algorithms,
+        algorithms, jwks_ca_file,
     )  # fmt: skip
     try:
         config = ValidatorConfig(
@@ -650,6 +662,7 @@ def validator_serve(
             jwks_file=jwks_file,
             jwks_url=jwks_url,
             jwks=inline_jwks,
+            jwks_ca_file=jwks_ca_file,
             algorithms=algorithms,
             require_typ=require_typ,
             leeway_s=leeway,
@@ -677,7 +690,7 @@ def validator_serve(
             # fresh key sources after the fork: no HTTP connection shared with the parent or a sibling
             sources = _extra_key_sources(
                 keys_dir, signed_jwks_url, jwks_root_key, signed_jwks_issuer, signed_jwks_max_age, jwks_file,
-                jwks_url, algorithms,
+                jwks_url, algorithms, jwks_ca_file,
             )[0]  # fmt: skip
         bus = _bus(kafka)
         try:

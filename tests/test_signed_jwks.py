@@ -254,3 +254,47 @@ def test_combined_sources_refuse_one_kid_with_two_keys(tmp_path: Path) -> None:
     b.write_text(json.dumps(second.jwks()))  # same kids, different keys
     combined = CombinedKeySource([FileKeySource(a, ALGS), FileKeySource(b, ALGS)])
     assert combined.current().usable() == []
+
+
+def test_validator_serve_trusts_a_pinned_signed_jwks_url_end_to_end(https, root: RootKey, store: KeyStore, tmp_path):
+    """`jwtwatch validator serve --signed-jwks-url` as a real process over real TLS: a token of the signed set is
+    accepted, an attacker's token is refused, and a set signed by another root keeps it from starting at all."""
+    import socket
+    import subprocess
+    import sys
+
+    url, server, ca = https
+    server.body = sign_jwks(root, store.public_jwks()).encode()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    command = [sys.executable, "-m", "pipeline.cli", "validator", "serve", "--issuer", ISS, "--audience", AUD,
+               "--signed-jwks-url", url, "--jwks-root-key", str(root.path / "root.jwk.json"),
+               "--signed-jwks-issuer", ISS, "--jwks-ca-file", str(ca), "--host", "127.0.0.1", "--port", str(port),
+               "--data-dir", str(tmp_path / "data")]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            assert process.poll() is None, process.stdout.read().decode()[-2000:] if process.stdout else ""
+            try:
+                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "validator serve never became ready"
+            time.sleep(0.2)
+        good = store.issue_token("alice", AUD)
+        attacker = KeyStore.init(tmp_path / "attacker", "ES256", issuer=ISS)
+        bad = attacker.issue_token("alice", AUD)
+        assert httpx.get(f"{base}/v1/validate", headers={"Authorization": f"Bearer {good}"}).status_code == 200
+        assert httpx.get(f"{base}/v1/validate", headers={"Authorization": f"Bearer {bad}"}).status_code == 401
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+
+    # The same command against a set signed by someone else's root does not start.
+    server.body = sign_jwks(RootKey.init(tmp_path / "evil-root", ISS), attacker.public_jwks()).encode()
+    refused = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert refused.returncode != 0 and "--signed-jwks-url" in refused.stderr + refused.stdout
