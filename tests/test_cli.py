@@ -131,7 +131,10 @@ def test_validator_serve_end_to_end(keys: Path, validator: tuple[str, Path], tmp
     assert "version 1" in result.stdout
     for t in (token, fresh):
         assert httpx.get(f"{url}/v1/validate", headers={"Authorization": f"Bearer {t}"}).status_code == 401
-    events = (tmp_path / "events.jsonl").read_text().splitlines()
+    # Usage events are written off the request path, in batches: give the writer a moment.
+    deadline = time.monotonic() + 10
+    while len(events := (tmp_path / "events.jsonl").read_text().splitlines()) < 5 and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert len(events) == 5
     assert '"reason":"revoked"' in events[-1]
 
