@@ -114,6 +114,7 @@ def test_new_key_is_found_by_refetch_on_unknown_kid(https, issuer: Issuer) -> No
     validator.close()
 
 
+@pytest.mark.chaos
 @pytest.mark.parametrize("failure", ["down", "garbage", "empty-set", "huge"])
 def test_stale_keys_are_kept_when_a_refresh_fails(https, issuer: Issuer, failure: str) -> None:
     url, server, ca = https
