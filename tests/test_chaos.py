@@ -373,3 +373,87 @@ def test_a_json_dump_of_the_receiver_is_what_the_service_signed() -> None:
             receiver.verified_alert_ids("whsec_" + "A" * 43 + "=")
     finally:
         receiver.down()
+
+
+# ------------------------------------------------------------------------ the pipeline killed mid-batch
+
+
+@pytest.mark.kafka
+@pytest.mark.timeout(420)
+def test_the_pipeline_killed_mid_stream_rebuilds_its_windows_and_duplicates_no_alert(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """`jwtwatch pipeline run --kafka` SIGKILLed while it works through a backlog, then started again: it
+    rebuilds its windows from the usage topic, publishes every alert `replay` gives, and none twice (an id
+    repeats only as an escalation)."""
+    from kafka.errors import KafkaError
+
+    from pipeline.detection.replay import replay
+    from pipeline.events import Alert
+    from pipeline.scoring.model import load_model
+    from pipeline.simulate import SimulationParams, iter_records, simulate
+    from pipeline.validation.usage import UsageEmitter
+    from tests.test_kafka_loop import fresh_topics
+    from tests.test_kafka_restart import committed_offsets, escalates, read_topic, rules_of
+
+    fresh_topics(kafka_bootstrap)
+    traffic = simulate(SimulationParams(minutes=10, seed=13, browsers=250, mobile=120, offices=6, services=15,
+                                        incidents_per_threat=1))  # fmt: skip
+    model = load_model(Path(__file__).resolve().parent.parent / "models" / "default")
+    expected = {a.alert_id for a in replay(traffic.events, model)[0]}
+    assert expected
+    bus = KafkaBus(kafka_bootstrap, client_id="chaos-validator")
+    try:
+        emitter = UsageEmitter(bus)
+        for record in iter_records(traffic):
+            emitter.emit(record)
+        bus.flush(120)
+    finally:
+        bus.close()
+    total = len(traffic.events)
+
+    keys = tmp_path / "revocation-keys"
+    KeyStore.init(keys, alg="ES256", issuer="urn:jwtwatch")
+    group = f"chaos-pipeline-{uuid.uuid4().hex[:8]}"
+    command = [sys.executable, "-m", "pipeline.cli", "pipeline", "run", "--kafka", kafka_bootstrap, "--data-dir",
+               str(tmp_path / "data"), "--revocation-keys", str(keys), "--group", group,
+               "--issuer", "https://issuer.chaos.test"]  # fmt: skip
+    log = tmp_path / "pipeline.log"
+
+    def done() -> int:
+        try:
+            return sum(committed_offsets(kafka_bootstrap, group).values())
+        except KafkaError:  # the group (or its coordinator) does not exist yet
+            return 0
+
+    process = subprocess.Popen(command, stdout=log.open("ab"), stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: done() >= total // 5 or process.poll() is not None, 180, "the first commits")
+        assert process.poll() is None, log.read_text()[-2000:]
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=10)
+        at_kill = done()
+        assert at_kill < total, "the backlog was done before the kill: the test proves nothing"
+        process = subprocess.Popen(command, stdout=log.open("ab"), stderr=subprocess.STDOUT)
+        wait_for(lambda: done() >= total or process.poll() is not None, 240, "the restarted pipeline to catch up")
+        assert process.poll() is None, log.read_text()[-2000:]
+        time.sleep(3)  # the last tick is flushed when the topic goes quiet
+    finally:
+        process.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=30)
+        if process.poll() is None:
+            process.kill()
+    assert done() == total
+    messages = sorted(read_topic(kafka_bootstrap, ALERTS), key=lambda m: (m.partition, m.offset))
+    alerts = [Alert.from_json(m.value) for m in messages]
+    seen: dict[str, tuple[str, set[str]]] = {}
+    for alert in alerts:
+        if alert.alert_id in seen:
+            severity, rules = seen[alert.alert_id]
+            assert escalates(alert, severity, rules), f"alert {alert.alert_id} published twice without escalating"
+            higher = max(severity, alert.severity, key=("low", "medium", "high", "critical").index)
+            seen[alert.alert_id] = (higher, rules | rules_of(alert))
+        else:
+            seen[alert.alert_id] = (alert.severity, rules_of(alert))
+    assert set(seen) == expected, (sorted(set(seen) - expected), sorted(expected - set(seen)))
