@@ -81,6 +81,29 @@ class Consumer(ABC):
         """Re-position the given (topic, partition)s at the given offsets."""
 
     @abstractmethod
+    def seek_partitions_to_time(self, timestamps_ms: dict[tuple[str, int], int]) -> None:
+        """Re-position each given (assigned) partition at its first message at or after its own timestamp
+        (at the end where there is none); other partitions keep their positions."""
+
+    @abstractmethod
+    def committed(self) -> dict[tuple[str, int], int]:
+        """Per assigned partition: the group's committed offset, or where a member starts without one (the
+        beginning or the end, as ``from_beginning`` chose). Not this member's position."""
+
+    @abstractmethod
+    def assignment(self) -> set[tuple[str, int]]:
+        """The partitions assigned to this member right now."""
+
+    def assignment_changes(self) -> tuple[set[tuple[str, int]], set[tuple[str, int]]]:
+        """``(lost, gained)``: the partitions taken from / given to this member since the last call (the first
+        call reports the whole assignment as gained). A partition lost and given back is in both: its
+        position came back from the committed offset."""
+        now = set(self.assignment())
+        before: set[tuple[str, int]] = getattr(self, "_assignment_seen", set())
+        self._assignment_seen = now
+        return before - now, now - before
+
+    @abstractmethod
     def end_offsets(self) -> dict[tuple[str, int], int]:
         """The next offset to be written per (topic, partition): 'caught up' means position == end."""
 

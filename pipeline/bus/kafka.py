@@ -344,7 +344,7 @@ class KafkaBus(Bus):
                 **self._client_config,
             ),
         )
-        adapter = KafkaConsumerAdapter(self, kafka_consumer, topics, group)
+        adapter = KafkaConsumerAdapter(self, kafka_consumer, topics, group, from_beginning=from_beginning)
         try:
             # kafka-python 3 quirk: a member joins its group without waiting for the subscribed topics'
             # metadata, and a group leader that lacks it hands out an empty assignment (mended only by a
@@ -414,10 +414,13 @@ class KafkaConsumerAdapter(Consumer):
     poll returns ``[]`` within about half a second); otherwise use a consumer from one thread at a time.
     """
 
-    def __init__(self, bus: KafkaBus, consumer: KafkaConsumer, topics: list[str], group: str) -> None:
+    def __init__(
+        self, bus: KafkaBus, consumer: KafkaConsumer, topics: list[str], group: str, *, from_beginning: bool = True
+    ) -> None:
         self.bus = bus
         self.topics = topics
         self.group = group
+        self.from_beginning = from_beginning
         self._consumer = consumer
         self._lock = threading.RLock()
         self._closing = False
@@ -429,6 +432,13 @@ class KafkaConsumerAdapter(Consumer):
         # Set by the rebalance listener (on kafka-python's IO thread): True once the partitions of the
         # current rebalance have been handed over, False from the moment they are revoked or lost.
         self._assigned = False
+        # Assignment changes seen by the rebalance listener, not yet taken by assignment_changes(): the
+        # partitions this member owned at the last report, and those lost and gained since (own lock: the
+        # listener runs inside poll(), which may hold self._lock).
+        self._changes_lock = threading.Lock()
+        self._owned: set[tuple[str, int]] = set()
+        self._lost: set[tuple[str, int]] = set()
+        self._gained: set[tuple[str, int]] = set()
 
     # -- polling ----------------------------------------------------------------------------------------
 
@@ -588,6 +598,62 @@ class KafkaConsumerAdapter(Consumer):
                     self._stash.pop(tp, None)
                     self._consumer.seek(tp, int(offset))
 
+    def seek_partitions_to_time(self, timestamps_ms: dict[tuple[str, int], int]) -> None:
+        """Position each given assigned partition at its first message with timestamp >= its own timestamp
+        (at the end where there is none); the other partitions are left where they are."""
+        with self._lock:
+            assigned = self._ensure_assigned()
+            query = {TopicPartition(*tp): max(0, int(ts)) for tp, ts in timestamps_ms.items()}
+            query = {tp: ts for tp, ts in query.items() if tp in assigned}
+            if not query:
+                return
+            with _translated("offsets for times"):
+                found = self._consumer.offsets_for_times(query, timeout_ms=self.bus._timeout_ms)
+                missing = [tp for tp in query if found.get(tp) is None]
+                ends = self._consumer.end_offsets(missing, timeout_ms=self.bus._timeout_ms) if missing else {}
+            for tp in sorted(query):
+                hit = found.get(tp)
+                self._stash.pop(tp, None)
+                self._consumer.seek(tp, hit.offset if hit is not None else ends[tp])
+
+    def committed(self) -> dict[tuple[str, int], int]:
+        """Per assigned partition: the group's committed offset, else the beginning (``from_beginning``) or
+        the end (waits for the assignment)."""
+        with self._lock:
+            assigned = sorted(self._ensure_assigned())
+            out: dict[tuple[str, int], int] = {}
+            with _translated(f"committed offsets (group {self.group!r})"):
+                for tp in assigned:
+                    offset = self._consumer.committed(tp, timeout_ms=self.bus._timeout_ms)
+                    if offset is not None:
+                        out[_tp_key(tp)] = offset
+                unset = [tp for tp in assigned if _tp_key(tp) not in out]
+                if unset:
+                    starts = (
+                        self._consumer.beginning_offsets(unset, timeout_ms=self.bus._timeout_ms)
+                        if self.from_beginning
+                        else self._consumer.end_offsets(unset, timeout_ms=self.bus._timeout_ms)
+                    )
+                    out.update((_tp_key(tp), offset) for tp, offset in starts.items())
+            return out
+
+    def assignment_changes(self) -> tuple[set[tuple[str, int]], set[tuple[str, int]]]:
+        """``(lost, gained)`` since the last call, as the rebalance listener saw them: precise even when a
+        partition was lost and given back between two calls (it is then in both)."""
+        with self._changes_lock:
+            lost, gained = self._lost, self._gained
+            self._lost, self._gained = set(), set()
+            return lost, gained
+
+    def _on_assignment(self, current: set[tuple[str, int]], lost: set[tuple[str, int]] = frozenset()) -> None:
+        """From the listener: ``current`` is the assignment now; ``lost`` partitions lost on the way."""
+        with self._changes_lock:
+            gone = (self._owned - current) | (lost & self._owned)
+            self._lost |= gone
+            kept = self._owned - gone
+            self._gained |= current - kept
+            self._owned = set(current)
+
     def seek_to_beginning(self) -> None:
         with self._lock:
             assigned = self._ensure_assigned()
@@ -642,19 +708,39 @@ class _AssignmentTracker(ConsumerRebalanceListener):
     def __init__(self, adapter: KafkaConsumerAdapter) -> None:
         self._adapter = weakref.ref(adapter)
 
-    def _set(self, assigned: bool) -> None:
+    """Tells the adapter when its partitions are handed over, and which it lost and gained.
+
+    kafka-python's eager rebalance revokes every partition before the group is joined again, then assigns the
+    new set; partitions in both keep their positions, so only the difference counts as lost / gained. Partitions
+    *lost* (the member was thrown out of the group) restart from the committed offsets if given back.
+    """
+
+    def _set(self, assigned: bool) -> KafkaConsumerAdapter | None:
         adapter = self._adapter()
         if adapter is not None:
             adapter._assigned = assigned
+        return adapter
 
     def on_partitions_revoked(self, revoked: object) -> None:
-        self._set(False)
+        adapter = self._set(False)
+        if adapter is not None:
+            # Eager: revoked before the new assignment, still listed in assignment(); cooperative: already
+            # removed from it — then they are gone for good.
+            current = {_tp_key(tp) for tp in adapter._consumer.assignment()}
+            gone = {_tp_key(tp) for tp in revoked}  # type: ignore[attr-defined]
+            if not gone & current:
+                adapter._on_assignment(current, gone)
 
     def on_partitions_lost(self, lost: object) -> None:
-        self._set(False)
+        adapter = self._set(False)
+        if adapter is not None:
+            gone = {_tp_key(tp) for tp in lost}  # type: ignore[attr-defined]
+            adapter._on_assignment(adapter._owned - gone, gone)
 
     def on_partitions_assigned(self, assigned: object) -> None:
-        self._set(True)
+        adapter = self._set(True)
+        if adapter is not None:
+            adapter._on_assignment({_tp_key(tp) for tp in adapter._consumer.assignment()})
 
 
 def _message(record) -> Message:  # type: ignore[no-untyped-def]

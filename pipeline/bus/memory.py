@@ -261,17 +261,39 @@ class MemoryConsumer(Consumer):
     def seek_to_time(self, timestamp_ms: int) -> None:
         with self.bus._lock:
             for tp in self.bus._assignment(self):
-                part = self.bus._topics[tp[0]][tp[1]]
-                pos = part.end
-                for offset, message_ms in enumerate(part.all_times(), part.base):
-                    if message_ms >= timestamp_ms:
-                        pos = offset
-                        break
-                self._positions[tp] = pos
+                self._positions[tp] = self._offset_for_time(tp, timestamp_ms)
+
+    def seek_partitions_to_time(self, timestamps_ms: dict[tuple[str, int], int]) -> None:
+        with self.bus._lock:
+            assignment = set(self.bus._assignment(self))
+            for tp, timestamp_ms in timestamps_ms.items():
+                if tp in assignment:
+                    self._positions[tp] = self._offset_for_time(tp, timestamp_ms)
+
+    def _offset_for_time(self, tp: tuple[str, int], timestamp_ms: int) -> int:
+        part = self.bus._topics[tp[0]][tp[1]]
+        for offset, message_ms in enumerate(part.all_times(), part.base):
+            if message_ms >= timestamp_ms:
+                return offset
+        return part.end
 
     def seek(self, positions: dict[tuple[str, int], int]) -> None:
         with self.bus._lock:
             self._positions.update(positions)
+
+    def committed(self) -> dict[tuple[str, int], int]:
+        with self.bus._lock:
+            committed = self.bus._groups[self.group].committed
+            out = {}
+            for tp in self.bus._assignment(self):
+                part = self.bus._topics[tp[0]][tp[1]]
+                start = part.base if self._from_beginning else self._joined_at.get(tp, part.end)
+                out[tp] = committed.get(tp, start)
+            return out
+
+    def assignment(self) -> set[tuple[str, int]]:
+        with self.bus._lock:
+            return set() if self._closed else set(self.bus._assignment(self))
 
     def end_offsets(self) -> dict[tuple[str, int], int]:
         with self.bus._lock:

@@ -68,7 +68,11 @@ class StreamingRunner:
         self._committed: dict[tuple[str, int], int] = {}
         self._last_save = time.monotonic()
         self._stop = threading.Event()
-        self._rebuild()
+        # Entities touched by events processed live while a rebuild is still replaying other partitions.
+        self._live_touched: set[tuple[str, str | None]] = set()
+        self.rebuilds = 0  # rebuilds after partitions were gained mid-stream
+        self.consumer.positions()  # join the group: the first assignment is reported as gained
+        self._follow_assignment()
 
     def _load_baselines(self) -> Baselines | None:
         if self.baselines_path is None or not self.baselines_path.exists():
@@ -88,35 +92,90 @@ class StreamingRunner:
         os.replace(tmp, self.baselines_path)
         self._last_save = time.monotonic()
 
+    def _follow_assignment(self) -> bool:
+        """Act on partitions lost or gained since the last look; returns whether a rebuild was started.
+
+        Lost: their buffered events are dropped with their bookkeeping (never commit a partition not owned:
+        the new owner goes on from the committed offset). Gained (at start, or another instance left, or the
+        group rebalanced): the windows are rebuilt — see :meth:`_rebuild`.
+        """
+        lost, gained = self.consumer.assignment_changes()
+        for tp in lost:
+            self._buffers.pop(tp, None)
+            self._handled.pop(tp, None)
+            self._committed.pop(tp, None)
+            self._rebuild_until.pop(tp, None)
+        if gained:
+            log.info("partitions gained %s, lost %s: rebuilding the windows", sorted(gained), sorted(lost))
+            self._rebuild()
+            return True
+        return False
+
     def _rebuild(self) -> None:
         """Re-read a window length before the last processed event, to refill the open windows.
 
         "Last processed" is the newest message before the committed offsets — not the wall clock: a
         pipeline restarted after a long outage must still rebuild the windows it had.
+
+        After partitions were gained mid-stream the whole engine is rebuilt, not just those partitions: its
+        watermark is one for all partitions, so a gained partition's last window length, re-read into an
+        engine already past it, would be late and dropped. So the engine starts afresh (baselines and hooks
+        kept) and every assigned partition is re-read from a window length before its last processed event;
+        messages up to what was processed (here, or committed by the previous owner) only refill windows and
+        alert episodes.
         """
-        committed = self.consumer.positions()
-        if not any(committed.values()):
-            return  # a new group: nothing was processed before, nothing to rebuild
-        self._rebuild_until = committed
+        processed = {tp: self._processed_offset(tp) for tp in self._handled}
+        self._buffers.clear()
+        self._handled.clear()
+        self._committed.clear()
+        self._live_touched.clear()
+        committed = self.consumer.committed()
+        for tp, offset in processed.items():
+            if tp in committed:
+                committed[tp] = max(committed[tp], offset)
+        if self.engine.stats.batches:
+            self._fresh_engine()
+        self._rebuild_until = dict(committed)
         probes = {tp: pos - 1 for tp, pos in committed.items() if pos > 0}
-        self.consumer.seek(probes)
         newest: dict[tuple[str, int], int] = {}
-        deadline = time.monotonic() + 15
-        while len(newest) < len(probes) and time.monotonic() < deadline:
-            for message in self.consumer.poll(1000, 0.2):
-                tp = (message.topic, message.partition)
-                if probes.get(tp) == message.offset:
-                    newest[tp] = message.timestamp_ms
-        last_ms = max(newest.values()) if newest else int(time.time() * 1000)
-        span_ms = int((self.model.spec.length_s + self.model.spec.grace_s) * 1000)
-        self.consumer.seek_to_time(last_ms - span_ms)
+        if probes:
+            self.consumer.seek(probes)
+            deadline = time.monotonic() + 15
+            while len(newest) < len(probes) and time.monotonic() < deadline:
+                for message in self.consumer.poll(1000, 0.2):
+                    tp = (message.topic, message.partition)
+                    if probes.get(tp) == message.offset:
+                        newest[tp] = message.timestamp_ms
+            last_ms = max(newest.values()) if newest else int(time.time() * 1000)
+            span_ms = int((self.model.spec.length_s + self.model.spec.grace_s) * 1000)
+            # Per partition: a window length before its own last processed message (a partition whose owner
+            # lagged has its open windows further back).
+            self.consumer.seek_partitions_to_time({tp: newest.get(tp, last_ms) - span_ms for tp in probes})
         # Never skip past what was committed: messages after it were not processed yet.
-        sought = self.consumer.positions()
+        sought = self.consumer.positions() if probes else {}
         self.consumer.seek({tp: min(sought.get(tp, pos), pos) for tp, pos in committed.items()})
+
+    def _fresh_engine(self) -> None:
+        old = self.engine
+        engine = DetectionEngine(
+            self.model, baselines=old.baselines, rescore_s=old.rescore_s, confirm_forest=old.confirm_forest
+        )
+        engine.stats = old.stats  # counts go on across rebuilds (events re-read are counted again)
+        engine.on_finding, engine.on_scored = old.on_finding, old.on_scored
+        self.engine = engine
+        self.rebuilds += 1
+
+    def _processed_offset(self, tp: tuple[str, int]) -> int:
+        """The offset after the last message of ``tp`` processed (what :meth:`_commit` commits)."""
+        pending = self._buffers.get(tp)
+        offset = pending.offsets[0] if pending else self._handled[tp]
+        return max(offset, self._rebuild_until.get(tp, 0))
 
     def step(self) -> int:
         """One poll → release in event-time order → process → publish → commit. Returns messages polled."""
         runs = self.consumer.poll_runs(self.max_batch, self.poll_timeout_s)
+        if self._follow_assignment():
+            return 0  # the rebuild re-positioned every partition: this poll's messages come again
         if runs:
             polled = self._take(runs)
         elif not any(self._buffers.values()):
@@ -216,13 +275,21 @@ class StreamingRunner:
 
     def _process_rebuilding(self, ready: list[Row], replayed: list[bool]) -> None:
         order = sorted(range(len(ready)), key=lambda i: ready[i][0])
+        live = self._live_touched
         for replay, run in itertools.groupby(order, key=replayed.__getitem__):
-            batch = EventBatch.from_rows([ready[i] for i in run])
+            rows = [ready[i] for i in run]
+            batch = EventBatch.from_rows(rows)
             if replay:
-                # Refill windows and open episodes; their alerts were published before the restart.
-                self.engine.process(batch)
-                self.engine.flush()
+                # Refill windows and open episodes; their alerts were published before the rebuild. But partitions
+                # are not all rebuilt up to the same event time (one gained from another instance is behind the
+                # others): a tick closed by a replayed event also scores what live events touched in it, and those
+                # alerts are new.
+                alerts = self.engine.process(batch) + self.engine.flush()
+                self._publish([alert for alert in alerts if (alert.entity_type, alert.entity) in live])
+                live.clear()  # the flush closed the tick
             else:
+                for row in rows:
+                    live.update((("jti", row[1]), ("sub", row[2]), ("ip", row[4])))
                 self._publish(self.engine.process(batch))
 
     def _commit(self) -> None:
@@ -231,11 +298,9 @@ class StreamingRunner:
         Alerts and dead letters are flushed to the bus first: a committed message's effects are durable.
         """
         offsets = {}
-        for tp, handled in self._handled.items():
-            pending = self._buffers.get(tp)
-            offset = pending.offsets[0] if pending else handled
+        for tp in self._handled:
             # While rebuilding, never commit below what was committed before the restart.
-            offset = max(offset, self._rebuild_until.get(tp, 0))
+            offset = self._processed_offset(tp)
             if self._committed.get(tp) != offset:
                 offsets[tp] = offset
         if not offsets:
