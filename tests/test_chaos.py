@@ -128,6 +128,18 @@ class Receiver:
         return ids
 
 
+@pytest.fixture
+def kafka_topics(kafka_bootstrap: str) -> Iterator[str]:
+    """The product's topics, empty before the test — and emptied after it: these tests leave a large backlog
+    (and live consumer groups) behind, which later tests reading the usage topic from the beginning must not
+    have to wade through."""
+    from tests.test_kafka_loop import fresh_topics
+
+    fresh_topics(kafka_bootstrap)
+    yield kafka_bootstrap
+    fresh_topics(kafka_bootstrap)
+
+
 def wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
     deadline = time.monotonic() + timeout_s
     while not condition():
@@ -183,11 +195,11 @@ def _alerts_process(bootstrap: str, data_dir: Path, keys: Path, token_file: Path
 @pytest.mark.kafka
 @pytest.mark.timeout(240)
 def test_the_alerts_service_killed_mid_delivery_delivers_every_accepted_alert(
-    kafka_bootstrap: str, tmp_path: Path
+    kafka_topics: str, tmp_path: Path
 ) -> None:
-    from tests.test_kafka_loop import free_port, fresh_topics
+    from tests.test_kafka_loop import free_port
 
-    fresh_topics(kafka_bootstrap)
+    kafka_bootstrap = kafka_topics
     keys = tmp_path / "revocation-keys"
     KeyStore.init(keys, alg="ES256", issuer="urn:jwtwatch")
     token_file = tmp_path / "admin-token"
@@ -226,10 +238,12 @@ def test_the_alerts_service_killed_mid_delivery_delivers_every_accepted_alert(
             process.kill()
         receiver.down()
     # At least once: an attempt in flight at the kill may arrive twice — with the same webhook-id, so that a
-    # receiver de-duplicates it — but nothing else is repeated.
+    # receiver de-duplicates it — but nothing else is repeated. In flight means running (at most the service's
+    # 8 at once) or finished but not yet recorded (each is recorded as it ends, one SQLite commit at a time);
+    # before attempts were recorded one by one, a kill repeated the whole claimed batch (up to 100).
     message_ids = [headers["webhook-id"] for headers, _ in receiver.requests]
     repeats = len(message_ids) - len(set(message_ids))
-    assert repeats <= 8, f"{repeats} repeated deliveries (the service delivers at most 8 at once)"
+    assert repeats <= 16, f"{repeats} repeated deliveries: more than were in flight"
     assert len(set(message_ids)) == len(ids)
 
 
@@ -381,7 +395,7 @@ def test_a_json_dump_of_the_receiver_is_what_the_service_signed() -> None:
 @pytest.mark.kafka
 @pytest.mark.timeout(420)
 def test_the_pipeline_killed_mid_stream_rebuilds_its_windows_and_duplicates_no_alert(
-    kafka_bootstrap: str, tmp_path: Path
+    kafka_topics: str, tmp_path: Path
 ) -> None:
     """`jwtwatch pipeline run --kafka` SIGKILLed while it works through a backlog, then started again: it
     rebuilds its windows from the usage topic, publishes every alert `replay` gives, and none twice (an id
@@ -393,10 +407,9 @@ def test_the_pipeline_killed_mid_stream_rebuilds_its_windows_and_duplicates_no_a
     from pipeline.scoring.model import load_model
     from pipeline.simulate import SimulationParams, iter_records, simulate
     from pipeline.validation.usage import UsageEmitter
-    from tests.test_kafka_loop import fresh_topics
     from tests.test_kafka_restart import committed_offsets, escalates, read_topic, rules_of
 
-    fresh_topics(kafka_bootstrap)
+    kafka_bootstrap = kafka_topics
     traffic = simulate(SimulationParams(minutes=10, seed=13, browsers=250, mobile=120, offices=6, services=15,
                                         incidents_per_threat=1))  # fmt: skip
     model = load_model(Path(__file__).resolve().parent.parent / "models" / "default")
