@@ -443,43 +443,36 @@ class KafkaConsumerAdapter(Consumer):
     # -- polling ----------------------------------------------------------------------------------------
 
     def poll(self, max_records: int = MAX_POLL_RECORDS, timeout_s: float = 1.0) -> list[Message]:
-        if max_records < 1:
-            raise ValueError("max_records must be at least 1")
-        deadline = time.monotonic() + max(0.0, timeout_s)
-        while True:
-            with self._lock:
-                if self._closing or self._closed or self.bus._closed:
-                    return []
-                self._prune_stash()
-                if self._stash:
-                    return self._take_stash(max_records)
-                slice_ms = int(max(0.0, min(deadline - time.monotonic(), _POLL_SLICE_S)) * 1000)
-                with _translated(f"poll (group {self.group!r})"):
-                    records = self._consumer.poll(timeout_ms=slice_ms, max_records=max_records)
-            if records:
-                return [_message(r) for tp in sorted(records) for r in records[tp]]
-            if time.monotonic() >= deadline:
-                return []
+        stashed, records = self._fetch(max_records, timeout_s)
+        if stashed is not None:
+            return stashed
+        return [_message(r) for tp in sorted(records) for r in records[tp]]
 
     def poll_runs(self, max_records: int = MAX_POLL_RECORDS, timeout_s: float = 1.0) -> list[MessageRun]:
         """Like ``poll``, as columns per partition: no :class:`Message` is built per record."""
+        stashed, records = self._fetch(max_records, timeout_s)
+        if stashed is not None:
+            return runs_of(stashed)
+        return [_run(tp, records[tp]) for tp in sorted(records)]
+
+    def _fetch(self, max_records: int, timeout_s: float) -> tuple[list[Message] | None, dict]:  # type: ignore[type-arg]
+        """One poll for ``poll`` and ``poll_runs``: messages stashed while the assignment settled (first), or
+        kafka-python's records per partition — empty when the timeout passed or the consumer is closing."""
         if max_records < 1:
             raise ValueError("max_records must be at least 1")
         deadline = time.monotonic() + max(0.0, timeout_s)
         while True:
             with self._lock:
                 if self._closing or self._closed or self.bus._closed:
-                    return []
+                    return None, {}
                 self._prune_stash()
                 if self._stash:
-                    return runs_of(self._take_stash(max_records))
+                    return self._take_stash(max_records), {}
                 slice_ms = int(max(0.0, min(deadline - time.monotonic(), _POLL_SLICE_S)) * 1000)
                 with _translated(f"poll (group {self.group!r})"):
                     records = self._consumer.poll(timeout_ms=slice_ms, max_records=max_records)
-            if records:
-                return [_run(tp, records[tp]) for tp in sorted(records)]
-            if time.monotonic() >= deadline:
-                return []
+            if records or time.monotonic() >= deadline:
+                return None, records
 
     def _prune_stash(self) -> None:
         if not self._stash:
