@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import platform
 from importlib.metadata import version
@@ -35,3 +36,13 @@ def environment(*distributions: str) -> dict[str, Any]:
 def machine_line(env: dict[str, Any], *distributions: str) -> str:
     versions = " · ".join(f"{name} {env[name]}" for name in distributions)
     return f"{env['cpus']} CPU(s) {env['cpu_model']} · Python {env['python']} · {versions} · {env['date']}"
+
+
+def write_report(report: dict[str, Any], out: str | None, to_stdout: bool) -> None:
+    """A benchmark's JSON report: to the ``--out`` file and/or stdout (``--json``)."""
+    text = json.dumps(report, indent=2, ensure_ascii=False)
+    if out:
+        with open(out, "w", encoding="utf-8") as f:
+            f.write(text + "\n")
+    if to_stdout:
+        print(text)

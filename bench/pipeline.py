@@ -40,7 +40,6 @@ import cProfile
 import dataclasses
 import gc
 import io
-import json
 import os
 import pstats
 import subprocess
@@ -477,12 +476,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.profile:
         sys.stderr.write(results["profile"])
     log.print(f"[dim]done in {report['duration_s']} s[/dim]")
-    text = json.dumps(report, indent=2, ensure_ascii=False)
-    if args.out:
-        with open(args.out, "w", encoding="utf-8") as f:
-            f.write(text + "\n")
-    if args.json:
-        print(text)
+    machine.write_report(report, args.out, args.json)
     return 0
 
 

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import statistics
 import sys
 import time
@@ -42,7 +41,7 @@ import jwt
 from rich.console import Console
 from rich.table import Table
 
-from bench.machine import environment, machine_line
+from bench.machine import environment, machine_line, write_report
 from pipeline.events import Revocation, format_ts
 from pipeline.validation import TokenValidator, ValidatorConfig
 from pipeline.validation.revocations import RevocationIndex
@@ -322,12 +321,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     render(results, env, console)
     log.print(f"[dim]done in {report['duration_s']} s[/dim]")
-    text = json.dumps(report, indent=2, ensure_ascii=False)
-    if args.out:
-        with open(args.out, "w", encoding="utf-8") as f:
-            f.write(text + "\n")
-    if args.json:
-        print(text)
+    write_report(report, args.out, args.json)
     return 0
 
 
