@@ -18,33 +18,12 @@ from hypothesis import strategies as st
 
 from pipeline.detection.batch import decode_rows, row_of
 from pipeline.events import MAX_STRING, REASONS, RecordError, TokenUsage
-
-EVENT_ID = "4f9c1f0e-7d1b-4c55-9a8e-2b7f6f1d2c3a"
-_DROP = object()
+from tests.test_events import _DROP, EVENT_ID, usage_dict
 
 
 def good(**changes: Any) -> dict[str, Any]:
-    data: dict[str, Any] = {
-        "schema": "token-usage/1",
-        "event_id": EVENT_ID,
-        "ts": "2026-11-28T12:00:00.123Z",
-        "jti": "jti-1",
-        "sub": "user-1",
-        "iss": "https://issuer.test",
-        "aud": "https://api.test",
-        "client_id": "web-app",
-        "iat": 1714564800,
-        "exp": 1714565400,
-        "ip": "203.0.113.7",
-        "user_agent": "curl/8.5",
-        "outcome": "accepted",
-        "reason": None,
-        "service": "api.test",
-        "method": "GET",
-        "path": "/orders",
-    }
-    data.update(changes)
-    return {k: v for k, v in data.items() if v is not _DROP}
+    """A valid token-usage/1 record (tests/test_events.py's), dated in 2026; ``_DROP`` leaves a field out."""
+    return usage_dict(**{"ts": "2026-11-28T12:00:00.123Z", **changes})
 
 
 def raw(**changes: Any) -> bytes:
