@@ -120,6 +120,19 @@ CREATE INDEX IF NOT EXISTS revocations_expiry ON revocations(expires_at);
 """
 
 
+def _use_wal(db: sqlite3.Connection, timeout_s: float = 10.0) -> None:
+    """Switch the file to WAL once. Workers of one validator open the store at the same moment, and the switch
+    takes an exclusive lock that SQLite's busy timeout does not wait for: retry while another process holds it."""
+    deadline = time.monotonic() + timeout_s
+    while db.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+        except sqlite3.OperationalError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 class RevocationStoreError(RuntimeError):
     """A revocation could not be stored (disk full, read-only or broken storage): it is not in force."""
 
@@ -134,7 +147,7 @@ class RevocationStore:
         self.index = RevocationIndex()
         self._lock = threading.Lock()
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
+        _use_wal(self._db)
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
         now = time.time()
