@@ -85,7 +85,9 @@ def git_state() -> dict[str, Any]:
         )
     except (OSError, subprocess.CalledProcessError):
         return {"commit": None, "uncommitted": None}
-    changed = sorted({line[3:] for line in status.stdout.splitlines() if line.strip()})
+    # (the results files are this harness's own output, not code)
+    changed = sorted({line[3:] for line in status.stdout.splitlines() if line.strip()} - {"bench/results.json"})
+    changed = [path for path in changed if not path.startswith("bench/results-")]
     return {"commit": head.stdout.strip(), "uncommitted": changed}
 
 
