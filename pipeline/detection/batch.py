@@ -62,9 +62,10 @@ class EventBatch:
 
     @classmethod
     def from_rows(cls, rows: Sequence[Row]) -> EventBatch:
+        """Columns of the rows — as tuples, which the engine only reads (no copy into lists)."""
         if not rows:
             return cls()
-        return cls(*map(list, zip(*rows, strict=True)))
+        return cls(*zip(*rows, strict=True))  # type: ignore[arg-type]
 
     @classmethod
     def from_records(cls, records: Iterable[TokenUsage]) -> EventBatch:
@@ -215,8 +216,8 @@ def _columns_valid(columns: list[tuple[Any, ...]]) -> bool:
     schema, event_id, ip, outcome, reason = (columns[i] for i in (_SCHEMA, _EVENT_ID, _IP, _OUTCOME, _REASON))
     if schema.count(TOKEN_USAGE_SCHEMA) != len(schema):
         return False
-    signatures = set(zip(*(map(type, column) for column in columns[1:]), strict=True))
-    if not all(map(_signature_valid, signatures)):
+    # A row's type signature is valid when each of its fields is: so per column, the set of types (in C).
+    if not all(set(map(type, column)) <= allowed for column, allowed in zip(columns[1:], _TYPES, strict=True)):
         return False
     # Only str, int and None from here on: every value is hashable.
     if not set(zip(outcome, reason, strict=True)) <= _OUTCOME_REASON:

@@ -18,6 +18,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
+from operator import itemgetter
 from pathlib import Path
 
 from pipeline.bus import ALERTS, TOKEN_USAGE, Bus, MessageRun
@@ -269,7 +270,7 @@ class StreamingRunner:
                 replayed.extend([False] * (len(ready) - len(replayed)))
                 self._process_rebuilding(ready, replayed)
             else:
-                ready.sort(key=_event_time)  # stable: a partition's events keep their order within a ms
+                ready.sort(key=_EVENT_TIME)  # stable: a partition's events keep their order within a ms
                 self._publish(self.engine.process(EventBatch.from_rows(ready)))
         self._commit()
 
@@ -351,8 +352,8 @@ def _collector_paused() -> Iterator[None]:
         gc.enable()
 
 
-def _event_time(row: Row) -> float:
-    return row[0]
+#: A row's event time (its first field), as a sort key in C.
+_EVENT_TIME = itemgetter(0)
 
 
 class _Pending:
