@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import shutil
 import zipfile
 import zlib
@@ -22,12 +23,23 @@ from pipeline.detection.training import TrainingParams, train_model
 from pipeline.events import SEVERITIES
 from pipeline.features import FEATURES
 from pipeline.scoring import EntityScorer
+from pipeline.scoring import forest as forest_module
 from pipeline.scoring.forest import CompiledForest
 from pipeline.scoring.model import DetectionModel, ModelError, load_model, model_version, save_model
 from pipeline.simulate import SimulationParams, simulate
 from pipeline.windows import WindowSpec
 
 # ------------------------------------------------------------------------------- compiled forest
+
+
+@pytest.fixture(params=[pytest.param(False, id="numpy-walk"), pytest.param(True, id="compiled-walk")])
+def compiled_walk(request: pytest.FixtureRequest) -> bool:
+    """Both walks of the trees: numpy's, and the one scripts/build-accel compiles (``_forest_walk.pyx``)."""
+    if request.param and forest_module.compiled_path_lengths is None:
+        if os.environ.get("JWTWATCH_REQUIRE_ACCEL") == "1":
+            pytest.fail("JWTWATCH_REQUIRE_ACCEL=1 but _forest_walk is not compiled (run scripts/build-accel)")
+        pytest.skip("_forest_walk is not compiled here (scripts/build-accel)")
+    return request.param
 
 
 def _training_data(kind: str, rng: np.random.Generator) -> np.ndarray:
@@ -93,7 +105,7 @@ FOREST_PARAMS = [
 @pytest.mark.parametrize("kind", ["random", "ties", "constant_columns", "extreme"])
 @pytest.mark.parametrize(("max_samples", "n_estimators", "max_features"), FOREST_PARAMS)
 def test_compiled_forest_equals_score_samples(
-    kind: str, max_samples: int | float | str, n_estimators: int, max_features: float | int
+    kind: str, max_samples: int | float | str, n_estimators: int, max_features: float | int, compiled_walk: bool
 ) -> None:
     rng = np.random.default_rng(zlib.crc32(f"{kind}/{max_samples}/{n_estimators}".encode()))
     X = _training_data(kind, rng)
@@ -102,35 +114,50 @@ def test_compiled_forest_equals_score_samples(
     ).fit(X)
     queries = _queries(X, forest, rng)
     expected = -forest.score_samples(queries)
-    got = CompiledForest(forest).anomaly(queries)
+    got = CompiledForest(forest).anomaly(queries, compiled=compiled_walk)
     assert got.shape == expected.shape
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-12)
 
 
-def test_compiled_forest_of_single_sample_trees_equals_score_samples() -> None:
+def test_compiled_forest_of_single_sample_trees_equals_score_samples(compiled_walk: bool) -> None:
     """``max_samples=1``: every tree is one leaf and sklearn's normaliser is 0; sklearn then scores 2**-1."""
     X = np.random.default_rng(9).normal(size=(50, 3))
     forest = IsolationForest(n_estimators=5, max_samples=1, random_state=0).fit(X)
-    np.testing.assert_allclose(CompiledForest(forest).anomaly(X[:10]), -forest.score_samples(X[:10]), atol=1e-12)
+    got = CompiledForest(forest).anomaly(X[:10], compiled=compiled_walk)
+    np.testing.assert_allclose(got, -forest.score_samples(X[:10]), atol=1e-12)
 
 
-def test_compiled_forest_scores_float32_and_integer_input_like_sklearn() -> None:
+def test_compiled_forest_scores_float32_and_integer_input_like_sklearn(compiled_walk: bool) -> None:
     rng = np.random.default_rng(5)
     X = rng.normal(size=(400, 4))
     forest = IsolationForest(n_estimators=30, max_samples=128, random_state=0).fit(X)
     compiled = CompiledForest(forest)
     for queries in (X[:50].astype(np.float32), np.round(X[:50] * 3).astype(np.int64), X[:50].tolist()):
-        np.testing.assert_allclose(compiled.anomaly(queries), -forest.score_samples(np.asarray(queries)), atol=1e-12)
+        got = compiled.anomaly(queries, compiled=compiled_walk)
+        np.testing.assert_allclose(got, -forest.score_samples(np.asarray(queries)), atol=1e-12)
 
 
-def test_compiled_forest_scores_a_row_the_same_alone_or_in_a_batch() -> None:
+def test_compiled_forest_scores_a_row_the_same_alone_or_in_a_batch(compiled_walk: bool) -> None:
     rng = np.random.default_rng(6)
     X = rng.normal(size=(300, 5))
     compiled = CompiledForest(IsolationForest(n_estimators=25, random_state=0).fit(X))
-    batch = compiled.anomaly(X[:40])
-    alone = np.array([compiled.anomaly(X[i : i + 1])[0] for i in range(40)])
+    batch = compiled.anomaly(X[:40], compiled=compiled_walk)
+    alone = np.array([compiled.anomaly(X[i : i + 1], compiled=compiled_walk)[0] for i in range(40)])
     np.testing.assert_allclose(batch, alone, rtol=0, atol=1e-12)  # summation order may differ by an ulp
     assert len(set(batch.round(12))) > 10  # not a constant
+
+
+def test_both_walks_give_identical_scores_on_the_shipped_model() -> None:
+    """Not just within 1e-12 of scikit-learn: the same path lengths summed in the same order, bit for bit."""
+    if forest_module.compiled_path_lengths is None:
+        pytest.skip("_forest_walk is not compiled here (scripts/build-accel)")
+    model = load_model(Path(__file__).resolve().parent.parent / "models" / "default")
+    rng = np.random.default_rng(3)
+    for scorer in model.scorers.values():
+        rows = np.vstack([rng.exponential(2.0, size=(500, len(scorer.features))), np.zeros((1, len(scorer.features)))])
+        scorer.score(rows[:1])
+        compiled = scorer.compiled_
+        assert np.array_equal(compiled.anomaly(rows, compiled=True), compiled.anomaly(rows, compiled=False))
 
 
 @pytest.mark.parametrize("shape", [(10, 3), (10, 5), (4,), (2, 4, 1), (0,)])

@@ -7,6 +7,9 @@ arrays and walks all trees for all rows level by level with numpy — the same c
 float32-cast inputs, the same per-leaf path lengths, the same normalisation — so its scores equal
 ``-IsolationForest.score_samples`` (to float rounding; the tests check 1e-12). The forest itself is
 trained, owned and persisted by scikit-learn/skops; this only evaluates it.
+
+Where ``scripts/build-accel`` compiled ``_forest_walk.pyx``, each row walks each tree in C instead
+(several times faster; same arrays, same comparisons, same order of summation — tests compare both).
 """
 
 from __future__ import annotations
@@ -14,6 +17,11 @@ from __future__ import annotations
 import numpy as np
 from sklearn.ensemble import IsolationForest
 from sklearn.ensemble._iforest import _average_path_length
+
+try:
+    from pipeline.scoring._forest_walk import path_lengths as compiled_path_lengths
+except ImportError:  # not built here (or JWTWATCH_PURE_PYTHON): the numpy walk below
+    compiled_path_lengths = None
 
 
 class CompiledForest:
@@ -57,12 +65,25 @@ class CompiledForest:
         self.source: IsolationForest | None = None
         self.denominator = len(forest.estimators_) * float(_average_path_length([forest._max_samples])[0])
 
-    def anomaly(self, X: np.ndarray) -> np.ndarray:
-        """The anomaly score in (0, 1]: equal to ``-forest.score_samples(X)``."""
+    def anomaly(self, X: np.ndarray, *, compiled: bool = True) -> np.ndarray:
+        """The anomaly score in (0, 1]: equal to ``-forest.score_samples(X)``.
+
+        ``compiled=False`` takes the numpy walk even where the compiled one is built (for tests)."""
         # Trees compare float32 inputs (sklearn's DTYPE) against float64 thresholds.
         X = np.asarray(X, dtype=np.float64).astype(np.float32).astype(np.float64)
         if X.ndim != 2 or X.shape[1] != self.n_features:
             raise ValueError(f"expected rows of {self.n_features} features, got shape {X.shape}")
+        if compiled and compiled_path_lengths is not None:
+            depths = np.empty(X.shape[0])
+            nodes = (self.children, self.feature, self.threshold, self.leaf_value, self.roots)
+            compiled_path_lengths(np.ascontiguousarray(X), *nodes, depths)
+        else:
+            depths = self._walk(X)
+        if self.denominator == 0:
+            return np.full(X.shape[0], 0.5)  # trees of one sample: scikit-learn's 2 ** -1
+        return 2.0 ** (-depths / self.denominator)
+
+    def _walk(self, X: np.ndarray) -> np.ndarray:
         flat = X.ravel()
         # One path per (tree, row), advanced a level at a time for all trees and rows together.
         offsets = (np.arange(X.shape[0], dtype=np.intp) * self.n_features)[None, :]
@@ -70,7 +91,4 @@ class CompiledForest:
         for _ in range(self.depth):
             value = flat.take(offsets + self.feature.take(node))
             node = self.children.take(2 * node + (value > self.threshold.take(node)))
-        depths = self.leaf_value.take(node).sum(axis=0)
-        if self.denominator == 0:
-            return np.full(X.shape[0], 0.5)  # trees of one sample: scikit-learn's 2 ** -1
-        return 2.0 ** (-depths / self.denominator)
+        return self.leaf_value.take(node).sum(axis=0)
