@@ -131,7 +131,7 @@ BENCHES: tuple[Bench, ...] = (
         "http",
         "bench.http",
         full={
-            "workers": [2, 1],
+            "workers": [1, 2],  # headline: 1 worker — wrk runs on the same 2 cores (both reported)
             "connections": 64,
             "threads": 2,
             "duration": 15,
