@@ -7,6 +7,7 @@ from collections.abc import Callable
 import pandas as pd
 
 from pipeline.detection.batch import frame_to_batch, micro_batches
+from pipeline.detection.collector import collector_paused
 from pipeline.detection.engine import DetectionEngine
 from pipeline.events import Alert
 from pipeline.features.baselines import Baselines
@@ -33,7 +34,9 @@ def replay(
     engine.on_scored = on_scored
     latest: dict[str, Alert] = {}
     for batch in micro_batches(frame_to_batch(frame), max_batch_events, max_batch_span_s):
-        for alert in engine.process(batch):
+        with collector_paused():
+            alerts = engine.process(batch)
+        for alert in alerts:
             latest[alert.alert_id] = alert  # dicts keep first-insertion order: first fired first
         if progress is not None:
             progress(len(batch))
