@@ -14,6 +14,7 @@ import zlib
 import pytest
 
 from pipeline.bus import ALERTS, DEAD_LETTER, TOKEN_USAGE, MessageRun, TopicSpec, default_topics
+from pipeline.bus.base import CommitRejected
 from pipeline.bus.memory import MemoryBus
 from pipeline.detection.replay import replay
 from pipeline.detection.runner import StreamingRunner
@@ -193,3 +194,28 @@ def test_a_partition_no_poll_returned_yet_still_holds_the_others_back(model: Det
     drain(runner)
     assert runner.engine.stats.events == 100
     assert runner.engine.stats.late_events == 0
+
+
+def test_a_commit_a_rebalance_got_ahead_of_does_not_stop_the_runner(model: DetectionModel) -> None:
+    """The coordinator refuses a commit from a member a rebalance has moved past (on Kafka: CommitFailedError,
+    raised by the bus as ``CommitRejected``). The runner must not die in ``step()``: it counts the rejection,
+    keeps what it processed, and commits those offsets with the next batch."""
+    bus = MemoryBus([TopicSpec(TOKEN_USAGE, 1), *(t for t in default_topics() if t.name != TOKEN_USAGE)])
+    for i in range(200):
+        bus.publish(TOKEN_USAGE, "tok", usage(T0 + i * 0.1, jti="tok").to_json())
+    runner = StreamingRunner(bus, model, poll_timeout_s=0, max_batch=100)
+    real_commit = runner.consumer.commit
+    refusals = [CommitRejected("the group rebalanced (generation 7 is over)")]
+
+    def commit_once_refused(offsets: dict[tuple[str, int], int] | None = None) -> None:
+        if refusals:
+            raise refusals.pop()
+        real_commit(offsets)
+
+    runner.consumer.commit = commit_once_refused  # type: ignore[method-assign]
+    runner.step()
+    assert runner.commits_rejected == 1
+    assert bus._groups[runner.group].committed.get((TOKEN_USAGE, 0), 0) == 0  # nothing committed yet
+    drain(runner)
+    assert runner.engine.stats.events == 200
+    assert bus._groups[runner.group].committed == {(TOKEN_USAGE, 0): 200}

@@ -8,6 +8,11 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 
+class CommitRejected(RuntimeError):
+    """The group moved on (a rebalance) before a commit: nothing was committed, and the partitions' messages
+    since the last commit will be delivered again — to this member or to the one that now owns them."""
+
+
 class Message(NamedTuple):
     """One message read from a topic. A named tuple, not a dataclass: consumers build one per message
     read (hundreds of thousands a second in the pipeline), and a tuple is built several times faster."""
@@ -67,7 +72,9 @@ class Consumer(ABC):
 
     @abstractmethod
     def commit(self, offsets: dict[tuple[str, int], int] | None = None) -> None:
-        """Mark as processed: everything polled so far, or up to the given next offsets per partition."""
+        """Mark as processed: everything polled so far, or up to the given next offsets per partition.
+
+        Raises :class:`CommitRejected` when a rebalance got there first (at-least-once: redelivered)."""
 
     @abstractmethod
     def seek_to_beginning(self) -> None: ...

@@ -40,10 +40,21 @@ from typing import TypeVar
 
 from kafka import ConsumerRebalanceListener, KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import ConfigResource, ConfigResourceType
-from kafka.errors import KafkaError, KafkaTimeoutError, RetriableError, TopicAlreadyExistsError, for_code
+from kafka.errors import (
+    CommitFailedError,
+    FencedInstanceIdError,
+    IllegalGenerationError,
+    KafkaError,
+    KafkaTimeoutError,
+    RebalanceInProgressError,
+    RetriableError,
+    TopicAlreadyExistsError,
+    UnknownMemberIdError,
+    for_code,
+)
 from kafka.structs import MemberState, OffsetAndMetadata, TopicPartition
 
-from pipeline.bus.base import Bus, Consumer, Message, MessageRun, encode_key, runs_of
+from pipeline.bus.base import Bus, CommitRejected, Consumer, Message, MessageRun, encode_key, runs_of
 from pipeline.bus.topics import TopicSpec, default_topics
 
 _Client = TypeVar("_Client")
@@ -62,6 +73,20 @@ _ASSIGN_POLL_MS = 50
 
 class KafkaBusError(RuntimeError):
     """Kafka could not do what was asked (unreachable, timed out, rejected). The cause is chained."""
+
+
+#: What the group coordinator answers to a commit from a member whose generation a rebalance has ended.
+_LOST_TO_A_REBALANCE = (
+    CommitFailedError,
+    RebalanceInProgressError,
+    IllegalGenerationError,
+    UnknownMemberIdError,
+    FencedInstanceIdError,
+)
+
+
+class KafkaCommitRejected(KafkaBusError, CommitRejected):
+    """A commit lost to a rebalance (:class:`CommitRejected`); also a :class:`KafkaBusError`."""
 
 
 @contextlib.contextmanager
@@ -566,8 +591,9 @@ class KafkaConsumerAdapter(Consumer):
         """Commit synchronously: every record ``poll`` returned so far, or the given next offsets.
 
         Only partitions currently assigned to this member are committed (others are ignored, as on the
-        memory bus). Raises :class:`KafkaBusError` if the commit fails — e.g. the group rebalanced since the
-        batch was polled; the records will then be delivered again (at-least-once).
+        memory bus). Raises :class:`KafkaCommitRejected` (a :class:`CommitRejected`) if the group rebalanced
+        since the batch was polled — the records will be delivered again (at-least-once) — and
+        :class:`KafkaBusError` if the commit fails otherwise.
         """
         with self._lock:
             assigned = self._ensure_assigned()
@@ -578,8 +604,13 @@ class KafkaConsumerAdapter(Consumer):
             if not chosen:
                 return
             request = {TopicPartition(*tp): OffsetAndMetadata(offset, "", -1) for tp, offset in chosen.items()}
-            with _translated(f"commit (group {self.group!r})"):
-                self._consumer.commit(request, timeout_ms=self.bus._timeout_ms)
+            try:
+                with _translated(f"commit (group {self.group!r})"):
+                    self._consumer.commit(request, timeout_ms=self.bus._timeout_ms)
+            except KafkaBusError as exc:
+                if isinstance(exc.__cause__, _LOST_TO_A_REBALANCE):
+                    raise KafkaCommitRejected(str(exc)) from exc.__cause__
+                raise
 
     def seek(self, positions: dict[tuple[str, int], int]) -> None:
         """Re-position the given partitions; partitions not assigned to this member are ignored."""

@@ -20,6 +20,7 @@ from operator import itemgetter
 from pathlib import Path
 
 from pipeline.bus import ALERTS, TOKEN_USAGE, Bus, MessageRun
+from pipeline.bus.base import CommitRejected
 from pipeline.bus.dead_letter import dead_letter
 from pipeline.detection.batch import EventBatch, Row, decode_rows, row_of
 from pipeline.detection.collector import collector_paused
@@ -71,6 +72,7 @@ class StreamingRunner:
         # Entities touched by events processed live while a rebuild is still replaying other partitions.
         self._live_touched: set[tuple[str, str | None]] = set()
         self.rebuilds = 0  # rebuilds after partitions were gained mid-stream
+        self.commits_rejected = 0  # commits a rebalance got ahead of (their messages come again)
         self.consumer.positions()  # join the group: the first assignment is reported as gained
         self._follow_assignment()
 
@@ -309,7 +311,15 @@ class StreamingRunner:
         if not offsets:
             return
         self.bus.flush()
-        self.consumer.commit(offsets)
+        try:
+            self.consumer.commit(offsets)
+        except CommitRejected as exc:
+            # A rebalance got there first. The next poll reports the new assignment and the runner rebuilds
+            # from what the group has committed (every alert id is deterministic, so none repeats); if the
+            # partitions stayed, the next commit carries these offsets again.
+            log.warning("commit rejected, the group rebalanced: %s", exc)
+            self.commits_rejected += 1
+            return
         self._committed.update(offsets)
 
     def _publish(self, alerts: list[Alert]) -> None:
