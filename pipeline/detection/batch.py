@@ -5,9 +5,10 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from operator import itemgetter
+from operator import attrgetter, itemgetter
 from typing import Any
 
+import msgspec
 import numpy as np
 import orjson
 import pandas as pd
@@ -127,13 +128,14 @@ def micro_batches(batch: EventBatch, max_events: int = 4096, max_span_s: float =
 
 # ------------------------------------------------------------------------------ decoding from the bus
 #
-# The streaming runner decodes a whole poll at once and never builds a ``TokenUsage``: each message goes
-# straight from orjson to a tuple of its fields (``itemgetter``), and every rule of ``TokenUsage.from_json``
-# is checked once per poll on the columns, in C where possible — the set of type signatures, the set of
-# (outcome, reason) pairs, the distinct IPs, event ids and timestamps as byte grids in numpy. Only a poll
-# that fails a column check is checked row by row, to find the culprits. A message the decoder refuses is
-# parsed again by ``from_json``, whose error names the field; the decoder accepts exactly what
-# ``from_json`` accepts (tests/test_runner_decode.py checks them side by side on hostile records).
+# The streaming runner decodes a whole poll at once and never builds a ``TokenUsage``: msgspec decodes each
+# message into a typed struct (``_Wire``: the type of every field checked in C), and every other rule of
+# ``TokenUsage.from_json`` is checked once per poll on the columns — the schema, the (outcome, reason) pairs,
+# the distinct IPs, event ids and timestamps as byte grids in numpy. A poll the typed path cannot take (a
+# message that is not such an object) goes through orjson into tuples of its fields, and only a poll that
+# fails a column check is checked row by row, to find the culprits. A message the decoder refuses is parsed
+# again by ``from_json``, whose error names the field; the decoder accepts exactly what ``from_json`` accepts
+# (tests/test_runner_decode.py checks them side by side on hostile records, on both paths).
 
 #: The fields of token-usage/1 in the order the decoder reads them.
 _FIELDS = ("schema", "event_id", "ts", "ip", "outcome", "reason", "jti", "sub", "iss", "aud", "client_id",
@@ -164,17 +166,57 @@ _TS_MS_DIGITS = np.array([20, 21, 22])
 _POWERS = 10 ** np.arange(len(_TS_SECOND_DIGITS) - 1, -1, -1, dtype=np.int64)
 
 
+class _Wire(msgspec.Struct, gc=False):
+    """token-usage/1 as the fast path reads it, field by field in ``_FIELDS`` order: msgspec checks in C that
+    each field is a str (or an exact int for iat/exp) or null. Every field may be missing or null here —
+    ``_columns_valid`` refuses a missing or null required field, as ``from_json`` does. Extra fields are
+    ignored (as by ``from_json``); a duplicate key's last value wins (as with orjson)."""
+
+    schema: str | None = None
+    event_id: str | None = None
+    ts: str | None = None
+    ip: str | None = None
+    outcome: str | None = None
+    reason: str | None = None
+    jti: str | None = None
+    sub: str | None = None
+    iss: str | None = None
+    aud: str | None = None
+    client_id: str | None = None
+    user_agent: str | None = None
+    service: str | None = None
+    method: str | None = None
+    path: str | None = None
+    iat: int | None = None
+    exp: int | None = None
+
+
+if tuple(_Wire.__struct_fields__) != _FIELDS:
+    raise ImportError("_Wire must list token-usage/1's fields in _FIELDS order")
+_decode_wire = msgspec.json.Decoder(_Wire).decode
+#: Columns the rows or the column checks read; the others (iss, aud, service, method, path) only need their
+#: type checked, which msgspec did.
+_UNREAD = frozenset({"iss", "aud", "service", "method", "path"})
+_WIRE_COLUMNS = {i: attrgetter(name) for i, name in enumerate(_FIELDS) if name not in _UNREAD}
+_REQUIRED = (_EVENT_ID, _TS, _IP, _OUTCOME)  # str, never null (schema is checked by value)
+
+
 def decode_rows(values: Sequence[bytes]) -> list[Row | None]:
     """Decode token-usage/1 messages into engine rows; ``None`` where ``TokenUsage.from_json`` would fail."""
     if not values:
         return []
-    fields = _field_tuples(values)
-    columns = list(zip(*fields, strict=True))
     # A JSON string takes at least one byte per character: no string is too long in a short message.
-    if not (_columns_valid(columns) and max(map(len, values)) <= MAX_STRING):
-        bad = {i for i, row in enumerate(fields) if not _fields_valid(row, len(values[i]))}
-    else:
-        bad = set()
+    short = max(map(len, values)) <= MAX_STRING
+    columns = _typed_columns(values)
+    if columns is not None and short and _columns_valid(columns, typed=True):
+        bad: set[int] = set()
+    else:  # some message is not what the fast path expects: every rule, and row by row where a column fails
+        fields = _field_tuples(values)
+        columns = list(zip(*fields, strict=True))
+        if short and _columns_valid(columns):
+            bad = set()
+        else:
+            bad = {i for i, row in enumerate(fields) if not _fields_valid(row, len(values[i]))}
     times = _event_times_ms(columns[_TS])
     seconds = [ms / 1000.0 if ms is not None else 0.0 for ms in times]
     if None in times:
@@ -186,6 +228,19 @@ def decode_rows(values: Sequence[bytes]) -> list[Row | None]:
     for i in bad:
         rows[i] = None
     return rows
+
+
+def _typed_columns(values: Sequence[bytes]) -> list[Any] | None:
+    """The columns ``decode_rows`` reads (others None), every value's type checked — or None if any message
+    is not a JSON object of such fields (then the poll takes the orjson path, which finds the culprits)."""
+    try:
+        wires = list(map(_decode_wire, values))
+    except (msgspec.MsgspecError, ValueError):  # not JSON, a wrong type, invalid UTF-8
+        return None
+    columns: list[Any] = [None] * len(_FIELDS)
+    for i, get in _WIRE_COLUMNS.items():
+        columns[i] = list(map(get, wires))
+    return columns
 
 
 def _field_tuples(values: Sequence[bytes]) -> list[tuple[Any, ...]]:
@@ -211,13 +266,19 @@ def _fields_of(value: bytes) -> tuple[Any, ...]:
     return tuple(data.get(name) for name in _FIELDS)
 
 
-def _columns_valid(columns: list[tuple[Any, ...]]) -> bool:
-    """Every rule but the timestamp's, on whole columns. False means: look row by row."""
+def _columns_valid(columns: list[Any], typed: bool = False) -> bool:
+    """Every rule but the timestamp's, on whole columns. False means: look row by row.
+
+    ``typed``: msgspec has checked every value's type already (``_typed_columns``); only nulls in the
+    required fields remain to be refused."""
     schema, event_id, ip, outcome, reason = (columns[i] for i in (_SCHEMA, _EVENT_ID, _IP, _OUTCOME, _REASON))
     if schema.count(TOKEN_USAGE_SCHEMA) != len(schema):
         return False
+    if typed:
+        if any(None in columns[i] for i in _REQUIRED):
+            return False
     # A row's type signature is valid when each of its fields is: so per column, the set of types (in C).
-    if not all(set(map(type, column)) <= allowed for column, allowed in zip(columns[1:], _TYPES, strict=True)):
+    elif not all(set(map(type, column)) <= allowed for column, allowed in zip(columns[1:], _TYPES, strict=True)):
         return False
     # Only str, int and None from here on: every value is hashable.
     if not set(zip(outcome, reason, strict=True)) <= _OUTCOME_REASON:
