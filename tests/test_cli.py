@@ -76,6 +76,13 @@ def test_errors_are_one_clear_line(tmp_path: Path) -> None:
     assert result.returncode == 2 and "Traceback" not in result.stderr
 
 
+def test_pipeline_run_names_the_kafka_consumers_it_knows() -> None:
+    args = ("pipeline", "run", "--kafka", "127.0.0.1:1", "--issuer", "i", "--kafka-consumer", "librdkafka")
+    result = run(*args, check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "kafka-python, confluent-kafka" in result.stderr
+
+
 def test_token_issue_refuses_more_than_the_lifetime_cap(keys: Path) -> None:
     result = run("token", "issue", "--dir", str(keys), "--sub", "a", "--aud", AUDIENCE, "--ttl", "7200", check=False)
     assert result.returncode == 2

@@ -18,7 +18,7 @@ from kafka.admin import ConfigResource, ConfigResourceType
 from kafka.partitioner.default import murmur2
 
 from pipeline.bus import ALERTS, DEAD_LETTER, REVOCATIONS, TOKEN_USAGE, Message, TopicSpec
-from pipeline.bus.kafka import KafkaBus, KafkaBusError, KafkaConsumerAdapter
+from pipeline.bus.kafka import CONSUMER_CLIENTS, KafkaBus, KafkaBusError, KafkaConsumerAdapter
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(120)]
 
@@ -41,13 +41,20 @@ def admin(kafka_bootstrap: str) -> Iterator[KafkaAdminClient]:
 BusFactory = Callable[..., KafkaBus]
 
 
+@pytest.fixture(params=CONSUMER_CLIENTS)
+def consumer_client(request: pytest.FixtureRequest) -> str:
+    """Every consumer test runs with each client the bus can consume with (kafka-python, confluent-kafka)."""
+    return request.param
+
+
 @pytest.fixture
-def make_bus(kafka_bootstrap: str, admin: KafkaAdminClient) -> Iterator[BusFactory]:
+def make_bus(kafka_bootstrap: str, admin: KafkaAdminClient, consumer_client: str) -> Iterator[BusFactory]:
     """KafkaBus(kafka_bootstrap, topics=...) that is closed, and whose topics are deleted, after the test."""
     buses: list[KafkaBus] = []
     topics: set[str] = set()
 
     def make(specs: list[TopicSpec], **options: object) -> KafkaBus:
+        options.setdefault("consumer_client", consumer_client)
         bus = KafkaBus(kafka_bootstrap, topics=specs, client_id=unique("test"), **options)  # type: ignore[arg-type]
         buses.append(bus)
         topics.update(spec.name for spec in specs)

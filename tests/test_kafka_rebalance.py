@@ -22,7 +22,7 @@ import pytest
 
 from pipeline.bus import ALERTS, TOKEN_USAGE
 from pipeline.bus.base import Bus, Message
-from pipeline.bus.kafka import KafkaBus
+from pipeline.bus.kafka import CONSUMER_CLIENTS, KafkaBus
 from pipeline.bus.memory import MemoryBus
 from pipeline.detection.replay import replay
 from pipeline.detection.runner import StreamingRunner
@@ -176,9 +176,11 @@ def test_memory_bus_members_hand_partitions_over(model: DetectionModel, traffic:
 class _Stepper(threading.Thread):
     """A runner on its own bus, stepped in a thread of its own (group members must poll concurrently)."""
 
-    def __init__(self, bootstrap: str, model: DetectionModel, group: str, name: str) -> None:
+    def __init__(
+        self, bootstrap: str, model: DetectionModel, group: str, name: str, consumer_client: str = "kafka-python"
+    ) -> None:
         super().__init__(name=name, daemon=True)
-        self.bus: Bus = KafkaBus(bootstrap, client_id=name)
+        self.bus: Bus = KafkaBus(bootstrap, client_id=name, consumer_client=consumer_client)
         self.model, self.group = model, group
         self.runner: StreamingRunner | None = None
         self.halt = threading.Event()
@@ -196,15 +198,16 @@ class _Stepper(threading.Thread):
 
 @pytest.mark.kafka
 @pytest.mark.timeout(600)
+@pytest.mark.parametrize("consumer_client", CONSUMER_CLIENTS)
 def test_rebalance_mid_stream_loses_no_event_and_duplicates_no_alert(
-    kafka_bootstrap: str, model: DetectionModel, traffic: Simulation
+    kafka_bootstrap: str, model: DetectionModel, traffic: Simulation, consumer_client: str
 ) -> None:
     fresh_topics(kafka_bootstrap)
     records, half = split(traffic)
     expected, _ = replay(traffic.events, model)
     group = f"jwtwatch-pipeline-{uuid.uuid4()}"
     producer_bus = KafkaBus(kafka_bootstrap, client_id="jwtwatch-validator")
-    steppers = [_Stepper(kafka_bootstrap, model, group, f"jwtwatch-pipeline-{i}") for i in (1, 2)]
+    steppers = [_Stepper(kafka_bootstrap, model, group, f"jwtwatch-pipeline-{i}", consumer_client) for i in (1, 2)]
     try:
         for stepper in steppers:
             stepper.start()
@@ -241,6 +244,11 @@ def test_rebalance_mid_stream_loses_no_event_and_duplicates_no_alert(
         leaving_stats = leaving.engine.stats
         leaving.close()
         steppers[0].bus.close()
+        # The group notices the member left at the survivor's next heartbeat (1 s) and re-assigns on a poll.
+        deadline = time.monotonic() + 60
+        while len(survivor.consumer.assignment()) < 3:
+            assert time.monotonic() < deadline, "the survivor was not given the partitions of the member that left"
+            survivor.step()
         drain(survivor)
         assert survivor.consumer.assignment() == {(TOKEN_USAGE, p) for p in range(3)}
         assert survivor.rebuilds >= 1

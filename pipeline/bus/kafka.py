@@ -67,6 +67,7 @@ DEFAULT_TIMEOUT_S = 15.0
 MAX_REQUEST_BYTES = 1024 * 1024  # the broker's default message.max.bytes is 1 MiB + 12
 BATCH_BYTES = 128 * 1024
 MAX_POLL_RECORDS = 500
+CONSUMER_CLIENTS = ("kafka-python", "confluent-kafka")
 _POLL_SLICE_S = 0.5  # a waiting poll notices close() within this long
 _ASSIGN_POLL_MS = 50
 
@@ -156,7 +157,21 @@ class KafkaBus(Bus):
         timeout_s: float = DEFAULT_TIMEOUT_S,
         assignment_timeout_s: float = 30.0,
         compression_type: str | None = None,
+        consumer_client: str = "kafka-python",
     ) -> None:
+        """``consumer_client``: the library this bus's consumers read with — ``kafka-python`` (default), or
+        ``confluent-kafka`` (librdkafka: decodes records in C; see :mod:`pipeline.bus.confluent`)."""
+        if consumer_client not in CONSUMER_CLIENTS:
+            raise ValueError(f"consumer_client must be one of {', '.join(CONSUMER_CLIENTS)}, not {consumer_client!r}")
+        if consumer_client == "confluent-kafka":
+            try:
+                import confluent_kafka  # noqa: F401
+            except ImportError as exc:
+                raise ValueError(
+                    "consumer_client 'confluent-kafka' needs the confluent-kafka package: "
+                    "pip install 'jwtwatch[confluent]'"
+                ) from exc
+        self.consumer_client = consumer_client
         if compression_type not in (None, "gzip"):
             raise ValueError(f"compression_type must be None or 'gzip', not {compression_type!r}")
         if replication_factor < 1:
@@ -178,7 +193,7 @@ class KafkaBus(Bus):
         # A message that cannot be delivered fails after this long (then flush() reports it).
         self._delivery_timeout_ms = 4 * timeout_ms
         self._closed = False
-        self._consumers: weakref.WeakSet[KafkaConsumerAdapter] = weakref.WeakSet()
+        self._consumers: weakref.WeakSet[Consumer] = weakref.WeakSet()
         # Delivery bookkeeping: messages sent but not yet acknowledged, and failures not yet reported.
         self._cond = threading.Condition()
         self._pending = 0
@@ -342,7 +357,7 @@ class KafkaBus(Bus):
 
     # -- consuming --------------------------------------------------------------------------------------
 
-    def consumer(self, topics: Iterable[str], group: str, *, from_beginning: bool = True) -> KafkaConsumerAdapter:
+    def consumer(self, topics: Iterable[str], group: str, *, from_beginning: bool = True) -> Consumer:
         if self._closed:
             raise RuntimeError("bus is closed")
         topics = list(topics)
@@ -353,6 +368,12 @@ class KafkaBus(Bus):
             # (like the memory bus); otherwise this fails after timeout_s.
             with _translated(f"topic {topic!r} is not available"):
                 self._producer.producer.partitions_for(topic)
+        if self.consumer_client == "confluent-kafka":
+            from pipeline.bus.confluent import ConfluentConsumer
+
+            consumer = ConfluentConsumer(self, topics, group, from_beginning=from_beginning)
+            self._consumers.add(consumer)
+            return consumer
         kafka_consumer = self._connect(
             f"consumer for group {group!r}",
             lambda: KafkaConsumer(
