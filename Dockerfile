@@ -5,7 +5,7 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY pipeline ./pipeline
 COPY models ./models
-RUN pip install --no-cache-dir . && useradd --system --uid 10001 jwtwatch && mkdir /data && chown jwtwatch /data
+RUN pip install --no-cache-dir '.[confluent]' && useradd --system --uid 10001 jwtwatch && mkdir /data && chown jwtwatch /data
 USER jwtwatch
 VOLUME ["/data"]
 ENTRYPOINT ["jwtwatch"]

@@ -171,6 +171,7 @@ def _headline() -> None:
         "http_validate_p99_ms": lambda x: fixed(x, 2),
         "pipeline_events_per_s.embedded": n,
         "pipeline_events_per_s.kafka": n,
+        "pipeline_events_per_s.kafka_confluent": n,
         "time_to_revoke_p99_s": lambda x: fixed(x, 3),
     }
     for key, fmt in formats.items():
@@ -340,6 +341,12 @@ def _kafka() -> None:
     FIGURES["k_trials"] = lambda r: n(r.run("kafka", "parameters", "trials"))
     FIGURES["k_events"] = lambda r: n(k(r, "events"))
     FIGURES["k_late"] = lambda r: count(k(r, "late"), "late event")
+    FIGURES["k_confluent_eps"] = lambda r: n(k(r, "confluent_kafka", "pipeline_events_per_s"))
+    FIGURES["k_confluent_met"] = lambda r: yes(k(r, "confluent_kafka", "pipeline_events_per_s") >= 50_000)
+    FIGURES["k_confluent_cpu_eps"] = lambda r: n(k(r, "confluent_kafka", "pipeline_events_per_cpu_s"))
+    FIGURES["k_confluent_s"] = lambda r: fixed(k(r, "confluent_kafka", "pipeline_s"), 1)
+    FIGURES["k_confluent_cpu_s"] = lambda r: fixed(k(r, "confluent_kafka", "pipeline_cpu_s"), 1)
+    FIGURES["k_confluent_late"] = lambda r: count(k(r, "confluent_kafka", "late"), "late event")
     FIGURES["k_kafka_python"] = lambda r: r("machine", "kafka-python")
     FIGURES["k_crc32c"] = lambda r: r("machine", "crc32c")
 
