@@ -1,24 +1,13 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 from collections.abc import Iterator
 
 import pytest
 
+from bench.broker import reachable as _bootstrap_reachable
 from tests.kafka_broker import KAFKA_LOCAL, private_broker, unavailable
-
-
-def _bootstrap_reachable(bootstrap: str, timeout: float = 3.0) -> bool:
-    for server in bootstrap.split(","):
-        host, _, port = server.strip().rpartition(":")
-        try:
-            with socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=timeout):
-                return True
-        except (OSError, ValueError):
-            continue
-    return False
 
 
 @pytest.fixture(scope="session")

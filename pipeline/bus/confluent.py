@@ -106,25 +106,23 @@ class ConfluentConsumer(Consumer):
     # -- polling ----------------------------------------------------------------------------------------
 
     def poll(self, max_records: int = 500, timeout_s: float = 1.0) -> list[Message]:
-        if max_records < 1:
-            raise ValueError("max_records must be at least 1")
-        with self._lock:
-            if self._closed or self.bus._closed:
-                return []
-            if self._stash:
-                return self._take_stash(max_records)
-            return self._handed_out(self._messages(self._consume(max_records, max(0.0, timeout_s))))
+        return self._poll(max_records, timeout_s, as_runs=False)  # type: ignore[return-value]
 
     def poll_runs(self, max_records: int = 500, timeout_s: float = 1.0) -> list[MessageRun]:
         """Like ``poll``, as columns per partition run: no :class:`Message` per message."""
+        return self._poll(max_records, timeout_s, as_runs=True)  # type: ignore[return-value]
+
+    def _poll(self, max_records: int, timeout_s: float, *, as_runs: bool) -> list[Message] | list[MessageRun]:
         if max_records < 1:
             raise ValueError("max_records must be at least 1")
         with self._lock:
             if self._closed or self.bus._closed:
                 return []
             if self._stash:
-                return runs_of(self._take_stash(max_records))
-            return self._runs(self._consume(max_records, max(0.0, timeout_s)))
+                stashed = self._take_stash(max_records)
+                return runs_of(stashed) if as_runs else stashed
+            raw = self._consume(max_records, max(0.0, timeout_s))
+            return self._runs(raw) if as_runs else self._handed_out(self._messages(raw))
 
     def _messages(self, raw: list[Any]) -> list[Message]:
         assigned = self._assigned
