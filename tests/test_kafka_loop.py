@@ -190,9 +190,14 @@ def test_stolen_token_is_revoked_at_every_validator(kafka_bootstrap: str, tmp_pa
             time.sleep(0.1)
         assert status == 401, f"never revoked; pipeline log:\n{pipeline_log.read_text()[-3000:]}"
         # Every validator enforces it: the first one too, for the owner's requests as well.
-        deadline = time.monotonic() + 10
+        # Propagation is measured by bench.kafka (p99 well under 1 s); this only checks that it arrives. The bound
+        # is generous: on a loaded CI machine a validator's consumer can miss heartbeats and re-join its group.
+        deadline = time.monotonic() + 30
         while httpx.get(f"{first}/v1/validate", headers=owner).status_code != 401:
-            assert time.monotonic() < deadline, "the first validator did not receive the revocation"
+            first_log = validators[0][2]
+            assert time.monotonic() < deadline, (
+                f"the first validator did not receive the revocation; its log:\n{first_log.read_text()[-3000:]}"
+            )
             time.sleep(0.1)
 
         deadline = time.monotonic() + 60
