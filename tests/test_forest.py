@@ -35,11 +35,17 @@ from pipeline.windows import WindowSpec
 @pytest.fixture(params=[pytest.param(False, id="numpy-walk"), pytest.param(True, id="compiled-walk")])
 def compiled_walk(request: pytest.FixtureRequest) -> bool:
     """Both walks of the trees: numpy's, and the one scripts/build-accel compiles (``_forest_walk.pyx``)."""
-    if request.param and forest_module.compiled_path_lengths is None:
+    if request.param:
+        _require_compiled_walk()
+    return request.param
+
+
+def _require_compiled_walk() -> None:
+    """Skip where ``_forest_walk`` is not built — fail instead under JWTWATCH_REQUIRE_ACCEL=1 (CI)."""
+    if forest_module.compiled_path_lengths is None:
         if os.environ.get("JWTWATCH_REQUIRE_ACCEL") == "1":
             pytest.fail("JWTWATCH_REQUIRE_ACCEL=1 but _forest_walk is not compiled (run scripts/build-accel)")
         pytest.skip("_forest_walk is not compiled here (scripts/build-accel)")
-    return request.param
 
 
 def _training_data(kind: str, rng: np.random.Generator) -> np.ndarray:
@@ -149,8 +155,7 @@ def test_compiled_forest_scores_a_row_the_same_alone_or_in_a_batch(compiled_walk
 
 def test_both_walks_give_identical_scores_on_the_shipped_model() -> None:
     """Not just within 1e-12 of scikit-learn: the same path lengths summed in the same order, bit for bit."""
-    if forest_module.compiled_path_lengths is None:
-        pytest.skip("_forest_walk is not compiled here (scripts/build-accel)")
+    _require_compiled_walk()
     model = load_model(Path(__file__).resolve().parent.parent / "models" / "default")
     rng = np.random.default_rng(3)
     for scorer in model.scorers.values():

@@ -20,16 +20,14 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, KafkaException, TopicPartition
 from confluent_kafka import Consumer as RdKafkaConsumer
 from confluent_kafka import KafkaError as RdKafkaError
 
 from pipeline.bus.base import Consumer, Message, MessageRun, runs_of
-
-if TYPE_CHECKING:
-    from pipeline.bus.kafka import KafkaBus
+from pipeline.bus.kafka import KafkaBus, KafkaBusError, KafkaCommitRejected  # kafka.py imports this module lazily
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +48,6 @@ Key = tuple[str, int]
 
 class ConfluentConsumer(Consumer):
     def __init__(self, bus: KafkaBus, topics: Iterable[str], group: str, *, from_beginning: bool = True) -> None:
-        from pipeline.bus.kafka import KafkaBusError, KafkaCommitRejected  # kafka.py imports this module lazily
-
-        self._error, self._rejected = KafkaBusError, KafkaCommitRejected
         self.bus = bus
         self.group = group
         self.topics = list(topics)
@@ -61,7 +56,6 @@ class ConfluentConsumer(Consumer):
         self._lock = threading.RLock()
         self._closed = False
         self._assigned: set[Key] = set()
-        self._joined = False  # an assignment (possibly empty) arrived since subscribing
         self._next: dict[Key, int] = {}  # the next offset this member hands out, where known
         self._stash: dict[Key, deque[Message]] = {}  # read while waiting for the assignment
         self._consumer = RdKafkaConsumer(
@@ -90,7 +84,6 @@ class ConfluentConsumer(Consumer):
 
     def _on_assign(self, consumer: Any, partitions: list[TopicPartition]) -> None:
         self._assigned = {(tp.topic, tp.partition) for tp in partitions}
-        self._joined = True
         for key in list(self._next):
             if key not in self._assigned:
                 del self._next[key]
@@ -151,14 +144,14 @@ class ConfluentConsumer(Consumer):
                 if messages and limit > 1:
                     messages += consume(num_messages=limit - 1, timeout=0)
         except KafkaException as exc:
-            raise self._error(f"poll (group {self.group!r}): {exc}") from exc
+            raise KafkaBusError(f"poll (group {self.group!r}): {exc}") from exc
         good = []
         for message in messages:
             error = message.error()
             if error is None:
                 good.append(message)
             elif error.fatal():
-                raise self._error(f"poll (group {self.group!r}): {error}")
+                raise KafkaBusError(f"poll (group {self.group!r}): {error}")
             elif error.code() != RdKafkaError._PARTITION_EOF:
                 log.warning("Kafka consumer (group %r): %s", self.group, error)  # librdkafka retries itself
         return good
@@ -195,11 +188,11 @@ class ConfluentConsumer(Consumer):
         """Wait (bounded) until this member has joined its group; return its assigned partitions. Messages
         read meanwhile are kept for the next ``poll``."""
         deadline = time.monotonic() + self.bus.assignment_timeout_s
-        while not (self._joined and self._assigned):
+        while not self._assigned:
             if self._closed:
                 raise RuntimeError("consumer is closed")
             if time.monotonic() >= deadline:
-                raise self._error(
+                raise KafkaBusError(
                     f"consumer group {self.group!r} did not assign partitions within "
                     f"{self.bus.assignment_timeout_s:g} s; is another member of the group not polling?"
                 )
@@ -256,7 +249,7 @@ class ConfluentConsumer(Consumer):
         try:
             return self._consumer.get_watermark_offsets(TopicPartition(*key), timeout=self._timeout_s)
         except KafkaException as exc:
-            raise self._error(f"offsets of {key[0]}[{key[1]}]: {exc}") from exc
+            raise KafkaBusError(f"offsets of {key[0]}[{key[1]}]: {exc}") from exc
 
     def _committed_or_reset(self, keys: list[Key]) -> dict[Key, int]:
         if not keys:
@@ -264,7 +257,7 @@ class ConfluentConsumer(Consumer):
         try:
             committed = self._consumer.committed([TopicPartition(*key) for key in keys], timeout=self._timeout_s)
         except KafkaException as exc:
-            raise self._error(f"committed offsets (group {self.group!r}): {exc}") from exc
+            raise KafkaBusError(f"committed offsets (group {self.group!r}): {exc}") from exc
         out = {}
         for tp in committed:
             key = (tp.topic, tp.partition)
@@ -291,8 +284,8 @@ class ConfluentConsumer(Consumer):
                 error = exc.args[0] if exc.args else None
                 message = f"commit (group {self.group!r}): {exc}"
                 if isinstance(error, RdKafkaError) and error.code() in _LOST_TO_A_REBALANCE:
-                    raise self._rejected(message) from exc
-                raise self._error(message) from exc
+                    raise KafkaCommitRejected(message) from exc
+                raise KafkaBusError(message) from exc
 
     # -- positioning ------------------------------------------------------------------------------------
 
@@ -310,7 +303,7 @@ class ConfluentConsumer(Consumer):
         try:
             self._consumer.seek(TopicPartition(key[0], key[1], offset))
         except KafkaException as exc:
-            raise self._error(f"seek {key[0]}[{key[1]}] to {offset}: {exc}") from exc
+            raise KafkaBusError(f"seek {key[0]}[{key[1]}] to {offset}: {exc}") from exc
         self._next[key] = offset
 
     def seek_to_beginning(self) -> None:
@@ -333,7 +326,7 @@ class ConfluentConsumer(Consumer):
             try:
                 found = self._consumer.offsets_for_times(wanted, timeout=self._timeout_s)
             except KafkaException as exc:
-                raise self._error(f"offsets for times (group {self.group!r}): {exc}") from exc
+                raise KafkaBusError(f"offsets for times (group {self.group!r}): {exc}") from exc
             for tp in found:
                 self._seek((tp.topic, tp.partition), tp.offset if tp.offset >= 0 else OFFSET_END)
 

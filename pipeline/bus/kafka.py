@@ -625,13 +625,12 @@ class KafkaConsumerAdapter(Consumer):
             if not chosen:
                 return
             request = {TopicPartition(*tp): OffsetAndMetadata(offset, "", -1) for tp, offset in chosen.items()}
-            try:
-                with _translated(f"commit (group {self.group!r})"):
+            what = f"commit (group {self.group!r})"
+            with _translated(what):
+                try:
                     self._consumer.commit(request, timeout_ms=self.bus._timeout_ms)
-            except KafkaBusError as exc:
-                if isinstance(exc.__cause__, _LOST_TO_A_REBALANCE):
-                    raise KafkaCommitRejected(str(exc)) from exc.__cause__
-                raise
+                except _LOST_TO_A_REBALANCE as exc:
+                    raise KafkaCommitRejected(f"{what}: {type(exc).__name__}: {exc}") from exc
 
     def seek(self, positions: dict[tuple[str, int], int]) -> None:
         """Re-position the given partitions; partitions not assigned to this member are ignored."""

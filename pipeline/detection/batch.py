@@ -137,9 +137,34 @@ def micro_batches(batch: EventBatch, max_events: int = 4096, max_span_s: float =
 # again by ``from_json``, whose error names the field; the decoder accepts exactly what ``from_json`` accepts
 # (tests/test_runner_decode.py checks them side by side on hostile records, on both paths).
 
+
+class _Wire(msgspec.Struct, gc=False):
+    """token-usage/1 as the decoder reads it; its field order is ``_FIELDS``. msgspec checks in C that each
+    field is a str (or an exact int for iat/exp) or null. Every field may be missing or null here —
+    ``_columns_valid`` refuses a missing or null required field, as ``from_json`` does. Extra fields are
+    ignored (as by ``from_json``); a duplicate key's last value wins (as with orjson)."""
+
+    schema: str | None = None
+    event_id: str | None = None
+    ts: str | None = None
+    ip: str | None = None
+    outcome: str | None = None
+    reason: str | None = None
+    jti: str | None = None
+    sub: str | None = None
+    iss: str | None = None
+    aud: str | None = None
+    client_id: str | None = None
+    user_agent: str | None = None
+    service: str | None = None
+    method: str | None = None
+    path: str | None = None
+    iat: int | None = None
+    exp: int | None = None
+
+
 #: The fields of token-usage/1 in the order the decoder reads them.
-_FIELDS = ("schema", "event_id", "ts", "ip", "outcome", "reason", "jti", "sub", "iss", "aud", "client_id",
-           "user_agent", "service", "method", "path", "iat", "exp")  # fmt: skip
+_FIELDS: tuple[str, ...] = _Wire.__struct_fields__
 _SCHEMA, _EVENT_ID, _TS, _IP, _OUTCOME, _REASON, _JTI, _SUB = range(8)
 _CLIENT_ID, _USER_AGENT, _IAT, _EXP = (_FIELDS.index(name) for name in ("client_id", "user_agent", "iat", "exp"))
 _GET_FIELDS = itemgetter(*_FIELDS)
@@ -166,33 +191,6 @@ _TS_MS_DIGITS = np.array([20, 21, 22])
 _POWERS = 10 ** np.arange(len(_TS_SECOND_DIGITS) - 1, -1, -1, dtype=np.int64)
 
 
-class _Wire(msgspec.Struct, gc=False):
-    """token-usage/1 as the fast path reads it, field by field in ``_FIELDS`` order: msgspec checks in C that
-    each field is a str (or an exact int for iat/exp) or null. Every field may be missing or null here —
-    ``_columns_valid`` refuses a missing or null required field, as ``from_json`` does. Extra fields are
-    ignored (as by ``from_json``); a duplicate key's last value wins (as with orjson)."""
-
-    schema: str | None = None
-    event_id: str | None = None
-    ts: str | None = None
-    ip: str | None = None
-    outcome: str | None = None
-    reason: str | None = None
-    jti: str | None = None
-    sub: str | None = None
-    iss: str | None = None
-    aud: str | None = None
-    client_id: str | None = None
-    user_agent: str | None = None
-    service: str | None = None
-    method: str | None = None
-    path: str | None = None
-    iat: int | None = None
-    exp: int | None = None
-
-
-if tuple(_Wire.__struct_fields__) != _FIELDS:
-    raise ImportError("_Wire must list token-usage/1's fields in _FIELDS order")
 _decode_wire = msgspec.json.Decoder(_Wire).decode
 #: Columns the rows or the column checks read; the others (iss, aud, service, method, path) only need their
 #: type checked, which msgspec did.
