@@ -28,13 +28,16 @@ demo: install
 test: install
 	scripts/run-tests
 
+# What lint checks is what format fixes.
+LINT_PATHS := pipeline tests bench scripts/build-accel
+
 lint: install
-	$(BIN)/ruff check pipeline tests bench scripts/build-accel
-	$(BIN)/ruff format --check pipeline tests bench scripts/build-accel
+	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/ruff format --check $(LINT_PATHS)
 
 format: install
-	$(BIN)/ruff format pipeline tests bench
-	$(BIN)/ruff check --fix pipeline tests bench
+	$(BIN)/ruff format $(LINT_PATHS)
+	$(BIN)/ruff check --fix $(LINT_PATHS)
 
 # Every benchmark (a private Kafka broker for the Kafka one; wrk for HTTP) into bench/results.json, then renders
 # docs/performance.md from it (BENCH_ARGS="--only http" reruns one and merges, "--quick" is a smoke run).
