@@ -949,12 +949,17 @@ def _pem(key: PrivateKey, passphrase: bytes | None = None) -> bytes:
 
 def passphrase_from_env(environ: Mapping[str, str] | None = None) -> bytes | None:
     """The key store passphrase from ``JWTWATCH_KEYS_PASSPHRASE``, else the file ``JWTWATCH_KEYS_PASSPHRASE_FILE``."""
+    return secret_from_env(PASSPHRASE_ENV, PASSPHRASE_FILE_ENV, "passphrase", environ)
+
+
+def secret_from_env(value_env: str, file_env: str, what: str, environ: Mapping[str, str] | None = None) -> bytes | None:
+    """A secret from the variable ``value_env``, else from the file the variable ``file_env`` names."""
     env = os.environ if environ is None else environ
-    value = env.get(PASSPHRASE_ENV)
+    value = env.get(value_env)
     if value:
         return value.encode()
-    file = env.get(PASSPHRASE_FILE_ENV)
-    return read_secret_file(Path(file), "passphrase") if file else None
+    file = env.get(file_env)
+    return read_secret_file(Path(file), what) if file else None
 
 
 def read_secret_file(path: Path, what: str) -> bytes:

@@ -32,7 +32,6 @@ import contextlib
 import hashlib
 import hmac
 import logging
-import os
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -48,7 +47,7 @@ from pipeline.validation.keystore import (
     KeyStoreError,
     jwk_thumbprint,
     public_key_jwk,
-    read_secret_file,
+    secret_from_env,
 )
 
 __all__ = ["PIN_ENV", "PIN_FILE_ENV", "TOKEN_ALGORITHMS", "Pkcs11KeyStore", "pin_from_env"]
@@ -68,12 +67,7 @@ _NO_PIN = (
 
 def pin_from_env(environ: Mapping[str, str] | None = None) -> bytes | None:
     """The token PIN from ``JWTWATCH_PKCS11_PIN``, else the 0600 file named by ``JWTWATCH_PKCS11_PIN_FILE``."""
-    env = os.environ if environ is None else environ
-    value = env.get(PIN_ENV)
-    if value:
-        return value.encode()
-    file = env.get(PIN_FILE_ENV)
-    return read_secret_file(Path(file), "PIN") if file else None
+    return secret_from_env(PIN_ENV, PIN_FILE_ENV, "PIN", environ)
 
 
 def _pkcs11() -> Any:
