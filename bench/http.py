@@ -16,7 +16,6 @@ first ``--workers`` value. Target (issue): >= 5,000 req/s with p99 <= 10 ms at 6
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import shutil
@@ -32,7 +31,7 @@ from typing import Any
 
 import httpx
 
-from bench.machine import environment, machine_line
+from bench.machine import environment, machine_line, write_report
 
 ISSUER = "https://issuer.bench.test"
 AUDIENCE = "https://api.bench.test"
@@ -229,10 +228,7 @@ def main() -> None:
         **results,
     }
     print(machine_line(env, *libs) + f" · {wrk_version}", file=sys.stderr)
-    text = json.dumps(results, indent=2)
-    if args.out:
-        args.out.write_text(text + "\n")
-    print(text)
+    write_report(results, args.out, to_stdout=True)
 
 
 if __name__ == "__main__":

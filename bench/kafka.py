@@ -14,12 +14,10 @@ Without --bootstrap it starts its own broker with scripts/kafka-local (jars from
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
-import json
 import os
 import platform
-import socket
-import subprocess
 import tempfile
 import threading
 import time
@@ -30,6 +28,8 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from bench import broker
+from bench.machine import write_report
 from pipeline.bus import REVOCATIONS, TOKEN_USAGE, default_topics
 from pipeline.bus.kafka import KafkaBus
 from pipeline.detection.runner import StreamingRunner
@@ -41,12 +41,6 @@ from pipeline.validation.revocation_feed import FeedSigner, FeedVerifier
 from pipeline.validation.revocations import RevocationStore, new_revocation
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def propagation(bootstrap: str, trials: int, tmp: Path) -> list[float]:
@@ -141,26 +135,13 @@ def main() -> None:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     console = Console()
-    with tempfile.TemporaryDirectory() as tmp:
-        broker_dir = Path(tmp) / "broker"
-        bootstrap = args.bootstrap
-        if bootstrap is None:
-            port, controller = _free_port(), _free_port()
-            out = subprocess.run(
-                ["bash", str(ROOT / "scripts" / "kafka-local"), "start", "--port", str(port),
-                 "--controller-port", str(controller), "--dir", str(broker_dir)],
-                capture_output=True, text=True, check=True, timeout=300,
-            )  # fmt: skip
-            bootstrap = out.stdout.strip().splitlines()[-1]
-        try:
-            seconds = propagation(bootstrap, args.trials, Path(tmp))
-            rates = throughput(bootstrap, args.events)
-            # The same drain with the usage topic read by confluent-kafka (pipeline run --kafka-consumer).
-            confluent = throughput(bootstrap, args.events, consumer_client="confluent-kafka")
-        finally:
-            if args.bootstrap is None:
-                subprocess.run(["bash", str(ROOT / "scripts" / "kafka-local"), "stop", "--dir", str(broker_dir)],
-                               capture_output=True, timeout=120)  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
+        # Without --bootstrap: a private broker (scripts/kafka-local), stopped whatever happens.
+        bootstrap = args.bootstrap or stack.enter_context(broker.private_broker(Path(tmp) / "broker"))
+        seconds = propagation(bootstrap, args.trials, Path(tmp))
+        rates = throughput(bootstrap, args.events)
+        # The same drain with the usage topic read by confluent-kafka (pipeline run --kafka-consumer).
+        confluent = throughput(bootstrap, args.events, consumer_client="confluent-kafka")
     values = np.asarray(seconds)
     figures = {
         "propagation_p50_s": float(np.percentile(values, 50)),
@@ -198,8 +179,7 @@ def main() -> None:
     console.print(
         f"{platform.python_version()} · {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} · load average {load}"
     )
-    if args.out:
-        args.out.write_text(json.dumps(figures, indent=1))
+    write_report(figures, args.out, to_stdout=False)
 
 
 if __name__ == "__main__":
