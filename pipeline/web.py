@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+from collections.abc import Iterable
 from pathlib import Path
 
 from starlette.requests import Request
@@ -31,18 +32,23 @@ class SecurityHeadersMiddleware:
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                headers = [h for h in message.get("headers", []) if h[0].lower() not in _OVERRIDDEN]
-                headers.extend(SECURITY_HEADERS)
-                if no_store:
-                    headers.append((b"cache-control", b"no-store"))
-                    headers.append((b"pragma", b"no-cache"))
-                message["headers"] = headers
+                message["headers"] = secure_headers(message.get("headers", []), no_store=no_store)
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
 
 
 _OVERRIDDEN = {name for name, _ in SECURITY_HEADERS}
+_NO_STORE = ((b"cache-control", b"no-store"), (b"pragma", b"no-cache"))
+
+
+def secure_headers(headers: Iterable[tuple[bytes, bytes]], *, no_store: bool) -> list[tuple[bytes, bytes]]:
+    """A response's headers with the security headers in place of any it set (and no-store if asked)."""
+    secured = [h for h in headers if h[0].lower() not in _OVERRIDDEN]
+    secured.extend(SECURITY_HEADERS)
+    if no_store:
+        secured.extend(_NO_STORE)
+    return secured
 
 
 def read_admin_token(path: Path | None) -> str | None:

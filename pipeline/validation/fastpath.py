@@ -24,10 +24,9 @@ from starlette.types import Receive, Scope, Send
 from pipeline.validation.client_ip import client_ip
 from pipeline.validation.key_sources import CombinedKeySource, FileKeySource, StaticKeySource, UrlKeySource
 from pipeline.validation.service import RequestContext, ValidatorService
-from pipeline.web import _OVERRIDDEN, SECURITY_HEADERS, bearer_token
+from pipeline.web import bearer_token, secure_headers
 
 PATH = "/v1/validate"
-NO_STORE = ((b"cache-control", b"no-store"), (b"pragma", b"no-cache"))
 _PEERS_MAX = 4096
 _WANTED = frozenset((b"authorization", b"user-agent", b"x-forwarded-host", b"x-forwarded-method", b"x-forwarded-uri"))
 
@@ -38,7 +37,7 @@ def _text(value: bytes | None) -> str | None:
 
 def secured(raw_headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
     """What ``SecurityHeadersMiddleware`` (with a matching no-store prefix) makes of a response's headers."""
-    return [h for h in raw_headers if h[0].lower() not in _OVERRIDDEN] + [*SECURITY_HEADERS, *NO_STORE]
+    return secure_headers(raw_headers, no_store=True)
 
 
 class _Prepared:
