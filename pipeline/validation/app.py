@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.types import Receive, Scope, Send
 
 from pipeline.validation.client_ip import client_ip
-from pipeline.validation.fastpath import PATH, ValidateEndpoint, header_value
+from pipeline.validation.fastpath import PATH, ValidateEndpoint, auth_headers
 from pipeline.validation.revocations import RevocationStoreError
 from pipeline.validation.service import RequestContext, ValidatorService
 from pipeline.web import SecurityHeadersMiddleware, admin_token_matches, bearer_token, read_capped
@@ -88,14 +88,7 @@ def validator_router(service: ValidatorService) -> APIRouter:
         verdict = service.check(token, context)
         if not verdict.ok:
             return _unauthorized()
-        claims = verdict.claims or {}
-        answer = {
-            "X-Auth-Subject": _header_value(claims.get("sub")),
-            "X-Auth-Token-Id": _header_value(claims.get("jti")),
-            "X-Auth-Client-Id": _header_value(claims.get("client_id") or claims.get("azp")),
-            "X-Auth-Scope": _header_value(claims.get("scope")),
-        }
-        return Response(status_code=200, headers={k: v for k, v in answer.items() if v})
+        return Response(status_code=200, headers=dict(auth_headers(verdict.claims)))
 
     @router.post("/v1/introspect", tags=["validation"], summary="RFC 7662 token introspection (admin)")
     async def introspect(request: Request) -> Response:
@@ -196,9 +189,6 @@ def validator_router(service: ValidatorService) -> APIRouter:
         )
 
     return router
-
-
-_header_value = header_value
 
 
 def metrics_route(app: FastAPI, *registries: Any) -> None:

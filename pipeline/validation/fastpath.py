@@ -74,6 +74,21 @@ def header_value(value: object) -> str | None:
     return text[:1024] or None
 
 
+def auth_headers(claims: Any) -> list[tuple[str, str]]:
+    """The ``X-Auth-*`` headers a 200 carries upstream: who the verified token is for (those with a value)."""
+    claims = claims or {}
+    answer = (
+        ("X-Auth-Subject", header_value(claims.get("sub"))),
+        ("X-Auth-Token-Id", header_value(claims.get("jti"))),
+        ("X-Auth-Client-Id", header_value(claims.get("client_id") or claims.get("azp"))),
+        ("X-Auth-Scope", header_value(claims.get("scope"))),
+    )
+    return [(name, text) for name, text in answer if text]
+
+
+_RAW_NAMES = {name: name.lower().encode() for name in ("X-Auth-Subject", "X-Auth-Token-Id", "X-Auth-Client-Id", "X-Auth-Scope")}
+
+
 class ValidateEndpoint:
     """The ASGI callable answering ``GET /v1/validate`` for one :class:`ValidatorService`."""
 
@@ -154,20 +169,10 @@ class ValidateEndpoint:
         if not verdict.ok:
             await self.invalid.send(send)
             return
-        claims: Any = verdict.claims or {}
-        headers = []
-        for name, value in (
-            (b"x-auth-subject", claims.get("sub")),
-            (b"x-auth-token-id", claims.get("jti")),
-            (b"x-auth-client-id", claims.get("client_id") or claims.get("azp")),
-            (b"x-auth-scope", claims.get("scope")),
-        ):
-            text = header_value(value)
-            if text:
-                headers.append((name, text.encode("latin-1")))
+        headers = [(_RAW_NAMES[name], text.encode("latin-1")) for name, text in auth_headers(verdict.claims)]
         headers.extend(self.ok_tail)
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": b""})
 
 
-__all__ = ["PATH", "ValidateEndpoint", "header_value", "secured"]
+__all__ = ["PATH", "ValidateEndpoint", "auth_headers", "header_value", "secured"]
