@@ -86,7 +86,8 @@ def auth_headers(claims: Any) -> list[tuple[str, str]]:
     return [(name, text) for name, text in answer if text]
 
 
-_RAW_NAMES = {name: name.lower().encode() for name in ("X-Auth-Subject", "X-Auth-Token-Id", "X-Auth-Client-Id", "X-Auth-Scope")}
+_AUTH_HEADERS = ("X-Auth-Subject", "X-Auth-Token-Id", "X-Auth-Client-Id", "X-Auth-Scope")
+_RAW_NAMES = {name: name.lower().encode() for name in _AUTH_HEADERS}
 
 
 class ValidateEndpoint:
