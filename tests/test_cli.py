@@ -146,12 +146,6 @@ def test_validator_serve_end_to_end(keys: Path, validator: tuple[str, Path], tmp
     assert '"reason":"revoked"' in events[-1]
 
 
-def test_the_validator_demo_runs_green(tmp_path: Path) -> None:
-    result = run("validator", "demo", "--data-dir", str(tmp_path / "demo"))
-    assert "every token got the answer it should" in result.stdout
-    assert (tmp_path / "demo" / "events.jsonl").read_text().count("\n") == 8
-
-
 def test_a_bad_validator_configuration_fails_before_touching_disk(tmp_path: Path) -> None:
     result = run(
         "validator", "serve", "--issuer", ISSUER, "--audience", AUDIENCE, "--jwks-url", "http://insecure.example/jwks",

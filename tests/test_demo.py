@@ -139,3 +139,4 @@ def test_the_validator_walkthrough_still_runs_green(tmp_path: Path) -> None:
     result = jwtwatch("validator", "demo", "--data-dir", str(tmp_path / "validator-demo"))
     assert result.returncode == 0, result.stderr
     assert "every token got the answer it should" in result.stdout
+    assert (tmp_path / "validator-demo" / "events.jsonl").read_text().count("\n") == 8
