@@ -23,6 +23,7 @@ from pipeline.bus.kafka import KafkaBus
 from pipeline.detection.runner import StreamingRunner
 from pipeline.events import MAX_STRING, Alert, TokenUsage, format_ts
 from pipeline.scoring.model import DetectionModel, load_model
+from tests.test_kafka_restart import drain
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(240)]
 
@@ -155,12 +156,7 @@ def test_a_message_near_the_broker_limit_is_dead_lettered_too(bus: KafkaBus, mod
     runner = StreamingRunner(bus, model, group=f"dlq-big-{uuid.uuid4().hex[:8]}", poll_timeout_s=0.2)
     try:
         # The topic also holds the other test's hostile messages: count ours only once the whole topic is read.
-        def caught_up() -> bool:
-            positions, ends = runner.consumer.positions(), runner.consumer.end_offsets()
-            return bool(ends) and all(positions.get(tp, 0) >= end for tp, end in ends.items())
-
-        run_until(runner, caught_up, "the usage topic read to its end")
-        runner.step()
+        drain(runner)
         bus.flush(30)
     finally:
         runner.close()

@@ -211,7 +211,9 @@ def test_a_worker_that_cannot_start_stops_them_all(tmp_path: Path) -> None:
         "validator", "serve", "--issuer", ISSUER, "--audience", AUDIENCE, "--keys-dir", str(keys),
         "--data-dir", str(data), "--port", str(free_port()), "--workers", "2", check=False,
     )  # fmt: skip
-    assert result.returncode != 0
+    assert result.returncode == 1  # the failed worker's status, not a crash of the supervisor or a usage error
+    assert "unable to open database file" in result.stderr
+    assert "exited with status 1 while starting: stopping" in result.stderr  # not restarted over and over
 
 
 # ------------------------------------------------------------------------------------ the parts, in process
