@@ -149,13 +149,7 @@ def test_python_m_bench_quick_runs_two_benchmarks_and_merges(tmp_path: Path) -> 
     kept = {"http_validate_rps": 1234.5, "http_validate_p99_ms": 6.5, "workers": 1}
     out.write_text(json.dumps({"quick": True, "details": {"http": kept}, "runs": {"http": {"measured_at": "then"}}}))
     doc_before = DOC.read_bytes()
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench", "--only", "validator,time_to_revoke", "--quick", "--out", str(out)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=200,
-    )
+    proc = _bench("--only", "validator,time_to_revoke", "--quick", "--out", str(out), timeout=200)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert DOC.read_bytes() == doc_before, "a --quick run into another file must not render docs/performance.md"
     data = json.loads(out.read_text())
@@ -182,14 +176,7 @@ def test_python_m_bench_reports_a_benchmark_that_cannot_run_and_keeps_the_others
     no_wrk = tmp_path / "bin"
     no_wrk.mkdir()
     (no_wrk / "git").symlink_to("/usr/bin/git")
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench", "--only", "http", "--quick", "--out", str(out)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "PATH": str(no_wrk)},
-    )
+    proc = _bench("--only", "http", "--quick", "--out", str(out), env={**os.environ, "PATH": str(no_wrk)})
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "wrk is not installed" in proc.stdout
     data = json.loads(out.read_text())
@@ -198,21 +185,16 @@ def test_python_m_bench_reports_a_benchmark_that_cannot_run_and_keeps_the_others
 
 
 def test_python_m_bench_refuses_unknown_benchmarks_and_mixing_quick_with_full(tmp_path: Path) -> None:
-    unknown = subprocess.run(
-        [sys.executable, "-m", "bench", "--only", "validator,nope", "--out", str(tmp_path / "r.json")],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    unknown = _bench("--only", "validator,nope", "--out", str(tmp_path / "r.json"))
     assert unknown.returncode == 2 and "nope" in unknown.stderr and "time_to_revoke" in unknown.stderr
     full = tmp_path / "full.json"
     full.write_text(json.dumps({"quick": False, "details": {"validator": {}}}))
-    mixed = subprocess.run(
-        [sys.executable, "-m", "bench", "--only", "validator", "--quick", "--out", str(full)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    mixed = _bench("--only", "validator", "--quick", "--out", str(full))
     assert mixed.returncode == 2 and "refusing to merge" in mixed.stdout
+
+
+def _bench(*args: str, timeout: float = 60, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``python -m bench ARGS`` from the repository root, output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "bench", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env
+    )
