@@ -179,16 +179,16 @@ class MemoryConsumer(Consumer):
     def _position(self, tp: tuple[str, int]) -> int:
         pos = self._positions.get(tp)
         if pos is None:
-            committed = self.bus._groups[self.group].committed.get(tp)
-            part = self.bus._topics[tp[0]][tp[1]]
-            if committed is not None:
-                pos = committed
-            elif self._from_beginning:
-                pos = part.base
-            else:
-                pos = self._joined_at.get(tp, part.end)
-            self._positions[tp] = pos
+            pos = self._positions[tp] = self._start(tp)
         return pos
+
+    def _start(self, tp: tuple[str, int]) -> int:
+        """Where this member starts reading ``tp``: the group's commit, else the beginning or where it joined."""
+        committed = self.bus._groups[self.group].committed.get(tp)
+        if committed is not None:
+            return committed
+        part = self.bus._topics[tp[0]][tp[1]]
+        return part.base if self._from_beginning else self._joined_at.get(tp, part.end)
 
     def poll(self, max_records: int = 500, timeout_s: float = 1.0) -> list[Message]:
         return [
@@ -260,8 +260,7 @@ class MemoryConsumer(Consumer):
 
     def seek_to_time(self, timestamp_ms: int) -> None:
         with self.bus._lock:
-            for tp in self.bus._assignment(self):
-                self._positions[tp] = self._offset_for_time(tp, timestamp_ms)
+            self.seek_partitions_to_time(dict.fromkeys(self.bus._assignment(self), timestamp_ms))
 
     def seek_partitions_to_time(self, timestamps_ms: dict[tuple[str, int], int]) -> None:
         with self.bus._lock:
@@ -283,13 +282,7 @@ class MemoryConsumer(Consumer):
 
     def committed(self) -> dict[tuple[str, int], int]:
         with self.bus._lock:
-            committed = self.bus._groups[self.group].committed
-            out = {}
-            for tp in self.bus._assignment(self):
-                part = self.bus._topics[tp[0]][tp[1]]
-                start = part.base if self._from_beginning else self._joined_at.get(tp, part.end)
-                out[tp] = committed.get(tp, start)
-            return out
+            return {tp: self._start(tp) for tp in self.bus._assignment(self)}
 
     def assignment(self) -> set[tuple[str, int]]:
         with self.bus._lock:
