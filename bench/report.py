@@ -29,11 +29,14 @@ RESULTS = ROOT / "bench" / "results.json"
 TEMPLATE = ROOT / "bench" / "performance.md.in"
 DOC = ROOT / "docs" / "performance.md"
 
-TARGET_DETECT_EVENTS_PER_S = 100_000  # issue 3, for detect end to end and the streaming runner alike
-TARGET_BYTES_PER_ENTITY = 1024  # issue 3
-TARGET_PROPAGATION_S = 1.0  # issue 5
-TARGET_HTTP_RPS = 5000  # issue 7
-TARGET_HTTP_P99_MS = 10.0  # issue 7
+# The targets of the headline figures are suite.TARGETS; these name them for the detail sections.
+_TARGET = {target.figure: target.value for target in suite.TARGETS}
+TARGET_DETECT_EVENTS_PER_S = _TARGET["pipeline_events_per_s.embedded"]  # issue 3: detect and the runner alike
+TARGET_KAFKA_EVENTS_PER_S = _TARGET["pipeline_events_per_s.kafka"]  # issue 5
+TARGET_HTTP_RPS = _TARGET["http_validate_rps"]  # issue 7
+TARGET_HTTP_P99_MS = _TARGET["http_validate_p99_ms"]  # issue 7
+TARGET_BYTES_PER_ENTITY = 1024  # issue 3 (no headline figure)
+TARGET_PROPAGATION_S = 1.0  # issue 5 (no headline figure)
 DASH = "\u2013"  # the en dash of ranges, as the prose writes them
 MINUS = "\u2212"
 
@@ -324,9 +327,9 @@ def _kafka() -> None:
 
     def pipeline_met(r: Results) -> str:
         rate = k(r, "pipeline_events_per_s")
-        if rate >= 50_000:
+        if rate >= TARGET_KAFKA_EVENTS_PER_S:
             return "yes"
-        return f"**no** ({MINUS}{round(100 * (1 - rate / 50_000))}%)"
+        return f"**no** ({MINUS}{round(100 * (1 - rate / TARGET_KAFKA_EVENTS_PER_S))}%)"
 
     FIGURES["kafka_broker"] = broker
     FIGURES["k_propagation_p50_ms"] = lambda r: fixed(k(r, "propagation_p50_s") * 1000, 0)
@@ -342,7 +345,9 @@ def _kafka() -> None:
     FIGURES["k_events"] = lambda r: n(k(r, "events"))
     FIGURES["k_late"] = lambda r: count(k(r, "late"), "late event")
     FIGURES["k_confluent_eps"] = lambda r: n(k(r, "confluent_kafka", "pipeline_events_per_s"))
-    FIGURES["k_confluent_met"] = lambda r: yes(k(r, "confluent_kafka", "pipeline_events_per_s") >= 50_000)
+    FIGURES["k_confluent_met"] = lambda r: yes(
+        k(r, "confluent_kafka", "pipeline_events_per_s") >= TARGET_KAFKA_EVENTS_PER_S
+    )
     FIGURES["k_confluent_cpu_eps"] = lambda r: n(k(r, "confluent_kafka", "pipeline_events_per_cpu_s"))
     FIGURES["k_confluent_s"] = lambda r: fixed(k(r, "confluent_kafka", "pipeline_s"), 1)
     FIGURES["k_confluent_cpu_s"] = lambda r: fixed(k(r, "confluent_kafka", "pipeline_cpu_s"), 1)
