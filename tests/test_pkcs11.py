@@ -24,6 +24,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from pipeline.validation.keystore import KeyStore, KeyStoreError, verify_audit, verify_store
+from pipeline.validation.pkcs11 import P256_PARAMS
 from tests.servers import serve_app
 
 MODULE = "/usr/lib/softhsm/libsofthsm2.so"
@@ -207,20 +208,22 @@ def test_es256_signature_is_raw_r_s_as_jws_wants(tmp_path: Path) -> None:
     pub.verify(encode_dss_signature(r, s), signing_input.encode(), ec.ECDSA(hashes.SHA256()))
 
 
+def p256_keypair(private_template: dict | None = None):  # type: ignore[no-untyped-def]
+    """A P-256 key pair made in the token's session, not stored (a test plants copies of it where it likes)."""
+    from pkcs11 import Attribute, KeyType
+
+    params = session().create_domain_parameters(KeyType.EC, {Attribute.EC_PARAMS: P256_PARAMS}, local=True)
+    return params.generate_keypair(store=False, private_template=private_template)
+
+
 def test_a_swapped_private_key_in_the_token_is_never_used(tmp_path: Path) -> None:
     """A key planted under a published kid (with the original's public object left in place) signs nothing."""
-    from pkcs11 import Attribute, KeyType
+    from pkcs11 import Attribute
 
     store = hsm_store(tmp_path / "k")
     kid = store.current().kid
     private_object(kid).destroy()
-    s = session()
-    params = s.create_domain_parameters(
-        KeyType.EC, {Attribute.EC_PARAMS: bytes.fromhex("06082a8648ce3d030107")}, local=True
-    )
-    _, planted = params.generate_keypair(
-        store=False, private_template={Attribute.SENSITIVE: True, Attribute.EXTRACTABLE: False}
-    )
+    _, planted = p256_keypair({Attribute.SENSITIVE: True, Attribute.EXTRACTABLE: False})
     planted.copy({Attribute.TOKEN: True, Attribute.ID: kid.encode(), Attribute.LABEL: kid})
     fresh = KeyStore.open(tmp_path / "k", pin=PIN)
     with pytest.raises(KeyStoreError, match="does not verify with the published key"):
@@ -233,10 +236,7 @@ def test_a_second_key_under_a_kid_or_an_imported_key_is_refused(tmp_path: Path) 
     store = hsm_store(tmp_path / "k")
     kid = store.current().kid
     s = session()
-    params = s.create_domain_parameters(
-        KeyType.EC, {Attribute.EC_PARAMS: bytes.fromhex("06082a8648ce3d030107")}, local=True
-    )
-    _, extra = params.generate_keypair(store=False)
+    _, extra = p256_keypair()
     planted = extra.copy({Attribute.TOKEN: True, Attribute.ID: kid.encode()})
     fresh = KeyStore.open(tmp_path / "k", pin=PIN)
     with pytest.raises(KeyStoreError, match="several keys with the ID"):
@@ -257,7 +257,7 @@ def test_a_second_key_under_a_kid_or_an_imported_key_is_refused(tmp_path: Path) 
             Attribute.EXTRACTABLE: False,
             Attribute.SIGN: True,
             Attribute.ID: kid.encode(),
-            Attribute.EC_PARAMS: bytes.fromhex("06082a8648ce3d030107"),
+            Attribute.EC_PARAMS: P256_PARAMS,
             Attribute.VALUE: software.private_numbers().private_value.to_bytes(32, "big"),
         }
     )
@@ -267,15 +267,12 @@ def test_a_second_key_under_a_kid_or_an_imported_key_is_refused(tmp_path: Path) 
 
 
 def test_a_public_key_object_that_does_not_match_the_kid_is_refused(tmp_path: Path) -> None:
-    from pkcs11 import Attribute, KeyType, ObjectClass
+    from pkcs11 import Attribute, ObjectClass
 
     store = hsm_store(tmp_path / "k")
     kid = store.current().kid
     session().get_key(object_class=ObjectClass.PUBLIC_KEY, id=kid.encode()).destroy()
-    params = session().create_domain_parameters(
-        KeyType.EC, {Attribute.EC_PARAMS: bytes.fromhex("06082a8648ce3d030107")}, local=True
-    )
-    other, _ = params.generate_keypair(store=False)
+    other, _ = p256_keypair()
     other.copy({Attribute.TOKEN: True, Attribute.ID: kid.encode(), Attribute.LABEL: kid})
     with pytest.raises(KeyStoreError, match="holds a different key"):
         KeyStore.open(tmp_path / "k", pin=PIN).issue_token("alice", AUD)
