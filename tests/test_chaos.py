@@ -407,7 +407,7 @@ def test_the_pipeline_killed_mid_stream_rebuilds_its_windows_and_duplicates_no_a
     from pipeline.scoring.model import load_model
     from pipeline.simulate import SimulationParams, iter_records, simulate
     from pipeline.validation.usage import UsageEmitter
-    from tests.test_kafka_restart import committed_offsets, escalates, read_topic, rules_of
+    from tests.test_kafka_restart import assert_only_escalations, committed_offsets, read_topic
 
     kafka_bootstrap = kafka_topics
     traffic = simulate(SimulationParams(minutes=10, seed=13, browsers=250, mobile=120, offices=6, services=15,
@@ -459,14 +459,5 @@ def test_the_pipeline_killed_mid_stream_rebuilds_its_windows_and_duplicates_no_a
             process.kill()
     assert done() == total
     messages = sorted(read_topic(kafka_bootstrap, ALERTS), key=lambda m: (m.partition, m.offset))
-    alerts = [Alert.from_json(m.value) for m in messages]
-    seen: dict[str, tuple[str, set[str]]] = {}
-    for alert in alerts:
-        if alert.alert_id in seen:
-            severity, rules = seen[alert.alert_id]
-            assert escalates(alert, severity, rules), f"alert {alert.alert_id} published twice without escalating"
-            higher = max(severity, alert.severity, key=("low", "medium", "high", "critical").index)
-            seen[alert.alert_id] = (higher, rules | rules_of(alert))
-        else:
-            seen[alert.alert_id] = (alert.severity, rules_of(alert))
-    assert set(seen) == expected, (sorted(set(seen) - expected), sorted(expected - set(seen)))
+    seen = assert_only_escalations((Alert.from_json(m.value) for m in messages), "the restarted pipeline")
+    assert seen == expected, (sorted(seen - expected), sorted(expected - seen))

@@ -16,7 +16,6 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections import defaultdict
 
 import pytest
 
@@ -26,12 +25,12 @@ from pipeline.bus.kafka import CONSUMER_CLIENTS, KafkaBus
 from pipeline.bus.memory import MemoryBus
 from pipeline.detection.replay import replay
 from pipeline.detection.runner import StreamingRunner
-from pipeline.events import SEVERITIES, Alert, TokenUsage
+from pipeline.events import Alert, TokenUsage
 from pipeline.scoring.model import DetectionModel, load_model
 from pipeline.simulate import Simulation, SimulationParams, iter_records, simulate
 from pipeline.validation.usage import UsageEmitter
 from tests.test_kafka_loop import fresh_topics
-from tests.test_kafka_restart import MODEL_DIR, committed_offsets, drain, escalates, read_topic, rules_of
+from tests.test_kafka_restart import MODEL_DIR, assert_only_escalations, committed_offsets, drain, read_topic
 
 PHASE_TIMEOUT_S = 240.0
 
@@ -67,21 +66,7 @@ def check_alerts(messages: list[Message], published: dict[str, list[Alert]], exp
         if a.entity_type == "jti"
     ]
     for who, alerts in streams.items():
-        by_id: dict[str, list[Alert]] = defaultdict(list)
-        for alert in alerts:
-            by_id[alert.alert_id].append(alert)
-        for alert_id, versions in by_id.items():
-            first = versions[0]
-            identity = (first.entity_type, first.entity, first.ts, first.model_version)
-            severity, rules = first.severity, rules_of(first)
-            for alert in versions[1:]:
-                assert (alert.entity_type, alert.entity, alert.ts, alert.model_version) == identity, who
-                assert escalates(alert, severity, rules), (
-                    f"{who}: alert {alert_id} ({alert.entity_type} {alert.entity}) published again at "
-                    f"{alert.severity} {sorted(rules_of(alert))} after {severity} {sorted(rules)}: a duplicate"
-                )
-                severity = max(severity, alert.severity, key=SEVERITIES.index)
-                rules |= rules_of(alert)
+        assert_only_escalations(alerts, who)
     streamed = {a.alert_id for a in streams["token alerts of all instances"]}
     replayed = {a.alert_id for a in expected if a.entity_type == "jti"}
     assert replayed, "the simulated attacks raise no token alert: nothing to check"
