@@ -2,13 +2,39 @@
 
 from __future__ import annotations
 
+import subprocess
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
+
+import httpx
 
 from pipeline.validation.server import background_server as serve_app
 
-__all__ = ["RequestTrap", "serve_app"]
+__all__ = ["RequestTrap", "serve_app", "wait_ready"]
+
+
+def wait_ready(
+    url: str, proc: subprocess.Popen[bytes] | None = None, log: Path | None = None, timeout: float = 60
+) -> None:
+    """Poll ``url``/readyz until it answers 200; fail at once if ``proc`` exits (showing the end of ``log``)."""
+
+    def tail() -> str:
+        return f":\n{log.read_text()[-3000:]}" if log is not None and log.exists() else ""
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"process exited early{tail()}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"{url} never became ready{tail()}")
 
 
 class RequestTrap:

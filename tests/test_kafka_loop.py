@@ -28,7 +28,7 @@ from pipeline.bus.topics import default_topics
 from pipeline.validation.keystore import KeyStore
 from pipeline.validation.revocation_feed import FeedSigner
 from pipeline.validation.revocations import new_revocation
-from tests.servers import serve_app
+from tests.servers import serve_app, wait_ready
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(300)]
 
@@ -93,20 +93,6 @@ def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[b
     )
 
 
-def wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"process exited early:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    raise AssertionError(f"{url} never became ready:\n{log.read_text()[-3000:]}")
-
-
 @pytest.fixture
 def hooks() -> Iterator[tuple[str, list[tuple[bytes, dict[str, str]]]]]:
     hits: list[tuple[bytes, dict[str, str]]] = []
@@ -155,8 +141,8 @@ def test_stolen_token_is_revoked_at_every_validator(kafka_bootstrap: str, tmp_pa
                             "--data-dir", str(tmp_path / "alerts")], env, alerts_log))  # fmt: skip
         alerts_url = f"http://127.0.0.1:{alerts_port}"
         for url, proc, log in validators:
-            wait_ready(url, proc, log)
-        wait_ready(alerts_url, procs[-1], alerts_log)
+            wait_ready(url, proc, log, timeout=90)
+        wait_ready(alerts_url, procs[-1], alerts_log, timeout=90)
         created = httpx.post(
             f"{alerts_url}/v1/webhooks",
             json={"url": hook_url, "event_types": ["token.anomaly", "token.revoked"], "min_severity": "low"},

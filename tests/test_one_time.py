@@ -20,7 +20,7 @@ from pipeline.validation.app import create_validator_app
 from pipeline.validation.replay import ReplayCache, use_message
 from pipeline.validation.service import ValidatorService
 from tests.jwtkit import AUDIENCE, ISSUER, Issuer, standard_claims
-from tests.servers import serve_app
+from tests.servers import serve_app, wait_ready
 
 PAYMENTS = "https://payments.test"  # tokens for this audience are one-time
 
@@ -261,18 +261,6 @@ def test_second_use_at_another_instance_over_kafka(issuer: Issuer, kafka_bootstr
 
 
 # ---------------------------------------------------------------------------- serve, validator serve
-
-
-def wait_ready(url: str) -> None:
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        assert time.monotonic() < deadline, "never ready"
-        time.sleep(0.1)
 
 
 def test_all_in_one_serves_one_time_tokens_once(issuer: Issuer, tmp_path: Path) -> None:

@@ -32,7 +32,7 @@ from pipeline.validation.signed_jwks import (
     verify_signed_jwks,
 )
 from tests.jwtkit import Issuer
-from tests.servers import serve_app
+from tests.servers import serve_app, wait_ready
 from tests.tls import make_tls
 
 ISS = "https://issuer.signed.test"
@@ -272,19 +272,12 @@ def test_validator_serve_trusts_a_pinned_signed_jwks_url_end_to_end(https, root:
                "--signed-jwks-url", url, "--jwks-root-key", str(root.path / "root.jwk.json"),
                "--signed-jwks-issuer", ISS, "--jwks-ca-file", str(ca), "--host", "127.0.0.1", "--port", str(port),
                "--data-dir", str(tmp_path / "data")]  # fmt: skip
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    log = tmp_path / "validator.log"
+    with log.open("wb") as output:  # a file, not a pipe nobody reads while the server runs
+        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
     try:
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, process.stdout.read().decode()[-2000:] if process.stdout else ""
-            try:
-                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "validator serve never became ready"
-            time.sleep(0.2)
+        wait_ready(base, process, log)
         good = store.issue_token("alice", AUD)
         attacker = KeyStore.init(tmp_path / "attacker", "ES256", issuer=ISS)
         bad = attacker.issue_token("alice", AUD)
