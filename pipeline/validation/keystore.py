@@ -437,18 +437,33 @@ def _parse_meta(raw: bytes, path: Path) -> dict[str, Any]:
     return meta
 
 
-def _backend_of(root: Path) -> str:
-    """``backend`` of the store in ``root`` (``file`` when store.json does not say); checks the store exists."""
+def _store_signature(root: Path) -> tuple[int, int, int]:
+    """(inode, mtime, size) of ``root``'s store.json — os.replace gives every committed change a new inode —
+    or KeyStoreError when ``root`` is not a key store."""
     path = root / STORE_FILE
     if not root.is_dir():
         raise KeyStoreError(f"key store {root} does not exist (create one with KeyStore.init / jwtwatch keys init)")
     try:
-        raw = path.read_bytes()
+        st = path.stat()
     except FileNotFoundError:
         raise KeyStoreError(f"{root} is not a jwtwatch key store (no {STORE_FILE})") from None
     except OSError as e:
         raise KeyStoreError(f"cannot read {path}: {e.strerror}") from e
-    kind = _parse_meta(raw, path).get("backend", "file")
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
+def _load_meta(root: Path) -> tuple[tuple[int, int, int], dict[str, Any]]:
+    """store.json of ``root``, parsed and checked, with the signature it was read at."""
+    signature = _store_signature(root)
+    path = root / STORE_FILE
+    with _os_errors(f"cannot read {path}"):
+        raw = path.read_bytes()
+    return signature, _parse_meta(raw, path)
+
+
+def _backend_of(meta: dict[str, Any], path: Path) -> str:
+    """``backend`` of a store (``file`` when store.json does not say)."""
+    kind = meta.get("backend", "file")
     if kind not in ("file", "pkcs11"):
         raise KeyStoreError(f"key store metadata {path} is corrupt: unknown backend {kind!r}")
     return kind
@@ -590,7 +605,8 @@ class KeyStore:
         A store whose keys live in a PKCS#11 token opens as a :class:`~pipeline.validation.pkcs11.Pkcs11KeyStore`
         (``options``: ``pin=``, and ``module=`` / ``token_label=`` to override what store.json records).
         """
-        kind = _backend_of(Path(dir))
+        loaded = _load_meta(Path(dir))
+        kind = _backend_of(loaded[1], Path(dir) / STORE_FILE)
         if kind != cls.BACKEND:
             if kind != "pkcs11" or cls is not KeyStore:
                 raise KeyStoreError(f"{dir} is a {kind!r} key store, not a {cls.BACKEND!r} one")
@@ -598,6 +614,7 @@ class KeyStore:
 
             cls = Pkcs11KeyStore
         store = cls(Path(dir), passphrase=passphrase, **options)
+        store._meta_cache = loaded  # read once: _opened() validates the same store.json
         store._opened()
         return store
 
@@ -768,23 +785,8 @@ class KeyStore:
     # ---- internals
 
     def _meta(self, *, force: bool = False) -> dict[str, Any]:
-        path = self._root / STORE_FILE
-        if not self._root.is_dir():
-            raise KeyStoreError(
-                f"key store {self._root} does not exist (create one with KeyStore.init / jwtwatch keys init)"
-            )
-        try:
-            st = path.stat()
-        except FileNotFoundError:
-            raise KeyStoreError(f"{self._root} is not a jwtwatch key store (no {STORE_FILE})") from None
-        except OSError as e:
-            raise KeyStoreError(f"cannot read {path}: {e.strerror}") from e
-        # os.replace gives the new file a new inode, so this notices every committed change
-        sig = (st.st_ino, st.st_mtime_ns, st.st_size)
-        if force or self._meta_cache is None or self._meta_cache[0] != sig:
-            with _os_errors(f"cannot read {path}"):
-                raw = path.read_bytes()
-            self._meta_cache = (sig, _parse_meta(raw, path))
+        if force or self._meta_cache is None or self._meta_cache[0] != _store_signature(self._root):
+            self._meta_cache = _load_meta(self._root)
         return self._meta_cache[1]
 
     def _commit(
