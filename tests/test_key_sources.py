@@ -194,3 +194,20 @@ def test_symmetric_keys_in_a_jwks_are_refused() -> None:
 def test_config_refuses_symmetric_and_none_algorithms(alg: str) -> None:
     with pytest.raises(ValidationError):
         ValidatorConfig(issuer=ISSUER, audience=AUDIENCE, jwks={"keys": []}, algorithms=[alg])
+
+
+def test_only_sources_that_may_fetch_keys_are_marked_blocking(tmp_path: Path, issuer: Issuer) -> None:
+    """The HTTP fast path validates on the event loop only when no key source can do network I/O."""
+    from pipeline.validation.jwks import KeySet
+    from pipeline.validation.key_sources import CombinedKeySource, SignedJwksUrlSource, StaticKeySource
+
+    assert UrlKeySource.may_block and SignedJwksUrlSource.may_block
+    (tmp_path / "jwks.json").write_text(json.dumps(issuer.jwks()))
+    static, file = StaticKeySource(KeySet()), FileKeySource(tmp_path / "jwks.json", ("RS256",))
+    assert not static.may_block and not file.may_block
+    assert not CombinedKeySource([static, file]).may_block
+
+    class Unknown:  # a key source that does not say: assumed to block
+        generation = 0
+
+    assert CombinedKeySource([static, Unknown()]).may_block  # type: ignore[list-item]

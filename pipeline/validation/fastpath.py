@@ -22,7 +22,6 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
 from pipeline.validation.client_ip import client_ip
-from pipeline.validation.key_sources import CombinedKeySource, FileKeySource, StaticKeySource, UrlKeySource
 from pipeline.validation.service import RequestContext, ValidatorService
 from pipeline.web import bearer_token, secure_headers
 
@@ -53,15 +52,6 @@ class _Prepared:
     async def send(self, send: Send) -> None:
         await send({"type": "http.response.start", "status": self.status, "headers": list(self.headers)})
         await send({"type": "http.response.body", "body": self.body})
-
-
-def _may_block(source: object) -> bool:
-    """Whether ``current()``/``refresh_for_unknown_kid()`` of this key source can do network I/O."""
-    if isinstance(source, UrlKeySource):
-        return True
-    if isinstance(source, CombinedKeySource):
-        return any(_may_block(s) for s in source.sources)
-    return not isinstance(source, FileKeySource | StaticKeySource)  # unknown: assume it may
 
 
 def header_value(value: object) -> str | None:
@@ -114,7 +104,7 @@ class ValidateEndpoint:
     def _runs_inline(self) -> bool:
         keys = self.service.validator.keys
         if keys is not self._keys:  # the key source can be replaced after the app is built
-            self._keys, self._inline = keys, not _may_block(keys)
+            self._keys, self._inline = keys, not getattr(keys, "may_block", True)
         return self._inline
 
     def _client_ip(self, peer: str | None, forwarded: list[bytes]) -> str:

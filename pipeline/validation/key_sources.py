@@ -27,6 +27,9 @@ MAX_JWKS_BYTES = 1 << 20
 class KeySource(Protocol):
     #: Bumped whenever the key set changes, so caches of verified tokens can be dropped.
     generation: int
+    #: Whether ``current()`` / ``refresh_for_unknown_kid()`` can do network I/O (then the HTTP fast path
+    #: validates in a worker thread, not on the event loop). A source that does not say is assumed to.
+    may_block: bool
 
     def current(self) -> KeySet: ...
 
@@ -36,6 +39,8 @@ class KeySource(Protocol):
 
 
 class StaticKeySource:
+    may_block = False
+
     def __init__(self, keys: KeySet) -> None:
         self._keys = keys
         self.generation = 0
@@ -49,6 +54,8 @@ class StaticKeySource:
 
 class FileKeySource:
     """A JWKS file, re-read when its modification time changes (checked at most once a second)."""
+
+    may_block = False
 
     def __init__(self, path: Path, algorithms: tuple[str, ...]) -> None:
         self.path = Path(path)
@@ -98,6 +105,7 @@ class UrlKeySource:
     """A JWKS served over HTTPS, refreshed every ``refresh_s`` and on unknown kids (rate-limited)."""
 
     ACCEPT = "application/json"
+    may_block = True
 
     def __init__(
         self,
@@ -250,6 +258,10 @@ class CombinedKeySource:
         self.sources = list(sources)
         self._merged: KeySet | None = None
         self._stamp: tuple[int, ...] = ()
+
+    @property
+    def may_block(self) -> bool:
+        return any(getattr(source, "may_block", True) for source in self.sources)
 
     @property
     def generation(self) -> int:  # type: ignore[override]
