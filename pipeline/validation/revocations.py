@@ -235,6 +235,23 @@ class RevocationStore:
             ).fetchall()
         return [replace(Revocation.from_json(raw), version=v) for v, raw in rows]
 
+    def apply_since(self, version: int, limit: int = 1000) -> tuple[list[Revocation], int]:
+        """Apply to the index the rows after ``version`` — rows another process wrote to the same file.
+
+        An expired row only moves the index's version. Returns the rows read (as :meth:`since`) and how many
+        were applied."""
+        records = self.since(version, limit)
+        now = time.time()
+        applied = 0
+        with self._lock:  # as this store applies its own writes
+            for record in records:
+                if parse_ts(record.expires_at).timestamp() > now:
+                    self.index.apply(record)
+                    applied += 1
+                elif record.version is not None:
+                    self.index.version = max(self.index.version, record.version)
+        return records, applied
+
     def purge(self, now: float | None = None) -> list[str]:
         """Forget expired revocations; returns the bus keys of the entries that are now gone entirely."""
         now = time.time() if now is None else now

@@ -20,7 +20,6 @@ import logging
 import threading
 import time
 
-from pipeline.events import parse_ts
 from pipeline.validation.revocations import RevocationStore
 
 log = logging.getLogger(__name__)
@@ -40,17 +39,9 @@ class RevocationStoreSync:
         """Read and apply every row after the cursor; returns how many were read."""
         read = 0
         while True:
-            records = self.store.since(self.cursor, batch)
+            records, applied = self.store.apply_since(self.cursor, batch)
             if records:
-                now = time.time()
-                index = self.store.index
-                with self.store._lock:  # the store applies its own writes under this lock
-                    for record in records:
-                        if parse_ts(record.expires_at).timestamp() > now:
-                            index.apply(record)
-                            self.applied += 1
-                        elif record.version is not None:
-                            index.version = max(index.version, record.version)
+                self.applied += applied
                 self.cursor = max(self.cursor, records[-1].version or 0)
                 read += len(records)
             if len(records) < batch:
