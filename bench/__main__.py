@@ -218,7 +218,7 @@ def run_bench(
                     f"[bold]{bench.name}[/bold] starting a private Kafka broker (scripts/kafka-local)…"
                 )
                 with status if console.is_terminal else contextlib.nullcontext():
-                    address = stack.enter_context(broker.private_broker(workdir / "kafka-broker"))
+                    address = stack.enter_context(broker.private_broker(workdir / "kafka-broker")).bootstrap
                 broker_info = {
                     "bootstrap": address,
                     "private": True,

@@ -137,7 +137,7 @@ def main() -> None:
     console = Console()
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         # Without --bootstrap: a private broker (scripts/kafka-local), stopped whatever happens.
-        bootstrap = args.bootstrap or stack.enter_context(broker.private_broker(Path(tmp) / "broker"))
+        bootstrap = args.bootstrap or stack.enter_context(broker.private_broker(Path(tmp) / "broker")).bootstrap
         seconds = propagation(bootstrap, args.trials, Path(tmp))
         rates = throughput(bootstrap, args.events)
         # The same drain with the usage topic read by confluent-kafka (pipeline run --kafka-consumer).
