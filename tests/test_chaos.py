@@ -140,6 +140,15 @@ def kafka_topics(kafka_bootstrap: str) -> Iterator[str]:
     fresh_topics(kafka_bootstrap)
 
 
+def stop_process(process: subprocess.Popen[bytes], timeout_s: float) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within ``timeout_s``."""
+    process.terminate()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=timeout_s)
+    if process.poll() is None:
+        process.kill()
+
+
 def wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
     deadline = time.monotonic() + timeout_s
     while not condition():
@@ -231,11 +240,7 @@ def test_the_alerts_service_killed_mid_delivery_delivers_every_accepted_alert(
         process = _alerts_process(kafka_bootstrap, tmp_path / "data", keys, token_file, port, log)
         wait_for(lambda: receiver.verified_alert_ids(secret) >= set(ids), 90, "every alert delivered after restart")
     finally:
-        process.terminate()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(timeout=20)
-        if process.poll() is None:
-            process.kill()
+        stop_process(process, timeout_s=20)
         receiver.down()
     # At least once: an attempt in flight at the kill may arrive twice — with the same webhook-id, so that a
     # receiver de-duplicates it — but nothing else is repeated. In flight means running (at most the service's
@@ -452,11 +457,7 @@ def test_the_pipeline_killed_mid_stream_rebuilds_its_windows_and_duplicates_no_a
         assert process.poll() is None, log.read_text()[-2000:]
         time.sleep(3)  # the last tick is flushed when the topic goes quiet
     finally:
-        process.terminate()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(timeout=30)
-        if process.poll() is None:
-            process.kill()
+        stop_process(process, timeout_s=30)
     assert done() == total
     messages = sorted(read_topic(kafka_bootstrap, ALERTS), key=lambda m: (m.partition, m.offset))
     seen = assert_only_escalations((Alert.from_json(m.value) for m in messages), "the restarted pipeline")
