@@ -8,8 +8,8 @@ float32-cast inputs, the same per-leaf path lengths, the same normalisation — 
 ``-IsolationForest.score_samples`` (to float rounding; the tests check 1e-12). The forest itself is
 trained, owned and persisted by scikit-learn/skops; this only evaluates it.
 
-Where ``scripts/build-accel`` compiled ``_forest_walk.pyx``, each row walks each tree in C instead
-(several times faster; same arrays, same comparisons, same order of summation — tests compare both).
+Where ``scripts/build-accel`` compiled ``_forest_walk.pyx``, the trees are walked in C instead (several
+times faster; same nodes, comparisons deciding the same way, same order of summation — tests compare both).
 """
 
 from __future__ import annotations
@@ -62,6 +62,7 @@ class CompiledForest:
         self.leaf_value = np.concatenate(leaf_values).astype(np.float64)
         self.roots = np.asarray(roots, dtype=np.intp)
         self.depth = depth
+        self.nodes = _packed_nodes(self.children, self.feature, self.threshold)
         self.source: IsolationForest | None = None
         self.denominator = len(forest.estimators_) * float(_average_path_length([forest._max_samples])[0])
 
@@ -75,8 +76,8 @@ class CompiledForest:
             raise ValueError(f"expected rows of {self.n_features} features, got shape {X.shape}")
         if compiled and compiled_path_lengths is not None:
             depths = np.empty(X.shape[0])
-            nodes = (self.children, self.feature, self.threshold, self.leaf_value, self.roots)
-            compiled_path_lengths(np.ascontiguousarray(X), *nodes, depths)
+            rows = np.ascontiguousarray(X, dtype=np.float32)  # exact: X holds float32 values
+            compiled_path_lengths(rows, self.nodes, self.leaf_value, self.roots, depths)
         else:
             depths = self._walk(X)
         if self.denominator == 0:
@@ -92,3 +93,28 @@ class CompiledForest:
             value = flat.take(offsets + self.feature.take(node))
             node = self.children.take(2 * node + (value > self.threshold.take(node)))
         return self.leaf_value.take(node).sum(axis=0)
+
+
+#: One node as the compiled walk reads it: 16 bytes, one cache line for a step down a tree.
+NODE_DTYPE = np.dtype([("left", "<i4"), ("right", "<i4"), ("feature", "<i4"), ("threshold", "<f4")])
+
+
+def _packed_nodes(children: np.ndarray, feature: np.ndarray, threshold: np.ndarray) -> np.ndarray:
+    """The nodes as ``NODE_DTYPE`` records, each float64 threshold rounded *down* to a float32.
+
+    The inputs are float32 values, and for a float32 ``x`` and the greatest float32 ``t32 <= t``,
+    ``x > t`` exactly when ``x > t32``: if ``x > t`` then ``x > t32``; if ``x > t32`` then ``x`` is at
+    least the float32 after ``t32``, which is above ``t`` (else it, not ``t32``, would be the greatest
+    float32 ``<= t``). So every comparison goes the way scikit-learn's float64 one does.
+    """
+    if len(threshold) >= 2**31:
+        raise ValueError("forest too large for 32-bit node indices")
+    rounded = threshold.astype(np.float32)
+    above = rounded.astype(np.float64) > threshold  # rounded to nearest went up: take the float32 below
+    rounded[above] = np.nextafter(rounded[above], np.float32(-np.inf))
+    nodes = np.empty(len(threshold), dtype=NODE_DTYPE)
+    nodes["left"] = children[0::2]
+    nodes["right"] = children[1::2]
+    nodes["feature"] = feature
+    nodes["threshold"] = rounded
+    return nodes
