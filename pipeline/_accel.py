@@ -27,7 +27,7 @@ from pathlib import Path
 from types import ModuleType
 
 PACKAGE_DIR = Path(__file__).resolve().parent
-#: Written by scripts/build-accel after a successful build: module name -> SHA-256 of its source.
+#: Written by scripts/build-accel after a successful build: module name -> SHA-256 of its source and the .pxd files.
 MANIFEST = PACKAGE_DIR / "_accel_manifest.json"
 PURE_PYTHON_ENV = "JWTWATCH_PURE_PYTHON"
 
@@ -52,8 +52,14 @@ def source_path(name: str, package_dir: Path = PACKAGE_DIR, extension_only: tupl
     return package if package.exists() else (package_dir / relative).with_suffix(".py")
 
 
-def source_digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+def source_digest(path: Path, package_dir: Path = PACKAGE_DIR) -> str:
+    """SHA-256 of the source and of every ``.pxd`` in the package: an augmenting ``.pxd`` (C types for a
+    ``.py``) changes what is compiled from the same source, and other modules ``cimport`` it."""
+    digest = hashlib.sha256(path.read_bytes())
+    for declarations in sorted(package_dir.rglob("*.pxd")):
+        digest.update(declarations.relative_to(package_dir).as_posix().encode() + b"\0")
+        digest.update(declarations.read_bytes())
+    return digest.hexdigest()
 
 
 def read_manifest(path: Path = MANIFEST) -> dict[str, str]:
@@ -95,7 +101,7 @@ class CompiledModuleFinder:
             return self._source_spec(name, source, spec)
         if self._manifest is None:
             self._manifest = read_manifest(self.manifest_path)
-        if self._manifest.get(name) == source_digest(source):
+        if self._manifest.get(name) == source_digest(source, self.package_dir):
             return spec
         warnings.warn(
             f"{spec.origin} was not compiled from the current {source.name}; running the slower source instead "

@@ -134,6 +134,15 @@ def test_an_extension_older_than_its_source_is_never_loaded(toy_package: Path) -
     assert module.VALUE == "source version 2"
 
 
+def test_an_extension_built_before_a_pxd_changed_is_never_loaded(toy_package: Path) -> None:
+    """A ``.pxd`` gives a ``.py`` C types (or is cimported by another module): changing one changes what the same
+    source compiles to, so the extension built before is stale."""
+    (toy_package.parent / "hot.pxd").write_text("cdef int counter\n")
+    with pytest.warns(RuntimeWarning, match="not compiled from the current hot.py"):
+        module = _import_fresh()
+    assert module.__file__.endswith("hot.py")
+
+
 def test_an_extension_without_a_manifest_entry_is_not_loaded(toy_package: Path) -> None:
     (toy_package.parent.parent / "manifest.json").write_text("{}")
     with pytest.warns(RuntimeWarning):

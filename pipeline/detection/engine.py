@@ -142,90 +142,7 @@ class DetectionEngine:
         alone, so the same events give the same scores and alert ids however they were cut into
         batches (a replay with other batch sizes, a runner rebuilding after a restart).
         """
-        touched_jti, touched_sub, touched_ip = self._touched["jti"], self._touched["sub"], self._touched["ip"]
-        add_jti, add_sub, add_ip = self.stores["jti"].add_at, self.stores["sub"].add_at, self.stores["ip"].add_at
-        intern = self.stores["jti"].intern
-        observe = self.baselines.observe_use
-        grace = self.spec.grace_s
-        bucket_s = self.spec.bucket_s
-        bucket = -1
-        lifetimes = self._lifetimes
-        prefix_hashes = _PREFIX_HASH
-        watermark = self.watermark
-        max_ts = self.max_ts
-        tick_end = self._tick_end
-        late = 0
-        rows = _ROW_FOR_REASON
-        verified = VERIFIED_REASONS
-        alerts: list[Alert] = []
-        for ts, jti, sub, client, ip, ua, reason, iat, exp in zip(
-            batch.ts, batch.jti, batch.sub, batch.client_id, batch.ip, batch.user_agent, batch.reason,
-            batch.iat, batch.exp, strict=True,
-        ):  # fmt: skip
-            if ts < watermark:
-                late += 1
-                continue
-            if ts >= tick_end:
-                self.max_ts = max_ts
-                alerts.extend(self._close_tick())
-                tick_end = (ts // TICK_S + 1) * TICK_S
-                if ts >= self._next_eviction:
-                    self.max_ts = max(max_ts, ts)
-                    self._evict()
-            if ts > max_ts:
-                max_ts = ts
-                watermark = ts - grace
-            # The bucket and the /16's hash are the same for the event's three windows: computed once. Windows
-            # keep the bucket number (``head``): one int object per bucket, not one per window.
-            number = int(ts // bucket_s)
-            if number != bucket:
-                bucket = number
-            prefix = prefix_hashes.get(ip) or _prefix_hash(ip)
-            row = rows.get(reason, OTHER_REJECTED)
-            trusted = reason in verified
-            # From here on ``ip`` is the IP window's own copy of the address, which the token and subject
-            # windows then share instead of each keeping the copy parsed from their first event.
-            ip = add_ip(ip, ts, bucket, prefix, ip, ua, row, sub if trusted else None).last_ip
-            touched_ip.add(ip)
-            if not trusted:
-                continue
-            if sub is not None:
-                window = add_sub(sub, ts, bucket, prefix, ip, ua, row, jti)
-                # Windows and baselines share one copy of each client id and subject.
-                if client != window.owner:
-                    window.owner = None if client is None else intern(client)
-                client = window.owner
-                sub = window.key
-                touched_sub.add(sub)
-            if jti is not None:
-                window = add_jti(jti, ts, bucket, prefix, ip, ua, row)
-                window.owner = sub
-                if client != window.client:
-                    window.client = None if client is None else intern(client)
-                if iat is not None and exp is not None:
-                    # Only the lifetime is read (token_age_fraction): exp - iat of the latest event, as floats.
-                    # Most tokens of a client share a lifetime, and then one float object.
-                    life = exp - iat
-                    if life != window.lifetime:
-                        shared = lifetimes.get(life)
-                        if shared is None:
-                            if len(lifetimes) > 10_000:
-                                lifetimes.clear()
-                            shared = lifetimes[life] = float(exp) - float(iat)
-                        window.lifetime = shared
-                    age = ts - iat
-                    if age > window.max_age_s:
-                        window.max_age_s = age
-                touched_jti.add(jti)
-            if sub is not None and reason is None:
-                observe(sub, client, prefix16(ip), ua_family(ua) if ua else None, ts)
-        self.max_ts = max_ts
-        self._tick_end = tick_end
-        self.stats.events += len(batch) - late
-        self.stats.late_events += late
-        self.stats.batches += 1
-        self.stats.alerts += len(alerts)
-        return alerts
+        return _ingest(self, batch)
 
     def flush(self) -> list[Alert]:
         """Score what the current tick touched so far — for a live stream when the bus goes quiet."""
@@ -376,3 +293,92 @@ class DetectionEngine:
                 self.baselines.learn_subject_rate(key, events)
         else:
             self.baselines.learn_ip_subjects(key, row[1])
+
+
+def _ingest(engine: DetectionEngine, batch: EventBatch) -> list[Alert]:
+    """:meth:`DetectionEngine.process`: a function of its own so that ``engine.pxd`` can give its locals C
+    types when compiled (the stores and windows as extension types, times as doubles)."""
+    touched_jti, touched_sub, touched_ip = engine._touched["jti"], engine._touched["sub"], engine._touched["ip"]
+    jti_store, sub_store, ip_store = engine.stores["jti"], engine.stores["sub"], engine.stores["ip"]
+    intern = jti_store.intern
+    observe = engine.baselines.observe_use
+    grace = engine.spec.grace_s
+    bucket_s = engine.spec.bucket_s
+    bucket = -1
+    lifetimes = engine._lifetimes
+    prefix_hashes = _PREFIX_HASH
+    watermark = engine.watermark
+    max_ts = engine.max_ts
+    tick_end = engine._tick_end
+    late = 0
+    rows = _ROW_FOR_REASON
+    verified = VERIFIED_REASONS
+    alerts: list[Alert] = []
+    for ts, jti, sub, client, ip, ua, reason, iat, exp in zip(
+        batch.ts, batch.jti, batch.sub, batch.client_id, batch.ip, batch.user_agent, batch.reason,
+        batch.iat, batch.exp, strict=True,
+    ):  # fmt: skip
+        if ts < watermark:
+            late += 1
+            continue
+        if ts >= tick_end:
+            engine.max_ts = max_ts
+            alerts.extend(engine._close_tick())
+            tick_end = (ts // TICK_S + 1) * TICK_S
+            if ts >= engine._next_eviction:
+                engine.max_ts = max(max_ts, ts)
+                engine._evict()
+        if ts > max_ts:
+            max_ts = ts
+            watermark = ts - grace
+        # The bucket and the /16's hash are the same for the event's three windows: computed once. Windows
+        # keep the bucket number (``head``): one int object per bucket, not one per window.
+        number = int(ts // bucket_s)
+        if number != bucket:
+            bucket = number
+        prefix = prefix_hashes.get(ip) or _prefix_hash(ip)
+        row = rows.get(reason, OTHER_REJECTED)
+        trusted = reason in verified
+        # From here on ``ip`` is the IP window's own copy of the address, which the token and subject
+        # windows then share instead of each keeping the copy parsed from their first event.
+        ip = ip_store.add_at(ip, ts, bucket, prefix, ip, ua, row, sub if trusted else None).last_ip
+        touched_ip.add(ip)
+        if not trusted:
+            continue
+        if sub is not None:
+            window = sub_store.add_at(sub, ts, bucket, prefix, ip, ua, row, jti)
+            # Windows and baselines share one copy of each client id and subject.
+            if client != window.owner:
+                window.owner = None if client is None else intern(client)
+            client = window.owner
+            sub = window.key
+            touched_sub.add(sub)
+        if jti is not None:
+            token = jti_store.add_at(jti, ts, bucket, prefix, ip, ua, row)
+            token.owner = sub
+            if client != token.client:
+                token.client = None if client is None else intern(client)
+            if iat is not None and exp is not None:
+                # Only the lifetime is read (token_age_fraction): exp - iat of the latest event, as floats.
+                # Most tokens of a client share a lifetime, and then one float object.
+                life = exp - iat
+                if life != token.lifetime:
+                    shared = lifetimes.get(life)
+                    if shared is None:
+                        if len(lifetimes) > 10_000:
+                            lifetimes.clear()
+                        shared = lifetimes[life] = float(exp) - float(iat)
+                    token.lifetime = shared
+                age = ts - iat
+                if age > token.max_age_s:
+                    token.max_age_s = age
+            touched_jti.add(jti)
+        if sub is not None and reason is None:
+            observe(sub, client, prefix16(ip), ua_family(ua) if ua else None, ts)
+    engine.max_ts = max_ts
+    engine._tick_end = tick_end
+    engine.stats.events += len(batch) - late
+    engine.stats.late_events += late
+    engine.stats.batches += 1
+    engine.stats.alerts += len(alerts)
+    return alerts

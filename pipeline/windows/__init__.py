@@ -20,7 +20,7 @@ Memory per active entity stays under 1 KiB for ordinary entities (measured in th
 from __future__ import annotations
 
 from array import array
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -265,8 +265,6 @@ class WindowStore:
         self._bucket_s = spec.bucket_s
         self._length_s = spec.length_s
         self._max_distinct = spec.max_distinct
-        #: ``add_at(key, ts, bucket, prefix_hash, ip, user_agent, row, other=None)``: see :meth:`_compile_add_at`.
-        self.add_at = self._compile_add_at()
 
     def __len__(self) -> int:
         return len(self.entities)
@@ -300,133 +298,129 @@ class WindowStore:
         prefix = _PREFIX_HASH.get(ip) or _prefix_hash(ip)
         return self.add_at(key, ts, int(ts // self._bucket_s), prefix, ip, user_agent, row, other)
 
-    def _compile_add_at(self) -> Callable[..., EntityWindow]:
+    def add_at(
+        self,
+        key: str,
+        ts: float,
+        bucket: int,
+        prefix: int,
+        ip: str,
+        user_agent: str | None,
+        row: int,
+        other: str | None = None,
+    ) -> EntityWindow:
         """:meth:`add` with the event's bucket and /16 hash already computed: the engine computes them once
         per event rather than once per window (each event updates three windows).
 
-        This runs three times per usage event, so it is a closure over the store's settings (read as
-        fast locals, not attributes) and makes no helper calls on the common path of a value already in
-        its set.
+        This runs three times per usage event, so it reads the store's settings once into locals and makes
+        no helper calls on the common path of a value already in its set. Compiled (scripts/build-accel),
+        ``__init__.pxd`` types the windows, the store and these locals: fields are read and written as C
+        struct fields, times as C doubles.
         """
         entities = self.entities
-        make = self.window_type
         buckets = self._buckets
         length_s = self._length_s
         cap = self._max_distinct
-        track_ips = self.track_ips
-        intern = self.intern
         zeros = _ZEROS
         saturated = _SATURATED
-
-        def add_at(
-            key: str,
-            ts: float,
-            bucket: int,
-            prefix: int,
-            ip: str,
-            user_agent: str | None,
-            row: int,
-            other: str | None = None,
-        ) -> EntityWindow:
-            window = entities.get(key)
-            if window is None:
-                window = entities[key] = make(buckets, key)
-                window.first_ts = ts
-                if not track_ips:
-                    window.last_ip = key
-                    window.dirty = True  # as a first IP would make it (it is due anyway: never scored)
-            counts = window.counts
-            head = window.head
-            if bucket > head:
-                # The window slides: clear the slots of the buckets it moves over (at most a whole ring).
-                for skipped in range(max(head + 1, bucket - buckets + 1), bucket + 1):
-                    base = (skipped % buckets) * ROWS
-                    counts[base : base + ROWS] = zeros
-                window.head = bucket
-            elif bucket <= head - buckets:
-                return window  # older than anything the ring still holds (late within grace)
-            base = (bucket % buckets) * ROWS
-            if counts[base] < saturated:
-                counts[base] += 1
-                if row:
-                    counts[base + row] += 1
+        window = entities.get(key)
+        if window is None:
+            window = entities[key] = self.window_type(buckets, key)
+            window.first_ts = ts
+            if not self.track_ips:
+                window.last_ip = key
+                window.dirty = True  # as a first IP would make it (it is due anyway: never scored)
+        counts = window.counts
+        head = window.head
+        if bucket > head:
+            # The window slides: clear the slots of the buckets it moves over (at most a whole ring).
+            for skipped in range(max(head + 1, bucket - buckets + 1), bucket + 1):
+                base = (skipped % buckets) * ROWS
+                counts[base : base + ROWS] = zeros
+            window.head = bucket
+        elif bucket <= head - buckets:
+            return window  # older than anything the ring still holds (late within grace)
+        base = (bucket % buckets) * ROWS
+        if counts[base] < saturated:
+            counts[base] += 1
+            if row:
+                counts[base + row] += 1
+                window.dirty = True
+        # Only equality matters here, so keep the prefix's hash rather than another string per entity.
+        if prefix != window.last_prefix:
+            if window.last_prefix and counts[base + SWITCHES] < saturated:
+                counts[base + SWITCHES] += 1
+            window.last_prefix = prefix
+        if self.track_ips:
+            subject = window  # a SubjectWindow or TokenWindow: it keeps the set of IPs
+            if ip == subject.ip_one:
+                if ts > subject.ip_one_ts:
+                    subject.ip_one_ts = ts
+            else:
+                many = subject.ip_many
+                if many is not None:
+                    seen = many.get(ip)
+                    if seen is None:
+                        _remember(many, ip, ts, cap, subject, ts - length_s)
+                        subject.dirty = True
+                    elif ts > seen:
+                        many[ip] = ts
+                elif subject.ip_one is None:
+                    subject.ip_one = ip
+                    subject.ip_one_ts = ts
+                    subject.dirty = True
+                else:
+                    many = subject.ip_many = {subject.ip_one: subject.ip_one_ts}
+                    subject.ip_one = None
+                    _remember(many, ip, ts, cap, subject, ts - length_s)
+                    subject.dirty = True
+        if user_agent is not None:
+            if user_agent == window.ua_one:
+                if ts > window.ua_one_ts:
+                    window.ua_one_ts = ts
+            else:
+                many = window.ua_many
+                if many is not None:
+                    seen = many.get(user_agent)
+                    if seen is None:
+                        _remember(many, self.intern(user_agent), ts, cap, window, ts - length_s)
+                        window.dirty = True
+                    elif ts > seen:
+                        many[user_agent] = ts
+                elif window.ua_one is None:
+                    window.ua_one = self.intern(user_agent)
+                    window.ua_one_ts = ts
                     window.dirty = True
-            # Only equality matters here, so keep the prefix's hash rather than another string per entity.
-            if prefix != window.last_prefix:
-                if window.last_prefix and counts[base + SWITCHES] < saturated:
-                    counts[base + SWITCHES] += 1
-                window.last_prefix = prefix
-            if track_ips:
-                if ip == window.ip_one:
-                    if ts > window.ip_one_ts:
-                        window.ip_one_ts = ts
                 else:
-                    many = window.ip_many
-                    if many is not None:
-                        seen = many.get(ip)
-                        if seen is None:
-                            _remember(many, ip, ts, cap, window, ts - length_s)
-                            window.dirty = True
-                        elif ts > seen:
-                            many[ip] = ts
-                    elif window.ip_one is None:
-                        window.ip_one = ip
-                        window.ip_one_ts = ts
-                        window.dirty = True
-                    else:
-                        many = window.ip_many = {window.ip_one: window.ip_one_ts}
-                        window.ip_one = None
-                        _remember(many, ip, ts, cap, window, ts - length_s)
-                        window.dirty = True
-            if user_agent is not None:
-                if user_agent == window.ua_one:
-                    if ts > window.ua_one_ts:
-                        window.ua_one_ts = ts
-                else:
-                    many = window.ua_many
-                    if many is not None:
-                        seen = many.get(user_agent)
-                        if seen is None:
-                            _remember(many, intern(user_agent), ts, cap, window, ts - length_s)
-                            window.dirty = True
-                        elif ts > seen:
-                            many[user_agent] = ts
-                    elif window.ua_one is None:
-                        window.ua_one = intern(user_agent)
-                        window.ua_one_ts = ts
-                        window.dirty = True
-                    else:
-                        many = window.ua_many = {window.ua_one: window.ua_one_ts}
-                        window.ua_one = None
-                        _remember(many, intern(user_agent), ts, cap, window, ts - length_s)
-                        window.dirty = True
-            if other is not None:
-                # A new subject or token alone does not make the window due (it never did).
-                if other == window.other_one:
-                    if ts > window.other_one_ts:
-                        window.other_one_ts = ts
-                else:
-                    many = window.other_many
-                    if many is not None:
-                        seen = many.get(other)
-                        if seen is None:
-                            _remember(many, other, ts, cap, window, ts - length_s)
-                        elif ts > seen:
-                            many[other] = ts
-                    elif window.other_one is None:
-                        window.other_one = other
-                        window.other_one_ts = ts
-                    else:
-                        many = window.other_many = {window.other_one: window.other_one_ts}
-                        window.other_one = None
+                    many = window.ua_many = {window.ua_one: window.ua_one_ts}
+                    window.ua_one = None
+                    _remember(many, self.intern(user_agent), ts, cap, window, ts - length_s)
+                    window.dirty = True
+        if other is not None:
+            # A new subject or token alone does not make the window due (it never did).
+            if other == window.other_one:
+                if ts > window.other_one_ts:
+                    window.other_one_ts = ts
+            else:
+                many = window.other_many
+                if many is not None:
+                    seen = many.get(other)
+                    if seen is None:
                         _remember(many, other, ts, cap, window, ts - length_s)
-            if ts >= window.last_ts:
-                window.last_ts = ts
-                if track_ips:
-                    window.last_ip = ip
-            return window
-
-        return add_at
+                    elif ts > seen:
+                        many[other] = ts
+                elif window.other_one is None:
+                    window.other_one = other
+                    window.other_one_ts = ts
+                else:
+                    many = window.other_many = {window.other_one: window.other_one_ts}
+                    window.other_one = None
+                    _remember(many, other, ts, cap, window, ts - length_s)
+        if ts >= window.last_ts:
+            window.last_ts = ts
+            if self.track_ips:
+                window.last_ip = ip
+        return window
 
     def evict_idle(self, watermark: float) -> int:
         """Drop entities whose last event is older than a whole window before the watermark."""
