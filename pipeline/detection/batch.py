@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from operator import attrgetter, itemgetter
+from operator import itemgetter
 from typing import Any
 
 import msgspec
@@ -138,17 +138,18 @@ def micro_batches(batch: EventBatch, max_events: int = 4096, max_span_s: float =
 # (tests/test_runner_decode.py checks them side by side on hostile records, on both paths).
 
 
-class _Wire(msgspec.Struct, gc=False):
+class _Wire(msgspec.Struct, gc=False, kw_only=True):
     """token-usage/1 as the decoder reads it; its field order is ``_FIELDS``. msgspec checks in C that each
-    field is a str (or an exact int for iat/exp) or null. Every field may be missing or null here —
-    ``_columns_valid`` refuses a missing or null required field, as ``from_json`` does. Extra fields are
-    ignored (as by ``from_json``); a duplicate key's last value wins (as with orjson)."""
+    field is a str (or an exact int for iat/exp) or null, and that the required strings (event_id, ts, ip,
+    outcome) are present and not null. ``schema`` may be missing or null here — ``_columns_valid`` refuses
+    any other value than token-usage/1, as ``from_json`` does. Extra fields are ignored (as by
+    ``from_json``); a duplicate key's last value wins (as with orjson)."""
 
     schema: str | None = None
-    event_id: str | None = None
-    ts: str | None = None
-    ip: str | None = None
-    outcome: str | None = None
+    event_id: str
+    ts: str
+    ip: str
+    outcome: str
     reason: str | None = None
     jti: str | None = None
     sub: str | None = None
@@ -192,11 +193,7 @@ _POWERS = 10 ** np.arange(len(_TS_SECOND_DIGITS) - 1, -1, -1, dtype=np.int64)
 
 
 _decode_wire = msgspec.json.Decoder(_Wire).decode
-#: Columns the rows or the column checks read; the others (iss, aud, service, method, path) only need their
-#: type checked, which msgspec did.
-_UNREAD = frozenset({"iss", "aud", "service", "method", "path"})
-_WIRE_COLUMNS = {i: attrgetter(name) for i, name in enumerate(_FIELDS) if name not in _UNREAD}
-_REQUIRED = (_EVENT_ID, _TS, _IP, _OUTCOME)  # str, never null (schema is checked by value)
+_wire_fields = msgspec.structs.astuple
 
 
 def decode_rows(values: Sequence[bytes]) -> list[Row | None]:
@@ -229,16 +226,14 @@ def decode_rows(values: Sequence[bytes]) -> list[Row | None]:
 
 
 def _typed_columns(values: Sequence[bytes]) -> list[Any] | None:
-    """The columns ``decode_rows`` reads (others None), every value's type checked — or None if any message
-    is not a JSON object of such fields (then the poll takes the orjson path, which finds the culprits)."""
+    """The columns of the messages, every value's type checked — or None if any message is not a JSON object
+    of such fields (then the poll takes the orjson path, which finds the culprits)."""
     try:
         wires = list(map(_decode_wire, values))
-    except (msgspec.MsgspecError, ValueError):  # not JSON, a wrong type, invalid UTF-8
+    except (msgspec.MsgspecError, ValueError):  # not JSON, a wrong type, a required field missing, bad UTF-8
         return None
-    columns: list[Any] = [None] * len(_FIELDS)
-    for i, get in _WIRE_COLUMNS.items():
-        columns[i] = list(map(get, wires))
-    return columns
+    # Each message's fields as one tuple, then the tuples turned into columns: both in C.
+    return list(zip(*map(_wire_fields, wires), strict=True))
 
 
 def _field_tuples(values: Sequence[bytes]) -> list[tuple[Any, ...]]:
@@ -267,16 +262,15 @@ def _fields_of(value: bytes) -> tuple[Any, ...]:
 def _columns_valid(columns: list[Any], typed: bool = False) -> bool:
     """Every rule but the timestamp's, on whole columns. False means: look row by row.
 
-    ``typed``: msgspec has checked every value's type already (``_typed_columns``); only nulls in the
-    required fields remain to be refused."""
+    ``typed``: msgspec has checked every value's type already, and that the required fields are present and
+    not null (``_typed_columns``)."""
     schema, event_id, ip, outcome, reason = (columns[i] for i in (_SCHEMA, _EVENT_ID, _IP, _OUTCOME, _REASON))
     if schema.count(TOKEN_USAGE_SCHEMA) != len(schema):
         return False
-    if typed:
-        if any(None in columns[i] for i in _REQUIRED):
-            return False
     # A row's type signature is valid when each of its fields is: so per column, the set of types (in C).
-    elif not all(set(map(type, column)) <= allowed for column, allowed in zip(columns[1:], _TYPES, strict=True)):
+    if not typed and not all(
+        set(map(type, column)) <= allowed for column, allowed in zip(columns[1:], _TYPES, strict=True)
+    ):
         return False
     # Only str, int and None from here on: every value is hashable.
     if not set(zip(outcome, reason, strict=True)) <= _OUTCOME_REASON:
