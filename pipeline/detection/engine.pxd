@@ -12,3 +12,7 @@ from pipeline.windows cimport EntityWindow, SubjectWindow, TokenWindow, WindowSt
     alerts=list,
 )
 cpdef list _ingest(engine, batch)
+
+
+@cython.locals(window=EntityWindow, due=list)
+cpdef list _due(dict entities, set touched, double rescore_s)

@@ -173,12 +173,8 @@ class DetectionEngine:
             store = self.stores[entity_type]
             due: list[str] = []
             rows: list[list[float]] = []
-            for key in sorted(keys):  # sorted: the same events give the same alerts, run after run
-                window = store.entities.get(key)
-                # Re-score at once when something new appeared (an address, a client, a rejection);
-                # otherwise at most every rescore_s of event time.
-                if window is None or (not window.dirty and window.last_ts - window.scored_at < self.rescore_s):
-                    continue
+            for key in _due(store.entities, keys, self.rescore_s):
+                window = store.entities[key]
                 window.scored_at = window.last_ts
                 window.dirty = False
                 now = window.last_ts
@@ -293,6 +289,21 @@ class DetectionEngine:
                 self.baselines.learn_subject_rate(key, events)
         else:
             self.baselines.learn_ip_subjects(key, row[1])
+
+
+def _due(entities: dict[str, EntityWindow], touched: set[str], rescore_s: float) -> list[str]:
+    """The touched entities to score now, sorted (the same events give the same alerts, run after run).
+
+    One is due at once when something new appeared (an address, a client, a rejection), otherwise at most every
+    ``rescore_s`` of event time. Filtered before sorting: a tick touches many more entities than are due.
+    """
+    due = []
+    for key in touched:
+        window = entities.get(key)
+        if window is not None and (window.dirty or window.last_ts - window.scored_at >= rescore_s):
+            due.append(key)
+    due.sort()
+    return due
 
 
 def _ingest(engine: DetectionEngine, batch: EventBatch) -> list[Alert]:

@@ -12,6 +12,12 @@ cdef class EntityWindow:
     cdef public long head, overflow
     cdef public long long last_prefix
 
+    @cython.locals(sums=list, busiest=long, active=long, bucket=long, base=long, total=long, row=long)
+    cpdef tuple window_counts(self, long now_bucket, long buckets)
+    cpdef list ips_within(self, double horizon)
+    cpdef list uas_within(self, double horizon)
+    cpdef list others_within(self, double horizon)
+
 
 cdef class SubjectWindow(EntityWindow):
     cdef public object ip_one, ip_many
@@ -34,3 +40,6 @@ cdef class WindowStore:
         head=long, base=long, skipped=long, saturated=long,
     )
     cpdef EntityWindow add_at(self, key, double ts, long bucket, long long prefix, ip, user_agent, int row, other=*)
+
+
+cpdef list _within(one, double one_ts, many, double horizon)
