@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.detection import batch
-from pipeline.detection.batch import decode_rows, row_of
+from pipeline.detection.batch import DECODE_SLICE, decode_rows, row_of
 from pipeline.events import MAX_STRING, REASONS, RecordError, TokenUsage
 from tests.test_events import _DROP, EVENT_ID, usage_dict
 
@@ -208,6 +208,23 @@ def test_table_has_both_verdicts() -> None:
 
 def test_decoder_agrees_on_a_poll_of_every_hostile_record_at_once() -> None:
     assert_agree(list(HOSTILE.values()) + [raw()] * 50)
+
+
+def test_a_poll_longer_than_a_decode_slice_keeps_every_row_in_place() -> None:
+    """A poll is decoded in slices: hostile records at the edges of slices, and a slice the typed path refuses
+    beside slices it takes, still give each message its own row (or None), in order."""
+    size = 2 * DECODE_SLICE + 7
+    messages = [
+        raw(ts=f"2026-11-28T12:{i // 60000 % 60:02d}:{i // 1000 % 60:02d}.{i % 1000:03d}Z") for i in range(size)
+    ]
+    for at, name in [(0, "not json"), (DECODE_SLICE - 1, "ip not an address"), (DECODE_SLICE, "jti an int"),
+                     (2 * DECODE_SLICE, "an empty message"), (size - 1, "iat beyond 64 bits")]:  # fmt: skip
+        messages[at] = HOSTILE[name]
+    rows = decode_rows(messages)
+    assert len(rows) == size
+    assert rows == [from_json_row(m) for m in messages]
+    assert [i for i, row in enumerate(rows) if row is None] == [0, DECODE_SLICE - 1, DECODE_SLICE, 2 * DECODE_SLICE,
+                                                                size - 1]  # fmt: skip
 
 
 def test_decoded_row_is_what_the_engine_reads() -> None:
