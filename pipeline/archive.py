@@ -153,11 +153,13 @@ class ArchiveWriter:
             groups: dict[tuple[str, str], list[TokenUsage | Alert]] = defaultdict(list)
             for record in rows:
                 groups[_partition(parse_ts(record.ts))].append(record)
+            written = 0  # rows Arrow could hold: an unarchivable one is counted there, not here
             for (date, hour), group in sorted(groups.items()):
                 table = self._records_table(group)
                 if table is not None:
                     self._write(self.root / kind, date, hour, table)
-            total += self._count(kind, len(rows))
+                    written += table.num_rows
+            total += self._count(kind, written)
         for frame in frames:
             total += self._write_frame(frame)
         total += self._write_rows(self.root / "scores", scores, SCORES_ARROW, "scores")

@@ -115,6 +115,7 @@ def test_a_record_arrow_cannot_hold_does_not_block_the_archive(tmp_path: Path) -
     poison = dataclasses.replace(records[10], iat=2**63)  # valid JSON integer, beyond int64
     writer = ArchiveWriter(tmp_path)
     writer.add("events", [*records[:10], poison, *records[11:]])
-    writer.flush()
+    assert writer.flush() == len(records) - 1  # what was written, not what was handed over
     assert writer.unarchivable == 1
+    assert writer.written["events"] == len(records) - 1
     assert len(read_archive(tmp_path, "events")) == len(records) - 1
