@@ -343,7 +343,7 @@ def _ingest(engine: DetectionEngine, batch: EventBatch) -> list[Alert]:
             max_ts = ts
             watermark = ts - grace
         # The bucket and the /16's hash are the same for the event's three windows: computed once. Windows
-        # keep the bucket number (``head``): one int object per bucket, not one per window.
+        # keep the bucket number (``head``): as pure Python one int object per bucket, not one per window.
         number = int(ts // bucket_s)
         if number != bucket:
             bucket = number
@@ -371,7 +371,8 @@ def _ingest(engine: DetectionEngine, batch: EventBatch) -> list[Alert]:
                 token.client = None if client is None else intern(client)
             if iat is not None and exp is not None:
                 # Only the lifetime is read (token_age_fraction): exp - iat of the latest event, as floats.
-                # Most tokens of a client share a lifetime, and then one float object.
+                # Most tokens of a client share a lifetime, and as pure Python then one float object (compiled,
+                # the window holds it as a C double).
                 life = exp - iat
                 if life != token.lifetime:
                     shared = lifetimes.get(life)
