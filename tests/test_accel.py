@@ -59,9 +59,16 @@ def test_pure_python_mode_loads_every_module_from_source() -> None:
 
 @pytest.mark.slow
 def test_the_engine_gives_identical_results_as_pure_python() -> None:
-    """The golden engine output, the bus decoder's verdicts on hostile records, windows and features: the same
-    tests, run again in a process where every hot-path module is loaded from its Python source."""
-    tests = ["tests/test_engine_golden.py", "tests/test_runner_decode.py", "tests/test_windows.py"]
+    """The golden engine output, the engine's behaviour, the bus decoder's verdicts on hostile records, windows and
+    features: the same tests, run again in a process where every hot-path module is loaded from its Python source
+    (compiled, ``.pxd`` files give these modules C types; the source must behave the same without them)."""
+    tests = [
+        "tests/test_engine_golden.py",
+        "tests/test_engine.py",
+        "tests/test_runner_decode.py",
+        "tests/test_windows.py",
+        "tests/test_features.py",
+    ]
     run = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests],
         cwd=ROOT,
