@@ -128,12 +128,12 @@ def micro_batches(batch: EventBatch, max_events: int = 4096, max_span_s: float =
 
 # ------------------------------------------------------------------------------ decoding from the bus
 #
-# The streaming runner decodes a whole poll at once and never builds a ``TokenUsage``: msgspec decodes each
-# message into a typed struct (``_Wire``: the type of every field checked in C), and every other rule of
-# ``TokenUsage.from_json`` is checked once per poll on the columns — the schema, the (outcome, reason) pairs,
-# the distinct IPs, event ids and timestamps as byte grids in numpy. A poll the typed path cannot take (a
-# message that is not such an object) goes through orjson into tuples of its fields, and only a poll that
-# fails a column check is checked row by row, to find the culprits. A message the decoder refuses is parsed
+# The streaming runner decodes a poll in slices of ``DECODE_SLICE`` messages and never builds a ``TokenUsage``:
+# msgspec decodes each message into a typed struct (``_Wire``: the type of every field checked in C), and every
+# other rule of ``TokenUsage.from_json`` is checked once per slice on the columns — the schema, the (outcome,
+# reason) pairs, the distinct IPs, event ids and timestamps as byte grids in numpy. A slice the typed path cannot
+# take (a message that is not such an object) goes through orjson into tuples of its fields, and only a slice
+# that fails a column check is checked row by row, to find the culprits. A message the decoder refuses is parsed
 # again by ``from_json``, whose error names the field; the decoder accepts exactly what ``from_json`` accepts
 # (tests/test_runner_decode.py checks them side by side on hostile records, on both paths).
 
@@ -242,7 +242,7 @@ def _decode_slice(values: Sequence[bytes]) -> list[Row | None]:
 
 def _typed_columns(values: Sequence[bytes]) -> list[Any] | None:
     """The columns of the messages, every value's type checked — or None if any message is not a JSON object
-    of such fields (then the poll takes the orjson path, which finds the culprits)."""
+    of such fields (then the slice takes the orjson path, which finds the culprits)."""
     try:
         wires = list(map(_decode_wire, values))
     except (msgspec.MsgspecError, ValueError):  # not JSON, a wrong type, a required field missing, bad UTF-8
