@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
+import typing
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter
@@ -138,40 +140,32 @@ def micro_batches(batch: EventBatch, max_events: int = 4096, max_span_s: float =
 # (tests/test_runner_decode.py checks them side by side on hostile records, on both paths).
 
 
-class _Wire(msgspec.Struct, gc=False, kw_only=True):
-    """token-usage/1 as the decoder reads it; its field order is ``_FIELDS``. msgspec checks in C that each
-    field is a str (or an exact int for iat/exp) or null, and that the required strings (event_id, ts, ip,
-    outcome) are present and not null. ``schema`` may be missing or null here — ``_columns_valid`` refuses
-    any other value than token-usage/1, as ``from_json`` does. Extra fields are ignored (as by
-    ``from_json``); a duplicate key's last value wins (as with orjson)."""
-
-    schema: str | None = None
-    event_id: str
-    ts: str
-    ip: str
-    outcome: str
-    reason: str | None = None
-    jti: str | None = None
-    sub: str | None = None
-    iss: str | None = None
-    aud: str | None = None
-    client_id: str | None = None
-    user_agent: str | None = None
-    service: str | None = None
-    method: str | None = None
-    path: str | None = None
-    iat: int | None = None
-    exp: int | None = None
+def _wire_specs(record: type) -> list[tuple[Any, ...]]:
+    """msgspec field specs for the fields of a record dataclass, in its order after ``schema``: a required field
+    is a str that must be present and not null; an optional one is an exact int (``int`` in its type: a JSON true
+    is a bool) or a str, or null. Extra fields are ignored (as by ``from_json``); a duplicate key's last value
+    wins (as with orjson). ``schema`` may be missing or null here: ``_columns_valid`` refuses any value other
+    than the record's schema, as ``from_json`` does."""
+    hints = typing.get_type_hints(record)
+    specs: list[tuple[Any, ...]] = [("schema", str | None, None)]
+    for spec in dataclasses.fields(record):
+        kind = int if int in typing.get_args(hints[spec.name]) else str
+        specs.append((spec.name, kind) if spec.default is dataclasses.MISSING else (spec.name, kind | None, None))
+    return specs
 
 
+_WIRE_SPECS = _wire_specs(TokenUsage)
+#: token-usage/1 as the decoder reads it, derived from ``TokenUsage``: msgspec checks every field's type in C.
+_Wire = msgspec.defstruct("_Wire", _WIRE_SPECS, kw_only=True, gc=False)
 #: The fields of token-usage/1 in the order the decoder reads them.
 _FIELDS: tuple[str, ...] = _Wire.__struct_fields__
-_SCHEMA, _EVENT_ID, _TS, _IP, _OUTCOME, _REASON, _JTI, _SUB = range(8)
-_CLIENT_ID, _USER_AGENT, _IAT, _EXP = (_FIELDS.index(name) for name in ("client_id", "user_agent", "iat", "exp"))
+_SCHEMA, _EVENT_ID, _TS, _IP, _OUTCOME, _REASON, _JTI, _SUB, _CLIENT_ID, _USER_AGENT, _IAT, _EXP = map(
+    _FIELDS.index,
+    ("schema", "event_id", "ts", "ip", "outcome", "reason", "jti", "sub", "client_id", "user_agent", "iat", "exp"),
+)
 _GET_FIELDS = itemgetter(*_FIELDS)
-_NONE = type(None)
 #: Allowed types per field (after ``schema``), in ``_FIELDS`` order: a type signature is a tuple of types.
-_TYPES = ({str},) * 4 + ({str, _NONE},) * 10 + ({int, _NONE},) * 2  # exact int: a JSON true is a bool
+_TYPES = tuple(set(typing.get_args(spec[1])) or {spec[1]} for spec in _WIRE_SPECS[1:])
 #: (outcome, reason): accepted events have no reason, rejected ones a known one (TokenUsage.__post_init__).
 _OUTCOME_REASON = frozenset({("accepted", None), *(("rejected", reason) for reason in REASON_SET)})
 if {o for o, _ in _OUTCOME_REASON} != OUTCOMES:  # _OUTCOME_REASON spells the outcomes out
