@@ -34,11 +34,6 @@ def _text(value: bytes | None) -> str | None:
     return value.decode("latin-1") if value is not None else None
 
 
-def secured(raw_headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-    """What ``SecurityHeadersMiddleware`` (with a matching no-store prefix) makes of a response's headers."""
-    return secure_headers(raw_headers, no_store=True)
-
-
 class _Prepared:
     """A fixed answer, rendered once."""
 
@@ -46,7 +41,7 @@ class _Prepared:
 
     def __init__(self, response: Response) -> None:
         self.status = response.status_code
-        self.headers = secured(response.raw_headers)
+        self.headers = secure_headers(response.raw_headers, no_store=True)
         self.body = bytes(response.body)
 
     async def send(self, send: Send) -> None:
@@ -64,20 +59,35 @@ def header_value(value: object) -> str | None:
     return text[:1024] or None
 
 
-def auth_headers(claims: Any) -> list[tuple[str, str]]:
-    """The ``X-Auth-*`` headers a 200 carries upstream: who the verified token is for (those with a value)."""
+#: The ``X-Auth-*`` headers a 200 carries upstream, each with its lower-case wire name (the fast path sends bytes).
+_AUTH_HEADERS = tuple(
+    (name, name.lower().encode()) for name in ("X-Auth-Subject", "X-Auth-Token-Id", "X-Auth-Client-Id", "X-Auth-Scope")
+)
+
+
+def _auth_values(claims: Any) -> tuple[str | None, ...]:
+    """The values of ``_AUTH_HEADERS``, in its order: who the verified token is for."""
     claims = claims or {}
-    answer = (
-        ("X-Auth-Subject", header_value(claims.get("sub"))),
-        ("X-Auth-Token-Id", header_value(claims.get("jti"))),
-        ("X-Auth-Client-Id", header_value(claims.get("client_id") or claims.get("azp"))),
-        ("X-Auth-Scope", header_value(claims.get("scope"))),
+    return (
+        header_value(claims.get("sub")),
+        header_value(claims.get("jti")),
+        header_value(claims.get("client_id") or claims.get("azp")),
+        header_value(claims.get("scope")),
     )
-    return [(name, text) for name, text in answer if text]
 
 
-_AUTH_HEADERS = ("X-Auth-Subject", "X-Auth-Token-Id", "X-Auth-Client-Id", "X-Auth-Scope")
-_RAW_NAMES = {name: name.lower().encode() for name in _AUTH_HEADERS}
+def auth_headers(claims: Any) -> list[tuple[str, str]]:
+    """The ``X-Auth-*`` headers a 200 carries upstream (those with a value)."""
+    return [(name, text) for (name, _), text in zip(_AUTH_HEADERS, _auth_values(claims), strict=True) if text]
+
+
+def _raw_auth_headers(claims: Any) -> list[tuple[bytes, bytes]]:
+    """:func:`auth_headers` as ASGI wants them: lower-case names and values as bytes."""
+    return [
+        (raw, text.encode("latin-1"))
+        for (_, raw), text in zip(_AUTH_HEADERS, _auth_values(claims), strict=True)
+        if text
+    ]
 
 
 class ValidateEndpoint:
@@ -96,7 +106,7 @@ class ValidateEndpoint:
         )
         self.internal_error = _Prepared(JSONResponse({"error": "internal_error"}, status_code=500))
         # a 200: the X-Auth-* headers, then these (Response(status_code=200, headers=...) has an empty body)
-        self.ok_tail = secured([(b"content-length", b"0")])
+        self.ok_tail = secure_headers([(b"content-length", b"0")], no_store=True)
         self._peers: dict[str, str] = {}  # socket peer -> client IP, for requests without X-Forwarded-For
         self._keys: object = None
         self._inline = True
@@ -160,10 +170,10 @@ class ValidateEndpoint:
         if not verdict.ok:
             await self.invalid.send(send)
             return
-        headers = [(_RAW_NAMES[name], text.encode("latin-1")) for name, text in auth_headers(verdict.claims)]
+        headers = _raw_auth_headers(verdict.claims)
         headers.extend(self.ok_tail)
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": b""})
 
 
-__all__ = ["PATH", "ValidateEndpoint", "auth_headers", "header_value", "secured"]
+__all__ = ["PATH", "ValidateEndpoint", "auth_headers", "header_value"]
