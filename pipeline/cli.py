@@ -922,15 +922,17 @@ def pipeline_run(
 ) -> None:
     """Consume token-usage/1, score it, publish alert/1 (and revocations); archive events and alerts."""
     from pipeline.archive import ArchiveConsumer, ArchiveWriter, ScoreRecorder
-    from pipeline.bus.kafka import CONSUMER_CLIENTS
+    from pipeline.bus.kafka import check_consumer_client
     from pipeline.detection.runner import StreamingRunner
     from pipeline.loop import BackgroundLoop
     from pipeline.response.policy import AutoRevoker, ResponsePolicy
     from pipeline.response.responder import Responder
     from pipeline.scoring.model import ModelError, load_model
 
-    if kafka_consumer not in CONSUMER_CLIENTS:
-        fail(f"--kafka-consumer must be one of {', '.join(CONSUMER_CLIENTS)}, not {kafka_consumer!r}")
+    try:
+        check_consumer_client(kafka_consumer)  # before the model loads: a wrong name or a missing library
+    except ValueError as exc:
+        fail(f"--kafka-consumer: {exc}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         model = load_model(model_dir)

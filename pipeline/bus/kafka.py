@@ -68,6 +68,21 @@ MAX_REQUEST_BYTES = 1024 * 1024  # the broker's default message.max.bytes is 1 M
 BATCH_BYTES = 128 * 1024
 MAX_POLL_RECORDS = 500
 CONSUMER_CLIENTS = ("kafka-python", "confluent-kafka")
+
+
+def check_consumer_client(name: str) -> None:
+    """ValueError unless ``name`` is a consumer client this bus knows and its library is installed."""
+    if name not in CONSUMER_CLIENTS:
+        raise ValueError(f"consumer_client must be one of {', '.join(CONSUMER_CLIENTS)}, not {name!r}")
+    if name == "confluent-kafka":
+        try:
+            import confluent_kafka  # noqa: F401
+        except ImportError as exc:
+            raise ValueError(
+                "consumer_client 'confluent-kafka' needs the confluent-kafka package: pip install 'jwtwatch[confluent]'"
+            ) from exc
+
+
 _POLL_SLICE_S = 0.5  # a waiting poll notices close() within this long
 _ASSIGN_POLL_MS = 50
 
@@ -161,16 +176,7 @@ class KafkaBus(Bus):
     ) -> None:
         """``consumer_client``: the library this bus's consumers read with — ``kafka-python`` (default), or
         ``confluent-kafka`` (librdkafka: decodes records in C; see :mod:`pipeline.bus.confluent`)."""
-        if consumer_client not in CONSUMER_CLIENTS:
-            raise ValueError(f"consumer_client must be one of {', '.join(CONSUMER_CLIENTS)}, not {consumer_client!r}")
-        if consumer_client == "confluent-kafka":
-            try:
-                import confluent_kafka  # noqa: F401
-            except ImportError as exc:
-                raise ValueError(
-                    "consumer_client 'confluent-kafka' needs the confluent-kafka package: "
-                    "pip install 'jwtwatch[confluent]'"
-                ) from exc
+        check_consumer_client(consumer_client)
         self.consumer_client = consumer_client
         if compression_type not in (None, "gzip"):
             raise ValueError(f"compression_type must be None or 'gzip', not {compression_type!r}")
