@@ -452,9 +452,13 @@ def _store_signature(root: Path) -> tuple[int, int, int]:
     return st.st_ino, st.st_mtime_ns, st.st_size
 
 
-def _load_meta(root: Path) -> tuple[tuple[int, int, int], dict[str, Any]]:
-    """store.json of ``root``, parsed and checked, with the signature it was read at."""
-    signature = _store_signature(root)
+def _load_meta(
+    root: Path, signature: tuple[int, int, int] | None = None
+) -> tuple[tuple[int, int, int], dict[str, Any]]:
+    """store.json of ``root``, parsed and checked, with the signature it was read at (``signature``: taken by
+    the caller just before)."""
+    if signature is None:
+        signature = _store_signature(root)
     path = root / STORE_FILE
     with _os_errors(f"cannot read {path}"):
         raw = path.read_bytes()
@@ -785,8 +789,9 @@ class KeyStore:
     # ---- internals
 
     def _meta(self, *, force: bool = False) -> dict[str, Any]:
-        if force or self._meta_cache is None or self._meta_cache[0] != _store_signature(self._root):
-            self._meta_cache = _load_meta(self._root)
+        signature = _store_signature(self._root)  # once: stat'ing store.json is all a current cache costs
+        if force or self._meta_cache is None or self._meta_cache[0] != signature:
+            self._meta_cache = _load_meta(self._root, signature)
         return self._meta_cache[1]
 
     def _commit(
