@@ -14,11 +14,20 @@ from collections.abc import Callable, Iterator
 
 import pytest
 from kafka import KafkaAdminClient
+from kafka import errors as kafka_errors
 from kafka.admin import ConfigResource, ConfigResourceType
 from kafka.partitioner.default import murmur2
 
 from pipeline.bus import ALERTS, DEAD_LETTER, REVOCATIONS, TOKEN_USAGE, Message, TopicSpec
-from pipeline.bus.kafka import CONSUMER_CLIENTS, KafkaBus, KafkaBusError, KafkaConsumerAdapter
+from pipeline.bus.base import CommitRejected
+from pipeline.bus.kafka import (
+    CONSUMER_CLIENTS,
+    KafkaBus,
+    KafkaBusError,
+    KafkaCommitRejected,
+    KafkaConsumerAdapter,
+    _translated,
+)
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(120)]
 
@@ -553,3 +562,25 @@ def test_many_small_messages_are_all_delivered(make_bus: BusFactory, capsys: pyt
             f"\n[kafka bus] {count} messages: publish+flush {count / publish_s:,.0f} msg/s ({publish_s:.2f} s), "
             f"consume {count / consume_s:,.0f} msg/s ({consume_s:.2f} s)"
         )
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        kafka_errors.CommitFailedError,
+        kafka_errors.RebalanceInProgressError,
+        kafka_errors.IllegalGenerationError,
+        kafka_errors.UnknownMemberIdError,
+    ],
+)
+def test_a_commit_lost_to_a_rebalance_is_rejected_not_failed(error: type[Exception]) -> None:
+    """kafka-python's answers to a commit a rebalance got ahead of become CommitRejected (the runner keeps its
+    work and commits again); any other Kafka error, and these outside a commit, stay KafkaBusError."""
+    with pytest.raises(KafkaCommitRejected, match="commit"), _translated("commit", commit=True):
+        raise error("generation moved on")
+    with pytest.raises(KafkaBusError) as raised, _translated("poll"):
+        raise error("generation moved on")
+    assert not isinstance(raised.value, CommitRejected)
+    with pytest.raises(KafkaBusError) as raised, _translated("commit", commit=True):
+        raise kafka_errors.KafkaTimeoutError("no answer")
+    assert not isinstance(raised.value, CommitRejected)

@@ -106,11 +106,16 @@ class KafkaCommitRejected(KafkaBusError, CommitRejected):
 
 
 @contextlib.contextmanager
-def _translated(what: str) -> Iterator[None]:
+def _translated(what: str, *, commit: bool = False) -> Iterator[None]:
+    """kafka-python's errors as :class:`KafkaBusError` — for a ``commit``, one lost to a rebalance as
+    :class:`KafkaCommitRejected`."""
     try:
         yield
     except KafkaError as exc:
-        raise KafkaBusError(f"{what}: {type(exc).__name__}: {exc}") from exc
+        message = f"{what}: {type(exc).__name__}: {exc}"
+        if commit and isinstance(exc, _LOST_TO_A_REBALANCE):
+            raise KafkaCommitRejected(message) from exc
+        raise KafkaBusError(message) from exc
 
 
 def _bounded(call: Callable[[], object], timeout_s: float, what: str) -> None:
@@ -631,12 +636,8 @@ class KafkaConsumerAdapter(Consumer):
             if not chosen:
                 return
             request = {TopicPartition(*tp): OffsetAndMetadata(offset, "", -1) for tp, offset in chosen.items()}
-            what = f"commit (group {self.group!r})"
-            with _translated(what):
-                try:
-                    self._consumer.commit(request, timeout_ms=self.bus._timeout_ms)
-                except _LOST_TO_A_REBALANCE as exc:
-                    raise KafkaCommitRejected(f"{what}: {type(exc).__name__}: {exc}") from exc
+            with _translated(f"commit (group {self.group!r})", commit=True):
+                self._consumer.commit(request, timeout_ms=self.bus._timeout_ms)
 
     def seek(self, positions: dict[tuple[str, int], int]) -> None:
         """Re-position the given partitions; partitions not assigned to this member are ignored."""
