@@ -2,9 +2,9 @@
 
 kafka-python decodes every record of a fetch in Python (varints, headers, a ``ConsumerRecord`` each): about
 10 µs of CPU per message, more than the whole detection engine spends on it. librdkafka does that work in C on
-its own threads, so a pipeline instance that reads the usage topic keeps up with about 1.5 times more events. ``KafkaBus(..., consumer_client="confluent-kafka")`` (``jwtwatch pipeline run --kafka-consumer
-confluent-kafka``) makes the bus's consumers this one; producing, topic administration and every other
-service stay on kafka-python.
+its own threads, so a pipeline instance that reads the usage topic keeps up with about 1.5 times more events.
+``KafkaBus(..., consumer_client="confluent-kafka")`` (``jwtwatch pipeline run --kafka-consumer confluent-kafka``)
+makes the bus's consumers this one; producing, topic administration and every other service stay on kafka-python.
 
 The contract is :class:`~pipeline.bus.base.Consumer`'s, as the kafka-python adapter keeps it: positions are
 this member's (the next offset ``poll`` hands out), commits are synchronous and only for assigned
