@@ -31,14 +31,11 @@ def _skip_or_fail(reason: str) -> None:
 
 def _status_in_subprocess(env: dict[str, str]) -> dict[str, bool]:
     code = "import json, pipeline._accel as a; print(json.dumps(a.status()))"
+    # A stale extension is reported as not compiled (the finder loads its source, with a warning).
     out = subprocess.run(
-        [sys.executable, "-W", "error::RuntimeWarning", "-c", code],
-        cwd=ROOT,
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        check=True,
+        [sys.executable, "-c", code], cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True
     )
+    assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout)
 
 

@@ -160,8 +160,7 @@ def test_both_walks_give_identical_scores_on_the_shipped_model() -> None:
     rng = np.random.default_rng(3)
     for scorer in model.scorers.values():
         rows = np.vstack([rng.exponential(2.0, size=(500, len(scorer.features))), np.zeros((1, len(scorer.features)))])
-        scorer.score(rows[:1])
-        compiled = scorer.compiled_
+        compiled = CompiledForest(scorer.forest_)
         assert np.array_equal(compiled.anomaly(rows, compiled=True), compiled.anomaly(rows, compiled=False))
 
 

@@ -68,6 +68,7 @@ HOSTILE: dict[str, bytes] = {
     "array": b"[1, 2, 3]",
     "string": b'"token-usage/1"',
     "number": b"42",
+    "null": b"null",
     "empty object": b"{}",
     "only the schema": b'{"schema": "token-usage/1"}',
     "wrong schema": raw(schema="token-usage/2"),
