@@ -41,6 +41,8 @@ COMPILED = (
 )
 #: Modules written for Cython (``.pyx``): optional speed-ups whose callers have a pure-Python path.
 EXTENSION_ONLY = ("pipeline.scoring._forest_walk",)
+#: Every module scripts/build-accel builds.
+ALL = (*COMPILED, *EXTENSION_ONLY)
 
 
 def source_path(name: str, package_dir: Path = PACKAGE_DIR, extension_only: tuple[str, ...] = EXTENSION_ONLY) -> Path:
@@ -131,7 +133,7 @@ def install() -> None:
 def status() -> dict[str, bool]:
     """Module name -> whether the loaded (or, if not loaded yet, the importable) module is compiled."""
     result = {}
-    for name in (*COMPILED, *EXTENSION_ONLY):
+    for name in ALL:
         module = sys.modules.get(name)
         if module is None:
             try:
