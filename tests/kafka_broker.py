@@ -7,23 +7,22 @@ Policy when no broker can be had: skip, or fail when JWTWATCH_REQUIRE_KAFKA=1 (a
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NoReturn
 
-import pytest
-
 from bench.broker import KAFKA_LOCAL, Broker, BrokerError, tail
 from bench.broker import private_broker as _private_broker
+from tests.require import skip_or_fail
 
 __all__ = ["KAFKA_LOCAL", "Broker", "private_broker", "tail", "unavailable"]
 
 
 def unavailable(reason: str) -> NoReturn:
-    if os.environ.get("JWTWATCH_REQUIRE_KAFKA", "").strip() == "1":
-        pytest.fail(f"JWTWATCH_REQUIRE_KAFKA=1 but no Kafka broker could be had: {reason}", pytrace=False)
-    pytest.skip(f"no Kafka broker (set JWTWATCH_KAFKA_BOOTSTRAP or run scripts/kafka-local start): {reason}")
+    skip_or_fail(
+        "KAFKA",
+        f"no Kafka broker could be had (set JWTWATCH_KAFKA_BOOTSTRAP or run scripts/kafka-local start): {reason}",
+    )
 
 
 @contextlib.contextmanager

@@ -18,15 +18,9 @@ from pathlib import Path
 import pytest
 
 from pipeline import _accel
+from tests.require import skip_or_fail
 
 ROOT = Path(__file__).resolve().parent.parent
-REQUIRED = os.environ.get("JWTWATCH_REQUIRE_ACCEL") == "1"
-
-
-def _skip_or_fail(reason: str) -> None:
-    if REQUIRED:
-        pytest.fail(f"JWTWATCH_REQUIRE_ACCEL=1 but {reason}")
-    pytest.skip(reason)
 
 
 def _status_in_subprocess(env: dict[str, str]) -> dict[str, bool]:
@@ -44,7 +38,7 @@ def test_the_compiled_modules_are_in_use_when_built() -> None:
         pytest.skip("JWTWATCH_PURE_PYTHON is set for this run")
     status = _status_in_subprocess({_accel.PURE_PYTHON_ENV: ""})
     if not all(status.values()):
-        _skip_or_fail(f"not every hot-path module is compiled (scripts/build-accel): {status}")
+        skip_or_fail("ACCEL", f"not every hot-path module is compiled (scripts/build-accel): {status}")
     assert set(status) == set(_accel.ALL)
 
 
@@ -88,7 +82,7 @@ def toy_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
         from Cython.Build import cythonize
         from setuptools import Distribution, Extension
     except ImportError:
-        _skip_or_fail("Cython or setuptools is not installed")
+        skip_or_fail("ACCEL", "Cython or setuptools is not installed")
     package = tmp_path / "toypkg"
     package.mkdir()
     (package / "__init__.py").write_text("")
@@ -104,7 +98,7 @@ def toy_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
         try:
             distribution.run_commands()
         except (Exception, SystemExit) as error:  # no C compiler here
-            _skip_or_fail(f"cannot compile a Cython module here: {error}")
+            skip_or_fail("ACCEL", f"cannot compile a Cython module here: {error}")
     manifest = tmp_path / "manifest.json"
     manifest.write_text(json.dumps({"toypkg.hot": hashlib.sha256(source.read_bytes()).hexdigest()}))
     finder = _accel.CompiledModuleFinder(

@@ -39,6 +39,7 @@ from pipeline.validation.keystore import KeyStore
 from pipeline.validation.revocations import RevocationStore, RevocationStoreError
 from pipeline.validation.service import ValidatorService
 from tests.jwtkit import Issuer
+from tests.require import skip_or_fail
 from tests.servers import serve_app
 
 pytestmark = [pytest.mark.chaos]
@@ -271,10 +272,7 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True, text=True
     )
     if done.returncode != 0:
-        reason = f"cannot mount a tmpfs here ({done.stderr.strip() or done.returncode})"
-        if os.environ.get("JWTWATCH_REQUIRE_CHAOS") == "1":
-            pytest.fail(reason)
-        pytest.skip(reason)
+        skip_or_fail("CHAOS", f"cannot mount a tmpfs here ({done.stderr.strip() or done.returncode})")
     try:
         yield mount
     finally:

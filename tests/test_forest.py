@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import shutil
 import zipfile
 import zlib
@@ -28,6 +27,7 @@ from pipeline.scoring.forest import CompiledForest
 from pipeline.scoring.model import DetectionModel, ModelError, load_model, model_version, save_model
 from pipeline.simulate import SimulationParams, simulate
 from pipeline.windows import WindowSpec
+from tests.require import skip_or_fail
 
 # ------------------------------------------------------------------------------- compiled forest
 
@@ -43,9 +43,7 @@ def compiled_walk(request: pytest.FixtureRequest) -> bool:
 def _require_compiled_walk() -> None:
     """Skip where ``_forest_walk`` is not built — fail instead under JWTWATCH_REQUIRE_ACCEL=1 (CI)."""
     if forest_module.compiled_path_lengths is None:
-        if os.environ.get("JWTWATCH_REQUIRE_ACCEL") == "1":
-            pytest.fail("JWTWATCH_REQUIRE_ACCEL=1 but _forest_walk is not compiled (run scripts/build-accel)")
-        pytest.skip("_forest_walk is not compiled here (scripts/build-accel)")
+        skip_or_fail("ACCEL", "_forest_walk is not compiled here (run scripts/build-accel)")
 
 
 def _training_data(kind: str, rng: np.random.Generator) -> np.ndarray:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 import subprocess
@@ -20,6 +19,7 @@ from pipeline.validation import ValidatorConfig
 from pipeline.validation.app import create_validator_app
 from pipeline.validation.service import ValidatorService
 from tests.jwtkit import AUDIENCE, ISSUER, Issuer
+from tests.require import skip_or_fail
 from tests.servers import serve_app
 
 NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
@@ -73,9 +73,7 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Issuer, MemoryBus]]:
     if NGINX is None:
-        if os.environ.get("JWTWATCH_REQUIRE_NGINX") == "1":
-            pytest.fail("JWTWATCH_REQUIRE_NGINX=1 but nginx is not installed (apt-get install nginx-light)")
-        pytest.skip("nginx is not installed (apt-get install nginx-light); .ci/run installs it")
+        skip_or_fail("NGINX", "nginx is not installed (apt-get install nginx-light; .ci/run installs it)")
     tmp = tmp_path_factory.mktemp("nginx")
     issuer = Issuer.create()
     bus = MemoryBus()

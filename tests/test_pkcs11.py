@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from pipeline.validation.keystore import KeyStore, KeyStoreError, verify_audit, verify_store
 from pipeline.validation.pkcs11 import P256_PARAMS
+from tests.require import skip_or_fail
 from tests.servers import serve_app
 
 MODULE = "/usr/lib/softhsm/libsofthsm2.so"
@@ -48,10 +49,7 @@ def softhsm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     except ImportError:
         missing.append("python-pkcs11")
     if missing:
-        reason = f"SoftHSM2 not available ({', '.join(missing)} missing; apt-get install softhsm2)"
-        if os.environ.get("JWTWATCH_REQUIRE_SOFTHSM") == "1":
-            pytest.fail(reason + " but JWTWATCH_REQUIRE_SOFTHSM=1")
-        pytest.skip(reason)
+        skip_or_fail("SOFTHSM", f"SoftHSM2 not available ({', '.join(missing)} missing; apt-get install softhsm2)")
     base = tmp_path_factory.mktemp("softhsm")
     (base / "tokens").mkdir()
     conf = base / "softhsm2.conf"

@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import os
 import re
 import socket
 import subprocess
@@ -33,6 +32,7 @@ from pipeline.bus import ALERTS
 from pipeline.events import Alert, format_ts
 from pipeline.validation import ValidatorConfig
 from tests.jwtkit import AUDIENCE, ISSUER, Issuer, raw_token, standard_claims
+from tests.require import skip_or_fail
 from tests.servers import serve_app
 from tests.test_alerts_service import Receiver
 
@@ -51,10 +51,7 @@ def _project_dependencies() -> set[str]:
 
 
 def _audit_unavailable(reason: str) -> None:
-    message = f"pip-audit could not audit the dependencies: {reason}"
-    if os.environ.get("JWTWATCH_REQUIRE_AUDIT") == "1":
-        pytest.fail(message + " (JWTWATCH_REQUIRE_AUDIT=1)")
-    pytest.skip(message + " (set JWTWATCH_REQUIRE_AUDIT=1 to make this a failure)")
+    skip_or_fail("AUDIT", f"pip-audit could not audit the dependencies: {reason}")
 
 
 def test_no_known_vulnerabilities_in_the_installed_dependencies() -> None:
