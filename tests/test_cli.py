@@ -14,6 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.servers import wait_ready
+
 JWTWATCH = [sys.executable, "-m", "pipeline.cli"]
 ISSUER = "https://issuer.cli.test"
 AUDIENCE = "https://api.cli.test"
@@ -95,25 +97,20 @@ def validator(keys: Path, tmp_path: Path) -> Iterator[tuple[str, Path]]:
     admin = tmp_path / "admin-token"
     admin.write_text("a-very-secret-admin-token-1234\n")
     admin.chmod(0o600)
+    log = tmp_path / "validator.log"
     proc = subprocess.Popen(
         [*JWTWATCH, "validator", "serve", "--port", str(port), "--jwks-file", str(keys / "jwks.json"),
          "--admin-token-file", str(admin), "--data-dir", str(tmp_path / "data"),
          "--events-out", str(tmp_path / "events.jsonl")],
         env={**os.environ, "JWTWATCH_ISSUER": ISSUER, "JWTWATCH_AUDIENCE": AUDIENCE},
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        stdout=log.open("wb"), stderr=subprocess.STDOUT,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise AssertionError(f"validator did not start:\n{proc.stdout.read() if proc.stdout else ''}")
-        time.sleep(0.1)
+    try:
+        wait_ready(url, proc, log, timeout=30)
+    except AssertionError:
+        proc.kill()
+        raise
     yield url, admin
     proc.terminate()
     proc.wait(timeout=20)

@@ -20,7 +20,7 @@ from pipeline.validation import TokenValidator, ValidatorConfig
 from pipeline.validation.app import create_validator_app
 from pipeline.validation.service import ValidatorService
 from tests.jwtkit import AUDIENCE, ISSUER, Issuer, new_key, standard_claims
-from tests.servers import serve_app
+from tests.servers import serve_app, wait_ready
 from tests.test_cli import AUDIENCE as CLI_AUDIENCE
 from tests.test_cli import ISSUER as CLI_ISSUER
 from tests.test_cli import JWTWATCH, free_port, run
@@ -147,24 +147,19 @@ def test_token_issue_refuses_more_than_the_cap(keys: Path) -> None:
 @pytest.fixture
 def validator(keys: Path, tmp_path: Path) -> Iterator[str]:
     port = free_port()
+    log = tmp_path / "validator.log"
     proc = subprocess.Popen(
         [*JWTWATCH, "validator", "serve", "--port", str(port), "--jwks-file", str(keys / "jwks.json"),
          "--data-dir", str(tmp_path / "data"), "--max-token-lifetime", "900"],
         env={**os.environ, "JWTWATCH_ISSUER": CLI_ISSUER, "JWTWATCH_AUDIENCE": CLI_AUDIENCE},
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdout=log.open("wb"), stderr=subprocess.STDOUT,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise AssertionError("validator did not start")
-        time.sleep(0.1)
+    try:
+        wait_ready(url, proc, log, timeout=30)
+    except AssertionError:
+        proc.kill()
+        raise
     yield url
     proc.terminate()
     proc.wait(timeout=20)
