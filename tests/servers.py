@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import threading
 import time
@@ -35,6 +36,15 @@ def wait_ready(
             pass
         time.sleep(0.1)
     raise AssertionError(f"{url} never became ready{tail()}")
+
+
+def stop_process(process: subprocess.Popen[bytes], timeout_s: float = 20) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within ``timeout_s``."""
+    process.terminate()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=timeout_s)
+    if process.poll() is None:
+        process.kill()
 
 
 class RequestTrap:

@@ -40,7 +40,7 @@ from pipeline.validation.revocations import RevocationStore, RevocationStoreErro
 from pipeline.validation.service import ValidatorService
 from tests.jwtkit import Issuer
 from tests.require import skip_or_fail
-from tests.servers import serve_app
+from tests.servers import serve_app, stop_process, wait_ready
 
 pytestmark = [pytest.mark.chaos]
 
@@ -141,15 +141,6 @@ def kafka_topics(kafka_bootstrap: str) -> Iterator[str]:
     fresh_topics(kafka_bootstrap)
 
 
-def stop_process(process: subprocess.Popen[bytes], timeout_s: float) -> None:
-    """SIGTERM, then SIGKILL if it has not exited within ``timeout_s``."""
-    process.terminate()
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        process.wait(timeout=timeout_s)
-    if process.poll() is None:
-        process.kill()
-
-
 def wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
     deadline = time.monotonic() + timeout_s
     while not condition():
@@ -220,7 +211,7 @@ def test_the_alerts_service_killed_mid_delivery_delivers_every_accepted_alert(
     process = _alerts_process(kafka_bootstrap, tmp_path / "data", keys, token_file, port, log)
     try:
         base = f"http://127.0.0.1:{port}"
-        wait_for(lambda: _ready(base), 60, f"the alerts service to be ready ({log.read_text()[-500:]})")
+        wait_ready(base, process, log)
         answer = httpx.post(f"{base}/v1/webhooks", headers={"Authorization": f"Bearer {ADMIN}"},
                             json={"url": receiver.url, "event_types": ["token.anomaly"]})  # fmt: skip
         assert answer.status_code == 201, answer.text
@@ -251,13 +242,6 @@ def test_the_alerts_service_killed_mid_delivery_delivers_every_accepted_alert(
     repeats = len(message_ids) - len(set(message_ids))
     assert repeats <= 16, f"{repeats} repeated deliveries: more than were in flight"
     assert len(set(message_ids)) == len(ids)
-
-
-def _ready(base: str) -> bool:
-    try:
-        return httpx.get(f"{base}/readyz", timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 # ------------------------------------------------------------------------------------------ disk full

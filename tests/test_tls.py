@@ -21,6 +21,7 @@ from fastapi import FastAPI
 
 from pipeline.validation.server import background_server
 from pipeline.validation.tls import TransportError, choose_transport, server_context
+from tests.servers import stop_process
 from tests.test_cli import AUDIENCE, ISSUER, JWTWATCH, free_port, run
 from tests.tls import TlsFiles, make_tls
 
@@ -108,11 +109,7 @@ def _start(args: list[str], url: str, verify: ssl.SSLContext | bool, data: Path)
             time.sleep(0.1)
         yield Service(url, log.read_text())
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc)
 
 
 SERVICES = {
