@@ -54,6 +54,7 @@ __all__ = [
     "parse_duration",
     "passphrase_from_env",
     "read_secret_file",
+    "secret_from_env",
     "verify_audit",
     "verify_audit_lines",
     "verify_store",
