@@ -7,6 +7,13 @@ tests of each mechanism live beside the code's other tests; ``docs/security.md``
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+
+from pipeline.validation import TokenValidator, ValidatorConfig
+from pipeline.validation.revocations import RevocationStore
+from tests.jwtkit import AUDIENCE, ISSUER, Issuer
+
 # ---------------------------------------------------------------------------------------------------------------
 # HIGH 1: a forged token with invalid Unicode in a claim erased other requests' usage events
 # ---------------------------------------------------------------------------------------------------------------
@@ -60,6 +67,24 @@ from __future__ import annotations
 # ---------------------------------------------------------------------------------------------------------------
 # LOW 11: a subject revocation ignored the clock leeway
 # ---------------------------------------------------------------------------------------------------------------
+
+
+def test_low_11_subject_revocation_honours_the_clock_leeway(tmp_path: Path) -> None:
+    """A token whose issuer's clock runs 25 s fast (iat = now + 25, inside the default 30 s leeway) was issued
+    before its subject's revocation, so the revocation covers it."""
+    issuer = Issuer.create()
+    store = RevocationStore(tmp_path / "revocations.sqlite")
+    try:
+        validator = TokenValidator(
+            ValidatorConfig(issuer=ISSUER, audience=AUDIENCE, jwks=issuer.jwks()), revocations=store
+        )
+        now = int(time.time())
+        token = issuer.token("ES256", sub="alice", iat=now + 25)
+        assert validator.validate(token).ok
+        store.revoke(kind="sub", iss=ISSUER, value="alice", reason="account takeover", now=now)
+        assert validator.validate(token).reason == "revoked"
+    finally:
+        store.close()
 
 
 # ---------------------------------------------------------------------------------------------------------------

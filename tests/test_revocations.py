@@ -122,8 +122,9 @@ def test_store_revoke_sub_with_revoked_before(store: RevocationStore) -> None:
     assert store.is_revoked(ISSUER, "same-second", "user-1", T0)
     assert not store.is_revoked(ISSUER, "new", "user-1", T0 + 1)
     assert not store.is_revoked(ISSUER, "other", "user-2", T0 - 60)
-    # Expiry: revoked_before + the longest token lifetime (+ leeway): after that no covered token lives.
-    assert parse_ts(record.expires_at).timestamp() == T0 + DAY + 30
+    # Expiry: revoked_before + the longest token lifetime + two leeways (a covered token may be stamped one leeway
+    # after revoked_before and is accepted one leeway past its exp): after that no covered token lives.
+    assert parse_ts(record.expires_at).timestamp() == T0 + DAY + 2 * 30
 
 
 def test_store_sub_revocation_defaults_to_now(store: RevocationStore) -> None:
@@ -264,6 +265,42 @@ def test_subject_revocation_rejects_older_tokens_and_spares_newer(issuer: Issuer
     assert validator.validate(old).reason == "revoked"
     assert validator.validate(new).ok
     assert validator.validate(issuer.token("RS256", sub="bob", now=now - 120)).ok
+
+
+@pytest.mark.parametrize(
+    ("iat", "leeway_s", "revoked"),
+    [
+        (T0 - 3600, 30, True),  # issued well before
+        (T0, 30, True),  # issued at revoked_before
+        (T0 + 30, 30, True),  # stamped one whole leeway later: its issuer's clock may run 30 s fast
+        (T0 + 30.001, 30, False),  # beyond the leeway: certainly issued after the revocation
+        (T0 + 3600, 30, False),
+        (T0, 0, True),  # no leeway: the exact comparison
+        (T0 + 0.001, 0, False),
+        (None, 30, True),  # no iat at all: covered (a subject revocation never lets an undated token through)
+    ],
+)
+def test_subject_revocation_covers_iat_within_the_leeway(iat: float | None, leeway_s: int, revoked: bool) -> None:
+    index = RevocationIndex()
+    index.apply(revocation(kind="sub", value="alice", revoked_before=format_ts(T0)))
+    assert index.is_revoked(ISSUER, None, "alice", iat, leeway_s) is revoked
+    assert not index.is_revoked(ISSUER, None, "bob", iat, leeway_s)
+
+
+def test_validator_applies_its_leeway_to_subject_revocations(issuer: Issuer, store: RevocationStore) -> None:
+    config = ValidatorConfig(issuer=ISSUER, audience=AUDIENCE, jwks=issuer.jwks(), leeway_s=10)
+    validator = TokenValidator(config, revocations=store)
+    now = int(time.time())
+    revoked_before = now - 5
+    # Stamped 9 s after revoked_before, within the 10 s leeway: its issuer's clock may run fast, so it may have
+    # been issued before the revocation.
+    fast_clock = issuer.token("RS256", sub="alice", iat=revoked_before + 9)
+    # Stamped 13 s after: beyond the leeway, so certainly issued after the revocation (a new session).
+    new_session = issuer.token("RS256", sub="alice", iat=revoked_before + 13)
+    assert validator.validate(fast_clock).ok and validator.validate(new_session).ok
+    store.revoke(kind="sub", iss=ISSUER, value="alice", reason="r", revoked_before=revoked_before)
+    assert validator.validate(fast_clock).reason == "revoked"
+    assert validator.validate(new_session).ok
 
 
 def test_revocation_from_the_store_survives_a_validator_restart(issuer: Issuer, tmp_path: Path) -> None:

@@ -44,14 +44,23 @@ class RevocationIndex:
         if revocation.version is not None:
             self.version = max(self.version, revocation.version)
 
-    def is_revoked(self, iss: str | None, jti: str | None, sub: str | None, iat: float | None) -> bool:
+    def is_revoked(
+        self, iss: str | None, jti: str | None, sub: str | None, iat: float | None, leeway_s: float = 0.0
+    ) -> bool:
+        """Whether a token with these claims is revoked.
+
+        A subject revocation covers every token *issued* at or before ``revoked_before``. ``iat`` is the issuer's
+        clock, which the validator trusts only to within ``leeway_s``: a token stamped up to ``leeway_s`` after
+        ``revoked_before`` may have been issued before it, so it is covered too. (Without this, a token whose
+        issuer clock ran 25 s fast was still accepted after its subject was revoked.)
+        """
         if iss is None:
             return False
         if jti is not None and (iss, jti) in self._jti:
             return True
         if sub is not None:
             entry = self._sub.get((iss, sub))
-            if entry is not None and (iat is None or iat <= entry[0]):
+            if entry is not None and (iat is None or iat - leeway_s <= entry[0]):
                 return True
         return False
 
@@ -83,7 +92,9 @@ def new_revocation(
     """A new revocation/1 record (no version yet: the store that enforces it assigns one).
 
     It expires when no token it covers can still be valid: the token's ``exp`` plus leeway, or — when
-    that is unknown, or for a subject — the longest token lifetime after ``revoked_before``.
+    that is unknown, or for a subject — the longest token lifetime after ``revoked_before``. A subject
+    revocation covers tokens stamped up to one leeway after ``revoked_before``, which are accepted up to
+    one leeway past their ``exp``: hence two leeways.
     """
     now = time.time() if now is None else now
     if kind == "jti":
@@ -91,7 +102,7 @@ def new_revocation(
         before_text = None
     elif kind == "sub":
         before = now if revoked_before is None else revoked_before
-        expires = before + max_token_lifetime_s + leeway_s
+        expires = before + max_token_lifetime_s + 2 * leeway_s
         before_text = format_ts(before)
     else:
         raise ValueError(f"kind must be 'jti' or 'sub', not {kind!r}")
@@ -162,8 +173,10 @@ class RevocationStore:
     def version(self) -> int:
         return self.index.version
 
-    def is_revoked(self, iss: str | None, jti: str | None, sub: str | None, iat: float | None) -> bool:
-        return self.index.is_revoked(iss, jti, sub, iat)
+    def is_revoked(
+        self, iss: str | None, jti: str | None, sub: str | None, iat: float | None, leeway_s: float = 0.0
+    ) -> bool:
+        return self.index.is_revoked(iss, jti, sub, iat, leeway_s)
 
     def revoke(
         self,

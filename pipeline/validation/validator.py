@@ -14,7 +14,9 @@ from pipeline.validation.verifier import TokenVerifier, Verdict, reject
 
 
 class RevocationCheck(Protocol):
-    def is_revoked(self, iss: str | None, jti: str | None, sub: str | None, iat: float | None) -> bool: ...
+    def is_revoked(
+        self, iss: str | None, jti: str | None, sub: str | None, iat: float | None, leeway_s: float = 0.0
+    ) -> bool: ...
 
 
 class TokenValidator:
@@ -95,6 +97,8 @@ class TokenValidator:
             return verdict
         claims = verdict.claims
         assert claims is not None
-        if self.revocations.is_revoked(claims["iss"], claims["jti"], claims["sub"], claims["iat"]):
+        if self.revocations.is_revoked(
+            claims["iss"], claims["jti"], claims["sub"], claims["iat"], self.config.leeway_s
+        ):
             return reject("revoked", claims, verdict.kid)
         return verdict
