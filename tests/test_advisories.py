@@ -7,6 +7,9 @@ tests of each mechanism live beside the code's other tests; ``docs/security.md``
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from pathlib import Path
+
 # ---------------------------------------------------------------------------------------------------------------
 # HIGH 1: a forged token with invalid Unicode in a claim erased other requests' usage events
 # ---------------------------------------------------------------------------------------------------------------
@@ -20,6 +23,96 @@ from __future__ import annotations
 # ---------------------------------------------------------------------------------------------------------------
 # MEDIUM 3: a slow JWKS URL stalled every validation
 # ---------------------------------------------------------------------------------------------------------------
+
+
+def test_medium_3_slow_jwks_url_never_stalls_validations(tmp_path: Path) -> None:
+    """A JWKS server that starts trickling a byte every 0.2 s (inside every per-read timeout), then 61 forged
+    unknown-kid tokens: every answer still comes within seconds, a cached valid token gets its 200 at once, and
+    /readyz (not /healthz) reports the stuck key source until the server answers again."""
+    import asyncio
+    import json
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response, StreamingResponse
+    from starlette.routing import Route
+
+    from pipeline.validation import ValidatorConfig
+    from pipeline.validation.app import create_validator_app
+    from pipeline.validation.service import ValidatorService
+    from tests.jwtkit import AUDIENCE, ISSUER, Issuer
+    from tests.servers import serve_app
+    from tests.tls import make_tls
+
+    issuer = Issuer.create()
+    body = json.dumps(issuer.jwks()).encode()
+    slow = threading.Event()
+
+    async def jwks(request: Request) -> Response:
+        if not slow.is_set():
+            return Response(body, media_type="application/json")
+
+        async def one_byte_at_a_time() -> AsyncIterator[bytes]:
+            for byte in body:  # ~1.5 KB at 5 bytes a second: minutes per fetch
+                await asyncio.sleep(0.2)
+                yield bytes([byte])
+
+        return StreamingResponse(one_byte_at_a_time(), media_type="application/json")
+
+    tls = make_tls(tmp_path)
+    jwks_app = Starlette(routes=[Route("/jwks.json", jwks)])
+    with serve_app(jwks_app, ssl_certfile=str(tls.cert), ssl_keyfile=str(tls.key)) as jwks_url:
+        config = ValidatorConfig(
+            issuer=ISSUER,
+            audience=AUDIENCE,
+            jwks_url=f"{jwks_url}/jwks.json",
+            jwks_ca_file=tls.ca,
+            jwks_timeout_s=2,
+            jwks_refresh_s=2,
+            jwks_refetch_cooldown_s=0,  # the worst case: every unknown kid may ask for a refetch
+        )
+        service = ValidatorService(config, data_dir=tmp_path / "data")
+        with serve_app(create_validator_app(service)) as url, httpx.Client(base_url=url, timeout=15) as client:
+            valid = issuer.token("ES256")
+            assert client.get("/v1/validate", headers={"Authorization": f"Bearer {valid}"}).status_code == 200
+            assert client.get("/readyz").status_code == 200
+            slow.set()
+            stranger = Issuer.create()
+            forged = [stranger.token("RS256", headers={"kid": f"forged-{i}"}) for i in range(61)]
+
+            def timed(token: str) -> tuple[int, float]:
+                started = time.monotonic()
+                try:
+                    status = httpx.get(f"{url}/v1/validate", headers={"Authorization": f"Bearer {token}"}, timeout=15)
+                    return status.status_code, time.monotonic() - started
+                except httpx.TimeoutException:
+                    return 0, time.monotonic() - started
+
+            with ThreadPoolExecutor(max_workers=64) as pool:
+                attacks = [pool.submit(timed, token) for token in forged]
+                time.sleep(0.5)  # the forged tokens are in flight
+                status, waited = timed(valid)
+                answers = [attack.result() for attack in attacks]
+            assert status == 200 and waited < 5, f"the cached valid token waited {waited:.1f} s"
+            assert all(code == 401 for code, _ in answers), sorted({code for code, _ in answers})
+            assert max(seconds for _, seconds in answers) < 5  # a stuck fetch held up every one of them
+
+            deadline = time.monotonic() + 30
+            while client.get("/readyz").status_code == 200 and time.monotonic() < deadline:
+                time.sleep(0.2)
+            ready = client.get("/readyz")
+            assert ready.status_code == 503 and "JWKS" in ready.json()["detail"]
+            assert client.get("/healthz").status_code == 200  # liveness: the process itself is fine
+            slow.clear()
+            deadline = time.monotonic() + 30
+            while client.get("/readyz").status_code != 200 and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert client.get("/readyz").status_code == 200
+        service.close()
 
 
 # ---------------------------------------------------------------------------------------------------------------
