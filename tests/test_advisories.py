@@ -120,6 +120,100 @@ def test_medium_3_slow_jwks_url_never_stalls_validations(tmp_path: Path) -> None
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def test_medium_4_signed_jwks_cannot_be_rolled_back(tmp_path: Path) -> None:
+    """The URL serves set B (key K2), then the older, still-unexpired set A (key K1) again: A is refused, logged
+    and counted — within a running validator, and by `validator serve` restarted on the same data dir."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+    from prometheus_client import generate_latest
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    from pipeline.validation import ValidatorConfig
+    from pipeline.validation.key_sources import SignedJwksUrlSource
+    from pipeline.validation.keystore import KeyStore
+    from pipeline.validation.service import ValidatorService
+    from pipeline.validation.signed_jwks import RootKey, sign_jwks
+    from tests.servers import serve_app, stop_process, wait_ready
+    from tests.tls import make_tls
+
+    iss, aud = "https://issuer.rollback.test", "https://api.rollback.test"
+    root = RootKey.init(tmp_path / "root", iss)
+    k1, k2 = (KeyStore.init(tmp_path / name, "ES256", issuer=iss) for name in ("k1", "k2"))
+    now = time.time()
+    set_a = sign_jwks(root, k1.public_jwks(), now=now - 3600).encode()  # older, valid for days still
+    set_b = sign_jwks(root, k2.public_jwks(), now=now - 60).encode()
+    served = {"body": set_a}
+
+    async def signed(request: Request) -> Response:
+        return Response(served["body"], media_type="application/jwk-set+jwt")
+
+    tls = make_tls(tmp_path)
+    app = Starlette(routes=[Route("/jwks.jwt", signed)])
+    with serve_app(app, ssl_certfile=str(tls.cert), ssl_keyfile=str(tls.key)) as base:
+        url = f"{base}/jwks.jwt"
+        # 1. within one validator
+        source = SignedJwksUrlSource(url, ("ES256",), root_jwk=root.public_jwk, issuer=iss, ca_file=tls.ca)
+        service = ValidatorService(ValidatorConfig(issuer=iss, audience=aud, jwks=k1.public_jwks()), data_dir=tmp_path)
+        service.validator.keys = source
+        assert service.validator.validate(k1.issue_token("alice", aud)).ok
+        served["body"] = set_b
+        source.refresh()
+        served["body"] = set_a  # rolled back
+        source.refresh()
+        assert service.validator.validate(k1.issue_token("alice", aud)).reason == "unknown_kid"
+        assert service.validator.validate(k2.issue_token("alice", aud)).ok
+        assert 'jwtwatch_jwks_refusals_total{reason="rollback"' in generate_latest(service.registry).decode()
+        service.close()
+
+        # 2. across a restart of `validator serve` on the same data dir
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        command = [sys.executable, "-m", "pipeline.cli", "validator", "serve", "--issuer", iss, "--audience", aud,
+                   "--signed-jwks-url", url, "--jwks-root-key", str(root.path / "root.jwk.json"),
+                   "--signed-jwks-issuer", iss, "--jwks-ca-file", str(tls.ca), "--host", "127.0.0.1",
+                   "--port", str(port), "--data-dir", str(tmp_path / "data")]  # fmt: skip
+        validator = f"http://127.0.0.1:{port}"
+        served["body"] = set_b
+        log = tmp_path / "first.log"
+        with log.open("wb") as output:
+            process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
+        try:
+            wait_ready(validator, process, log)
+            token = k2.issue_token("alice", aud)
+            assert (
+                httpx.get(f"{validator}/v1/validate", headers={"Authorization": f"Bearer {token}"}).status_code == 200
+            )
+        finally:
+            stop_process(process)
+
+        served["body"] = set_a
+        log = tmp_path / "restarted.log"
+        with log.open("wb") as output:
+            process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 60
+            while process.poll() is None and time.monotonic() < deadline:
+                try:
+                    token = k1.issue_token("alice", aud)
+                    answer = httpx.get(f"{validator}/v1/validate", headers={"Authorization": f"Bearer {token}"})
+                    assert answer.status_code != 200, "the restarted validator accepted a token of the older set"
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.2)
+            assert process.poll() not in (None, 0)
+            assert "older than the accepted one" in log.read_text()
+        finally:
+            stop_process(process)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # MEDIUM 5: the key-store audit gate passed with an attacker's key inserted
 # ---------------------------------------------------------------------------------------------------------------
