@@ -510,9 +510,12 @@ def token_issue(
 
 
 def _extra_key_sources(  # type: ignore[no-untyped-def]
-    keys_dir, signed_url, root_key, signed_issuer, max_age, jwks_file, jwks_url, algorithms, ca_file=None
-):
+    keys_dir, signed_url, root_key, signed_issuer, max_age, jwks_file, jwks_url, algorithms, ca_file=None,
+    state_dir=None,
+):  # fmt: skip
     """Key sources beside --jwks-file/--jwks-url: a key store's jwks.json and a signed JWKS URL.
+
+    ``state_dir`` (the data dir) keeps the newest signed set's iat, so that an older one is refused after a restart.
 
     Returns (extra sources, the jwks_file for the config, an inline JWKS for the config): the config needs
     one source of its own, so a store alone becomes its jwks.json, a signed URL alone its first verified set.
@@ -547,6 +550,7 @@ def _extra_key_sources(  # type: ignore[no-untyped-def]
                 issuer=signed_issuer,
                 max_age_s=parse_duration(max_age),
                 ca_file=ca_file,
+                state_dir=state_dir,
             )
         except (OSError, ValueError, JwksError, KeyStoreError) as exc:
             fail(f"--signed-jwks-url: {exc}")
@@ -600,7 +604,11 @@ def validator_serve(
     ] = None,
     signed_jwks_url: Annotated[
         str | None,
-        typer.Option(envvar=_env("signed_jwks_url"), help="https:// URL of a signed JWKS (jwk-set+jwt) to trust."),
+        typer.Option(
+            envvar=_env("signed_jwks_url"),
+            help="https:// URL of a signed JWKS (jwk-set+jwt) to trust. The newest set's iat is kept under "
+            "DATA_DIR/signed-jwks/: an older set is refused (rollback), also after a restart.",
+        ),
     ] = None,
     jwks_root_key: Annotated[
         Path | None,
@@ -653,7 +661,7 @@ def validator_serve(
     transport = _transport(host, tls_cert, tls_key, trusted_proxies, require_tls, insecure_http)
     extra_keys, jwks_file, inline_jwks = _extra_key_sources(
         keys_dir, signed_jwks_url, jwks_root_key, signed_jwks_issuer, signed_jwks_max_age, jwks_file, jwks_url,
-        algorithms, jwks_ca_file,
+        algorithms, jwks_ca_file, data_dir,
     )  # fmt: skip
     try:
         config = ValidatorConfig(
@@ -690,7 +698,7 @@ def validator_serve(
             # fresh key sources after the fork: no HTTP connection shared with the parent or a sibling
             sources = _extra_key_sources(
                 keys_dir, signed_jwks_url, jwks_root_key, signed_jwks_issuer, signed_jwks_max_age, jwks_file,
-                jwks_url, algorithms, jwks_ca_file,
+                jwks_url, algorithms, jwks_ca_file, data_dir,
             )[0]  # fmt: skip
         bus = _bus(kafka)
         try:

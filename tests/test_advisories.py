@@ -8,6 +8,7 @@ tests of each mechanism live beside the code's other tests; ``docs/security.md``
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from pipeline.validation import TokenValidator, ValidatorConfig
@@ -29,9 +30,199 @@ from tests.jwtkit import AUDIENCE, ISSUER, Issuer
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def test_medium_3_slow_jwks_url_never_stalls_validations(tmp_path: Path) -> None:
+    """A JWKS server that starts trickling a byte every 0.2 s (inside every per-read timeout), then 61 forged
+    unknown-kid tokens: every answer still comes within seconds, a cached valid token gets its 200 at once, and
+    /readyz (not /healthz) reports the stuck key source until the server answers again."""
+    import asyncio
+    import json
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response, StreamingResponse
+    from starlette.routing import Route
+
+    from pipeline.validation import ValidatorConfig
+    from pipeline.validation.app import create_validator_app
+    from pipeline.validation.service import ValidatorService
+    from tests.jwtkit import AUDIENCE, ISSUER, Issuer
+    from tests.servers import serve_app
+    from tests.tls import make_tls
+
+    issuer = Issuer.create()
+    body = json.dumps(issuer.jwks()).encode()
+    slow = threading.Event()
+
+    async def jwks(request: Request) -> Response:
+        if not slow.is_set():
+            return Response(body, media_type="application/json")
+
+        async def one_byte_at_a_time() -> AsyncIterator[bytes]:
+            for byte in body:  # ~1.5 KB at 5 bytes a second: minutes per fetch
+                await asyncio.sleep(0.2)
+                yield bytes([byte])
+
+        return StreamingResponse(one_byte_at_a_time(), media_type="application/json")
+
+    tls = make_tls(tmp_path)
+    jwks_app = Starlette(routes=[Route("/jwks.json", jwks)])
+    with serve_app(jwks_app, ssl_certfile=str(tls.cert), ssl_keyfile=str(tls.key)) as jwks_url:
+        config = ValidatorConfig(
+            issuer=ISSUER,
+            audience=AUDIENCE,
+            jwks_url=f"{jwks_url}/jwks.json",
+            jwks_ca_file=tls.ca,
+            jwks_timeout_s=2,
+            jwks_refresh_s=2,
+            jwks_refetch_cooldown_s=0,  # the worst case: every unknown kid may ask for a refetch
+        )
+        service = ValidatorService(config, data_dir=tmp_path / "data")
+        with serve_app(create_validator_app(service)) as url, httpx.Client(base_url=url, timeout=15) as client:
+            valid = issuer.token("ES256")
+            assert client.get("/v1/validate", headers={"Authorization": f"Bearer {valid}"}).status_code == 200
+            assert client.get("/readyz").status_code == 200
+            slow.set()
+            stranger = Issuer.create()
+            forged = [stranger.token("RS256", headers={"kid": f"forged-{i}"}) for i in range(61)]
+
+            # one client for all (it is thread-safe): the time measured is the validator's, not TLS-context set-up
+            limits = httpx.Limits(max_connections=100, max_keepalive_connections=100)
+            attacker = httpx.Client(base_url=url, timeout=15, limits=limits)
+
+            def timed(token: str) -> tuple[int, float]:
+                started = time.monotonic()
+                try:
+                    status = attacker.get("/v1/validate", headers={"Authorization": f"Bearer {token}"})
+                    return status.status_code, time.monotonic() - started
+                except httpx.TimeoutException:
+                    return 0, time.monotonic() - started
+
+            with attacker, ThreadPoolExecutor(max_workers=64) as pool:
+                attacks = [pool.submit(timed, token) for token in forged]
+                time.sleep(0.5)  # the forged tokens are in flight
+                status, waited = timed(valid)
+                answers = [attack.result() for attack in attacks]
+            assert status == 200 and waited < 5, f"the cached valid token waited {waited:.1f} s"
+            assert all(code == 401 for code, _ in answers), sorted({code for code, _ in answers})
+            # at most one of them waits for a refetch, and that no longer than its 2 s deadline; before, they all
+            # queued behind a fetch that lasted as long as the server kept trickling (minutes)
+            assert max(seconds for _, seconds in answers) < 10
+
+            deadline = time.monotonic() + 30
+            while client.get("/readyz").status_code == 200 and time.monotonic() < deadline:
+                time.sleep(0.2)
+            ready = client.get("/readyz")
+            assert ready.status_code == 503 and "JWKS" in ready.json()["detail"]
+            assert client.get("/healthz").status_code == 200  # liveness: the process itself is fine
+            slow.clear()
+            deadline = time.monotonic() + 30
+            while client.get("/readyz").status_code != 200 and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert client.get("/readyz").status_code == 200
+        service.close()
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # MEDIUM 4: a signed JWKS could be rolled back to an older, still-unexpired set
 # ---------------------------------------------------------------------------------------------------------------
+
+
+def test_medium_4_signed_jwks_cannot_be_rolled_back(tmp_path: Path) -> None:
+    """The URL serves set B (key K2), then the older, still-unexpired set A (key K1) again: A is refused, logged
+    and counted — within a running validator, and by `validator serve` restarted on the same data dir."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+    from prometheus_client import generate_latest
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    from pipeline.validation import ValidatorConfig
+    from pipeline.validation.key_sources import SignedJwksUrlSource
+    from pipeline.validation.keystore import KeyStore
+    from pipeline.validation.service import ValidatorService
+    from pipeline.validation.signed_jwks import RootKey, sign_jwks
+    from tests.servers import serve_app, stop_process, wait_ready
+    from tests.tls import make_tls
+
+    iss, aud = "https://issuer.rollback.test", "https://api.rollback.test"
+    root = RootKey.init(tmp_path / "root", iss)
+    k1, k2 = (KeyStore.init(tmp_path / name, "ES256", issuer=iss) for name in ("k1", "k2"))
+    now = time.time()
+    set_a = sign_jwks(root, k1.public_jwks(), now=now - 3600).encode()  # older, valid for days still
+    set_b = sign_jwks(root, k2.public_jwks(), now=now - 60).encode()
+    served = {"body": set_a}
+
+    async def signed(request: Request) -> Response:
+        return Response(served["body"], media_type="application/jwk-set+jwt")
+
+    tls = make_tls(tmp_path)
+    app = Starlette(routes=[Route("/jwks.jwt", signed)])
+    with serve_app(app, ssl_certfile=str(tls.cert), ssl_keyfile=str(tls.key)) as base:
+        url = f"{base}/jwks.jwt"
+        # 1. within one validator
+        source = SignedJwksUrlSource(url, ("ES256",), root_jwk=root.public_jwk, issuer=iss, ca_file=tls.ca)
+        service = ValidatorService(ValidatorConfig(issuer=iss, audience=aud, jwks=k1.public_jwks()), data_dir=tmp_path)
+        service.validator.keys = source
+        assert service.validator.validate(k1.issue_token("alice", aud)).ok
+        served["body"] = set_b
+        source.refresh()
+        served["body"] = set_a  # rolled back
+        source.refresh()
+        assert service.validator.validate(k1.issue_token("alice", aud)).reason == "unknown_kid"
+        assert service.validator.validate(k2.issue_token("alice", aud)).ok
+        assert 'jwtwatch_jwks_refusals_total{reason="rollback"' in generate_latest(service.registry).decode()
+        service.close()
+
+        # 2. across a restart of `validator serve` on the same data dir
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        command = [sys.executable, "-m", "pipeline.cli", "validator", "serve", "--issuer", iss, "--audience", aud,
+                   "--signed-jwks-url", url, "--jwks-root-key", str(root.path / "root.jwk.json"),
+                   "--signed-jwks-issuer", iss, "--jwks-ca-file", str(tls.ca), "--host", "127.0.0.1",
+                   "--port", str(port), "--data-dir", str(tmp_path / "data")]  # fmt: skip
+        validator = f"http://127.0.0.1:{port}"
+        served["body"] = set_b
+        log = tmp_path / "first.log"
+        with log.open("wb") as output:
+            process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
+        try:
+            wait_ready(validator, process, log)
+            token = k2.issue_token("alice", aud)
+            assert (
+                httpx.get(f"{validator}/v1/validate", headers={"Authorization": f"Bearer {token}"}).status_code == 200
+            )
+        finally:
+            stop_process(process)
+
+        served["body"] = set_a
+        log = tmp_path / "restarted.log"
+        with log.open("wb") as output:
+            process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 60
+            while process.poll() is None and time.monotonic() < deadline:
+                try:
+                    token = k1.issue_token("alice", aud)
+                    answer = httpx.get(f"{validator}/v1/validate", headers={"Authorization": f"Bearer {token}"})
+                    assert answer.status_code != 200, "the restarted validator accepted a token of the older set"
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.2)
+            assert process.poll() not in (None, 0)
+            assert "older than the accepted one" in log.read_text()
+        finally:
+            stop_process(process)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import socket
+import ssl
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from prometheus_client import generate_latest
 from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from pipeline.validation import TokenValidator, ValidatorConfig
@@ -31,17 +36,28 @@ class JwksServer:
     status: int = 200
     requests: int = 0
     extra_keys: list[dict] = field(default_factory=list)
+    #: seconds between the bytes of the body (0: all at once) — a server that stays inside every per-read timeout
+    trickle_s: float = 0.0
+    headers: dict[str, str] = field(default_factory=dict)
 
     def app(self) -> Starlette:
         async def jwks(request: Request) -> Response:
             self.requests += 1
-            return Response(self.body, status_code=self.status, media_type="application/json")
+            if self.trickle_s:
+                return StreamingResponse(self._trickle(self.body, self.trickle_s), media_type="application/json")
+            return Response(self.body, status_code=self.status, media_type="application/json", headers=self.headers)
 
         async def redirect(request: Request) -> Response:
             self.requests += 1
             return Response(status_code=302, headers={"Location": "/jwks.json"})
 
         return Starlette(routes=[Route("/jwks.json", jwks), Route("/moved", redirect)])
+
+    @staticmethod
+    async def _trickle(body: bytes, pause_s: float) -> AsyncIterator[bytes]:
+        for byte in body:
+            await asyncio.sleep(pause_s)
+            yield bytes([byte])
 
 
 @pytest.fixture(scope="module")
@@ -211,3 +227,137 @@ def test_only_sources_that_may_fetch_keys_are_marked_blocking(tmp_path: Path, is
         generation = 0
 
     assert CombinedKeySource([static, Unknown()]).may_block  # type: ignore[list-item]
+
+
+# ------------------------------------------------------------------------------ slow or stuck JWKS servers
+
+
+class HeaderTrickler:
+    """A TLS server that sends its status line and headers one byte every 0.1 s and never finishes them: each
+    read returns well inside any per-read timeout, so only a total deadline ends the request."""
+
+    def __init__(self, cert: Path, key: Path) -> None:
+        self._tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self._tls.load_cert_chain(cert, key)
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"https://127.0.0.1:{self._listener.getsockname()[1]}/jwks.json"
+        self._stop = threading.Event()
+        self.connections = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        try:
+            with self._tls.wrap_socket(conn, server_side=True) as tls:
+                tls.recv(65536)
+                head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n" + b"X-Slow: " + b"a" * 100_000
+                for byte in head:
+                    if self._stop.wait(0.1):
+                        return
+                    tls.sendall(bytes([byte]))
+        except OSError:
+            return
+
+    def close(self) -> None:
+        self._stop.set()
+        self._listener.close()
+
+
+def test_trickled_headers_are_cut_off_at_the_total_deadline(tmp_path: Path) -> None:
+    tls = make_tls(tmp_path)
+    server = HeaderTrickler(tls.cert, tls.key)
+    try:
+        started = time.monotonic()
+        source = UrlKeySource(server.url, ("ES256",), ca_file=tls.ca, timeout_s=1.0)
+        took = time.monotonic() - started
+        assert server.connections == 1
+        assert not source.has_keys
+        assert "deadline" in (source.last_error or "")
+        assert source.refusals["fetch"] == 1
+        assert took < 10  # the per-read timeout alone would let it run for hours
+        source.close()
+    finally:
+        server.close()
+
+
+def test_an_unknown_kid_during_a_refresh_in_progress_is_answered_at_once(https, issuer: Issuer) -> None:
+    url, server, ca = https
+    validator = TokenValidator(_config(f"{url}/jwks.json", ca, jwks_refetch_cooldown_s=0, jwks_timeout_s=30))
+    source = validator.keys
+    assert isinstance(source, UrlKeySource)
+    token = issuer.token("ES256")
+    assert validator.validate(token).ok
+    server.trickle_s = 0.2  # the next fetch takes the whole 30 s deadline
+    refresh = threading.Thread(target=source.refresh, daemon=True)
+    refresh.start()
+    deadline = time.monotonic() + 10
+    while server.requests < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert server.requests == 2
+    started = time.monotonic()
+    stranger = Issuer.create()
+    for _ in range(20):
+        assert validator.validate(stranger.token("RS256", headers={"kid": f"random-{time.time_ns()}"})).reason == (
+            "unknown_kid"
+        )
+    validator.cache.clear()
+    assert validator.validate(token).ok  # judged on the keys in hand, not after the refresh
+    assert time.monotonic() - started < 10  # not one of them waited for the 30 s fetch
+    assert server.requests == 2  # and none started another
+    validator.close()  # the refresher thread ends with its fetch (a daemon either way)
+
+
+def test_keys_are_refreshed_on_schedule_without_any_request(https, issuer: Issuer) -> None:
+    url, server, ca = https
+    source = UrlKeySource(f"{url}/jwks.json", ("RS256", "ES256", "EdDSA"), ca_file=ca, refresh_s=0.5)
+    rotated = new_key("ES256", kid="es256-scheduled")
+    server.body = json.dumps(issuer.jwks(rotated.public_jwk())).encode()
+    deadline = time.monotonic() + 20
+    while "es256-scheduled" not in source.current().by_kid and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "es256-scheduled" in source.current().by_kid
+    assert source.generation >= 1
+    source.close()
+    assert not source._thread.is_alive()
+
+
+def test_readiness_follows_a_failing_key_source_and_recovers(https, issuer: Issuer, tmp_path: Path) -> None:
+    from pipeline.validation.service import ValidatorService
+
+    url, server, ca = https
+    config = _config(f"{url}/jwks.json", ca, jwks_refresh_s=0.5, jwks_max_stale_s=0.5, jwks_refetch_cooldown_s=0)
+    service = ValidatorService(config, data_dir=tmp_path / "data")
+    assert service.ready() == (True, "ok")
+    server.status = 503
+    deadline = time.monotonic() + 20
+    while service.ready()[0] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    ready, detail = service.ready()
+    assert not ready and "not been refreshed" in detail and url not in detail  # /readyz is public: no URL
+    assert "HTTP 503" in (service.validator.keys.last_error or "")  # type: ignore[attr-defined]
+    assert service.validator.validate(issuer.token("ES256")).ok  # the last good keys are still in use
+    metrics = generate_latest(service.registry).decode()
+    assert 'jwtwatch_jwks_refusals_total{reason="fetch",source="' in metrics
+    server.status = 200
+    deadline = time.monotonic() + 20
+    while not service.ready()[0] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert service.ready() == (True, "ok")
+    service.close()
+
+
+def test_a_compressed_answer_is_refused(https) -> None:
+    """Identity is asked for, so that the size cap counts what ends up in memory; gzip anyway is refused."""
+    url, server, ca = https
+    server.headers = {"Content-Encoding": "gzip"}
+    source = UrlKeySource(f"{url}/jwks.json", ("ES256",), ca_file=ca)
+    assert not source.has_keys and "content-encoding" in (source.last_error or "")
+    source.close()

@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import jwt
 import pytest
+from prometheus_client import generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -291,3 +292,120 @@ def test_validator_serve_trusts_a_pinned_signed_jwks_url_end_to_end(https, root:
     server.body = sign_jwks(RootKey.init(tmp_path / "evil-root", ISS), attacker.public_jwks()).encode()
     refused = subprocess.run(command, capture_output=True, text=True, timeout=60)
     assert refused.returncode != 0 and "--signed-jwks-url" in refused.stderr + refused.stdout
+
+
+# --------------------------------------------------------------------------- rollback (high-water mark)
+
+
+def _signed_source(url: str, ca: Path, root: RootKey, state_dir: Path | None) -> SignedJwksUrlSource:
+    return SignedJwksUrlSource(url, ALGS, root_jwk=root.public_jwk, issuer=ISS, ca_file=ca, state_dir=state_dir)
+
+
+def test_an_older_set_is_refused_after_a_restart(https, root: RootKey, tmp_path: Path) -> None:
+    url, server, ca = https
+    older, newer = (KeyStore.init(tmp_path / name, "ES256", issuer=ISS) for name in ("k1", "k2"))
+    now = time.time()
+    set_a = sign_jwks(root, older.public_jwks(), now=now - 3600).encode()
+    set_b = sign_jwks(root, newer.public_jwks(), now=now - 60).encode()
+    state = tmp_path / "data"
+
+    server.body = set_b
+    first = _signed_source(url, ca, root, state)
+    assert first.has_keys and first.high_water.iat == int(now - 60)
+    first.close()
+
+    server.body = set_a  # the restarted validator is offered the older set first
+    restarted = _signed_source(url, ca, root, state)
+    assert not restarted.has_keys
+    assert "older" in (restarted.last_error or "") and restarted.refusals == {"rollback": 1}
+    server.body = set_b  # the set it had is fine again, and a newer one moves the mark on
+    assert restarted.refresh() and restarted.has_keys
+    set_c = sign_jwks(root, older.public_jwks(), now=now).encode()
+    server.body = set_c
+    assert restarted.refresh() and restarted.high_water.iat == int(now)
+    restarted.close()
+
+    stored = json.loads(restarted.high_water.path.read_bytes())  # type: ignore[union-attr]
+    assert stored["iat"] == int(now) and stored["root_kid"] == root.kid and stored["issuer"] == ISS
+    assert restarted.high_water.path.stat().st_mode & 0o777 == 0o600  # type: ignore[union-attr]
+    assert restarted.high_water.path.parent.stat().st_mode & 0o077 == 0  # type: ignore[union-attr]
+
+
+def test_same_iat_is_accepted_only_for_the_same_content(https, root: RootKey, store: KeyStore, tmp_path) -> None:
+    url, server, ca = https
+    now = time.time()
+    server.body = sign_jwks(root, store.public_jwks(), now=now).encode()
+    source = _signed_source(url, ca, root, tmp_path / "data")
+    assert source.has_keys
+    # signed again, unchanged: ECDSA gives another signature, the content is the same — accepted
+    resigned = sign_jwks(root, store.public_jwks(), now=now).encode()
+    assert resigned != server.body
+    server.body = resigned
+    assert source.refresh() is False and source.last_error is None
+    # another key set claiming the same moment: which one is newest cannot be told — refused
+    other = KeyStore.init(tmp_path / "other", "ES256", issuer=ISS)
+    server.body = sign_jwks(root, other.public_jwks(), now=now).encode()
+    assert source.refresh() is False and source.refusals["conflict"] == 1
+    assert set(source.current().by_kid) == {store.current().kid}
+    source.close()
+
+
+def test_worker_processes_sharing_a_data_dir_share_the_mark(https, root: RootKey, tmp_path: Path) -> None:
+    """Two sources on one state dir stand for two workers: what one accepted, the other cannot be rolled back
+    behind, even though it never saw the newer set itself."""
+    url, server, ca = https
+    older, newer = (KeyStore.init(tmp_path / name, "ES256", issuer=ISS) for name in ("k1", "k2"))
+    now = time.time()
+    set_a = sign_jwks(root, older.public_jwks(), now=now - 3600).encode()
+    state = tmp_path / "data"
+    server.body = set_a
+    worker_1 = _signed_source(url, ca, root, state)
+    worker_2 = _signed_source(url, ca, root, state)
+    server.body = sign_jwks(root, newer.public_jwks(), now=now - 60).encode()
+    assert worker_1.refresh()
+    server.body = set_a  # the same set worker 2 holds, but older than what worker 1 recorded
+    assert worker_2.refresh() is False and worker_2.refusals["rollback"] == 1
+    worker_1.close()
+    worker_2.close()
+
+
+def test_an_unreadable_or_unwritable_state_refuses_every_set(https, root: RootKey, store, tmp_path: Path) -> None:
+    url, server, ca = https
+    server.body = sign_jwks(root, store.public_jwks()).encode()
+    state = tmp_path / "data"
+    source = _signed_source(url, ca, root, state)
+    path = source.high_water.path
+    assert path is not None and source.has_keys
+    source.close()
+    path.write_text("{not json")
+    broken = _signed_source(url, ca, root, state)
+    assert not broken.has_keys and broken.refusals == {"state": 1} and "remove it" in (broken.last_error or "")
+    broken.close()
+    path.unlink()  # removing the state resets the protection: the first valid set is trusted, as on a first start
+    assert _signed_source(url, ca, root, state).has_keys
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("")
+    unwritable = _signed_source(url, ca, root, not_a_dir)
+    assert not unwritable.has_keys and unwritable.refusals == {"state": 1}  # a set that cannot be recorded is not used
+    unwritable.close()
+
+
+def test_rollback_refusals_are_logged_and_counted_in_the_metrics(
+    https, root: RootKey, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    url, server, ca = https
+    older, newer = (KeyStore.init(tmp_path / name, "ES256", issuer=ISS) for name in ("k1", "k2"))
+    now = time.time()
+    server.body = sign_jwks(root, newer.public_jwks(), now=now - 60).encode()
+    source = _signed_source(url, ca, root, None)  # in memory only: still refuses within the process
+    service = ValidatorService(ValidatorConfig(issuer=ISS, audience=AUD, jwks=newer.public_jwks()), data_dir=tmp_path)
+    service.validator.keys = source  # as validator serve does: the live source replaces the config's stand-in
+    server.body = sign_jwks(root, older.public_jwks(), now=now - 3600).encode()
+    with caplog.at_level("ERROR", logger="pipeline.validation.signed_jwks"):
+        assert source.refresh() is False
+    assert any("rollback" in r.getMessage() for r in caplog.records)
+    metrics = generate_latest(service.registry).decode()
+    assert f'jwtwatch_jwks_refusals_total{{reason="rollback",source="{url}"}} 1.0' in metrics
+    assert service.validator.validate(newer.issue_token("alice", AUD)).ok
+    assert service.validator.validate(older.issue_token("alice", AUD)).reason == "unknown_kid"
+    service.close()

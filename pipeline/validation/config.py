@@ -40,7 +40,15 @@ class ValidatorConfig(BaseModel):
     require_typ: Literal["at+jwt"] | None = Field(None, description="'at+jwt' for strict RFC 9068 typing")
     jwks_refetch_cooldown_s: float = Field(60.0, ge=0, description="at most one refetch per this on unknown kid")
     jwks_refresh_s: float = Field(300.0, gt=0, description="how long fetched keys are used before a refresh")
-    jwks_timeout_s: float = Field(5.0, gt=0, description="timeout of one JWKS URL fetch")
+    jwks_timeout_s: float = Field(
+        5.0, gt=0, description="total deadline of one JWKS URL fetch (connect, TLS, headers and body together)"
+    )
+    jwks_max_stale_s: float | None = Field(
+        None,
+        gt=0,
+        description="/readyz is 503 once JWKS URL refreshes have failed this long past their schedule "
+        "(the last good keys stay in use); default: twice jwks_refresh_s",
+    )
     cache_size: int = Field(100_000, ge=0, description="verified tokens remembered; 0 disables the cache")
     one_time_audiences: tuple[str, ...] = Field(
         (), description="tokens for any of these audiences are one-time: accepted once, then `replayed`"

@@ -19,6 +19,7 @@ from pipeline.bus.topics import REPLAY
 from pipeline.events import Revocation
 from pipeline.validation.client_ip import Network, parse_networks
 from pipeline.validation.config import ValidatorConfig
+from pipeline.validation.key_sources import KeySourceCollector, key_source_problem
 from pipeline.validation.replay import ReplayFollower, use_message
 from pipeline.validation.revocation_feed import FeedSigner
 from pipeline.validation.revocations import RevocationStore
@@ -123,6 +124,8 @@ class ValidatorService:
         self.metrics.revocation_version.set_function(lambda: self.revocations.version)
         self.metrics.revocations_active.set_function(lambda: len(self.revocations.index))
         self.metrics.cache_entries.set_function(lambda: len(self.validator.cache))
+        # JWKS URL refusals (rollbacks included) and key age; the key source is looked up at each scrape
+        self.registry.register(KeySourceCollector(lambda: self.validator.keys))
         self._counters: dict[tuple[bool, str | None], Any] = {}  # validations_total children, by (ok, reason)
         self.worker = worker
         if worker is not None:
@@ -231,6 +234,9 @@ class ValidatorService:
     def ready(self) -> tuple[bool, str]:
         if not self.validator.keys.current().usable():
             return False, "no usable signing keys"
+        stuck = key_source_problem(self.validator.keys)  # refreshes failing for long, or a fetch past its deadline
+        if stuck is not None:
+            return False, stuck
         if self.feed is not None and self.feed.caught_up_at is None:  # type: ignore[attr-defined]
             return False, "revocation feed not caught up yet"
         if self.store_sync is not None and self.store_sync.stale():

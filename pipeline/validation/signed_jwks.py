@@ -10,13 +10,27 @@ The root key is kept apart from the signing keys (its own directory, made by ``j
 ``ROOT/root.jwk.json``, the public JWK to pin on validators. Signing happens where the root key is —
 ``jwtwatch keys sign-jwks`` or ``jwtwatch keys rotate --root`` — and writes ``jwks.jwt`` beside the store's
 ``jwks.json``; a validator with ``--keys-dir`` only serves that file, it never holds the root key.
+
+A validator also refuses a rollback: whoever controls the web server could otherwise serve an older set, still
+signed and unexpired, and bring back a retired key. :class:`SignedJwksHighWater` remembers the ``iat`` and the
+digest of the newest set accepted — in a state file (0600, written atomically and fsynced, under an exclusive
+lock) when given a directory, so that a restart or another worker process on the same data dir remembers it too —
+and a set issued earlier is refused, as is a different set issued in the same second (two sets that claim the
+same moment cannot both be the newest; the same set served again is of course accepted).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import json
+import logging
 import os
+import threading
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,17 +48,24 @@ from pipeline.validation.keystore import (
     _pem,
     _public_jwk,
     _write_atomic,
+    canonical_json,
     jwk_thumbprint,
     passphrase_from_env,
 )
 
+log = logging.getLogger(__name__)
+
 __all__ = [
     "SIGNED_JWKS_FILE",
     "SIGNED_JWKS_TYP",
+    "RollbackError",
     "RootKey",
+    "SignedJwksHighWater",
+    "SignedKeySet",
     "publish_signed_jwks",
     "sign_jwks",
     "verify_signed_jwks",
+    "verify_signed_key_set",
 ]
 
 SIGNED_JWKS_TYP = "jwk-set+jwt"
@@ -53,6 +74,8 @@ ROOT_PRIVATE = "root.pem"
 ROOT_PUBLIC = "root.jwk.json"
 ROOT_META = "root.json"
 DEFAULT_VALIDITY_S = 7 * 86400
+HIGH_WATER_DIR = "signed-jwks"
+HIGH_WATER_FORMAT = "jwtwatch-signed-jwks-high-water/1"
 
 
 class RootKey:
@@ -153,6 +176,16 @@ def signed_jwks_is_current(store_dir: Path) -> bool:
     return claims.get("keys") == published.get("keys")
 
 
+@dataclass(frozen=True, slots=True)
+class SignedKeySet:
+    """A verified signed JWK Set: its keys, when it was issued and until when, and a digest of all its claims."""
+
+    jwks: dict[str, Any]
+    iat: float
+    exp: float
+    digest: str
+
+
 def verify_signed_jwks(
     token: str | bytes,
     root_jwk: dict[str, Any],
@@ -163,6 +196,23 @@ def verify_signed_jwks(
     now: float | None = None,
 ) -> tuple[dict[str, Any], float]:
     """Check a signed JWK Set against the pinned root key; return (the JWK Set, its exp).
+
+    The rules are :func:`verify_signed_key_set`'s.
+    """
+    signed = verify_signed_key_set(token, root_jwk, issuer=issuer, max_age_s=max_age_s, leeway_s=leeway_s, now=now)
+    return signed.jwks, signed.exp
+
+
+def verify_signed_key_set(
+    token: str | bytes,
+    root_jwk: dict[str, Any],
+    *,
+    issuer: str,
+    max_age_s: float = DEFAULT_VALIDITY_S,
+    leeway_s: float = 30.0,
+    now: float | None = None,
+) -> SignedKeySet:
+    """Check a signed JWK Set against the pinned root key.
 
     Refused (JwksError): a signature that is not the root's, an algorithm other than the root key's, a ``typ``
     other than ``jwk-set+jwt``, an ``iss`` other than ``issuer``, no ``iat``/``exp``, ``exp`` passed,
@@ -215,4 +265,136 @@ def verify_signed_jwks(
         raise JwksError('signed JWKS has no "keys" list')
     if any(isinstance(k, dict) and k.get("kid") == root.kid for k in keys):
         raise JwksError("signed JWKS lists the root key itself as a signing key")
-    return {"keys": keys}, float(exp)
+    try:
+        # of the claims, not of the JWS: a set signed again unchanged (ECDSA signatures differ each time) is the same
+        digest = hashlib.sha256(canonical_json(claims)).hexdigest()
+    except ValueError:  # NaN or Infinity somewhere in the claims: not a set anyone meant to sign
+        raise JwksError("signed JWKS: claims are not plain JSON") from None
+    return SignedKeySet({"keys": keys}, float(iat), float(exp), digest)
+
+
+class RollbackError(JwksError):
+    """A signed key set that is valid but older than (or contradicts) the newest one already accepted."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        #: ``rollback`` (issued before the newest accepted set), ``conflict`` (same iat, other content) or
+        #: ``state`` (the recorded mark cannot be read or written, so nothing newer can be proven)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class _Mark:
+    iat: float
+    digest: str
+
+
+class SignedJwksHighWater:
+    """The newest signed key set accepted from one root and issuer: an older one is a rollback and is refused.
+
+    With ``state_dir``, the mark lives in ``STATE_DIR/signed-jwks/<root and issuer fingerprint>.json`` (0600 in a
+    0700 directory, replaced atomically and fsynced, read and written under an exclusive ``flock``), so that it
+    survives restarts and is shared by the worker processes of one data dir. A set that cannot be recorded is
+    not accepted: after a restart, an unrecorded mark would let the older sets back in. A state file that cannot
+    be parsed refuses every set until it is fixed or removed (removing it resets the protection to "trust the
+    first valid set", as on a first start). Without ``state_dir`` the mark is kept in memory only.
+    """
+
+    def __init__(self, state_dir: Path | None, *, root_jwk: dict[str, Any], issuer: str) -> None:
+        root = bind_key(root_jwk)
+        # one timeline per (root key, issuer): pinning another root starts a new one
+        fingerprint = hashlib.sha256(canonical_json({"iss": issuer, "root": root.public_jwk})).hexdigest()[:32]
+        self.path = Path(state_dir) / HIGH_WATER_DIR / f"{fingerprint}.json" if state_dir is not None else None
+        self._issuer = issuer
+        self._root_kid = root.kid
+        self._mark: _Mark | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def iat(self) -> float | None:
+        """The iat of the newest set accepted here (None: none yet)."""
+        return self._mark.iat if self._mark is not None else None
+
+    def admit(self, candidate: SignedKeySet, *, source: str = "") -> None:
+        """Record ``candidate`` as the newest accepted set, or raise :class:`RollbackError` (it must not be used)."""
+        with self._lock, self._file_lock():
+            mark = self._mark
+            recorded = self._read()
+            if recorded is not None and (mark is None or recorded.iat > mark.iat):
+                mark = recorded  # another process (or this one before a restart) got further
+            if mark is not None and candidate.iat < mark.iat:
+                log.error(
+                    "signed JWKS from %s refused: issued at %d, before the newest accepted set (issued at %d) — "
+                    "a rollback to an older key set",
+                    source,
+                    candidate.iat,
+                    mark.iat,
+                )
+                raise RollbackError(
+                    f"signed JWKS issued at {candidate.iat:.0f} is older than the accepted one ({mark.iat:.0f})",
+                    "rollback",
+                )
+            if mark is not None and candidate.iat == mark.iat:
+                if candidate.digest != mark.digest:
+                    log.error(
+                        "signed JWKS from %s refused: issued at %d like the accepted set, with other content",
+                        source,
+                        candidate.iat,
+                    )
+                    raise RollbackError(
+                        f"signed JWKS issued at {candidate.iat:.0f} differs from the accepted set of the same iat",
+                        "conflict",
+                    )
+                self._mark = mark  # the same set again
+                return
+            new = _Mark(candidate.iat, candidate.digest)
+            self._write(new)
+            self._mark = new
+
+    @contextlib.contextmanager
+    def _file_lock(self) -> Iterator[None]:
+        if self.path is None:
+            yield
+            return
+        try:
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd = os.open(self.path.with_suffix(".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise RollbackError(f"cannot lock the signed JWKS state in {self.path.parent}: {exc}", "state") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+    def _read(self) -> _Mark | None:
+        if self.path is None:
+            return None
+        try:
+            data = json.loads(self.path.read_bytes())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            raise RollbackError(
+                f"signed JWKS state {self.path} is unreadable ({exc}): fix or remove it", "state"
+            ) from None
+        iat, digest = (data.get("iat"), data.get("digest")) if isinstance(data, dict) else (None, None)
+        if not (isinstance(iat, int | float) and not isinstance(iat, bool) and isinstance(digest, str)):
+            raise RollbackError(f"signed JWKS state {self.path} is not a high-water mark: fix or remove it", "state")
+        return _Mark(float(iat), digest)
+
+    def _write(self, mark: _Mark) -> None:
+        if self.path is None:
+            return
+        record = {
+            "format": HIGH_WATER_FORMAT,
+            "issuer": self._issuer,
+            "root_kid": self._root_kid,
+            "iat": mark.iat,
+            "digest": mark.digest,
+            "recorded_at": int(time.time()),
+        }
+        try:
+            _write_atomic(self.path, json.dumps(record, indent=2).encode() + b"\n", 0o600)
+        except OSError as exc:
+            raise RollbackError(f"cannot record the signed JWKS state in {self.path}: {exc}", "state") from None
