@@ -32,6 +32,8 @@ import contextlib
 import hashlib
 import hmac
 import logging
+import os
+import stat
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -92,19 +94,76 @@ _TOKENS: dict[tuple[str, str], _Token] = {}
 _TOKENS_LOCK = threading.Lock()
 
 
-def _check_module(module: str) -> None:
-    """Loading a module runs its code: refuse one that other users could have replaced."""
+# How many symbolic links one module path may pass through (Linux's own limit is 40).
+_MAX_SYMLINKS = 40
+
+
+def _trusted_owner(uid: int) -> bool:
+    return uid in (0, os.geteuid())
+
+
+def _check_module(module: str) -> str:
+    """Loading a module runs its code: refuse one that anyone but root or this user could have replaced.
+
+    The path is resolved one component at a time, as the kernel would, following every symbolic link, and
+    every directory passed through and the module file itself must be owned by root or the current user and
+    not writable by group or others. A link is as trustworthy as the directory holding it (its own mode bits
+    mean nothing), so checking the directories that hold each link and each target covers the whole chain.
+    A directory writable by others is accepted only with the sticky bit (``/tmp``): there only an entry's
+    owner can rename or remove it, and that owner is checked at the next step. Returns the resolved path.
+    """
     path = Path(module)
     if not path.is_absolute():
         raise KeyStoreError(f"the PKCS#11 module path must be absolute, got {module!r}")
+
+    def refuse(why: str) -> KeyStoreError:
+        return KeyStoreError(f"the PKCS#11 module {module}: {why}; refusing to load it")
+
+    def check(where: Path, st: os.stat_result, is_dir: bool) -> None:
+        what = "directory" if is_dir else "file"
+        if not _trusted_owner(st.st_uid):
+            raise refuse(f"{what} {where} is owned by uid {st.st_uid}, neither root nor this user")
+        writable_by_others = st.st_mode & 0o022
+        if writable_by_others and not (is_dir and st.st_mode & stat.S_ISVTX):
+            mode = stat.S_IMODE(st.st_mode)
+            raise refuse(f"{what} {where} is writable by other users (mode {mode:o})")
+
+    pending = list(reversed(path.parts[1:]))  # a stack: the next component to resolve is last
+    current = Path(path.anchor)
+    links = 0
     try:
-        st = path.stat()
+        check(current, current.stat(), is_dir=True)
+        while pending:
+            name = pending.pop()
+            if name in ("", "."):
+                continue
+            if name == "..":
+                current = current.parent  # current is already resolved, so its parent is the real one
+                continue
+            candidate = current / name
+            st = candidate.lstat()
+            if stat.S_ISLNK(st.st_mode):
+                links += 1
+                if links > _MAX_SYMLINKS:
+                    raise refuse(f"more than {_MAX_SYMLINKS} symbolic links")
+                target = Path(os.readlink(candidate))
+                if target.is_absolute():
+                    current = Path(target.anchor)
+                    check(current, current.stat(), is_dir=True)
+                pending.extend(reversed([part for part in target.parts if part != target.anchor]))
+                continue
+            is_last = not pending
+            if not is_last and not stat.S_ISDIR(st.st_mode):
+                raise refuse(f"{candidate} is not a directory")
+            if is_last and not stat.S_ISREG(st.st_mode):
+                raise refuse(f"{candidate} is not a regular file")
+            check(candidate, st, is_dir=not is_last)
+            current = candidate
+        if not stat.S_ISREG(current.stat().st_mode):  # a path ending in "." or ".."
+            raise refuse(f"{current} is not a regular file")
     except OSError as e:
         raise KeyStoreError(f"cannot use the PKCS#11 module {module}: {e.strerror}") from e
-    if st.st_mode & 0o022:
-        raise KeyStoreError(
-            f"the PKCS#11 module {module} is writable by other users (mode {st.st_mode & 0o777:o}); refusing to load it"
-        )
+    return str(current)
 
 
 def _connect(module: str, label: str, pin: bytes) -> _Token:
