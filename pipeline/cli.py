@@ -435,33 +435,71 @@ def keys_audit(
         typer.Option(
             "--verify",
             help="Also check the key directory against the log and the rotation policy (for CI/CD gates): "
-            "exit 1 on any problem.",
+            "exit 1 on any problem, and on a log that nothing outside DIR authenticates.",
         ),
     ] = False,
     max_key_age: Annotated[
         str,
         typer.Option(envvar=_env("max_key_age"), help="With --verify: the oldest the current key may be (90d, 12h)."),
     ] = "90d",
+    expect_head: Annotated[
+        str | None,
+        typer.Option(
+            "--expect-head",
+            envvar=_env("expect_audit_head"),
+            help="A head an earlier audit printed, recorded outside DIR: exit 1 unless the log still holds it "
+            "(catches a rewritten or rolled-back directory); it authenticates the log up to that entry.",
+        ),
+    ] = None,
+    passphrase_file: PassphraseFile = None,
     pin_file: PinFile = None,
 ) -> None:
-    """Verify the hash chain of the key audit log; exit 1 naming the first broken entry."""
+    """Verify the key audit log: its hash chain, its MACs (with the passphrase or PIN) and a recorded head."""
     if verify:
         try:
-            check = verify_store(dir, max_key_age=parse_duration(max_key_age), pin=_pin(pin_file))
+            check = verify_store(
+                dir,
+                max_key_age=parse_duration(max_key_age),
+                expect_head=expect_head,
+                passphrase=_passphrase(passphrase_file),
+                pin=_pin(pin_file),
+            )
         except KeyStoreError as exc:
             fail(str(exc))
         if check.ok:
-            console.print(f"key store verified: audit log intact ({check.audit.entries} entries), keys within policy")
+            by = " and ".join(check.audit.authenticated_by)
+            console.print(
+                f"key store verified: audit log intact and authenticated by {by} ({check.audit.entries} entries), "
+                "keys within policy"
+            )
+            console.print(f"head: {check.audit.head}")
             return
         for problem in check.problems:
             err.print(f"[bold red]problem:[/] {escape(problem)}")
         raise typer.Exit(1)
-    report = verify_audit(dir)
-    if report.ok:
-        console.print(f"audit log intact: {report.entries} entries")
-        return
-    err.print(f"[bold red]audit log broken[/] at entry {report.first_broken}: {report.problem}")
-    raise typer.Exit(1)
+    try:
+        audit_key, why_no_key = None, ""
+        try:
+            audit_key = KeyStore.open(dir, passphrase=_passphrase(passphrase_file), pin=_pin(pin_file)).audit_key()
+        except KeyStoreError as exc:  # the chain can still be checked; the MACs cannot
+            why_no_key = f" ({exc})"
+        report = verify_audit(dir, key=audit_key, expect_head=expect_head)
+    except KeyStoreError as exc:
+        fail(str(exc))
+    if not report.ok:
+        where = f" at entry {report.first_broken}" if report.first_broken is not None else ""
+        err.print(f"[bold red]audit log broken[/]{where}: {escape(report.problem or '')}")
+        raise typer.Exit(1)
+    if report.authenticated:
+        console.print(
+            f"audit log intact and authenticated by {' and '.join(report.authenticated_by)}: {report.entries} entries"
+        )
+    else:
+        err.print(
+            f"[bold yellow]audit log UNAUTHENTICATED[/]: {report.entries} entries chain, but "
+            f"{escape(report.unauthenticated or '')}{escape(why_no_key)}"
+        )
+    console.print(f"head: {report.head}  (record it outside {dir}; check later with --expect-head)")
 
 
 # ------------------------------------------------------------------------------------------ token

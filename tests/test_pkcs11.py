@@ -350,6 +350,35 @@ def test_audit_verify_catches_a_tampered_log_and_a_key_missing_from_the_token(tm
     assert any(kid in p and "missing from the PKCS#11 token" in p for p in problems)
 
 
+def test_the_audit_log_is_authenticated_by_a_key_in_the_token(tmp_path: Path) -> None:
+    from pkcs11 import Attribute, ObjectClass
+
+    from pipeline.validation.keystore import chain_line
+
+    store = hsm_store(tmp_path / "k")
+    store.rotate(now=T0 + 60)
+    record = json.loads((tmp_path / "k" / "store.json").read_text())["audit_key"]
+    assert record["kind"] == "pkcs11"
+    secret = session().get_key(object_class=ObjectClass.SECRET_KEY, id=bytes.fromhex(record["id"]))
+    assert secret[Attribute.SENSITIVE] and not secret[Attribute.EXTRACTABLE] and secret[Attribute.LOCAL]
+    key = KeyStore.open(tmp_path / "k", pin=PIN).audit_key()
+    assert key is not None and all(e["mac"] == key.mac(e["hash"]) for e in store.audit_entries())
+    report = verify_audit(tmp_path / "k", key=key)
+    assert report.authenticated and report.authenticated_by == ("the audit key",)
+    assert verify_store(tmp_path / "k", now=T0 + 120, pin=PIN).ok
+
+    log = tmp_path / "k" / "audit.log"
+    lines = log.read_bytes().splitlines()
+    forged = json.loads(chain_line(len(lines) + 1, lines[-1], {"ts": "x", "action": "drop", "kid": "k", "alg": "ES256",
+                                                              "details": {}}))  # fmt: skip
+    forged["mac"] = "00" * 32
+    log.write_bytes(log.read_bytes() + json.dumps(forged, sort_keys=True, separators=(",", ":")).encode() + b"\n")
+    problems = verify_store(tmp_path / "k", now=T0 + 120, pin=PIN).problems
+    assert any("entry 4: line 4: MAC does not match" in p for p in problems), problems
+    with pytest.raises(KeyStoreError, match="does not authenticate entry 4"):
+        KeyStore.open(tmp_path / "k", pin=PIN).rotate(now=T0 + 180)
+
+
 # --------------------------------------------------------------------------- PIN, module and refusals
 
 
