@@ -566,7 +566,33 @@ def _extra_key_sources(  # type: ignore[no-untyped-def]
             KeyStore.open(keys_dir)
         except KeyStoreError as exc:
             fail(f"--keys-dir: {exc}")
-        if jwks_file is None and jwks_url is None:
+        if root_key is None:
+            logging.getLogger(__name__).warning(
+                "--keys-dir without --jwks-root-key: %s is trusted as it stands, so whoever can write %s can add a "
+                "signing key; pin a root key (jwtwatch keys init-root) to trust only what it signed",
+                keys_dir / JWKS_FILE,
+                keys_dir,
+            )
+        if root_key is not None:
+            # the root vouches for the store's keys: only its signed jwks.jwt counts, never jwks.json, which anyone
+            # who can write the directory can rewrite (issue 14, MEDIUM 5)
+            from pipeline.validation.signed_jwks import SIGNED_JWKS_FILE, SignedJwksFileSource
+
+            if signed_issuer is None:
+                fail("--keys-dir with --jwks-root-key needs --signed-jwks-issuer (the iss of the signed key set)")
+            try:
+                sources.append(
+                    SignedJwksFileSource(
+                        keys_dir / SIGNED_JWKS_FILE,
+                        algs,
+                        root_jwk=json.loads(root_key.read_bytes()),
+                        issuer=signed_issuer,
+                        max_age_s=parse_duration(max_age),
+                    )
+                )
+            except (OSError, ValueError, JwksError, KeyStoreError) as exc:
+                fail(f"--keys-dir: {exc}")
+        elif jwks_file is None and jwks_url is None:
             jwks_file = keys_dir / JWKS_FILE  # the store's keys are the config's own source
         else:
             try:
@@ -633,7 +659,8 @@ def validator_serve(
         typer.Option(
             envvar=_env("keys_dir"),
             help="Key store (jwtwatch keys init) whose public keys to trust and publish, beside any JWKS; "
-            "its signed jwks.jwt is served at /.well-known/jwks.jwt.",
+            "its signed jwks.jwt is served at /.well-known/jwks.jwt. With --jwks-root-key only the keys of that "
+            "root-signed jwks.jwt are trusted, not jwks.json (which whoever can write the directory can change).",
         ),
     ] = None,
     signed_jwks_url: Annotated[
@@ -642,7 +669,10 @@ def validator_serve(
     ] = None,
     jwks_root_key: Annotated[
         Path | None,
-        typer.Option(envvar=_env("jwks_root_key"), help="The root public JWK (root.jwk.json) pinned for it."),
+        typer.Option(
+            envvar=_env("jwks_root_key"),
+            help="The root public JWK (root.jwk.json) pinned for --signed-jwks-url and --keys-dir.",
+        ),
     ] = None,
     signed_jwks_issuer: Annotated[
         str | None,

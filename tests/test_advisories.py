@@ -36,6 +36,101 @@ import pytest
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def test_medium_5_attacker_key_slipped_into_the_key_directory_fails_the_gate_and_is_not_trusted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reviewer's attack, with write access to the key directory but not the passphrase: append valid-looking
+    retire/rotate entries (the hash chain had no key), rewrite store.json and jwks.json, drop an unencrypted 0600
+    PEM. `keys audit --verify` said "intact" and a validator following the directory accepted an attacker-minted
+    `sub: admin` token. Now the entries lack a MAC under the passphrase-derived audit key, so the gate fails (with
+    and without the passphrase), and a validator pinning the root key trusts only the root-signed jwks.jwt."""
+    import json
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+    import jwt
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+    from pipeline.validation.keystore import KeyStore, chain_line
+    from pipeline.validation.signed_jwks import RootKey, publish_signed_jwks
+    from tests.servers import stop_process, wait_ready
+
+    iss, aud, passphrase = "https://issuer.advisory.test", "https://api.advisory.test", "operator passphrase"
+    for name in ("JWTWATCH_KEYS_PASSPHRASE", "JWTWATCH_KEYS_PASSPHRASE_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    keys = tmp_path / "keys"
+    store = KeyStore.init(keys, "ES256", issuer=iss, passphrase=passphrase)
+    root = RootKey.init(tmp_path / "root", iss, passphrase=passphrase)  # kept apart from the key directory
+    publish_signed_jwks(store, root)
+    genuine = store.issue_token("alice", aud)
+    runner = CliRunner()
+    with_passphrase = {"JWTWATCH_KEYS_PASSPHRASE": passphrase}
+    assert runner.invoke(app, ["keys", "audit", "--dir", str(keys), "--verify"], env=with_passphrase).exit_code == 0
+
+    # --- the attacker: their own key, minted elsewhere, then the directory rewritten around it
+    theirs = KeyStore.init(tmp_path / "attacker", "ES256", issuer=iss)
+    their_entry = json.loads((theirs.path / "store.json").read_bytes())["keys"][0]
+    kid = their_entry["kid"]
+    meta = json.loads((keys / "store.json").read_bytes())
+    old = meta["keys"][0]
+    now = time.time()
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(now))
+    lines = (keys / "audit.log").read_bytes().splitlines()
+    for action, entry_kid, details in (
+        ("retire", old["kid"], {"replaced_by": kid}),
+        ("rotate", kid, {"previous": old["kid"]}),
+    ):
+        fields = {"ts": stamp, "action": action, "kid": entry_kid, "alg": "ES256", "details": details}
+        lines.append(chain_line(len(lines) + 1, lines[-1], fields))
+    (keys / "audit.log").write_bytes(b"\n".join(lines) + b"\n")
+    last = json.loads(lines[-1])
+    old["retired_at"] = now
+    their_entry.update(created_at=now, retired_at=None)
+    meta["keys"] = [old, their_entry]
+    meta["audit_head"] = {"seq": last["seq"], "hash": last["hash"]}
+    (keys / "store.json").write_bytes(json.dumps(meta, sort_keys=True, separators=(",", ":")).encode())
+    (keys / "jwks.json").write_text(json.dumps(KeyStore.open(keys, passphrase=passphrase).public_jwks(), indent=2))
+    pem = keys / "private" / f"{kid}.pem"
+    pem.write_bytes((theirs.path / "private" / f"{kid}.pem").read_bytes())  # unencrypted
+    pem.chmod(0o600)
+    forged = theirs.issue_token("admin", aud)
+    assert jwt.get_unverified_header(forged)["kid"] == kid
+
+    # --- the gate: the forged entries carry no MAC; without the passphrase the log is unauthenticated
+    checked = runner.invoke(app, ["keys", "audit", "--dir", str(keys), "--verify"], env=with_passphrase)
+    assert checked.exit_code == 1, checked.output
+    assert "no MAC" in checked.output and "is not encrypted, but this store's keys are" in checked.output
+    for command in (["keys", "audit", "--dir", str(keys), "--verify"], ["keys", "audit", "--dir", str(keys)]):
+        blind = runner.invoke(app, command, env={"JWTWATCH_KEYS_PASSPHRASE": ""})  # no passphrase: still refused
+        assert blind.exit_code == 1 and "no MAC" in blind.output, blind.output
+
+    # --- a validator following the directory with the root pinned trusts what the root signed, not jwks.json
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    command = [sys.executable, "-m", "pipeline.cli", "validator", "serve", "--issuer", iss, "--audience", aud,
+               "--keys-dir", str(keys), "--jwks-root-key", str(root.path / "root.jwk.json"),
+               "--signed-jwks-issuer", iss, "--host", "127.0.0.1", "--port", str(port),
+               "--data-dir", str(tmp_path / "data")]  # fmt: skip
+    log = tmp_path / "validator.log"
+    with log.open("wb") as output:
+        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_ready(base, process, log)
+        answer = {
+            token: httpx.get(f"{base}/v1/validate", headers={"Authorization": f"Bearer {token}"}).status_code
+            for token in (genuine, forged)
+        }
+    finally:
+        stop_process(process)
+    assert answer == {genuine: 200, forged: 401}, log.read_text()[-2000:]
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # MEDIUM 6: one slow webhook receiver delayed alerts to everyone
 # ---------------------------------------------------------------------------------------------------------------

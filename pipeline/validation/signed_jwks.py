@@ -15,7 +15,9 @@ The root key is kept apart from the signing keys (its own directory, made by ``j
 from __future__ import annotations
 
 import json
+import logging
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -23,7 +25,7 @@ from typing import Any
 import jwt
 from cryptography.hazmat.primitives import serialization
 
-from pipeline.validation.jwks import JwksError, bind_key
+from pipeline.validation.jwks import JwksError, KeySet, bind_key, parse_jwks
 from pipeline.validation.keystore import (
     JWKS_FILE,
     KeyStore,
@@ -42,10 +44,13 @@ __all__ = [
     "SIGNED_JWKS_FILE",
     "SIGNED_JWKS_TYP",
     "RootKey",
+    "SignedJwksFileSource",
     "publish_signed_jwks",
     "sign_jwks",
     "verify_signed_jwks",
 ]
+
+log = logging.getLogger(__name__)
 
 SIGNED_JWKS_TYP = "jwk-set+jwt"
 SIGNED_JWKS_FILE = "jwks.jwt"
@@ -216,3 +221,98 @@ def verify_signed_jwks(
     if any(isinstance(k, dict) and k.get("kid") == root.kid for k in keys):
         raise JwksError("signed JWKS lists the root key itself as a signing key")
     return {"keys": keys}, float(exp)
+
+
+class SignedJwksFileSource:
+    """A key store's ``jwks.jwt``, trusted only as far as the pinned root key vouches for it.
+
+    ``--keys-dir`` alone trusts ``DIR/jwks.json``, so whoever can write DIR can add a signing key (and the
+    validator, holding no secret, cannot tell). With a pinned root (``--jwks-root-key``) the validator reads the
+    root-signed ``DIR/jwks.jwt`` instead, checked as :func:`verify_signed_jwks` checks a fetched one: a set the
+    root did not sign never counts, whatever else in DIR was rewritten. The file is re-read when it changes (at
+    most once a second); a refused or older set (lower ``iat``: a rollback) keeps the last good one, which is
+    trusted until its own ``exp``, then no key is (fail closed).
+    """
+
+    may_block = False
+
+    def __init__(
+        self,
+        path: Path,
+        algorithms: tuple[str, ...],
+        *,
+        root_jwk: dict[str, Any],
+        issuer: str,
+        max_age_s: float = DEFAULT_VALIDITY_S,
+        leeway_s: float = 30.0,
+        clock: Any = time.time,
+        min_interval_s: float = 1.0,
+    ) -> None:
+        self.path = Path(path)
+        self._min_interval_s = min_interval_s
+        self._algorithms = algorithms
+        self._root_jwk = dict(root_jwk)
+        self._issuer = issuer
+        self._max_age_s = max_age_s
+        self._leeway_s = leeway_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._checked = float("-inf")
+        self._stamp: tuple[int, int, int] | None = None
+        self._iat = float("-inf")
+        self._expires_at = float("-inf")
+        self._keys = KeySet()
+        self.generation = 0
+        self.last_error: str | None = None
+        if not self._reload():
+            raise JwksError(f"{self.path}: no key set the pinned root vouches for: {self.last_error}")
+
+    def _reload(self) -> bool:
+        """Read the file if it changed; True when a newer verified set replaced the keys."""
+        try:
+            st = self.path.stat()
+            stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+            if stamp == self._stamp:
+                return False
+            self._stamp = stamp
+            token = self.path.read_bytes().strip()
+            jwks, exp = verify_signed_jwks(
+                token,
+                self._root_jwk,
+                issuer=self._issuer,
+                max_age_s=self._max_age_s,
+                leeway_s=self._leeway_s,
+                now=self._clock(),
+            )
+            # verified just above, so its iat can be read without checking the signature again
+            iat = float(jwt.decode(token, options={"verify_signature": False})["iat"])
+            if iat < self._iat:
+                raise JwksError(f"issued at {iat:.0f}, before the set in use ({self._iat:.0f}): a rollback")
+            keys = parse_jwks(jwks, self._algorithms)
+        except (OSError, ValueError, JwksError, jwt.PyJWTError) as exc:
+            self.last_error = str(exc)
+            log.warning("signed key set %s refused, keeping the last good one: %s", self.path, exc)
+            return False
+        self._keys, self._iat, self._expires_at, self.last_error = keys, iat, exp, None
+        self.generation += 1
+        log.info("signed key set %s loaded: %d keys", self.path, len(keys))
+        return True
+
+    def _maybe_reload(self) -> bool:
+        now = time.monotonic()
+        if now - self._checked < self._min_interval_s:
+            return False
+        with self._lock:
+            self._checked = now
+            return self._reload()
+
+    def current(self) -> KeySet:
+        self._maybe_reload()
+        if self._clock() >= self._expires_at + self._leeway_s and len(self._keys):
+            log.warning("signed key set %s expired and was not renewed: no keys trusted", self.path)
+            self._keys = KeySet()
+            self.generation += 1
+        return self._keys
+
+    def refresh_for_unknown_kid(self) -> bool:
+        return self._maybe_reload()
