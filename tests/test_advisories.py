@@ -166,6 +166,37 @@ def test_medium_5_attacker_key_slipped_into_the_key_directory_fails_the_gate_and
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def test_low_12_a_live_revocation_signed_with_a_since_rotated_feed_key_reaches_a_validator_that_starts_later(
+    tmp_path: Path,
+) -> None:
+    """A 24 h subject revocation signed with the feed key, then two rotations of that key an hour apart: the first
+    key was dropped after the store's 1 h token lifetime, and a validator reading the compacted feed from the start
+    dead-lettered the revocation. The signer now keeps the key published until its revocations have expired."""
+    import time
+
+    from pipeline.bus import REVOCATIONS
+    from pipeline.bus.memory import MemoryBus
+    from pipeline.validation.follower import RevocationFollower
+    from pipeline.validation.keystore import KeyStore
+    from pipeline.validation.revocation_feed import FeedSigner, FeedVerifier
+    from pipeline.validation.revocations import RevocationStore, new_revocation
+
+    iss = "https://issuer.advisory.test"
+    keys = KeyStore.init(tmp_path / "feed-keys", alg="ES256", passphrase=None)  # max token lifetime: 1 h
+    bus = MemoryBus()
+    t = time.time()
+    record = new_revocation(kind="sub", iss=iss, value="alice", reason="stolen laptop", now=t)
+    bus.publish(REVOCATIONS, record.bus_key, FeedSigner(keys).sign(record))
+    keys.rotate(now=t + 60)
+    keys.rotate(now=t + 2 * 3600)  # routine rotations; the revocation still has ~22 h to live
+
+    late = RevocationStore(tmp_path / "late-validator.sqlite")
+    follower = RevocationFollower(bus, late, verifier=FeedVerifier.from_store(KeyStore.open(keys.path)))
+    follower.step()
+    assert (follower.applied, follower.rejected) == (1, 0)
+    assert late.is_revoked(iss, None, "alice", t - 60)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # LOW 13: hardening (file modes, admin-token file mode, WAL secrets, PKCS#11 module path, header timeout,
 # duplicate Authorization headers)

@@ -408,8 +408,14 @@ def _authentication(
 
 
 def _expired_keys(keys: Sequence[Mapping[str, Any]], max_lifetime: int, now: float) -> list[dict[str, Any]]:
-    """Retired keys whose tokens are all past exp: retired_at + max token lifetime has been reached."""
+    """Retired keys whose signatures are all past use: retired_at + ``max_lifetime`` (see :func:`_retention`)."""
     return [dict(k) for k in keys if k["retired_at"] is not None and now >= k["retired_at"] + max_lifetime]
+
+
+def _retention(meta: Mapping[str, Any]) -> int:
+    """How long a retired key stays published: the longest token lifetime, or longer when something the store
+    signed lives longer (``retention``, raised by :meth:`KeyStore.retain_for` — the revocation feed's SETs)."""
+    return max(meta["max_token_lifetime"], meta.get("retention") or 0)
 
 
 def _rfc3339(ts: float) -> str:
@@ -584,6 +590,9 @@ def _parse_meta(raw: bytes, path: Path) -> dict[str, Any]:
     lifetime = meta.get("max_token_lifetime")
     if isinstance(lifetime, bool) or not isinstance(lifetime, int) or lifetime <= 0:
         raise corrupt("max_token_lifetime must be a positive integer")
+    retention = meta.get("retention")
+    if retention is not None and (isinstance(retention, bool) or not isinstance(retention, int) or retention <= 0):
+        raise corrupt("retention must be a positive integer")
     if not isinstance(meta.get("rsa_bits"), int) or meta["rsa_bits"] < MIN_RSA_BITS:
         raise corrupt(f"rsa_bits must be an integer >= {MIN_RSA_BITS}")
     if meta.get("issuer") is not None and not isinstance(meta["issuer"], str):
@@ -836,8 +845,8 @@ class KeyStore:
         jwk = self._new_key(new_alg, meta["rsa_bits"])
         kid = jwk_thumbprint(jwk)
 
-        dropped = _expired_keys(meta["keys"], meta["max_token_lifetime"], t)
-        records = [self._drop_record(k, meta["max_token_lifetime"]) for k in dropped]
+        dropped = _expired_keys(meta["keys"], _retention(meta), t)
+        records = [self._drop_record(k, _retention(meta)) for k in dropped]
         records.append(("retire", old["kid"], old["alg"], {"replaced_by": kid}))
         records.append(("rotate", kid, new_alg, {"previous": old["kid"]}))
         gone = {k["kid"] for k in dropped}
@@ -859,11 +868,11 @@ class KeyStore:
 
     def _prune_locked(self, t: float) -> list[KeyInfo]:
         meta = self._meta(force=True)
-        dropped = _expired_keys(meta["keys"], meta["max_token_lifetime"], t)
+        dropped = _expired_keys(meta["keys"], _retention(meta), t)
         if not dropped:
             return []
         gone = {k["kid"] for k in dropped}
-        records = [self._drop_record(k, meta["max_token_lifetime"]) for k in dropped]
+        records = [self._drop_record(k, _retention(meta)) for k in dropped]
         self._commit(meta, [k for k in meta["keys"] if k["kid"] not in gone], records, t)
         self._remove_private(gone)
         return [_info(k) for k in dropped]
@@ -881,6 +890,33 @@ class KeyStore:
     @property
     def max_token_lifetime(self) -> int:
         return self._meta()["max_token_lifetime"]
+
+    @property
+    def retention(self) -> int:
+        """Seconds a retired key stays published: at least :attr:`max_token_lifetime`, more after :meth:`retain_for`."""
+        return _retention(self._meta())
+
+    def retain_for(self, seconds: int, *, now: float | None = None) -> bool:
+        """Keep retired keys published at least ``seconds`` after retirement; True when that raised the retention.
+
+        For signatures that must verify longer than :attr:`max_token_lifetime` — a revocation on the feed is
+        signed once and must verify until it expires. Retention only grows, and the change is in the audit log.
+        """
+        if isinstance(seconds, bool) or not isinstance(seconds, int) or seconds <= 0:
+            raise KeyStoreError(f"retention must be a positive number of seconds, got {seconds!r}")
+        t = time.time() if now is None else now
+        with _os_errors(f"cannot change the retention of {self._root}"), _locked(self._root):
+            meta = self._meta(force=True)
+            previous = _retention(meta)
+            if seconds <= previous:
+                return False
+            current = next(k for k in meta["keys"] if k["retired_at"] is None)
+            record = ("retain", current["kid"], current["alg"], {"retention": seconds, "previous": previous})
+            self._commit({**meta, "retention": seconds}, meta["keys"], [record], t)
+        log.info(
+            "retired keys of %s now stay published %s s after retirement (was %s s)", self._root, seconds, previous
+        )
+        return True
 
     def keys(self) -> list[KeyInfo]:
         """Published keys, oldest first."""
@@ -1032,14 +1068,14 @@ class KeyStore:
 
     def _drop_record(self, k: Mapping[str, Any], lifetime: int) -> tuple[str, str, str, dict[str, Any]]:
         log.info(
-            "dropping retired key %s (%s) from %s: retired at %s, tokens valid at most %ss",
+            "dropping retired key %s (%s) from %s: retired at %s, its signatures valid at most %ss",
             k["kid"],
             k["alg"],
             self._root,
             _rfc3339(k["retired_at"]),
             lifetime,
         )
-        details = {"retired_at": k["retired_at"], "reason": "max_token_lifetime elapsed since retirement"}
+        details = {"retired_at": k["retired_at"], "reason": "retention elapsed since retirement", "retention": lifetime}
         return ("drop", k["kid"], k["alg"], details)
 
     def _remove_private(self, kids: set[str]) -> None:
@@ -1270,6 +1306,7 @@ class _History:
     backend: str | None = None
     encrypted: bool | None = None
     max_token_lifetime: int | None = None
+    retention: int | None = None
 
 
 def _replay_audit(entries: Sequence[Mapping[str, Any]]) -> _History:
@@ -1285,6 +1322,8 @@ def _replay_audit(entries: Sequence[Mapping[str, Any]]) -> _History:
             history.max_token_lifetime = lifetime if isinstance(lifetime, int) else None
         elif action == "encrypt":
             history.encrypted = True
+        elif action == "retain" and isinstance(details.get("retention"), int):
+            history.retention = details["retention"]
         if action in ("init", "rotate"):
             history.published.add(kid)  # type: ignore[arg-type]
             history.current = kid  # type: ignore[assignment]
@@ -1314,6 +1353,11 @@ def _history_problems(meta: Mapping[str, Any], history: _History, root: Path) ->
     if history.max_token_lifetime is not None and history.max_token_lifetime != meta["max_token_lifetime"]:
         problems.append(
             f"store.json says tokens live {meta['max_token_lifetime']} s, the audit log {history.max_token_lifetime} s"
+        )
+    if history.retention != meta.get("retention"):
+        problems.append(
+            f"store.json keeps retired keys {meta.get('retention')} s, the audit log {history.retention} s "
+            "(retention edited by hand)"
         )
     return problems
 
@@ -1396,11 +1440,12 @@ def verify_store(
                 f"current key {current['kid']} is {_human(age)} old; the policy allows {_human(max_key_age)} "
                 "(jwtwatch keys rotate --if-older-than)"
             )
-    for k in _expired_keys(keys, meta["max_token_lifetime"], t):
-        late = t - (k["retired_at"] + meta["max_token_lifetime"])
+    retention = _retention(meta)
+    for k in _expired_keys(keys, retention, t):
+        late = t - (k["retired_at"] + retention)
         problems.append(
             f"retired key {k['kid']} is still published {_human(late)} after its last token expired "
-            f"(retired {_rfc3339(k['retired_at'])}, tokens live at most {meta['max_token_lifetime']} s; "
+            f"(retired {_rfc3339(k['retired_at'])}, its signatures live at most {retention} s; "
             "jwtwatch keys rotate --if-older-than drops it)"
         )
     return StoreCheck(audit, tuple(problems))
