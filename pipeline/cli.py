@@ -435,33 +435,71 @@ def keys_audit(
         typer.Option(
             "--verify",
             help="Also check the key directory against the log and the rotation policy (for CI/CD gates): "
-            "exit 1 on any problem.",
+            "exit 1 on any problem, and on a log that nothing outside DIR authenticates.",
         ),
     ] = False,
     max_key_age: Annotated[
         str,
         typer.Option(envvar=_env("max_key_age"), help="With --verify: the oldest the current key may be (90d, 12h)."),
     ] = "90d",
+    expect_head: Annotated[
+        str | None,
+        typer.Option(
+            "--expect-head",
+            envvar=_env("expect_audit_head"),
+            help="A head an earlier audit printed, recorded outside DIR: exit 1 unless the log still holds it "
+            "(catches a rewritten or rolled-back directory); it authenticates the log up to that entry.",
+        ),
+    ] = None,
+    passphrase_file: PassphraseFile = None,
     pin_file: PinFile = None,
 ) -> None:
-    """Verify the hash chain of the key audit log; exit 1 naming the first broken entry."""
+    """Verify the key audit log: its hash chain, its MACs (with the passphrase or PIN) and a recorded head."""
     if verify:
         try:
-            check = verify_store(dir, max_key_age=parse_duration(max_key_age), pin=_pin(pin_file))
+            check = verify_store(
+                dir,
+                max_key_age=parse_duration(max_key_age),
+                expect_head=expect_head,
+                passphrase=_passphrase(passphrase_file),
+                pin=_pin(pin_file),
+            )
         except KeyStoreError as exc:
             fail(str(exc))
         if check.ok:
-            console.print(f"key store verified: audit log intact ({check.audit.entries} entries), keys within policy")
+            by = " and ".join(check.audit.authenticated_by)
+            console.print(
+                f"key store verified: audit log intact and authenticated by {by} ({check.audit.entries} entries), "
+                "keys within policy"
+            )
+            console.print(f"head: {check.audit.head}")
             return
         for problem in check.problems:
             err.print(f"[bold red]problem:[/] {escape(problem)}")
         raise typer.Exit(1)
-    report = verify_audit(dir)
-    if report.ok:
-        console.print(f"audit log intact: {report.entries} entries")
-        return
-    err.print(f"[bold red]audit log broken[/] at entry {report.first_broken}: {report.problem}")
-    raise typer.Exit(1)
+    try:
+        audit_key, why_no_key = None, ""
+        try:
+            audit_key = KeyStore.open(dir, passphrase=_passphrase(passphrase_file), pin=_pin(pin_file)).audit_key()
+        except KeyStoreError as exc:  # the chain can still be checked; the MACs cannot
+            why_no_key = f" ({exc})"
+        report = verify_audit(dir, key=audit_key, expect_head=expect_head)
+    except KeyStoreError as exc:
+        fail(str(exc))
+    if not report.ok:
+        where = f" at entry {report.first_broken}" if report.first_broken is not None else ""
+        err.print(f"[bold red]audit log broken[/]{where}: {escape(report.problem or '')}")
+        raise typer.Exit(1)
+    if report.authenticated:
+        console.print(
+            f"audit log intact and authenticated by {' and '.join(report.authenticated_by)}: {report.entries} entries"
+        )
+    else:
+        err.print(
+            f"[bold yellow]audit log UNAUTHENTICATED[/]: {report.entries} entries chain, but "
+            f"{escape(report.unauthenticated or '')}{escape(why_no_key)}"
+        )
+    console.print(f"head: {report.head}  (record it outside {dir}; check later with --expect-head)")
 
 
 # ------------------------------------------------------------------------------------------ token
@@ -531,7 +569,34 @@ def _extra_key_sources(  # type: ignore[no-untyped-def]
             KeyStore.open(keys_dir)
         except KeyStoreError as exc:
             fail(f"--keys-dir: {exc}")
-        if jwks_file is None and jwks_url is None:
+        if root_key is None:
+            logging.getLogger(__name__).warning(
+                "--keys-dir without --jwks-root-key: %s is trusted as it stands, so whoever can write %s can add a "
+                "signing key; pin a root key (jwtwatch keys init-root) to trust only what it signed",
+                keys_dir / JWKS_FILE,
+                keys_dir,
+            )
+        if root_key is not None:
+            # the root vouches for the store's keys: only its signed jwks.jwt counts, never jwks.json, which anyone
+            # who can write the directory can rewrite (issue 14, MEDIUM 5)
+            from pipeline.validation.signed_jwks import SIGNED_JWKS_FILE, SignedJwksFileSource
+
+            if signed_issuer is None:
+                fail("--keys-dir with --jwks-root-key needs --signed-jwks-issuer (the iss of the signed key set)")
+            try:
+                sources.append(
+                    SignedJwksFileSource(
+                        keys_dir / SIGNED_JWKS_FILE,
+                        algs,
+                        root_jwk=json.loads(root_key.read_bytes()),
+                        issuer=signed_issuer,
+                        max_age_s=parse_duration(max_age),
+                        state_dir=state_dir,
+                    )
+                )
+            except (OSError, ValueError, JwksError, KeyStoreError) as exc:
+                fail(f"--keys-dir: {exc}")
+        elif jwks_file is None and jwks_url is None:
             jwks_file = keys_dir / JWKS_FILE  # the store's keys are the config's own source
         else:
             try:
@@ -599,7 +664,8 @@ def validator_serve(
         typer.Option(
             envvar=_env("keys_dir"),
             help="Key store (jwtwatch keys init) whose public keys to trust and publish, beside any JWKS; "
-            "its signed jwks.jwt is served at /.well-known/jwks.jwt.",
+            "its signed jwks.jwt is served at /.well-known/jwks.jwt. With --jwks-root-key only the keys of that "
+            "root-signed jwks.jwt are trusted, not jwks.json (which whoever can write the directory can change).",
         ),
     ] = None,
     signed_jwks_url: Annotated[
@@ -612,7 +678,10 @@ def validator_serve(
     ] = None,
     jwks_root_key: Annotated[
         Path | None,
-        typer.Option(envvar=_env("jwks_root_key"), help="The root public JWK (root.jwk.json) pinned for it."),
+        typer.Option(
+            envvar=_env("jwks_root_key"),
+            help="The root public JWK (root.jwk.json) pinned for --signed-jwks-url and --keys-dir.",
+        ),
     ] = None,
     signed_jwks_issuer: Annotated[
         str | None,

@@ -32,7 +32,10 @@ def kids(store: KeyStore) -> list[str]:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> KeyStore:
+def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> KeyStore:
+    # encrypted: its passphrase is the secret, kept apart from the directory, that authenticates the audit log
+    # (the gate refuses a log that nothing outside the directory vouches for); the CLI reads it from here too
+    monkeypatch.setenv("JWTWATCH_KEYS_PASSPHRASE", "policy test passphrase")
     return KeyStore.init(tmp_path / "keys", "ES256", issuer=ISS, max_token_lifetime=3600, now=T0)
 
 
@@ -179,7 +182,52 @@ def _corrupt_store_json(store: KeyStore, tmp_path: Path) -> None:
     (store.path / "store.json").write_text("{")
 
 
+def _append_forged_rotation(store: KeyStore, tmp_path: Path) -> None:
+    """Entries that chain perfectly, written by someone without the passphrase (so without the audit key)."""
+    from pipeline.validation.keystore import chain_line
+
+    path = store.path / "audit.log"
+    lines = path.read_bytes().splitlines()
+    fields = {"ts": "2024-01-01T00:00:00.000Z", "action": "rotate", "kid": "k", "alg": "ES256", "details": {}}
+    lines.append(chain_line(len(lines) + 1, lines[-1], fields))
+    path.write_bytes(b"\n".join(lines) + b"\n")
+
+
+def _say_unencrypted(store: KeyStore, tmp_path: Path) -> None:
+    _rewrite_meta(store, lambda meta: meta.update(encrypted=False))
+
+
+def _stretch_lifetime(store: KeyStore, tmp_path: Path) -> None:
+    _rewrite_meta(store, lambda meta: meta.update(max_token_lifetime=30 * DAY))
+
+
+def _unencrypted_key_dropped_in(store: KeyStore, tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives import serialization
+
+    path = store.path / "private" / f"{store.current().kid}.pem"
+    key = serialization.load_pem_private_key(path.read_bytes(), b"policy test passphrase")
+    path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+
+
+def _key_encrypted_with_another_passphrase(store: KeyStore, tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    encryption = serialization.BestAvailableEncryption(b"the attacker's own")
+    pem = ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption
+    )
+    (store.path / "private" / f"{store.current().kid}.pem").write_bytes(pem)
+
+
 TAMPERINGS = {
+    "forged_entry_appended": (_append_forged_rotation, "no MAC although entry 3 has one"),
+    "store_json_says_unencrypted": (_say_unencrypted, "the audit log that they are encrypted"),
+    "token_lifetime_edited": (_stretch_lifetime, "the audit log 3600 s"),
+    "unencrypted_key_dropped_in": (_unencrypted_key_dropped_in, "is not encrypted, but this store's keys are"),
+    "key_encrypted_with_another_passphrase": (_key_encrypted_with_another_passphrase, "wrong passphrase"),
     "key_slipped_into_store": (_slip_in_a_key, "never added"),
     "key_dropped_silently": (_drop_silently, "never dropped"),
     "key_added_to_jwks_json": (_add_key_to_jwks_only, "jwks.json does not match"),
@@ -204,3 +252,39 @@ def test_gate_catches_tampering(store: KeyStore, tmp_path: Path, name: str) -> N
     assert any(words in p for p in check.problems), check.problems
     code, out = cli("keys", "audit", "--dir", str(store.path), "--verify", "--max-key-age", "100000d")
     assert code == 1 and words in out.replace("\n", " ")
+
+
+def test_gate_refuses_a_log_nothing_outside_the_directory_vouches_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An unencrypted store has no audit key: its log passes the gate only with a head recorded elsewhere."""
+    monkeypatch.delenv("JWTWATCH_KEYS_PASSPHRASE", raising=False)
+    monkeypatch.delenv("JWTWATCH_KEYS_PASSPHRASE_FILE", raising=False)
+    keys = tmp_path / "plain"
+    plain = KeyStore.init(keys, issuer=ISS, passphrase=None)
+    env = {"JWTWATCH_KEYS_PASSPHRASE": ""}
+    code, out = cli("keys", "audit", "--dir", str(keys), env=env)
+    assert code == 0 and "UNAUTHENTICATED" in out and "no entry carries a MAC" in out
+    head = next(line.split()[1] for line in out.splitlines() if line.startswith("head: "))
+    code, out = cli("keys", "audit", "--dir", str(keys), "--verify", env=env)
+    assert code == 1 and "audit log is not authenticated" in out and "jwtwatch keys encrypt" in out
+    code, out = cli("keys", "audit", "--dir", str(keys), "--verify", "--expect-head", head, env=env)
+    assert code == 0 and "authenticated by the recorded head" in out, out
+    plain.rotate()
+    code, out = cli("keys", "audit", "--dir", str(keys), "--verify", "--expect-head", head, env=env)
+    assert code == 1 and "entries 2..3 come after the recorded head" in out.replace("\n", " ")
+    code, out = cli("keys", "audit", "--dir", str(keys), "--expect-head", "0" * 64, env=env)
+    assert code == 1 and "not in the log" in out
+    code, out = cli("keys", "audit", "--dir", str(keys), "--expect-head", "nope", env=env)
+    assert code == 2 and "64 hex digits" in out
+
+
+def test_gate_needs_the_passphrase_to_check_an_encrypted_store(store: KeyStore, tmp_path: Path) -> None:
+    secret = tmp_path / "passphrase"
+    secret.write_text("policy test passphrase\n")
+    secret.chmod(0o600)
+    env = {"JWTWATCH_KEYS_PASSPHRASE": ""}
+    code, out = cli("keys", "audit", "--dir", str(store.path), "--verify", env=env)
+    assert code == 1 and "give the store's passphrase" in out.replace("\n", " ")
+    code, out = cli("keys", "audit", "--dir", str(store.path), "--verify", "--passphrase-file", str(secret), env=env)
+    assert code == 0 and "authenticated by the audit key" in out, out

@@ -533,3 +533,139 @@ def test_durations_are_ascii_and_bounded(text: str) -> None:
 
     with pytest.raises(KeyStoreError):
         parse_duration(text)
+
+
+# --------------------------------------------------------------------------- audit authentication (issue 14, MEDIUM 5)
+
+PASS = b"audit test passphrase"
+
+
+@pytest.fixture
+def sealed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> KeyStore:
+    """An encrypted store whose log has 3 entries (init, retire, rotate), each with a MAC under its passphrase."""
+    monkeypatch.delenv("JWTWATCH_KEYS_PASSPHRASE", raising=False)
+    monkeypatch.delenv("JWTWATCH_KEYS_PASSPHRASE_FILE", raising=False)
+    store = KeyStore.init(tmp_path / "sealed", issuer=ISS, passphrase=PASS, now=T0)
+    store.rotate(now=T0 + 10)
+    return store
+
+
+def _append_forged(store: KeyStore, mac: str | None = None) -> None:
+    """What someone who can write the directory, but lacks the audit key, can append: a perfectly chained entry."""
+    lines = _lines(store)
+    fields: dict[str, object] = {"ts": "2024-01-01T00:00:00.000Z", "action": "rotate", "kid": "k", "alg": "ES256"}
+    fields["details"] = {"previous": store.current().kid}
+    line = chain_line(len(lines) + 1, lines[-1], fields)
+    if mac is not None:  # a MAC-shaped field, to look like the entries around it
+        entry = json.loads(line)
+        entry["mac"] = mac
+        line = json.dumps(entry, sort_keys=True, separators=(",", ":")).encode()
+    _write(store, [*lines, line])
+
+
+def test_entries_of_an_encrypted_store_carry_macs_that_authenticate_the_log(sealed: KeyStore) -> None:
+    entries = sealed.audit_entries()
+    key = sealed.audit_key()
+    assert key is not None and all(e["mac"] == key.mac(e["hash"]) for e in entries)
+    assert "audit_key" in json.loads((sealed.path / "store.json").read_bytes())  # the salt, not the key
+    report = verify_audit(sealed.path, key=key)
+    assert (report.ok, report.authenticated, report.authenticated_by) == (True, True, ("the audit key",))
+    assert report.head == entries[-1]["hash"]
+    blind = verify_audit(sealed.path)  # the chain still checks without the key, but nothing vouches for it
+    assert blind.ok and not blind.authenticated and "not given" in (blind.unauthenticated or "")
+    assert KeyStore.open(sealed.path).audit_key() is None  # no passphrase, no key
+
+
+@pytest.mark.parametrize("fake_mac", [None, "00" * 32, "not hex"])
+def test_an_entry_appended_without_the_audit_key_is_caught(sealed: KeyStore, fake_mac: str | None) -> None:
+    _append_forged(sealed, fake_mac)
+    report = verify_audit(sealed.path, key=sealed.audit_key())
+    assert not report.ok and report.first_broken == 4
+    assert ("no MAC" if fake_mac is None else "MAC does not match") in (report.problem or "")
+    blind = verify_audit(sealed.path)
+    if fake_mac is None:  # no MAC after entries with one: forged, key or no key
+        assert not blind.ok and blind.first_broken == 4
+    else:  # it looks like the others; only the key tells
+        assert blind.ok and not blind.authenticated
+
+
+def test_key_changes_refuse_to_vouch_for_an_unauthenticated_tail(sealed: KeyStore) -> None:
+    _append_forged(sealed)
+    before = _lines(sealed)
+    with pytest.raises(KeyStoreError, match=r"entry 4 of .* carries no MAC"):
+        KeyStore.open(sealed.path, passphrase=PASS).rotate(now=T0 + 20)
+    assert _lines(sealed) == before
+
+
+def test_a_wrong_passphrase_neither_verifies_nor_appends(sealed: KeyStore) -> None:
+    wrong = KeyStore.open(sealed.path, passphrase=b"guess")
+    report = verify_audit(sealed.path, key=wrong.audit_key())
+    assert not report.ok and report.first_broken == 1 and "wrong passphrase" in (report.problem or "")
+    before, files = _lines(sealed), sorted((sealed.path / "private").iterdir())
+    with pytest.raises(KeyStoreError, match="does not authenticate entry 3"):
+        wrong.rotate(now=T0 + 20)
+    assert _lines(sealed) == before and sorted((sealed.path / "private").iterdir()) == files  # no key made
+
+
+def test_an_encrypted_store_records_no_key_change_without_its_passphrase(sealed: KeyStore) -> None:
+    with pytest.raises(KeyStoreError, match="audit log is authenticated with the store's passphrase"):
+        KeyStore.open(sealed.path).prune(now=T0 + 10 + 3600)  # pruning needs no private key, but the MAC does
+    assert len(_lines(sealed)) == 3
+
+
+def _strip_macs(store: KeyStore) -> None:
+    """The store as the code before audit keys left it: the same chain without MACs, no audit_key in store.json."""
+    lines: list[bytes] = []
+    for line in _lines(store):
+        entry = json.loads(line)
+        fields = {k: v for k, v in entry.items() if k not in ("seq", "prev", "hash", "mac")}
+        lines.append(chain_line(entry["seq"], lines[-1] if lines else None, fields))
+    _write(store, lines)
+    meta = json.loads((store.path / "store.json").read_bytes())
+    del meta["audit_key"]
+    meta["audit_head"]["hash"] = json.loads(lines[-1])["hash"]
+    (store.path / "store.json").write_bytes(json.dumps(meta, sort_keys=True, separators=(",", ":")).encode())
+
+
+def test_an_old_log_without_macs_is_unauthenticated_until_the_next_key_change(sealed: KeyStore) -> None:
+    _strip_macs(sealed)
+    migrated = KeyStore.open(sealed.path, passphrase=PASS)
+    report = verify_audit(sealed.path, key=migrated.audit_key())
+    assert report.ok and not report.authenticated and "no entry carries a MAC" in (report.unauthenticated or "")
+    migrated.rotate(now=T0 + 20)  # the first MAC vouches for the log as it stood
+    report = verify_audit(sealed.path, key=migrated.audit_key())
+    assert report.ok and report.authenticated and report.entries == 5
+
+
+def test_an_unencrypted_store_is_authenticated_by_encrypting_it(store: KeyStore) -> None:
+    report = verify_audit(store.path)
+    assert report.ok and not report.authenticated and "no entry carries a MAC" in (report.unauthenticated or "")
+    assert KeyStore.open(store.path, passphrase=PASS).audit_key() is None  # a passphrase alone does not make one
+    encrypted = KeyStore.open(store.path, passphrase=PASS)
+    encrypted.encrypt()
+    assert verify_audit(store.path, key=encrypted.audit_key()).authenticated
+
+
+def test_a_recorded_head_authenticates_up_to_it_and_catches_a_rollback(store: KeyStore, tmp_path: Path) -> None:
+    import shutil
+
+    first = verify_audit(store.path).head
+    assert first is not None
+    snapshot = tmp_path / "snapshot"
+    shutil.copytree(store.path, snapshot)
+    assert verify_audit(store.path, expect_head=first).authenticated_by == ("the recorded head",)
+    store.rotate()
+    later = verify_audit(store.path, expect_head=first)
+    assert (
+        later.ok
+        and not later.authenticated
+        and "entries 2..3 come after the recorded head" in (later.unauthenticated or "")
+    )
+    second = verify_audit(store.path).head
+    assert verify_audit(store.path, expect_head=second.upper()).authenticated  # type: ignore[union-attr]
+    shutil.rmtree(store.path)
+    shutil.copytree(snapshot, store.path)  # the whole directory rolled back to a genuine earlier state
+    rolled_back = verify_audit(store.path, expect_head=second)
+    assert not rolled_back.ok and "not in the log" in (rolled_back.problem or "")
+    with pytest.raises(KeyStoreError, match="64 hex digits"):
+        verify_audit(store.path, expect_head="abc")

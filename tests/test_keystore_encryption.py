@@ -118,7 +118,7 @@ def test_encrypt_migrates_an_old_store(tmp_path: Path) -> None:
     assert all(p.startswith(b"-----BEGIN ENCRYPTED") for p in pem_files(store))
     assert verifies(migrated, token) and verifies(migrated, migrated.issue_token("a", "api"))
     assert migrated.encrypt() == 0
-    assert verify_audit(store.path).ok and verify_store(store.path).ok
+    assert verify_audit(store.path).ok and verify_store(store.path, passphrase=PASS).ok
     assert [e["action"] for e in migrated.audit_entries()][-2:] == ["encrypt", "encrypt"]
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -349,6 +350,35 @@ def test_audit_verify_catches_a_tampered_log_and_a_key_missing_from_the_token(tm
     assert any(kid in p and "missing from the PKCS#11 token" in p for p in problems)
 
 
+def test_the_audit_log_is_authenticated_by_a_key_in_the_token(tmp_path: Path) -> None:
+    from pkcs11 import Attribute, ObjectClass
+
+    from pipeline.validation.keystore import chain_line
+
+    store = hsm_store(tmp_path / "k")
+    store.rotate(now=T0 + 60)
+    record = json.loads((tmp_path / "k" / "store.json").read_text())["audit_key"]
+    assert record["kind"] == "pkcs11"
+    secret = session().get_key(object_class=ObjectClass.SECRET_KEY, id=bytes.fromhex(record["id"]))
+    assert secret[Attribute.SENSITIVE] and not secret[Attribute.EXTRACTABLE] and secret[Attribute.LOCAL]
+    key = KeyStore.open(tmp_path / "k", pin=PIN).audit_key()
+    assert key is not None and all(e["mac"] == key.mac(e["hash"]) for e in store.audit_entries())
+    report = verify_audit(tmp_path / "k", key=key)
+    assert report.authenticated and report.authenticated_by == ("the audit key",)
+    assert verify_store(tmp_path / "k", now=T0 + 120, pin=PIN).ok
+
+    log = tmp_path / "k" / "audit.log"
+    lines = log.read_bytes().splitlines()
+    forged = json.loads(chain_line(len(lines) + 1, lines[-1], {"ts": "x", "action": "drop", "kid": "k", "alg": "ES256",
+                                                              "details": {}}))  # fmt: skip
+    forged["mac"] = "00" * 32
+    log.write_bytes(log.read_bytes() + json.dumps(forged, sort_keys=True, separators=(",", ":")).encode() + b"\n")
+    problems = verify_store(tmp_path / "k", now=T0 + 120, pin=PIN).problems
+    assert any("entry 4: line 4: MAC does not match" in p for p in problems), problems
+    with pytest.raises(KeyStoreError, match="does not authenticate entry 4"):
+        KeyStore.open(tmp_path / "k", pin=PIN).rotate(now=T0 + 180)
+
+
 # --------------------------------------------------------------------------- PIN, module and refusals
 
 
@@ -419,6 +449,81 @@ def test_module_path_in_store_json_is_checked_on_open(tmp_path: Path) -> None:
         meta_path.write_text(json.dumps(meta, sort_keys=True, separators=(",", ":")))
         with pytest.raises(KeyStoreError, match=message):
             KeyStore.open(tmp_path / "k", pin=PIN).issue_token("alice", AUD)
+
+
+def _module_copy(directory: Path, mode: int = 0o755) -> Path:
+    """A copy of the SoftHSM2 module (the file itself, not its symlink) in ``directory``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    copy = directory / "libsofthsm2.so"
+    shutil.copy(os.path.realpath(MODULE), copy)
+    copy.chmod(mode)
+    return copy
+
+
+def test_module_check_follows_symlinks_and_checks_every_directory(tmp_path: Path) -> None:
+    from pipeline.validation.pkcs11 import _check_module
+
+    # the real module is itself a symlink (../x86_64-linux-gnu/...): followed, and the target is what is returned
+    assert _check_module(MODULE) == os.path.realpath(MODULE)
+    safe = tmp_path / "safe"
+    safe.mkdir(mode=0o755)
+    (safe / "link.so").symlink_to(MODULE)
+    assert _check_module(str(safe / "link.so")) == os.path.realpath(MODULE)
+
+    shared = tmp_path / "shared"  # anyone may create, rename or delete entries here
+    module_in_shared = _module_copy(shared)
+    shared.chmod(0o777)
+    group = tmp_path / "group"
+    module_in_group = _module_copy(group)
+    group.chmod(0o775)
+    sticky = tmp_path / "sticky"  # like /tmp: only an entry's owner can replace it
+    module_in_sticky = _module_copy(sticky)
+    sticky.chmod(0o1777)
+    assert _check_module(str(module_in_sticky)) == str(module_in_sticky)
+
+    (safe / "to-shared.so").symlink_to(module_in_shared)
+    (shared / "hop.so").symlink_to(MODULE)  # a link others could re-point, even though its target is fine
+    (safe / "via-shared.so").symlink_to(shared / "hop.so")
+    (safe / "loop.so").symlink_to(safe / "loop.so")
+    refused = {
+        module_in_shared: f"directory {shared} is writable by other users (mode 777)",
+        module_in_group: f"directory {group} is writable by other users (mode 775)",
+        safe / "to-shared.so": f"directory {shared} is writable by other users",
+        safe / "via-shared.so": f"directory {shared} is writable by other users",
+        safe / "loop.so": "more than 40 symbolic links",
+        safe: "is not a regular file",
+        tmp_path / "missing" / "x.so": "No such file or directory",
+    }
+    for module, message in refused.items():
+        with pytest.raises(KeyStoreError, match=re.escape(message)):
+            _check_module(str(module))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can give a file to another user")
+def test_module_or_directory_owned_by_another_user_is_refused(tmp_path: Path) -> None:
+    from pipeline.validation.pkcs11 import _check_module
+
+    nobody = 65534
+    theirs = _module_copy(tmp_path / "a")
+    os.chown(theirs, nobody, nobody)
+    with pytest.raises(KeyStoreError, match=f"file {re.escape(str(theirs))} is owned by uid {nobody}"):
+        _check_module(str(theirs))
+    their_dir = tmp_path / "b"
+    module = _module_copy(their_dir)
+    os.chown(their_dir, nobody, nobody)  # mode 755, but its owner can swap the module for their own
+    with pytest.raises(KeyStoreError, match=f"directory {re.escape(str(their_dir))} is owned by uid {nobody}"):
+        _check_module(str(module))
+
+
+def test_a_symlinked_module_in_an_unsafe_directory_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    module = _module_copy(shared)
+    shared.chmod(0o777)
+    link = tmp_path / "libsofthsm2.so"
+    link.symlink_to(module)
+    with pytest.raises(KeyStoreError, match=r"shared is writable by other users \(mode 777\); refusing to load it"):
+        hsm_store(tmp_path / "k", module=str(link))
+    assert not (tmp_path / "k").exists()
 
 
 # --------------------------------------------------------------------------- the CLI, end to end

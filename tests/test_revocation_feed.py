@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -119,3 +120,52 @@ def test_expired_revocations_leave_a_tombstone_that_changes_nothing(keys: KeySto
     follower.step()  # a follower reading the tombstone changes nothing and dead-letters nothing
     assert follower.tombstones == 1 and follower.rejected == 0
     assert service.revocations.is_revoked(ISS, "tok-long", None, None)
+
+
+# --------------------------------------------------------------------------- feed key retention (issue 14, LOW 12)
+
+DAY = 86400
+
+
+def test_a_feed_key_stays_published_until_every_revocation_it_signed_has_expired(tmp_path: Path) -> None:
+    from pipeline.validation.keystore import verify_store
+
+    passphrase = "feed test passphrase"
+    feed = KeyStore.init(tmp_path / "feed", alg="ES256", passphrase=passphrase)  # tokens: 1 h by default
+    first = feed.current().kid
+    signer = FeedSigner(feed)
+    t = time.time()
+    long = new_revocation(kind="sub", iss=ISS, value="alice", reason="stolen", now=t)  # lives 24 h + leeway
+    message = signer.sign(long)
+    assert feed.retention == 25 * 3600 and signer.retention_failures == 0
+    signer.sign(new_revocation(kind="sub", iss=ISS, value="bob", reason="stolen", now=t))
+    assert [e["action"] for e in feed.audit_entries()] == ["init", "retain"]  # once per longer lifetime
+
+    feed.rotate(now=t + 60)
+    feed.rotate(now=t + 2 * 3600)  # past the 1 h token lifetime: the first key would have been dropped
+    assert first in {k["kid"] for k in feed.public_jwks()["keys"]}
+    late = FeedVerifier.from_store(KeyStore.open(feed.path))  # a validator that starts now
+    assert late.verify(message) == long
+
+    feed.prune(now=t + 60 + 25 * 3600)  # every revocation it signed has expired: now it goes
+    assert first not in {k["kid"] for k in feed.public_jwks()["keys"]}
+    check = verify_store(feed.path, now=t + 60 + 25 * 3600, passphrase=passphrase)
+    assert check.ok, check.problems
+
+
+def test_a_revocation_is_signed_even_when_the_retention_cannot_be_recorded(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from pipeline.validation.keystore import chain_line
+
+    feed = KeyStore.init(tmp_path / "feed", alg="ES256", passphrase="feed test passphrase")
+    log = feed.path / "audit.log"
+    lines = log.read_bytes().splitlines()
+    fields = {"ts": "2024-01-01T00:00:00.000Z", "action": "rotate", "kid": "k", "alg": "ES256", "details": {}}
+    log.write_bytes(log.read_bytes() + chain_line(2, lines[-1], fields) + b"\n")  # an entry the store won't vouch for
+    signer = FeedSigner(feed)
+    record = revocation("alice", kind="sub")
+    message = signer.sign(record)
+    assert FeedVerifier.from_store(feed).verify(message) == record  # published all the same
+    assert signer.retention_failures == 1 and feed.retention == 3600
+    assert "will not verify this revocation" in caplog.text

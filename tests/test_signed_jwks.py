@@ -28,6 +28,7 @@ from pipeline.validation.service import ValidatorService
 from pipeline.validation.signed_jwks import (
     SIGNED_JWKS_FILE,
     RootKey,
+    SignedJwksFileSource,
     publish_signed_jwks,
     sign_jwks,
     verify_signed_jwks,
@@ -409,3 +410,39 @@ def test_rollback_refusals_are_logged_and_counted_in_the_metrics(
     assert service.validator.validate(newer.issue_token("alice", AUD)).ok
     assert service.validator.validate(older.issue_token("alice", AUD)).reason == "unknown_kid"
     service.close()
+
+
+def test_keys_dir_with_a_pinned_root_trusts_only_what_the_root_signed(tmp_path: Path, root: RootKey, store) -> None:
+    """jwks.json can be rewritten by whoever writes the directory; jwks.jwt cannot be signed by them."""
+    now = [time.time()]
+    publish_signed_jwks(store, root, now=now[0])
+    source = SignedJwksFileSource(
+        store.path / SIGNED_JWKS_FILE, ALGS, root_jwk=root.public_jwk, issuer=ISS, clock=lambda: now[0],
+        min_interval_s=0,
+    )  # fmt: skip
+    genuine = store.current().kid
+    assert set(source.current().by_kid) == {genuine}
+
+    attacker = KeyStore.init(tmp_path / "attacker", "ES256", issuer=ISS)
+    jwks = json.loads((store.path / "jwks.json").read_bytes())
+    jwks["keys"].append(attacker.public_jwks()["keys"][0])
+    (store.path / "jwks.json").write_text(json.dumps(jwks))  # what --keys-dir alone would trust
+    their_root = RootKey.init(tmp_path / "their-root", ISS)
+    forged = sign_jwks(their_root, {"keys": jwks["keys"]}, now=now[0] + 1)
+    (store.path / SIGNED_JWKS_FILE).write_text(forged)
+    assert not source.refresh_for_unknown_kid()
+    assert set(source.current().by_kid) == {genuine} and "pinned root" in (source.last_error or "")
+
+    older = sign_jwks(root, store.public_jwks(), now=now[0] - 60)  # genuine, but older than the set in use
+    store.rotate()
+    publish_signed_jwks(store, root, now=now[0] + 2)  # a real rotation, signed where the root key is
+    assert source.refresh_for_unknown_kid()
+    assert set(source.current().by_kid) == {genuine, store.current().kid}
+    (store.path / SIGNED_JWKS_FILE).write_text(older)
+    assert not source.refresh_for_unknown_kid() and "older than the accepted" in (source.last_error or "")
+    assert store.current().kid in source.current().by_kid
+
+    now[0] += 8 * 86400  # past the set's exp: nobody vouches for the keys any more
+    assert len(source.current()) == 0
+    with pytest.raises(JwksError, match="no key set the pinned root vouches for"):
+        SignedJwksFileSource(tmp_path / "missing.jwt", ALGS, root_jwk=root.public_jwk, issuer=ISS)

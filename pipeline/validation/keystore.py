@@ -16,6 +16,16 @@ Audit chain: every line is the canonical JSON (sorted keys, no whitespace, UTF-8
 first), ``hash`` the hex SHA-256 of the canonical JSON of the entry without ``hash``, and ``seq``
 equals the 1-based line number. store.json also records the seq and hash of the last entry, which
 catches what a bare chain cannot: trailing entries cut off the end of the log.
+
+A hash chain has no key: whoever can write the directory can append entries, or write a whole new log,
+that chain perfectly. So each entry also carries ``mac``, an HMAC-SHA256 of its ``hash`` under the audit key,
+a secret the directory does not hold: an encrypted file store derives it from its passphrase (scrypt, with
+the salt recorded in store.json as ``audit_key``), a PKCS#11 store keeps it in the token. A MAC on an entry
+vouches for every entry before it, through ``prev``. An entry without a MAC after one with a MAC is forged.
+A log without MACs (an unencrypted store, or one written before MACs existed) is *unauthenticated*: it is
+reported as such, and only an anchor recorded elsewhere — the head hash that ``jwtwatch keys audit`` prints,
+given back as ``--expect-head`` — vouches for it. The anchor also catches what no MAC can: the whole
+directory rolled back to an earlier, genuine state.
 """
 
 from __future__ import annotations
@@ -24,6 +34,7 @@ import base64
 import contextlib
 import fcntl
 import hashlib
+import hmac
 import json
 import logging
 import os
@@ -31,7 +42,7 @@ import re
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -43,12 +54,14 @@ from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm, get_default_
 
 __all__ = [
     "ALGORITHMS",
+    "AuditKey",
     "AuditReport",
     "KeyInfo",
     "KeyStore",
     "KeyStoreError",
     "StoreCheck",
     "chain_line",
+    "check_head",
     "entry_hash",
     "jwk_thumbprint",
     "parse_duration",
@@ -69,6 +82,7 @@ DEFAULT_RSA_BITS = 3072
 MIN_RSA_BITS = 2048
 GENESIS_PREV = "0" * 64
 
+_ENCRYPTED_PEM = b"-----BEGIN ENCRYPTED PRIVATE KEY-----"
 PASSPHRASE_ENV = "JWTWATCH_KEYS_PASSPHRASE"
 PASSPHRASE_FILE_ENV = "JWTWATCH_KEYS_PASSPHRASE_FILE"
 _NEED_PASSPHRASE = (
@@ -96,6 +110,13 @@ _KID_RE = re.compile(r"[A-Za-z0-9_-]{43}")
 _RESERVED_HEADERS = frozenset({"alg", "kid", "b64"})
 _RESERVED_CLAIMS = frozenset({"iss", "sub", "aud", "exp", "iat", "nbf", "jti", "client_id", "scope"})
 _AUDIT_FIELDS = ("seq", "ts", "action", "kid", "alg", "details", "prev", "hash")
+AUDIT_MAC_FIELD = "mac"
+_AUDIT_MAC_DOMAIN = b"jwtwatch-audit-mac/1\x00"  # so the audit key never MACs anything but an entry hash
+_HEAD_RE = re.compile(r"[0-9a-f]{64}")
+# scrypt (RFC 7914) for the passphrase-derived audit key: a passphrase may be weak, so a MAC must not be a
+# fast offline oracle for it. 16 MiB and ~0.08 s per derivation, once per process and store.
+_SCRYPT_N, _SCRYPT_R, _SCRYPT_P = 1 << 14, 8, 1
+_SCRYPT_MAXMEM = 64 << 20
 
 _JWS_ALGORITHMS = {alg: get_default_algorithms()[alg] for alg in ("RS256", "ES256", "EdDSA")}
 
@@ -116,18 +137,54 @@ class KeyInfo:
     status: Status
 
 
+class AuditKey:
+    """The secret that authenticates audit entries (HMAC-SHA256), held outside the key directory.
+
+    ``sign`` computes the HMAC (in process, or in a PKCS#11 token); ``source`` names the secret in messages.
+    """
+
+    def __init__(self, sign: Callable[[bytes], bytes], source: str) -> None:
+        self._sign = sign
+        self.source = source
+
+    @classmethod
+    def from_passphrase(cls, passphrase: bytes, salt: bytes) -> AuditKey:
+        """The audit key of an encrypted file store: scrypt of its passphrase with the store's salt."""
+        secret = hashlib.scrypt(
+            passphrase, salt=salt, n=_SCRYPT_N, r=_SCRYPT_R, p=_SCRYPT_P, maxmem=_SCRYPT_MAXMEM, dklen=32
+        )
+        return cls(lambda data: hmac.new(secret, data, hashlib.sha256).digest(), "the store's passphrase")
+
+    def mac(self, entry_hash_hex: str) -> str:
+        """The ``mac`` of the audit entry whose ``hash`` is ``entry_hash_hex``."""
+        return self._sign(_AUDIT_MAC_DOMAIN + entry_hash_hex.encode("ascii")).hex()
+
+    def verify(self, entry_hash_hex: str, mac: object) -> bool:
+        return isinstance(mac, str) and hmac.compare_digest(self.mac(entry_hash_hex), mac)
+
+
 @dataclass(frozen=True, slots=True)
 class AuditReport:
     """Result of checking the audit chain.
 
     ``entries`` counts the intact entries before the first break (all of them when ``ok``);
-    ``first_broken`` is the 1-based line number, which is also the seq the entry should carry.
+    ``first_broken`` is the 1-based line number, which is also the seq the entry should carry (None when
+    the problem is no one entry, e.g. a recorded head missing from the log).
+
+    ``ok`` says the chain is intact; ``authenticated`` that its last entry is also vouched for by something
+    the directory does not hold — a MAC under the audit key, or the head recorded by the operator
+    (``authenticated_by`` says which). ``unauthenticated`` says why not; ``head`` is the hash of the last
+    entry, the value to record for ``--expect-head``.
     """
 
     ok: bool
     entries: int
     first_broken: int | None
     problem: str | None
+    authenticated: bool = False
+    authenticated_by: tuple[str, ...] = ()
+    unauthenticated: str | None = None
+    head: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,16 +250,23 @@ def jwk_thumbprint(jwk: Mapping[str, Any]) -> str:
 
 
 def entry_hash(entry: Mapping[str, Any]) -> str:
-    """The ``hash`` field of an audit entry: SHA-256 over its canonical JSON without ``hash``."""
-    return hashlib.sha256(canonical_json({k: v for k, v in entry.items() if k != "hash"})).hexdigest()
+    """The ``hash`` field of an audit entry: SHA-256 over its canonical JSON without ``hash`` and ``mac``."""
+    return hashlib.sha256(
+        canonical_json({k: v for k, v in entry.items() if k not in ("hash", AUDIT_MAC_FIELD)})
+    ).hexdigest()
 
 
-def chain_line(seq: int, prev_line: bytes | None, fields: Mapping[str, Any]) -> bytes:
-    """Build the exact bytes (without newline) of audit entry ``seq`` following ``prev_line``."""
-    entry = dict(fields)
+def chain_line(seq: int, prev_line: bytes | None, fields: Mapping[str, Any], key: AuditKey | None = None) -> bytes:
+    """Build the exact bytes (without newline) of audit entry ``seq`` following ``prev_line``.
+
+    With ``key`` the entry carries its ``mac``; without, it is an unauthenticated entry.
+    """
+    entry = {k: v for k, v in fields.items() if k != AUDIT_MAC_FIELD}
     entry["seq"] = seq
     entry["prev"] = GENESIS_PREV if prev_line is None else hashlib.sha256(prev_line).hexdigest()
     entry["hash"] = entry_hash(entry)
+    if key is not None:
+        entry[AUDIT_MAC_FIELD] = key.mac(entry["hash"])
     return canonical_json(entry)
 
 
@@ -213,12 +277,37 @@ def _split_lines(data: bytes) -> list[bytes]:
     return lines
 
 
-def verify_audit_lines(lines: Sequence[bytes], head: tuple[int, str] | None = None) -> AuditReport:
-    """Check a hash chain given as raw lines; ``head`` is (seq, hash) of the last committed entry."""
+def check_head(expect_head: str | None) -> str | None:
+    """``--expect-head`` as the lower-case hex it must be, or KeyStoreError."""
+    if expect_head is None:
+        return None
+    value = expect_head.strip().lower()
+    if not _HEAD_RE.fullmatch(value):
+        raise KeyStoreError(
+            f"a recorded audit head is the 64 hex digits jwtwatch keys audit prints, not {expect_head!r}"
+        )
+    return value
+
+
+def verify_audit_lines(
+    lines: Sequence[bytes],
+    head: tuple[int, str] | None = None,
+    *,
+    key: AuditKey | None = None,
+    expect_head: str | None = None,
+) -> AuditReport:
+    """Check a hash chain given as raw lines; ``head`` is (seq, hash) of the last committed entry.
+
+    ``key``: the audit key, to check the entries' MACs (without it they are not checked, and a log is
+    authenticated only by ``expect_head``). ``expect_head``: the hash of an entry the operator recorded
+    outside the directory; the log must still hold it.
+    """
+    anchor = check_head(expect_head)
 
     def broken(n: int, problem: str) -> AuditReport:
         return AuditReport(ok=False, entries=n - 1, first_broken=n, problem=f"line {n}: {problem}")
 
+    last_mac: int | None = None  # the last entry with a MAC (checked when there is a key)
     entries: list[dict[str, Any]] = []
     for n, line in enumerate(lines, start=1):
         try:
@@ -244,6 +333,15 @@ def verify_audit_lines(lines: Sequence[bytes], head: tuple[int, str] | None = No
             return broken(n, "prev does not match the hash of the previous line (chain broken)")
         if entry["hash"] != entry_hash(entry):
             return broken(n, "hash does not match the entry's contents (entry edited)")
+        if AUDIT_MAC_FIELD in entry:
+            if key is not None and not key.verify(entry["hash"], entry[AUDIT_MAC_FIELD]):
+                return broken(
+                    n, f"MAC does not match: not written with {key.source} (entry forged, or the wrong passphrase)"
+                )
+            last_mac = n
+        elif last_mac is not None:
+            # the store writes a MAC on every entry once it has an audit key: only someone without it writes this
+            return broken(n, f"no MAC although entry {last_mac} has one (appended without the audit key)")
         entries.append(entry)
 
     if head is not None:
@@ -263,12 +361,61 @@ def verify_audit_lines(lines: Sequence[bytes], head: tuple[int, str] | None = No
                 first_broken=head_seq,
                 problem=f"line {head_seq}: does not match the entry recorded in store.json (log rewritten)",
             )
-    return AuditReport(ok=True, entries=len(entries), first_broken=None, problem=None)
+    return _authentication(entries, key, last_mac, anchor)
+
+
+def _authentication(
+    entries: Sequence[Mapping[str, Any]], key: AuditKey | None, last_mac: int | None, anchor: str | None
+) -> AuditReport:
+    """The report on an intact chain: which of its entries something outside the directory vouches for."""
+    count = len(entries)
+    last_hash = entries[-1]["hash"] if entries else None
+    anchored = 0
+    if anchor is not None:
+        found = next((n for n, e in enumerate(entries, start=1) if e["hash"] == anchor), None)
+        if found is None:
+            return AuditReport(
+                ok=False,
+                entries=count,
+                first_broken=None,
+                problem=f"the recorded head {anchor} is not in the log: the log was rewritten, or the directory "
+                "rolled back to before it",
+                head=last_hash,
+            )
+        anchored = found
+    mac_covered = last_mac if key is not None and last_mac is not None else 0  # a MAC vouches for all before it
+    by = tuple(
+        what for what, upto in (("the audit key", mac_covered), ("the recorded head", anchored)) if upto == count
+    )
+    if count and by:
+        return AuditReport(
+            ok=True, entries=count, first_broken=None, problem=None, authenticated=True, authenticated_by=by,
+            head=last_hash,
+        )  # fmt: skip
+    vouched = max(mac_covered, anchored)
+    if not count:
+        why = "the log is empty"
+    elif vouched:
+        why = f"entries {vouched + 1}..{count} come after the recorded head, and no audit key was given to check them"
+    elif last_mac is not None:
+        why = "its entries carry MACs, but the audit key (the store's passphrase, or the PKCS#11 PIN) was not given"
+    else:
+        why = (
+            "no entry carries a MAC and no recorded head was given: anyone who can write the directory could have "
+            "written this log"
+        )
+    return AuditReport(ok=True, entries=count, first_broken=None, problem=None, unauthenticated=why, head=last_hash)
 
 
 def _expired_keys(keys: Sequence[Mapping[str, Any]], max_lifetime: int, now: float) -> list[dict[str, Any]]:
-    """Retired keys whose tokens are all past exp: retired_at + max token lifetime has been reached."""
+    """Retired keys whose signatures are all past use: retired_at + ``max_lifetime`` (see :func:`_retention`)."""
     return [dict(k) for k in keys if k["retired_at"] is not None and now >= k["retired_at"] + max_lifetime]
+
+
+def _retention(meta: Mapping[str, Any]) -> int:
+    """How long a retired key stays published: the longest token lifetime, or longer when something the store
+    signed lives longer (``retention``, raised by :meth:`KeyStore.retain_for` — the revocation feed's SETs)."""
+    return max(meta["max_token_lifetime"], meta.get("retention") or 0)
 
 
 def _rfc3339(ts: float) -> str:
@@ -364,8 +511,41 @@ def _locked(root: Path) -> Iterator[None]:
         os.close(fd)  # closing the descriptor releases the lock
 
 
-def _append_audit(root: Path, records: Sequence[tuple[str, str, str, dict[str, Any]]], now: float) -> dict[str, Any]:
-    """Append (action, kid, alg, details) records to the chain; return the last entry.
+def _check_tail(root: Path, lines: Sequence[bytes], key: AuditKey) -> None:
+    """Refuse to append with ``key`` after entries it does not vouch for: the new MAC would vouch for them too.
+
+    A log with no MAC at all is from before authentication (or an unencrypted store being encrypted): the
+    first MAC vouches for it as it stands, so check it with ``jwtwatch keys audit`` before migrating.
+    """
+    path = root / AUDIT_FILE
+    unauthenticated: int | None = None  # the first entry without a MAC after the last one with a MAC
+    for n in range(len(lines), 0, -1):
+        try:
+            entry = json.loads(lines[n - 1])
+        except (ValueError, UnicodeDecodeError):
+            continue  # a torn line (crash mid-append): it stays visible as broken, and blocks nothing
+        if not isinstance(entry, dict):
+            continue
+        if AUDIT_MAC_FIELD not in entry:
+            unauthenticated = n
+            continue
+        if entry.get("hash") != entry_hash(entry) or not key.verify(entry["hash"], entry[AUDIT_MAC_FIELD]):
+            raise KeyStoreError(
+                f"{key.source} does not authenticate entry {n} of {path}: the wrong passphrase, or the log was "
+                "rewritten (run jwtwatch keys audit)"
+            )
+        if unauthenticated is not None:
+            raise KeyStoreError(
+                f"entry {unauthenticated} of {path} carries no MAC: it was written without {key.source}. "
+                "Refusing to vouch for it; inspect the log with jwtwatch keys audit"
+            )
+        return
+
+
+def _append_audit(
+    root: Path, records: Sequence[tuple[str, str, str, dict[str, Any]]], now: float, key: AuditKey | None = None
+) -> dict[str, Any]:
+    """Append (action, kid, alg, details) records to the chain, with MACs under ``key``; return the last entry.
 
     The caller holds the store lock.
     """
@@ -375,6 +555,8 @@ def _append_audit(root: Path, records: Sequence[tuple[str, str, str, dict[str, A
     except FileNotFoundError:
         data = b""
     lines = _split_lines(data)
+    if key is not None:
+        _check_tail(root, lines, key)
     # a torn last line (crash mid-append, or tampering) is kept as its own line so verify_audit still
     # points at it; rotation is not blocked, since rotating may be the response to an incident
     out = b"\n" if data and not data.endswith(b"\n") else b""
@@ -383,7 +565,7 @@ def _append_audit(root: Path, records: Sequence[tuple[str, str, str, dict[str, A
     for action, kid, alg, details in records:
         seq += 1
         fields = {"ts": _rfc3339(now), "action": action, "kid": kid, "alg": alg, "details": details}
-        prev = chain_line(seq, prev, fields)
+        prev = chain_line(seq, prev, fields, key)
         out += prev + b"\n"
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     with os.fdopen(fd, "ab") as f:
@@ -408,6 +590,9 @@ def _parse_meta(raw: bytes, path: Path) -> dict[str, Any]:
     lifetime = meta.get("max_token_lifetime")
     if isinstance(lifetime, bool) or not isinstance(lifetime, int) or lifetime <= 0:
         raise corrupt("max_token_lifetime must be a positive integer")
+    retention = meta.get("retention")
+    if retention is not None and (isinstance(retention, bool) or not isinstance(retention, int) or retention <= 0):
+        raise corrupt("retention must be a positive integer")
     if not isinstance(meta.get("rsa_bits"), int) or meta["rsa_bits"] < MIN_RSA_BITS:
         raise corrupt(f"rsa_bits must be an integer >= {MIN_RSA_BITS}")
     if meta.get("issuer") is not None and not isinstance(meta["issuer"], str):
@@ -483,8 +668,9 @@ def _read_head(root: Path) -> tuple[int, str] | None:
     return meta["audit_head"]["seq"], meta["audit_head"]["hash"]
 
 
-def verify_audit(dir: Path) -> AuditReport:
-    """Verify DIR/audit.log: the hash chain, and that it still holds the head recorded in store.json."""
+def verify_audit(dir: Path, *, key: AuditKey | None = None, expect_head: str | None = None) -> AuditReport:
+    """Verify DIR/audit.log: the hash chain, that it still holds the head recorded in store.json, and — with
+    ``key`` (``KeyStore.audit_key()``) or ``expect_head`` — whether it is authenticated."""
     root = Path(dir)
     if not root.is_dir():
         raise KeyStoreError(f"key store {root} does not exist")
@@ -494,7 +680,7 @@ def verify_audit(dir: Path) -> AuditReport:
         return AuditReport(ok=False, entries=0, first_broken=1, problem=f"{root / AUDIT_FILE} is missing")
     except OSError as e:
         raise KeyStoreError(f"cannot read {root / AUDIT_FILE}: {e.strerror}") from e
-    return verify_audit_lines(_split_lines(data), _read_head(root))
+    return verify_audit_lines(_split_lines(data), _read_head(root), key=key, expect_head=expect_head)
 
 
 # --------------------------------------------------------------------------- the store
@@ -519,6 +705,7 @@ class KeyStore:
         self._root = Path(root)
         self._meta_cache: tuple[tuple[int, int, int], dict[str, Any]] | None = None
         self._private_cache: dict[str, PrivateKey] = {}
+        self._audit_keys: dict[bytes, AuditKey] = {}  # salt -> key derived from the passphrase (scrypt is slow)
         if isinstance(passphrase, str):
             passphrase = passphrase.encode()
         self._passphrase: bytes | None = passphrase if passphrase is not None else passphrase_from_env()
@@ -585,16 +772,18 @@ class KeyStore:
                 if any(p.name != LOCK_FILE for p in root.iterdir()):
                     raise KeyStoreError(f"{root} was initialised concurrently; refusing to overwrite it")
                 backend_meta = store._init_backend()
+                audit_key, audit_record = store._audit_key(backend_meta, create=True)
                 jwk = store._new_key(alg, rsa_bits)
                 kid = jwk_thumbprint(jwk)
                 details = {"issuer": issuer, "max_token_lifetime": max_token_lifetime, **backend_meta}
-                head = _append_audit(root, [("init", kid, alg, details)], t)
+                head = _append_audit(root, [("init", kid, alg, details)], t, audit_key)
                 meta = {
                     "format": STORE_FORMAT,
                     "issuer": issuer,
                     "max_token_lifetime": max_token_lifetime,
                     "rsa_bits": rsa_bits,
                     **backend_meta,
+                    **({"audit_key": audit_record} if audit_record is not None else {}),
                     "keys": [{"kid": kid, "alg": alg, "created_at": t, "retired_at": None, "jwk": jwk}],
                     "audit_head": {"seq": head["seq"], "hash": head["hash"]},
                 }
@@ -652,11 +841,12 @@ class KeyStore:
         meta = self._meta(force=True)  # under the lock: another process may just have rotated
         old = next(k for k in meta["keys"] if k["retired_at"] is None)
         new_alg = _check_alg(old["alg"] if alg is None else alg, self.ALGORITHMS)
+        audit = self._audit_for_commit(meta)  # before a key is made: no orphan key file after a refusal
         jwk = self._new_key(new_alg, meta["rsa_bits"])
         kid = jwk_thumbprint(jwk)
 
-        dropped = _expired_keys(meta["keys"], meta["max_token_lifetime"], t)
-        records = [self._drop_record(k, meta["max_token_lifetime"]) for k in dropped]
+        dropped = _expired_keys(meta["keys"], _retention(meta), t)
+        records = [self._drop_record(k, _retention(meta)) for k in dropped]
         records.append(("retire", old["kid"], old["alg"], {"replaced_by": kid}))
         records.append(("rotate", kid, new_alg, {"previous": old["kid"]}))
         gone = {k["kid"] for k in dropped}
@@ -665,7 +855,7 @@ class KeyStore:
             if k["kid"] == old["kid"]:
                 k["retired_at"] = t
         new = {"kid": kid, "alg": new_alg, "created_at": t, "retired_at": None, "jwk": jwk}
-        self._commit(meta, [*keys, new], records, t)
+        self._commit(meta, [*keys, new], records, t, audit)
         self._remove_private(gone)
         log.info("rotated signing key in %s: %s (%s) replaces %s", self._root, kid, new_alg, old["kid"])
         return _info(new)
@@ -678,11 +868,11 @@ class KeyStore:
 
     def _prune_locked(self, t: float) -> list[KeyInfo]:
         meta = self._meta(force=True)
-        dropped = _expired_keys(meta["keys"], meta["max_token_lifetime"], t)
+        dropped = _expired_keys(meta["keys"], _retention(meta), t)
         if not dropped:
             return []
         gone = {k["kid"] for k in dropped}
-        records = [self._drop_record(k, meta["max_token_lifetime"]) for k in dropped]
+        records = [self._drop_record(k, _retention(meta)) for k in dropped]
         self._commit(meta, [k for k in meta["keys"] if k["kid"] not in gone], records, t)
         self._remove_private(gone)
         return [_info(k) for k in dropped]
@@ -701,6 +891,33 @@ class KeyStore:
     def max_token_lifetime(self) -> int:
         return self._meta()["max_token_lifetime"]
 
+    @property
+    def retention(self) -> int:
+        """Seconds a retired key stays published: at least :attr:`max_token_lifetime`, more after :meth:`retain_for`."""
+        return _retention(self._meta())
+
+    def retain_for(self, seconds: int, *, now: float | None = None) -> bool:
+        """Keep retired keys published at least ``seconds`` after retirement; True when that raised the retention.
+
+        For signatures that must verify longer than :attr:`max_token_lifetime` — a revocation on the feed is
+        signed once and must verify until it expires. Retention only grows, and the change is in the audit log.
+        """
+        if isinstance(seconds, bool) or not isinstance(seconds, int) or seconds <= 0:
+            raise KeyStoreError(f"retention must be a positive number of seconds, got {seconds!r}")
+        t = time.time() if now is None else now
+        with _os_errors(f"cannot change the retention of {self._root}"), _locked(self._root):
+            meta = self._meta(force=True)
+            previous = _retention(meta)
+            if seconds <= previous:
+                return False
+            current = next(k for k in meta["keys"] if k["retired_at"] is None)
+            record = ("retain", current["kid"], current["alg"], {"retention": seconds, "previous": previous})
+            self._commit({**meta, "retention": seconds}, meta["keys"], [record], t)
+        log.info(
+            "retired keys of %s now stay published %s s after retirement (was %s s)", self._root, seconds, previous
+        )
+        return True
+
     def keys(self) -> list[KeyInfo]:
         """Published keys, oldest first."""
         return [_info(k) for k in self._meta()["keys"]]
@@ -712,6 +929,12 @@ class KeyStore:
         """RFC 7517 JWK Set of the published keys, current key first; public parameters only."""
         ordered = sorted(self._meta()["keys"], key=lambda k: (k["retired_at"] is not None, -k["created_at"]))
         return {"keys": [{**k["jwk"], "kid": k["kid"], "alg": k["alg"], "use": "sig"} for k in ordered]}
+
+    def audit_key(self) -> AuditKey | None:
+        """The key that authenticates this store's audit log, or None when there is none to be had here: an
+        unencrypted store, or an encrypted one opened without its passphrase. KeyStoreError when store.json names
+        an audit key that cannot be reached (a PKCS#11 token without the PIN, a key missing from the token)."""
+        return self._audit_key(self._meta(), create=False)[0]
 
     def audit_entries(self) -> list[dict[str, Any]]:
         """Parsed audit log entries (not verified; use :func:`verify_audit` for that)."""
@@ -801,14 +1024,36 @@ class KeyStore:
         keys: list[dict[str, Any]],
         records: list[tuple[str, str, str, dict[str, Any]]],
         now: float,
+        audit: tuple[AuditKey | None, dict[str, Any] | None] | None = None,
     ) -> None:
+        audit_key, audit_record = self._audit_for_commit(meta) if audit is None else audit
         # audit first: a crash in between leaves an entry for a change that did not land, never a
         # change without an entry
-        head = _append_audit(self._root, records, now)
+        head = _append_audit(self._root, records, now, audit_key)
         new_meta = {**meta, "keys": keys, "audit_head": {"seq": head["seq"], "hash": head["hash"]}}
+        if audit_record is not None:
+            new_meta["audit_key"] = audit_record
         _write_atomic(self._root / STORE_FILE, canonical_json(new_meta), 0o644)
         self._meta_cache = None
         self._publish_jwks()
+
+    def _audit_for_commit(self, meta: Mapping[str, Any]) -> tuple[AuditKey | None, dict[str, Any] | None]:
+        """The audit key a key change must be recorded with, checked against the log's last MAC before anything
+        changes (the caller holds the lock): a wrong passphrase or a forged tail stops the change here."""
+        audit_key, audit_record = self._audit_key(meta, create=True)
+        if audit_key is None and self._audit_key_required(meta):
+            raise KeyStoreError(
+                f"the keys in {self._root} are encrypted and its audit log is authenticated with the store's "
+                "passphrase: no key change is recorded without it (set JWTWATCH_KEYS_PASSPHRASE or give the "
+                "passphrase file)"
+            )
+        if audit_key is not None:
+            try:
+                data = (self._root / AUDIT_FILE).read_bytes()
+            except FileNotFoundError:
+                data = b""
+            _check_tail(self._root, _split_lines(data), audit_key)
+        return audit_key, audit_record
 
     def _publish_jwks(self) -> None:
         """Keep ``jwks.json`` beside the store, so a validator can follow it with ``--jwks-file``."""
@@ -823,14 +1068,14 @@ class KeyStore:
 
     def _drop_record(self, k: Mapping[str, Any], lifetime: int) -> tuple[str, str, str, dict[str, Any]]:
         log.info(
-            "dropping retired key %s (%s) from %s: retired at %s, tokens valid at most %ss",
+            "dropping retired key %s (%s) from %s: retired at %s, its signatures valid at most %ss",
             k["kid"],
             k["alg"],
             self._root,
             _rfc3339(k["retired_at"]),
             lifetime,
         )
-        details = {"retired_at": k["retired_at"], "reason": "max_token_lifetime elapsed since retirement"}
+        details = {"retired_at": k["retired_at"], "reason": "retention elapsed since retirement", "retention": lifetime}
         return ("drop", k["kid"], k["alg"], details)
 
     def _remove_private(self, kids: set[str]) -> None:
@@ -853,6 +1098,34 @@ class KeyStore:
         private.mkdir(mode=0o700)
         os.chmod(private, 0o700)  # mkdir's mode is filtered by the umask
         return {"encrypted": self._passphrase is not None}
+
+    def _audit_key(self, meta: Mapping[str, Any], *, create: bool) -> tuple[AuditKey | None, dict[str, Any] | None]:
+        """(the audit key, the ``audit_key`` record for store.json) of a store whose metadata is ``meta``.
+
+        A file store has one when it is encrypted and its passphrase is at hand: the passphrase is the secret
+        the directory does not hold. ``create``: make the record (a fresh salt) when store.json has none yet.
+        """
+        record = meta.get("audit_key")
+        if not meta.get("encrypted") or self._passphrase is None:
+            return None, record if isinstance(record, dict) else None
+        if isinstance(record, dict) and record.get("kind") == "passphrase" and isinstance(record.get("salt"), str):
+            try:
+                salt = base64.urlsafe_b64decode(record["salt"] + "=" * (-len(record["salt"]) % 4))
+            except ValueError:
+                raise KeyStoreError(f"key store metadata {self._root / STORE_FILE} is corrupt: bad audit_key") from None
+        elif create:
+            salt = os.urandom(16)
+            record = {"kind": "passphrase", "salt": _b64url(salt)}
+        else:
+            return None, None
+        key = self._audit_keys.get(salt)
+        if key is None:
+            key = self._audit_keys[salt] = AuditKey.from_passphrase(self._passphrase, salt)
+        return key, dict(record)
+
+    def _audit_key_required(self, meta: Mapping[str, Any]) -> bool:
+        """Whether a key change must carry a MAC: an encrypted store's log is authenticated from then on."""
+        return bool(meta.get("encrypted"))
 
     def _opened(self) -> None:
         if not self._meta().get("encrypted"):
@@ -900,16 +1173,35 @@ class KeyStore:
         return len(meta["keys"])
 
     def _check_private(self, kid: str, alg: str) -> str | None:
-        """Why the private key of ``kid`` is unusable, or None; never decrypts or loads it."""
+        """Why the private key of ``kid`` is unusable, or None.
+
+        The file must be owner-only and encrypted exactly when the store is (anyone who can write private/
+        can drop in an unencrypted key of their own, never one encrypted with the passphrase); when the key
+        can be loaded (unencrypted, or the passphrase is at hand) it must also be the key ``kid`` names.
+        """
         path = self._root / PRIVATE_DIR / f"{kid}.pem"
         try:
             mode = path.stat().st_mode & 0o777
+            with path.open("rb") as f:
+                start = f.read(len(_ENCRYPTED_PEM))
         except FileNotFoundError:
             return f"private key of published key {kid} is missing ({path})"
         except OSError as e:
             return f"cannot read {path}: {e.strerror}"
         if mode & 0o077:
             return f"{path} is accessible by other users (mode {mode:o})"
+        file_encrypted = start == _ENCRYPTED_PEM
+        store_encrypted = bool(self._meta().get("encrypted"))
+        if file_encrypted != store_encrypted:
+            if store_encrypted:
+                return f"{path} is not encrypted, but this store's keys are (file replaced?)"
+            return f"{path} is encrypted, but this store's keys are not (file replaced, or store.json edited?)"
+        if file_encrypted and self._passphrase is None:
+            return None  # the header is all that can be checked without the passphrase
+        try:
+            self._private_key(kid, alg)
+        except KeyStoreError as e:
+            return str(e)
         return None
 
     def _private_key(self, kid: str, alg: str) -> PrivateKey:
@@ -922,7 +1214,7 @@ class KeyStore:
             if mode & 0o077:
                 raise KeyStoreError(f"{path} is accessible by other users (mode {mode:o}); chmod 600 it")
             data = path.read_bytes()
-        encrypted = data.startswith(b"-----BEGIN ENCRYPTED PRIVATE KEY-----")
+        encrypted = data.startswith(_ENCRYPTED_PEM)
         if encrypted and self._passphrase is None:
             raise KeyStoreError(_NEED_PASSPHRASE.format(root=self._root))
         if not encrypted and self._meta().get("encrypted"):
@@ -1005,58 +1297,129 @@ def _info(k: Mapping[str, Any]) -> KeyInfo:
 # --------------------------------------------------------------------------- verification for CI gates
 
 
-def _replay_audit(entries: Sequence[Mapping[str, Any]]) -> tuple[set[str], str | None]:
-    """The published kids and the current kid that the audit log's history implies."""
-    published: set[str] = set()
+@dataclass
+class _History:
+    """What the audit log's history says the store should look like now."""
+
+    published: set[str]
     current: str | None = None
+    backend: str | None = None
+    encrypted: bool | None = None
+    max_token_lifetime: int | None = None
+    retention: int | None = None
+
+
+def _replay_audit(entries: Sequence[Mapping[str, Any]]) -> _History:
+    """The published kids, the current kid and the settings that the audit log's history implies."""
+    history = _History(published=set())
     for e in entries:
         action, kid = e.get("action"), e.get("kid")
+        details = e.get("details") if isinstance(e.get("details"), dict) else {}
+        if action == "init":
+            history.backend = details.get("backend", "file")
+            history.encrypted = bool(details.get("encrypted"))
+            lifetime = details.get("max_token_lifetime")
+            history.max_token_lifetime = lifetime if isinstance(lifetime, int) else None
+        elif action == "encrypt":
+            history.encrypted = True
+        elif action == "retain" and isinstance(details.get("retention"), int):
+            history.retention = details["retention"]
         if action in ("init", "rotate"):
-            published.add(kid)  # type: ignore[arg-type]
-            current = kid  # type: ignore[assignment]
+            history.published.add(kid)  # type: ignore[arg-type]
+            history.current = kid  # type: ignore[assignment]
         elif action == "drop":
-            published.discard(kid)  # type: ignore[arg-type]
-    return published, current
+            history.published.discard(kid)  # type: ignore[arg-type]
+    return history
+
+
+def _history_problems(meta: Mapping[str, Any], history: _History, root: Path) -> list[str]:
+    """Where store.json disagrees with the audit log: a change made by editing files, not through jwtwatch."""
+    problems: list[str] = []
+    kids = {k["kid"] for k in meta["keys"]}
+    current = next(k for k in meta["keys"] if k["retired_at"] is None)
+    for kid in sorted(kids - history.published):
+        problems.append(f"key {kid} is published but the audit log never added it (key slipped into store.json)")
+    for kid in sorted(history.published - kids):
+        problems.append(f"key {kid} is missing from store.json but the audit log never dropped it")
+    if history.current is not None and history.current != current["kid"]:
+        problems.append(f"store.json names {current['kid']} current, the audit log {history.current}")
+    backend = _backend_of(dict(meta), root / STORE_FILE)
+    if history.backend is not None and history.backend != backend:
+        problems.append(f"store.json says the keys are in {backend!r}, the audit log {history.backend!r}")
+    if backend == "file" and history.encrypted is not None and history.encrypted != bool(meta.get("encrypted")):
+        said = "encrypted" if meta.get("encrypted") else "not encrypted"
+        logged = "encrypted" if history.encrypted else "not encrypted"
+        problems.append(f"store.json says the private keys are {said}, the audit log that they are {logged}")
+    if history.max_token_lifetime is not None and history.max_token_lifetime != meta["max_token_lifetime"]:
+        problems.append(
+            f"store.json says tokens live {meta['max_token_lifetime']} s, the audit log {history.max_token_lifetime} s"
+        )
+    if history.retention != meta.get("retention"):
+        problems.append(
+            f"store.json keeps retired keys {meta.get('retention')} s, the audit log {history.retention} s "
+            "(retention edited by hand)"
+        )
+    return problems
 
 
 def verify_store(
-    dir: Path, *, max_key_age: float | None = None, now: float | None = None, **options: Any
+    dir: Path,
+    *,
+    max_key_age: float | None = None,
+    now: float | None = None,
+    expect_head: str | None = None,
+    **options: Any,
 ) -> StoreCheck:
     """Everything a CI/CD gate wants to know about a key store, as a list of problems (empty: all good).
 
-    * the audit chain is intact and still holds the head store.json records;
-    * the published keys are the ones the audit log's history adds, retires and drops — a key slipped into
-      store.json without an audit entry, or one dropped silently, is caught;
+    * the audit chain is intact, still holds the head store.json records, and is *authenticated*: its MACs
+      check out with the audit key (``passphrase=`` or the environment for an encrypted file store, ``pin=``
+      for a PKCS#11 store), or it holds ``expect_head``, a head recorded outside the directory, and every
+      entry after that carries a valid MAC. A log nothing outside the directory vouches for is a problem:
+      whoever can write the directory could have written it;
+    * the published keys, the current key, the backend, the encryption of the private keys and the token
+      lifetime are what the audit log's history says — a key slipped into store.json without an audit
+      entry, one dropped silently, or a setting edited by hand is caught;
     * ``jwks.json`` publishes exactly the store's public keys (validators follow that file);
-    * every published key has its private key (a file of mode 0600, or an object in the HSM token);
-      ``options`` go to :meth:`KeyStore.open` (``pin=`` for a PKCS#11 store);
+    * every published key has its private key (a file of mode 0600, encrypted exactly when the store is and,
+      when it can be loaded, the key its kid names; or an object in the HSM token); ``options`` go to
+      :meth:`KeyStore.open`;
     * the current key is not older than ``max_key_age`` (the rotation policy);
     * no retired key is still published past the longest token lifetime (it should have been dropped).
     """
     root = Path(dir)
     t = time.time() if now is None else now
-    audit = verify_audit(root)
+    anchor = check_head(expect_head)
     problems: list[str] = []
-    if not audit.ok:
-        problems.append(f"audit log broken at entry {audit.first_broken}: {audit.problem}")
     try:
         store = KeyStore.open(root, **options)
         meta = store._meta(force=True)
+        audit_key = store.audit_key()
     except KeyStoreError as e:
+        audit = verify_audit(root, expect_head=anchor)
+        if not audit.ok:
+            problems.append(_audit_problem(audit))
         return StoreCheck(audit, (*problems, str(e)))
 
-    keys = meta["keys"]
-    kids = {k["kid"] for k in keys}
-    current = next(k for k in keys if k["retired_at"] is None)
+    audit = verify_audit(root, key=audit_key, expect_head=anchor)
+    if not audit.ok:
+        problems.append(_audit_problem(audit))
+    elif not audit.authenticated:
+        if audit_key is None and meta.get("encrypted") and store._passphrase is None:
+            how = "give the store's passphrase (JWTWATCH_KEYS_PASSPHRASE or --passphrase-file) to check its MACs"
+        elif audit_key is None and store.BACKEND == "file" and not meta.get("encrypted"):
+            how = (
+                "the store is not encrypted, so no secret outside the directory authenticates its log: encrypt it "
+                "(jwtwatch keys encrypt) or record the head that jwtwatch keys audit prints and pass --expect-head"
+            )
+        else:
+            how = "record the head that jwtwatch keys audit prints and pass --expect-head"
+        problems.append(f"audit log is not authenticated: {audit.unauthenticated}; {how}")
     if audit.ok:
-        expected, expected_current = _replay_audit(store.audit_entries())
-        for kid in sorted(kids - expected):
-            problems.append(f"key {kid} is published but the audit log never added it (key slipped into store.json)")
-        for kid in sorted(expected - kids):
-            problems.append(f"key {kid} is missing from store.json but the audit log never dropped it")
-        if expected_current is not None and expected_current != current["kid"]:
-            problems.append(f"store.json names {current['kid']} current, the audit log {expected_current}")
+        problems.extend(_history_problems(meta, _replay_audit(store.audit_entries()), root))
 
+    keys = meta["keys"]
+    current = next(k for k in keys if k["retired_at"] is None)
     try:
         published = json.loads((root / JWKS_FILE).read_bytes())
     except (OSError, ValueError) as e:
@@ -1077,14 +1440,21 @@ def verify_store(
                 f"current key {current['kid']} is {_human(age)} old; the policy allows {_human(max_key_age)} "
                 "(jwtwatch keys rotate --if-older-than)"
             )
-    for k in _expired_keys(keys, meta["max_token_lifetime"], t):
-        late = t - (k["retired_at"] + meta["max_token_lifetime"])
+    retention = _retention(meta)
+    for k in _expired_keys(keys, retention, t):
+        late = t - (k["retired_at"] + retention)
         problems.append(
             f"retired key {k['kid']} is still published {_human(late)} after its last token expired "
-            f"(retired {_rfc3339(k['retired_at'])}, tokens live at most {meta['max_token_lifetime']} s; "
+            f"(retired {_rfc3339(k['retired_at'])}, its signatures live at most {retention} s; "
             "jwtwatch keys rotate --if-older-than drops it)"
         )
     return StoreCheck(audit, tuple(problems))
+
+
+def _audit_problem(audit: AuditReport) -> str:
+    if audit.first_broken is None:
+        return f"audit log: {audit.problem}"
+    return f"audit log broken at entry {audit.first_broken}: {audit.problem}"
 
 
 def _human(seconds: float) -> str:

@@ -16,6 +16,9 @@ pruning. This class only replaces the private-key hooks of :class:`~pipeline.val
 * ``_check_private`` (``audit --verify``): each published key has exactly one private object in the
   token, sensitive, never extractable, generated in the token (``CKA_LOCAL``), matching its kid.
 * ``_remove_private``: dropped keys are destroyed in the token (private and public object).
+* ``_audit_key``: the HMAC key that authenticates the audit log is a generic secret generated in the
+  token (sensitive, never extractable, ``CKA_LOCAL``) and ID'd by 16 random bytes that store.json records;
+  the token computes every MAC (CKM_SHA256_HMAC), so without the PIN no entry can be forged.
 
 store.json records ``backend: pkcs11`` and the module path and token label. The PIN is never stored or
 taken on the command line: ``pin=``, else ``JWTWATCH_PKCS11_PIN``, else the mode-0600 file named by
@@ -32,6 +35,9 @@ import contextlib
 import hashlib
 import hmac
 import logging
+import os
+import re
+import stat
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -43,6 +49,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from pipeline.validation.keystore import (
     _JWS_ALGORITHMS,
+    AuditKey,
     KeyStore,
     KeyStoreError,
     jwk_thumbprint,
@@ -59,6 +66,8 @@ PIN_FILE_ENV = "JWTWATCH_PKCS11_PIN_FILE"
 TOKEN_ALGORITHMS = ("ES256", "RS256")
 # DER of the named-curve OID 1.2.840.10045.3.1.7 (P-256), as CKA_EC_PARAMS holds it
 P256_PARAMS = bytes.fromhex("06082a8648ce3d030107")
+AUDIT_KEY_LABEL = "jwtwatch-audit"
+_AUDIT_KEY_ID_RE = re.compile(r"[0-9a-f]{32}")
 _NO_PIN = (
     "no PIN for the PKCS#11 token {label!r}: set JWTWATCH_PKCS11_PIN or give a PIN file "
     "(--pin-file / JWTWATCH_PKCS11_PIN_FILE)"
@@ -92,19 +101,76 @@ _TOKENS: dict[tuple[str, str], _Token] = {}
 _TOKENS_LOCK = threading.Lock()
 
 
-def _check_module(module: str) -> None:
-    """Loading a module runs its code: refuse one that other users could have replaced."""
+# How many symbolic links one module path may pass through (Linux's own limit is 40).
+_MAX_SYMLINKS = 40
+
+
+def _trusted_owner(uid: int) -> bool:
+    return uid in (0, os.geteuid())
+
+
+def _check_module(module: str) -> str:
+    """Loading a module runs its code: refuse one that anyone but root or this user could have replaced.
+
+    The path is resolved one component at a time, as the kernel would, following every symbolic link, and
+    every directory passed through and the module file itself must be owned by root or the current user and
+    not writable by group or others. A link is as trustworthy as the directory holding it (its own mode bits
+    mean nothing), so checking the directories that hold each link and each target covers the whole chain.
+    A directory writable by others is accepted only with the sticky bit (``/tmp``): there only an entry's
+    owner can rename or remove it, and that owner is checked at the next step. Returns the resolved path.
+    """
     path = Path(module)
     if not path.is_absolute():
         raise KeyStoreError(f"the PKCS#11 module path must be absolute, got {module!r}")
+
+    def refuse(why: str) -> KeyStoreError:
+        return KeyStoreError(f"the PKCS#11 module {module}: {why}; refusing to load it")
+
+    def check(where: Path, st: os.stat_result, is_dir: bool) -> None:
+        what = "directory" if is_dir else "file"
+        if not _trusted_owner(st.st_uid):
+            raise refuse(f"{what} {where} is owned by uid {st.st_uid}, neither root nor this user")
+        writable_by_others = st.st_mode & 0o022
+        if writable_by_others and not (is_dir and st.st_mode & stat.S_ISVTX):
+            mode = stat.S_IMODE(st.st_mode)
+            raise refuse(f"{what} {where} is writable by other users (mode {mode:o})")
+
+    pending = list(reversed(path.parts[1:]))  # a stack: the next component to resolve is last
+    current = Path(path.anchor)
+    links = 0
     try:
-        st = path.stat()
+        check(current, current.stat(), is_dir=True)
+        while pending:
+            name = pending.pop()
+            if name in ("", "."):
+                continue
+            if name == "..":
+                current = current.parent  # current is already resolved, so its parent is the real one
+                continue
+            candidate = current / name
+            st = candidate.lstat()
+            if stat.S_ISLNK(st.st_mode):
+                links += 1
+                if links > _MAX_SYMLINKS:
+                    raise refuse(f"more than {_MAX_SYMLINKS} symbolic links")
+                target = Path(os.readlink(candidate))
+                if target.is_absolute():
+                    current = Path(target.anchor)
+                    check(current, current.stat(), is_dir=True)
+                pending.extend(reversed([part for part in target.parts if part != target.anchor]))
+                continue
+            is_last = not pending
+            if not is_last and not stat.S_ISDIR(st.st_mode):
+                raise refuse(f"{candidate} is not a directory")
+            if is_last and not stat.S_ISREG(st.st_mode):
+                raise refuse(f"{candidate} is not a regular file")
+            check(candidate, st, is_dir=not is_last)
+            current = candidate
+        if not stat.S_ISREG(current.stat().st_mode):  # a path ending in "." or ".."
+            raise refuse(f"{current} is not a regular file")
     except OSError as e:
         raise KeyStoreError(f"cannot use the PKCS#11 module {module}: {e.strerror}") from e
-    if st.st_mode & 0o022:
-        raise KeyStoreError(
-            f"the PKCS#11 module {module} is writable by other users (mode {st.st_mode & 0o777:o}); refusing to load it"
-        )
+    return str(current)
 
 
 def _connect(module: str, label: str, pin: bytes) -> _Token:
@@ -276,6 +342,75 @@ class Pkcs11KeyStore(KeyStore):
             and isinstance(recorded.get("token_label"), str)
         ):
             raise KeyStoreError(f"key store metadata {self._root / 'store.json'} is corrupt: bad pkcs11 section")
+
+    def _audit_key(self, meta: Mapping[str, Any], *, create: bool) -> tuple[AuditKey | None, dict[str, Any] | None]:
+        """The token's HMAC key for the audit log; ``create`` makes one for a store that has none yet."""
+        from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
+
+        record = meta.get("audit_key")
+        if (
+            isinstance(record, dict)
+            and record.get("kind") == "pkcs11"
+            and isinstance(record.get("id"), str)
+            and _AUDIT_KEY_ID_RE.fullmatch(record["id"])
+        ):
+            key_id, fresh = bytes.fromhex(record["id"]), False
+        elif create:
+            # a store from before audit keys, or a record someone broke: a new key cannot vouch for MACs made
+            # with another one, so _check_tail still refuses to append after entries it cannot verify
+            key_id, fresh = os.urandom(16), True
+            record = {"kind": "pkcs11", "id": key_id.hex()}
+        else:
+            return None, None
+        label = self._where()[1]
+        with self._session() as s:
+            found = list(s.get_objects({Attribute.CLASS: ObjectClass.SECRET_KEY, Attribute.ID: key_id}))
+            if not found and fresh:
+                s.generate_key(
+                    KeyType.GENERIC_SECRET,
+                    256,
+                    id=key_id,
+                    label=AUDIT_KEY_LABEL,
+                    store=True,
+                    mechanism=Mechanism.GENERIC_SECRET_KEY_GEN,
+                    template={
+                        Attribute.PRIVATE: True,
+                        Attribute.SENSITIVE: True,
+                        Attribute.EXTRACTABLE: False,
+                        Attribute.MODIFIABLE: False,
+                        Attribute.SIGN: True,
+                        Attribute.VERIFY: True,
+                        Attribute.ENCRYPT: False,
+                        Attribute.DECRYPT: False,
+                        Attribute.WRAP: False,
+                        Attribute.UNWRAP: False,
+                        Attribute.DERIVE: False,
+                    },
+                )
+                log.info("generated the audit key of %s in PKCS#11 token %r", self._root, label)
+            elif len(found) != 1:
+                what = "missing from" if not found else "present more than once in"
+                raise KeyStoreError(f"the audit key of {self._root} is {what} the PKCS#11 token {label!r}")
+            else:
+                key = found[0]
+                flags = {
+                    "sensitive": key[Attribute.SENSITIVE],
+                    "never extractable": key[Attribute.NEVER_EXTRACTABLE] and not key[Attribute.EXTRACTABLE],
+                    "generated in the token": key[Attribute.LOCAL],
+                }
+                lacking = [name for name, ok in flags.items() if not ok]
+                if lacking:
+                    raise KeyStoreError(f"the token's audit key is not {', '.join(lacking)}: refusing to use it")
+
+        def token_hmac(data: bytes) -> bytes:
+            with self._session() as session:
+                secret = session.get_key(object_class=ObjectClass.SECRET_KEY, id=key_id)
+                return bytes(secret.sign(data, mechanism=Mechanism.SHA256_HMAC))
+
+        return AuditKey(token_hmac, f"the audit key in the PKCS#11 token {label!r}"), dict(record)
+
+    def _audit_key_required(self, meta: Mapping[str, Any]) -> bool:
+        return True  # every key change reaches the token anyway
 
     def encrypt(self, *, now: float | None = None) -> int:
         raise KeyStoreError(f"the keys of {self._root} are in a PKCS#11 token, which protects them: nothing to encrypt")

@@ -8,10 +8,21 @@ a per-publisher monotonic number (milliseconds). Consumers verify the signature 
 public keys, check that the event and the record agree, and refuse a version not newer than the last one
 seen for the same revocation key — so a forged, unsigned or replayed message on the bus can neither
 revoke nor un-revoke anything.
+
+A message is signed once and must verify until its revocation expires, also for a validator that starts
+later and reads the compacted topic from the beginning. The key store drops a retired key after its
+retention (by default the longest token lifetime, often shorter than a revocation lives), so before signing,
+:class:`FeedSigner` raises the store's retention to cover the revocation (:meth:`KeyStore.retain_for`,
+rounded up to the hour, recorded in the audit log): the key stays published, and trusted by
+:class:`FeedVerifier`, until every revocation it signed has expired, and no longer. Re-signing live
+revocations with the new key on rotation was the alternative; it needs a process on the bus that holds every
+live revocation at each rotation (``keys rotate`` runs from cron, without the bus) and leaves a window.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 import threading
 import time
 from pathlib import Path
@@ -22,12 +33,15 @@ from jwt.exceptions import PyJWTError
 
 from pipeline.events import RecordError, Revocation, parse_ts
 from pipeline.validation.jwks import KeySet, parse_jwks
-from pipeline.validation.keystore import KeyStore
+from pipeline.validation.keystore import KeyStore, KeyStoreError
+
+log = logging.getLogger(__name__)
 
 SET_TYPE = "secevent+jwt"
 AUDIENCE = "urn:jwtwatch:validators"
 SESSION_REVOKED = "https://schemas.openid.net/secevent/caep/event-type/session-revoked"
 ALGORITHMS = ("ES256", "EdDSA", "RS256")
+RETENTION_STEP_S = 3600  # retention grows in whole hours: one audit entry per longer lifetime, not per revocation
 
 
 class FeedError(ValueError):
@@ -42,13 +56,34 @@ class FeedSigner:
         self.issuer = issuer
         self._lock = threading.Lock()
         self._last_version = 0
+        #: Revocations signed although the key store could not keep the key long enough (logged each time).
+        self.retention_failures = 0
 
     def _next_version(self) -> int:
         with self._lock:
             self._last_version = max(self._last_version + 1, int(time.time() * 1000))
             return self._last_version
 
+    def _retain_key_until(self, expires_at: float) -> None:
+        """Keep the signing key published until ``expires_at``, however soon it is rotated."""
+        lifetime = expires_at - time.time()
+        try:
+            if lifetime > self.store.retention:
+                self.store.retain_for(math.ceil(lifetime / RETENTION_STEP_S) * RETENTION_STEP_S)
+        except KeyStoreError as exc:
+            # the revocation is still published: validators running now verify it; only one that starts after
+            # the key is dropped would not, which is what the log says
+            self.retention_failures += 1
+            log.error(
+                "revocation feed: cannot keep the feed key of %s published for %.0f s (%s); validators that start "
+                "after it is rotated and dropped will not verify this revocation",
+                self.store.path,
+                lifetime,
+                exc,
+            )
+
     def sign(self, record: Revocation) -> bytes:
+        self._retain_key_until(parse_ts(record.expires_at).timestamp())
         if record.kind == "jti":
             subject = {"format": "jwt_id", "iss": record.iss, "jti": record.value}
         else:

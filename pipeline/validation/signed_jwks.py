@@ -37,7 +37,7 @@ from typing import Any
 import jwt
 from cryptography.hazmat.primitives import serialization
 
-from pipeline.validation.jwks import JwksError, bind_key
+from pipeline.validation.jwks import JwksError, KeySet, bind_key, parse_jwks
 from pipeline.validation.keystore import (
     JWKS_FILE,
     KeyStore,
@@ -60,6 +60,7 @@ __all__ = [
     "SIGNED_JWKS_TYP",
     "RollbackError",
     "RootKey",
+    "SignedJwksFileSource",
     "SignedJwksHighWater",
     "SignedKeySet",
     "publish_signed_jwks",
@@ -398,3 +399,96 @@ class SignedJwksHighWater:
             _write_atomic(self.path, json.dumps(record, indent=2).encode() + b"\n", 0o600)
         except OSError as exc:
             raise RollbackError(f"cannot record the signed JWKS state in {self.path}: {exc}", "state") from None
+
+
+class SignedJwksFileSource:
+    """A key store's ``jwks.jwt``, trusted only as far as the pinned root key vouches for it.
+
+    ``--keys-dir`` alone trusts ``DIR/jwks.json``, so whoever can write DIR can add a signing key (and the
+    validator, holding no secret, cannot tell). With a pinned root (``--jwks-root-key``) the validator reads the
+    root-signed ``DIR/jwks.jwt`` instead, checked as :func:`verify_signed_jwks` checks a fetched one: a set the
+    root did not sign never counts, whatever else in DIR was rewritten. The file is re-read when it changes (at
+    most once a second); a refused set, or an older one (a rollback, judged by the same
+    :class:`SignedJwksHighWater` as a fetched set, kept under ``state_dir`` across restarts), keeps the last good
+    one, which is trusted until its own ``exp``, then no key is (fail closed).
+    """
+
+    may_block = False
+
+    def __init__(
+        self,
+        path: Path,
+        algorithms: tuple[str, ...],
+        *,
+        root_jwk: dict[str, Any],
+        issuer: str,
+        max_age_s: float = DEFAULT_VALIDITY_S,
+        leeway_s: float = 30.0,
+        clock: Any = time.time,
+        min_interval_s: float = 1.0,
+        state_dir: Path | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self.high_water = SignedJwksHighWater(state_dir, root_jwk=root_jwk, issuer=issuer)
+        self._min_interval_s = min_interval_s
+        self._algorithms = algorithms
+        self._root_jwk = dict(root_jwk)
+        self._issuer = issuer
+        self._max_age_s = max_age_s
+        self._leeway_s = leeway_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._checked = float("-inf")
+        self._stamp: tuple[int, int, int] | None = None
+        self._expires_at = float("-inf")
+        self._keys = KeySet()
+        self.generation = 0
+        self.last_error: str | None = None
+        if not self._reload():
+            raise JwksError(f"{self.path}: no key set the pinned root vouches for: {self.last_error}")
+
+    def _reload(self) -> bool:
+        """Read the file if it changed; True when a newer verified set replaced the keys."""
+        try:
+            st = self.path.stat()
+            stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+            if stamp == self._stamp:
+                return False
+            self._stamp = stamp
+            signed = verify_signed_key_set(
+                self.path.read_bytes(),
+                self._root_jwk,
+                issuer=self._issuer,
+                max_age_s=self._max_age_s,
+                leeway_s=self._leeway_s,
+                now=self._clock(),
+            )
+            keys = parse_jwks(signed.jwks, self._algorithms)
+            self.high_water.admit(signed, source=str(self.path))  # RollbackError (a JwksError) when older
+        except (OSError, ValueError, JwksError, jwt.PyJWTError) as exc:
+            self.last_error = str(exc)
+            log.warning("signed key set %s refused, keeping the last good one: %s", self.path, exc)
+            return False
+        self._keys, self._expires_at, self.last_error = keys, signed.exp, None
+        self.generation += 1
+        log.info("signed key set %s loaded: %d keys", self.path, len(keys))
+        return True
+
+    def _maybe_reload(self) -> bool:
+        now = time.monotonic()
+        if now - self._checked < self._min_interval_s:
+            return False
+        with self._lock:
+            self._checked = now
+            return self._reload()
+
+    def current(self) -> KeySet:
+        self._maybe_reload()
+        if self._clock() >= self._expires_at + self._leeway_s and len(self._keys):
+            log.warning("signed key set %s expired and was not renewed: no keys trusted", self.path)
+            self._keys = KeySet()
+            self.generation += 1
+        return self._keys
+
+    def refresh_for_unknown_kid(self) -> bool:
+        return self._maybe_reload()
