@@ -1,4 +1,5 @@
-"""What every jwtwatch HTTP service shares: security headers and admin-token checks."""
+"""What every jwtwatch HTTP service shares: security headers, admin-token checks, capped body reads and the metrics
+listener's app."""
 
 from __future__ import annotations
 
@@ -6,7 +7,10 @@ import hmac
 from collections.abc import Iterable
 from pathlib import Path
 
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
@@ -91,3 +95,23 @@ async def read_capped(request: Request, limit: int) -> bytes | None:
         if len(body) > limit:
             return None
     return bytes(body)
+
+
+def metrics_app(*registries: CollectorRegistry) -> ASGIApp:
+    """Prometheus metrics at ``GET /metrics`` — the app of the metrics listener (``--metrics-port``), never of the
+    public port: per-reason counters that move with each request would tell a caller why their token failed."""
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        response: Response
+        if scope["path"] != "/metrics":
+            response = PlainTextResponse("not found", status_code=404)
+        elif scope["method"] not in ("GET", "HEAD"):
+            response = PlainTextResponse("method not allowed", status_code=405, headers={"Allow": "GET, HEAD"})
+        else:
+            payload = await run_in_threadpool(lambda: b"".join(generate_latest(r) for r in registries))
+            response = Response(payload, media_type=CONTENT_TYPE_LATEST)
+        await response(scope, receive, send)
+
+    return SecurityHeadersMiddleware(app)

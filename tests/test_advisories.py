@@ -7,6 +7,8 @@ tests of each mechanism live beside the code's other tests; ``docs/security.md``
 
 from __future__ import annotations
 
+from pathlib import Path
+
 # ---------------------------------------------------------------------------------------------------------------
 # HIGH 1: a forged token with invalid Unicode in a claim erased other requests' usage events
 # ---------------------------------------------------------------------------------------------------------------
@@ -50,6 +52,65 @@ from __future__ import annotations
 # ---------------------------------------------------------------------------------------------------------------
 # LOW 9: unauthenticated /metrics told an attacker why their token failed
 # ---------------------------------------------------------------------------------------------------------------
+
+
+def test_low_9_the_service_port_never_tells_why_a_token_failed(tmp_path: Path) -> None:
+    """Forged tokens (bad signature, unknown kid, wrong audience, revoked) to `validator serve`'s and `serve`'s apps:
+    their port has no /metrics (404), the alerts service's neither; the per-reason counters are on the metrics
+    listener's app only (``--metrics-port``, loopback by default)."""
+    import httpx
+
+    from pipeline.alerts import AlertsService, create_alerts_app
+    from pipeline.allinone import AllInOne, ServeOptions
+    from pipeline.bus.memory import MemoryBus
+    from pipeline.validation import ValidatorConfig
+    from pipeline.validation.app import create_validator_app
+    from pipeline.validation.service import ValidatorService
+    from tests.jwtkit import AUDIENCE, ISSUER, Issuer
+    from tests.servers import serve_app
+
+    issuer = Issuer.create()
+    config = ValidatorConfig(issuer=ISSUER, audience=AUDIENCE, jwks=issuer.jwks())
+    validator = ValidatorService(config, data_dir=tmp_path / "v", bus=MemoryBus(), admin_token=None)
+    forged = [
+        Issuer.create().token("ES256"),  # the same kid, another key: bad_signature
+        Issuer.create().token("ES256", headers={"kid": "nobody-knows-it"}),  # unknown_kid
+        issuer.token("ES256", aud="https://elsewhere.test"),  # audience
+        issuer.token("ES256", jti="low-9-revoked"),  # revoked
+    ]
+    all_in_one = AllInOne(
+        ServeOptions(
+            config=config,
+            data_dir=tmp_path / "serve",
+            model_dir=Path(__file__).resolve().parent.parent / "models" / "default",
+        )
+    )
+    all_in_one.start()
+    alerts = AlertsService(tmp_path / "a", admin_token=None)
+    services = [(create_validator_app(validator), validator), (all_in_one.app, all_in_one.validator)]
+    try:
+        for app, service in services:
+            service.revocations.revoke(kind="jti", iss=ISSUER, value="low-9-revoked", reason="test")
+            with serve_app(app) as url:
+                for token in forged:
+                    response = httpx.get(f"{url}/v1/validate", headers={"Authorization": f"Bearer {token}"})
+                    assert response.status_code == 401 and response.json() == {"error": "invalid_token"}
+                public = httpx.get(f"{url}/metrics")
+                assert public.status_code == 404 and "reason" not in public.text
+        with serve_app(create_alerts_app(alerts)) as url:
+            assert httpx.get(f"{url}/metrics").status_code == 404
+        # the operators still have every reason, on the metrics listener's app
+        from pipeline.web import metrics_app
+
+        for _, service in services:
+            with serve_app(metrics_app(service.registry)) as metrics_url:
+                private = httpx.get(f"{metrics_url}/metrics").text
+            for reason in ("bad_signature", "unknown_kid", "audience", "revoked"):
+                assert f'outcome="rejected",reason="{reason}"}} 1.0' in private, reason
+    finally:
+        all_in_one.stop()
+        validator.close()
+        alerts.close()
 
 
 # ---------------------------------------------------------------------------------------------------------------

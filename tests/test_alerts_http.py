@@ -14,6 +14,7 @@ import pytest
 from standardwebhooks import Webhook
 
 from pipeline.alerts import AlertsService, create_alerts_app
+from pipeline.web import metrics_app
 from tests.servers import serve_app
 
 # The webhook receiver fixtures live with the service tests; importing them here registers them for pytest
@@ -303,11 +304,13 @@ def test_end_to_end_through_the_api(client: httpx.Client, service: AlertsService
     client.delete(f"/v1/webhooks/{created['id']}", headers=AUTH)
 
 
-def test_health_and_metrics(client: httpx.Client) -> None:
+def test_health_and_metrics(client: httpx.Client, service: AlertsService) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz")
     assert ready.status_code == 200 and ready.json()["ready"] is True
-    metrics = client.get("/metrics")
+    assert client.get("/metrics").status_code == 404  # the metrics listener's (--metrics-port), not the API's
+    with serve_app(metrics_app(service.registry)) as metrics_url:
+        metrics = httpx.get(f"{metrics_url}/metrics")
     assert metrics.status_code == 200
     for name in (
         "jwtwatch_webhook_deliveries_total",
@@ -321,8 +324,8 @@ def test_health_and_metrics(client: httpx.Client) -> None:
 
 def test_readyz_fails_when_the_store_is_closed(tmp_path: Path) -> None:
     service = AlertsService(tmp_path, admin_token=ADMIN)
-    with serve_app(create_alerts_app(service)) as base:
+    with serve_app(create_alerts_app(service)) as base, serve_app(metrics_app(service.registry)) as metrics_url:
         service.close()
         response = httpx.get(f"{base}/readyz")
         assert response.status_code == 503 and response.json()["ready"] is False
-        assert httpx.get(f"{base}/metrics").status_code == 200
+        assert httpx.get(f"{metrics_url}/metrics").status_code == 200

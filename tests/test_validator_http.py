@@ -1,7 +1,10 @@
-"""The validator's HTTP surface: security headers everywhere, introspection, health, metrics."""
+"""The validator's HTTP surface: security headers everywhere, introspection, health, metrics; and the HTTP server
+under every jwtwatch service (the metrics listener)."""
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,6 +15,7 @@ from pipeline.bus.memory import MemoryBus
 from pipeline.validation import ValidatorConfig
 from pipeline.validation.app import create_validator_app
 from pipeline.validation.service import ValidatorService
+from pipeline.web import metrics_app
 from tests.jwtkit import AUDIENCE, ISSUER, Issuer
 from tests.servers import serve_app
 
@@ -24,16 +28,28 @@ def issuer() -> Issuer:
 
 
 @pytest.fixture(scope="module")
-def url(issuer: Issuer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def service(issuer: Issuer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ValidatorService]:
     service = ValidatorService(
         ValidatorConfig(issuer=ISSUER, audience=AUDIENCE, jwks=issuer.jwks()),
         data_dir=tmp_path_factory.mktemp("data"),
         bus=MemoryBus(),
         admin_token=ADMIN,
     )
+    yield service
+    service.close()
+
+
+@pytest.fixture(scope="module")
+def url(service: ValidatorService) -> Iterator[str]:
     with serve_app(create_validator_app(service)) as base:
         yield base
-    service.close()
+
+
+@pytest.fixture(scope="module")
+def metrics_url(service: ValidatorService) -> Iterator[str]:
+    """The metrics listener's app (what --metrics-port serves)."""
+    with serve_app(metrics_app(service.registry)) as base:
+        yield base
 
 
 REQUESTS = [
@@ -45,7 +61,7 @@ REQUESTS = [
     ("GET", "/v1/revocations", {}),
     ("GET", "/healthz", {}),
     ("GET", "/readyz", {}),
-    ("GET", "/metrics", {}),
+    ("GET", "/metrics", {}),  # 404: metrics have their own listener
     ("GET", "/no/such/page", {}),
     ("DELETE", "/v1/validate", {}),  # 405
 ]
@@ -97,9 +113,9 @@ def test_health_and_readiness(url: str) -> None:
     assert ready.status_code == 200 and ready.json()["ready"] is True
 
 
-def test_metrics_count_outcomes_by_reason(url: str, issuer: Issuer) -> None:
+def test_metrics_count_outcomes_by_reason(url: str, metrics_url: str, issuer: Issuer) -> None:
     httpx.get(url + "/v1/validate", headers={"Authorization": f"Bearer {issuer.token(exp=1)}"})
-    body = httpx.get(url + "/metrics").text
+    body = httpx.get(metrics_url + "/metrics").text
     assert 'jwtwatch_validations_total{outcome="rejected",reason="expired"}' in body
     assert "jwtwatch_revocation_version" in body
 
@@ -123,3 +139,42 @@ def test_readiness_fails_without_usable_keys(tmp_path: Path) -> None:
     with serve_app(create_validator_app(service)) as base:
         assert httpx.get(base + "/readyz").status_code == 503
     service.close()
+
+
+# ---------------------------------------------------------------------------------------------- metrics listener
+# pipeline.validation.server: the server under every jwtwatch service.
+
+
+def test_the_metrics_listener_serves_metrics_and_nothing_else(service: ValidatorService, issuer: Issuer) -> None:
+    from pipeline.validation.server import Server, uvicorn_config
+    from pipeline.validation.workers import listening_socket
+
+    public, private = listening_socket("127.0.0.1", 0), listening_socket("127.0.0.1", 0)
+    url = f"http://127.0.0.1:{public.getsockname()[1]}"
+    metrics_url = f"http://127.0.0.1:{private.getsockname()[1]}"
+    app = create_validator_app(service)
+    config = uvicorn_config(app, "127.0.0.1", 0, lifespan="off", timeout_graceful_shutdown=3)
+    server = Server(config, metrics=(private, metrics_app(service.registry)))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [public]}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 20
+        while not server.started:
+            assert time.monotonic() < deadline and thread.is_alive(), "the server did not start"
+            time.sleep(0.01)
+        forged = Issuer.create().token("ES256", headers={"kid": "unknown-to-it"})
+        assert httpx.get(url + "/v1/validate", headers={"Authorization": f"Bearer {forged}"}).status_code == 401
+        assert httpx.get(url + "/metrics").status_code == 404
+        scraped = httpx.get(metrics_url + "/metrics")
+        assert scraped.status_code == 200 and scraped.headers["content-type"].startswith("text/plain")
+        assert 'reason="unknown_kid"' in scraped.text
+        assert scraped.headers["x-content-type-options"] == "nosniff"
+        assert httpx.get(metrics_url + "/v1/validate").status_code == 404
+        assert httpx.get(metrics_url + "/healthz").status_code == 404
+        assert httpx.post(metrics_url + "/metrics").status_code == 405
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
+    assert not thread.is_alive()
+    with pytest.raises(httpx.HTTPError):  # stopped with the server
+        httpx.get(metrics_url + "/metrics", timeout=2)

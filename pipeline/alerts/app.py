@@ -1,8 +1,9 @@
-"""The alerts service's HTTP surface (FastAPI): webhooks, the alert log, deliveries, health, metrics.
+"""The alerts service's HTTP surface (FastAPI): webhooks, the alert log, deliveries, health.
 
 Everything under ``/v1/`` needs the admin bearer token (compared in constant time) and is answered with
 ``Cache-Control: no-store`` — one answer carries a signing secret. Request bodies are capped and parsed
-by hand, so a hostile body gets a 4xx, never a 500.
+by hand, so a hostile body gets a 4xx, never a 500. Metrics are not here but on the metrics listener
+(``--metrics-port``).
 """
 
 from __future__ import annotations
@@ -12,8 +13,7 @@ from typing import Annotated, Any, Literal
 
 import orjson
 from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Query, Request, Response
-from fastapi.responses import JSONResponse, PlainTextResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
@@ -223,10 +223,6 @@ def create_alerts_app(service: AlertsService) -> FastAPI:
     app = FastAPI(title="jwtwatch alerts", version="1", docs_url=None, redoc_url=None)
     app.include_router(alerts_router(service))
     app.include_router(health_router(service))
-
-    @app.get("/metrics", tags=["health"], response_class=PlainTextResponse)
-    def metrics() -> Response:
-        return Response(generate_latest(service.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception) -> JSONResponse:  # pragma: no cover - last resort

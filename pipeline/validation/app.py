@@ -12,8 +12,7 @@ from typing import Annotated, Any, Literal
 from urllib.parse import parse_qs
 
 from fastapi import APIRouter, FastAPI, Header, Query, Request, Response
-from fastapi.responses import JSONResponse, PlainTextResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.types import Receive, Scope, Send
 
@@ -191,13 +190,6 @@ def validator_router(service: ValidatorService) -> APIRouter:
     return router
 
 
-def metrics_route(app: FastAPI, *registries: Any) -> None:
-    @app.get("/metrics", tags=["health"], response_class=PlainTextResponse)
-    def metrics() -> Response:
-        payload = b"".join(generate_latest(r) for r in registries)
-        return Response(payload, media_type=CONTENT_TYPE_LATEST)
-
-
 class ValidatorApp(FastAPI):
     """The FastAPI app, with ``GET /v1/validate`` answered by :class:`ValidateEndpoint` (raw ASGI) before routing.
 
@@ -231,7 +223,8 @@ def create_validator_app(service: ValidatorService, *, fast_path: bool = True) -
     if fast_path:
         app.validate_endpoint = ValidateEndpoint(service)
     app.include_router(validator_router(service))
-    metrics_route(app, service.registry)
+    # No /metrics here: its per-reason counters would tell a caller why their token failed. The metrics listener
+    # (--metrics-port, pipeline.web.metrics_app) serves them apart.
 
     @app.exception_handler(RevocationStoreError)
     async def store_unavailable(request: Request, exc: RevocationStoreError) -> JSONResponse:

@@ -1,7 +1,12 @@
-"""Running the validator as an HTTP service (uvicorn) — used by ``jwtwatch validator serve`` and the demo."""
+"""Running a jwtwatch service over HTTP (uvicorn) — ``validator serve``, ``serve``, ``alerts serve`` and the demo.
+
+:class:`Server` is uvicorn's server with an optional second listener in the same event loop: the metrics
+listener (``--metrics-port``), which serves Prometheus metrics apart from the public port.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 import socket
@@ -46,6 +51,36 @@ def uvicorn_config(
     )
 
 
+class Server(uvicorn.Server):
+    """uvicorn's server; with ``metrics`` (a listening socket and its app) it also serves that app there.
+
+    The metrics listener runs in the same event loop, starts and stops with the server and speaks plain HTTP (it
+    is meant for loopback or a monitoring network). Under ``--workers`` the parent binds it and every worker
+    accepts on it, as on the public port.
+    """
+
+    def __init__(self, config: uvicorn.Config, *, metrics: tuple[socket.socket, Any] | None = None) -> None:
+        super().__init__(config)
+        self.metrics = metrics
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        if self.metrics is None or not self.started:
+            return
+        sock, app = self.metrics
+        host, port = sock.getsockname()[:2]
+        # the public listener's HTTP protocol; never its TLS context
+        config = uvicorn_config(app, host, port, lifespan="off", http=self.config.http_protocol_class)
+        config.load()
+        state = self.server_state
+
+        def protocol() -> asyncio.Protocol:
+            return config.http_protocol_class(config=config, server_state=state, app_state={})  # type: ignore[call-arg]
+
+        listener = await asyncio.get_running_loop().create_server(protocol, sock=sock, backlog=config.backlog)
+        self.servers.append(listener)  # closed by uvicorn's shutdown with the public listener
+
+
 @contextmanager
 def background_server(
     app: Any, host: str = "127.0.0.1", port: int = 0, *, tls: ssl.SSLContext | None = None, **config: Any
@@ -56,7 +91,7 @@ def background_server(
     sock.bind((host, port))
     config.setdefault("lifespan", "off")
     config.setdefault("timeout_graceful_shutdown", 3)
-    server = uvicorn.Server(uvicorn_config(app, host, sock.getsockname()[1], tls=tls, **config))
+    server = Server(uvicorn_config(app, host, sock.getsockname()[1], tls=tls, **config))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True, name="uvicorn")
     thread.start()
     deadline = time.monotonic() + 20
