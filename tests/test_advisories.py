@@ -134,6 +134,60 @@ def test_low_9_the_service_port_never_tells_why_a_token_failed(tmp_path: Path) -
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def test_low_13_b_half_sent_requests_are_cut_off(tmp_path: Path) -> None:
+    """50 connections that send part of a request line and headers, then a byte a second, are closed by the server
+    within its header deadline (10 s; they were held 25 s and more), while normal requests are answered meanwhile."""
+    import select
+    import socket
+    import time
+
+    import httpx
+
+    from pipeline.bus.memory import MemoryBus
+    from pipeline.validation import ValidatorConfig
+    from pipeline.validation.app import create_validator_app
+    from pipeline.validation.service import ValidatorService
+    from tests.jwtkit import AUDIENCE, ISSUER, Issuer
+    from tests.servers import serve_app
+
+    issuer = Issuer.create()
+    config = ValidatorConfig(issuer=ISSUER, audience=AUDIENCE, jwks=issuer.jwks())
+    service = ValidatorService(config, data_dir=tmp_path, bus=MemoryBus())
+
+    def closed_by_server(sock: socket.socket) -> bool:
+        if not select.select([sock], [], [], 0)[0]:
+            return False
+        try:
+            return sock.recv(1024) == b""
+        except OSError:
+            return True
+
+    with serve_app(create_validator_app(service)) as url:
+        host, port = url.removeprefix("http://").split(":")
+        started = time.monotonic()
+        slow = [socket.create_connection((host, int(port)), timeout=5) for _ in range(50)]
+        for n, sock in enumerate(slow):
+            sock.sendall(b"GET /v1/validate HTTP/1.1\r\nHost: x\r\nX-Slow: " if n % 2 else b"GET /v1/val")
+        still_open = set(slow)
+        while still_open and time.monotonic() - started < 20:
+            ok = httpx.get(f"{url}/v1/validate", headers={"Authorization": f"Bearer {issuer.token()}"}, timeout=5)
+            assert ok.status_code == 200  # the server keeps serving while the slow ones hang on
+            for sock in list(still_open):
+                if closed_by_server(sock):
+                    still_open.discard(sock)
+                    continue
+                try:
+                    sock.sendall(b"a")
+                except OSError:
+                    still_open.discard(sock)
+            time.sleep(1)
+        elapsed = time.monotonic() - started
+        for sock in slow:
+            sock.close()
+    service.close()
+    assert not still_open, f"{len(still_open)} of 50 half-sent requests still open after {elapsed:.0f} s"
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Also: SSRF classifier (IPv4-compatible IPv6, 64:ff9b:1::/48)
 # ---------------------------------------------------------------------------------------------------------------
