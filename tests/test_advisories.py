@@ -19,6 +19,63 @@ from pathlib import Path
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def test_medium_2_admin_routes_authenticate_before_reading_the_body(tmp_path: Path) -> None:
+    """The reviewer's bodies, without credentials, to the validator's and the alerts service's admin routes: a body
+    declared as 32 MiB is answered 401 at once (not read first), ``{"kind":"\\ud800"}`` is a 401 (was a 500), a
+    malformed body or query is a 401 (was a 422 with schema details). With the admin token a body is capped (413)
+    and a 422 never echoes what was sent (FastAPI's default 422 carried the whole input)."""
+    import socket
+
+    import httpx
+
+    from pipeline.alerts import AlertsService, create_alerts_app
+    from pipeline.bus.memory import MemoryBus
+    from pipeline.validation import ValidatorConfig
+    from pipeline.validation.app import create_validator_app
+    from pipeline.validation.service import ValidatorService
+    from tests.jwtkit import AUDIENCE, ISSUER, Issuer
+    from tests.servers import serve_app
+
+    token = "medium-2-admin-token-0123456789"
+    admin = {"Authorization": f"Bearer {token}"}
+    config = ValidatorConfig(issuer=ISSUER, audience=AUDIENCE, jwks=Issuer.create().jwks())
+    validator = ValidatorService(config, data_dir=tmp_path / "v", bus=MemoryBus(), admin_token=token)
+    alerts = AlertsService(tmp_path / "a", admin_token=token)
+    echo = "ECHO-" + "x" * 5000
+    with serve_app(create_validator_app(validator)) as v_url, serve_app(create_alerts_app(alerts)) as a_url:
+        for base, path in ((v_url, "/v1/revocations"), (a_url, "/v1/webhooks")):
+            host, port = base.removeprefix("http://").split(":")
+            with socket.create_connection((host, int(port)), timeout=10) as raw:
+                raw.sendall(
+                    f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                    f"Content-Length: {32 * 1024 * 1024}\r\n\r\n".encode()
+                    + b"{" * 1024
+                )
+                # answered before the other 32 MiB are sent: the body is not awaited, let alone parsed
+                assert raw.recv(64).startswith(b"HTTP/1.1 401"), path
+            for body in (b'{"kind":"\\ud800"}', b'{"kind": 5, "' + echo.encode() + b'": 1}', b"{" * 100_000):
+                refused = httpx.post(base + path, content=body, headers={"Content-Type": "application/json"})
+                assert refused.status_code == 401 and len(refused.content) < 200, (path, refused.text[:200])
+        whole = httpx.post(v_url + "/v1/revocations", content=b" " * (32 * 1024 * 1024), timeout=60)
+        assert whole.status_code == 401 and len(whole.content) < 200
+        for base, query in ((v_url, "/v1/revocations?since=" + echo), (a_url, "/v1/alerts?limit=" + echo)):
+            assert httpx.get(base + query).status_code == 401
+            invalid = httpx.get(base + query, headers=admin)
+            assert invalid.status_code == 422 and "ECHO" not in invalid.text
+        big = httpx.post(v_url + "/v1/revocations", content=b" " * (32 * 1024 * 1024), headers=admin, timeout=60)
+        assert big.status_code == 413 and len(big.content) < 200
+        surrogate = httpx.post(v_url + "/v1/revocations", content=b'{"kind":"\\ud800"}', headers=admin)
+        assert surrogate.status_code == 400
+        for body in ({"kind": "jti", "value": echo}, {"kind": "jti", "value": "x", echo: 1}, {"kind": echo}):
+            answer = httpx.post(v_url + "/v1/revocations", json=body, headers=admin)
+            assert answer.status_code == 422 and "ECHO" not in answer.text, answer.text[:200]
+            answer = httpx.post(a_url + "/v1/webhooks", json={"url": "http://127.0.0.1:9/", **body}, headers=admin)
+            assert answer.status_code == 422 and "ECHO" not in answer.text, answer.text[:200]
+    assert validator.revocations.version == 0 and alerts.list_subscriptions() == []
+    validator.close()
+    alerts.close()
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # MEDIUM 3: a slow JWKS URL stalled every validation
 # ---------------------------------------------------------------------------------------------------------------

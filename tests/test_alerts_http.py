@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -222,6 +223,37 @@ def test_oversized_declared_or_chunked_bodies_are_refused(client: httpx.Client) 
 
     response = client.post("/v1/webhooks", content=chunks(), headers={**AUTH, "content-type": "application/json"})
     assert response.status_code == 413
+
+
+def test_validation_errors_name_the_field_never_the_input(client: httpx.Client) -> None:
+    """FastAPI's default 422 carries each error's input; the app's answer keeps locations and messages only."""
+    echo = "ECHO-" + "q" * 3000
+    bad_query = client.get("/v1/alerts", params={"limit": echo, "entity_type": echo}, headers=AUTH)
+    assert bad_query.status_code == 422 and "ECHO" not in bad_query.text
+    assert bad_query.json()["error"] == "invalid_request"
+    assert {tuple(p["loc"]) for p in bad_query.json()["detail"]} == {("query", "limit"), ("query", "entity_type")}
+    body = {"url": "http://127.0.0.1:9/", "event_types": [echo], "min_severity": echo, echo: 1}
+    bad_body = client.post("/v1/webhooks", json=body, headers=AUTH)
+    assert bad_body.status_code == 422 and "ECHO" not in bad_body.text
+    assert ["?"] in [p["loc"] for p in bad_body.json()["detail"]]  # the made-up key, not repeated
+
+
+def test_a_webhook_body_that_does_not_arrive_in_time_gets_408(
+    client: httpx.Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pipeline.web
+
+    monkeypatch.setattr(pipeline.web, "BODY_TIMEOUT_S", 1.0)
+    host, port = str(client.base_url.host), client.base_url.port
+    assert port is not None
+    with socket.create_connection((host, port), timeout=10) as raw:
+        raw.sendall(
+            b"POST /v1/webhooks HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + ADMIN.encode() + b"\r\n"
+            b'Content-Type: application/json\r\nContent-Length: 200\r\n\r\n{"url": '
+        )
+        started = time.monotonic()
+        assert raw.recv(1024).startswith(b"HTTP/1.1 408")
+        assert time.monotonic() - started < 5
 
 
 def test_alert_log_filters(client: httpx.Client, service: AlertsService) -> None:

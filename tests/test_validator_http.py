@@ -236,6 +236,21 @@ def test_a_header_block_over_the_cap_gets_431_and_the_connection_closes(url: str
     assert httpx.get(url + "/healthz", headers={"X-Big": "a" * (MAX_HEADER_BYTES // 2)}).status_code == 200
 
 
+def test_an_admin_body_that_does_not_arrive_in_time_gets_408(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pipeline.web
+
+    monkeypatch.setattr(pipeline.web, "BODY_TIMEOUT_S", 1.0)
+    with socket.create_connection(_address(url), timeout=10) as sock:
+        sock.sendall(
+            b"POST /v1/introspect HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + ADMIN.encode() + b"\r\n"
+            b"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\ntoken=abc"
+        )
+        started = time.monotonic()
+        assert sock.recv(64).startswith(b"HTTP/1.1 408")
+        assert time.monotonic() - started < 5
+        assert _closed_within(sock, 10)
+
+
 def test_the_metrics_listener_serves_metrics_and_nothing_else(service: ValidatorService, issuer: Issuer) -> None:
     from pipeline.validation.server import Server, uvicorn_config
     from pipeline.validation.workers import listening_socket
