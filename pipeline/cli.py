@@ -72,7 +72,7 @@ TrustedProxies = Annotated[
     str | None, typer.Option(envvar=_env("trusted_proxies"), help="CIDRs whose X-Forwarded-For is believed.")
 ]
 AdminTokenFile = Annotated[
-    Path | None, typer.Option(envvar=_env("admin_token_file"), help="File holding the admin bearer token.")
+    Path | None, typer.Option(envvar=_env("admin_token_file"), help="File (mode 0600) holding the admin bearer token.")
 ]
 MetricsPort = Annotated[
     int | None,
@@ -1016,7 +1016,7 @@ def pipeline_run(
 @alerts_app.command("serve")
 def alerts_serve(
     admin_token_file: Annotated[
-        Path, typer.Option(envvar=_env("admin_token_file"), help="File holding the admin bearer token.")
+        Path, typer.Option(envvar=_env("admin_token_file"), help="File (mode 0600) holding the admin bearer token.")
     ],
     host: Host = "127.0.0.1",
     port: Annotated[int, typer.Option(envvar=_env("alerts_port"), help="Port to listen on.")] = 8081,
@@ -1093,7 +1093,9 @@ def alerts_serve(
 @app.command("revoke")
 def revoke(
     url: Annotated[str, typer.Option(envvar=_env("validator_url"), help="The validator's base URL.")],
-    admin_token_file: Annotated[Path, typer.Option(envvar=_env("admin_token_file"), help="Admin token file.")],
+    admin_token_file: Annotated[
+        Path, typer.Option(envvar=_env("admin_token_file"), help="Admin token file (mode 0600).")
+    ],
     jti: Annotated[str | None, typer.Option(help="Revoke this token id.")] = None,
     sub: Annotated[str | None, typer.Option(help="Revoke every token of this subject issued until now.")] = None,
     reason: Annotated[str, typer.Option(help="Why (kept in the record).")] = "manual",

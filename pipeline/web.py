@@ -64,10 +64,25 @@ def secure_headers(headers: Iterable[tuple[bytes, bytes]], *, no_store: bool) ->
 
 
 def read_admin_token(path: Path | None) -> str | None:
-    """The admin bearer token from a file (never from the command line, where `ps` would show it)."""
+    """The admin bearer token from a file (never from the command line, where `ps` would show it).
+
+    The file must be private to its owner (no group or other permission bits), as the key store's passphrase and
+    PIN files must: a token that any local user can read opens the admin API to them. Its first line is the token.
+    """
     if path is None:
         return None
-    token = Path(path).read_text(encoding="utf-8").strip()
+    # The key store's reader of secret files, so that every secret file obeys one rule (imported here, where it is
+    # needed: the key store's dependencies stay out of every importer of this module).
+    from pipeline.validation.keystore import KeyStoreError, read_secret_file
+
+    try:
+        raw = read_secret_file(Path(path), "admin token")
+    except KeyStoreError as exc:
+        raise ValueError(str(exc)) from None
+    try:
+        token = raw.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise ValueError(f"the admin token in {path} is not UTF-8 text") from None
     if len(token) < 16:
         raise ValueError(f"admin token in {path} is too short (at least 16 characters)")
     return token

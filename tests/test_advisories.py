@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 # ---------------------------------------------------------------------------------------------------------------
 # HIGH 1: a forged token with invalid Unicode in a claim erased other requests' usage events
 # ---------------------------------------------------------------------------------------------------------------
@@ -189,6 +191,39 @@ def test_low_9_the_service_port_never_tells_why_a_token_failed(tmp_path: Path) -
 # LOW 13: hardening (file modes, admin-token file mode, WAL secrets, PKCS#11 module path, header timeout,
 # duplicate Authorization headers)
 # ---------------------------------------------------------------------------------------------------------------
+
+
+def test_low_13_a_world_readable_admin_token_file_is_refused(tmp_path: Path) -> None:
+    """An admin-token file that other users can read is refused, as passphrase and PIN files are: by the services
+    (``validator serve`` here; ``serve`` and ``alerts serve`` read it the same way) and by ``jwtwatch revoke``."""
+    import os
+    import subprocess
+    import sys
+
+    from pipeline.web import read_admin_token
+
+    token = tmp_path / "admin-token"
+    token.write_text("low-13-admin-token-0123456789\n")
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text('{"keys": []}')
+    env = {**os.environ, "JWTWATCH_ISSUER": "https://issuer.test", "JWTWATCH_AUDIENCE": "https://api.test"}
+    cli = [sys.executable, "-m", "pipeline.cli"]
+    for mode in (0o644, 0o640, 0o604):
+        token.chmod(mode)
+        with pytest.raises(ValueError, match="chmod 600"):
+            read_admin_token(token)
+    token.chmod(0o644)
+    commands = [
+        ["validator", "serve", "--jwks-file", str(jwks), "--port", "0", "--data-dir", str(tmp_path / "data")],
+        ["revoke", "--url", "http://127.0.0.1:9", "--sub", "alice"],
+    ]
+    for command in commands:
+        result = subprocess.run(
+            [*cli, *command, "--admin-token-file", str(token)], capture_output=True, text=True, env=env, timeout=60
+        )
+        assert result.returncode == 2 and "chmod 600" in result.stderr, (command, result.stderr[-500:])
+    token.chmod(0o600)
+    assert read_admin_token(token) == "low-13-admin-token-0123456789"
 
 
 def test_low_13_b_half_sent_requests_are_cut_off(tmp_path: Path) -> None:

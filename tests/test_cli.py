@@ -194,3 +194,17 @@ def test_the_metrics_port_cannot_be_the_service_port(tmp_path: Path) -> None:
         "--data-dir", str(tmp_path / "data"), check=False,
     )  # fmt: skip
     assert result.returncode == 2 and "--metrics-port must differ from --port" in result.stderr
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o660], ids=oct)
+def test_an_admin_token_file_others_can_read_is_refused(mode: int, tmp_path: Path) -> None:
+    admin = tmp_path / "admin-token"
+    admin.write_text("cli-admin-token-0123456789abcdef\n")
+    admin.chmod(mode)
+    result = run(
+        "alerts", "serve", "--admin-token-file", str(admin), "--port", str(free_port()),
+        "--data-dir", str(tmp_path / "data"), check=False,
+    )  # fmt: skip
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"accessible by other users (mode {mode:o}); chmod 600 it" in " ".join(result.stderr.split())
+    assert not (tmp_path / "data").exists()  # refused before anything was created
