@@ -4,6 +4,9 @@ The embedded default. Everything talks over the in-process bus exactly as it wou
 validations publish usage events; the streaming runner scores them, applies the auto-revocation policy
 and publishes alerts (and revocations); the alerts service consumes both and delivers signed webhooks
 from its SQLite outbox. Revocations reach the validator's store directly — it is the same process.
+
+The metrics of both services are not on that port (their per-reason counters would tell a caller why a token
+failed) but in :attr:`AllInOne.metrics_app`, for the metrics listener (``--metrics-port``).
 """
 
 from __future__ import annotations
@@ -12,8 +15,6 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from pipeline.alerts import AlertsConsumer, AlertsService, AlertsWorker, create_alerts_app
@@ -29,7 +30,7 @@ from pipeline.validation.config import ValidatorConfig
 from pipeline.validation.follower import RevocationFollower
 from pipeline.validation.revocation_feed import FeedSigner, FeedVerifier, open_or_create_keys
 from pipeline.validation.service import ValidatorService
-from pipeline.web import SecurityHeadersMiddleware
+from pipeline.web import metrics_app
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +92,8 @@ class AllInOne:
         ]
         if self.validator.replay_feed is not None:  # one-time tokens: the same code as between instances
             self._loops.append(BackgroundLoop("replay-feed", self.validator.replay_feed.step))
-        self.app = _Dispatcher(create_validator_app(self.validator), create_alerts_app(self.alerts), self)
+        self.app = _Dispatcher(create_validator_app(self.validator), create_alerts_app(self.alerts))
+        self.metrics_app = metrics_app(self.validator.registry, self.alerts.registry)
 
     def _consume_alerts(self) -> None:
         if self.alerts_consumer.step():
@@ -119,23 +121,15 @@ class AllInOne:
         self.validator.close()
         self.bus.close()
 
-    def metrics(self) -> bytes:
-        return b"".join(generate_latest(r) for r in (self.validator.registry, self.alerts.registry))
-
 
 class _Dispatcher:
     """One port: the alerts service's paths go to its app, everything else to the validator's."""
 
-    def __init__(self, validator: ASGIApp, alerts: ASGIApp, owner: AllInOne) -> None:
+    def __init__(self, validator: ASGIApp, alerts: ASGIApp) -> None:
         self.validator = validator
         self.alerts = alerts
-        self.owner = owner
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "") if scope["type"] == "http" else ""
-        if path == "/metrics":
-            response = Response(self.owner.metrics(), media_type=CONTENT_TYPE_LATEST)
-            await SecurityHeadersMiddleware(response)(scope, receive, send)
-            return
         target = self.alerts if path.startswith(ALERTS_PREFIXES) else self.validator
         await target(scope, receive, send)

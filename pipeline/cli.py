@@ -72,7 +72,20 @@ TrustedProxies = Annotated[
     str | None, typer.Option(envvar=_env("trusted_proxies"), help="CIDRs whose X-Forwarded-For is believed.")
 ]
 AdminTokenFile = Annotated[
-    Path | None, typer.Option(envvar=_env("admin_token_file"), help="File holding the admin bearer token.")
+    Path | None, typer.Option(envvar=_env("admin_token_file"), help="File (mode 0600) holding the admin bearer token.")
+]
+MetricsPort = Annotated[
+    int | None,
+    typer.Option(
+        min=0,
+        max=65535,
+        envvar=_env("metrics_port"),
+        help="Serve Prometheus metrics (GET /metrics) on this port, apart from the service's port, which has none "
+        "(default: no metrics). They count why tokens fail: keep them on loopback or a monitoring network.",
+    ),
+]
+MetricsHost = Annotated[
+    str, typer.Option(envvar=_env("metrics_host"), help="Address of the metrics listener (--metrics-port).")
 ]
 RequireTyp = Annotated[
     str | None, typer.Option(envvar=_env("require_typ"), help="'at+jwt' for strict RFC 9068 typing.")
@@ -174,6 +187,33 @@ def _transport(
     style = "green" if transport.tls else ("bold red" if transport.insecure else "yellow")
     err.print(f"[{style}]transport:[/] {escape(transport.mode)}")
     return transport
+
+
+def _metrics_socket(host: str, port: int, metrics_host: str, metrics_port: int | None):  # type: ignore[no-untyped-def]
+    """The metrics listener's socket (bound now, so that a taken port stops the start), or None without one."""
+    from pipeline.validation.server import is_loopback
+    from pipeline.validation.workers import listening_socket
+
+    if metrics_port is None:
+        return None
+    if metrics_port == port and metrics_port != 0:
+        fail("--metrics-port must differ from --port: metrics are never served on the service's port")
+    if not is_loopback(metrics_host):
+        err.print(
+            f"[yellow]note:[/] metrics on {escape(metrics_host)}:{metrics_port} (plain HTTP): they show why tokens "
+            "fail; let only your Prometheus reach that port"
+        )
+    try:
+        return listening_socket(metrics_host, metrics_port)
+    except OSError as exc:
+        fail(f"cannot listen on {metrics_host}:{metrics_port} for metrics: {exc}")
+
+
+def _metrics_note(sock: Any) -> str:
+    if sock is None:
+        return ", no metrics (--metrics-port)"
+    host, port = sock.getsockname()[:2]
+    return f", metrics on http://{f'[{host}]' if ':' in host else host}:{port}/metrics"
 
 
 def _run_until_interrupted(loops: list, stop: Callable[[], None]) -> None:  # type: ignore[type-arg]
@@ -640,6 +680,8 @@ def validator_serve(
     admin_token_file: AdminTokenFile = None,
     events_out: EventsOut = None,
     data_dir: DataDir = Path("data"),
+    metrics_port: MetricsPort = None,
+    metrics_host: MetricsHost = "127.0.0.1",
     require_typ: RequireTyp = None,
     leeway: Leeway = 30,
     max_token_lifetime: MaxTokenLifetime = 3600,
@@ -709,10 +751,9 @@ def validator_serve(
         ),
     ] = 1,
 ) -> None:
-    """Serve GET /v1/validate (forward-auth), introspection, JWKS, revocations, health and metrics."""
+    """Serve GET /v1/validate (forward-auth), introspection, JWKS, revocations and health; metrics apart."""
     import gc
 
-    import uvicorn
     from pydantic import ValidationError
 
     from pipeline.loop import BackgroundLoop
@@ -720,11 +761,11 @@ def validator_serve(
     from pipeline.validation.app import create_validator_app
     from pipeline.validation.follower import RevocationFollower
     from pipeline.validation.jwks import JwksError
-    from pipeline.validation.server import uvicorn_config
+    from pipeline.validation.server import Server, uvicorn_config
     from pipeline.validation.service import ValidatorService
     from pipeline.validation.store_sync import RevocationStoreSync
     from pipeline.validation.workers import listening_socket, run_workers
-    from pipeline.web import read_admin_token
+    from pipeline.web import metrics_app, read_admin_token
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     transport = _transport(host, tls_cert, tls_key, trusted_proxies, require_tls, insecure_http)
@@ -760,6 +801,8 @@ def validator_serve(
         )
     # Only a valid configuration gets keys, a bus connection and state on disk.
     signer, verifier = _feed_keys(revocation_keys, kafka, data_dir)
+    # bound here, before any fork: every worker serves its own metrics on it (jwtwatch_validator_worker names it)
+    metrics_sock = _metrics_socket(host, port, metrics_host, metrics_port)
 
     def run(sock: Any = None, worker: int | None = None) -> None:
         sources = extra_keys
@@ -812,7 +855,9 @@ def validator_serve(
         for loop in loops:
             loop.start()
         try:
-            server = uvicorn.Server(uvicorn_config(create_validator_app(service), host, port, tls=transport.context))
+            metrics = (metrics_sock, metrics_app(service.registry)) if metrics_sock is not None else None
+            http = uvicorn_config(create_validator_app(service), host, port, tls=transport.context)
+            server = Server(http, metrics=metrics)
             # everything built so far lives as long as the process: keep it out of the collector's way
             gc.collect()
             gc.freeze()
@@ -831,6 +876,7 @@ def validator_serve(
     plural = f" ({workers} workers)" if workers > 1 else ""
     console.print(
         f"validator for [bold]{issuer}[/] / [bold]{audience}[/] on {transport.scheme}://{host}:{port}{plural}"
+        f"{_metrics_note(metrics_sock)}"
     )
     if workers == 1:
         run()
@@ -867,6 +913,8 @@ def serve(
     admin_token_file: AdminTokenFile = None,
     events_out: EventsOut = None,
     data_dir: DataDir = Path("data"),
+    metrics_port: MetricsPort = None,
+    metrics_host: MetricsHost = "127.0.0.1",
     model_dir: ModelDir = DEFAULT_MODEL_DIR,
     require_typ: RequireTyp = None,
     leeway: Leeway = 30,
@@ -899,7 +947,6 @@ def serve(
     insecure_http: InsecureHttp = False,
 ) -> None:
     """Validator, detection pipeline and alerts service in one process, on one port (embedded bus)."""
-    import uvicorn
     from pydantic import ValidationError
 
     from pipeline.allinone import AllInOne, ServeOptions
@@ -907,11 +954,12 @@ def serve(
     from pipeline.scoring.model import ModelError
     from pipeline.validation import ValidatorConfig
     from pipeline.validation.jwks import JwksError
-    from pipeline.validation.server import uvicorn_config
+    from pipeline.validation.server import Server, uvicorn_config
     from pipeline.web import read_admin_token
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     transport = _transport(host, tls_cert, tls_key, trusted_proxies, require_tls, insecure_http)
+    metrics_sock = _metrics_socket(host, port, metrics_host, metrics_port)
     try:
         options = ServeOptions(
             config=ValidatorConfig(
@@ -952,11 +1000,12 @@ def serve(
     mode = "off" if not auto_revoke else ("dry run" if dry_run else f"on, severity ≥ {revoke_min_severity}")
     console.print(
         f"jwtwatch on {transport.scheme}://{host}:{port} — model {node.model.version}, auto-revocation {mode}, "
-        f"data in {data_dir}"
+        f"data in {data_dir}{_metrics_note(metrics_sock)}"
     )
     node.start()
     try:
-        uvicorn.Server(uvicorn_config(node.app, host, port, tls=transport.context)).run()
+        metrics = (metrics_sock, node.metrics_app) if metrics_sock is not None else None
+        Server(uvicorn_config(node.app, host, port, tls=transport.context), metrics=metrics).run()
     finally:
         node.stop()
 
@@ -1044,12 +1093,26 @@ def pipeline_run(
 @alerts_app.command("serve")
 def alerts_serve(
     admin_token_file: Annotated[
-        Path, typer.Option(envvar=_env("admin_token_file"), help="File holding the admin bearer token.")
+        Path, typer.Option(envvar=_env("admin_token_file"), help="File (mode 0600) holding the admin bearer token.")
     ],
     host: Host = "127.0.0.1",
     port: Annotated[int, typer.Option(envvar=_env("alerts_port"), help="Port to listen on.")] = 8081,
     kafka: Kafka = None,
     data_dir: DataDir = Path("data"),
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            max=65535,
+            envvar=_env("alerts_metrics_port"),
+            help="Serve Prometheus metrics (GET /metrics) on this port, apart from the service's port, which has "
+            "none (default: no metrics).",
+        ),
+    ] = None,
+    metrics_host: Annotated[
+        str,
+        typer.Option(envvar=_env("alerts_metrics_host"), help="Address of the metrics listener (--metrics-port)."),
+    ] = "127.0.0.1",
     revocation_keys: RevocationKeys = None,
     trusted_proxies: Annotated[
         str | None,
@@ -1064,15 +1127,14 @@ def alerts_serve(
     insecure_http: InsecureHttp = False,
 ) -> None:
     """Webhook subscriptions, alert log and signed deliveries; consumes alerts and revocations from Kafka."""
-    import uvicorn
-
     from pipeline.alerts import AlertsConsumer, AlertsService, AlertsWorker, create_alerts_app
     from pipeline.loop import BackgroundLoop
-    from pipeline.validation.server import uvicorn_config
-    from pipeline.web import read_admin_token
+    from pipeline.validation.server import Server, uvicorn_config
+    from pipeline.web import metrics_app, read_admin_token
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     transport = _transport(host, tls_cert, tls_key, trusted_proxies, require_tls, insecure_http)
+    metrics_sock = _metrics_socket(host, port, metrics_host, metrics_port)
     try:
         service = AlertsService(data_dir, admin_token=read_admin_token(admin_token_file))
     except (ValueError, OSError) as exc:
@@ -1088,9 +1150,12 @@ def alerts_serve(
     loop = BackgroundLoop("alerts-consumer", consumer.step)
     worker.start()
     loop.start()
-    console.print(f"alerts service on {transport.scheme}://{host}:{port}, data in {data_dir}")
+    console.print(
+        f"alerts service on {transport.scheme}://{host}:{port}, data in {data_dir}{_metrics_note(metrics_sock)}"
+    )
     try:
-        uvicorn.Server(uvicorn_config(create_alerts_app(service), host, port, tls=transport.context)).run()
+        metrics = (metrics_sock, metrics_app(service.registry)) if metrics_sock is not None else None
+        Server(uvicorn_config(create_alerts_app(service), host, port, tls=transport.context), metrics=metrics).run()
     finally:
         loop.stop()
         worker.stop()
@@ -1105,7 +1170,9 @@ def alerts_serve(
 @app.command("revoke")
 def revoke(
     url: Annotated[str, typer.Option(envvar=_env("validator_url"), help="The validator's base URL.")],
-    admin_token_file: Annotated[Path, typer.Option(envvar=_env("admin_token_file"), help="Admin token file.")],
+    admin_token_file: Annotated[
+        Path, typer.Option(envvar=_env("admin_token_file"), help="Admin token file (mode 0600).")
+    ],
     jti: Annotated[str | None, typer.Option(help="Revoke this token id.")] = None,
     sub: Annotated[str | None, typer.Option(help="Revoke every token of this subject issued until now.")] = None,
     reason: Annotated[str, typer.Option(help="Why (kept in the record).")] = "manual",

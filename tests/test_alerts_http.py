@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import pytest
 from standardwebhooks import Webhook
 
 from pipeline.alerts import AlertsService, create_alerts_app
+from pipeline.web import metrics_app
 from tests.servers import serve_app
 
 # The webhook receiver fixtures live with the service tests; importing them here registers them for pytest
@@ -223,6 +225,37 @@ def test_oversized_declared_or_chunked_bodies_are_refused(client: httpx.Client) 
     assert response.status_code == 413
 
 
+def test_validation_errors_name_the_field_never_the_input(client: httpx.Client) -> None:
+    """FastAPI's default 422 carries each error's input; the app's answer keeps locations and messages only."""
+    echo = "ECHO-" + "q" * 3000
+    bad_query = client.get("/v1/alerts", params={"limit": echo, "entity_type": echo}, headers=AUTH)
+    assert bad_query.status_code == 422 and "ECHO" not in bad_query.text
+    assert bad_query.json()["error"] == "invalid_request"
+    assert {tuple(p["loc"]) for p in bad_query.json()["detail"]} == {("query", "limit"), ("query", "entity_type")}
+    body = {"url": "http://127.0.0.1:9/", "event_types": [echo], "min_severity": echo, echo: 1}
+    bad_body = client.post("/v1/webhooks", json=body, headers=AUTH)
+    assert bad_body.status_code == 422 and "ECHO" not in bad_body.text
+    assert ["?"] in [p["loc"] for p in bad_body.json()["detail"]]  # the made-up key, not repeated
+
+
+def test_a_webhook_body_that_does_not_arrive_in_time_gets_408(
+    client: httpx.Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pipeline.web
+
+    monkeypatch.setattr(pipeline.web, "BODY_TIMEOUT_S", 1.0)
+    host, port = str(client.base_url.host), client.base_url.port
+    assert port is not None
+    with socket.create_connection((host, port), timeout=10) as raw:
+        raw.sendall(
+            b"POST /v1/webhooks HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + ADMIN.encode() + b"\r\n"
+            b'Content-Type: application/json\r\nContent-Length: 200\r\n\r\n{"url": '
+        )
+        started = time.monotonic()
+        assert raw.recv(1024).startswith(b"HTTP/1.1 408")
+        assert time.monotonic() - started < 5
+
+
 def test_alert_log_filters(client: httpx.Client, service: AlertsService) -> None:
     service.accept_alert(
         make_alert("log-1", "low", 0.5, entity_type="ip", entity="198.51.100.1", ts="2025-05-01T10:00:00Z")
@@ -303,11 +336,13 @@ def test_end_to_end_through_the_api(client: httpx.Client, service: AlertsService
     client.delete(f"/v1/webhooks/{created['id']}", headers=AUTH)
 
 
-def test_health_and_metrics(client: httpx.Client) -> None:
+def test_health_and_metrics(client: httpx.Client, service: AlertsService) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz")
     assert ready.status_code == 200 and ready.json()["ready"] is True
-    metrics = client.get("/metrics")
+    assert client.get("/metrics").status_code == 404  # the metrics listener's (--metrics-port), not the API's
+    with serve_app(metrics_app(service.registry)) as metrics_url:
+        metrics = httpx.get(f"{metrics_url}/metrics")
     assert metrics.status_code == 200
     for name in (
         "jwtwatch_webhook_deliveries_total",
@@ -321,8 +356,8 @@ def test_health_and_metrics(client: httpx.Client) -> None:
 
 def test_readyz_fails_when_the_store_is_closed(tmp_path: Path) -> None:
     service = AlertsService(tmp_path, admin_token=ADMIN)
-    with serve_app(create_alerts_app(service)) as base:
+    with serve_app(create_alerts_app(service)) as base, serve_app(metrics_app(service.registry)) as metrics_url:
         service.close()
         response = httpx.get(f"{base}/readyz")
         assert response.status_code == 503 and response.json()["ready"] is False
-        assert httpx.get(f"{base}/metrics").status_code == 200
+        assert httpx.get(f"{metrics_url}/metrics").status_code == 200

@@ -205,6 +205,7 @@ def test_the_alerts_service_killed_mid_delivery_delivers_every_accepted_alert(
     KeyStore.init(keys, alg="ES256", issuer="urn:jwtwatch")
     token_file = tmp_path / "admin-token"
     token_file.write_text(ADMIN)
+    token_file.chmod(0o600)  # a secret file readable by others is refused
     port, log = free_port(), tmp_path / "alerts.log"
     receiver = Receiver()
     receiver.delay_s = 0.2  # a slow receiver: the kill lands while deliveries are in flight

@@ -153,3 +153,60 @@ def test_a_bad_validator_configuration_fails_before_touching_disk(tmp_path: Path
     assert result.returncode == 2
     assert "https" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "data").exists()  # no key store, no SQLite file for a configuration that cannot run
+
+
+@pytest.mark.parametrize("command", ["serve", "alerts serve"])
+def test_metrics_are_served_on_their_own_listener_only(command: str, keys: Path, tmp_path: Path) -> None:
+    """`serve` and `alerts serve` with --metrics-port: /metrics there, none on the service's port (`validator
+    serve`'s listener: tests/test_lifetime.py, tests/test_workers.py)."""
+    port, metrics_port = free_port(), free_port()
+    admin = tmp_path / "admin-token"
+    admin.write_text("cli-metrics-admin-token-0123456789\n")
+    admin.chmod(0o600)
+    args = ["--port", str(port)] if command == "serve" else ["--port", str(port), "--admin-token-file", str(admin)]
+    if command == "serve":
+        args += ["--jwks-file", str(keys / "jwks.json")]
+    log = tmp_path / "serve.log"
+    proc = subprocess.Popen(
+        [*JWTWATCH, *command.split(), *args, "--data-dir", str(tmp_path / "data"), "--metrics-port", str(metrics_port)],
+        env={**os.environ, "JWTWATCH_ISSUER": ISSUER, "JWTWATCH_AUDIENCE": AUDIENCE},
+        stdout=log.open("wb"), stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url, proc, log, timeout=60)
+        assert httpx.get(f"{url}/metrics").status_code == 404
+        scraped = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics")
+        assert scraped.status_code == 200 and "jwtwatch_webhook_deliveries_pending" in scraped.text
+        if command == "serve":
+            assert "jwtwatch_validations_total" in scraped.text
+        assert f"metrics on http://127.0.0.1:{metrics_port}/metrics" in log.read_text()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+def test_the_metrics_port_cannot_be_the_service_port(tmp_path: Path) -> None:
+    admin = tmp_path / "admin-token"
+    admin.write_text("cli-metrics-admin-token-0123456789\n")
+    admin.chmod(0o600)
+    port = str(free_port())
+    result = run(
+        "alerts", "serve", "--admin-token-file", str(admin), "--port", port, "--metrics-port", port,
+        "--data-dir", str(tmp_path / "data"), check=False,
+    )  # fmt: skip
+    assert result.returncode == 2 and "--metrics-port must differ from --port" in result.stderr
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o660], ids=oct)
+def test_an_admin_token_file_others_can_read_is_refused(mode: int, tmp_path: Path) -> None:
+    admin = tmp_path / "admin-token"
+    admin.write_text("cli-admin-token-0123456789abcdef\n")
+    admin.chmod(mode)
+    result = run(
+        "alerts", "serve", "--admin-token-file", str(admin), "--port", str(free_port()),
+        "--data-dir", str(tmp_path / "data"), check=False,
+    )  # fmt: skip
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"accessible by other users (mode {mode:o}); chmod 600 it" in " ".join(result.stderr.split())
+    assert not (tmp_path / "data").exists()  # refused before anything was created

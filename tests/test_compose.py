@@ -64,6 +64,7 @@ def test_the_three_services_start_as_compose_configures_them(kafka_bootstrap: st
     secrets = tmp_path / "secrets"
     secrets.mkdir()
     (secrets / "admin-token").write_text("compose-test-admin-token-0123456789\n")
+    (secrets / "admin-token").chmod(0o600)  # as the compose file's header says: others may not read it
     KeyStore.init(secrets / "keys", alg="ES256", issuer="https://issuer.example")
     KeyStore.init(secrets / "revocation-keys", alg="ES256", issuer="urn:jwtwatch")
     ports = {"8080": str(_free_port()), "8081": str(_free_port())}

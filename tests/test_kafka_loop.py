@@ -111,6 +111,7 @@ def test_stolen_token_is_revoked_at_every_validator(kafka_bootstrap: str, tmp_pa
     keys = KeyStore.init(tmp_path / "keys", alg="ES256", issuer=ISSUER)
     admin_file = tmp_path / "admin"
     admin_file.write_text(ADMIN)
+    admin_file.chmod(0o600)  # a secret file readable by others is refused
     feed_keys = KeyStore.init(tmp_path / "revocation-keys", alg="ES256")
     env = {
         "JWTWATCH_KAFKA": kafka_bootstrap,

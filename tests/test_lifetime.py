@@ -145,12 +145,13 @@ def test_token_issue_refuses_more_than_the_cap(keys: Path) -> None:
 
 
 @pytest.fixture
-def validator(keys: Path, tmp_path: Path) -> Iterator[str]:
-    port = free_port()
+def validator(keys: Path, tmp_path: Path) -> Iterator[tuple[str, str]]:
+    """The validator's URL and its metrics listener's."""
+    port, metrics_port = free_port(), free_port()
     log = tmp_path / "validator.log"
     proc = subprocess.Popen(
         [*JWTWATCH, "validator", "serve", "--port", str(port), "--jwks-file", str(keys / "jwks.json"),
-         "--data-dir", str(tmp_path / "data"), "--max-token-lifetime", "900"],
+         "--data-dir", str(tmp_path / "data"), "--max-token-lifetime", "900", "--metrics-port", str(metrics_port)],
         env={**os.environ, "JWTWATCH_ISSUER": CLI_ISSUER, "JWTWATCH_AUDIENCE": CLI_AUDIENCE},
         stdout=log.open("wb"), stderr=subprocess.STDOUT,
     )  # fmt: skip
@@ -160,15 +161,16 @@ def validator(keys: Path, tmp_path: Path) -> Iterator[str]:
     except AssertionError:
         proc.kill()
         raise
-    yield url
+    yield url, f"http://127.0.0.1:{metrics_port}"
     proc.terminate()
     proc.wait(timeout=20)
 
 
-def test_validator_serve_enforces_its_cap(keys: Path, validator: str) -> None:
+def test_validator_serve_enforces_its_cap(keys: Path, validator: tuple[str, str]) -> None:
+    validator, metrics_url = validator
     ok = issue(keys, "--ttl", "900").stdout.strip()
     too_long = issue(keys, "--ttl", "901").stdout.strip()
     assert httpx.get(f"{validator}/v1/validate", headers={"Authorization": f"Bearer {ok}"}).status_code == 200
     assert httpx.get(f"{validator}/v1/validate", headers={"Authorization": f"Bearer {too_long}"}).status_code == 401
-    metrics = httpx.get(f"{validator}/metrics").text
+    metrics = httpx.get(f"{metrics_url}/metrics").text
     assert 'jwtwatch_validations_total{outcome="rejected",reason="lifetime"} 1.0' in metrics

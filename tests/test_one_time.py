@@ -19,6 +19,7 @@ from pipeline.validation import TokenValidator, ValidatorConfig
 from pipeline.validation.app import create_validator_app
 from pipeline.validation.replay import ReplayCache, use_message
 from pipeline.validation.service import ValidatorService
+from pipeline.web import metrics_app
 from tests.jwtkit import AUDIENCE, ISSUER, Issuer, standard_claims
 from tests.servers import serve_app, wait_ready
 
@@ -202,8 +203,9 @@ def test_simultaneous_uses_at_two_instances_are_detected(
         catch_up(a)
         catch_up(b)
         assert get(url_a, token) == 401 and get(url_b, token) == 401
-        for url in (url_a, url_b):
-            assert "jwtwatch_replay_races_total 1.0" in httpx.get(f"{url}/metrics").text
+        for service in (a, b):
+            with serve_app(metrics_app(service.registry)) as metrics_url:
+                assert "jwtwatch_replay_races_total 1.0" in httpx.get(f"{metrics_url}/metrics").text
 
 
 def test_messages_on_the_replay_topic_cannot_outlive_the_cap_or_break_the_feed(
@@ -288,10 +290,11 @@ def test_validator_serve_takes_one_time_rules(tmp_path: Path) -> None:
 
     keys = tmp_path / "keys"
     run("keys", "init", "--dir", str(keys), "--alg", "ES256", "--issuer", CLI_ISSUER)
-    port = free_port()
+    port, metrics_port = free_port(), free_port()
     proc = subprocess.Popen(
         [*JWTWATCH, "validator", "serve", "--port", str(port), "--jwks-file", str(keys / "jwks.json"),
-         "--data-dir", str(tmp_path / "data"), "--one-time-scopes", "payment:confirm"],
+         "--data-dir", str(tmp_path / "data"), "--one-time-scopes", "payment:confirm",
+         "--metrics-port", str(metrics_port)],
         env={**os.environ, "JWTWATCH_ISSUER": CLI_ISSUER, "JWTWATCH_AUDIENCE": CLI_AUDIENCE},
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
@@ -303,7 +306,7 @@ def test_validator_serve_takes_one_time_rules(tmp_path: Path) -> None:
         ordinary = run(*issue, "--scope", "read").stdout.strip()
         assert [get(url, once), get(url, once)] == [200, 401]
         assert [get(url, ordinary), get(url, ordinary)] == [200, 200]
-        assert 'reason="replayed"} 1.0' in httpx.get(f"{url}/metrics").text
+        assert 'reason="replayed"} 1.0' in httpx.get(f"http://127.0.0.1:{metrics_port}/metrics").text
     finally:
         proc.terminate()
         proc.wait(timeout=20)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import time
 import uuid
 from collections.abc import Iterator
@@ -446,6 +447,90 @@ def test_bad_revocation_requests_are_422_and_record_nothing(http: Http, body: di
         assert client.get("/healthz").status_code == 200
     assert response.status_code == 422, response.text
     assert http.service.revocations.version == version
+
+
+@pytest.mark.parametrize(
+    ("raw", "status"),
+    [
+        (b"", 400),
+        (b"{", 400),
+        (b'{"kind": "jti", "value": "\\ud800"}', 400),  # a lone surrogate: valid JSON text, not valid Unicode
+        (b'{"kind": "jti", "value": "\xff"}', 400),  # not UTF-8
+        (b'{"kind": "jti", "value": "a\x00"}', 400),  # a raw control character in a string
+        (b"[" * 10_000 + b"]" * 10_000, 400),  # nesting deeper than the parser allows
+        (b'["jti", "x"]', 422),
+        (b"null", 422),
+        (b'{"kind": "jti", "value": "x", "revoked_before": 1e400}', 400),  # beyond a double
+        (b" " * (40 * 1024), 413),
+    ],
+    ids=["empty", "truncated", "lone-surrogate", "not-utf8", "control-char", "deep", "array", "null", "inf", "large"],
+)
+def test_hostile_revocation_bodies_get_4xx_and_record_nothing(http: Http, raw: bytes, status: int) -> None:
+    version = http.service.revocations.version
+    with httpx.Client(base_url=http.url) as client:
+        headers = {**_bearer(ADMIN), "Content-Type": "application/json"}
+        response = client.post("/v1/revocations", content=raw, headers=headers)
+        assert client.get("/healthz").status_code == 200  # a barrier, as above
+    assert response.status_code == status, response.text[:300]
+    assert len(response.content) < 2048  # no echo of the body
+    assert http.service.revocations.version == version
+
+
+def test_revocation_bodies_are_not_awaited_before_the_admin_check_or_past_the_cap(http: Http) -> None:
+    host, port = http.url.removeprefix("http://").split(":")
+    for authorization, expected in (
+        (b"X-Not-Authorization: nothing", b"HTTP/1.1 401"),
+        (b"Authorization: Bearer " + ADMIN.encode(), b"HTTP/1.1 413"),
+    ):
+        with socket.create_connection((host, int(port)), timeout=10) as raw:
+            raw.sendall(
+                b"POST /v1/revocations HTTP/1.1\r\nHost: x\r\n" + authorization + b"\r\n"
+                b"Content-Type: application/json\r\nContent-Length: 1073741824\r\n\r\n{"
+            )
+            assert raw.recv(64).startswith(expected)
+
+
+def test_a_422_names_the_field_never_the_value_or_a_made_up_key(http: Http) -> None:
+    secret_looking = "s3cr3t-" + "v" * 2000
+    with httpx.Client(base_url=http.url) as client:
+        answer = client.post(
+            "/v1/revocations",
+            json={"kind": secret_looking, "value": "x", "reason": "", secret_looking: 1},
+            headers=_bearer(ADMIN),
+        )
+    assert answer.status_code == 422
+    body = answer.json()
+    assert body["error"] == "invalid_request" and "s3cr3t" not in answer.text
+    locations = [problem["loc"] for problem in body["detail"]]
+    assert ["kind"] in locations and ["reason"] in locations and ["?"] in locations
+    assert all(set(problem) == {"loc", "msg", "type"} for problem in body["detail"])
+
+
+def test_validation_problems_keep_names_and_drop_inputs() -> None:
+    from pipeline.web import MAX_PROBLEMS, validation_problems
+
+    errors = [
+        {"loc": ("body", "kind"), "msg": "Input should be 'jti' or 'sub'", "type": "literal_error", "input": "x"},
+        {"loc": ("body", "a b\ud800"), "msg": "Extra inputs are not permitted", "type": "extra_forbidden"},
+        {"loc": ("query", 3), "msg": "Value error, bad thing 'hunter2'", "type": "value_error", "input": "hunter2"},
+        {"loc": ("tag",), "msg": "Input tag 'hunter2' found", "type": "union_tag_invalid", "input": "hunter2"},
+        {"loc": ("x",), "msg": "m" * 500, "type": "string_too_long"},
+    ] * 3
+    problems = validation_problems(errors)
+    assert len(problems) == MAX_PROBLEMS
+    assert problems[0] == {"loc": ["body", "kind"], "msg": "Input should be 'jti' or 'sub'", "type": "literal_error"}
+    assert problems[1]["loc"] == ["body", "?"]
+    assert problems[2] == {"loc": ["query", 3], "msg": "invalid value", "type": "value_error"}
+    assert problems[3]["msg"] == "invalid value" and problems[4]["msg"] == "invalid value"
+    assert "hunter2" not in str(problems)
+
+
+def test_listing_validates_its_query_only_for_the_admin(http: Http) -> None:
+    with httpx.Client(base_url=http.url) as client:
+        assert client.get("/v1/revocations", params={"since": "EVIL"}).status_code == 401
+        answer = client.get("/v1/revocations", params={"since": "EVIL", "limit": 0}, headers=_bearer(ADMIN))
+    assert answer.status_code == 422 and "EVIL" not in answer.text
+    assert {tuple(p["loc"]) for p in answer.json()["detail"]} == {("query", "since"), ("query", "limit")}
 
 
 def test_admin_api_is_closed_without_a_configured_admin_token(issuer: Issuer, tmp_path: Path) -> None:

@@ -90,11 +90,11 @@ def run_operations(schema: schemathesis.BaseSchema) -> list[str]:
 
 
 def test_validator_api_conforms(validator_schema: schemathesis.BaseSchema) -> None:
-    assert len(run_operations(validator_schema)) >= 8
+    assert len(run_operations(validator_schema)) >= 8  # /metrics is not among them: it has a listener of its own
 
 
 def test_alerts_api_conforms(alerts_schema: schemathesis.BaseSchema) -> None:
-    assert len(run_operations(alerts_schema)) >= 9
+    assert len(run_operations(alerts_schema)) >= 8
 
 
 def test_schemas_cover_every_route(

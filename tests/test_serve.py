@@ -123,8 +123,10 @@ def test_one_port_serves_everything(node: Node) -> None:
     assert httpx.get(f"{node.url}/healthz").status_code == 200
     assert httpx.get(f"{node.url}/.well-known/jwks.json").status_code == 200
     assert httpx.get(f"{node.url}/v1/alerts").status_code == 401  # admin only
-    metrics = httpx.get(f"{node.url}/metrics")
-    assert "jwtwatch_validations_total" in metrics.text
+    assert httpx.get(f"{node.url}/metrics").status_code == 404  # metrics have a listener of their own
+    with serve_app(node.node.metrics_app) as metrics_url:
+        metrics = httpx.get(f"{metrics_url}/metrics")
+    assert "jwtwatch_validations_total" in metrics.text and "jwtwatch_webhook_deliveries_total" in metrics.text
     assert metrics.headers["x-content-type-options"] == "nosniff"
 
 

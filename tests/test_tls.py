@@ -126,6 +126,7 @@ def https_service(
     directory = tmp_path_factory.mktemp(f"https-{request.param}")
     admin = directory / "admin-token"
     admin.write_text(ADMIN)
+    admin.chmod(0o600)  # a secret file readable by others is refused
     port = free_port()
     args = [*SERVICES[request.param](keys, admin), "--port", str(port), "--tls-cert", str(tls.cert)]
     args += ["--tls-key", str(tls.key)]
@@ -204,6 +205,7 @@ def _refused(*args: str) -> subprocess.CompletedProcess[str]:
 def test_plain_http_on_a_public_address_refuses_to_start(service: str, keys: Path, tmp_path: Path) -> None:
     admin = tmp_path / "admin-token"
     admin.write_text(ADMIN)
+    admin.chmod(0o600)  # a secret file readable by others is refused
     args = [*SERVICES[service](keys, admin), "--host", "0.0.0.0", "--port", str(free_port())]
     result = _refused(*args, "--data-dir", str(tmp_path / "data"))
     assert "refusing to serve plain HTTP on the non-loopback address 0.0.0.0" in result.stderr
@@ -214,6 +216,7 @@ def test_plain_http_on_a_public_address_refuses_to_start(service: str, keys: Pat
 def test_require_tls_refuses_plain_http_even_on_loopback(service: str, keys: Path, tmp_path: Path) -> None:
     admin = tmp_path / "admin-token"
     admin.write_text(ADMIN)
+    admin.chmod(0o600)  # a secret file readable by others is refused
     args = [*SERVICES[service](keys, admin), "--port", str(free_port()), "--require-tls"]
     result = _refused(*args, "--data-dir", str(tmp_path / "data"))
     assert "--require-tls" in result.stderr

@@ -1,6 +1,6 @@
 """``jwtwatch validator serve --workers N``: several processes, one port, one set of revocations.
 
-The worker answering a request is not visible in the answer; ``/metrics`` names it
+The worker answering a request is not visible in the answer; ``/metrics`` on the shared metrics listener names it
 (``jwtwatch_validator_worker``), and each worker counts its own validations, so fresh connections sent
 until every worker has been seen show what each one did.
 """
@@ -57,13 +57,14 @@ class Served:
         admin.write_text(ADMIN + "\n")
         admin.chmod(0o600)
         self.events = tmp / "events.jsonl"
-        port = free_port()
+        port, metrics_port = free_port(), free_port()
         self.url = f"http://127.0.0.1:{port}"
+        self.metrics_url = f"http://127.0.0.1:{metrics_port}"  # the parent binds it, every worker serves on it
         self.log = tmp / "serve.log"
         self.proc = subprocess.Popen(
             [*JWTWATCH, "validator", "serve", "--issuer", ISSUER, "--audience", AUDIENCE, "--keys-dir", str(self.keys),
              "--port", str(port), "--data-dir", str(tmp / "data"), "--admin-token-file", str(admin),
-             "--events-out", str(self.events)],
+             "--events-out", str(self.events), "--metrics-port", str(metrics_port)],
             env={**os.environ, "JWTWATCH_WORKERS": str(WORKERS)},
             stdout=self.log.open("w"), stderr=subprocess.STDOUT,
         )  # fmt: skip
@@ -91,7 +92,7 @@ class Served:
 
     def scrape(self) -> tuple[int, dict[str, float]]:
         with httpx.Client() as fresh:
-            text = fresh.get(f"{self.url}/metrics").text
+            text = fresh.get(f"{self.metrics_url}/metrics").text
         values = {}
         for line in text.splitlines():
             if line and not line.startswith("#"):

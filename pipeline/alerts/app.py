@@ -1,8 +1,9 @@
-"""The alerts service's HTTP surface (FastAPI): webhooks, the alert log, deliveries, health, metrics.
+"""The alerts service's HTTP surface (FastAPI): webhooks, the alert log, deliveries, health.
 
-Everything under ``/v1/`` needs the admin bearer token (compared in constant time) and is answered with
-``Cache-Control: no-store`` — one answer carries a signing secret. Request bodies are capped and parsed
-by hand, so a hostile body gets a 4xx, never a 500.
+Everything under ``/v1/`` needs the admin bearer token (compared in constant time, before anything else of the
+request is read) and is answered with ``Cache-Control: no-store`` — one answer carries a signing secret. Request
+bodies are capped and parsed by hand, so a hostile body gets a 4xx, never a 500, and no answer echoes the input.
+Metrics are not here but on the metrics listener (``--metrics-port``).
 """
 
 from __future__ import annotations
@@ -12,8 +13,7 @@ from typing import Annotated, Any, Literal
 
 import orjson
 from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Query, Request, Response
-from fastapi.responses import JSONResponse, PlainTextResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
@@ -21,7 +21,13 @@ from pipeline.alerts.delivery import EVENT_TYPES
 from pipeline.alerts.service import DELIVERY_STATUSES, AlertsService
 from pipeline.alerts.targets import TargetError
 from pipeline.events import ENTITY_TYPES, SEVERITIES, parse_ts
-from pipeline.web import SecurityHeadersMiddleware, admin_token_matches, read_capped
+from pipeline.web import (
+    SecurityHeadersMiddleware,
+    admin_token_matches,
+    install_error_handlers,
+    read_capped,
+    validation_problems,
+)
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +63,9 @@ class ErrorAnswer(BaseModel):
 
 #: The error answers of the admin API, declared so that the OpenAPI schema describes what is really sent
 #: (FastAPI's default 422 schema demands a list of validation errors; the handlers' own 422s carry a string).
-ERRORS: dict[int | str, dict[str, Any]] = {status: {"model": ErrorAnswer} for status in (400, 401, 404, 409, 413, 422)}
+ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorAnswer} for status in (400, 401, 404, 408, 409, 413, 422)
+}
 #: POST /v1/webhooks reads its body by hand (capped, never a 500): its schema is declared here.
 WEBHOOK_BODY = {
     "requestBody": {
@@ -124,8 +132,7 @@ def alerts_router(service: AlertsService) -> APIRouter:
         try:
             body = WebhookRequest.model_validate(data)
         except ValidationError as exc:
-            problems = [{"loc": list(e["loc"]), "msg": e["msg"]} for e in exc.errors()[:10]]
-            return _error(422, "invalid_request", problems)
+            return _error(422, "invalid_request", validation_problems(exc.errors()))
         try:
             # Resolving the host blocks: keep it off the event loop.
             webhook_id, secret = await run_in_threadpool(
@@ -223,10 +230,7 @@ def create_alerts_app(service: AlertsService) -> FastAPI:
     app = FastAPI(title="jwtwatch alerts", version="1", docs_url=None, redoc_url=None)
     app.include_router(alerts_router(service))
     app.include_router(health_router(service))
-
-    @app.get("/metrics", tags=["health"], response_class=PlainTextResponse)
-    def metrics() -> Response:
-        return Response(generate_latest(service.registry), media_type=CONTENT_TYPE_LATEST)
+    install_error_handlers(app)
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception) -> JSONResponse:  # pragma: no cover - last resort

@@ -11,21 +11,32 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 from urllib.parse import parse_qs
 
-from fastapi import APIRouter, FastAPI, Header, Query, Request, Response
-from fastapi.responses import JSONResponse, PlainTextResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, ConfigDict, Field
+import orjson
+from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Query, Request, Response
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.concurrency import run_in_threadpool
 from starlette.types import Receive, Scope, Send
 
+from pipeline.events import Revocation
 from pipeline.validation.client_ip import client_ip
 from pipeline.validation.fastpath import PATH, ValidateEndpoint, auth_headers
 from pipeline.validation.revocations import RevocationStoreError
 from pipeline.validation.service import RequestContext, ValidatorService
-from pipeline.web import SecurityHeadersMiddleware, admin_token_matches, bearer_token, read_capped
+from pipeline.web import (
+    SecurityHeadersMiddleware,
+    admin_token_matches,
+    bearer_token,
+    install_error_handlers,
+    invalid_request,
+    read_capped,
+)
 
 log = logging.getLogger(__name__)
 
 MAX_FORM_BYTES = 64 * 1024
+#: POST /v1/revocations: two strings of at most 1,024 characters (up to 12 bytes each, escaped) and a time.
+MAX_REVOCATION_BYTES = 32 * 1024
 _LATEST_REVOKED_BEFORE = 4102444800  # 2100-01-01: later than any token's issue time
 JWKS_MAX_AGE_S = 60
 
@@ -42,6 +53,37 @@ class RevocationRequest(BaseModel):
     revoked_before: datetime | None = Field(
         None, description="subject revocations: tokens issued at or before this time (default: now)"
     )
+
+
+class ErrorAnswer(BaseModel):
+    """An error answer of the admin API: ``{"error": ..., "detail": ...}``."""
+
+    error: str
+    detail: Any = None
+
+
+#: The error answers of POST /v1/revocations, declared so that the OpenAPI schema describes what is really sent.
+REVOCATION_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorAnswer} for status in (400, 401, 408, 413, 422, 503)
+}
+#: POST /v1/revocations reads its body by hand, after the admin check and capped: its schema is declared here.
+REVOCATION_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": RevocationRequest.model_json_schema()}},
+    }
+}
+
+
+class AdminDenied(HTTPException):
+    """Raised by the admin routes' dependency, which FastAPI runs before it reads or validates anything else.
+
+    An HTTPException, so that an app that includes :func:`validator_router` without this module's handler for it
+    still answers 401 (as ``{"detail": ...}``), never 500.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(401, "unauthorized", headers={"WWW-Authenticate": 'Bearer realm="jwtwatch-admin"'})
 
 
 def _unauthorized() -> JSONResponse:
@@ -142,10 +184,35 @@ def validator_router(service: ValidatorService) -> APIRouter:
         headers = {"Cache-Control": f"public, max-age={JWKS_MAX_AGE_S}"}
         return Response(body, headers=headers, media_type="application/jwk-set+jwt")
 
-    @router.post("/v1/revocations", tags=["revocations"], status_code=201, summary="Revoke a token or subject")
-    def revoke(body: RevocationRequest, authorization: Annotated[str | None, Header()] = None) -> Response:
+    def require_admin(authorization: Annotated[str | None, Header()] = None) -> None:
+        # A dependency: it runs before FastAPI validates any parameter, and the handlers read their bodies only
+        # after it — a stranger's request is never parsed, and learns nothing about the schema.
         if not admin_token_matches(service.admin_token, authorization):
-            return _admin_denied()
+            raise AdminDenied()
+
+    admin = [Depends(require_admin)]
+
+    @router.post(
+        "/v1/revocations",
+        tags=["revocations"],
+        status_code=201,
+        summary="Revoke a token or subject",
+        dependencies=admin,
+        responses=REVOCATION_ERRORS,
+        openapi_extra=REVOCATION_BODY,
+    )
+    async def revoke(request: Request) -> Response:
+        raw = await read_capped(request, MAX_REVOCATION_BYTES)
+        if raw is None:
+            return JSONResponse({"error": "request_too_large"}, status_code=413)
+        try:
+            data = orjson.loads(raw)  # strict: invalid UTF-8 and lone surrogates are refused here
+        except orjson.JSONDecodeError:
+            return JSONResponse({"error": "invalid_json"}, status_code=400)
+        try:
+            body = RevocationRequest.model_validate(data)
+        except ValidationError as exc:
+            return invalid_request(exc.errors())
         before = None
         if body.revoked_before is not None:
             if body.revoked_before.tzinfo is None:
@@ -153,6 +220,11 @@ def validator_router(service: ValidatorService) -> APIRouter:
             before = body.revoked_before.timestamp()
             if not 0 <= before <= _LATEST_REVOKED_BEFORE:
                 return JSONResponse({"error": "revoked_before out of range"}, status_code=422)
+        # the store writes to SQLite and the feed: off the event loop
+        record = await run_in_threadpool(_record, body, before)
+        return JSONResponse(record.to_dict(), status_code=201)
+
+    def _record(body: RevocationRequest, before: float | None) -> Revocation:
         record = service.revocations.revoke(
             kind=body.kind,
             iss=service.config.issuer,
@@ -163,16 +235,15 @@ def validator_router(service: ValidatorService) -> APIRouter:
             leeway_s=service.config.leeway_s,
         )
         service.announce(record)  # other validators follow the feed; cached verifications are rechecked anyway
-        return JSONResponse(record.to_dict(), status_code=201)
+        return record
 
-    @router.get("/v1/revocations", tags=["revocations"], summary="Revocations after version `since`")
+    @router.get(
+        "/v1/revocations", tags=["revocations"], dependencies=admin, summary="Revocations after version `since`"
+    )
     def list_revocations(
         since: Annotated[int, Query(ge=0, le=2**62)] = 0,
         limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
-        authorization: Annotated[str | None, Header()] = None,
     ) -> Response:
-        if not admin_token_matches(service.admin_token, authorization):
-            return _admin_denied()
         records = service.revocations.since(since, limit)
         return JSONResponse({"version": service.revocations.version, "revocations": [r.to_dict() for r in records]})
 
@@ -189,13 +260,6 @@ def validator_router(service: ValidatorService) -> APIRouter:
         )
 
     return router
-
-
-def metrics_route(app: FastAPI, *registries: Any) -> None:
-    @app.get("/metrics", tags=["health"], response_class=PlainTextResponse)
-    def metrics() -> Response:
-        payload = b"".join(generate_latest(r) for r in registries)
-        return Response(payload, media_type=CONTENT_TYPE_LATEST)
 
 
 class ValidatorApp(FastAPI):
@@ -231,7 +295,13 @@ def create_validator_app(service: ValidatorService, *, fast_path: bool = True) -
     if fast_path:
         app.validate_endpoint = ValidateEndpoint(service)
     app.include_router(validator_router(service))
-    metrics_route(app, service.registry)
+    # No /metrics here: its per-reason counters would tell a caller why their token failed. The metrics listener
+    # (--metrics-port, pipeline.web.metrics_app) serves them apart.
+    install_error_handlers(app)
+
+    @app.exception_handler(AdminDenied)
+    async def admin_denied(request: Request, exc: AdminDenied) -> JSONResponse:
+        return _admin_denied()
 
     @app.exception_handler(RevocationStoreError)
     async def store_unavailable(request: Request, exc: RevocationStoreError) -> JSONResponse:

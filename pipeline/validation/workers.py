@@ -11,7 +11,8 @@ What the workers share, and how (``docs/configuration.md``, "validator serve"):
 - usage events to ``--events-out``: one file opened ``O_APPEND``, whole lines per ``write(2)``;
 - one-time tokens: their replay cache is shared over the bus only, so ``--workers > 1`` with one-time
   rules needs ``--kafka`` (refused otherwise);
-- ``/metrics`` is per worker (``jwtwatch_validator_worker`` names it): scrape each or sum.
+- the metrics listener (``--metrics-port``): the parent binds it too and every worker accepts on it, serving
+  its own metrics (``jwtwatch_validator_worker`` names it): each scrape sees one worker; scrape each or sum.
 
 SIGTERM/SIGINT to the parent stop the workers gracefully (uvicorn's own shutdown); a worker that dies is
 restarted, unless it dies within ``startup_s`` of being started (a configuration or port error): then
