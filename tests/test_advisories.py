@@ -7,6 +7,10 @@ tests of each mechanism live beside the code's other tests; ``docs/security.md``
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
+
 # ---------------------------------------------------------------------------------------------------------------
 # HIGH 1: a forged token with invalid Unicode in a claim erased other requests' usage events
 # ---------------------------------------------------------------------------------------------------------------
@@ -76,3 +80,19 @@ from __future__ import annotations
 # ---------------------------------------------------------------------------------------------------------------
 # Also: SSRF classifier (IPv4-compatible IPv6, 64:ff9b:1::/48)
 # ---------------------------------------------------------------------------------------------------------------
+
+
+def test_also_ssrf_ipv4_compatible_and_local_use_nat64_targets_are_refused(tmp_path: Path) -> None:
+    """``https://[::a9fe:a9fe]/`` (::169.254.169.254) and ``64:ff9b:1::/48`` were classed public and accepted."""
+    from pipeline.alerts import AlertsService, TargetError
+
+    with AlertsService(tmp_path, admin_token="admin-token-0123456789abcdef") as service:
+        for url in (
+            "https://[::a9fe:a9fe]/latest/meta-data/",
+            "https://[::169.254.169.254]/",
+            "https://[64:ff9b:1::a9fe:a9fe]/latest/meta-data/",
+            "https://[64:ff9b:1:a9fe:a9:fe00::]/",  # the /48 layout of RFC 6052: 169.254.169.254 again
+        ):
+            with pytest.raises(TargetError):
+                service.create_subscription(url, ["token.anomaly"])
+        assert service.list_subscriptions() == []
