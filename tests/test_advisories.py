@@ -41,6 +41,45 @@ import pytest
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def test_medium_6_slow_webhook_receiver_never_delays_other_subscribers(tmp_path: Path) -> None:
+    """A receiver trickling its headers a byte a second held a healthy subscriber's token.revoked for 61 s."""
+    import time
+
+    from pipeline.alerts import AlertsService, AlertsWorker
+    from tests.servers import serve_app
+    from tests.test_alerts_service import ADMIN, Receiver, TrickleServer, make_alert, make_revocation, wait_until
+
+    healthy, slow = Receiver(), TrickleServer(interval_s=1.0)
+    service = AlertsService(tmp_path, admin_token=ADMIN, timeout_s=4.0)
+    worker = AlertsWorker(service, interval_s=0.05)
+    try:
+        with serve_app(healthy.app()) as base:
+            healthy.base = base
+            slow_id, _ = service.create_subscription(slow.url, ["token.anomaly"])
+            service.create_subscription(healthy.url("ok"), ["token.revoked"])
+            worker.start()
+            service.accept_alert(make_alert("to-the-slow-one"))
+            worker.wake()
+            assert wait_until(lambda: slow.bytes_sent >= 1, 5)  # its attempt is under way, trickling
+            accepted = time.monotonic()
+            service.accept_revocation(make_revocation("rev-urgent"))
+            worker.wake()
+            assert wait_until(lambda: healthy.at("ok"), 3.0), "the healthy subscriber waited for the slow one"
+            assert time.monotonic() - accepted < 3.0
+            assert slow.active == 1 and slow.cut_off == 0  # still trickling meanwhile
+            # The slow attempt is cut at its total deadline and recorded as a failed attempt, to be retried.
+            assert wait_until(lambda: service.list_deliveries(webhook_id=slow_id)[0]["attempts"], 8)
+            (delivery,) = service.list_deliveries(webhook_id=slow_id)
+            first = delivery["attempts"][0]
+            assert first["outcome"] == "retry" and first["status_code"] is None and "deadline" in first["error"]
+            assert 3900 <= first["duration_ms"] < 6000
+            assert delivery["status"] == "pending" or len(delivery["attempts"]) > 1
+    finally:
+        slow.close()  # ends a trickle the old code would still be waiting on
+        worker.stop()
+        service.close()
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # MEDIUM 7: X-Auth-* values were silently altered, so identities collided
 # ---------------------------------------------------------------------------------------------------------------
