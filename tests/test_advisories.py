@@ -116,6 +116,20 @@ def test_medium_6_slow_webhook_receiver_never_delays_other_subscribers(tmp_path:
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def test_low_13_deleted_webhook_secret_is_unrecoverable_from_the_database_files(tmp_path: Path) -> None:
+    """A deleted webhook's secret stayed in alerts.sqlite-wal (and the files' mode must be 0600)."""
+    from pipeline.alerts import AlertsService
+
+    with AlertsService(tmp_path, admin_token="admin-token-0123456789abcdef") as service:
+        webhook_id, secret = service.create_subscription("http://127.0.0.1:9/hook", ["token.anomaly"])
+        assert service.delete_subscription(webhook_id)
+        for suffix in ("", "-wal", "-shm"):
+            path = tmp_path / f"alerts.sqlite{suffix}"
+            assert path.stat().st_mode & 0o777 == 0o600, path
+            raw = path.read_bytes()
+            assert secret.encode() not in raw and secret.removeprefix("whsec_").encode() not in raw, path
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Also: SSRF classifier (IPv4-compatible IPv6, 64:ff9b:1::/48)
 # ---------------------------------------------------------------------------------------------------------------

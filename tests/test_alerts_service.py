@@ -833,3 +833,48 @@ def test_claims_respect_the_per_webhook_cap(tmp_path: Path, clock: FakeClock) ->
 def test_the_service_takes_only_clients_that_enforce_the_deadline(tmp_path: Path) -> None:
     with httpx.Client() as plain, pytest.raises(TypeError, match="default_client"):
         AlertsService(tmp_path, admin_token=ADMIN, http=plain)
+
+
+# ------------------------------------------------------------------------------------ secrets at rest
+
+
+def secret_traces(data: Path, secret: str) -> dict[str, bool]:
+    """Whether the secret (whole, or its base64 key without the prefix) is in each database file's raw bytes."""
+    found = {}
+    for suffix in ("", "-wal", "-shm"):
+        path = data / f"alerts.sqlite{suffix}"
+        raw = path.read_bytes() if path.exists() else b""
+        found[path.name] = secret.encode() in raw or secret.removeprefix("whsec_").encode() in raw
+    return found
+
+
+def test_a_deleted_webhook_secret_is_in_no_database_file(tmp_path: Path, clock: FakeClock) -> None:
+    svc = AlertsService(tmp_path, admin_token=ADMIN, clock=clock)
+    try:
+        keep_id, keep = svc.create_subscription("http://127.0.0.1:9/keep", ["token.anomaly"], "low")
+        gone_id, gone = svc.create_subscription("http://127.0.0.1:9/gone", ["token.anomaly"], "low")
+        svc.accept_alert(make_alert())  # deliveries for both: the row is referenced, and stays
+        assert any(secret_traces(tmp_path, gone).values())  # it is on disk while the webhook lives
+        assert svc.delete_subscription(gone_id)
+        assert secret_traces(tmp_path, gone) == dict.fromkeys(
+            ["alerts.sqlite", "alerts.sqlite-wal", "alerts.sqlite-shm"], False
+        )
+        assert any(secret_traces(tmp_path, keep).values())  # the other one is untouched
+        assert [s["id"] for s in svc.list_subscriptions()] == [keep_id]
+        assert {d["status"] for d in svc.list_deliveries(webhook_id=gone_id)} == {"disabled"}
+    finally:
+        svc.close()
+    assert not any(secret_traces(tmp_path, gone).values())
+
+
+def test_database_files_are_owner_only_even_if_they_were_not(tmp_path: Path) -> None:
+    svc = AlertsService(tmp_path, admin_token=ADMIN)
+    svc.create_subscription("http://127.0.0.1:9/x", ["token.anomaly"], "low")
+    files = [tmp_path / f"alerts.sqlite{suffix}" for suffix in ("", "-wal", "-shm")]
+    assert all(f.exists() and f.stat().st_mode & 0o777 == 0o600 for f in files)
+    svc.close()
+    for f in files:
+        if f.exists():
+            f.chmod(0o644)  # as an older version, or a copy made under umask 022, left them
+    AlertsService(tmp_path, admin_token=ADMIN).close()
+    assert all(f.stat().st_mode & 0o777 == 0o600 for f in files if f.exists())

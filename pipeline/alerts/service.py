@@ -24,7 +24,9 @@ or the same severity with a higher score) replaces the logged alert and is sent 
 (``webhook-id`` = ``alert_<alert_id>_<revision>``); an exact repeat, or a stale version below what was
 already accepted (a replay), changes nothing.
 
-Secrets are returned once, by ``create_subscription``, and are never logged or listed.
+Secrets are returned once, by ``create_subscription``, and are never logged or listed. The database files
+are readable by their owner only; deleting a webhook overwrites its secret with secure_delete on and
+checkpoints the WAL, so the secret is left in none of ``alerts.sqlite``, ``-wal`` and ``-shm``.
 """
 
 from __future__ import annotations
@@ -84,6 +86,8 @@ DELIVERY_STATUSES: tuple[str, ...] = ("pending", "delivered", "failed", "disable
 CLAIM_LEASE_S = 300.0
 #: Attempts in flight at once to one webhook (by default): a receiver that stalls holds only these.
 PER_TARGET_CONCURRENCY = 2
+#: The database and its WAL and shared-memory files.
+DB_SUFFIXES: tuple[str, ...] = ("", "-wal", "-shm")
 
 
 def _process_alive(pid: int) -> bool:
@@ -275,10 +279,10 @@ class AlertsService:
         self.per_target_concurrency = max(1, per_target_concurrency)
         self._lock = threading.RLock()
         self._closed = False
-        # The file holds signing secrets: readable by its owner only (the WAL and shm files inherit the mode).
-        with contextlib.suppress(FileExistsError):
-            os.close(os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        self._own_files()
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        # Deleted content (a webhook's secret) is overwritten with zeros, not merely unlinked from the b-tree.
+        self._db.execute("PRAGMA secure_delete=ON")
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA busy_timeout=10000")
@@ -294,6 +298,19 @@ class AlertsService:
         self.metrics = AlertsMetrics(self.registry, self._pending_for_metrics)
 
     # ------------------------------------------------------------------------------------ plumbing
+
+    def _own_files(self) -> None:
+        """The files hold signing secrets: readable by their owner only.
+
+        A new database is created 0600 (SQLite gives its WAL and shm files the database's mode); files left
+        wider by an older version or another tool are narrowed."""
+        with contextlib.suppress(FileExistsError):
+            os.close(os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        for suffix in DB_SUFFIXES:
+            path = self.path.with_name(self.path.name + suffix)
+            with contextlib.suppress(FileNotFoundError):
+                if path.stat().st_mode & 0o077:
+                    os.chmod(path, 0o600)
 
     def _migrate(self) -> None:
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(deliveries)")}
@@ -418,7 +435,11 @@ class AlertsService:
         ]
 
     def delete_subscription(self, webhook_id: str) -> bool:
-        """Delete a webhook: its secret is wiped and its pending deliveries are dropped (``disabled``)."""
+        """Delete a webhook: its secret is wiped and its pending deliveries are dropped (``disabled``).
+
+        The row stays (deliveries refer to it), its secret overwritten; with secure_delete the old cell is zeroed
+        in the page, and the checkpoint then copies that page into the database and truncates the WAL, whose
+        older frames still held the page with the secret."""
         now = self.clock()
         with self._tx() as db:
             cursor = db.execute(
@@ -429,8 +450,22 @@ class AlertsService:
             if cursor.rowcount == 0:
                 return False
             self._disable_pending(db, webhook_id, "webhook deleted", now)
+        self._checkpoint()
         log.info("webhook %s deleted", webhook_id)
         return True
+
+    def _checkpoint(self) -> None:
+        """Copy the WAL into the database and truncate it to nothing (waits up to busy_timeout for readers)."""
+        with self._lock:
+            if self._closed:
+                raise Unavailable("the alerts service is closed")
+            busy, _, _ = self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        if busy:
+            # Another connection kept reading throughout: its snapshot still needs the old frames. They go at the
+            # next checkpoint that completes (every delete tries again).
+            log.warning(
+                "WAL checkpoint of %s incomplete: a reader held it; old frames remain until the next", self.path
+            )
 
     @staticmethod
     def _disable_pending(db: sqlite3.Connection, webhook_id: str, why: str, now: float) -> int:
