@@ -90,6 +90,56 @@ def test_medium_6_slow_webhook_receiver_never_delays_other_subscribers(tmp_path:
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def test_medium_8_poison_record_never_wedges_the_alerts_or_archive_consumer(tmp_path: Path) -> None:
+    """An alert/1 with features nested 300 deep made orjson raise TypeError in accept; the consumer caught only
+    ValueError, rewound and failed for ever (0 accepted, 0 dead-lettered), revocations included. The archive too."""
+    import base64
+
+    import orjson
+
+    from pipeline.alerts import AlertsConsumer, AlertsService
+    from pipeline.archive import ArchiveConsumer, ArchiveWriter, read_archive
+    from pipeline.bus import ALERTS, DEAD_LETTER, REVOCATIONS
+    from pipeline.bus.memory import MemoryBus
+    from tests.test_alerts_service import ADMIN, make_alert, make_revocation
+
+    good = make_alert("poison").to_json()
+    assert b'"features":{"distinct_ips":4.0}' in good
+    poison = good.replace(b'"features":{"distinct_ips":4.0}', b'"features":' + b'{"d":' * 300 + b"1" + b"}" * 300)
+    bus = MemoryBus()
+    bus.publish(ALERTS, "a-1", make_alert("a-1").to_json())
+    bus.publish(ALERTS, "poison", poison)  # orjson reads 300 levels, but writes no more than 254
+    bus.publish(ALERTS, "arrays", b"[" * 1000 + b"]" * 1000)  # from_json raised RecursionError
+    bus.publish(ALERTS, "a-2", make_alert("a-2").to_json())
+    bus.publish(REVOCATIONS, "rev", make_revocation("rev-after-the-poison").to_json())
+
+    with AlertsService(tmp_path / "alerts", admin_token=ADMIN) as service:
+        consumer = AlertsConsumer(bus, service, poll_timeout_s=0.05)
+        handled = 0
+        while (n := consumer.step()) > 0:  # raised (and rewound) at every step on 1c06c30
+            handled += n
+        assert handled == 5
+        assert (consumer.accepted, consumer.dead_letters) == (3, 2)  # two alerts and the revocation
+        assert {a["alert_id"] for a in service.list_alerts()} == {"a-1", "a-2"}
+        consumer.close()
+        again = AlertsConsumer(bus, service, poll_timeout_s=0.05)  # the offsets were committed past the poison
+        assert again.step() == 0
+        again.close()
+
+    archive = ArchiveConsumer(bus, ArchiveWriter(tmp_path / "data"), flush_interval_s=0.0)
+    while archive.step(0.05) > 0:
+        pass
+    archive.close()
+    assert set(read_archive(tmp_path / "data", "alerts")["alert_id"]) == {"a-1", "a-2"}
+    assert archive.dead_letters == 2
+
+    letters = [orjson.loads(m.value) for m in bus.consumer([DEAD_LETTER], "check").poll(100, 0.1)]
+    parked = sorted((letter["consumer"], base64.b64decode(letter["key"])) for letter in letters)
+    assert parked == [
+        (consumer, key) for consumer in ("jwtwatch-alerts", "jwtwatch-archive") for key in (b"arrays", b"poison")
+    ]
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # LOW 9: unauthenticated /metrics told an attacker why their token failed
 # ---------------------------------------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from pipeline import events
 from pipeline.alerts import AlertsConsumer, AlertsService, AlertsWorker, TargetError
 from pipeline.alerts.delivery import RetryPolicy, default_client, parse_retry_after
 from pipeline.bus import ALERTS, DEAD_LETTER, REVOCATIONS
@@ -726,6 +727,33 @@ def test_consumer_rewinds_when_accepting_fails(tmp_path: Path) -> None:
     finally:
         consumer.close()
         svc2.close()
+
+
+def test_consumer_parks_a_record_that_fails_for_any_reason_of_its_own(
+    service: AlertsService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not only ValueError: here orjson's TypeError when the alert is stored (the parse-time nesting bound, which
+    now stops this one earlier, is lifted to reach that path), and RecursionError-deep JSON."""
+    monkeypatch.setattr(events, "MAX_NESTING", 10_000)
+    good = make_alert("deep").to_json()
+    deep = good.replace(b'"features":{"distinct_ips":4.0}', b'"features":' + b'{"d":' * 300 + b"1" + b"}" * 300)
+    bus = MemoryBus()
+    bus.publish(ALERTS, "deep", deep)
+    bus.publish(REVOCATIONS, "arrays", b"[" * 1000 + b"]" * 1000)
+    bus.publish(ALERTS, "fine", make_alert("fine").to_json())
+    bus.publish(REVOCATIONS, "rev", make_revocation("rev-ok").to_json())
+    consumer = AlertsConsumer(bus, service, poll_timeout_s=0.05)
+    try:
+        while consumer.step():
+            pass
+        assert (consumer.accepted, consumer.dead_letters) == (2, 2)
+        assert [a["alert_id"] for a in service.list_alerts()] == ["fine"]
+        letters = {m.key: orjson.loads(m.value) for m in bus.consumer([DEAD_LETTER], "r").poll(10, 0.1)}
+        assert letters[b"deep"]["error"] == "TypeError: Recursion limit reached"
+        assert "nested too deep" in letters[b"arrays"]["error"]
+        assert all(letter["consumer"] == "jwtwatch-alerts" for letter in letters.values())
+    finally:
+        consumer.close()
 
 
 def test_worker_delivers_in_the_background(tmp_path: Path, receiver: Receiver) -> None:

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from pipeline.alerts.service import AlertsService, ClaimedDelivery
 from pipeline.bus import ALERTS, REVOCATIONS, Bus, Message
-from pipeline.bus.dead_letter import dead_letter
+from pipeline.bus.dead_letter import dead_letter, describe, is_infrastructure_fault, rewind
 from pipeline.events import Alert, Revocation
 
 log = logging.getLogger(__name__)
@@ -127,10 +127,12 @@ class AlertsConsumer:
     """Feeds the service from the bus: alert/1 from ALERTS, revocation/1 from REVOCATIONS.
 
     ``step()`` polls one batch, accepts every record (each ``accept_*`` commits to SQLite before it
-    returns), sends what cannot be parsed to the dead-letter topic, and only then commits the bus
-    offsets: at-least-once, made exactly-once by the service's idempotent accepts. If accepting fails
-    for any other reason (the disk, say), the consumer rewinds to the start of the batch and re-raises,
-    so nothing is skipped.
+    returns), and only then commits the bus offsets: at-least-once, made exactly-once by the service's
+    idempotent accepts. Each record is handled on its own, under the rule of ``pipeline.bus.dead_letter``:
+    a record that fails for a reason of its own (it does not parse, its signature fails, it cannot be
+    serialised again, ... any exception but an infrastructure fault) goes to the dead-letter topic, is
+    counted, and the batch goes on. An infrastructure fault (the disk, the database, a closed service)
+    rewinds the consumer to the start of the batch and re-raises, so no good record is skipped or parked.
     """
 
     def __init__(
@@ -168,11 +170,7 @@ class AlertsConsumer:
                 self._handle(message)
             self.bus.flush()  # the dead letters are stored before their offsets are committed
         except Exception:
-            first: dict[tuple[str, int], int] = {}
-            for message in messages:
-                tp = (message.topic, message.partition)
-                first[tp] = min(first.get(tp, message.offset), message.offset)
-            self.consumer.seek(first)
+            rewind(self.consumer, messages)
             raise
         self.consumer.commit()
         return len(messages)
@@ -185,9 +183,14 @@ class AlertsConsumer:
                 fresh = self.service.accept_revocation(self.parse_revocation(message.value))
             else:
                 fresh = self.service.accept_alert(Alert.from_json(message.value))
-        except ValueError as exc:  # RecordError, bad UTF-8, an unknown alert type
-            log.warning("dead letter from %s[%d]@%d: %s", message.topic, message.partition, message.offset, exc)
-            dead_letter(self.bus, message, str(exc), consumer=self.group)
+        except Exception as exc:
+            if is_infrastructure_fault(exc):
+                raise  # good data the service could not take now: step() rewinds, and it comes again
+            # The record's own fault (RecordError, bad UTF-8, an unknown alert type, a forged signature, a value
+            # orjson cannot write, ...): parked with the error; the records after it must not wait for it.
+            error = describe(exc)
+            log.warning("dead letter from %s[%d]@%d: %s", message.topic, message.partition, message.offset, error)
+            dead_letter(self.bus, message, error, consumer=self.group)
             self.dead_letters += 1
             return
         if fresh:

@@ -60,8 +60,12 @@ def is_infrastructure_fault(exc: BaseException, *also: type[BaseException]) -> b
 
 def describe(exc: BaseException) -> str:
     """The exception as one printable line for a dead letter or a log: a hostile record's text cannot forge lines,
-    carry lone surrogates (which would make the dead letter itself unencodable) or grow without bound."""
-    return _printable(f"{type(exc).__name__}: {exc}")
+    carry lone surrogates (which would make the dead letter itself unencodable) or grow without bound.
+
+    A ``ValueError`` (a ``RecordError`` names record, field and value) is its message; anything else is
+    prefixed with its type ("TypeError: Recursion limit reached" says more than the message alone)."""
+    message = str(exc)
+    return _printable(message if isinstance(exc, ValueError) and message else f"{type(exc).__name__}: {message}")
 
 
 def _printable(text: str) -> str:
