@@ -17,10 +17,14 @@ hence the extra ``entity_type`` partition. Both come from the detection engine's
 Files are written whole to a temporary name and renamed, so a reader never sees half a file. The
 :class:`ArchiveConsumer` commits its bus offsets only after the files are on disk: a crash re-archives at
 most one batch (consumers de-duplicate on ``event_id`` / ``alert_id``), and loses nothing.
+
+The archive is its owner's only: directories are created 0700 (the root is narrowed to 0700 if it is wider)
+and files 0600, whatever the umask — it holds subjects, token ids, addresses and user agents.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -225,14 +229,39 @@ class ArchiveWriter:
             self._write(directory, date, hour, pa.Table.from_pylist(group, schema=schema))
         return self._count(kind, len(rows))
 
-    @staticmethod
-    def _write(directory: Path, date: str, hour: str, table: pa.Table) -> None:
+    def _write(self, directory: Path, date: str, hour: str, table: pa.Table) -> None:
         directory = directory / f"date={date}" / f"hour={hour}"
-        directory.mkdir(parents=True, exist_ok=True)
+        self._make_dirs(directory)
         name = f"part-{uuid.uuid4().hex}.parquet"
         tmp = directory / f".{name}.tmp"  # a dot file: readers skip it until the rename
-        pq.write_table(table, tmp)
+        # Created 0600 here rather than by pyarrow, whose files follow the umask.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+        try:
+            with os.fdopen(fd, "wb") as sink:
+                pq.write_table(table, sink)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
         os.replace(tmp, directory / name)
+
+    def _make_dirs(self, directory: Path) -> None:
+        """``directory`` and every missing parent up to the archive root, each 0700 (``mkdir -p`` would give
+        the parents the umask's mode); a root left wider by an older version is narrowed."""
+        if not self.root.is_dir():
+            self.root.parent.mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(FileExistsError):
+                self.root.mkdir(mode=0o700)
+        if self.root.stat().st_mode & 0o077:
+            os.chmod(self.root, 0o700)
+        missing = []
+        for parent in (directory, *directory.parents):
+            if parent == self.root or parent.is_dir():
+                break
+            missing.append(parent)
+        for path in reversed(missing):
+            with contextlib.suppress(FileExistsError):
+                path.mkdir(mode=0o700)
 
 
 class ScoreRecorder:

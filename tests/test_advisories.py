@@ -180,6 +180,26 @@ def test_low_13_deleted_webhook_secret_is_unrecoverable_from_the_database_files(
             assert secret.encode() not in raw and secret.removeprefix("whsec_").encode() not in raw, path
 
 
+def test_low_13_parquet_archive_is_not_world_readable(tmp_path: Path) -> None:
+    """The archive (subjects, token ids, addresses, user agents) was created with the umask's modes (0755/0644)."""
+    import os
+
+    from pipeline.archive import ArchiveWriter
+    from pipeline.simulate import SimulationParams, iter_records, simulate
+
+    records = list(iter_records(simulate(SimulationParams(minutes=2, seed=8, browsers=4, mobile=2))))[:10]
+    old = os.umask(0o022)
+    try:
+        writer = ArchiveWriter(tmp_path)
+        writer.add("events", records)
+        assert writer.flush() == len(records)
+    finally:
+        os.umask(old)
+    root = tmp_path / "archive"
+    for path in [root, *root.rglob("*")]:
+        assert path.stat().st_mode & 0o777 == (0o700 if path.is_dir() else 0o600), path
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Also: SSRF classifier (IPv4-compatible IPv6, 64:ff9b:1::/48)
 # ---------------------------------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 
 import orjson
@@ -152,6 +153,23 @@ def test_the_consumer_parks_what_it_cannot_archive_and_archives_the_rest(
     letters = {m.key: orjson.loads(m.value) for m in bus.consumer([DEAD_LETTER], "r").poll(10, 0.1)}
     assert letters[b"deep"]["error"] == "TypeError: Recursion limit reached"
     assert {letter["consumer"] for letter in letters.values()} == {"jwtwatch-archive"}
+
+
+def test_the_archive_is_its_owners_only_whatever_the_umask(tmp_path: Path) -> None:
+    sim = simulate(SimulationParams(minutes=2, seed=8, browsers=4, mobile=2, services=1, offices=1))
+    (tmp_path / "archive").mkdir(mode=0o755)  # as an older version left it
+    old = os.umask(0o022)
+    try:
+        writer = ArchiveWriter(tmp_path)
+        writer.add("events", list(iter_records(sim))[:20])
+        assert writer.flush() == 20
+    finally:
+        os.umask(old)
+    root = tmp_path / "archive"
+    paths = [root, *root.rglob("*")]
+    assert any(p.is_file() for p in paths) and any(p.name.startswith("hour=") for p in paths)
+    for path in paths:
+        assert path.stat().st_mode & 0o777 == (0o700 if path.is_dir() else 0o600), path
 
 
 def test_a_failed_flush_loses_nothing(tmp_path: Path) -> None:
