@@ -17,10 +17,15 @@ hence the extra ``entity_type`` partition. Both come from the detection engine's
 Files are written whole to a temporary name and renamed, so a reader never sees half a file. The
 :class:`ArchiveConsumer` commits its bus offsets only after the files are on disk: a crash re-archives at
 most one batch (consumers de-duplicate on ``event_id`` / ``alert_id``), and loses nothing.
+
+The archive is its owner's only: directories are created 0700 (the root is narrowed to 0700 if it is wider)
+and files 0600, whatever the umask — it holds subjects, token ids, addresses and user agents.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import threading
 import time
@@ -36,10 +41,13 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from pipeline.bus import ALERTS, TOKEN_USAGE, Bus
-from pipeline.events import Alert, RecordError, TokenUsage, parse_ts, to_arrow
+from pipeline.bus.dead_letter import dead_letter, describe, is_infrastructure_fault, rewind
+from pipeline.events import Alert, TokenUsage, parse_ts, to_arrow
 from pipeline.features import FEATURES
 from pipeline.scoring.model import DetectionModel
 from pipeline.simulate.io import to_arrow_table  # a token-usage/1 frame as Arrow (not only for simulations)
+
+log = logging.getLogger(__name__)
 
 KINDS = ("events", "features", "scores", "alerts")
 _RECORD_KINDS = ("events", "alerts")
@@ -148,37 +156,55 @@ class ArchiveWriter:
             scores, self._scores = self._scores, []
             features = self._features
             self._features = {t: [] for t in FEATURES}
+        unwritten_scores, unwritten_features = scores, dict(features)
         total = 0
-        for kind, rows in records.items():
-            groups: dict[tuple[str, str], list[TokenUsage | Alert]] = defaultdict(list)
-            for record in rows:
-                groups[_partition(parse_ts(record.ts))].append(record)
-            written = 0  # rows Arrow could hold: an unarchivable one is counted there, not here
-            for (date, hour), group in sorted(groups.items()):
-                table = self._records_table(group)
-                if table is not None:
-                    self._write(self.root / kind, date, hour, table)
-                    written += table.num_rows
-            total += self._count(kind, written)
-        for frame in frames:
-            total += self._write_frame(frame)
-        total += self._write_rows(self.root / "scores", scores, SCORES_ARROW, "scores")
-        for entity_type, rows in features.items():
-            directory = self.root / "features" / f"entity_type={entity_type}"
-            total += self._write_rows(directory, rows, features_arrow(entity_type), "features")
+        try:
+            for kind, rows in records.items():
+                groups: dict[tuple[str, str], list[TokenUsage | Alert]] = defaultdict(list)
+                for record in rows:
+                    groups[_partition(parse_ts(record.ts))].append(record)
+                written = 0  # rows Arrow could hold: an unarchivable one is counted there, not here
+                for (date, hour), group in sorted(groups.items()):
+                    table = self._records_table(group)
+                    if table is not None:
+                        self._write(self.root / kind, date, hour, table)
+                        written += table.num_rows
+                total += self._count(kind, written)
+            for frame in frames:
+                total += self._write_frame(frame)
+            total += self._write_rows(self.root / "scores", scores, SCORES_ARROW, "scores")
+            unwritten_scores = []
+            for entity_type, rows in features.items():
+                directory = self.root / "features" / f"entity_type={entity_type}"
+                total += self._write_rows(directory, rows, features_arrow(entity_type), "features")
+                del unwritten_features[entity_type]
+        except BaseException:
+            # A failed write (the disk is full): usage events and alerts come again from the bus (the consumer
+            # rewinds to its last commit), but scores and features come from the engine only — they wait here
+            # for the next flush.
+            with self._lock:
+                self._scores[:0] = unwritten_scores
+                for entity_type, rows in unwritten_features.items():
+                    self._features[entity_type][:0] = rows
+            raise
         return total
 
     def _records_table(self, group: list[TokenUsage | Alert]) -> pa.Table | None:
-        """The records as Arrow; one that Arrow cannot hold (an ``iat`` beyond int64 from a foreign producer)
-        is left out and counted in ``unarchivable`` — a poison message must not fail every flush after it."""
+        """The records as Arrow; one that Arrow cannot hold (an ``iat`` beyond int64 from a foreign producer,
+        features orjson cannot write, ...) is left out and counted in ``unarchivable`` — a poison message must
+        not fail every flush after it. (The archive consumer has already dead-lettered such records.)"""
         try:
             return to_arrow(group)  # type: ignore[arg-type]
-        except (OverflowError, pa.ArrowException):
+        except Exception as exc:
+            if is_infrastructure_fault(exc):
+                raise
             good = []
             for record in group:
                 try:
                     to_arrow([record])  # type: ignore[list-item]
-                except (OverflowError, pa.ArrowException):
+                except Exception as one:
+                    if is_infrastructure_fault(one):
+                        raise
                     self.unarchivable += 1
                     continue
                 good.append(record)
@@ -203,14 +229,39 @@ class ArchiveWriter:
             self._write(directory, date, hour, pa.Table.from_pylist(group, schema=schema))
         return self._count(kind, len(rows))
 
-    @staticmethod
-    def _write(directory: Path, date: str, hour: str, table: pa.Table) -> None:
+    def _write(self, directory: Path, date: str, hour: str, table: pa.Table) -> None:
         directory = directory / f"date={date}" / f"hour={hour}"
-        directory.mkdir(parents=True, exist_ok=True)
+        self._make_dirs(directory)
         name = f"part-{uuid.uuid4().hex}.parquet"
         tmp = directory / f".{name}.tmp"  # a dot file: readers skip it until the rename
-        pq.write_table(table, tmp)
+        # Created 0600 here rather than by pyarrow, whose files follow the umask.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+        try:
+            with os.fdopen(fd, "wb") as sink:
+                pq.write_table(table, sink)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
         os.replace(tmp, directory / name)
+
+    def _make_dirs(self, directory: Path) -> None:
+        """``directory`` and every missing parent up to the archive root, each 0700 (``mkdir -p`` would give
+        the parents the umask's mode); a root left wider by an older version is narrowed."""
+        if not self.root.is_dir():
+            self.root.parent.mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(FileExistsError):
+                self.root.mkdir(mode=0o700)
+        if self.root.stat().st_mode & 0o077:
+            os.chmod(self.root, 0o700)
+        missing = []
+        for parent in (directory, *directory.parents):
+            if parent == self.root or parent.is_dir():
+                break
+            missing.append(parent)
+        for path in reversed(missing):
+            with contextlib.suppress(FileExistsError):
+                path.mkdir(mode=0o700)
 
 
 class ScoreRecorder:
@@ -328,7 +379,13 @@ class ArchiveConsumer:
     """Archives what passes on the bus: usage events and alerts, flushed in batches.
 
     Window features and scores do not travel on the bus: give the writer to a :class:`ScoreRecorder` on the
-    engine that scores (``runner.engine.on_scored``) and this consumer's flushes write them too."""
+    engine that scores (``runner.engine.on_scored``) and this consumer's flushes write them too.
+
+    Each message is judged on its own (the rule of ``pipeline.bus.dead_letter``): one that cannot be parsed, or
+    parsed but not archived (Arrow cannot hold it), is dead-lettered by this consumer too — the detection
+    pipeline and the alerts service park their own copies; ``consumer`` in the letter says whose — and counted
+    in ``dead_letters``. If a flush fails (the disk), nothing is committed and the consumer rewinds to its last
+    commit: everything since comes again."""
 
     def __init__(
         self,
@@ -339,24 +396,40 @@ class ArchiveConsumer:
         flush_records: int = 20_000,
         flush_interval_s: float = 10.0,
     ) -> None:
+        self.bus = bus
         self.writer = writer
+        self.group = group
         self.consumer = bus.consumer([TOKEN_USAGE, ALERTS], group, from_beginning=True)
         self.flush_records = flush_records
         self.flush_interval_s = flush_interval_s
-        self.skipped = 0
+        self.dead_letters = 0
         self._last_flush = time.monotonic()
+
+    @property
+    def skipped(self) -> int:
+        """Messages not archived for a fault of their own (the older name of ``dead_letters``)."""
+        return self.dead_letters
 
     def step(self, timeout_s: float = 0.2) -> int:
         messages = self.consumer.poll(5000, timeout_s)
         events, alerts = [], []
-        for message in messages:
-            try:
-                if message.topic == TOKEN_USAGE:
-                    events.append(TokenUsage.from_json(message.value))
-                else:
-                    alerts.append(Alert.from_json(message.value))
-            except RecordError:
-                self.skipped += 1  # the dead-letter topic is the detection pipeline's job; skip here
+        try:
+            for message in messages:
+                try:
+                    if message.topic == TOKEN_USAGE:
+                        events.append(TokenUsage.from_json(message.value))
+                    else:
+                        alert = Alert.from_json(message.value)
+                        to_arrow([alert])  # what the flush will do: refused here, where the message is known
+                        alerts.append(alert)
+                except Exception as exc:
+                    if is_infrastructure_fault(exc):
+                        raise
+                    dead_letter(self.bus, message, describe(exc), consumer=self.group)
+                    self.dead_letters += 1
+        except Exception:
+            rewind(self.consumer, messages)  # nothing of this poll was handed to the writer
+            raise
         self.writer.add("events", events)
         self.writer.add("alerts", alerts)
         due = time.monotonic() - self._last_flush >= self.flush_interval_s
@@ -365,7 +438,15 @@ class ArchiveConsumer:
         return len(messages)
 
     def flush(self) -> None:
-        self.writer.flush()
+        try:
+            self.writer.flush()
+            self.bus.flush()  # the dead letters are stored before their offsets are committed
+        except Exception:
+            # The writer dropped what it held: read it all again from the last commit (files already written
+            # come twice; readers de-duplicate on event_id / alert_id).
+            log.warning("archive flush failed: rewinding to the last commit")
+            self.consumer.seek(self.consumer.committed())
+            raise
         self.consumer.commit()  # only now: the records are on disk
         self._last_flush = time.monotonic()
 

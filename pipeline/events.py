@@ -60,13 +60,19 @@ REVOCATION_SOURCES: frozenset[str] = frozenset({"auto", "manual"})
 
 # Wire values are bounded so that one hostile message cannot balloon memory downstream.
 MAX_STRING = 8192
+#: How deep an alert's ``features`` and ``reasons`` may nest (the engine writes flat maps). Deeper values parse,
+#: but orjson refuses to write past 254 levels: a record every consumer could read and none could store again.
+MAX_NESTING = 32
 
 
 class RecordError(ValueError):
     """A record could not be parsed. ``field`` names the culprit, ``value`` is a short repr of it."""
 
     def __init__(self, record: str, field_name: str, value: object, problem: str) -> None:
-        shown = repr(value)
+        try:
+            shown = repr(value)
+        except RecursionError:  # JSON nested ~1000 deep: repr gives up, and the error must still be a RecordError
+            shown = f"<{type(value).__name__} nested too deep to show>"
         if len(shown) > 80:
             shown = shown[:77] + "..."
         super().__init__(f"{record}: field {field_name!r} = {shown}: {problem}")
@@ -253,15 +259,31 @@ def _one_of(allowed: frozenset[str] | tuple[str, ...], optional: bool = False) -
     return check
 
 
+def _nested_within(value: object, limit: int) -> bool:
+    """Whether the objects and arrays in ``value`` nest at most ``limit`` deep (no recursion to exhaust)."""
+    stack: list[tuple[object, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else ()
+        if children and depth >= limit and any(isinstance(c, dict | list) for c in children):
+            return False
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return True
+
+
 def _str_map(record: str, name: str, value: object) -> dict[str, Any]:
     if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
         raise _fail(record, name, value, "must be an object with string keys")
+    if not _nested_within(value, MAX_NESTING):
+        raise _fail(record, name, "<nested>", f"nested deeper than {MAX_NESTING} levels")
     return value
 
 
 def _list_of_maps(record: str, name: str, value: object) -> list[dict[str, Any]]:
     if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
         raise _fail(record, name, value, "must be a list of objects")
+    if not _nested_within(value, MAX_NESTING):
+        raise _fail(record, name, "<nested>", f"nested deeper than {MAX_NESTING} levels")
     return value
 
 

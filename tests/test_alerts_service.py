@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import logging
 import random
 import socket
 import ssl
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import format_datetime
@@ -25,8 +26,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from pipeline import events
 from pipeline.alerts import AlertsConsumer, AlertsService, AlertsWorker, TargetError
-from pipeline.alerts.delivery import RetryPolicy, parse_retry_after
+from pipeline.alerts.delivery import RetryPolicy, default_client, parse_retry_after
 from pipeline.bus import ALERTS, DEAD_LETTER, REVOCATIONS
 from pipeline.bus.memory import MemoryBus
 from pipeline.events import Alert, Revocation
@@ -103,6 +105,96 @@ class Receiver:
                 Route("/elsewhere", elsewhere, methods=["POST", "GET"]),
             ]
         )
+
+
+class TrickleServer:
+    """A loopback webhook receiver that reads the request, then sends its response headers one byte per
+    ``interval_s`` — within any per-read timeout, for as long as the client listens (or ``close()``)."""
+
+    RESPONSE = b"HTTP/1.1 200 OK\r\n" + b"X-Padding: " + b"." * 200 + b"\r\ncontent-length: 0\r\n\r\n"
+
+    def __init__(self, interval_s: float = 1.0) -> None:
+        self.interval_s = interval_s
+        self.accepted = 0
+        self.bytes_sent = 0
+        self.active = 0  # connections being trickled to right now
+        self.most_active = 0
+        self.cut_off = 0  # connections the client closed before the response was complete
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.2)
+        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}/hook"
+        self._threads = [threading.Thread(target=self._accept, daemon=True, name="trickle")]
+        self._threads[0].start()
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            with self._lock:
+                self.accepted += 1
+            thread = threading.Thread(target=self._trickle, args=(conn,), daemon=True)
+            self._threads.append(thread)
+            thread.start()
+
+    def _trickle(self, conn: socket.socket) -> None:
+        with conn, self._lock_count():
+            conn.settimeout(5)
+            request = b""
+            while b"\r\n\r\n" not in request:  # the headers; the small body follows, unread
+                chunk = conn.recv(65536)
+                if not chunk:
+                    return
+                request += chunk
+            for byte in self.RESPONSE:
+                if self._stop.wait(self.interval_s):
+                    return
+                try:
+                    conn.sendall(bytes([byte]))
+                except OSError:
+                    with self._lock:
+                        self.cut_off += 1
+                    return
+                with self._lock:
+                    self.bytes_sent += 1
+
+    @contextlib.contextmanager
+    def _lock_count(self) -> Iterator[None]:
+        with self._lock:
+            self.active += 1
+            self.most_active = max(self.most_active, self.active)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.active -= 1
+
+    def close(self) -> None:
+        self._stop.set()
+        self._listener.close()
+        for thread in self._threads:
+            thread.join(5)
+
+
+@pytest.fixture
+def trickler() -> Iterator[TrickleServer]:
+    server = TrickleServer()
+    yield server
+    server.close()
+
+
+def wait_until(condition: Callable[[], object], timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return bool(condition())
 
 
 @pytest.fixture(scope="module")
@@ -527,7 +619,7 @@ def test_https_pinned_address_verifies_the_name(tmp_path: Path, clock: FakeClock
     context = ssl.create_default_context(cafile=str(tls.ca))
     with (
         serve_app(receiver.app(), ssl_certfile=str(tls.cert), ssl_keyfile=str(tls.key)) as base,
-        httpx.Client(verify=context, follow_redirects=False, trust_env=False) as http,
+        default_client(5.0, ssl_context=context) as http,
     ):
         port = int(base.rsplit(":", 1)[1])
         # The certificate names "localhost" and 127.0.0.1 — not "other.test", which also resolves to 127.0.0.1.
@@ -637,6 +729,33 @@ def test_consumer_rewinds_when_accepting_fails(tmp_path: Path) -> None:
         svc2.close()
 
 
+def test_consumer_parks_a_record_that_fails_for_any_reason_of_its_own(
+    service: AlertsService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not only ValueError: here orjson's TypeError when the alert is stored (the parse-time nesting bound, which
+    now stops this one earlier, is lifted to reach that path), and RecursionError-deep JSON."""
+    monkeypatch.setattr(events, "MAX_NESTING", 10_000)
+    good = make_alert("deep").to_json()
+    deep = good.replace(b'"features":{"distinct_ips":4.0}', b'"features":' + b'{"d":' * 300 + b"1" + b"}" * 300)
+    bus = MemoryBus()
+    bus.publish(ALERTS, "deep", deep)
+    bus.publish(REVOCATIONS, "arrays", b"[" * 1000 + b"]" * 1000)
+    bus.publish(ALERTS, "fine", make_alert("fine").to_json())
+    bus.publish(REVOCATIONS, "rev", make_revocation("rev-ok").to_json())
+    consumer = AlertsConsumer(bus, service, poll_timeout_s=0.05)
+    try:
+        while consumer.step():
+            pass
+        assert (consumer.accepted, consumer.dead_letters) == (2, 2)
+        assert [a["alert_id"] for a in service.list_alerts()] == ["fine"]
+        letters = {m.key: orjson.loads(m.value) for m in bus.consumer([DEAD_LETTER], "r").poll(10, 0.1)}
+        assert letters[b"deep"]["error"] == "TypeError: Recursion limit reached"
+        assert "nested too deep" in letters[b"arrays"]["error"]
+        assert all(letter["consumer"] == "jwtwatch-alerts" for letter in letters.values())
+    finally:
+        consumer.close()
+
+
 def test_worker_delivers_in_the_background(tmp_path: Path, receiver: Receiver) -> None:
     svc = AlertsService(tmp_path, admin_token=ADMIN)
     svc.create_subscription(receiver.url("worker"), ["token.anomaly"], "low")
@@ -667,3 +786,123 @@ def test_metrics(service: AlertsService, receiver: Receiver) -> None:
     assert 'jwtwatch_webhook_attempts_total{result="2xx"} 1.0' in text
     assert "jwtwatch_webhook_attempt_seconds_count 1.0" in text
     assert "jwtwatch_webhook_deliveries_pending 0.0" in text
+
+
+# ------------------------------------------------------------------- slow receivers: deadlines, per-target slots
+
+
+def test_an_attempt_ends_at_its_total_deadline_while_the_receiver_still_trickles(
+    tmp_path: Path, trickler: TrickleServer, clock: FakeClock
+) -> None:
+    svc = AlertsService(tmp_path, admin_token=ADMIN, clock=clock, rng=random.Random(3), timeout_s=1.5)
+    try:
+        hook_id, _ = svc.create_subscription(trickler.url, ["token.anomaly"], "low")
+        svc.accept_alert(make_alert())
+        began = time.monotonic()
+        assert svc.deliver_due() == 1
+        took = time.monotonic() - began
+        assert took < 5.0  # the headers would take 4 minutes at a byte a second
+        (d,) = svc.list_deliveries(webhook_id=hook_id)
+        (attempt,) = d["attempts"]
+        assert attempt["status_code"] is None and attempt["outcome"] == "retry"
+        assert "deadline" in attempt["error"] and "timed out" in attempt["error"]
+        assert 1400 <= attempt["duration_ms"] < 5000
+        assert d["status"] == "pending"  # retried per the policy
+        assert datetime.fromisoformat(d["next_attempt_at"]).timestamp() >= clock() + 1.0
+        assert wait_until(lambda: trickler.cut_off == 1, 5)  # it was still sending when the attempt gave up
+        assert trickler.bytes_sent < len(TrickleServer.RESPONSE)
+    finally:
+        svc.close()
+
+
+def test_a_slow_webhook_holds_only_its_own_slots(tmp_path: Path, trickler: TrickleServer, receiver: Receiver) -> None:
+    svc = AlertsService(
+        tmp_path, admin_token=ADMIN, rng=random.Random(4), timeout_s=5.0, concurrency=4, per_target_concurrency=2
+    )
+    worker = AlertsWorker(svc, interval_s=0.05)
+    try:
+        svc.create_subscription(trickler.url, ["token.anomaly"], "low")
+        svc.create_subscription(receiver.url("fast"), ["token.revoked"], "low")
+        for n in range(6):  # six deliveries due at once to the slow webhook
+            svc.accept_alert(make_alert(f"slow-{n}"))
+        worker.start()
+        assert wait_until(lambda: trickler.active == 2, 5)
+        began = time.monotonic()
+        for n in range(5):
+            svc.accept_revocation(make_revocation(f"rev-{n}"))
+            worker.wake()
+        assert wait_until(lambda: len(receiver.at("fast")) == 5, 3), receiver.requests
+        assert time.monotonic() - began < 3.0
+        assert trickler.active == 2 and trickler.most_active == 2  # never more than its two slots
+        assert trickler.accepted == 2  # the other four wait for the slow webhook's slots, not for a round
+    finally:
+        worker.stop()
+        svc.close()
+
+
+def test_claims_respect_the_per_webhook_cap(tmp_path: Path, clock: FakeClock) -> None:
+    svc = AlertsService(tmp_path, admin_token=ADMIN, clock=clock, per_target_concurrency=2)
+    try:
+        first, _ = svc.create_subscription("http://127.0.0.1:9/a", ["token.anomaly"], "low")
+        second, _ = svc.create_subscription("http://127.0.0.1:9/b", ["token.anomaly"], "low")
+        for n in range(5):
+            svc.accept_alert(make_alert(f"cap-{n}"))
+        claimed = svc.claim_due(100, per_target=2)
+        assert sorted(job.webhook_id for job in claimed) == sorted([first, first, second, second])
+        assert svc.claim_due(100, per_target=2) == []  # both at their cap while the claims are in flight
+        assert len(svc.claim_due(100, per_target=3)) == 2  # one more each
+        assert len(svc.claim_due(100)) == 4  # uncapped: the rest
+        clock.advance(301)  # leases expired (a dead worker): claimable again, and not counted as in flight
+        assert len(svc.claim_due(100, per_target=2)) == 4
+    finally:
+        svc.close()
+
+
+def test_the_service_takes_only_clients_that_enforce_the_deadline(tmp_path: Path) -> None:
+    with httpx.Client() as plain, pytest.raises(TypeError, match="default_client"):
+        AlertsService(tmp_path, admin_token=ADMIN, http=plain)
+
+
+# ------------------------------------------------------------------------------------ secrets at rest
+
+
+def secret_traces(data: Path, secret: str) -> dict[str, bool]:
+    """Whether the secret (whole, or its base64 key without the prefix) is in each database file's raw bytes."""
+    found = {}
+    for suffix in ("", "-wal", "-shm"):
+        path = data / f"alerts.sqlite{suffix}"
+        raw = path.read_bytes() if path.exists() else b""
+        found[path.name] = secret.encode() in raw or secret.removeprefix("whsec_").encode() in raw
+    return found
+
+
+def test_a_deleted_webhook_secret_is_in_no_database_file(tmp_path: Path, clock: FakeClock) -> None:
+    svc = AlertsService(tmp_path, admin_token=ADMIN, clock=clock)
+    try:
+        keep_id, keep = svc.create_subscription("http://127.0.0.1:9/keep", ["token.anomaly"], "low")
+        gone_id, gone = svc.create_subscription("http://127.0.0.1:9/gone", ["token.anomaly"], "low")
+        svc.accept_alert(make_alert())  # deliveries for both: the row is referenced, and stays
+        assert any(secret_traces(tmp_path, gone).values())  # it is on disk while the webhook lives
+        assert svc.delete_subscription(gone_id)
+        assert secret_traces(tmp_path, gone) == dict.fromkeys(
+            ["alerts.sqlite", "alerts.sqlite-wal", "alerts.sqlite-shm"], False
+        )
+        assert any(secret_traces(tmp_path, keep).values())  # the other one is untouched
+        assert [s["id"] for s in svc.list_subscriptions()] == [keep_id]
+        assert {d["status"] for d in svc.list_deliveries(webhook_id=gone_id)} == {"disabled"}
+    finally:
+        svc.close()
+    assert not any(secret_traces(tmp_path, gone).values())
+
+
+def test_database_files_are_owner_only_even_if_they_were_not(tmp_path: Path) -> None:
+    svc = AlertsService(tmp_path, admin_token=ADMIN)
+    svc.create_subscription("http://127.0.0.1:9/x", ["token.anomaly"], "low")
+    files = [tmp_path / f"alerts.sqlite{suffix}" for suffix in ("", "-wal", "-shm")]
+    assert all(f.exists() and f.stat().st_mode & 0o777 == 0o600 for f in files)
+    svc.close()
+    for f in files:
+        if f.exists():
+            f.chmod(0o644)  # as an older version, or a copy made under umask 022, left them
+    AlertsService(tmp_path, admin_token=ADMIN).close()
+    assert all(f.stat().st_mode & 0o777 == 0o600 for f in files if f.exists())

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 
+import orjson
 import pytest
 from typer.testing import CliRunner
 
+from pipeline import events
 from pipeline.archive import ArchiveConsumer, ArchiveWriter, ScoreRecorder, partitions, read_archive, read_features
-from pipeline.bus import ALERTS, TOKEN_USAGE
+from pipeline.bus import ALERTS, DEAD_LETTER, TOKEN_USAGE
 from pipeline.bus.memory import MemoryBus
 from pipeline.cli import DEFAULT_MODEL_DIR as DEFAULT_MODEL
 from pipeline.cli import app
@@ -119,3 +122,76 @@ def test_a_record_arrow_cannot_hold_does_not_block_the_archive(tmp_path: Path) -
     assert writer.unarchivable == 1
     assert writer.written["events"] == len(records) - 1
     assert len(read_archive(tmp_path, "events")) == len(records) - 1
+
+
+def test_the_consumer_parks_what_it_cannot_archive_and_archives_the_rest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A message that fails for a reason of its own — not parsed, or parsed but not writable — is dead-lettered
+    by the archive (consumer ``jwtwatch-archive``) and the others are archived and committed."""
+    monkeypatch.setattr(events, "MAX_NESTING", 10_000)  # lift the parse-time bound to reach the write path
+    sim = simulate(SimulationParams(minutes=2, seed=8, browsers=4, mobile=2, services=1, offices=1))
+    records = list(iter_records(sim))[:30]
+    ts = records[0].ts
+    alert = Alert("al-ok", ts, "jti", "j", ts, ts, 0.9, "high", "m", features={"f": 1.0})
+    deep = alert.to_json().replace(b'"features":{"f":1.0}', b'"features":' + b'{"d":' * 300 + b"1" + b"}" * 300)
+    bus = MemoryBus()
+    for record in records:
+        bus.publish(TOKEN_USAGE, record.bus_key, record.to_json())
+    bus.publish(TOKEN_USAGE, "arrays", b"[" * 1000 + b"]" * 1000)
+    bus.publish(ALERTS, "deep", deep)
+    bus.publish(ALERTS, "ok", alert.to_json())
+    archive = ArchiveConsumer(bus, ArchiveWriter(tmp_path), flush_interval_s=0.0)
+    while archive.step(0.05):
+        pass
+    ends = archive.consumer.end_offsets()
+    archive.close()
+    assert bus._groups["jwtwatch-archive"].committed == ends
+    assert archive.dead_letters == 2
+    assert len(read_archive(tmp_path, "events")) == len(records)
+    assert list(read_archive(tmp_path, "alerts")["alert_id"]) == ["al-ok"]
+    letters = {m.key: orjson.loads(m.value) for m in bus.consumer([DEAD_LETTER], "r").poll(10, 0.1)}
+    assert letters[b"deep"]["error"] == "TypeError: Recursion limit reached"
+    assert {letter["consumer"] for letter in letters.values()} == {"jwtwatch-archive"}
+
+
+def test_the_archive_is_its_owners_only_whatever_the_umask(tmp_path: Path) -> None:
+    sim = simulate(SimulationParams(minutes=2, seed=8, browsers=4, mobile=2, services=1, offices=1))
+    (tmp_path / "archive").mkdir(mode=0o755)  # as an older version left it
+    old = os.umask(0o022)
+    try:
+        writer = ArchiveWriter(tmp_path)
+        writer.add("events", list(iter_records(sim))[:20])
+        assert writer.flush() == 20
+    finally:
+        os.umask(old)
+    root = tmp_path / "archive"
+    paths = [root, *root.rglob("*")]
+    assert any(p.is_file() for p in paths) and any(p.name.startswith("hour=") for p in paths)
+    for path in paths:
+        assert path.stat().st_mode & 0o777 == (0o700 if path.is_dir() else 0o600), path
+
+
+def test_a_failed_flush_loses_nothing(tmp_path: Path) -> None:
+    """The disk refuses (the archive root is a file here): nothing is committed, the consumer rewinds to its last
+    commit, and once the disk is back every record is archived."""
+    sim = simulate(SimulationParams(minutes=2, seed=8, browsers=4, mobile=2, services=1, offices=1))
+    records = list(iter_records(sim))[:40]
+    bus = MemoryBus()
+    for record in records[:20]:
+        bus.publish(TOKEN_USAGE, record.bus_key, record.to_json())
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "archive").write_text("not a directory")
+    archive = ArchiveConsumer(bus, ArchiveWriter(data), flush_interval_s=3600)
+    archive.step(0.05)
+    with pytest.raises(OSError):
+        archive.flush()
+    assert archive.dead_letters == 0  # good data is not parked for the disk's fault
+    (data / "archive").unlink()
+    for record in records[20:]:
+        bus.publish(TOKEN_USAGE, record.bus_key, record.to_json())
+    while archive.step(0.05):
+        pass
+    archive.close()
+    assert sorted(read_archive(data, "events")["event_id"]) == sorted(r.event_id for r in records)

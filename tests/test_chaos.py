@@ -365,6 +365,60 @@ def test_alerts_on_a_full_disk_are_refused_whole_and_accepted_after(small_disk: 
     assert integrity(small_disk / "alerts" / "alerts.sqlite") == "ok"
 
 
+def test_bus_consumers_on_a_full_disk_park_nothing_and_lose_nothing(small_disk: Path) -> None:
+    """A full disk is the environment's fault, not the records': the alerts consumer, the revocation follower and
+    the archive dead-letter nothing, commit nothing they could not store, and store everything once there is space."""
+    from pipeline.alerts.worker import AlertsConsumer
+    from pipeline.archive import ArchiveConsumer, ArchiveWriter, read_archive
+    from pipeline.bus import DEAD_LETTER, REVOCATIONS
+    from pipeline.validation.follower import RevocationFollower
+    from pipeline.validation.revocations import new_revocation
+
+    bus = MemoryBus()
+    service = AlertsService(small_disk / "alerts", admin_token=ADMIN)
+    store = RevocationStore(small_disk / "revocations.sqlite")
+    alerts = AlertsConsumer(bus, service, poll_timeout_s=0.05)
+    follower = RevocationFollower(bus, store)
+    archive = ArchiveConsumer(bus, ArchiveWriter(small_disk / "data"), flush_interval_s=0.0)
+    consumers: list[Callable[[], int]] = [alerts.step, follower.step, lambda: archive.step(0.05)]
+    filler = fill(small_disk)
+    alert_ids, revoked = [], []
+    for i in range(6):  # every commit grows a WAL: none fits while the disk is full, all once the filler is gone
+        alert_id = str(uuid.uuid4())
+        alert_ids.append(alert_id)
+        bus.publish(ALERTS, alert_id, make_alert(alert_id).to_json())
+        record = new_revocation(kind="jti", iss="https://issuer.example", value=f"tok-{i}-" + "v" * 100, reason="x")
+        revoked.append(record.value)
+        bus.publish(REVOCATIONS, record.bus_key, record.to_json())
+    failures = 0
+    for step in consumers:
+        for _ in range(20):
+            try:
+                if step() == 0:
+                    break
+            except (OSError, sqlite3.Error, RevocationStoreError):
+                failures += 1
+    assert failures >= 3, "every consumer should have met the full disk"
+    assert (alerts.dead_letters, follower.rejected, archive.dead_letters) == (0, 0, 0)
+    assert bus.consumer([DEAD_LETTER], "check").poll(10, 0.1) == []
+    filler.unlink()
+    for step in consumers:
+        for _ in range(50):
+            if step() == 0:
+                break
+    archive.close()
+    try:
+        assert {a["alert_id"] for a in service.list_alerts(limit=1000)} == set(alert_ids)
+        assert all(store.is_revoked("https://issuer.example", value, None, None) for value in revoked)
+        assert set(read_archive(small_disk / "data", "alerts")["alert_id"]) == set(alert_ids)
+        assert (alerts.dead_letters, follower.rejected, archive.dead_letters) == (0, 0, 0)
+    finally:
+        alerts.close()
+        follower.close()
+        service.close()
+        store.close()
+
+
 def test_a_json_dump_of_the_receiver_is_what_the_service_signed() -> None:
     """Guards the helper above: an unsigned or altered body must not count as delivered."""
     receiver = Receiver()

@@ -287,6 +287,39 @@ def test_record_error_is_a_value_error_with_a_short_value() -> None:
     assert len(str(caught.value)) < 300  # the offending value is abbreviated
 
 
+def nested_map(levels: int) -> dict[str, Any]:
+    """``levels`` objects, each the only value of the one before."""
+    value: Any = 1.0
+    for _ in range(levels):
+        value = {"d": value}
+    return value
+
+
+def test_alert_maps_may_nest_only_so_deep() -> None:
+    """orjson reads ~1024 levels but writes at most 254: an alert parsed but never storable was a poison message."""
+    from pipeline.events import MAX_NESTING
+
+    ok = Alert.from_dict(alert_dict(features=nested_map(MAX_NESTING), reasons=[nested_map(MAX_NESTING - 1)]))
+    assert Alert.from_json(ok.to_json()) == ok
+    for changes in ({"features": nested_map(MAX_NESTING + 1)}, {"reasons": [nested_map(MAX_NESTING)]}):
+        with pytest.raises(RecordError, match="nested deeper") as caught:
+            Alert.from_dict(alert_dict(**changes))
+        assert caught.value.field == next(iter(changes))
+    raw = orjson.dumps(alert_dict(features={})).replace(
+        b'"features":{}', b'"features":' + b'{"d":' * 300 + b"1" + b"}" * 300
+    )
+    with pytest.raises(RecordError, match="nested deeper"):
+        Alert.from_json(raw)
+
+
+@pytest.mark.parametrize("cls", [TokenUsage, Alert, Revocation])
+def test_json_nested_past_what_repr_can_show_is_still_a_record_error(cls: type) -> None:
+    """A RecordError shows the value's repr, which gives up (RecursionError) about 1000 levels down."""
+    for raw in (b"[" * 1000 + b"]" * 1000, b'{"a":' * 1000 + b"1" + b"}" * 1000):
+        with pytest.raises(RecordError):
+            cls.from_json(raw)
+
+
 # ------------------------------------------------------------------------------------ timestamps
 
 TS_SHAPE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")

@@ -225,6 +225,22 @@ def test_messages_on_the_replay_topic_cannot_outlive_the_cap_or_break_the_feed(
     assert len(dead) == 2
 
 
+def test_a_poison_use_message_does_not_skip_the_uses_after_it(
+    pair: tuple[MemoryBus, ValidatorService, ValidatorService],
+) -> None:
+    """json.loads raises RecursionError on ~1000 nested arrays: the follower used to lose the rest of that poll,
+    so one-time tokens used at another instance could be used here again."""
+    bus, a, _ = pair
+    now = time.time()
+    bus.publish(REPLAY, "deep", b"[" * 100_000 + b"]" * 100_000)
+    bus.publish(REPLAY, "after", use_message(ISSUER, "used-elsewhere", now + 300, "instance-b", now))
+    catch_up(a)
+    assert a.replay_feed is not None and a.replay_feed.rejected == 1
+    assert a.validator.replay is not None and a.validator.replay.seen(ISSUER, "used-elsewhere", now)
+    (letter,) = bus.consumer([DEAD_LETTER], "dead", from_beginning=True).poll(10, 0.5)
+    assert b"RecursionError" in letter.value
+
+
 # ------------------------------------------------------------------------------------------ Kafka
 
 

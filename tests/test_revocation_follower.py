@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
+
+import pytest
 
 from pipeline.bus import DEAD_LETTER, REVOCATIONS
 from pipeline.bus.memory import MemoryBus
 from pipeline.validation.follower import RevocationFollower
-from pipeline.validation.revocations import RevocationStore, new_revocation
+from pipeline.validation.revocations import RevocationStore, RevocationStoreError, new_revocation
 
 
 def test_two_validators_both_enforce_a_published_revocation(tmp_path: Path) -> None:
@@ -35,6 +38,42 @@ def test_garbage_on_the_feed_is_dead_lettered_and_changes_nothing(tmp_path: Path
     assert follower.rejected == 2 and store.version == 0
     letters = bus.consumer([DEAD_LETTER], "check").poll(10, 0.1)
     assert len(letters) == 2
+
+
+def test_a_poison_record_does_not_skip_the_revocations_after_it(tmp_path: Path) -> None:
+    """A record that made parsing raise something else than RecordError (RecursionError here) used to end the
+    step: the revocations after it in the same poll were never applied, and the next commit skipped them."""
+    bus = MemoryBus()
+    store = RevocationStore(tmp_path / "v.sqlite")
+    follower = RevocationFollower(bus, store)
+    records = [new_revocation(kind="jti", iss="https://iss", value=f"tok-{i}", reason="test") for i in range(3)]
+    bus.publish(REVOCATIONS, records[0].bus_key, records[0].to_json())
+    bus.publish(REVOCATIONS, "deep", b"[" * 1000 + b"]" * 1000)
+    bus.publish(REVOCATIONS, "deep-object", b'{"a":' * 1000 + b"1" + b"}" * 1000)
+    for record in records[1:]:
+        bus.publish(REVOCATIONS, record.bus_key, record.to_json())
+    follower.step()
+    assert all(store.is_revoked("https://iss", f"tok-{i}", None, None) for i in range(3))
+    assert (follower.applied, follower.rejected) == (3, 2) and follower.caught_up
+    assert len(bus.consumer([DEAD_LETTER], "check").poll(10, 0.1)) == 2
+    store.close()
+
+
+def test_a_store_that_cannot_write_rewinds_instead_of_dead_lettering(tmp_path: Path) -> None:
+    """Infrastructure, not the record: nothing is parked, nothing committed, and it is applied once it can be."""
+    bus = MemoryBus()
+    store = RevocationStore(tmp_path / "v.sqlite")
+    follower = RevocationFollower(bus, store, group="v")
+    record = new_revocation(kind="jti", iss="https://iss", value="tok-1", reason="test")
+    bus.publish(REVOCATIONS, record.bus_key, record.to_json())
+    store.close()  # the store is gone: sqlite3 says "Cannot operate on a closed database"
+    with pytest.raises((RevocationStoreError, sqlite3.ProgrammingError)):
+        follower.step()
+    assert follower.rejected == 0 and bus.consumer([DEAD_LETTER], "check").poll(10, 0.1) == []
+    follower.store = reopened = RevocationStore(tmp_path / "v.sqlite")
+    follower.step()
+    assert reopened.is_revoked("https://iss", "tok-1", None, None) and follower.applied == 1
+    reopened.close()
 
 
 def test_not_caught_up_until_the_feed_is_read(tmp_path: Path) -> None:

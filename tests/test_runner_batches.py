@@ -94,6 +94,7 @@ HOSTILE = [
     usage(T0).to_json().replace(b'"outcome":"accepted"', b'"outcome":"rejected"'),
     usage(T0).to_json().replace(b'"iat":null', b'"iat":true'),
     usage(T0).to_json().replace(b'"user_agent":null', b'"user_agent":"' + b"x" * 9000 + b'"'),
+    b"[" * 1000 + b"]" * 1000,  # made from_json raise RecursionError, not RecordError: the poll was lost
 ]
 
 

@@ -240,6 +240,95 @@ def test_classification() -> None:
             classify_address(ip(bad))
 
 
+# Every IPv6 form that carries (or might carry) an IPv4 address, and the rest of the space outside 2000::/3.
+# (address, the class it gets) — or (address, a word of the refusal).
+EMBEDDED_AND_SPECIAL_IPV6: list[tuple[str, str]] = [
+    # IPv4-mapped ::ffff:a.b.c.d: a dual-stack socket reaches exactly that IPv4 address, judged as such.
+    ("::ffff:8.8.8.8", "public"),
+    ("::ffff:127.0.0.1", "loopback"),
+    ("::ffff:10.0.0.1", "private"),
+    ("::ffff:169.254.169.254", "refused: metadata"),
+    ("::ffff:169.254.1.1", "refused: link-local"),
+    ("::ffff:0.0.0.0", "refused: unspecified"),
+    ("::ffff:224.0.0.1", "refused: multicast"),
+    # IPv4-compatible ::a.b.c.d (deprecated, RFC 4291): refused whatever it embeds.
+    ("::a9fe:a9fe", "refused: IPv4-compatible"),
+    ("::169.254.169.254", "refused: IPv4-compatible"),
+    ("::127.0.0.1", "refused: IPv4-compatible"),
+    ("::10.0.0.1", "refused: IPv4-compatible"),
+    ("::8.8.8.8", "refused: IPv4-compatible"),
+    ("::2", "refused: IPv4-compatible"),
+    # SIIT IPv4-translated ::ffff:0:a.b.c.d (RFC 2765): outside 2000::/3.
+    ("::ffff:0:a9fe:a9fe", "refused: 2000::/3"),
+    ("::ffff:0:808:808", "refused: 2000::/3"),
+    # Well-known NAT64 64:ff9b::/96 (RFC 6052): only a public IPv4 address may be embedded.
+    ("64:ff9b::8.8.8.8", "public"),
+    ("64:ff9b::169.254.169.254", "refused: metadata"),
+    ("64:ff9b::169.254.1.1", "refused: link-local"),
+    ("64:ff9b::10.0.0.1", "refused: must be public"),
+    ("64:ff9b::127.0.0.1", "refused: must be public"),
+    ("64:ff9b::192.168.1.1", "refused: must be public"),
+    ("64:ff9b::100.64.0.1", "refused: must be public"),
+    ("64:ff9b::192.0.2.1", "refused: routable"),
+    ("64:ff9b::", "refused: unspecified"),
+    # Local-use NAT64 64:ff9b:1::/48 (RFC 8215): where the IPv4 part sits is the operator's choice.
+    ("64:ff9b:1::a9fe:a9fe", "refused: local-use NAT64"),
+    ("64:ff9b:1:a9fe:a9:fe00::", "refused: local-use NAT64"),  # /48 format (RFC 6052 §2.2): 169.254.169.254
+    ("64:ff9b:1::808:808", "refused: local-use NAT64"),
+    ("64:ff9b:1:ffff:ffff:ffff:ffff:ffff", "refused: local-use NAT64"),
+    # 6to4 2002::/16: only a public IPv4 address may be embedded.
+    ("2002:808:808::1", "public"),
+    ("2002:a9fe:a9fe::1", "refused: metadata"),
+    ("2002:a00:1::1", "refused: must be public"),
+    ("2002:7f00:1::1", "refused: must be public"),
+    ("2002:c0a8:101::1", "refused: must be public"),
+    ("2002::1", "refused: unspecified"),
+    # Teredo 2001::/32 (the server and the client's obfuscated IPv4 address are in it).
+    ("2001:0:4136:e378:8000:63bf:3fff:fdd2", "refused: Teredo"),
+    ("2001::a9fe:a9fe", "refused: Teredo"),
+    # The rest outside 2000::/3, and special ranges inside it.
+    ("100::1", "refused: 2000::/3"),
+    ("fec0::1", "refused: 2000::/3"),
+    ("5f00::1", "refused: 2000::/3"),
+    ("4000::1", "refused: 2000::/3"),
+    ("2001:db8::1", "refused: routable"),
+    ("3fff::1", "refused: routable"),
+    ("2001:2::1", "refused: routable"),
+    ("2001:10::1", "refused: routable"),
+    ("fe80::a9fe:a9fe", "refused: link-local"),
+    ("ff02::a9fe:a9fe", "refused: multicast"),
+    ("fd00:ec2::254", "refused: metadata"),
+    ("fd00::a9fe:a9fe", "private"),
+    ("::1", "loopback"),
+    ("::", "refused: unspecified"),
+    ("2606:4700:4700::1111", "public"),
+    ("2620:4f:8000::1", "public"),
+]
+
+
+@pytest.mark.parametrize(("address", "expected"), EMBEDDED_AND_SPECIAL_IPV6)
+def test_embedded_ipv4_and_special_ipv6(address: str, expected: str) -> None:
+    ip = ipaddress.ip_address(address)
+    if not expected.startswith("refused: "):
+        assert classify_address(ip) == expected
+        return
+    with pytest.raises(TargetError) as info:
+        classify_address(ip)
+    assert expected.removeprefix("refused: ").lower() in str(info.value).lower()
+    # The same literal in a URL is refused before anything is resolved or sent, over either scheme.
+    for scheme in ("http", "https"):
+        with pytest.raises(TargetError):
+            check_target_url(f"{scheme}://[{address}]/hook", no_dns)
+
+
+def test_a_name_resolving_to_an_embedded_form_is_refused() -> None:
+    resolve = resolver_of({"compat.example": ["::a9fe:a9fe"], "nat64.example": ["64:ff9b:1::a9fe:a9fe"]})
+    with pytest.raises(TargetError, match="IPv4-compatible"):
+        check_target_url("https://compat.example/", resolve)
+    with pytest.raises(TargetError, match="local-use NAT64"):
+        check_target_url("https://nat64.example/", resolve)
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.text(max_size=120))
 def test_arbitrary_text_only_ever_raises_target_error(text: str) -> None:

@@ -5,9 +5,15 @@ Durability: ``<data_dir>/alerts.sqlite`` in WAL mode with ``synchronous=FULL``. 
 matching subscription in *one* transaction, committed before they return — so a caller that commits its
 bus offsets afterwards never loses an alert, whatever crashes when.
 
-Delivery: ``deliver_due`` claims the deliveries whose time has come (a lease, so that two workers never
-send the same one at once), attempts them concurrently outside the database lock, and records every
-attempt. 2xx = delivered; 410 = the endpoint is disabled with all its pending deliveries; 429/503 with
+Delivery: :meth:`AlertsService.claim_due` claims deliveries whose time has come (a lease, so that two
+workers never send the same one at once) — at most ``per_target_concurrency`` in flight per webhook, so
+that a slow receiver can hold only its own slots — and :meth:`AlertsService.attempt` makes one attempt
+outside the database lock and records it. Every attempt has a total deadline (``timeout_s``: connecting,
+TLS, the request and the response headers together; see ``delivery.py``). The ``AlertsWorker`` keeps a
+pool of attempts going without rounds: a delivery starts as soon as a slot is free, whatever else is still
+in flight; ``deliver_due`` is the one-shot, synchronous form.
+
+2xx = delivered; 410 = the endpoint is disabled with all its pending deliveries; 429/503 with
 ``Retry-After`` wait as told; anything else (other status codes, timeouts, refused connections, a host
 that now resolves to a forbidden address) is retried with exponential backoff and full jitter, until a
 day has passed since the first attempt — then the delivery is ``failed``. Any delivery can be queued
@@ -18,7 +24,9 @@ or the same severity with a higher score) replaces the logged alert and is sent 
 (``webhook-id`` = ``alert_<alert_id>_<revision>``); an exact repeat, or a stale version below what was
 already accepted (a replay), changes nothing.
 
-Secrets are returned once, by ``create_subscription``, and are never logged or listed.
+Secrets are returned once, by ``create_subscription``, and are never logged or listed. The database files
+are readable by their owner only; deleting a webhook overwrites its secret with secure_delete on and
+checkpoints the WAL, so the secret is left in none of ``alerts.sqlite``, ``-wal`` and ``-shm``.
 """
 
 from __future__ import annotations
@@ -46,6 +54,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from pipeline.alerts.delivery import (
     EVENT_TYPES,
     AttemptResult,
+    DeliveryClient,
     RetryPolicy,
     default_client,
     new_secret,
@@ -62,6 +71,7 @@ from pipeline.alerts.targets import (
     resolve_target,
     system_resolver,
 )
+from pipeline.bus.dead_letter import Unavailable
 from pipeline.events import SEVERITIES, Alert, Revocation, format_ts, parse_ts
 
 log = logging.getLogger(__name__)
@@ -74,6 +84,10 @@ DELIVERY_STATUSES: tuple[str, ...] = ("pending", "delivered", "failed", "disable
 #: A restarted service does not wait for it: claims of a process on this host that no longer runs are released
 #: at start (see ``_release_dead_claims``).
 CLAIM_LEASE_S = 300.0
+#: Attempts in flight at once to one webhook (by default): a receiver that stalls holds only these.
+PER_TARGET_CONCURRENCY = 2
+#: The database and its WAL and shared-memory files.
+DB_SUFFIXES: tuple[str, ...] = ("", "-wal", "-shm")
 
 
 def _process_alive(pid: int) -> bool:
@@ -206,7 +220,9 @@ class AlertsMetrics:
 
 
 @dataclass(frozen=True, slots=True)
-class _Job:
+class ClaimedDelivery:
+    """A claimed delivery: what one attempt needs. Made by :meth:`AlertsService.claim_due`, spent by ``attempt``."""
+
     delivery_id: int
     message_id: str
     webhook_id: str
@@ -215,9 +231,13 @@ class _Job:
     body: bytes
     retries: int
     first_attempt_at: float | None
+    rng: random.Random  # its retry jitter, drawn in claim order (a seeded service gives the same schedule)
 
     def __repr__(self) -> str:  # never the secret
-        return f"_Job(delivery_id={self.delivery_id}, message_id={self.message_id!r}, webhook_id={self.webhook_id!r})"
+        return (
+            f"ClaimedDelivery(delivery_id={self.delivery_id}, message_id={self.message_id!r},"
+            f" webhook_id={self.webhook_id!r})"
+        )
 
 
 class AlertsService:
@@ -235,7 +255,13 @@ class AlertsService:
         retry: RetryPolicy | None = None,
         timeout_s: float = 10.0,
         concurrency: int = 8,
+        per_target_concurrency: int = PER_TARGET_CONCURRENCY,
     ) -> None:
+        """``timeout_s`` is the total deadline of one attempt; ``concurrency`` the attempts in flight at once, at
+        most ``per_target_concurrency`` of them to one webhook. ``http``, if given, must come from
+        :func:`~pipeline.alerts.delivery.default_client`: the deadline lives in its transport."""
+        if http is not None and not isinstance(http, DeliveryClient):
+            raise TypeError("http must come from pipeline.alerts.delivery.default_client (it enforces the deadline)")
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.data_dir / DB_NAME
@@ -244,17 +270,19 @@ class AlertsService:
         self._own_http = http is None
         self.http = http if http is not None else default_client(timeout_s)
         self.timeout = httpx.Timeout(timeout_s, connect=min(5.0, timeout_s))
+        self.attempt_deadline_s = timeout_s
         self.resolver: Resolver | None = resolver
         # Jitter only spreads retries out; it protects nothing, so a plain PRNG will do.
         self.rng = rng if rng is not None else random.Random(secrets.randbits(64))  # noqa: S311
         self.retry = retry or RetryPolicy()
         self.concurrency = max(1, concurrency)
+        self.per_target_concurrency = max(1, per_target_concurrency)
         self._lock = threading.RLock()
         self._closed = False
-        # The file holds signing secrets: readable by its owner only (the WAL and shm files inherit the mode).
-        with contextlib.suppress(FileExistsError):
-            os.close(os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        self._own_files()
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        # Deleted content (a webhook's secret) is overwritten with zeros, not merely unlinked from the b-tree.
+        self._db.execute("PRAGMA secure_delete=ON")
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA busy_timeout=10000")
@@ -270,6 +298,19 @@ class AlertsService:
         self.metrics = AlertsMetrics(self.registry, self._pending_for_metrics)
 
     # ------------------------------------------------------------------------------------ plumbing
+
+    def _own_files(self) -> None:
+        """The files hold signing secrets: readable by their owner only.
+
+        A new database is created 0600 (SQLite gives its WAL and shm files the database's mode); files left
+        wider by an older version or another tool are narrowed."""
+        with contextlib.suppress(FileExistsError):
+            os.close(os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        for suffix in DB_SUFFIXES:
+            path = self.path.with_name(self.path.name + suffix)
+            with contextlib.suppress(FileNotFoundError):
+                if path.stat().st_mode & 0o077:
+                    os.chmod(path, 0o600)
 
     def _migrate(self) -> None:
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(deliveries)")}
@@ -307,7 +348,7 @@ class AlertsService:
     def _tx(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
             if self._closed:
-                raise RuntimeError("the alerts service is closed")
+                raise Unavailable("the alerts service is closed")
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._db
@@ -319,7 +360,7 @@ class AlertsService:
     def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
             if self._closed:
-                raise RuntimeError("the alerts service is closed")
+                raise Unavailable("the alerts service is closed")
             return self._db.execute(sql, params).fetchall()
 
     def close(self) -> None:
@@ -394,7 +435,11 @@ class AlertsService:
         ]
 
     def delete_subscription(self, webhook_id: str) -> bool:
-        """Delete a webhook: its secret is wiped and its pending deliveries are dropped (``disabled``)."""
+        """Delete a webhook: its secret is wiped and its pending deliveries are dropped (``disabled``).
+
+        The row stays (deliveries refer to it), its secret overwritten; with secure_delete the old cell is zeroed
+        in the page, and the checkpoint then copies that page into the database and truncates the WAL, whose
+        older frames still held the page with the secret."""
         now = self.clock()
         with self._tx() as db:
             cursor = db.execute(
@@ -405,8 +450,22 @@ class AlertsService:
             if cursor.rowcount == 0:
                 return False
             self._disable_pending(db, webhook_id, "webhook deleted", now)
+        self._checkpoint()
         log.info("webhook %s deleted", webhook_id)
         return True
+
+    def _checkpoint(self) -> None:
+        """Copy the WAL into the database and truncate it to nothing (waits up to busy_timeout for readers)."""
+        with self._lock:
+            if self._closed:
+                raise Unavailable("the alerts service is closed")
+            busy, _, _ = self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        if busy:
+            # Another connection kept reading throughout: its snapshot still needs the old frames. They go at the
+            # next checkpoint that completes (every delete tries again).
+            log.warning(
+                "WAL checkpoint of %s incomplete: a reader held it; old frames remain until the next", self.path
+            )
 
     @staticmethod
     def _disable_pending(db: sqlite3.Connection, webhook_id: str, why: str, now: float) -> int:
@@ -522,45 +581,65 @@ class AlertsService:
     # ------------------------------------------------------------------------------------ delivering
 
     def deliver_due(self, limit: int = 100) -> int:
-        """Attempt every delivery that is due (at most ``limit``) once; returns the attempts made.
+        """Attempt every delivery that is due (at most ``limit``) once, and wait for them; returns the attempts made.
 
-        Each attempt is recorded as soon as it ends, not when the whole batch has: a process killed in the
-        middle of a batch repeats only the attempts that were in flight (at most ``concurrency``).
+        The one-shot, synchronous form (tests, a manual flush): the worker does not wait for rounds like this one
+        (see :class:`~pipeline.alerts.worker.AlertsWorker`). Each attempt is recorded as soon as it ends, not when
+        the whole batch has: a process killed in the middle of a batch repeats only the attempts that were in
+        flight (at most ``concurrency``).
         """
-        jobs = self._claim(limit)
+        jobs = self.claim_due(limit)
         if not jobs:
             return 0
-        # Jitter drawn in claim order, so that a seeded service gives the same schedule whatever order the
-        # attempts finish in.
-        rngs = [random.Random(self.rng.getrandbits(64)) for _ in jobs]  # noqa: S311 - jitter, not security
         if len(jobs) == 1 or self.concurrency == 1:
-            for job, rng in zip(jobs, rngs, strict=True):
-                self._record(job, *self._attempt(job), rng)
+            for job in jobs:
+                self.attempt(job)
             return len(jobs)
         with ThreadPoolExecutor(max_workers=min(self.concurrency, len(jobs)), thread_name_prefix="webhook") as pool:
-            attempts = {pool.submit(self._attempt, job): (job, rng) for job, rng in zip(jobs, rngs, strict=True)}
-            for done in as_completed(attempts):
-                job, rng = attempts[done]
-                self._record(job, *done.result(), rng)
+            for done in as_completed([pool.submit(self.attempt, job) for job in jobs]):
+                done.result()
         return len(jobs)
 
-    def _claim(self, limit: int) -> list[_Job]:
+    def claim_due(self, limit: int, *, per_target: int | None = None) -> list[ClaimedDelivery]:
+        """Claim up to ``limit`` due deliveries, oldest first; with ``per_target``, only as many per webhook as
+        keep its claims in flight (any process's unexpired ones) at ``per_target`` or fewer."""
+        return self._claim(limit, per_target)
+
+    def _claim(self, limit: int, per_target: int | None = None) -> list[ClaimedDelivery]:
         now = self.clock()
+        cap = -1 if per_target is None else max(1, per_target)
         with self._tx() as db:
             rows = db.execute(
-                "SELECT d.id, d.message_id, d.webhook_id, s.url, s.secret, m.body, d.retries, d.first_attempt_at"
-                " FROM deliveries d JOIN subscriptions s ON s.id = d.webhook_id JOIN messages m ON m.id = d.message_id"
-                " WHERE d.status = 'pending' AND d.next_attempt_at <= ? AND s.status = 'active'"
-                " ORDER BY d.next_attempt_at, d.id LIMIT ?",
-                (now, max(0, int(limit))),
+                "WITH busy AS ("
+                "  SELECT webhook_id, COUNT(*) AS n FROM deliveries"
+                "  WHERE status = 'pending' AND claimed_by IS NOT NULL AND next_attempt_at > ? GROUP BY webhook_id"
+                "), due AS ("
+                "  SELECT d.id, d.message_id, d.webhook_id, s.url, s.secret, m.body, d.retries, d.first_attempt_at,"
+                "   d.next_attempt_at,"
+                "   ROW_NUMBER() OVER (PARTITION BY d.webhook_id ORDER BY d.next_attempt_at, d.id) AS nth"
+                "  FROM deliveries d JOIN subscriptions s ON s.id = d.webhook_id JOIN messages m ON m.id = d.message_id"
+                "  WHERE d.status = 'pending' AND d.next_attempt_at <= ? AND s.status = 'active'"
+                ")"
+                " SELECT due.id, due.message_id, due.webhook_id, due.url, due.secret, due.body, due.retries,"
+                " due.first_attempt_at FROM due LEFT JOIN busy ON busy.webhook_id = due.webhook_id"
+                " WHERE ? < 0 OR due.nth + COALESCE(busy.n, 0) <= ?"
+                " ORDER BY due.next_attempt_at, due.id LIMIT ?",
+                (now, now, cap, cap, max(0, int(limit))),
             ).fetchall()
             db.executemany(
                 "UPDATE deliveries SET next_attempt_at = ?, claimed_by = ? WHERE id = ?",
                 [(now + CLAIM_LEASE_S, self._claimer, r[0]) for r in rows],
             )
-        return [_Job(*row) for row in rows]
+        # Jitter drawn in claim order, so that a seeded service gives the same schedule whatever order the
+        # attempts finish in.
+        return [ClaimedDelivery(*row, random.Random(self.rng.getrandbits(64))) for row in rows]  # noqa: S311 - jitter
 
-    def _attempt(self, job: _Job) -> tuple[float, AttemptResult]:
+    def attempt(self, job: ClaimedDelivery) -> None:
+        """One attempt of a claimed delivery, recorded (a failure to record it leaves the claim to its lease)."""
+        started, result = self._attempt(job)
+        self._record(job, started, result, job.rng)
+
+    def _attempt(self, job: ClaimedDelivery) -> tuple[float, AttemptResult]:
         started = self.clock()
         began = time.perf_counter()
         try:
@@ -570,12 +649,12 @@ class AlertsService:
             return started, AttemptResult(None, f"target refused: {exc}", time.perf_counter() - began)
         headers = signed_headers(job.secret, job.message_id, started, job.body)
         try:
-            return started, send(self.http, resolved, headers, job.body, self.timeout)
+            return started, send(self.http, resolved, headers, job.body, self.timeout, self.attempt_deadline_s)
         except Exception as exc:  # a broken client must not lose the attempt's record
             log.exception("webhook %s: delivery %s failed unexpectedly", job.webhook_id, job.delivery_id)
             return started, AttemptResult(None, f"{type(exc).__name__}: {exc}"[:300], time.perf_counter() - began)
 
-    def _record(self, job: _Job, started: float, result: AttemptResult, rng: random.Random) -> None:
+    def _record(self, job: ClaimedDelivery, started: float, result: AttemptResult, rng: random.Random) -> None:
         now = self.clock()
         code = result.status_code
         first = job.first_attempt_at if job.first_attempt_at is not None else started
@@ -788,4 +867,11 @@ def _result_label(result: AttemptResult) -> str:
     return f"{min(max(result.status_code // 100, 2), 5)}xx"
 
 
-__all__ = ["DB_NAME", "DELIVERY_STATUSES", "AlertsMetrics", "AlertsService"]
+__all__ = [
+    "DB_NAME",
+    "DELIVERY_STATUSES",
+    "PER_TARGET_CONCURRENCY",
+    "AlertsMetrics",
+    "AlertsService",
+    "ClaimedDelivery",
+]

@@ -7,8 +7,15 @@ network the alerts service runs in — the classic server-side request forgery s
   private (RFC 1918, RFC 6598 shared space, IPv6 unique-local): internal receivers;
 * link-local (169.254.0.0/16, fe80::/10) and cloud metadata addresses (169.254.169.254,
   fd00:ec2::254, 100.100.100.200, ...) and names (metadata.google.internal, ...) are always refused, as
-  are unspecified, multicast, broadcast, reserved and documentation ranges; an IPv4 address embedded in
-  IPv6 (``::ffff:a.b.c.d``, NAT64 ``64:ff9b::/96``, 6to4 ``2002::/16``) is judged as that IPv4 address;
+  are unspecified, multicast, broadcast, reserved and documentation ranges;
+* IPv6 must be global unicast (``2000::/3``), loopback ``::1`` or unique-local ``fc00::/7``: everything else
+  outside ``2000::/3`` is refused — among it IPv4-compatible ``::a.b.c.d`` (deprecated by RFC 4291, and routed
+  into an automatic tunnel by stacks that still know it), SIIT ``::ffff:0:a.b.c.d``, the local-use NAT64 prefix
+  ``64:ff9b:1::/48`` (RFC 8215: where the IPv4 address sits depends on the operator's prefix length, so it
+  cannot be judged) and Teredo ``2001::/32``. An IPv4-mapped address ``::ffff:a.b.c.d`` is that IPv4 address
+  (a dual-stack socket connects to it over IPv4) and is judged as such. The well-known NAT64 prefix
+  ``64:ff9b::/96`` and 6to4 ``2002::/16`` may only embed a *public* IPv4 address (RFC 6052 §3.1, RFC 3056):
+  one that embeds a loopback, private or forbidden address is refused;
 * a hostname is resolved and every address it resolves to must pass (:func:`resolve_target`). The
   delivery code resolves again right before each attempt and connects to the address it checked, so a
   name that re-binds to a forbidden address after registration (DNS rebinding) reaches nothing;
@@ -74,7 +81,15 @@ PRIVATE_NETWORKS: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = (
     ipaddress.ip_network("fc00::/7"),  # unique local
 )
 
-_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_GLOBAL_UNICAST_V6 = ipaddress.ip_network("2000::/3")
+_IPV4_COMPATIBLE = ipaddress.ip_network("::/96")  # ::a.b.c.d, deprecated (RFC 4291 §2.5.5.1)
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")  # well-known prefix (RFC 6052): the IPv4 address is the last 32 bits
+_NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")  # local-use (RFC 8215): prefix length up to the operator
+#: Special-purpose ranges that Python's ``is_global`` (3.11) still calls global.
+_NOT_ROUTABLE: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = (
+    ipaddress.ip_network("3fff::/20"),  # documentation (RFC 9637)
+    ipaddress.ip_network("192.88.99.0/24"),  # 6to4 relay anycast, deprecated (RFC 7526)
+)
 _LABEL = re.compile(r"^[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?$")
 _NUMERIC_LABEL = re.compile(r"^(0x[0-9a-f]*|[0-9]+)$")
 _DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -113,20 +128,56 @@ def classify_address(address: IPAddress) -> str:
     """``"loopback"``, ``"private"`` or ``"public"``; raises :class:`TargetError` for a forbidden address."""
     shown = str(address)
     if isinstance(address, ipaddress.IPv6Address):
-        if address.scope_id:
-            raise TargetError(f"{shown}: IPv6 zone ids are not accepted")
-        if address in METADATA_ADDRESSES:
-            raise TargetError(f"{shown} is a cloud metadata address")
-        embedded: ipaddress.IPv4Address | None = address.ipv4_mapped or address.sixtofour
-        if embedded is None and address in _NAT64:
-            embedded = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
-        if embedded is None and address.teredo is not None:
-            raise TargetError(f"{shown}: Teredo tunnel addresses are not accepted")
-        if embedded is not None:
-            try:
-                return classify_address(embedded)
-            except TargetError as exc:
-                raise TargetError(f"{shown} embeds {exc}") from None
+        return _classify_v6(address, shown)
+    return _classify_common(address, shown)
+
+
+def _classify_v6(address: ipaddress.IPv6Address, shown: str) -> str:
+    if address.scope_id:
+        raise TargetError(f"{shown}: IPv6 zone ids are not accepted")
+    if address in METADATA_ADDRESSES:
+        raise TargetError(f"{shown} is a cloud metadata address")
+    mapped = address.ipv4_mapped
+    if mapped is not None:  # ::ffff:a.b.c.d is how a dual-stack socket names the IPv4 address a.b.c.d
+        return _judge_embedded(shown, mapped)
+    if address.is_loopback or address.is_unspecified:
+        return _classify_common(address, shown)
+    if address in _IPV4_COMPATIBLE:
+        embedded = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+        raise TargetError(f"{shown} is IPv4-compatible (embeds {embedded}; deprecated by RFC 4291): not accepted")
+    if address in _NAT64_LOCAL:
+        raise TargetError(f"{shown} is in the local-use NAT64 prefix 64:ff9b:1::/48, whose IPv4 part cannot be judged")
+    if address in _NAT64:
+        return _judge_translated(shown, ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
+    if address.teredo is not None:
+        raise TargetError(f"{shown}: Teredo tunnel addresses are not accepted")
+    if address.sixtofour is not None:
+        return _judge_translated(shown, address.sixtofour)
+    if address not in _GLOBAL_UNICAST_V6 and not address.is_link_local and not address.is_multicast:
+        if any(address in net for net in PRIVATE_NETWORKS if net.version == 6):
+            return _classify_common(address, shown)
+        # Outside 2000::/3 nothing is a plain global unicast address: SIIT ::ffff:0:a.b.c.d, discard-only 100::/64,
+        # deprecated site-local fec0::/10, SRv6 5f00::/16, unassigned space ...
+        raise TargetError(f"{shown} is not a routable unicast address (outside the global unicast range 2000::/3)")
+    return _classify_common(address, shown)
+
+
+def _judge_embedded(shown: str, embedded: ipaddress.IPv4Address) -> str:
+    try:
+        return classify_address(embedded)
+    except TargetError as exc:
+        raise TargetError(f"{shown} embeds {exc}") from None
+
+
+def _judge_translated(shown: str, embedded: ipaddress.IPv4Address) -> str:
+    """NAT64 and 6to4 exist to reach the public IPv4 internet: embedding anything else is an evasion."""
+    kind = _judge_embedded(shown, embedded)
+    if kind != "public":
+        raise TargetError(f"{shown} embeds the {kind} IPv4 address {embedded}: a translated address must be public")
+    return kind
+
+
+def _classify_common(address: IPAddress, shown: str) -> str:
     if address in METADATA_ADDRESSES:
         raise TargetError(f"{shown} is a cloud metadata address")
     if address.is_link_local:
@@ -139,7 +190,7 @@ def classify_address(address: IPAddress) -> str:
         return "loopback"
     if any(address in net for net in PRIVATE_NETWORKS if net.version == address.version):
         return "private"
-    if address.is_global:
+    if address.is_global and not any(address in net for net in _NOT_ROUTABLE if net.version == address.version):
         return "public"
     raise TargetError(f"{shown} is not a routable unicast address (reserved or special-purpose range)")
 

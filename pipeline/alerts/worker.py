@@ -6,10 +6,11 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
-from pipeline.alerts.service import AlertsService
+from pipeline.alerts.service import AlertsService, ClaimedDelivery
 from pipeline.bus import ALERTS, REVOCATIONS, Bus, Message
-from pipeline.bus.dead_letter import dead_letter
+from pipeline.bus.dead_letter import dead_letter, describe, is_infrastructure_fault, rewind
 from pipeline.events import Alert, Revocation
 
 log = logging.getLogger(__name__)
@@ -19,11 +20,14 @@ PURGE_EVERY_S = 3600.0
 
 
 class AlertsWorker:
-    """A thread that calls ``service.deliver_due`` in a loop; ``start()`` / ``stop()``.
+    """A thread that keeps the service's webhook attempts going; ``start()`` / ``stop()``.
 
-    It sleeps ``interval_s`` whenever a round found less than a full batch to do; ``wake()`` cuts the
-    sleep short (call it after accepting something to send it at once). Once an hour it purges
-    finished deliveries older than ``retention_s``.
+    No rounds: it claims due deliveries whenever an attempt slot is free (``service.concurrency`` slots, at
+    most ``service.per_target_concurrency`` of them per webhook) and hands each to a thread pool, so a new
+    delivery starts at once even while slow receivers hold other slots — and a slow receiver holds its
+    slots only until its attempt's total deadline. It sleeps ``interval_s`` when nothing more can start;
+    ``wake()`` cuts the sleep short (call it after accepting something to send it at once), as does every
+    attempt that ends. Once an hour it purges finished deliveries older than ``retention_s``.
     """
 
     def __init__(
@@ -36,14 +40,21 @@ class AlertsWorker:
     ) -> None:
         self.service = service
         self.interval_s = interval_s
-        self.batch = batch
+        self.batch = batch  # at most this many claimed at one look
         self.retention_s = retention_s
-        self.rounds = 0
-        self.attempts = 0
+        self.rounds = 0  # looks at the outbox
+        self.attempts = 0  # attempts finished
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_purge = time.monotonic()
+        self._counts = threading.Lock()
+        self._in_flight = 0
+
+    @property
+    def in_flight(self) -> int:
+        with self._counts:
+            return self._in_flight
 
     def start(self) -> AlertsWorker:
         if self._thread is not None and self._thread.is_alive():
@@ -57,22 +68,46 @@ class AlertsWorker:
         self._wake.set()
 
     def run(self) -> None:
-        while not self._stop.is_set():
-            done = 0
-            try:
-                done = self.service.deliver_due(self.batch)
-                self.attempts += done
-                self.rounds += 1
-                if self.retention_s is not None and time.monotonic() - self._last_purge > PURGE_EVERY_S:
-                    self._last_purge = time.monotonic()
-                    self.service.purge(self.retention_s)
-            except Exception:
-                if self._stop.is_set():
-                    break
-                log.exception("webhook delivery round failed; retrying in %.1f s", self.interval_s)
-            if done < self.batch:
-                self._wake.wait(self.interval_s)
-                self._wake.clear()
+        slots = self.service.concurrency
+        with ThreadPoolExecutor(max_workers=slots, thread_name_prefix="webhook") as pool:
+            while not self._stop.is_set():
+                free = slots - self.in_flight
+                started = 0
+                wanted = min(free, self.batch)
+                try:
+                    if wanted > 0:
+                        for job in self.service.claim_due(wanted, per_target=self.service.per_target_concurrency):
+                            with self._counts:
+                                self._in_flight += 1
+                            pool.submit(self._attempt, job)
+                            started += 1
+                    self.rounds += 1
+                    if self.retention_s is not None and time.monotonic() - self._last_purge > PURGE_EVERY_S:
+                        self._last_purge = time.monotonic()
+                        self.service.purge(self.retention_s)
+                except Exception:
+                    if self._stop.is_set():
+                        break
+                    log.exception("webhook delivery: claiming failed; retrying in %.1f s", self.interval_s)
+                    started = 0
+                if wanted == 0 or started < wanted:
+                    # Nothing more can start now (all slots busy, nothing due, or what is due waits for its
+                    # webhook's slots): until an attempt ends, something is accepted, or the interval passes.
+                    self._wake.wait(self.interval_s)
+                    self._wake.clear()
+            # Stopping: what is in flight ends by its deadline; the pool waits for it as it closes.
+
+    def _attempt(self, job: ClaimedDelivery) -> None:
+        try:
+            self.service.attempt(job)
+        except Exception:
+            # Not recorded (the database failed, or the service closed): the claim's lease brings it back.
+            log.exception("webhook %s: delivery %s could not be recorded", job.webhook_id, job.delivery_id)
+        finally:
+            with self._counts:
+                self._in_flight -= 1
+                self.attempts += 1
+            self._wake.set()  # a slot is free
 
     def stop(self, timeout_s: float = 30.0) -> None:
         self._stop.set()
@@ -92,10 +127,12 @@ class AlertsConsumer:
     """Feeds the service from the bus: alert/1 from ALERTS, revocation/1 from REVOCATIONS.
 
     ``step()`` polls one batch, accepts every record (each ``accept_*`` commits to SQLite before it
-    returns), sends what cannot be parsed to the dead-letter topic, and only then commits the bus
-    offsets: at-least-once, made exactly-once by the service's idempotent accepts. If accepting fails
-    for any other reason (the disk, say), the consumer rewinds to the start of the batch and re-raises,
-    so nothing is skipped.
+    returns), and only then commits the bus offsets: at-least-once, made exactly-once by the service's
+    idempotent accepts. Each record is handled on its own, under the rule of ``pipeline.bus.dead_letter``:
+    a record that fails for a reason of its own (it does not parse, its signature fails, it cannot be
+    serialised again, ... any exception but an infrastructure fault) goes to the dead-letter topic, is
+    counted, and the batch goes on. An infrastructure fault (the disk, the database, a closed service)
+    rewinds the consumer to the start of the batch and re-raises, so no good record is skipped or parked.
     """
 
     def __init__(
@@ -133,11 +170,7 @@ class AlertsConsumer:
                 self._handle(message)
             self.bus.flush()  # the dead letters are stored before their offsets are committed
         except Exception:
-            first: dict[tuple[str, int], int] = {}
-            for message in messages:
-                tp = (message.topic, message.partition)
-                first[tp] = min(first.get(tp, message.offset), message.offset)
-            self.consumer.seek(first)
+            rewind(self.consumer, messages)
             raise
         self.consumer.commit()
         return len(messages)
@@ -150,9 +183,14 @@ class AlertsConsumer:
                 fresh = self.service.accept_revocation(self.parse_revocation(message.value))
             else:
                 fresh = self.service.accept_alert(Alert.from_json(message.value))
-        except ValueError as exc:  # RecordError, bad UTF-8, an unknown alert type
-            log.warning("dead letter from %s[%d]@%d: %s", message.topic, message.partition, message.offset, exc)
-            dead_letter(self.bus, message, str(exc), consumer=self.group)
+        except Exception as exc:
+            if is_infrastructure_fault(exc):
+                raise  # good data the service could not take now: step() rewinds, and it comes again
+            # The record's own fault (RecordError, bad UTF-8, an unknown alert type, a forged signature, a value
+            # orjson cannot write, ...): parked with the error; the records after it must not wait for it.
+            error = describe(exc)
+            log.warning("dead letter from %s[%d]@%d: %s", message.topic, message.partition, message.offset, error)
+            dead_letter(self.bus, message, error, consumer=self.group)
             self.dead_letters += 1
             return
         if fresh:

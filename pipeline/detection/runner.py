@@ -4,7 +4,9 @@ At-least-once: a batch's alerts are published and flushed before its offsets are
 restart the runner first *rebuilds* its windows by re-reading the last window length of the usage topic
 (by time): events before the committed offsets only refill the windows — alerts they raise are the
 ones already published (same deterministic ids), so they are not published again. Unparseable
-messages go to the dead-letter topic with the error and the original bytes; they never stop the runner.
+messages go to the dead-letter topic with the error and the original bytes; they never stop the runner —
+whatever a message makes the decoder raise, it is that message's fault (the rule of
+``pipeline.bus.dead_letter``), not the poll's.
 """
 
 from __future__ import annotations
@@ -21,11 +23,11 @@ from pathlib import Path
 
 from pipeline.bus import ALERTS, TOKEN_USAGE, Bus, MessageRun
 from pipeline.bus.base import CommitRejected
-from pipeline.bus.dead_letter import dead_letter
+from pipeline.bus.dead_letter import dead_letter, describe, is_infrastructure_fault
 from pipeline.detection.batch import EventBatch, Row, decode_rows, row_of
 from pipeline.detection.collector import collector_paused
 from pipeline.detection.engine import DetectionEngine
-from pipeline.events import Alert, RecordError, TokenUsage
+from pipeline.events import Alert, TokenUsage
 from pipeline.features.baselines import Baselines
 from pipeline.scoring.model import DetectionModel
 
@@ -199,7 +201,14 @@ class StreamingRunner:
 
     def _take(self, runs: list[MessageRun]) -> int:
         """Decode a whole poll at once (no object per message) into the partitions' buffers."""
-        rows = decode_rows([value for run in runs for value in run.values])
+        values = [value for run in runs for value in run.values]
+        try:
+            rows = decode_rows(values)
+        except Exception:
+            # The fast decoder is meant to refuse (None), never to raise; if some message makes it raise anyway,
+            # that message must not cost the whole poll: decode one by one, and _refused parks the culprits.
+            log.exception("the fast decoder raised on a poll of %d messages: decoding them one by one", len(values))
+            rows = [_row_or_none(value) for value in values]
         start = 0
         for run in runs:
             tp = (run.topic, run.partition)
@@ -226,10 +235,12 @@ class StreamingRunner:
         """
         try:
             event = TokenUsage.from_json(run.values[index])
-        except RecordError as exc:
+        except Exception as exc:  # RecordError, or anything else this one message makes parsing raise
+            if is_infrastructure_fault(exc):
+                raise
             offset = run.offsets[index]
             if self._rebuild_until.get((run.topic, run.partition), -1) <= offset:
-                dead_letter(self.bus, run.message(index), str(exc), consumer=self.group)
+                dead_letter(self.bus, run.message(index), describe(exc), consumer=self.group)
                 self.dead_letters += 1
             return False
         log.warning("fast decoder refused a message from_json accepts (%s[%d]@%d)", run.topic, run.partition,
@@ -344,6 +355,14 @@ class StreamingRunner:
     def close(self) -> None:
         self.stop()
         self.consumer.close()
+
+
+def _row_or_none(value: bytes) -> Row | None:
+    """One message decoded on its own, the slow way: None for anything ``from_json`` refuses or raises on."""
+    try:
+        return row_of(TokenUsage.from_json(value))
+    except Exception:
+        return None
 
 
 #: A row's event time (its first field), as a sort key in C.

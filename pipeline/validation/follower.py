@@ -5,7 +5,9 @@ own (so every instance sees every record) and applies them to its revocation sto
 ``revocation_id``, so a replayed feed changes nothing. ``caught_up`` says whether it has read up to
 the end offsets it last saw: ``/readyz`` reports not-ready until then. Unparseable records go to the
 dead-letter topic and change nothing; with a :class:`FeedVerifier`, so do unsigned, forged and replayed
-ones.
+ones — in general every record that fails for a reason of its own, whatever the exception (the rule of
+``pipeline.bus.dead_letter``). If the store cannot take a revocation (disk full, database locked), nothing
+is committed and the follower rewinds to that record: no revocation after it is skipped.
 """
 
 from __future__ import annotations
@@ -15,10 +17,10 @@ import time
 import uuid
 
 from pipeline.bus import REVOCATIONS, Bus
-from pipeline.bus.dead_letter import dead_letter
-from pipeline.events import RecordError, Revocation
-from pipeline.validation.revocation_feed import FeedError, FeedVerifier
-from pipeline.validation.revocations import RevocationStore
+from pipeline.bus.dead_letter import dead_letter, describe, is_infrastructure_fault, rewind
+from pipeline.events import Revocation
+from pipeline.validation.revocation_feed import FeedVerifier
+from pipeline.validation.revocations import RevocationStore, RevocationStoreError
 
 log = logging.getLogger(__name__)
 
@@ -49,18 +51,23 @@ class RevocationFollower:
 
     def step(self) -> int:
         messages = self.consumer.poll(1000, self.poll_timeout_s)
-        for message in messages:
+        for index, message in enumerate(messages):
             if not message.value:
                 self.tombstones += 1  # compaction's delete marker: an expired entry, nothing to apply
                 continue
             try:
                 record = self.verifier.verify(message.value) if self.verifier else Revocation.from_json(message.value)
-            except (RecordError, FeedError) as exc:
+                self.store.add(record)
+            except Exception as exc:
+                if is_infrastructure_fault(exc, RevocationStoreError):
+                    # Not stored, so not in force: this record and every one after it come again.
+                    rewind(self.consumer, messages[index:])
+                    raise
                 self.rejected += 1
-                log.warning("revocation feed: unusable record at offset %s: %s", message.offset, exc)
-                dead_letter(self.bus, message, str(exc), consumer="validator")
+                error = describe(exc)
+                log.warning("revocation feed: unusable record at offset %s: %s", message.offset, error)
+                dead_letter(self.bus, message, error, consumer="validator")
                 continue
-            self.store.add(record)
             self.applied += 1
         if messages:
             self.bus.flush()

@@ -32,7 +32,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from pipeline.bus import Bus
-from pipeline.bus.dead_letter import dead_letter
+from pipeline.bus.dead_letter import dead_letter, describe, is_infrastructure_fault, rewind
 from pipeline.bus.topics import REPLAY
 
 log = logging.getLogger(__name__)
@@ -182,12 +182,17 @@ class ReplayFollower:
     def step(self) -> int:
         messages = self.consumer.poll(1000, self.poll_timeout_s)
         now = self.clock()
-        for message in messages:
+        for index, message in enumerate(messages):
             try:
                 iss, jti, expires_at, instance = parse_use(message.value)
-            except (ValueError, UnicodeDecodeError) as exc:
+            except Exception as exc:  # ValueError, bad UTF-8, RecursionError (JSON nested ~1000 deep), ...
+                if is_infrastructure_fault(exc):
+                    rewind(self.consumer, messages[index:])  # this use and those after it come again
+                    raise
+                # The record's own fault (the rule of pipeline.bus.dead_letter): parked, and the uses after it in
+                # this poll are still recorded — skipping them would let those one-time tokens be used twice.
                 self.rejected += 1
-                dead_letter(self.bus, message, f"replay feed: {exc}", consumer="validator-replay")
+                dead_letter(self.bus, message, f"replay feed: {describe(exc)}", consumer="validator-replay")
                 continue
             if instance == self.instance:
                 continue  # our own use, recorded when we accepted it
