@@ -684,7 +684,7 @@ def test_low_13_a_world_readable_admin_token_file_is_refused(tmp_path: Path) -> 
     assert read_admin_token(token) == "low-13-admin-token-0123456789"
 
 
-def test_low_13_b_half_sent_requests_are_cut_off(tmp_path: Path) -> None:
+def test_low_13_half_sent_requests_are_cut_off(tmp_path: Path) -> None:
     """50 connections that send part of a request line and headers, then a byte a second, are closed by the server
     within its header deadline (10 s; they were held 25 s and more), while normal requests are answered meanwhile."""
     import select
