@@ -77,6 +77,11 @@ class ValidatorMetrics:
             "Seconds since the revocation feed was last fully applied (-1: no feed)",
             registry=registry,
         )
+        self.usage_dead_lettered = Counter(
+            "jwtwatch_usage_events_dead_lettered_total",
+            "Usage events that could not be built or encoded, parked on the dead-letter topic (or logged) alone",
+            registry=registry,
+        )
 
 
 class ValidatorService:
@@ -112,14 +117,19 @@ class ValidatorService:
         )
         self.validator = TokenValidator(config, revocations=self.revocations, clock=clock)
         self.bus = bus
-        self.emitter = UsageEmitter(bus if usage_to_bus else None, events_out, background=background)
+        self.registry = CollectorRegistry()
+        self.metrics = ValidatorMetrics(self.registry)
+        self.emitter = UsageEmitter(
+            bus if usage_to_bus else None,
+            events_out,
+            background=background,
+            on_dead_letter=self.metrics.usage_dead_lettered.inc,
+        )
         self.background = background
         self.trusted_proxies = (
             trusted_proxies if isinstance(trusted_proxies, tuple) else parse_networks(trusted_proxies)
         )
         self.admin_token = admin_token
-        self.registry = CollectorRegistry()
-        self.metrics = ValidatorMetrics(self.registry)
         self.metrics.revocation_version.set_function(lambda: self.revocations.version)
         self.metrics.revocations_active.set_function(lambda: len(self.revocations.index))
         self.metrics.cache_entries.set_function(lambda: len(self.validator.cache))
