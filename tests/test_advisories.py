@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 from pipeline.events import TokenUsage
 from pipeline.validation import ValidatorConfig
 from pipeline.validation.service import ValidatorService
-from tests.jwtkit import AUDIENCE, ISSUER, Issuer, b64url, standard_claims
+from tests.jwtkit import AUDIENCE, DROP, ISSUER, Issuer, b64url, standard_claims
 from tests.servers import serve_app, stop_process, wait_ready
 
 MODEL = Path(__file__).resolve().parent.parent / "models" / "default"
@@ -243,6 +243,45 @@ def test_high_1_hostile_text_in_forged_tokens_never_erases_usage_events(
 # ---------------------------------------------------------------------------------------------------------------
 # MEDIUM 7: X-Auth-* values were silently altered, so identities collided
 # ---------------------------------------------------------------------------------------------------------------
+
+
+#: Signed by the issuer, yet each would reach the API altered (or as no identity at all) through X-Auth-* headers.
+_UNCARRIABLE_IDENTITIES = {
+    "zero-width space": {"sub": "admin\u200b"},
+    "trailing newline": {"sub": "admin\n"},
+    "tab inside": {"sub": "ad\tmin"},
+    "leading space": {"sub": " admin"},
+    "non-ASCII": {"sub": "adm\u00edn"},
+    "empty": {"sub": ""},
+    "NUL in scope": {"scope": "read\u0000admin"},
+    "1,025 characters": {"sub": "a" * 1024 + "x"},
+    "the same first 1,024 characters": {"sub": "a" * 1024 + "y"},
+    "non-string azp": {"azp": 42, "client_id": DROP},
+    "object azp": {"azp": {"id": "admin"}, "client_id": DROP},
+}
+
+
+def test_medium_7_x_auth_values_are_refused_never_altered(tmp_path: Path) -> None:
+    from pipeline.validation.app import create_validator_app
+
+    issuer = Issuer.create()
+    config = ValidatorConfig(issuer=ISSUER, audience=AUDIENCE, jwks=issuer.jwks())
+    for fast_path in (True, False):  # the raw-ASGI fast path and the FastAPI route
+        events_out = tmp_path / f"events-{fast_path}.jsonl"
+        service = ValidatorService(config, data_dir=tmp_path / f"data-{fast_path}", events_out=events_out)
+        with serve_app(create_validator_app(service, fast_path=fast_path)) as url, httpx.Client(base_url=url) as http:
+            exact = {"sub": "a" * 1024, "scope": "read admin", "client_id": DROP, "azp": "web"}
+            carried = http.get("/v1/validate", headers={"Authorization": f"Bearer {issuer.token(**exact)}"})
+            assert carried.status_code == 200
+            assert carried.headers["x-auth-subject"] == "a" * 1024  # whole, as signed
+            assert (carried.headers["x-auth-scope"], carried.headers["x-auth-client-id"]) == ("read admin", "web")
+            for case, claims in _UNCARRIABLE_IDENTITIES.items():
+                response = http.get("/v1/validate", headers={"Authorization": f"Bearer {issuer.token(**claims)}"})
+                assert response.status_code == 401, (fast_path, case, response.headers)
+                assert not any(name.startswith("x-auth-") for name in response.headers), (fast_path, case)
+        service.close()
+        reasons = [TokenUsage.from_json(line).reason for line in events_out.read_bytes().splitlines()]
+        assert reasons == [None] + ["malformed"] * len(_UNCARRIABLE_IDENTITIES), fast_path  # the reason is recorded
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -85,3 +85,11 @@ def test_exempt_paths_need_no_token(api) -> None:
     url, _, bus = api
     assert httpx.get(f"{url}/healthz").status_code == 200
     assert _events(bus) == []
+
+
+def test_identities_the_api_would_not_see_unchanged_are_refused(api, issuer: Issuer) -> None:
+    url, _, bus = api
+    for sub in ("admin\u200b", "admin\n", "ad\tmin", ""):
+        response = httpx.get(f"{url}/orders", headers={"Authorization": f"Bearer {issuer.token('ES256', sub=sub)}"})
+        assert response.status_code == 401, repr(sub)
+    assert [e.reason for e in _events(bus)] == ["malformed"] * 4

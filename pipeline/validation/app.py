@@ -88,7 +88,10 @@ def validator_router(service: ValidatorService) -> APIRouter:
         verdict = service.check(token, context)
         if not verdict.ok:
             return _unauthorized()
-        return Response(status_code=200, headers=dict(auth_headers(verdict.claims)))
+        try:
+            return Response(status_code=200, headers=dict(auth_headers(verdict.claims)))
+        except ValueError:  # an identity the headers cannot carry unchanged: refused, never altered
+            return _unauthorized()
 
     @router.post("/v1/introspect", tags=["validation"], summary="RFC 7662 token introspection (admin)")
     async def introspect(request: Request) -> Response:

@@ -23,6 +23,7 @@ from starlette.types import Receive, Scope, Send
 
 from pipeline.validation.client_ip import client_ip
 from pipeline.validation.service import RequestContext, ValidatorService
+from pipeline.validation.verifier import carriable
 from pipeline.web import bearer_token, secure_headers
 
 PATH = "/v1/validate"
@@ -50,13 +51,16 @@ class _Prepared:
 
 
 def header_value(value: object) -> str | None:
-    """A claim as an HTTP header value: no CR/LF/control characters can reach the upstream request."""
+    """A verified identity claim as an ``X-Auth-*`` header value, exactly as signed; None when the claim is absent.
+
+    Never altered: a value that a header cannot carry unchanged (:func:`carriable`) raises ``ValueError``. The
+    verifier refuses such tokens (``malformed``), so this is the last line, not the rule.
+    """
     if value is None:
         return None
-    text = value if isinstance(value, str) else str(value)
-    if not (text.isascii() and text.isprintable()):  # printable ASCII is exactly 0x20-0x7E
-        text = "".join(ch for ch in text if 0x20 <= ord(ch) < 0x7F)
-    return text[:1024] or None
+    if not isinstance(value, str) or not carriable(value):
+        raise ValueError("an identity claim that an HTTP header cannot carry unchanged")
+    return value
 
 
 #: The ``X-Auth-*`` headers a 200 carries upstream, each with its lower-case wire name (the fast path sends bytes).
@@ -68,25 +72,27 @@ _AUTH_HEADERS = tuple(
 def _auth_values(claims: Any) -> tuple[str | None, ...]:
     """The values of ``_AUTH_HEADERS``, in its order: who the verified token is for."""
     claims = claims or {}
+    # RFC 9068 names the client ``client_id``; ``azp`` (OpenID Connect) stands in only when it is absent.
+    client = claims["client_id"] if "client_id" in claims else claims.get("azp")
     return (
         header_value(claims.get("sub")),
         header_value(claims.get("jti")),
-        header_value(claims.get("client_id") or claims.get("azp")),
+        header_value(client),
         header_value(claims.get("scope")),
     )
 
 
 def auth_headers(claims: Any) -> list[tuple[str, str]]:
-    """The ``X-Auth-*`` headers a 200 carries upstream (those with a value)."""
+    """The ``X-Auth-*`` headers a 200 carries upstream (those with a value); ``ValueError`` as :func:`header_value`."""
     return [(name, text) for (name, _), text in zip(_AUTH_HEADERS, _auth_values(claims), strict=True) if text]
 
 
 def _raw_auth_headers(claims: Any) -> list[tuple[bytes, bytes]]:
     """:func:`auth_headers` as ASGI wants them: lower-case names and values as bytes."""
     return [
-        (raw, text.encode("latin-1"))
+        (raw, text.encode("ascii"))
         for (_, raw), text in zip(_AUTH_HEADERS, _auth_values(claims), strict=True)
-        if text
+        if text is not None
     ]
 
 
@@ -170,7 +176,11 @@ class ValidateEndpoint:
         if not verdict.ok:
             await self.invalid.send(send)
             return
-        headers = _raw_auth_headers(verdict.claims)
+        try:
+            headers = _raw_auth_headers(verdict.claims)
+        except ValueError:  # an identity the headers cannot carry unchanged: refused, never altered
+            await self.invalid.send(send)
+            return
         headers.extend(self.ok_tail)
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": b""})
