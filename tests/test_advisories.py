@@ -31,6 +31,7 @@ from tests.jwtkit import AUDIENCE, DROP, ISSUER, Issuer, b64url, standard_claims
 from tests.servers import serve_app, stop_process, wait_ready
 
 MODEL = Path(__file__).resolve().parent.parent / "models" / "default"
+_ADMIN = "advisories-admin-token-0123456789abcdef"
 
 
 def _free_port() -> int:
@@ -297,6 +298,49 @@ def test_medium_7_x_auth_values_are_refused_never_altered(tmp_path: Path) -> Non
 # ---------------------------------------------------------------------------------------------------------------
 # LOW 10: --fail-closed was not enforced by the middleware and /v1/introspect
 # ---------------------------------------------------------------------------------------------------------------
+
+
+def test_low_10_fail_closed_holds_on_every_surface(tmp_path: Path) -> None:
+    from pipeline.bus.memory import MemoryBus
+    from pipeline.validation.app import create_validator_app
+    from pipeline.validation.follower import RevocationFollower
+    from pipeline.validation.middleware import TokenValidationMiddleware
+
+    issuer = Issuer.create()
+    bus = MemoryBus()
+    service = ValidatorService(
+        ValidatorConfig(issuer=ISSUER, audience=AUDIENCE, jwks=issuer.jwks()),
+        data_dir=tmp_path,
+        bus=bus,
+        admin_token=_ADMIN,
+        fail_closed=True,
+    )
+    service.feed = follower = RevocationFollower(bus, service.revocations)  # not read yet: the feed is stale
+    api = FastAPI()
+
+    @api.get("/orders")
+    def orders(request: Request) -> dict[str, str]:
+        return {"owner": request.state.token_claims["sub"]}
+
+    api.add_middleware(TokenValidationMiddleware, service=service)
+    bearer = {"Authorization": f"Bearer {issuer.token()}"}
+    admin = {"Authorization": f"Bearer {_ADMIN}"}
+    with serve_app(create_validator_app(service)) as validator_url, serve_app(api) as api_url:
+
+        def answers() -> tuple[int, int, int, object]:
+            introspected = httpx.post(f"{validator_url}/v1/introspect", data={"token": issuer.token()}, headers=admin)
+            return (
+                httpx.get(f"{validator_url}/v1/validate", headers=bearer).status_code,
+                httpx.get(f"{api_url}/orders", headers=bearer).status_code,
+                introspected.status_code,
+                introspected.json().get("active"),
+            )
+
+        assert answers() == (503, 503, 503, None)  # no surface vouches for a token while revocations may be missing
+        follower.step()  # caught up
+        assert answers() == (200, 200, 200, True)
+    follower.close()
+    service.close()
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -93,3 +93,37 @@ def test_identities_the_api_would_not_see_unchanged_are_refused(api, issuer: Iss
         response = httpx.get(f"{url}/orders", headers={"Authorization": f"Bearer {issuer.token('ES256', sub=sub)}"})
         assert response.status_code == 401, repr(sub)
     assert [e.reason for e in _events(bus)] == ["malformed"] * 4
+
+
+def test_fail_closed_refuses_every_token_while_the_feed_is_stale(issuer: Issuer, tmp_path: Path) -> None:
+    from pipeline.validation.follower import RevocationFollower
+
+    bus = MemoryBus()
+    service = ValidatorService(
+        ValidatorConfig(issuer=ISSUER, audience=AUDIENCE, jwks=issuer.jwks()),
+        data_dir=tmp_path,
+        bus=bus,
+        fail_closed=True,
+    )
+    service.feed = follower = RevocationFollower(bus, service.revocations)
+    reached = []
+    app = FastAPI()
+
+    @app.get("/orders")
+    def orders(request: Request) -> dict[str, str]:
+        reached.append(request.state.token_claims["sub"])
+        return {"owner": request.state.token_claims["sub"]}
+
+    app.add_middleware(TokenValidationMiddleware, service=service)
+    auth = {"Authorization": f"Bearer {issuer.token('ES256')}"}
+    with serve_app(app) as url:
+        stale = httpx.get(f"{url}/orders", headers=auth)
+        assert (stale.status_code, stale.headers["retry-after"], stale.json()) == (
+            503, "5", {"error": "temporarily_unavailable"},
+        )  # fmt: skip
+        assert reached == [] and _events(bus) == []  # nothing vouched for, nothing validated
+        follower.step()
+        assert httpx.get(f"{url}/orders", headers=auth).status_code == 200
+        assert reached == ["user-1"]
+    follower.close()
+    service.close()

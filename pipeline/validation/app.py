@@ -20,7 +20,7 @@ from starlette.types import Receive, Scope, Send
 from pipeline.validation.client_ip import client_ip
 from pipeline.validation.fastpath import PATH, ValidateEndpoint, auth_headers
 from pipeline.validation.revocations import RevocationStoreError
-from pipeline.validation.service import RequestContext, ValidatorService
+from pipeline.validation.service import RequestContext, RevocationsUnavailable, ValidatorService
 from pipeline.web import SecurityHeadersMiddleware, admin_token_matches, bearer_token, read_capped
 
 log = logging.getLogger(__name__)
@@ -46,6 +46,12 @@ class RevocationRequest(BaseModel):
 
 def _unauthorized() -> JSONResponse:
     return JSONResponse({"error": "invalid_token"}, status_code=401, headers=_INVALID)
+
+
+def _unavailable() -> JSONResponse:
+    # --fail-closed and the revocations may be incomplete: refuse to vouch for any token rather than let a revoked
+    # one in.
+    return JSONResponse({"error": "temporarily_unavailable"}, status_code=503, headers={"Retry-After": "5"})
 
 
 def _admin_denied() -> JSONResponse:
@@ -82,10 +88,10 @@ def validator_router(service: ValidatorService) -> APIRouter:
         if len(token) > max_bytes:
             service.too_large(context)
             return JSONResponse({"error": "invalid_token"}, status_code=431, headers=_INVALID)
-        if service.fail_closed and service.feed_stale():
-            # Revocations may be missing: refuse to vouch for any token rather than let a revoked one in.
-            return JSONResponse({"error": "temporarily_unavailable"}, status_code=503, headers={"Retry-After": "5"})
-        verdict = service.check(token, context)
+        try:
+            verdict = service.check(token, context)
+        except RevocationsUnavailable:
+            return _unavailable()
         if not verdict.ok:
             return _unauthorized()
         try:
@@ -112,7 +118,10 @@ def validator_router(service: ValidatorService) -> APIRouter:
         if len(token) > max_bytes:
             service.too_large(context)
             return JSONResponse({"active": False})
-        verdict = service.check(token, context)
+        try:
+            verdict = service.check(token, context)
+        except RevocationsUnavailable:
+            return _unavailable()  # not "active: false" either: the token may well be active
         if not verdict.ok:
             return JSONResponse({"active": False})
         claims = dict(verdict.claims or {})

@@ -22,7 +22,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
 from pipeline.validation.client_ip import client_ip
-from pipeline.validation.service import RequestContext, ValidatorService
+from pipeline.validation.service import RequestContext, RevocationsUnavailable, ValidatorService
 from pipeline.validation.verifier import carriable
 from pipeline.web import bearer_token, secure_headers
 
@@ -165,14 +165,15 @@ class ValidateEndpoint:
             service.too_large(context)
             await self.too_large.send(send)
             return
-        if service.fail_closed and service.feed_stale():
+        try:
+            if self._runs_inline():
+                verdict = service.check(token, context)
+            else:
+                verdict = await anyio.to_thread.run_sync(service.check, token, context)
+        except RevocationsUnavailable:
             # Revocations may be missing: refuse to vouch for any token rather than let a revoked one in.
             await self.unavailable.send(send)
             return
-        if self._runs_inline():
-            verdict = service.check(token, context)
-        else:
-            verdict = await anyio.to_thread.run_sync(service.check, token, context)
         if not verdict.ok:
             await self.invalid.send(send)
             return

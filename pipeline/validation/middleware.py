@@ -20,7 +20,7 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from pipeline.validation.client_ip import client_ip
-from pipeline.validation.service import RequestContext, ValidatorService
+from pipeline.validation.service import RequestContext, RevocationsUnavailable, ValidatorService
 from pipeline.web import bearer_token
 
 
@@ -68,8 +68,18 @@ class TokenValidationMiddleware:
             verdict = None
             status = 431
         else:
-            # Signature checks are CPU work: keep them off the event loop.
-            verdict = await run_in_threadpool(self.service.check, token, context)
+            try:
+                # Signature checks are CPU work: keep them off the event loop.
+                verdict = await run_in_threadpool(self.service.check, token, context)
+            except RevocationsUnavailable:
+                # --fail-closed and the revocations may be incomplete: no token is vouched for.
+                response = JSONResponse(
+                    {"error": "temporarily_unavailable"},
+                    status_code=503,
+                    headers={"Retry-After": "5", "Cache-Control": "no-store"},
+                )
+                await response(scope, receive, send)
+                return
             status = 401
         if verdict is None or not verdict.ok:
             response = JSONResponse(

@@ -28,6 +28,10 @@ from pipeline.validation.validator import TokenValidator
 from pipeline.validation.verifier import Verdict, reject
 
 
+class RevocationsUnavailable(RuntimeError):
+    """``fail_closed`` and the revocations may be incomplete: no token is vouched for (every surface answers 503)."""
+
+
 @dataclass(frozen=True, slots=True)
 class RequestContext:
     """What the validator knows about the protected request besides the token."""
@@ -170,7 +174,14 @@ class ValidatorService:
                 )
 
     def check(self, token: object, context: RequestContext) -> Verdict:
-        """Validate one token for one request, emit its usage event, count it."""
+        """Validate one token for one request, emit its usage event, count it.
+
+        Raises :class:`RevocationsUnavailable` instead when ``fail_closed`` and the revocation feed is stale: the
+        one check every surface (forward-auth, introspection, middleware) goes through, so none can vouch for a
+        token whose revocation it may have missed — and a surface that forgot to catch it fails closed too.
+        """
+        if self.fail_closed and self.feed_stale():
+            raise RevocationsUnavailable("the revocation feed is stale")
         started = time.perf_counter()
         now = self.clock()
         verdict = self.validator.validate(token, now)
