@@ -8,7 +8,9 @@ tests of each mechanism live beside the code's other tests; ``docs/security.md``
 from __future__ import annotations
 
 import json
+import os
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -357,6 +359,23 @@ def test_low_10_fail_closed_holds_on_every_surface(tmp_path: Path) -> None:
 # LOW 13: hardening (file modes, admin-token file mode, WAL secrets, PKCS#11 module path, header timeout,
 # duplicate Authorization headers)
 # ---------------------------------------------------------------------------------------------------------------
+
+
+def test_low_13_events_out_is_created_private(tmp_path: Path) -> None:
+    events_out = tmp_path / "new" / "deeper" / "events.jsonl"
+    umask = os.umask(0o022)  # the usual umask: what the file and directories got before
+    try:
+        service = ValidatorService(
+            ValidatorConfig(issuer=ISSUER, audience=AUDIENCE, jwks=Issuer.create().jwks()),
+            data_dir=tmp_path / "data",
+            events_out=events_out,
+        )
+        service.close()
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE(events_out.stat().st_mode) == 0o600  # subjects, addresses and clients of every call
+    assert stat.S_IMODE(events_out.parent.stat().st_mode) == 0o700
+    assert stat.S_IMODE(events_out.parent.parent.stat().st_mode) == 0o700
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -122,7 +122,8 @@ class UsageEmitter:
     """Publishes usage events to the bus and, optionally, appends them to a JSON Lines file.
 
     The file is opened ``O_APPEND`` and every write is whole lines in one ``write(2)``: several processes
-    (``validator serve --workers N``) can append to the same file without interleaving partial lines.
+    (``validator serve --workers N``) can append to the same file without interleaving partial lines. A file or
+    directory it creates is the owner's alone (0600, 0700): usage events name subjects, addresses and clients.
 
     ``emit`` sends one event at once. With ``background=True``, ``defer`` only queues what the event is made of
     and a thread builds, publishes and writes the events in batches every ``interval_s`` — the request path then
@@ -148,8 +149,7 @@ class UsageEmitter:
         self._lock = threading.Lock()
         self._fd: int | None = None
         if events_out is not None:
-            Path(events_out).parent.mkdir(parents=True, exist_ok=True)
-            self._fd = os.open(events_out, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o666)
+            self._fd = _open_private(Path(events_out))
         self.emitted = 0
         self.dropped = 0
         self.dead_lettered = 0
@@ -313,6 +313,17 @@ class UsageEmitter:
             if self._fd is not None:
                 os.close(self._fd)
                 self._fd = None
+
+
+def _open_private(path: Path) -> int:
+    """``path`` opened for appending; the directories and the file it creates are the owner's alone."""
+    missing = [parent for parent in (path.parent, *path.parent.parents) if not parent.exists()]
+    for directory in reversed(missing):  # Path.mkdir(parents=True) would give the parents the umask's mode
+        directory.mkdir(mode=0o700, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    if os.fstat(fd).st_mode & 0o007:
+        log.warning("usage events: %s is open to every user of this machine (chmod o-rwx it)", path)
+    return fd
 
 
 def _event(verdict: Verdict, context: Any, now: float, event_id: str | None) -> TokenUsage:
