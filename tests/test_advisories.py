@@ -378,6 +378,40 @@ def test_low_13_events_out_is_created_private(tmp_path: Path) -> None:
     assert stat.S_IMODE(events_out.parent.parent.stat().st_mode) == 0o700
 
 
+def test_low_13_repeated_authorization_headers_are_refused(tmp_path: Path) -> None:
+    from pipeline.validation.app import create_validator_app
+    from pipeline.validation.middleware import TokenValidationMiddleware
+
+    issuer = Issuer.create()
+    service = ValidatorService(
+        ValidatorConfig(issuer=ISSUER, audience=AUDIENCE, jwks=issuer.jwks()), data_dir=tmp_path, admin_token=_ADMIN
+    )
+    api = FastAPI()
+
+    @api.get("/orders")
+    def orders(request: Request) -> dict[str, str]:
+        return {"owner": request.state.token_claims["sub"]}
+
+    api.add_middleware(TokenValidationMiddleware, service=service)
+    good, other = f"Bearer {issuer.token()}", f"Bearer {issuer.token(sub='mallory')}"
+    with (
+        serve_app(create_validator_app(service)) as fast,
+        serve_app(create_validator_app(service, fast_path=False)) as routed,
+        serve_app(api) as api_url,
+    ):
+        for url in (f"{fast}/v1/validate", f"{routed}/v1/validate", f"{api_url}/orders"):
+            assert httpx.get(url, headers={"Authorization": good}).status_code == 200
+            for pair in ([good, other], [good, "Bearer x.y.z"], ["Bearer x.y.z", good], [good, good]):
+                response = httpx.get(url, headers=[("Authorization", value) for value in pair])
+                assert response.status_code == 401, (url, pair)
+                assert "x-auth-subject" not in response.headers and "owner" not in response.text
+        token = {"token": issuer.token()}
+        for admin in ([f"Bearer {_ADMIN}", "Bearer x"], ["Bearer x", f"Bearer {_ADMIN}"]):
+            response = httpx.post(f"{fast}/v1/introspect", data=token, headers=[("Authorization", a) for a in admin])
+            assert response.status_code == 401, admin
+    service.close()
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Also: SSRF classifier (IPv4-compatible IPv6, 64:ff9b:1::/48)
 # ---------------------------------------------------------------------------------------------------------------

@@ -86,6 +86,8 @@ def _cases(issuer: Issuer) -> list[tuple[str, str, list[tuple[str, str]]]]:
         ("GET", "/v1/validate?x=1", [("Authorization", f"Bearer {good}")]),
         ("GET", "/v1/validate", [("Authorization", f"Bearer {good}"), ("Authorization", "Bearer x.y.z")]),
         ("GET", "/v1/validate", [("Authorization", "Bearer x.y.z"), ("Authorization", f"Bearer {good}")]),
+        ("GET", "/v1/validate", [("Authorization", f"Bearer {good}"), ("authorization", f"Bearer {good}")]),
+        ("GET", "/v1/validate", [("Authorization", "Basic YWxpY2U6c2VjcmV0"), ("Authorization", "Basic eA==")]),
         ("GET", "/v1/validate", [("Authorization", "Bearer " + issuer.token("ES256", sub="admin\u200b"))]),
         ("GET", "/v1/validate", [("Authorization", f"Bearer {issuer.token('ES256', azp=7, client_id=DROP)}")]),
         ("GET", "/v1/validate", [("Authorization", f"Bearer {good[:-4]}AAAA")]),

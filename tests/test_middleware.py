@@ -87,6 +87,17 @@ def test_exempt_paths_need_no_token(api) -> None:
     assert _events(bus) == []
 
 
+def test_repeated_authorization_is_refused_and_recorded(api, issuer: Issuer) -> None:
+    url, _, bus = api
+    good = f"Bearer {issuer.token('EdDSA')}"
+    response = httpx.get(f"{url}/orders", headers=[("Authorization", good), ("Authorization", good)])
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"] == 'Bearer error="invalid_request"'
+    assert response.headers["cache-control"] == "no-store"
+    [event] = _events(bus)
+    assert (event.outcome, event.reason, event.jti) == ("rejected", "malformed", None)  # the token was not read
+
+
 def test_identities_the_api_would_not_see_unchanged_are_refused(api, issuer: Issuer) -> None:
     url, _, bus = api
     for sub in ("admin\u200b", "admin\n", "ad\tmin", ""):

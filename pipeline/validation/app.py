@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.types import Receive, Scope, Send
 
 from pipeline.validation.client_ip import client_ip
-from pipeline.validation.fastpath import PATH, ValidateEndpoint, auth_headers
+from pipeline.validation.fastpath import PATH, ValidateEndpoint, auth_headers, repeated_authorization
 from pipeline.validation.revocations import RevocationStoreError
 from pipeline.validation.service import RequestContext, RevocationsUnavailable, ValidatorService
 from pipeline.web import SecurityHeadersMiddleware, admin_token_matches, bearer_token, read_capped
@@ -80,7 +80,11 @@ def validator_router(service: ValidatorService) -> APIRouter:
 
     @router.get("/v1/validate", tags=["validation"], summary="Forward-auth: validate the bearer token")
     def validate(request: Request) -> Response:
-        token = bearer_token(request.headers.get("authorization"))
+        authorizations = request.headers.getlist("authorization")
+        if len(authorizations) > 1:
+            service.refuse("malformed", _context(service, request))
+            return repeated_authorization()
+        token = bearer_token(authorizations[0] if authorizations else None)
         if token is None:
             service.metrics.no_credentials.inc()
             return JSONResponse({"error": "unauthorized"}, status_code=401, headers=_NO_TOKEN)
@@ -101,7 +105,9 @@ def validator_router(service: ValidatorService) -> APIRouter:
 
     @router.post("/v1/introspect", tags=["validation"], summary="RFC 7662 token introspection (admin)")
     async def introspect(request: Request) -> Response:
-        if not admin_token_matches(service.admin_token, request.headers.get("authorization")):
+        authorizations = request.headers.getlist("authorization")
+        # One Authorization line only (see repeated_authorization): a second must not pick the credential checked.
+        if len(authorizations) != 1 or not admin_token_matches(service.admin_token, authorizations[0]):
             return _admin_denied()
         body = await read_capped(request, MAX_FORM_BYTES)
         if body is None:

@@ -96,6 +96,18 @@ def _raw_auth_headers(claims: Any) -> list[tuple[bytes, bytes]]:
     ]
 
 
+def repeated_authorization() -> JSONResponse:
+    """The answer to a request with more than one ``Authorization`` line, on every surface.
+
+    Which line counts differs between a gateway, this validator and the API behind it (first, last, or both
+    joined), so a second one could show each of them a different token. 401, not RFC 6750's 400: nginx's
+    auth_request turns anything but 2xx/401/403 from the validator into a 500.
+    """
+    return JSONResponse(
+        {"error": "invalid_request"}, status_code=401, headers={"WWW-Authenticate": 'Bearer error="invalid_request"'}
+    )
+
+
 class ValidateEndpoint:
     """The ASGI callable answering ``GET /v1/validate`` for one :class:`ValidatorService`."""
 
@@ -111,6 +123,7 @@ class ValidateEndpoint:
             JSONResponse({"error": "temporarily_unavailable"}, status_code=503, headers={"Retry-After": "5"})
         )
         self.internal_error = _Prepared(JSONResponse({"error": "internal_error"}, status_code=500))
+        self.repeated_authorization = _Prepared(repeated_authorization())
         # a 200: the X-Auth-* headers, then these (Response(status_code=200, headers=...) has an empty body)
         self.ok_tail = secure_headers([(b"content-length", b"0")], no_store=True)
         self._peers: dict[str, str] = {}  # socket peer -> client IP, for requests without X-Forwarded-For
@@ -141,26 +154,27 @@ class ValidateEndpoint:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         first: dict[bytes, bytes] = {}  # the first line of each header of interest, as Starlette's .get()
         forwarded: list[bytes] = []
+        repeated_authorization = False
         for name, value in scope["headers"]:
             if name == b"x-forwarded-for":
                 forwarded.append(value)
-            elif name in _WANTED and name not in first:
-                first[name] = value
-        authorization = first.get(b"authorization")
+            elif name in _WANTED:
+                if name not in first:
+                    first[name] = value
+                elif name == b"authorization":
+                    repeated_authorization = True
         service = self.service
+        if repeated_authorization:
+            service.refuse("malformed", self._context(scope, first, forwarded))
+            await self.repeated_authorization.send(send)
+            return
+        authorization = first.get(b"authorization")
         token = bearer_token(authorization.decode("latin-1") if authorization is not None else None)
         if token is None:
             service.metrics.no_credentials.inc()
             await self.no_token.send(send)
             return
-        client = scope.get("client")
-        context = RequestContext(
-            ip=self._client_ip(client[0] if client else None, forwarded),
-            user_agent=_text(first.get(b"user-agent")),
-            service=_text(first.get(b"x-forwarded-host")),
-            method=_text(first.get(b"x-forwarded-method")),
-            path=_text(first.get(b"x-forwarded-uri")),
-        )
+        context = self._context(scope, first, forwarded)
         if len(token) > self.max_bytes:
             service.too_large(context)
             await self.too_large.send(send)
@@ -186,5 +200,15 @@ class ValidateEndpoint:
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": b""})
 
+    def _context(self, scope: Scope, first: dict[bytes, bytes], forwarded: list[bytes]) -> RequestContext:
+        client = scope.get("client")
+        return RequestContext(
+            ip=self._client_ip(client[0] if client else None, forwarded),
+            user_agent=_text(first.get(b"user-agent")),
+            service=_text(first.get(b"x-forwarded-host")),
+            method=_text(first.get(b"x-forwarded-method")),
+            path=_text(first.get(b"x-forwarded-uri")),
+        )
 
-__all__ = ["PATH", "ValidateEndpoint", "auth_headers", "header_value"]
+
+__all__ = ["PATH", "ValidateEndpoint", "auth_headers", "header_value", "repeated_authorization"]

@@ -193,7 +193,11 @@ class ValidatorService:
 
     def too_large(self, context: RequestContext) -> Verdict:
         """A token refused before parsing because of its size: still one usage event."""
-        verdict = reject("too_large")
+        return self.refuse("too_large", context)
+
+    def refuse(self, reason: str, context: RequestContext) -> Verdict:
+        """A request refused before its token was looked at (``reason`` from REASONS): still one usage event."""
+        verdict = reject(reason)
         self.record(verdict, context, self.clock())
         return verdict
 
