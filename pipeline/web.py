@@ -107,6 +107,16 @@ def admin_token_matches(expected: str | None, authorization: str | None) -> bool
     return hmac.compare_digest(presented.encode("utf-8", "surrogateescape"), expected.encode("utf-8"))
 
 
+def admin_request_matches(expected: str | None, request: Request) -> bool:
+    """The request carries exactly one ``Authorization`` line, and it holds the admin token.
+
+    A second line is refused rather than chosen between: a gateway, this service and an API behind it may each
+    pick a different one (first, last, or both joined).
+    """
+    authorizations = request.headers.getlist("authorization")
+    return len(authorizations) == 1 and admin_token_matches(expected, authorizations[0])
+
+
 class RequestTimeout(Exception):
     """The request body did not arrive in time; :func:`install_error_handlers` answers 408 and closes."""
 

@@ -96,6 +96,17 @@ def test_admin_endpoints_need_the_token(
     assert len(service.list_subscriptions()) == before
 
 
+@pytest.mark.parametrize(("method", "path", "body"), ADMIN_ENDPOINTS)
+def test_a_second_authorization_line_is_refused_whichever_holds_the_token(
+    client: httpx.Client, service: AlertsService, method: str, path: str, body: object
+) -> None:
+    before = len(service.list_subscriptions())
+    for lines in ([AUTH["Authorization"], "Bearer x"], ["Bearer x", AUTH["Authorization"]]):
+        response = client.request(method, path, json=body, headers=[("Authorization", line) for line in lines])
+        assert response.status_code == 401, lines
+    assert len(service.list_subscriptions()) == before
+
+
 def test_admin_api_closed_without_a_configured_token(tmp_path: Path) -> None:
     service = AlertsService(tmp_path, admin_token=None)
     try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import time
 import uuid
 from collections.abc import Iterator
@@ -167,3 +168,36 @@ def test_a_message_near_the_broker_limit_is_dead_lettered_too(bus: KafkaBus, mod
     assert letter["original_truncated"] is True and letter["original_size"] == len(big)
     assert letter["original_sha256"] == hashlib.sha256(big).hexdigest()
     assert letter["topic"] == TOKEN_USAGE and letter["offset"] >= 0
+
+
+def test_a_usage_event_that_cannot_be_encoded_is_dead_lettered_alone(bus: KafkaBus, tmp_path: Path) -> None:
+    from pipeline.validation import ValidatorConfig
+    from pipeline.validation.service import RequestContext, ValidatorService
+    from pipeline.validation.verifier import Verdict
+    from tests.jwtkit import AUDIENCE, ISSUER, Issuer
+
+    service = ValidatorService(
+        ValidatorConfig(issuer=ISSUER, audience=AUDIENCE, jwks=Issuer.create().jwks()),
+        data_dir=tmp_path,
+        bus=bus,
+        background=True,  # as `validator serve --kafka`: built, encoded and published in batches
+    )
+    jtis = [f"dlq-usage-{uuid.uuid4().hex}" for _ in range(3)]
+    # The middle one's address holds a lone surrogate — only a caller bypassing usage_event's repairs could do
+    # that; it stands for any record that cannot be encoded.
+    for jti, ip in zip(jtis, ("198.51.100.1", "198.51.100.\ud800", "198.51.100.3"), strict=True):
+        service.record(Verdict(False, "bad_signature", None, {"jti": jti}), RequestContext(ip=ip), time.time())
+    service.close()
+    bus.flush(30)
+
+    published: dict[bytes, bytes] = {}
+    with bus.consumer([TOKEN_USAGE], f"dlq-usage-reader-{uuid.uuid4().hex[:8]}") as reader:
+        deadline = time.monotonic() + 60
+        while len(published) < 2 and time.monotonic() < deadline:
+            published |= {m.key: m.value for m in reader.poll(timeout_s=0.5) if m.key in {j.encode() for j in jtis}}
+    assert set(published) == {jtis[0].encode(), jtis[2].encode()}  # the batch around it went out
+    [letter] = dead_letters(bus, jtis[1].encode(), 1, f"dlq-usage-check-{uuid.uuid4().hex[:8]}")
+    assert (letter["topic"], letter["partition"], letter["offset"]) == (TOKEN_USAGE, -1, -1)  # never on the topic
+    # The record whole, as JSON text with the surrogate escaped (Python's json reads it back; orjson refuses it).
+    assert json.loads(base64.b64decode(letter["original"]))["ip"] == "198.51.100.\ud800"
+    assert service.emitter.dead_lettered == 1

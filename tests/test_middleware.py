@@ -85,3 +85,56 @@ def test_exempt_paths_need_no_token(api) -> None:
     url, _, bus = api
     assert httpx.get(f"{url}/healthz").status_code == 200
     assert _events(bus) == []
+
+
+def test_repeated_authorization_is_refused_and_recorded(api, issuer: Issuer) -> None:
+    url, _, bus = api
+    good = f"Bearer {issuer.token('EdDSA')}"
+    response = httpx.get(f"{url}/orders", headers=[("Authorization", good), ("Authorization", good)])
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"] == 'Bearer error="invalid_request"'
+    assert response.headers["cache-control"] == "no-store"
+    [event] = _events(bus)
+    assert (event.outcome, event.reason, event.jti) == ("rejected", "malformed", None)  # the token was not read
+
+
+def test_identities_the_api_would_not_see_unchanged_are_refused(api, issuer: Issuer) -> None:
+    url, _, bus = api
+    for sub in ("admin\u200b", "admin\n", "ad\tmin", ""):
+        response = httpx.get(f"{url}/orders", headers={"Authorization": f"Bearer {issuer.token('ES256', sub=sub)}"})
+        assert response.status_code == 401, repr(sub)
+    assert [e.reason for e in _events(bus)] == ["malformed"] * 4
+
+
+def test_fail_closed_refuses_every_token_while_the_feed_is_stale(issuer: Issuer, tmp_path: Path) -> None:
+    from pipeline.validation.follower import RevocationFollower
+
+    bus = MemoryBus()
+    service = ValidatorService(
+        ValidatorConfig(issuer=ISSUER, audience=AUDIENCE, jwks=issuer.jwks()),
+        data_dir=tmp_path,
+        bus=bus,
+        fail_closed=True,
+    )
+    service.feed = follower = RevocationFollower(bus, service.revocations)
+    reached = []
+    app = FastAPI()
+
+    @app.get("/orders")
+    def orders(request: Request) -> dict[str, str]:
+        reached.append(request.state.token_claims["sub"])
+        return {"owner": request.state.token_claims["sub"]}
+
+    app.add_middleware(TokenValidationMiddleware, service=service)
+    auth = {"Authorization": f"Bearer {issuer.token('ES256')}"}
+    with serve_app(app) as url:
+        stale = httpx.get(f"{url}/orders", headers=auth)
+        assert (stale.status_code, stale.headers["retry-after"], stale.json()) == (
+            503, "5", {"error": "temporarily_unavailable"},
+        )  # fmt: skip
+        assert reached == [] and _events(bus) == []  # nothing vouched for, nothing validated
+        follower.step()
+        assert httpx.get(f"{url}/orders", headers=auth).status_code == 200
+        assert reached == ["user-1"]
+    follower.close()
+    service.close()

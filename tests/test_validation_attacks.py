@@ -153,6 +153,28 @@ def _huge(w: World) -> str:
     return w.issuer.token("RS256", padding="A" * 64 * 1024)
 
 
+#: Signed, but with an identity claim that X-Auth-* header values could only carry altered, or not at all (see
+#: verifier.carriable): refused as malformed. Kept out of ATTACKS, whose catalogue docs/security.md renders.
+LOOK_ALIKE_IDENTITIES: dict[str, dict[str, object]] = {
+    "sub-zero-width-space": {"sub": "admin\u200b"},
+    "sub-trailing-newline": {"sub": "admin\n"},
+    "sub-tab": {"sub": "ad\tmin"},
+    "sub-crlf-injection": {"sub": "eve\r\nX-Admin: true"},
+    "sub-non-ascii": {"sub": "adm\u00edn"},
+    "sub-empty": {"sub": ""},
+    "sub-leading-space": {"sub": " admin"},
+    "sub-trailing-space": {"sub": "admin "},
+    "sub-del": {"sub": "admin\x7f"},
+    "sub-1025-chars": {"sub": "a" * 1025},
+    "jti-control-character": {"jti": "j\x01"},
+    "client-id-non-ascii": {"client_id": "w\u00e9b"},
+    "scope-nul": {"scope": "read\u0000admin"},
+    "scope-empty": {"scope": ""},
+    "azp-number": {"azp": 42, "client_id": DROP},
+    "azp-list": {"azp": ["web"], "client_id": DROP},
+    "azp-beside-client-id": {"azp": {"id": 1}},
+}
+
 ATTACKS: list[tuple[str, Case, str]] = [
     *[(f"alg-{c}", _none(c), "alg_not_allowed") for c in ("none", "None", "NONE", "nOnE")],
     ("hs256-keyed-with-rsa-pem", _pem_secret, "alg_not_allowed"),
@@ -232,6 +254,21 @@ def test_control_passes_in_process(world: World, name: str, build: Case) -> None
     assert verdict.reason is None
     assert verdict.ok
     assert verdict.claims is not None and verdict.claims["sub"] == "user-1"
+
+
+@pytest.mark.parametrize("claims", LOOK_ALIKE_IDENTITIES.values(), ids=list(LOOK_ALIKE_IDENTITIES))
+def test_identity_a_header_would_alter_is_malformed(world: World, claims: dict[str, object]) -> None:
+    verdict = TokenValidator(_config(world)).validate(world.issuer.token("RS256", **claims))
+    assert (verdict.ok, verdict.reason, verdict.claims) == (False, "malformed", None)
+
+
+def test_identity_claims_of_the_longest_allowed_length_are_handed_on_whole(world: World, http: Http) -> None:
+    token = world.issuer.token("RS256", jti="j" * 1024, sub="s" * 1024, scope="read  write", client_id=DROP, azp="w b")
+    with httpx.Client(base_url=http.url) as client:
+        response = client.get("/v1/validate", headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 200
+    assert (response.headers["x-auth-token-id"], response.headers["x-auth-subject"]) == ("j" * 1024, "s" * 1024)
+    assert (response.headers["x-auth-scope"], response.headers["x-auth-client-id"]) == ("read  write", "w b")
 
 
 def test_validator_never_contacts_header_urls(world: World) -> None:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import base64
+import functools
+import json
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
@@ -18,6 +22,8 @@ from pipeline.events import REASONS, TokenUsage
 from pipeline.validation import TokenValidator, ValidatorConfig
 from pipeline.validation.app import create_validator_app
 from pipeline.validation.service import RequestContext, ValidatorService
+from pipeline.validation.usage import TRUNCATED, usage_event
+from pipeline.validation.verifier import Verdict
 from tests.jwtkit import AUDIENCE, ISSUER, Issuer, b64json, b64url, raw_token, standard_claims
 from tests.servers import serve_app
 
@@ -300,3 +306,96 @@ def test_huge_numeric_claim_over_http_is_401_and_still_an_event(http: Http) -> N
         assert response.status_code == 401
         events = [TokenUsage.from_json(m.value) for m in consumer.poll(timeout_s=1)]
     assert [(e.sub, e.reason) for e in events] == [("probe-sub", "alg_not_allowed")]
+
+
+# -------------------------------------------------- text that is not Unicode, on the way to the event (issue 14)
+
+#: Text a usage event may be handed: lone surrogates, NUL and control characters, format characters, up to 1 MiB.
+ODD_TEXT = st.one_of(
+    st.text(st.characters(categories=["Cs", "Cc", "Cf", "Zl"]) | st.characters(), max_size=50),
+    st.builds(
+        lambda chunk, n: chunk * n, st.sampled_from(["x", "\ud800", "\x00", "\u00e9"]), st.integers(1000, 1 << 20)
+    ),
+)
+#: Any claim value a JSON payload can hold — nested deep, numbers past int64 and float range included.
+ODD_CLAIM = st.recursive(
+    st.none() | st.booleans() | st.integers(-(10**40), 10**40) | st.floats() | ODD_TEXT,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(ODD_TEXT, inner, max_size=3),
+    max_leaves=6,
+) | st.integers(1, 900).map(lambda depth: functools.reduce(lambda inner, _: [inner], range(depth), []))
+EVENT_TEXT_FIELDS = ("jti", "sub", "iss", "aud", "client_id", "user_agent", "service", "method", "path")
+
+
+@settings(max_examples=150, deadline=None, database=None, suppress_health_check=[HealthCheck.data_too_large])
+@given(
+    claims=st.dictionaries(st.sampled_from(CLAIM_NAMES), ODD_CLAIM, max_size=len(CLAIM_NAMES)),
+    context=st.fixed_dictionaries({}, optional=dict.fromkeys(("user_agent", "service", "method", "path"), ODD_TEXT)),
+    accepted=st.booleans(),
+)
+def test_a_usage_event_is_made_safe_where_it_is_built(claims: dict, context: dict, accepted: bool) -> None:
+    verdict = Verdict(True, None, claims) if accepted else Verdict(False, "bad_signature", None, claims)
+    event = usage_event(verdict, now=1_800_000_000, ip="198.51.100.7", **context)
+    assert TokenUsage.from_json(event.to_json()) == event  # always encodes, and parses back the same
+    for name in EVENT_TEXT_FIELDS:
+        text = getattr(event, name)
+        if text is None:
+            continue
+        assert len(text) <= 1024
+        assert not any("\ud800" <= ch <= "\udfff" for ch in text)  # every lone surrogate replaced (by U+FFFD)
+        source = context.get(name, claims.get(name) if name != "client_id" else claims.get(name) or claims.get("azp"))
+        if isinstance(source, str) and len(source) <= 1024 and source.encode("utf-8", "surrogatepass").isascii():
+            assert text == source  # what needed no repair is kept exactly, NUL and control characters included
+        if isinstance(source, str) and len(source) > 1024:
+            assert text.endswith(TRUNCATED)  # a cut value says so
+
+
+def test_a_lone_surrogate_becomes_a_replacement_character_and_long_text_is_marked() -> None:
+    deep = functools.reduce(lambda inner, _: [inner], range(900), [])
+    claims = {"sub": "a\ud800b", "jti": "x" * 5000, "client_id": {"id": "\udfff"}, "iss": 10**30, "aud": [deep, 1]}
+    event = usage_event(Verdict(False, "bad_signature", None, claims), now=1_800_000_000, ip="198.51.100.7")
+    assert event.sub == "a\ufffdb"
+    assert event.jti == "x" * (1024 - len(TRUNCATED)) + TRUNCATED
+    # A non-string is shown as a bounded repr: escaped, and cut short however deep it goes.
+    assert (event.client_id, event.iss, event.aud) == ("{'id': '\\udfff'}", str(10**30), "[[[[...]]]] 1")
+
+
+def _record_an_unencodable_event(service: ValidatorService) -> None:
+    """Good, bad, good. The bad one's client address holds a lone surrogate: only a caller that bypasses
+    ``usage_event``'s repairs can do that, so it stands for any record that cannot be encoded."""
+    for ip in ("198.51.100.1", "198.51.100.\ud800", "198.51.100.3"):
+        service.record(Verdict(False, "bad_signature", None, {"sub": "prober"}), RequestContext(ip=ip), 1.8e9)
+
+
+@pytest.mark.parametrize("background", [True, False], ids=["batched", "on the request path"])
+def test_an_event_that_cannot_be_encoded_is_dead_lettered_alone(tmp_path, background: bool) -> None:  # type: ignore[no-untyped-def]
+    from pipeline.bus import DEAD_LETTER
+
+    bus = MemoryBus()
+    events_out = tmp_path / "events.jsonl"
+    service = ValidatorService(CONFIG, data_dir=tmp_path, bus=bus, events_out=events_out, background=background)
+    dead = bus.consumer([DEAD_LETTER], "dead", from_beginning=True)
+    _record_an_unencodable_event(service)
+    service.close()  # flushes a background emitter
+    written = [TokenUsage.from_json(line).ip for line in events_out.read_bytes().splitlines()]
+    assert written == ["198.51.100.1", "198.51.100.3"]  # the batch around it survived
+    on_bus = [TokenUsage.from_json(m.value).ip for m in bus.consumer([TOKEN_USAGE], "u", from_beginning=True).poll()]
+    assert on_bus == ["198.51.100.1", "198.51.100.3"]
+    [letter] = [orjson.loads(m.value) for m in dead.poll(timeout_s=1)]
+    assert (letter["topic"], letter["partition"], letter["offset"]) == (TOKEN_USAGE, -1, -1)  # never on the topic
+    assert base64.b64decode(letter["key"]) == b"198.51.100.\\ud800"  # its bus key (no jti: the address), escaped
+    assert letter["consumer"] == "validator-usage-events" and "surrogates" in letter["error"]
+    original = json.loads(base64.b64decode(letter["original"]))  # kept whole: JSON, the surrogate escaped
+    assert original["ip"] == "198.51.100.\ud800" and original["sub"] == "prober"
+    assert service.emitter.dead_lettered == 1
+    assert service.metrics.usage_dead_lettered._value.get() == 1
+
+
+def test_without_a_bus_an_unencodable_event_is_counted_and_logged(tmp_path, caplog) -> None:  # type: ignore[no-untyped-def]
+    events_out = tmp_path / "events.jsonl"
+    service = ValidatorService(CONFIG, data_dir=tmp_path, events_out=events_out)
+    with caplog.at_level("WARNING", logger="pipeline.validation.usage"):
+        _record_an_unencodable_event(service)
+    service.close()
+    assert len(events_out.read_bytes().splitlines()) == 2
+    assert service.emitter.dead_lettered == 1
+    assert any("1 dead-lettered" in record.getMessage() for record in caplog.records)

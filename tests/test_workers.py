@@ -313,6 +313,17 @@ def test_background_events_are_sent_on_close(tmp_path: Path) -> None:
     assert len(out.read_bytes().splitlines()) == 10
 
 
+def test_an_events_file_open_to_every_user_is_reported_not_changed(tmp_path: Path, caplog) -> None:  # type: ignore[no-untyped-def]
+    # A file the operator made (for a log shipper, say) keeps its mode; one this emitter creates is 0600.
+    out = tmp_path / "events.jsonl"
+    out.touch()
+    out.chmod(0o644)
+    with caplog.at_level("WARNING", logger="pipeline.validation.usage"):
+        UsageEmitter(None, out).close()
+    assert any("open to every user" in record.getMessage() for record in caplog.records)
+    assert out.stat().st_mode & 0o777 == 0o644
+
+
 def test_workers_metric_names_the_worker(tmp_path: Path) -> None:
     service = ValidatorService(_config(), data_dir=tmp_path, worker=3)
     assert re.search(rb"^jwtwatch_validator_worker 3\.0$", generate_latest(service.registry), re.M)

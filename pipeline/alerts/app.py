@@ -23,7 +23,7 @@ from pipeline.alerts.targets import TargetError
 from pipeline.events import ENTITY_TYPES, SEVERITIES, parse_ts
 from pipeline.web import (
     SecurityHeadersMiddleware,
-    admin_token_matches,
+    admin_request_matches,
     install_error_handlers,
     read_capped,
     validation_problems,
@@ -103,9 +103,11 @@ def alerts_router(service: AlertsService) -> APIRouter:
     Its answers need ``Cache-Control: no-store`` (:data:`NO_STORE_PREFIXES` for the security middleware).
     """
 
-    def require_admin(authorization: Annotated[str | None, Header()] = None) -> None:
-        if not admin_token_matches(service.admin_token, authorization):
-            # A dependency: FastAPI runs it before validating any parameter, so a stranger learns nothing.
+    def require_admin(request: Request, authorization: Annotated[str | None, Header()] = None) -> None:
+        # A dependency: FastAPI runs it before validating any parameter, so a stranger learns nothing.
+        # (``authorization`` only documents the header; every line of it is judged from ``request``.)
+        del authorization
+        if not admin_request_matches(service.admin_token, request):
             raise _denied()
 
     router = APIRouter()

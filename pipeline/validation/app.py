@@ -20,12 +20,12 @@ from starlette.types import Receive, Scope, Send
 
 from pipeline.events import Revocation
 from pipeline.validation.client_ip import client_ip
-from pipeline.validation.fastpath import PATH, ValidateEndpoint, auth_headers
+from pipeline.validation.fastpath import PATH, ValidateEndpoint, auth_headers, repeated_authorization
 from pipeline.validation.revocations import RevocationStoreError
-from pipeline.validation.service import RequestContext, ValidatorService
+from pipeline.validation.service import RequestContext, RevocationsUnavailable, ValidatorService
 from pipeline.web import (
     SecurityHeadersMiddleware,
-    admin_token_matches,
+    admin_request_matches,
     bearer_token,
     install_error_handlers,
     invalid_request,
@@ -90,6 +90,12 @@ def _unauthorized() -> JSONResponse:
     return JSONResponse({"error": "invalid_token"}, status_code=401, headers=_INVALID)
 
 
+def _unavailable() -> JSONResponse:
+    # --fail-closed and the revocations may be incomplete: refuse to vouch for any token rather than let a revoked
+    # one in.
+    return JSONResponse({"error": "temporarily_unavailable"}, status_code=503, headers={"Retry-After": "5"})
+
+
 def _admin_denied() -> JSONResponse:
     return JSONResponse(
         {"error": "unauthorized"}, status_code=401, headers={"WWW-Authenticate": 'Bearer realm="jwtwatch-admin"'}
@@ -116,7 +122,11 @@ def validator_router(service: ValidatorService) -> APIRouter:
 
     @router.get("/v1/validate", tags=["validation"], summary="Forward-auth: validate the bearer token")
     def validate(request: Request) -> Response:
-        token = bearer_token(request.headers.get("authorization"))
+        authorizations = request.headers.getlist("authorization")
+        if len(authorizations) > 1:
+            service.refuse("malformed", _context(service, request))
+            return repeated_authorization()
+        token = bearer_token(authorizations[0] if authorizations else None)
         if token is None:
             service.metrics.no_credentials.inc()
             return JSONResponse({"error": "unauthorized"}, status_code=401, headers=_NO_TOKEN)
@@ -124,17 +134,20 @@ def validator_router(service: ValidatorService) -> APIRouter:
         if len(token) > max_bytes:
             service.too_large(context)
             return JSONResponse({"error": "invalid_token"}, status_code=431, headers=_INVALID)
-        if service.fail_closed and service.feed_stale():
-            # Revocations may be missing: refuse to vouch for any token rather than let a revoked one in.
-            return JSONResponse({"error": "temporarily_unavailable"}, status_code=503, headers={"Retry-After": "5"})
-        verdict = service.check(token, context)
+        try:
+            verdict = service.check(token, context)
+        except RevocationsUnavailable:
+            return _unavailable()
         if not verdict.ok:
             return _unauthorized()
-        return Response(status_code=200, headers=dict(auth_headers(verdict.claims)))
+        try:
+            return Response(status_code=200, headers=dict(auth_headers(verdict.claims)))
+        except ValueError:  # an identity the headers cannot carry unchanged: refused, never altered
+            return _unauthorized()
 
     @router.post("/v1/introspect", tags=["validation"], summary="RFC 7662 token introspection (admin)")
     async def introspect(request: Request) -> Response:
-        if not admin_token_matches(service.admin_token, request.headers.get("authorization")):
+        if not admin_request_matches(service.admin_token, request):
             return _admin_denied()
         body = await read_capped(request, MAX_FORM_BYTES)
         if body is None:
@@ -151,7 +164,10 @@ def validator_router(service: ValidatorService) -> APIRouter:
         if len(token) > max_bytes:
             service.too_large(context)
             return JSONResponse({"active": False})
-        verdict = service.check(token, context)
+        try:
+            verdict = service.check(token, context)
+        except RevocationsUnavailable:
+            return _unavailable()  # not "active: false" either: the token may well be active
         if not verdict.ok:
             return JSONResponse({"active": False})
         claims = dict(verdict.claims or {})
@@ -184,10 +200,12 @@ def validator_router(service: ValidatorService) -> APIRouter:
         headers = {"Cache-Control": f"public, max-age={JWKS_MAX_AGE_S}"}
         return Response(body, headers=headers, media_type="application/jwk-set+jwt")
 
-    def require_admin(authorization: Annotated[str | None, Header()] = None) -> None:
+    def require_admin(request: Request, authorization: Annotated[str | None, Header()] = None) -> None:
         # A dependency: it runs before FastAPI validates any parameter, and the handlers read their bodies only
-        # after it — a stranger's request is never parsed, and learns nothing about the schema.
-        if not admin_token_matches(service.admin_token, authorization):
+        # after it — a stranger's request is never parsed, and learns nothing about the schema. (``authorization``
+        # only documents the header in the OpenAPI schema; every line of it is judged from ``request``.)
+        del authorization
+        if not admin_request_matches(service.admin_token, request):
             raise AdminDenied()
 
     admin = [Depends(require_admin)]

@@ -22,7 +22,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
 from pipeline.validation.client_ip import client_ip
-from pipeline.validation.service import RequestContext, ValidatorService
+from pipeline.validation.service import RequestContext, RevocationsUnavailable, ValidatorService
+from pipeline.validation.verifier import carriable
 from pipeline.web import bearer_token, secure_headers
 
 PATH = "/v1/validate"
@@ -50,13 +51,16 @@ class _Prepared:
 
 
 def header_value(value: object) -> str | None:
-    """A claim as an HTTP header value: no CR/LF/control characters can reach the upstream request."""
+    """A verified identity claim as an ``X-Auth-*`` header value, exactly as signed; None when the claim is absent.
+
+    Never altered: a value that a header cannot carry unchanged (:func:`carriable`) raises ``ValueError``. The
+    verifier refuses such tokens (``malformed``), so this is the last line, not the rule.
+    """
     if value is None:
         return None
-    text = value if isinstance(value, str) else str(value)
-    if not (text.isascii() and text.isprintable()):  # printable ASCII is exactly 0x20-0x7E
-        text = "".join(ch for ch in text if 0x20 <= ord(ch) < 0x7F)
-    return text[:1024] or None
+    if not isinstance(value, str) or not carriable(value):
+        raise ValueError("an identity claim that an HTTP header cannot carry unchanged")
+    return value
 
 
 #: The ``X-Auth-*`` headers a 200 carries upstream, each with its lower-case wire name (the fast path sends bytes).
@@ -68,26 +72,40 @@ _AUTH_HEADERS = tuple(
 def _auth_values(claims: Any) -> tuple[str | None, ...]:
     """The values of ``_AUTH_HEADERS``, in its order: who the verified token is for."""
     claims = claims or {}
+    # RFC 9068 names the client ``client_id``; ``azp`` (OpenID Connect) stands in only when it is absent.
+    client = claims["client_id"] if "client_id" in claims else claims.get("azp")
     return (
         header_value(claims.get("sub")),
         header_value(claims.get("jti")),
-        header_value(claims.get("client_id") or claims.get("azp")),
+        header_value(client),
         header_value(claims.get("scope")),
     )
 
 
 def auth_headers(claims: Any) -> list[tuple[str, str]]:
-    """The ``X-Auth-*`` headers a 200 carries upstream (those with a value)."""
+    """The ``X-Auth-*`` headers a 200 carries upstream (those with a value); ``ValueError`` as :func:`header_value`."""
     return [(name, text) for (name, _), text in zip(_AUTH_HEADERS, _auth_values(claims), strict=True) if text]
 
 
 def _raw_auth_headers(claims: Any) -> list[tuple[bytes, bytes]]:
     """:func:`auth_headers` as ASGI wants them: lower-case names and values as bytes."""
     return [
-        (raw, text.encode("latin-1"))
+        (raw, text.encode("ascii"))
         for (_, raw), text in zip(_AUTH_HEADERS, _auth_values(claims), strict=True)
-        if text
+        if text is not None
     ]
+
+
+def repeated_authorization() -> JSONResponse:
+    """The answer to a request with more than one ``Authorization`` line, on every surface.
+
+    Which line counts differs between a gateway, this validator and the API behind it (first, last, or both
+    joined), so a second one could show each of them a different token. 401, not RFC 6750's 400: nginx's
+    auth_request turns anything but 2xx/401/403 from the validator into a 500.
+    """
+    return JSONResponse(
+        {"error": "invalid_request"}, status_code=401, headers={"WWW-Authenticate": 'Bearer error="invalid_request"'}
+    )
 
 
 class ValidateEndpoint:
@@ -105,6 +123,7 @@ class ValidateEndpoint:
             JSONResponse({"error": "temporarily_unavailable"}, status_code=503, headers={"Retry-After": "5"})
         )
         self.internal_error = _Prepared(JSONResponse({"error": "internal_error"}, status_code=500))
+        self.repeated_authorization = _Prepared(repeated_authorization())
         # a 200: the X-Auth-* headers, then these (Response(status_code=200, headers=...) has an empty body)
         self.ok_tail = secure_headers([(b"content-length", b"0")], no_store=True)
         self._peers: dict[str, str] = {}  # socket peer -> client IP, for requests without X-Forwarded-For
@@ -135,45 +154,61 @@ class ValidateEndpoint:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         first: dict[bytes, bytes] = {}  # the first line of each header of interest, as Starlette's .get()
         forwarded: list[bytes] = []
+        repeated_authorization = False
         for name, value in scope["headers"]:
             if name == b"x-forwarded-for":
                 forwarded.append(value)
-            elif name in _WANTED and name not in first:
-                first[name] = value
-        authorization = first.get(b"authorization")
+            elif name in _WANTED:
+                if name not in first:
+                    first[name] = value
+                elif name == b"authorization":
+                    repeated_authorization = True
         service = self.service
+        if repeated_authorization:
+            service.refuse("malformed", self._context(scope, first, forwarded))
+            await self.repeated_authorization.send(send)
+            return
+        authorization = first.get(b"authorization")
         token = bearer_token(authorization.decode("latin-1") if authorization is not None else None)
         if token is None:
             service.metrics.no_credentials.inc()
             await self.no_token.send(send)
             return
+        context = self._context(scope, first, forwarded)
+        if len(token) > self.max_bytes:
+            service.too_large(context)
+            await self.too_large.send(send)
+            return
+        try:
+            if self._runs_inline():
+                verdict = service.check(token, context)
+            else:
+                verdict = await anyio.to_thread.run_sync(service.check, token, context)
+        except RevocationsUnavailable:
+            # Revocations may be missing: refuse to vouch for any token rather than let a revoked one in.
+            await self.unavailable.send(send)
+            return
+        if not verdict.ok:
+            await self.invalid.send(send)
+            return
+        try:
+            headers = _raw_auth_headers(verdict.claims)
+        except ValueError:  # an identity the headers cannot carry unchanged: refused, never altered
+            await self.invalid.send(send)
+            return
+        headers.extend(self.ok_tail)
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b""})
+
+    def _context(self, scope: Scope, first: dict[bytes, bytes], forwarded: list[bytes]) -> RequestContext:
         client = scope.get("client")
-        context = RequestContext(
+        return RequestContext(
             ip=self._client_ip(client[0] if client else None, forwarded),
             user_agent=_text(first.get(b"user-agent")),
             service=_text(first.get(b"x-forwarded-host")),
             method=_text(first.get(b"x-forwarded-method")),
             path=_text(first.get(b"x-forwarded-uri")),
         )
-        if len(token) > self.max_bytes:
-            service.too_large(context)
-            await self.too_large.send(send)
-            return
-        if service.fail_closed and service.feed_stale():
-            # Revocations may be missing: refuse to vouch for any token rather than let a revoked one in.
-            await self.unavailable.send(send)
-            return
-        if self._runs_inline():
-            verdict = service.check(token, context)
-        else:
-            verdict = await anyio.to_thread.run_sync(service.check, token, context)
-        if not verdict.ok:
-            await self.invalid.send(send)
-            return
-        headers = _raw_auth_headers(verdict.claims)
-        headers.extend(self.ok_tail)
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
-        await send({"type": "http.response.body", "body": b""})
 
 
-__all__ = ["PATH", "ValidateEndpoint", "auth_headers", "header_value"]
+__all__ = ["PATH", "ValidateEndpoint", "auth_headers", "header_value", "repeated_authorization"]

@@ -20,7 +20,8 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from pipeline.validation.client_ip import client_ip
-from pipeline.validation.service import RequestContext, ValidatorService
+from pipeline.validation.fastpath import repeated_authorization
+from pipeline.validation.service import RequestContext, RevocationsUnavailable, ValidatorService
 from pipeline.web import bearer_token
 
 
@@ -43,7 +44,14 @@ class TokenValidationMiddleware:
             await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)
-        token = bearer_token(headers.get("authorization"))
+        authorizations = headers.getlist("authorization")
+        if len(authorizations) > 1:
+            self.service.refuse("malformed", self._context(scope, headers))
+            response = repeated_authorization()
+            response.headers["Cache-Control"] = "no-store"
+            await response(scope, receive, send)
+            return
+        token = bearer_token(authorizations[0] if authorizations else None)
         if token is None:
             self.service.metrics.no_credentials.inc()
             response = JSONResponse(
@@ -51,25 +59,24 @@ class TokenValidationMiddleware:
             )
             await response(scope, receive, send)
             return
-        peer = scope.get("client")
-        context = RequestContext(
-            ip=client_ip(
-                peer[0] if peer else None,
-                ",".join(headers.getlist("x-forwarded-for")) or None,
-                self.service.trusted_proxies,
-            ),
-            user_agent=headers.get("user-agent"),
-            service=self.service_name or headers.get("host"),
-            method=scope["method"],
-            path=scope["path"],
-        )
+        context = self._context(scope, headers)
         if len(token) > self.service.config.max_token_bytes:
             self.service.too_large(context)
             verdict = None
             status = 431
         else:
-            # Signature checks are CPU work: keep them off the event loop.
-            verdict = await run_in_threadpool(self.service.check, token, context)
+            try:
+                # Signature checks are CPU work: keep them off the event loop.
+                verdict = await run_in_threadpool(self.service.check, token, context)
+            except RevocationsUnavailable:
+                # --fail-closed and the revocations may be incomplete: no token is vouched for.
+                response = JSONResponse(
+                    {"error": "temporarily_unavailable"},
+                    status_code=503,
+                    headers={"Retry-After": "5", "Cache-Control": "no-store"},
+                )
+                await response(scope, receive, send)
+                return
             status = 401
         if verdict is None or not verdict.ok:
             response = JSONResponse(
@@ -81,3 +88,17 @@ class TokenValidationMiddleware:
             return
         scope.setdefault("state", {})["token_claims"] = dict(verdict.claims or {})
         await self.app(scope, receive, send)
+
+    def _context(self, scope: Scope, headers: Headers) -> RequestContext:
+        peer = scope.get("client")
+        return RequestContext(
+            ip=client_ip(
+                peer[0] if peer else None,
+                ",".join(headers.getlist("x-forwarded-for")) or None,
+                self.service.trusted_proxies,
+            ),
+            user_agent=headers.get("user-agent"),
+            service=self.service_name or headers.get("host"),
+            method=scope["method"],
+            path=scope["path"],
+        )

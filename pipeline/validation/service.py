@@ -29,6 +29,10 @@ from pipeline.validation.validator import TokenValidator
 from pipeline.validation.verifier import Verdict, reject
 
 
+class RevocationsUnavailable(RuntimeError):
+    """``fail_closed`` and the revocations may be incomplete: no token is vouched for (every surface answers 503)."""
+
+
 @dataclass(frozen=True, slots=True)
 class RequestContext:
     """What the validator knows about the protected request besides the token."""
@@ -78,6 +82,11 @@ class ValidatorMetrics:
             "Seconds since the revocation feed was last fully applied (-1: no feed)",
             registry=registry,
         )
+        self.usage_dead_lettered = Counter(
+            "jwtwatch_usage_events_dead_lettered_total",
+            "Usage events that could not be built or encoded, parked on the dead-letter topic (or logged) alone",
+            registry=registry,
+        )
 
 
 class ValidatorService:
@@ -113,14 +122,19 @@ class ValidatorService:
         )
         self.validator = TokenValidator(config, revocations=self.revocations, clock=clock)
         self.bus = bus
-        self.emitter = UsageEmitter(bus if usage_to_bus else None, events_out, background=background)
+        self.registry = CollectorRegistry()
+        self.metrics = ValidatorMetrics(self.registry)
+        self.emitter = UsageEmitter(
+            bus if usage_to_bus else None,
+            events_out,
+            background=background,
+            on_dead_letter=self.metrics.usage_dead_lettered.inc,
+        )
         self.background = background
         self.trusted_proxies = (
             trusted_proxies if isinstance(trusted_proxies, tuple) else parse_networks(trusted_proxies)
         )
         self.admin_token = admin_token
-        self.registry = CollectorRegistry()
-        self.metrics = ValidatorMetrics(self.registry)
         self.metrics.revocation_version.set_function(lambda: self.revocations.version)
         self.metrics.revocations_active.set_function(lambda: len(self.revocations.index))
         self.metrics.cache_entries.set_function(lambda: len(self.validator.cache))
@@ -163,7 +177,14 @@ class ValidatorService:
                 )
 
     def check(self, token: object, context: RequestContext) -> Verdict:
-        """Validate one token for one request, emit its usage event, count it."""
+        """Validate one token for one request, emit its usage event, count it.
+
+        Raises :class:`RevocationsUnavailable` instead when ``fail_closed`` and the revocation feed is stale: the
+        one check every surface (forward-auth, introspection, middleware) goes through, so none can vouch for a
+        token whose revocation it may have missed — and a surface that forgot to catch it fails closed too.
+        """
+        if self.fail_closed and self.feed_stale():
+            raise RevocationsUnavailable("the revocation feed is stale")
         started = time.perf_counter()
         now = self.clock()
         verdict = self.validator.validate(token, now)
@@ -175,7 +196,11 @@ class ValidatorService:
 
     def too_large(self, context: RequestContext) -> Verdict:
         """A token refused before parsing because of its size: still one usage event."""
-        verdict = reject("too_large")
+        return self.refuse("too_large", context)
+
+    def refuse(self, reason: str, context: RequestContext) -> Verdict:
+        """A request refused before its token was looked at (``reason`` from REASONS): still one usage event."""
+        verdict = reject(reason)
         self.record(verdict, context, self.clock())
         return verdict
 

@@ -37,6 +37,11 @@ _PARSE_ONLY: dict[str, Any] = {
 REQUIRED_CLAIMS = ("iss", "sub", "aud", "exp", "iat", "jti")
 NUMERIC_DATE_CLAIMS = ("exp", "iat", "nbf")
 STRING_CLAIMS = ("iss", "sub", "jti", "client_id", "scope")
+#: The claims that say who is calling. Every surface hands them on — forward-auth as ``X-Auth-*`` header values,
+#: the middleware and introspection as they are, revocations and usage events as keys — so each must be a value
+#: that all of them carry unchanged: see :func:`carriable`.
+IDENTITY_CLAIMS = ("sub", "jti", "client_id", "azp", "scope")
+MAX_IDENTITY_CHARS = 1024
 MAX_KID_LENGTH = 256
 _NESTED_CTY = frozenset({"jwt", "application/jwt"})
 
@@ -67,6 +72,26 @@ def reject(reason: str, unverified: Mapping[str, Any] | None = None, kid: str | 
 
 def _is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def carriable(value: object) -> bool:
+    r"""Whether an identity claim can be handed on exactly as signed: 1 to ``MAX_IDENTITY_CHARS`` printable ASCII
+    characters (0x20-0x7E), neither starting nor ending with a space.
+
+    That is what an HTTP header value carries unchanged (RFC 9110 §5.5: a recipient strips the spaces around
+    a value, and control characters are not allowed in it). Anything else would reach the API altered:
+    ``"admin\u200b"``, ``"admin\n"`` and ``"ad\tmin"`` all as ``admin``, a too-long value cut to a prefix another
+    subject shares, an empty one as no subject at all. So a signed token carrying one is refused (``malformed``,
+    as for a claim of the wrong JSON type), never rewritten.
+    """
+    return (
+        isinstance(value, str)
+        and 0 < len(value) <= MAX_IDENTITY_CHARS
+        and value.isascii()
+        and value.isprintable()  # for ASCII: exactly 0x20-0x7E
+        and value[0] != " "
+        and value[-1] != " "
+    )
 
 
 def _media_type(value: str) -> str:
@@ -177,6 +202,9 @@ class TokenVerifier:
                 return "malformed"
         for name in STRING_CLAIMS:
             if name in claims and not isinstance(claims[name], str):
+                return "malformed"
+        for name in IDENTITY_CLAIMS:
+            if name in claims and not carriable(claims[name]):
                 return "malformed"
         if claims["iss"] != self.config.issuer:
             return "issuer"
