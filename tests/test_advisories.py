@@ -344,6 +344,7 @@ def test_medium_3_slow_jwks_url_never_stalls_validations(tmp_path: Path) -> None
             jwks_timeout_s=2,
             jwks_refresh_s=2,
             jwks_refetch_cooldown_s=0,  # the worst case: every unknown kid may ask for a refetch
+            jwks_max_stale_s=2,  # readiness follows a failing key source (opt-in: see UrlKeySource)
         )
         service = ValidatorService(config, data_dir=tmp_path / "data")
         with serve_app(create_validator_app(service)) as url, httpx.Client(base_url=url, timeout=15) as client:
