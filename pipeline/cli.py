@@ -1131,11 +1131,15 @@ def alerts_serve(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     transport = _transport(host, tls_cert, tls_key, trusted_proxies, require_tls, insecure_http)
     metrics_sock = _metrics_socket(host, port, metrics_host, metrics_port)
+    try:
+        admin_token = read_admin_token(admin_token_file)  # refused before anything is created
+    except (ValueError, OSError) as exc:
+        fail(str(exc))
     _, verifier = _feed_keys(revocation_keys, kafka, data_dir)
     bus = _bus(kafka)
     try:
         # Verdicts are published on the bus, for the pipeline.
-        service = AlertsService(data_dir, admin_token=read_admin_token(admin_token_file), bus=bus)
+        service = AlertsService(data_dir, admin_token=admin_token, bus=bus)
     except (ValueError, OSError) as exc:
         bus.close()
         fail(str(exc))
