@@ -127,17 +127,32 @@ class _Surface:
     events: Path  # its --events-out
     read: int = 0  # bytes of ``events`` already read
 
-    def new_events(self, count: int, timeout_s: float = 15) -> list[TokenUsage]:
+    def skip_leftovers(self, quiet_s: float = 0.3, timeout_s: float = 30) -> None:
+        """Pass over what an earlier example left unread (the late event of a failed one, say): once nothing has
+        been written for ``quiet_s``, start reading at the end. Costs nothing when all was read."""
+        if self.events.stat().st_size == self.read:
+            return
+        deadline = time.monotonic() + timeout_s
+        size, quiet_since = -1, time.monotonic()
+        while time.monotonic() < deadline:
+            now_size = self.events.stat().st_size
+            if now_size != size:
+                size, quiet_since = now_size, time.monotonic()
+            elif time.monotonic() - quiet_since >= quiet_s:
+                break
+            time.sleep(0.05)
+        self.read = self.events.read_bytes().rfind(b"\n") + 1
+
+    def new_events(self, count: int, timeout_s: float = 60) -> list[TokenUsage]:
         """The next ``count`` usage events written (or fewer after ``timeout_s``); each must parse as token-usage/1."""
         deadline = time.monotonic() + timeout_s
         while True:
             with self.events.open("rb") as file:
                 file.seek(self.read)
                 data = file.read()
-            complete = data[: data.rfind(b"\n") + 1]
-            lines = complete.splitlines()
+            lines = data[: data.rfind(b"\n") + 1].splitlines(keepends=True)[:count]
             if len(lines) >= count or time.monotonic() > deadline:
-                self.read += len(complete)
+                self.read += sum(len(line) for line in lines)
                 return [TokenUsage.from_json(line) for line in lines]
             time.sleep(0.02)
 
@@ -192,7 +207,7 @@ def hostile_text_surfaces(tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 
 
 @settings(
-    max_examples=30,
+    max_examples=20,
     deadline=None,
     database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example],
@@ -211,6 +226,7 @@ def test_high_1_hostile_text_in_forged_tokens_never_erases_usage_events(
     reaches_validator = header_block < MAX_HEADER_BYTES
     refused = 401 if len(forged) <= 8192 else 431  # over the token size cap: refused unparsed, as too_large
     for surface in surfaces:
+        surface.skip_leftovers()
         valid = [issuer.token("ES256", jti=f"high-1-{uuid.uuid4()}") for _ in range(2)]
         answers = []
         with httpx.Client(timeout=60) as client:
