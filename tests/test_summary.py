@@ -118,6 +118,17 @@ def test_an_unusual_combination_is_said_to_be_one() -> None:
     )
 
 
+def test_long_lists_are_cut_with_a_count_of_the_rest() -> None:
+    one_more = summarize(
+        "jti", "t", ["token_changed_client_and_network"], {"events": L(9), "distinct_ua_families": 4.0}, [],
+        EntityFacts(9.0, ("1.1.0.0/16", "2.2.0.0/16", "3.3.0.0/16", "4.4.0.0/16"), ("A", "B", "C", "D")),
+    )  # fmt: skip
+    assert one_more == (
+        "token used from 1.1.0.0/16, 2.2.0.0/16, 3.3.0.0/16 and 1 more network within 9 s, 9 times — "
+        "by 4 client families (A, B, C and 1 more)"
+    )
+
+
 def test_without_window_facts_the_summary_still_gives_counts_and_rules() -> None:
     line = summarize(
         "jti", "tok-1", ["stale_token_replay"], {"events": L(1), "stale_rejections": L(5)}, [], None, sub="bob"

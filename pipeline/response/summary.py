@@ -138,15 +138,18 @@ def _listed(names: Sequence[str], singular: str, plural: str | None = None, *, c
     (how many the features counted, which may exceed the names the window kept): ``2 client families (a, b)``."""
     shown = [_name(n) for n in names[:MAX_LISTED]]
     rest = len(names) - len(shown)
+    many = plural or singular + "s"
     if rest > 0:
-        text = f"{', '.join(shown)} and {rest} more {plural or singular + 's'}"
+        # Inside "2 client families (...)" the noun is already said.
+        more = "" if counted is not None else f" {singular if rest == 1 else many}"
+        text = f"{', '.join(shown)} and {rest} more{more}"
     elif len(shown) > 1:
         text = f"{', '.join(shown[:-1])} and {shown[-1]}"
     else:
         text = shown[0] if shown else ""
     if counted is None:
         return text
-    return f"{counted} {singular if counted == 1 else plural or singular + 's'} ({text})"
+    return f"{counted} {singular if counted == 1 else many} ({text})"
 
 
 def _times(n: float, noun: str) -> str:
