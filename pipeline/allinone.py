@@ -3,7 +3,8 @@
 The embedded default. Everything talks over the in-process bus exactly as it would over Kafka:
 validations publish usage events; the streaming runner scores them, applies the auto-revocation policy
 and publishes alerts (and revocations); the alerts service consumes both and delivers signed webhooks
-from its SQLite outbox. Revocations reach the validator's store directly — it is the same process.
+from its SQLite outbox, and publishes analysts' verdicts, which the runner follows. Revocations reach the
+validator's store directly — it is the same process.
 
 The metrics of both services are not on that port (their per-reason counters would tell a caller why a token
 failed) but in :attr:`AllInOne.metrics_app`, for the metrics listener (``--metrics-port``).
@@ -19,6 +20,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from pipeline.alerts import AlertsConsumer, AlertsService, AlertsWorker, create_alerts_app
 from pipeline.archive import ArchiveConsumer, ArchiveWriter, ScoreRecorder
+from pipeline.bus import VERDICTS
 from pipeline.bus.memory import MemoryBus
 from pipeline.detection.runner import StreamingRunner
 from pipeline.loop import BackgroundLoop
@@ -76,7 +78,12 @@ class AllInOne:
             respond=self.responder,
             poll_timeout_s=0.05,
         )
-        self.alerts = AlertsService(Path(options.data_dir), admin_token=options.admin_token)
+        self.alerts = AlertsService(Path(options.data_dir), admin_token=options.admin_token, bus=self.bus)
+        # The in-process bus starts empty: benign verdicts still in force are published again from the alert log
+        # (compromised ones revoked when they were made), then the pipeline reads them all before scoring.
+        for verdict in self.alerts.active_verdicts():
+            self.bus.publish(VERDICTS, verdict.bus_key, verdict.to_json())
+        self.runner.follow_verdicts(self.responder.revoke_for_verdict)
         self.alerts_consumer = AlertsConsumer(
             self.bus, self.alerts, parse_revocation=FeedVerifier.from_store(keys).verify
         )

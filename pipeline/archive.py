@@ -4,11 +4,13 @@ Layout (Hive partitioning, so pandas, pyarrow, DuckDB and Spark read it as is)::
 
     <data_dir>/archive/events/date=2026-11-28/hour=14/part-<uuid>.parquet
     <data_dir>/archive/alerts/date=2026-11-28/hour=14/part-<uuid>.parquet
+    <data_dir>/archive/verdicts/date=2026-11-28/hour=14/part-<uuid>.parquet
     <data_dir>/archive/scores/date=2026-11-28/hour=14/part-<uuid>.parquet
     <data_dir>/archive/features/entity_type=jti/date=2026-11-28/hour=14/part-<uuid>.parquet
 
-``events`` and ``alerts`` are the token-usage/1 and alert/1 records (their Arrow schemas in
-:mod:`pipeline.events`). ``scores`` has one row per scoring of an entity's window: event time, entity type,
+``events``, ``alerts`` and ``verdicts`` are the token-usage/1, alert/1 and verdict/1 records (their Arrow schemas
+in :mod:`pipeline.events`; a verdict is partitioned by when it was made, and every verdict is kept — an alert's
+verdict is its latest). ``scores`` has one row per scoring of an entity's window: event time, entity type,
 entity, score, the model's threshold and the severity the score maps to. ``features`` holds the feature
 vector behind each of those scores; its columns differ by entity type (``pipeline.features.FEATURES``),
 hence the extra ``entity_type`` partition. Both come from the detection engine's ``on_scored`` observer
@@ -40,17 +42,18 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from pipeline.bus import ALERTS, TOKEN_USAGE, Bus
+from pipeline.bus import ALERTS, TOKEN_USAGE, VERDICTS, Bus
 from pipeline.bus.dead_letter import dead_letter, describe, is_infrastructure_fault, rewind
-from pipeline.events import ALERT_ARROW, Alert, TokenUsage, parse_ts, to_arrow
+from pipeline.events import ALERT_ARROW, Alert, AlertVerdict, TokenUsage, parse_ts, to_arrow
 from pipeline.features import FEATURES
 from pipeline.scoring.model import DetectionModel
 from pipeline.simulate.io import to_arrow_table  # a token-usage/1 frame as Arrow (not only for simulations)
 
 log = logging.getLogger(__name__)
 
-KINDS = ("events", "features", "scores", "alerts")
-_RECORD_KINDS = ("events", "alerts")
+KINDS = ("events", "features", "scores", "alerts", "verdicts")
+_RECORD_KINDS = ("events", "alerts", "verdicts")
+ArchivedRecord = TokenUsage | Alert | AlertVerdict
 _TS = pa.timestamp("ms", tz="UTC")
 
 SCORES_ARROW = pa.schema(
@@ -85,14 +88,14 @@ class ArchiveWriter:
     def __init__(self, data_dir: Path) -> None:
         self.root = Path(data_dir) / "archive"
         self._lock = threading.Lock()
-        self._records: dict[str, list[TokenUsage | Alert]] = {kind: [] for kind in _RECORD_KINDS}
+        self._records: dict[str, list[ArchivedRecord]] = {kind: [] for kind in _RECORD_KINDS}
         self._frames: list[pd.DataFrame] = []
         self._scores: list[dict[str, object]] = []
         self._features: dict[str, list[dict[str, object]]] = {t: [] for t in FEATURES}
         self.written = {kind: 0 for kind in KINDS}
         self.unarchivable = 0
 
-    def add(self, kind: str, records: Sequence[TokenUsage | Alert]) -> None:
+    def add(self, kind: str, records: Sequence[ArchivedRecord]) -> None:
         if kind not in _RECORD_KINDS:
             raise ValueError(f"add() takes {_RECORD_KINDS}; scores and features come through add_scored()")
         with self._lock:
@@ -160,7 +163,7 @@ class ArchiveWriter:
         total = 0
         try:
             for kind, rows in records.items():
-                groups: dict[tuple[str, str], list[TokenUsage | Alert]] = defaultdict(list)
+                groups: dict[tuple[str, str], list[ArchivedRecord]] = defaultdict(list)
                 for record in rows:
                     groups[_partition(parse_ts(record.ts))].append(record)
                 written = 0  # rows Arrow could hold: an unarchivable one is counted there, not here
@@ -189,7 +192,7 @@ class ArchiveWriter:
             raise
         return total
 
-    def _records_table(self, group: list[TokenUsage | Alert]) -> pa.Table | None:
+    def _records_table(self, group: list[ArchivedRecord]) -> pa.Table | None:
         """The records as Arrow; one that Arrow cannot hold (an ``iat`` beyond int64 from a foreign producer,
         features orjson cannot write, ...) is left out and counted in ``unarchivable`` — a poison message must
         not fail every flush after it. (The archive consumer has already dead-lettered such records.)"""
@@ -381,7 +384,7 @@ def entity_events(events: pd.DataFrame, entity_type: str, entity: str) -> pd.Dat
 
 
 class ArchiveConsumer:
-    """Archives what passes on the bus: usage events and alerts, flushed in batches.
+    """Archives what passes on the bus: usage events, alerts and analysts' verdicts, flushed in batches.
 
     Window features and scores do not travel on the bus: give the writer to a :class:`ScoreRecorder` on the
     engine that scores (``runner.engine.on_scored``) and this consumer's flushes write them too.
@@ -404,7 +407,7 @@ class ArchiveConsumer:
         self.bus = bus
         self.writer = writer
         self.group = group
-        self.consumer = bus.consumer([TOKEN_USAGE, ALERTS], group, from_beginning=True)
+        self.consumer = bus.consumer([TOKEN_USAGE, ALERTS, VERDICTS], group, from_beginning=True)
         self.flush_records = flush_records
         self.flush_interval_s = flush_interval_s
         self.dead_letters = 0
@@ -417,12 +420,18 @@ class ArchiveConsumer:
 
     def step(self, timeout_s: float = 0.2) -> int:
         messages = self.consumer.poll(5000, timeout_s)
-        events, alerts = [], []
+        events, alerts, verdicts = [], [], []
         try:
             for message in messages:
                 try:
                     if message.topic == TOKEN_USAGE:
                         events.append(TokenUsage.from_json(message.value))
+                    elif message.topic == VERDICTS:
+                        if not message.value:
+                            continue  # a tombstone on the compacted topic
+                        verdict = AlertVerdict.from_json(message.value)
+                        to_arrow([verdict])
+                        verdicts.append(verdict)
                     else:
                         alert = Alert.from_json(message.value)
                         to_arrow([alert])  # what the flush will do: refused here, where the message is known
@@ -437,6 +446,7 @@ class ArchiveConsumer:
             raise
         self.writer.add("events", events)
         self.writer.add("alerts", alerts)
+        self.writer.add("verdicts", verdicts)
         due = time.monotonic() - self._last_flush >= self.flush_interval_s
         if self.writer.pending() >= self.flush_records or (due and self.writer.pending()) or (due and messages):
             self.flush()

@@ -1071,13 +1071,9 @@ def pipeline_run(
         fail(str(exc))
     signer, _ = _feed_keys(revocation_keys, kafka, data_dir)
     bus = _bus(kafka, kafka_consumer)
-    runner = StreamingRunner(
-        bus,
-        model,
-        group=group,
-        baselines_path=data_dir / "baselines.json",
-        respond=Responder(AutoRevoker(policy), bus, issuer=issuer, signer=signer),
-    )
+    responder = Responder(AutoRevoker(policy), bus, issuer=issuer, signer=signer)
+    runner = StreamingRunner(bus, model, group=group, baselines_path=data_dir / "baselines.json", respond=responder)
+    runner.follow_verdicts(responder.revoke_for_verdict)  # analysts' verdicts from the alerts service
     archive = ArchiveConsumer(bus, ArchiveWriter(data_dir), group=f"{group}-archive")
     runner.engine.on_scored = ScoreRecorder(archive.writer, model)  # window features and scores, archived
     console.print(f"pipeline on {kafka}: model {model.version}, group {group}, data in {data_dir}")
@@ -1137,11 +1133,17 @@ def alerts_serve(
     transport = _transport(host, tls_cert, tls_key, trusted_proxies, require_tls, insecure_http)
     metrics_sock = _metrics_socket(host, port, metrics_host, metrics_port)
     try:
-        service = AlertsService(data_dir, admin_token=read_admin_token(admin_token_file))
+        admin_token = read_admin_token(admin_token_file)  # refused before anything is created
     except (ValueError, OSError) as exc:
         fail(str(exc))
     _, verifier = _feed_keys(revocation_keys, kafka, data_dir)
     bus = _bus(kafka)
+    try:
+        # Verdicts are published on the bus, for the pipeline.
+        service = AlertsService(data_dir, admin_token=admin_token, bus=bus)
+    except (ValueError, OSError) as exc:
+        bus.close()
+        fail(str(exc))
     if kafka is None:
         err.print(
             "[yellow]note:[/] no --kafka: nothing feeds this service alerts (use `jwtwatch serve` for one process)"
@@ -1244,11 +1246,21 @@ def train(
     target_alert_rate: Annotated[
         float, typer.Option(help="Share of benign entities allowed to alert on held-out baseline traffic.")
     ] = 0.001,
+    verdicts: Annotated[
+        Path | None,
+        typer.Option(
+            "--verdicts",
+            help="Analysts' verdict/1 records (.jsonl, .jsonl.gz, or a data dir with an archive): report the "
+            "precision of past alerts per entity type and rule (reported only; thresholds are not calibrated on it).",
+        ),
+    ] = None,
 ) -> None:
     """Train one Isolation Forest per entity type on baseline (attack-free) traffic."""
     from pipeline.detection.training import TrainingParams, train_model
     from pipeline.scoring.model import save_model
 
+    if verdicts is not None:
+        _report_precision(verdicts)
     result = _read(events)
     if result.frame.empty:
         fail("no valid events to train on")
@@ -1268,6 +1280,27 @@ def train(
     console.print(table)
     console.print(f"model written to {model_dir} ({len(result.frame)} events, data sha256 "
                   f"{model.metadata['training']['data_sha256'][:12]}…)")  # fmt: skip
+
+
+def _report_precision(path: Path) -> None:
+    from pipeline.detection.precision import precision_report, read_verdicts
+
+    if not path.exists():
+        fail(f"{path}: no such file or directory")
+    try:
+        read = read_verdicts(path)
+    except (OSError, ValueError) as exc:
+        fail(f"{path}: {exc}")
+    for line, error in read.bad[:20]:
+        err.print(f"  {path}:{line}: {error}", markup=False)
+    if read.bad:
+        err.print(f"[yellow]{len(read.bad)} bad verdict record(s) skipped[/]")
+    rows = precision_report(read.verdicts)
+    table = Table("alerts", "compromised", "benign", "precision", title="analysts' verdicts on past alerts")
+    for row in rows:
+        shown = "-" if row.precision is None else f"{row.precision:.2f}"
+        table.add_row(row.group, str(row.compromised), str(row.benign), shown)
+    console.print(table if rows else f"no verdicts in {path}")
 
 
 @app.command("detect")

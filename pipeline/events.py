@@ -1,4 +1,4 @@
-"""The three records that travel on the bus: token-usage/1, alert/1 and revocation/1.
+"""The records that travel on the bus: token-usage/1, alert/1, revocation/1 and verdict/1.
 
 Each record is a frozen dataclass with
 
@@ -28,6 +28,7 @@ import pyarrow as pa
 TOKEN_USAGE_SCHEMA = "token-usage/1"
 ALERT_SCHEMA = "alert/1"
 REVOCATION_SCHEMA = "revocation/1"
+VERDICT_SCHEMA = "verdict/1"
 
 Outcome = Literal["accepted", "rejected"]
 OUTCOMES: frozenset[str] = frozenset({"accepted", "rejected"})
@@ -57,6 +58,10 @@ SEVERITIES: tuple[str, ...] = ("low", "medium", "high", "critical")
 ALERT_ACTIONS: frozenset[str] = frozenset({"none", "revoked", "revocation_suppressed"})
 REVOCATION_KINDS: frozenset[str] = frozenset({"jti", "sub"})
 REVOCATION_SOURCES: frozenset[str] = frozenset({"auto", "manual"})
+VERDICT_KINDS: frozenset[str] = frozenset({"benign", "compromised"})
+#: A verdict names at most this many rules (the engine has a handful), each at most this long.
+MAX_VERDICT_RULES = 32
+MAX_RULE_NAME = 64
 
 # Wire values are bounded so that one hostile message cannot balloon memory downstream.
 MAX_STRING = 8192
@@ -284,6 +289,15 @@ def _list_of_maps(record: str, name: str, value: object) -> list[dict[str, Any]]
         raise _fail(record, name, value, "must be a list of objects")
     if not _nested_within(value, MAX_NESTING):
         raise _fail(record, name, "<nested>", f"nested deeper than {MAX_NESTING} levels")
+    return value
+
+
+def _rule_names(record: str, name: str, value: object) -> list[str]:
+    if not isinstance(value, list) or len(value) > MAX_VERDICT_RULES:
+        raise _fail(record, name, value, f"must be a list of at most {MAX_VERDICT_RULES} rule names")
+    for item in value:
+        if not isinstance(item, str) or not item or len(item) > MAX_RULE_NAME:
+            raise _fail(record, name, item, f"a rule name is a string of 1..{MAX_RULE_NAME} characters")
     return value
 
 
@@ -523,6 +537,73 @@ _REVOCATION_CHECKS: dict[str, Check] = {
     "version": _opt_int,
 }
 
+# ----------------------------------------------------------------------------------------- verdict
+
+
+@dataclass(frozen=True, slots=True)
+class AlertVerdict(_Record):
+    """An analyst's judgement of one alert (``verdict/1``), published by the alerts service.
+
+    It carries what the pipeline needs to act without the alert log: the alert's entity, the subject, token and
+    IP it named, its severity and its *pattern* (``rules``: the rules that fired; empty when the forest alone
+    raised it). ``benign`` verdicts suppress that pattern for that entity until ``suppress_until``;
+    ``compromised`` ones revoke (see ``pipeline.response.verdicts``). Key on the bus: ``alert_id`` (the topic is
+    compacted: the last verdict on an alert wins).
+    """
+
+    SCHEMA: ClassVar[str] = VERDICT_SCHEMA
+
+    verdict_id: str
+    alert_id: str
+    verdict: str
+    ts: str  # when the verdict was recorded
+    by: str
+    entity_type: str
+    entity: str
+    severity: str
+    rules: list[str] = field(default_factory=list)
+    sub: str | None = None
+    jti: str | None = None
+    ip: str | None = None
+    note: str | None = None
+    suppress_until: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.verdict == "benign") != (self.suppress_until is not None):
+            raise RecordError(
+                self.SCHEMA, "suppress_until", self.suppress_until, "a benign verdict has one; a compromised one none"
+            )
+
+    @property
+    def bus_key(self) -> str:
+        return self.alert_id
+
+    @classmethod
+    def from_dict(cls, data: object) -> Self:
+        return _parse(cls, _VERDICT_CHECKS, data)
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> Self:
+        return _loads(cls, raw)
+
+
+_VERDICT_CHECKS: dict[str, Check] = {
+    "verdict_id": _uuid,
+    "alert_id": _str,
+    "verdict": _one_of(VERDICT_KINDS),
+    "ts": _ts,
+    "by": _str,
+    "entity_type": _one_of(ENTITY_TYPES),
+    "entity": _str,
+    "severity": _one_of(SEVERITIES),
+    "rules": _rule_names,
+    "sub": _opt_str,
+    "jti": _opt_str,
+    "ip": _opt_str,
+    "note": _opt_str,
+    "suppress_until": _opt_ts,
+}
+
 # ------------------------------------------------------------------------------------ Arrow schemas
 
 _TS = pa.timestamp("ms", tz="UTC")
@@ -590,21 +671,45 @@ REVOCATION_ARROW = pa.schema(
     metadata={"schema": REVOCATION_SCHEMA},
 )
 
+VERDICT_ARROW = pa.schema(
+    [
+        ("verdict_id", pa.string()),
+        ("alert_id", pa.string()),
+        ("verdict", pa.string()),
+        ("ts", _TS),
+        ("by", pa.string()),
+        ("entity_type", pa.string()),
+        ("entity", pa.string()),
+        ("severity", pa.string()),
+        ("rules", pa.list_(pa.string())),
+        ("sub", pa.string()),
+        ("jti", pa.string()),
+        ("ip", pa.string()),
+        ("note", pa.string()),
+        ("suppress_until", _TS),
+    ],
+    metadata={"schema": VERDICT_SCHEMA},
+)
+
 _TS_COLUMNS = {
     TOKEN_USAGE_SCHEMA: ("ts",),
     ALERT_SCHEMA: ("ts", "window_start", "window_end"),
     REVOCATION_SCHEMA: ("created_at", "expires_at", "revoked_before"),
+    VERDICT_SCHEMA: ("ts", "suppress_until"),
 }
 
 
-def to_arrow(records: list[TokenUsage] | list[Alert] | list[Revocation]) -> pa.Table:
+def to_arrow(records: list[TokenUsage] | list[Alert] | list[Revocation] | list[AlertVerdict]) -> pa.Table:
     """A batch of records of one type as an Arrow table with that type's schema."""
     if not records:
         raise ValueError("to_arrow needs at least one record to know its type")
     kind = records[0].SCHEMA
-    schema = {TOKEN_USAGE_SCHEMA: TOKEN_USAGE_ARROW, ALERT_SCHEMA: ALERT_ARROW, REVOCATION_SCHEMA: REVOCATION_ARROW}[
-        kind
-    ]
+    schema = {
+        TOKEN_USAGE_SCHEMA: TOKEN_USAGE_ARROW,
+        ALERT_SCHEMA: ALERT_ARROW,
+        REVOCATION_SCHEMA: REVOCATION_ARROW,
+        VERDICT_SCHEMA: VERDICT_ARROW,
+    }[kind]
     columns: dict[str, list[Any]] = {name: [] for name in schema.names}
     for record in records:
         if kind != record.SCHEMA:

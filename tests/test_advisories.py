@@ -23,12 +23,13 @@ import httpx
 import jwt
 import pytest
 from fastapi import FastAPI, Request  # module level: FastAPI resolves a route's annotations in the module
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from pipeline.events import TokenUsage
 from pipeline.validation import TokenValidator, ValidatorConfig
 from pipeline.validation.revocations import RevocationStore
+from pipeline.validation.server import MAX_HEADER_BYTES
 from pipeline.validation.service import ValidatorService
 from tests.jwtkit import AUDIENCE, DROP, ISSUER, Issuer, b64url, standard_claims
 from tests.servers import serve_app, stop_process, wait_ready
@@ -109,10 +110,13 @@ def _hostile_forged_tokens(draw: st.DrawFn) -> str:
     return _jws(header, claims, draw(st.binary(min_size=64, max_size=64)))
 
 
-#: What an HTTP/1.1 client may send as a header value (RFC 9110 §5.5: VCHAR, obs-text, inner SP/HTAB), to 1 MiB.
+#: What an HTTP/1.1 client may send as a header value (RFC 9110 §5.5: VCHAR, obs-text, inner SP/HTAB), up to what
+#: reaches the application: the value is sent twice (User-Agent, X-Forwarded-Uri), and a header block over
+#: MAX_HEADER_BYTES is refused by the HTTP server before any validation (a 431 with no event to record; see
+#: tests/test_validator_http.py::test_a_header_block_over_the_cap_gets_431_and_the_connection_closes).
 _HOSTILE_HEADER_VALUES = (
     st.text(st.characters(codec="latin-1", exclude_categories=["Cc"]) | st.sampled_from(["\t", " "]), max_size=200)
-    | st.sampled_from(["\u00ff" * 2000, "A" * _MIB])
+    | st.sampled_from(["\u00ff" * 2000, "A" * (MAX_HEADER_BYTES // 2 - 4096)])
 ).map(lambda value: value.strip(" \t").encode("latin-1"))
 
 
@@ -188,7 +192,7 @@ def hostile_text_surfaces(tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 
 
 @settings(
-    max_examples=15,
+    max_examples=30,
     deadline=None,
     database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example],
@@ -200,6 +204,11 @@ def test_high_1_hostile_text_in_forged_tokens_never_erases_usage_events(
     hostile_text_surfaces: tuple[Issuer, list[_Surface]], forged: str, user_agent: bytes
 ) -> None:
     issuer, surfaces = hostile_text_surfaces
+    # A header block over MAX_HEADER_BYTES is refused by the HTTP server itself (431) before any validation: such a
+    # request never reaches the validator, so it has no event — and a token that large could never be accepted.
+    header_block = len(forged) + 2 * len(user_agent)
+    assume(abs(header_block - MAX_HEADER_BYTES) > 4096)  # clear of the cap, whatever the other headers add
+    reaches_validator = header_block < MAX_HEADER_BYTES
     refused = 401 if len(forged) <= 8192 else 431  # over the token size cap: refused unparsed, as too_large
     for surface in surfaces:
         valid = [issuer.token("ES256", jti=f"high-1-{uuid.uuid4()}") for _ in range(2)]
@@ -211,9 +220,10 @@ def test_high_1_hostile_text_in_forged_tokens_never_erases_usage_events(
                 response = client.get(surface.url, headers=headers)
                 answers.append((response.status_code, response.text[:200]))
         assert [status for status, _ in answers] == [200, refused, 200], (surface.name, answers)
-        # Every call is recorded: the forged one as rejected, and both accepted calls beside it.
-        events = surface.new_events(3)
-        assert [event.outcome for event in events] == ["accepted", "rejected", "accepted"], (surface.name, events)
+        # Every call that reached the validator is recorded: the forged one as rejected, and both accepted calls.
+        expected = ["accepted", "rejected", "accepted"] if reaches_validator else ["accepted", "accepted"]
+        events = surface.new_events(len(expected))
+        assert [event.outcome for event in events] == expected, (surface.name, events)
         assert [event.jti for event in events if event.outcome == "accepted"] == [
             jwt.decode(token, options={"verify_signature": False})["jti"] for token in valid
         ], surface.name
@@ -334,6 +344,7 @@ def test_medium_3_slow_jwks_url_never_stalls_validations(tmp_path: Path) -> None
             jwks_timeout_s=2,
             jwks_refresh_s=2,
             jwks_refetch_cooldown_s=0,  # the worst case: every unknown kid may ask for a refetch
+            jwks_max_stale_s=2,  # readiness follows a failing key source (opt-in: see UrlKeySource)
         )
         service = ValidatorService(config, data_dir=tmp_path / "data")
         with serve_app(create_validator_app(service)) as url, httpx.Client(base_url=url, timeout=15) as client:

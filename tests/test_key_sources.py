@@ -354,6 +354,28 @@ def test_readiness_follows_a_failing_key_source_and_recovers(https, issuer: Issu
     service.close()
 
 
+def test_failing_refreshes_alone_leave_readiness_alone_by_default(https, issuer: Issuer, tmp_path: Path) -> None:
+    """An issuer's JWKS outage is shared by all its validators: unless asked (jwks_max_stale_s), they stay ready on
+    their last good keys rather than all leave the load balancer at once; the staleness shows in the metrics."""
+    from pipeline.validation.service import ValidatorService
+
+    url, server, ca = https
+    service = ValidatorService(_config(f"{url}/jwks.json", ca, jwks_refresh_s=0.2), data_dir=tmp_path / "data")
+    server.status = 503
+    deadline = time.monotonic() + 20
+    while "HTTP 503" not in (service.validator.keys.last_error or "") and time.monotonic() < deadline:  # type: ignore[attr-defined]
+        time.sleep(0.05)
+    time.sleep(1.0)  # five refresh periods of failures
+    assert service.ready() == (True, "ok")
+    assert service.validator.validate(issuer.token("ES256")).ok
+    seconds = [
+        line for line in generate_latest(service.registry).decode().splitlines()
+        if line.startswith("jwtwatch_jwks_seconds_since_refresh{")
+    ]  # fmt: skip
+    assert seconds and float(seconds[0].rsplit(" ", 1)[1]) >= 1.0
+    service.close()
+
+
 def test_a_compressed_answer_is_refused(https) -> None:
     """Identity is asked for, so that the size cap counts what ends up in memory; gzip anyway is refused."""
     url, server, ca = https

@@ -637,6 +637,22 @@ def test_an_old_log_without_macs_is_unauthenticated_until_the_next_key_change(se
     assert report.ok and report.authenticated and report.entries == 5
 
 
+def test_a_log_rewritten_without_macs_is_not_vouched_for_while_store_json_records_an_audit_key(
+    sealed: KeyStore,
+) -> None:
+    """Someone without the passphrase rewrites the history as a chain without MACs (store.json still records the
+    audit key): the next key change must not vouch for it, as it would for a store from before MACs."""
+    meta = json.loads((sealed.path / "store.json").read_bytes())
+    _strip_macs(sealed)
+    rewritten = json.loads((sealed.path / "store.json").read_bytes())
+    rewritten["audit_key"] = meta["audit_key"]
+    (sealed.path / "store.json").write_bytes(json.dumps(rewritten, sort_keys=True, separators=(",", ":")).encode())
+    before = _lines(sealed)
+    with pytest.raises(KeyStoreError, match=r"carries no MAC although .* records an audit key"):
+        KeyStore.open(sealed.path, passphrase=PASS).rotate(now=T0 + 20)
+    assert _lines(sealed) == before
+
+
 def test_an_unencrypted_store_is_authenticated_by_encrypting_it(store: KeyStore) -> None:
     report = verify_audit(store.path)
     assert report.ok and not report.authenticated and "no entry carries a MAC" in (report.unauthenticated or "")

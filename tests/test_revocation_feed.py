@@ -12,6 +12,7 @@ import pytest
 
 from pipeline.bus import DEAD_LETTER, REVOCATIONS
 from pipeline.bus.memory import MemoryBus
+from pipeline.events import format_ts
 from pipeline.validation.follower import RevocationFollower
 from pipeline.validation.keystore import KeyStore
 from pipeline.validation.revocation_feed import FeedError, FeedSigner, FeedVerifier
@@ -151,6 +152,21 @@ def test_a_feed_key_stays_published_until_every_revocation_it_signed_has_expired
     assert first not in {k["kid"] for k in feed.public_jwks()["keys"]}
     check = verify_store(feed.path, now=t + 60 + 25 * 3600, passphrase=passphrase)
     assert check.ok, check.problems
+
+
+def test_a_revocation_reaching_years_ahead_does_not_keep_feed_keys_for_years(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Retention only grows, store-wide: one subject revoked "before" 2096 would have kept every retired feed key
+    published and trusted for 75 years. It is capped; that revocation is still signed and enforced."""
+    from pipeline.validation.revocation_feed import MAX_RETENTION_S
+
+    feed = KeyStore.init(tmp_path / "feed", alg="ES256", passphrase="feed test passphrase")
+    signer = FeedSigner(feed)
+    record = replace(revocation("alice", kind="sub"), expires_at=format_ts(4_000_000_000))  # in 2096
+    assert FeedVerifier.from_store(feed).verify(signer.sign(record)) == record
+    assert feed.retention < MAX_RETENTION_S and signer.retention_failures == 1
+    assert "will not verify this revocation" in caplog.text
 
 
 def test_a_revocation_is_signed_even_when_the_retention_cannot_be_recorded(

@@ -312,7 +312,7 @@ def test_an_older_set_is_refused_after_a_restart(https, root: RootKey, tmp_path:
 
     server.body = set_b
     first = _signed_source(url, ca, root, state)
-    assert first.has_keys and first.high_water.iat == int(now - 60)
+    assert first.has_keys and first.high_water.iat == round(now - 60, 3)
     first.close()
 
     server.body = set_a  # the restarted validator is offered the older set first
@@ -323,11 +323,11 @@ def test_an_older_set_is_refused_after_a_restart(https, root: RootKey, tmp_path:
     assert restarted.refresh() and restarted.has_keys
     set_c = sign_jwks(root, older.public_jwks(), now=now).encode()
     server.body = set_c
-    assert restarted.refresh() and restarted.high_water.iat == int(now)
+    assert restarted.refresh() and restarted.high_water.iat == round(now, 3)
     restarted.close()
 
     stored = json.loads(restarted.high_water.path.read_bytes())  # type: ignore[union-attr]
-    assert stored["iat"] == int(now) and stored["root_kid"] == root.kid and stored["issuer"] == ISS
+    assert stored["iat"] == round(now, 3) and stored["root_kid"] == root.kid and stored["issuer"] == ISS
     assert restarted.high_water.path.stat().st_mode & 0o777 == 0o600  # type: ignore[union-attr]
     assert restarted.high_water.path.parent.stat().st_mode & 0o077 == 0  # type: ignore[union-attr]
 
@@ -446,3 +446,39 @@ def test_keys_dir_with_a_pinned_root_trusts_only_what_the_root_signed(tmp_path: 
     assert len(source.current()) == 0
     with pytest.raises(JwksError, match="no key set the pinned root vouches for"):
         SignedJwksFileSource(tmp_path / "missing.jwt", ALGS, root_jwk=root.public_jwk, issuer=ISS)
+
+
+def test_sets_published_within_one_second_still_move_forward(tmp_path: Path, root: RootKey, store: KeyStore) -> None:
+    """A rotation re-signed within the second, or signed on a clock stepped back, is issued after the set it
+    replaces: with whole-second iats, an equal one was a conflict that kept validators on the old keys."""
+    now = float(int(time.time()))
+    path = store.path / SIGNED_JWKS_FILE
+
+    def iat() -> float:
+        return float(jwt.decode(path.read_bytes().strip(), options={"verify_signature": False})["iat"])
+
+    publish_signed_jwks(store, root, now=now)
+    source = SignedJwksFileSource(
+        path, ALGS, root_jwk=root.public_jwk, issuer=ISS, clock=lambda: now, min_interval_s=0,
+        state_dir=tmp_path / "data",
+    )  # fmt: skip
+    issued = [iat()]
+    store.rotate()  # a key change; the old jwks.jwt no longer lists the store's keys
+    publish_signed_jwks(store, root, now=now + 0.25)  # the same second
+    issued.append(iat())
+    assert source.refresh_for_unknown_kid() and store.current().kid in source.current().by_kid
+    store.rotate()
+    publish_signed_jwks(store, root, now=now + 0.5)
+    publish_signed_jwks(store, root, now=now - 30)  # signed again on a host whose clock stepped back
+    issued.append(iat())
+    assert issued == sorted(set(issued))
+    assert source.refresh_for_unknown_kid() and store.current().kid in source.current().by_kid
+    assert source.last_error is None
+
+
+def test_a_far_future_previous_iat_does_not_drag_the_next_set_along(root: RootKey, store: KeyStore) -> None:
+    now = float(int(time.time()))
+    publish_signed_jwks(store, root, now=now + 10 * 86400)  # a broken clock, or a planted file
+    publish_signed_jwks(store, root, now=now)
+    iat = jwt.decode((store.path / SIGNED_JWKS_FILE).read_bytes().strip(), options={"verify_signature": False})["iat"]
+    assert iat == now

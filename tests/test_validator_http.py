@@ -88,6 +88,23 @@ def test_validation_answers_are_never_cached(url: str, path: str, issuer: Issuer
     assert good.status_code == 200 and good.headers["cache-control"] == "no-store"
 
 
+@pytest.mark.parametrize(
+    "claims",
+    [{"username": "\ud800"}, {"aud": [AUDIENCE, "\udfff"]}, {"profile": {"name": ["x", "\ud83d"]}}],
+    ids=["username", "aud-element", "nested"],
+)
+def test_a_signed_token_with_text_no_utf8_can_carry_is_inactive_never_a_500(
+    url: str, issuer: Issuer, claims: dict[str, object]
+) -> None:
+    """Introspection hands claims on (``username``, ``aud``) that the header rules do not cover: a lone surrogate
+    in one, signed by the issuer, made its answer a 500. Such a token is malformed on every surface."""
+    token = issuer.token("ES256", **claims)
+    auth = {"Authorization": f"Bearer {ADMIN}"}
+    answer = httpx.post(url + "/v1/introspect", data={"token": token}, headers=auth)
+    assert answer.status_code == 200 and answer.json() == {"active": False}
+    assert httpx.get(url + "/v1/validate", headers={"Authorization": f"Bearer {token}"}).status_code == 401
+
+
 def test_introspection_follows_rfc7662(url: str, issuer: Issuer) -> None:
     token = issuer.token("ES256", sub="carol", scope="orders:read")
     auth = {"Authorization": f"Bearer {ADMIN}"}

@@ -9,6 +9,7 @@ Metrics are not here but on the metrics listener (``--metrics-port``).
 from __future__ import annotations
 
 import logging
+import unicodedata
 from typing import Annotated, Any, Literal
 
 import orjson
@@ -18,8 +19,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from pipeline.alerts.delivery import EVENT_TYPES
-from pipeline.alerts.service import DELIVERY_STATUSES, AlertsService
+from pipeline.alerts.service import DELIVERY_STATUSES, MAX_SUPPRESS_S, MIN_SUPPRESS_S, AlertsService, verdict_view
 from pipeline.alerts.targets import TargetError
+from pipeline.bus.dead_letter import Unavailable
 from pipeline.events import ENTITY_TYPES, SEVERITIES, parse_ts
 from pipeline.web import (
     SecurityHeadersMiddleware,
@@ -49,6 +51,37 @@ class WebhookRequest(BaseModel):
     min_severity: Severity = "low"
 
 
+MAX_NOTE_CHARS = 2000
+MAX_ALERT_ID_CHARS = 256
+
+
+class VerdictRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    verdict: Literal["benign", "compromised"]
+    note: str | None = Field(default=None, max_length=MAX_NOTE_CHARS)
+    suppress_for: str | None = Field(
+        default=None, min_length=1, max_length=32, description="benign only: e.g. 30m, 24h, 7d (default 24h)"
+    )
+    analyst: str | None = Field(
+        default=None, pattern=r"^[A-Za-z0-9._@+-]{1,64}$", description="who judged (default: admin)"
+    )
+
+
+#: Characters a note may not hold: they would let it pass for something else where it is shown (a terminal, a log
+#: line, the console) — controls but tab and newline, line and paragraph separators, bidirectional overrides.
+_BIDI = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f\u061c")
+
+
+def _note_problem(note: str) -> str | None:
+    for char in note:
+        if char in "\t\n":
+            continue
+        if char in _BIDI or unicodedata.category(char) in ("Cc", "Cs", "Zl", "Zp"):
+            return "note must be printable text: no control, separator or bidirectional-override characters"
+    return None
+
+
 class WebhookCreated(BaseModel):
     id: str
     secret: str = Field(description="the Standard Webhooks signing secret (whsec_...), shown only in this answer")
@@ -64,13 +97,19 @@ class ErrorAnswer(BaseModel):
 #: The error answers of the admin API, declared so that the OpenAPI schema describes what is really sent
 #: (FastAPI's default 422 schema demands a list of validation errors; the handlers' own 422s carry a string).
 ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorAnswer} for status in (400, 401, 404, 408, 409, 413, 422)
+    status: {"model": ErrorAnswer} for status in (400, 401, 404, 408, 409, 413, 422, 503)
 }
 #: POST /v1/webhooks reads its body by hand (capped, never a 500): its schema is declared here.
 WEBHOOK_BODY = {
     "requestBody": {
         "required": True,
         "content": {"application/json": {"schema": WebhookRequest.model_json_schema()}},
+    }
+}
+VERDICT_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": VerdictRequest.model_json_schema()}},
     }
 }
 
@@ -169,6 +208,9 @@ def alerts_router(service: AlertsService) -> APIRouter:
         severity: Annotated[Severity | None, Query(description="minimum severity")] = None,
         since: Annotated[str | None, Query(max_length=64)] = None,
         until: Annotated[str | None, Query(max_length=64)] = None,
+        verdict: Annotated[
+            Literal["benign", "compromised", "none"] | None, Query(description="current verdict (none: unjudged)")
+        ] = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     ) -> Response:
         assert entity_type is None or entity_type in ENTITY_TYPES
@@ -177,9 +219,73 @@ def alerts_router(service: AlertsService) -> APIRouter:
         except ValueError as exc:
             return _error(422, "invalid_request", str(exc))
         alerts = service.list_alerts(
-            entity_type=entity_type, entity=entity, severity=severity, since=since_s, until=until_s, limit=limit
+            entity_type=entity_type,
+            entity=entity,
+            severity=severity,
+            since=since_s,
+            until=until_s,
+            verdict=verdict,
+            limit=limit,
         )
         return JSONResponse({"alerts": alerts})
+
+    @router.post(
+        "/v1/alerts/{alert_id}/verdict",
+        tags=["alerts"],
+        status_code=201,
+        dependencies=admin,
+        summary="Judge an alert: benign (suppress its pattern for the entity) or compromised (revoke)",
+        responses=ERRORS,
+        openapi_extra=VERDICT_BODY,
+    )
+    async def judge_alert(alert_id: str, request: Request) -> Response:
+        raw = await read_capped(request, MAX_BODY_BYTES)
+        if raw is None:
+            return _error(413, "request_too_large", f"at most {MAX_BODY_BYTES} bytes")
+        try:
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return _error(400, "invalid_json")
+        try:
+            body = VerdictRequest.model_validate(data)
+        except ValidationError as exc:
+            return _error(422, "invalid_request", validation_problems(exc.errors()))
+        problem = _note_problem(body.note) if body.note is not None else None
+        if problem is not None:
+            return _error(422, "invalid_request", problem)
+        suppress_s = None
+        if body.suppress_for is not None:
+            if body.verdict != "benign":
+                return _error(422, "invalid_request", "suppress_for applies to benign verdicts only")
+            # The project's one duration syntax (imported here: the key store's dependencies stay out of the app).
+            from pipeline.validation.keystore import KeyStoreError, parse_duration
+
+            try:
+                suppress_s = parse_duration(body.suppress_for)
+            except KeyStoreError:
+                return _error(422, "invalid_request", "suppress_for must be a duration such as 30m, 24h or 7d")
+            if not MIN_SUPPRESS_S <= suppress_s <= MAX_SUPPRESS_S:
+                return _error(422, "invalid_request", "suppress_for must lie between 1m and 30d")
+        if len(alert_id) > MAX_ALERT_ID_CHARS:
+            return _error(404, "not_found")
+        try:
+            # SQLite and a bus flush block: off the event loop.
+            recorded = await run_in_threadpool(
+                service.record_verdict,
+                alert_id,
+                body.verdict,
+                note=body.note,
+                suppress_for_s=suppress_s,
+                by=body.analyst or "admin",
+            )
+        except Unavailable as exc:
+            log.warning("verdict on alert %s not recorded: %s", alert_id, exc)
+            return _error(503, "unavailable", "the verdict could not be published; nothing was recorded, try again")
+        if recorded is None:
+            return _error(404, "not_found")
+        return JSONResponse(
+            {"alert_id": recorded.alert_id, "verdict": verdict_view(recorded.to_json())}, status_code=201
+        )
 
     @router.get(
         "/v1/deliveries", tags=["deliveries"], dependencies=admin, summary="Webhook deliveries with their attempts"
@@ -244,4 +350,11 @@ def create_alerts_app(service: AlertsService) -> FastAPI:
     return app
 
 
-__all__ = ["NO_STORE_PREFIXES", "WebhookRequest", "alerts_router", "create_alerts_app", "health_router"]
+__all__ = [
+    "NO_STORE_PREFIXES",
+    "VerdictRequest",
+    "WebhookRequest",
+    "alerts_router",
+    "create_alerts_app",
+    "health_router",
+]

@@ -71,13 +71,23 @@ from pipeline.alerts.targets import (
     resolve_target,
     system_resolver,
 )
+from pipeline.bus import VERDICTS, Bus
 from pipeline.bus.dead_letter import Unavailable
-from pipeline.events import SEVERITIES, Alert, Revocation, format_ts, parse_ts
+from pipeline.events import (
+    MAX_RULE_NAME,
+    MAX_VERDICT_RULES,
+    SEVERITIES,
+    Alert,
+    AlertVerdict,
+    Revocation,
+    format_ts,
+    parse_ts,
+)
 
 log = logging.getLogger(__name__)
 
 DB_NAME = "alerts.sqlite"
-SCHEMA_VERSION = 2  # 2: deliveries.claimed_by
+SCHEMA_VERSION = 3  # 2: deliveries.claimed_by; 3: verdicts
 _RANK = {name: rank for rank, name in enumerate(SEVERITIES)}
 DELIVERY_STATUSES: tuple[str, ...] = ("pending", "delivered", "failed", "disabled")
 #: A claimed delivery is not claimed again for this long (covers the attempt, even if the process dies in it).
@@ -170,7 +180,25 @@ CREATE TABLE IF NOT EXISTS delivery_attempts (
     outcome TEXT NOT NULL                -- delivered | retry | failed | disabled
 );
 CREATE INDEX IF NOT EXISTS delivery_attempts_delivery ON delivery_attempts(delivery_id);
+CREATE TABLE IF NOT EXISTS verdicts (    -- analysts' verdicts, every one kept; an alert's verdict is its latest
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    verdict_id TEXT NOT NULL UNIQUE,
+    alert_id TEXT NOT NULL,
+    verdict TEXT NOT NULL,               -- benign | compromised
+    ts REAL NOT NULL,
+    record BLOB NOT NULL                 -- the verdict/1 record as published
+);
+CREATE INDEX IF NOT EXISTS verdicts_alert ON verdicts(alert_id, id);
 """
+#: An alert's current verdict: the latest recorded for it.
+_LATEST_VERDICT = "(SELECT v.record FROM verdicts v WHERE v.alert_id = alerts.alert_id ORDER BY v.id DESC LIMIT 1)"
+_LATEST_KIND = "(SELECT v.verdict FROM verdicts v WHERE v.alert_id = alerts.alert_id ORDER BY v.id DESC LIMIT 1)"
+#: Bounds of a benign verdict's suppression.
+MIN_SUPPRESS_S = 60
+MAX_SUPPRESS_S = 30 * 86400
+DEFAULT_SUPPRESS_S = 86400
+#: How long publishing a verdict may take before the request fails (and the verdict is not kept).
+PUBLISH_TIMEOUT_S = 10.0
 
 
 _DELIVERY_SELECT = (
@@ -256,10 +284,13 @@ class AlertsService:
         timeout_s: float = 10.0,
         concurrency: int = 8,
         per_target_concurrency: int = PER_TARGET_CONCURRENCY,
+        bus: Bus | None = None,
     ) -> None:
         """``timeout_s`` is the total deadline of one attempt; ``concurrency`` the attempts in flight at once, at
         most ``per_target_concurrency`` of them to one webhook. ``http``, if given, must come from
-        :func:`~pipeline.alerts.delivery.default_client`: the deadline lives in its transport."""
+        :func:`~pipeline.alerts.delivery.default_client`: the deadline lives in its transport. ``bus`` is where
+        analysts' verdicts are published (``jwtwatch.verdicts``); without one they are only stored."""
+        self.bus = bus
         if http is not None and not isinstance(http, DeliveryClient):
             raise TypeError("http must come from pipeline.alerts.delivery.default_client (it enforces the deadline)")
         self.data_dir = Path(data_dir)
@@ -764,10 +795,21 @@ class AlertsService:
         severity: str | None = None,
         since: float | None = None,
         until: float | None = None,
+        verdict: str | None = None,
         limit: int = 100,
     ) -> list[dict[str, Any]]:
-        """The alert log (latest revision of each alert), newest first; ``severity`` is a minimum."""
+        """The alert log (latest revision of each alert), newest first; ``severity`` is a minimum. Each alert has
+        its current ``verdict`` (see :func:`verdict_view`) or None; ``verdict`` filters on it (``none``: unjudged).
+        """
         where, params = ["1 = 1"], []
+        if verdict is not None:
+            if verdict == "none":
+                where.append(f"{_LATEST_KIND} IS NULL")
+            elif verdict in ("benign", "compromised"):
+                where.append(f"{_LATEST_KIND} = ?")
+                params.append(verdict)
+            else:
+                raise ValueError("verdict must be benign, compromised or none")
         if entity_type is not None:
             where.append("entity_type = ?")
             params.append(entity_type)
@@ -786,10 +828,89 @@ class AlertsService:
             where.append("ts <= ?")
             params.append(until)
         rows = self._query(
-            f"SELECT record, revision FROM alerts WHERE {' AND '.join(where)} ORDER BY ts DESC, alert_id LIMIT ?",  # noqa: S608 - fixed clauses, values bound as ?  # nosec B608
+            f"SELECT record, revision, {_LATEST_VERDICT} FROM alerts WHERE {' AND '.join(where)}"  # noqa: S608 - fixed clauses, values bound as ?  # nosec B608
+            " ORDER BY ts DESC, alert_id LIMIT ?",
             [*params, max(0, int(limit))],
         )
-        return [{**orjson.loads(record), "revision": revision} for record, revision in rows]
+        return [
+            {**orjson.loads(record), "revision": revision, "verdict": verdict_view(judged)}
+            for record, revision, judged in rows
+        ]
+
+    # ------------------------------------------------------------------------------------- verdicts
+
+    def record_verdict(
+        self,
+        alert_id: str,
+        verdict: str,
+        *,
+        note: str | None = None,
+        suppress_for_s: int | None = None,
+        by: str = "admin",
+    ) -> AlertVerdict | None:
+        """Record an analyst's verdict on a logged alert and publish it (verdict/1 on ``jwtwatch.verdicts``).
+
+        Returns None for an unknown alert. Every verdict is kept; the latest is the alert's verdict. A benign one
+        suppresses for ``suppress_for_s`` (default a day, :data:`MIN_SUPPRESS_S`..:data:`MAX_SUPPRESS_S`). The
+        verdict is published and flushed before this returns; if that fails the verdict is not kept either
+        (:class:`~pipeline.bus.dead_letter.Unavailable`), so what the log shows is what the pipeline was told.
+        """
+        if verdict not in ("benign", "compromised"):
+            raise ValueError("verdict must be benign or compromised")
+        if verdict == "compromised" and suppress_for_s is not None:
+            raise ValueError("suppress_for applies to benign verdicts only")
+        if suppress_for_s is None:
+            suppress_for_s = DEFAULT_SUPPRESS_S
+        if not MIN_SUPPRESS_S <= suppress_for_s <= MAX_SUPPRESS_S:
+            raise ValueError(f"suppress_for must lie between {MIN_SUPPRESS_S} s and {MAX_SUPPRESS_S // 86400} days")
+        rows = self._query("SELECT record FROM alerts WHERE alert_id = ?", (alert_id,))
+        if not rows:
+            return None
+        alert = Alert.from_json(rows[0][0])
+        now = self.clock()
+        record = AlertVerdict(
+            verdict_id=str(uuid.uuid4()),
+            alert_id=alert.alert_id,
+            verdict=verdict,
+            ts=format_ts(now),
+            by=by,
+            entity_type=alert.entity_type,
+            entity=alert.entity,
+            severity=alert.severity,
+            rules=alert_rules(alert),
+            sub=alert.sub,
+            jti=alert.jti,
+            ip=alert.ip,
+            note=note,
+            suppress_until=format_ts(now + suppress_for_s) if verdict == "benign" else None,
+        )
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO verdicts (verdict_id, alert_id, verdict, ts, record) VALUES (?, ?, ?, ?, ?)",
+                (record.verdict_id, record.alert_id, record.verdict, now, record.to_json()),
+            )
+        if self.bus is not None:
+            try:
+                self.bus.publish(VERDICTS, record.bus_key, record.to_json())
+                self.bus.flush(PUBLISH_TIMEOUT_S)
+            except Exception as exc:
+                with self._tx() as db:
+                    db.execute("DELETE FROM verdicts WHERE verdict_id = ?", (record.verdict_id,))
+                raise Unavailable(f"the verdict could not be published: {exc}") from exc
+        log.info("alert %s judged %s by %s", alert_id, verdict, by)
+        return record
+
+    def active_verdicts(self) -> list[AlertVerdict]:
+        """Each alert's current verdict where it is benign and still suppresses (to publish again on a bus that
+        forgot them: the embedded ``serve``'s in-process bus starts empty)."""
+        now = self.clock()
+        rows = self._query(
+            "SELECT v.record FROM verdicts v"
+            " WHERE v.id = (SELECT MAX(w.id) FROM verdicts w WHERE w.alert_id = v.alert_id)"
+            " AND v.verdict = 'benign' ORDER BY v.id"
+        )
+        verdicts = [AlertVerdict.from_json(row[0]) for row in rows]
+        return [v for v in verdicts if v.suppress_until and parse_ts(v.suppress_until).timestamp() > now]
 
     def list_deliveries(
         self, *, status: str | None = None, webhook_id: str | None = None, limit: int = 100
@@ -861,6 +982,31 @@ class AlertsService:
             return removed.rowcount
 
 
+def alert_rules(alert: Alert) -> list[str]:
+    """The rules that fired in an alert (its pattern, with its entity and severity), as its reasons name them."""
+    rules = {
+        reason["rule"]
+        for reason in alert.reasons
+        if isinstance(reason.get("rule"), str) and 0 < len(reason["rule"]) <= MAX_RULE_NAME
+    }
+    return sorted(rules)[:MAX_VERDICT_RULES]
+
+
+def verdict_view(record: bytes | None) -> dict[str, Any] | None:
+    """What ``GET /v1/alerts`` shows of an alert's current verdict (None when it has none)."""
+    if record is None:
+        return None
+    verdict = AlertVerdict.from_json(record)
+    return {
+        "verdict_id": verdict.verdict_id,
+        "verdict": verdict.verdict,
+        "note": verdict.note,
+        "by": verdict.by,
+        "at": verdict.ts,
+        "suppress_until": verdict.suppress_until,
+    }
+
+
 def _result_label(result: AttemptResult) -> str:
     if result.status_code is None:
         return "refused" if (result.error or "").startswith("target refused") else "error"
@@ -869,7 +1015,10 @@ def _result_label(result: AttemptResult) -> str:
 
 __all__ = [
     "DB_NAME",
+    "DEFAULT_SUPPRESS_S",
     "DELIVERY_STATUSES",
+    "MAX_SUPPRESS_S",
+    "MIN_SUPPRESS_S",
     "PER_TARGET_CONCURRENCY",
     "AlertsMetrics",
     "AlertsService",

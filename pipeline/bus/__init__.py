@@ -15,13 +15,14 @@ deterministic ``alert_id``).
 from __future__ import annotations
 
 from pipeline.bus.base import Bus, Consumer, Message, MessageRun
-from pipeline.bus.topics import ALERTS, DEAD_LETTER, REVOCATIONS, TOKEN_USAGE, TopicSpec, default_topics
+from pipeline.bus.topics import ALERTS, DEAD_LETTER, REVOCATIONS, TOKEN_USAGE, VERDICTS, TopicSpec, default_topics
 
 __all__ = [
     "ALERTS",
     "DEAD_LETTER",
     "REVOCATIONS",
     "TOKEN_USAGE",
+    "VERDICTS",
     "Bus",
     "Consumer",
     "Message",

@@ -8,6 +8,7 @@ TOKEN_USAGE = "jwtwatch.token-usage"
 ALERTS = "jwtwatch.alerts"
 REVOCATIONS = "jwtwatch.revocations"
 DEAD_LETTER = "jwtwatch.dead-letter"
+VERDICTS = "jwtwatch.verdicts"  # analysts' verdict/1 on alerts, from the alerts service to the pipeline
 REPLAY = "jwtwatch.replay"  # one-time tokens used, shared between validator instances (pipeline.validation.replay)
 
 
@@ -27,4 +28,7 @@ def default_topics(partitions: int = 3) -> list[TopicSpec]:
         TopicSpec(REVOCATIONS, 1, compacted=True),
         TopicSpec(DEAD_LETTER, 1),
         TopicSpec(REPLAY, 1),
+        # Verdicts: few (people make them), read whole by every pipeline process at start to rebuild its
+        # suppressions; compacted by alert_id, so the last verdict on an alert is the one that stays.
+        TopicSpec(VERDICTS, 1, compacted=True),
     ]

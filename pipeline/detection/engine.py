@@ -9,7 +9,8 @@ For each micro-batch (``process``):
    once when it first appears), all rows of one entity type in one vectorised forest call;
 3. scores above the calibrated threshold — or a rule that needs no model — become findings, which the
    alert tracker turns into new or escalated alerts;
-4. clean windows teach the baselines; idle entities and quiet episodes are evicted.
+4. clean windows teach the baselines — and so do windows whose finding repeats a pattern an analyst judged
+   benign for that entity (``suppressions``): those raise no alert; idle entities and quiet episodes are evicted.
 
 Pure: no I/O. The streaming runner and ``jwtwatch detect`` wire it to the bus and to files.
 """
@@ -30,6 +31,7 @@ from pipeline.features import FEATURES, Session, ip_features, subject_features, 
 from pipeline.features.baselines import Baselines
 from pipeline.response.alerts import AlertTracker, Finding
 from pipeline.response.summary import EntityFacts, network_label
+from pipeline.response.suppressions import Suppressions
 from pipeline.scoring.model import DetectionModel
 from pipeline.windows import (
     _PREFIX_HASH,
@@ -83,6 +85,7 @@ class EngineStats:
     findings: int = 0
     alerts: int = 0
     batches: int = 0
+    suppressed: int = 0  # findings not raised: an analyst judged their pattern benign for that entity
 
 
 @dataclass
@@ -124,6 +127,8 @@ class DetectionEngine:
         self._touched: dict[str, set[str]] = {t: set() for t in FEATURES}
         self._lifetimes: dict[float, float] = {}  # exp - iat -> the float that token windows share
         self.on_finding: Callable[[Finding], None] | None = None
+        #: Benign verdicts (pipeline.response.suppressions); the streaming runner fills it from the verdict topic.
+        self.suppressions = Suppressions()
         #: Called with every scored batch of one entity type: (entity_type, keys, event times, feature
         #: rows, scores) — what the archive keeps as window features and scores.
         self.on_scored: Callable[[str, list[str], list[float], list[list[float]], list[float]], None] | None = None
@@ -163,6 +168,7 @@ class DetectionEngine:
         for store in self.stores.values():
             store.evict_idle(watermark)
         self.tracker.close_quiet(self.max_ts)
+        self.suppressions.prune(self.max_ts)
         self._next_eviction = self.max_ts + self.spec.length_s / 2
 
     # ---------------------------------------------------------------------------------------- scoring
@@ -234,12 +240,19 @@ class DetectionEngine:
                 window.suspect_since = NEVER
                 self._learn(entity_type, key, window, row)
                 continue
+            severity = rule_severity(rules, severity)
+            if self.suppressions and self.suppressions.covers(entity_type, key, rules, severity, window.last_ts):
+                # An analyst judged this pattern benign for this entity: no alert, and the window is normal
+                # behaviour, so it teaches the baselines like a clean one.
+                window.suspect_since = NEVER
+                self.stats.suppressed += 1
+                self._learn(entity_type, key, window, row)
+                continue
             if not rules and self.confirm_forest and window.suspect_since == NEVER:
                 # The forest alone must see the entity anomalous twice in a row (>= rescore_s apart):
                 # one odd request — a lazy client's expired token — is not an attack.
                 window.suspect_since = window.last_ts
                 continue
-            severity = rule_severity(rules, severity)
             now = window.last_ts
             explained = [r.to_dict() for r in scorer.reasons(row)]
             if not explained and forest_severity is not None:

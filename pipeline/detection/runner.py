@@ -27,8 +27,9 @@ from pipeline.bus.dead_letter import dead_letter, describe, is_infrastructure_fa
 from pipeline.detection.batch import EventBatch, Row, decode_rows, row_of
 from pipeline.detection.collector import collector_paused
 from pipeline.detection.engine import DetectionEngine
-from pipeline.events import Alert, TokenUsage
+from pipeline.events import Alert, AlertVerdict, TokenUsage
 from pipeline.features.baselines import Baselines
+from pipeline.response.verdicts import VerdictFollower
 from pipeline.scoring.model import DetectionModel
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,9 @@ class StreamingRunner:
         self.save_every_s = save_every_s
         self.group = group
         self.consumer = bus.consumer([topic], group, from_beginning=True)
+        #: Analysts' verdicts (pipeline.response.verdicts), applied at the start of every step: set by whoever
+        #: wires the runner (``follow_verdicts``).
+        self.verdicts: VerdictFollower | None = None
         self.dead_letters = 0
         self.published = 0
         self._rebuild_until: dict[tuple[str, int], int] = {}
@@ -166,6 +170,7 @@ class StreamingRunner:
         )
         engine.stats = old.stats  # counts go on across rebuilds (events re-read are counted again)
         engine.on_finding, engine.on_scored = old.on_finding, old.on_scored
+        engine.suppressions = old.suppressions  # analysts' benign verdicts are not window state
         self.engine = engine
         self.rebuilds += 1
 
@@ -175,8 +180,18 @@ class StreamingRunner:
         offset = pending.offsets[0] if pending else self._handled[tp]
         return max(offset, self._rebuild_until.get(tp, 0))
 
+    def follow_verdicts(self, revoke: Callable[[AlertVerdict], object] | None = None) -> VerdictFollower:
+        """Read ``jwtwatch.verdicts``: benign ones suppress in this engine, compromised ones go to ``revoke``.
+
+        Every verdict already on the topic is applied before this returns (before any event is scored)."""
+        self.verdicts = VerdictFollower(self.bus, self.engine.suppressions, group=self.group, revoke=revoke)
+        self.verdicts.catch_up()
+        return self.verdicts
+
     def step(self) -> int:
         """One poll → release in event-time order → process → publish → commit. Returns messages polled."""
+        if self.verdicts is not None:
+            self.verdicts.step()  # in this thread: the engine's suppressions have one owner
         runs = self.consumer.poll_runs(self.max_batch, self.poll_timeout_s)
         with collector_paused():  # the whole batch, decode to commit: see collector_paused
             return self._step(runs)
@@ -355,6 +370,8 @@ class StreamingRunner:
     def close(self) -> None:
         self.stop()
         self.consumer.close()
+        if self.verdicts is not None:
+            self.verdicts.close()
 
 
 def _row_or_none(value: bytes) -> Row | None:

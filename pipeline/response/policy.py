@@ -10,6 +10,10 @@ Off unless asked for. When on, an alert leads to a revocation only if
   gone wrong cannot log everyone out.
 
 ``dry_run`` decides everything the same way but revokes nothing (``revocation_suppressed``, "dry run").
+
+An analyst's ``compromised`` verdict (:meth:`AutoRevoker.decide_manual`) is a person's decision, not the model's:
+it revokes whether or not auto-revocation is on and whatever the alert's severity — but behind the same
+guardrails (allowlists, circuit breaker shared with automatic revocations, dry run).
 """
 
 from __future__ import annotations
@@ -90,18 +94,55 @@ class AutoRevoker:
             return Decision("none", "auto-revocation is off")
         if _RANK[alert.severity] < _RANK[policy.min_severity]:
             return Decision("none", f"severity {alert.severity} below {policy.min_severity}")
+        kind: Literal["jti", "sub"]
         if alert.severity == "critical" and policy.subject_on_critical and alert.sub:
             kind, value = "sub", alert.sub
         elif alert.jti:
             kind, value = "jti", alert.jti
         else:
             return Decision("none", "nothing to revoke (no token or subject)")
-        if alert.sub and alert.sub in policy.allow_subjects:
-            return Decision("revocation_suppressed", f"subject {alert.sub} is allowlisted", kind, value)
+        return self._guarded(
+            kind,
+            value,
+            alert.sub,
+            alert.ip,
+            client_id,
+            now,
+            f"severity {alert.severity} at or above {policy.min_severity}",
+        )
+
+    def decide_manual(
+        self,
+        kind: Literal["jti", "sub"],
+        value: str,
+        now: float,
+        *,
+        sub: str | None = None,
+        ip: str | None = None,
+        client_id: str | None = None,
+    ) -> Decision:
+        """An analyst asks to revoke ``kind``/``value``: the guardrails decide, not the on/off switch or severity."""
+        return self._guarded(kind, value, sub, ip, client_id, now, "analyst verdict: compromised")
+
+    def _guarded(
+        self,
+        kind: Literal["jti", "sub"],
+        value: str,
+        sub: str | None,
+        ip: str | None,
+        client_id: str | None,
+        now: float,
+        why: str,
+    ) -> Decision:
+        policy = self.policy
+        if sub and sub in policy.allow_subjects:
+            return Decision("revocation_suppressed", f"subject {sub} is allowlisted", kind, value)
+        if kind == "sub" and value in policy.allow_subjects:
+            return Decision("revocation_suppressed", f"subject {value} is allowlisted", kind, value)
         if client_id and client_id in policy.allow_clients:
             return Decision("revocation_suppressed", f"client {client_id} is allowlisted", kind, value)
-        if alert.ip and _in_networks(alert.ip, policy.allow_cidrs):
-            return Decision("revocation_suppressed", f"IP {alert.ip} is in an allowlisted network", kind, value)
+        if ip and _in_networks(ip, policy.allow_cidrs):
+            return Decision("revocation_suppressed", f"IP {ip} is in an allowlisted network", kind, value)
         while self._recent and self._recent[0] <= now - 60:
             self._recent.popleft()
         if len(self._recent) >= policy.max_per_minute:
@@ -118,7 +159,7 @@ class AutoRevoker:
         if policy.dry_run:
             return Decision("revocation_suppressed", f"dry run: would revoke {kind} {value}", kind, value)
         self._recent.append(now)
-        return Decision("revoked", f"severity {alert.severity} at or above {policy.min_severity}", kind, value)
+        return Decision("revoked", why, kind, value)
 
 
 def _in_networks(ip: str, networks: tuple[Network, ...]) -> bool:

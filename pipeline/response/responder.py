@@ -6,10 +6,11 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from typing import Literal
 
 from pipeline.bus import ALERTS, REVOCATIONS, Bus
-from pipeline.events import Alert
-from pipeline.response.policy import AutoRevoker
+from pipeline.events import Alert, AlertVerdict, parse_ts
+from pipeline.response.policy import AutoRevoker, Decision
 from pipeline.validation.revocation_feed import FeedSigner
 from pipeline.validation.revocations import DEFAULT_MAX_TOKEN_LIFETIME_S, new_revocation
 
@@ -71,6 +72,45 @@ class Responder:
         self.revoked += 1
         log.warning("alert %s: revoked %s %s (%s)", alert.alert_id, *key, record.revocation_id)
         return replace(alert, action="revoked", revocation_id=record.revocation_id)
+
+    def revoke_for_verdict(self, verdict: AlertVerdict) -> Decision:
+        """An analyst's ``compromised`` verdict: revoke the alert's subject (a subject alert) or token (a token
+        alert; an IP alert's token, else its subject, when the alert named one), through the policy's guardrails.
+
+        The revocation is ``source: manual`` (a person decided) and names the alert. Nothing to revoke (an IP
+        alert naming no token or subject) is a ``none`` decision."""
+        kind: Literal["jti", "sub"]
+        if verdict.entity_type in ("jti", "sub"):
+            kind, value = verdict.entity_type, verdict.entity  # type: ignore[assignment]
+        elif verdict.jti:
+            kind, value = "jti", verdict.jti
+        elif verdict.sub:
+            kind, value = "sub", verdict.sub
+        else:
+            log.warning("verdict %s: alert %s names no token or subject to revoke", verdict.verdict_id,
+                        verdict.alert_id)  # fmt: skip
+            return Decision("none", "nothing to revoke (the alert names no token or subject)")
+        decision = self.revoker.decide_manual(kind, value, self.clock(), sub=verdict.sub, ip=verdict.ip)
+        if decision.action != "revoked":
+            self.suppressed += 1
+            log.warning("verdict %s: revocation of %s %s suppressed: %s", verdict.verdict_id, kind, value, decision.why)
+            return decision
+        revoked_at = parse_ts(verdict.ts).timestamp()
+        record = new_revocation(
+            kind=kind,
+            iss=self.issuer,
+            value=value,
+            reason=f"manual: analyst verdict compromised on alert {verdict.alert_id}",
+            source="manual",
+            alert_id=verdict.alert_id,
+            revoked_before=revoked_at if kind == "sub" else None,
+            max_token_lifetime_s=self.max_token_lifetime_s,
+            now=self.clock(),
+        )
+        self.bus.publish(REVOCATIONS, record.bus_key, self.signer.sign(record) if self.signer else record.to_json())
+        self.revoked += 1
+        log.warning("verdict %s: revoked %s %s (%s)", verdict.verdict_id, kind, value, record.revocation_id)
+        return decision
 
     def _storm(self, alert: Alert, why: str) -> None:
         storm = replace(

@@ -7,10 +7,12 @@ is a Python loop.
 
 from __future__ import annotations
 
+import ipaddress
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
+import pandas as pd
 
 from pipeline.simulate.model import SimulationParams
 from pipeline.simulate.tables import (
@@ -72,6 +74,7 @@ class Baseline:
     tok_uses: np.ndarray  # accepted uses
     tok_revoked_at: np.ndarray  # seconds since start when the owner's logout revoked it, else nan
     office_ips: np.ndarray  # the office NAT addresses (string codes)
+    lookalikes: list[tuple[str, str, str]] = field(default_factory=list)  # (kind, entity_type, entity)
 
 
 # ------------------------------------------------------------------------------------------ sessions
@@ -303,6 +306,10 @@ class _Builder:
         self.iss = strings.code(params.issuer)
         self.aud = strings.code(params.audience)
         self.horizon = params.duration_s
+        # Benign look-alikes, labelled by client (their subjects and tokens) and by address.
+        self.lookalike_clients: list[tuple[str, np.ndarray]] = []
+        self.lookalike_ips: list[tuple[str, np.ndarray]] = []
+        self.browser_calls: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
     def add_chains(self, chains: _Chains, client_offset: int) -> int:
         """Register a class's tokens; returns the global index of its first token."""
@@ -399,6 +406,7 @@ class _Builder:
         token = chains.tok_of_event + first_tok
         self.batches.append(EventBatch.build(t, token, ip, ua, endpoint, self.validity(t, token)))
         self.retries(chains, first_tok, t, ip, ua, endpoint, pool)
+        self.browser_calls = (client, t, calls["session"])
 
         # In-flight calls right after a logout are rejected as revoked (same client, same network).
         last = np.flatnonzero(calls["session_last"] & logout[calls["session"]])
@@ -454,6 +462,9 @@ class _Builder:
         on_wifi = rng.random(ep_client.size) < p.mobile_wifi_share
         ep_ip = np.where(on_wifi, clients.home_ip[offset + ep_client], carrier_ip).astype(np.int32)
         ip = _episode_lookup(ep_client, ep_start, ep_ip, client, t, self.horizon)
+        if p.pingpong_share > 0:
+            carrier_now = _episode_lookup(ep_client, ep_start, carrier_ip, client, t, self.horizon)
+            ip = self._pingpong(clients, client, t, ip, carrier_now)
         ua = clients.ua[offset : offset + n][client]
         endpoint = self.api.sample(rng, self.api.user_templates, t.shape[0], p=self.api.mobile_weights)
 
@@ -473,6 +484,110 @@ class _Builder:
         token = chains.tok_of_event + first_tok
         self.batches.append(EventBatch.build(t, token, ip, ua, endpoint, self.validity(t, token)))
         self.retries(chains, first_tok, t, ip, ua, endpoint, pool)
+
+    def _pingpong(
+        self, clients: Clients, client: np.ndarray, t: np.ndarray, ip: np.ndarray, carrier_now: np.ndarray
+    ) -> np.ndarray:
+        """Phones that flip between the home Wi-Fi and the carrier every minute or two, keeping their token
+        (a weak Wi-Fi signal at the edge of the flat): the same token alternates between two networks."""
+        p = self.params
+        rng = stream(p.seed, "pingpong")  # its own stream: the other mobile draws stay as they were
+        n = p.mobile
+        flipper = rng.random(n) < p.pingpong_share
+        period = rng.uniform(*p.pingpong_period_s, n)
+        phase = rng.random(n)
+        on_wifi = (np.floor(t / period[client] + phase[client]).astype(np.int64) % 2) == 0
+        home = clients.home_ip[p.browsers + client]
+        self.lookalike_clients.append(("wifi_cell_pingpong", p.browsers + np.flatnonzero(flipper)))
+        return np.where(flipper[client], np.where(on_wifi, home, carrier_now), ip).astype(np.int32)
+
+    # -------------------------------------------------------------------------------------- second devices
+
+    def second_devices(self, rng: np.random.Generator, clients: Clients) -> Clients:
+        """The same app signed in on a second device (a tablet on a phone hotspot while the laptop is at the
+        office or at home): its own token chain of the same ``client_id``, in use while the first device is,
+        from another network. Returns the client table with the second devices appended."""
+        p = self.params
+        if self.browser_calls is None:
+            return clients
+        users = np.flatnonzero(rng.random(p.browsers) < p.multi_device_share)
+        if users.size == 0:
+            return clients
+        client, t, session = self.browser_calls
+        mine = np.isin(client, users)
+        spans = (
+            pd.DataFrame({"session": session[mine], "client": client[mine], "t": t[mine]})
+            .groupby("session", sort=True)
+            .agg(client=("client", "first"), lo=("t", "min"), hi=("t", "max"))
+        )
+        device_of = {int(u): j for j, u in enumerate(users.tolist())}
+        session_mean = p.browser_pages_per_session * p.browser_think_s / p.rate_scale
+        parts_t: list[np.ndarray] = []
+        parts_c: list[np.ndarray] = []
+        parts_ip: list[np.ndarray] = []
+        for owner, lo, hi in zip(spans["client"].tolist(), spans["lo"].tolist(), spans["hi"].tolist(), strict=True):
+            if rng.random() >= p.multi_device_overlap:
+                continue
+            start = float(rng.uniform(lo, max(lo, hi - 30.0)))
+            length = max(120.0, float(rng.exponential(session_mean)))
+            gaps = _MIN_GAP_S + rng.gamma(2.0, p.browser_think_s / p.rate_scale / 2.0, int(length / _MIN_GAP_S) + 1)
+            pages = start + np.concatenate([[0.0], np.cumsum(gaps)])
+            pages = pages[(pages < start + length) & (pages < self.horizon)]
+            k = 1 + rng.poisson(p.calls_per_page - 1.0, pages.size)
+            calls = np.repeat(pages, k) + np.minimum(rng.exponential(_CALL_GAP_S, int(k.sum())), _MAX_PAGE_SPREAD_S)
+            calls = np.sort(calls[calls < self.horizon])
+            # A hotspot or a carrier connection (CGNAT), else some other broadband (a friend's, a café).
+            if rng.random() < 0.6:
+                network = int(self._carrier_addresses(rng, 1)[0])
+            else:
+                network = int(self.addresses.random("residential", 1, rng)[0])
+            parts_t.append(calls)
+            parts_c.append(np.full(calls.size, device_of[owner], dtype=np.int64))
+            parts_ip.append(np.full(calls.size, network, dtype=np.int32))
+        k_dev = users.size
+        offset = len(clients)
+        device_uas = [browser_ua(rng, browser_family(rng)) for _ in range(k_dev)]
+        if parts_t:
+            c = np.concatenate(parts_c)
+            t2 = np.concatenate(parts_t)
+            order = np.lexsort((t2, c))
+            c, t2, ip2 = c[order], t2[order], np.concatenate(parts_ip)[order]
+            first_ip = np.full(k_dev, -1, dtype=np.int32)
+            first_ip[c[::-1]] = ip2[::-1]
+        else:
+            c, t2, ip2 = np.empty(0, dtype=np.int64), np.empty(0), np.empty(0, dtype=np.int32)
+            first_ip = np.full(k_dev, -1, dtype=np.int32)
+        first_ip = np.where(first_ip >= 0, first_ip, clients.home_ip[users]).astype(np.int32)
+        extended = Clients(
+            kind=np.concatenate([clients.kind, np.full(k_dev, KIND_BROWSER, dtype=np.int8)]),
+            sub=np.concatenate([clients.sub, clients.sub[users]]),
+            client_id=np.concatenate([clients.client_id, clients.client_id[users]]),
+            ua=np.concatenate([clients.ua, self.strings.codes(device_uas)]).astype(clients.ua.dtype),
+            home_ip=np.concatenate([clients.home_ip, first_ip]).astype(np.int32),
+            family=clients.family + [ua_family_of(u) for u in device_uas],
+        )
+        self.lookalike_clients.append(("multi_device", np.concatenate([users, offset + np.arange(k_dev)])))
+        if t2.size == 0:
+            return extended
+        ua2 = extended.ua[offset + c]
+        endpoint = self.api.sample(rng, self.api.user_templates, t2.size, p=self.api.browser_weights)
+        pool = UniformPool(rng)
+        chains = _token_chains(
+            t2,
+            c,
+            k_dev,
+            params=p,
+            pool=pool,
+            lazy=rng.random(k_dev) < p.lazy_refresh_share,
+            skewed=np.zeros(k_dev, dtype=bool),
+            margin=self.margins(rng, k_dev, 30.0, 120.0),
+            ongoing=np.zeros(k_dev, dtype=bool),
+        )
+        first_tok = self.add_chains(chains, offset)
+        token = chains.tok_of_event + first_tok
+        self.batches.append(EventBatch.build(t2, token, ip2, ua2, endpoint, self.validity(t2, token)))
+        self.retries(chains, first_tok, t2, ip2, ua2, endpoint, pool)
+        return extended
 
     # -------------------------------------------------------------------------------------- services
 
@@ -591,9 +706,85 @@ def _population(
     return clients, office_member, carrier, office_ips, service_ips
 
 
+def ua_family_of(user_agent: str) -> str:
+    """The browser family of one of :func:`browser_ua`'s user agents (Edge before Chrome: Edge says both)."""
+    for family in ("Edge", "Firefox", "Chrome"):
+        if ("Edg/" if family == "Edge" else family) in user_agent:
+            return family
+    return "Safari"
+
+
+def _office_pools(
+    params: SimulationParams, events: EventBatch, addresses: AddressSpace, office_ips: np.ndarray
+) -> list[tuple[str, str, np.ndarray]]:
+    """Office egress spread over a pool of addresses in several /16s (a cloud proxy, several ISPs): each
+    request of an office user leaves from any address of its office's pool."""
+    rng = stream(params.seed, "office-egress")
+    k = params.office_egress_ips
+    pooled: list[np.ndarray] = []
+    for office in office_ips.tolist():
+        pool = np.concatenate([[office], addresses.random("office", k - 1, rng)]).astype(np.int32)
+        at = np.flatnonzero(events.ip == office)
+        events.ip[at] = pool[rng.integers(0, k, at.size)]
+        pooled.append(pool)
+    return [("office_pool", "ip", np.concatenate(pooled))] if pooled else []
+
+
+def _split_tunnel(
+    params: SimulationParams, events: EventBatch, owner: np.ndarray, addresses: AddressSpace
+) -> np.ndarray:
+    """Browser users on a split-tunnel VPN: requests to some API routes leave through the VPN egress, the
+    rest go out directly — the same token, interleaved from two networks. Routing is by destination, so
+    one route always takes the same way for one user. Returns the clients concerned."""
+    rng = stream(params.seed, "split-tunnel")
+    users = rng.random(params.browsers) < params.split_tunnel_share
+    vpn = addresses.random("vpn", params.browsers, rng)
+    salt = rng.integers(0, 1 << 30, params.browsers)
+    mine = np.flatnonzero((owner >= 0) & (owner < params.browsers))
+    mine = mine[users[owner[mine]]]
+    who = owner[mine]
+    route = ((events.endpoint[mine].astype(np.int64) * 2_654_435_761 + salt[who]) % 1000) / 1000.0
+    through = route < params.split_tunnel_via_vpn
+    events.ip[mine[through]] = vpn[who[through]]
+    return np.flatnonzero(users)
+
+
+def _ipv6_privacy(
+    params: SimulationParams, events: EventBatch, owner: np.ndarray, clients: Clients, addresses: AddressSpace
+) -> tuple[np.ndarray, np.ndarray]:
+    """Users whose home network is dual-stack IPv6 with privacy extensions (RFC 8981): on the home network
+    most requests come from the home /64 with an interface id that changes every ``ipv6_rotate_s`` (new
+    address, same network); the rest still go over IPv4. Returns the clients and the IPv6 address codes."""
+    p = params
+    rng = stream(p.seed, "ipv6")
+    v6 = (rng.random(len(clients)) < p.ipv6_share) & (clients.kind != KIND_SERVICE)
+    phase = rng.random(len(clients))
+    rows = np.flatnonzero(owner >= 0)
+    rows = rows[v6[owner[rows]]]
+    rows = rows[events.ip[rows] == clients.home_ip[owner[rows]]]
+    rows = rows[rng.random(rows.size) >= p.ipv6_v4_share]
+    who = owner[rows]
+    period = np.floor(events.t[rows] / p.ipv6_rotate_s + phase[who]).astype(np.int64)
+    keys, inverse = np.unique(np.stack([who, period]), axis=1, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    interface_ids = rng.integers(1, 1 << 62, keys.shape[1])
+    networks: dict[int, int] = {}  # home address (code) -> its /64, as an int
+    codes = np.empty(keys.shape[1], dtype=np.int32)
+    for i, (c, iid) in enumerate(zip(keys[0].tolist(), interface_ids.tolist(), strict=True)):
+        home = int(clients.home_ip[c])
+        if home not in networks:
+            # 2a02:<the IPv4 /16 as 16 bits>::/32 keeps one ISP per /16; then the home's own /64.
+            prefix16 = addresses.prefix16.get(home, 0)
+            networks[home] = (0x2A02 << 112) | (prefix16 << 96) | (int(rng.integers(1, 1 << 32)) << 64)
+        codes[i] = addresses.strings.code(ipaddress.IPv6Address(networks[home] | iid).compressed)
+        addresses.prefix16[int(codes[i])] = addresses.prefix16.get(home, -1)  # attackers still avoid the home net
+    events.ip[rows] = codes[inverse]
+    return np.flatnonzero(v6), np.unique(codes)
+
+
 def generate_baseline(params: SimulationParams, strings: Strings, addresses: AddressSpace, api: Api) -> Baseline:
     """All benign traffic of a simulation, plus token statistics for picking victims."""
-    clients, _office_member, carrier, office_ips, service_ips = _population(
+    clients, office_member, carrier, office_ips, service_ips = _population(
         stream(params.seed, "population"), params, strings, addresses
     )
     builder = _Builder(params, strings, addresses, api)
@@ -603,10 +794,26 @@ def generate_baseline(params: SimulationParams, strings: Strings, addresses: Add
         builder.mobile(stream(params.seed, "mobile"), clients, carrier)
     if params.services:
         builder.services(stream(params.seed, "services"), clients, service_ips)
+    if params.multi_device_share > 0:
+        clients = builder.second_devices(stream(params.seed, "multi-device"), clients)
 
     events = EventBatch.concat(builder.batches)
     n_tok = builder.n_tokens
     owner = np.concatenate(builder.tok_owner) if builder.tok_owner else np.empty(0, dtype=np.int64)
+    # Network look-alikes rewrite the addresses of benign events after the fact, each from its own random
+    # stream, so that turning one on leaves every other draw (and the default world) as it was.
+    event_owner = np.append(owner, -1)[events.token]  # token -1 (no token) picks the appended -1
+    if params.office_egress_ips > 1 and office_ips.size:
+        members = np.flatnonzero(office_member >= 0)
+        builder.lookalike_clients.append(("office_pool", members))
+        for kind, _, ips in _office_pools(params, events, addresses, office_ips):
+            builder.lookalike_ips.append((kind, ips))
+    if params.split_tunnel_share > 0 and params.browsers:
+        builder.lookalike_clients.append(("split_tunnel", _split_tunnel(params, events, event_owner, addresses)))
+    if params.ipv6_share > 0:
+        v6_clients, v6_ips = _ipv6_privacy(params, events, event_owner, clients, addresses)
+        builder.lookalike_clients.append(("ipv6_privacy", v6_clients))
+        builder.lookalike_ips.append(("ipv6_privacy", v6_ips))
     tokens = TokenTable()
     tokens.extend(
         sub=clients.sub[owner],
@@ -632,6 +839,15 @@ def generate_baseline(params: SimulationParams, strings: Strings, addresses: Add
     revoked_at = np.full(n_tok, np.nan)
     for token, when in builder.revoked:
         revoked_at[token] = when
+    lookalikes: list[tuple[str, str, str]] = []
+    if builder.lookalike_clients or builder.lookalike_ips:
+        jti = tokens.arrays()["jti"]
+        for kind, members in builder.lookalike_clients:
+            for sub in sorted({strings.values[int(c)] for c in clients.sub[members].tolist()}):
+                lookalikes.append((kind, "sub", sub))
+            lookalikes += [(kind, "jti", str(j)) for j in jti[:n_tok][np.isin(owner, members)].tolist()]
+        for kind, ips in builder.lookalike_ips:
+            lookalikes += [(kind, "ip", strings.values[int(c)]) for c in np.unique(ips).tolist()]
     return Baseline(
         events=events,
         clients=clients,
@@ -642,4 +858,5 @@ def generate_baseline(params: SimulationParams, strings: Strings, addresses: Add
         tok_uses=uses,
         tok_revoked_at=revoked_at,
         office_ips=office_ips,
+        lookalikes=lookalikes,
     )

@@ -33,7 +33,8 @@ def simulate(params: SimulationParams) -> Simulation:
     order = np.argsort(ts, kind="stable")
     events = events.take(order)
     frame = _frame(params, strings, api, injector, events, ts[order], event_ids[order])
-    return Simulation(events=frame, incidents=list(injector.incidents), params=params)
+    lookalikes = pd.DataFrame(base.lookalikes, columns=["kind", "entity_type", "entity"], dtype=object)
+    return Simulation(events=frame, incidents=list(injector.incidents), params=params, lookalikes=lookalikes)
 
 
 def _frame(

@@ -152,6 +152,8 @@ def label_dict(incident: Incident, events: int | None = None) -> dict[str, Any]:
         "ips": list(incident.ips),
         "description": incident.description,
     }
+    if incident.variant:  # optional: how the attack was mounted (network kind, user agent, owner overlap)
+        out["variant"] = incident.variant
     if events is not None:
         out["events"] = events
     return out
@@ -199,6 +201,7 @@ def _label(data: Any, where: str) -> Incident:
             jtis=names("jtis"),
             ips=names("ips"),
             description=str(data.get("description", "")),
+            variant=str(data.get("variant", "")),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"{where}: bad label ({exc!r})") from None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pandas as pd
 
@@ -16,6 +16,14 @@ THREATS: tuple[str, ...] = (
     "rate_abuse",
     "low_and_slow",
 )
+
+#: Where attackers come from, in the order of :attr:`SimulationParams.attack_networks`: VPS hosting, residential
+#: proxies, commercial VPNs, mobile carriers (CGNAT shared with benign phones), residential broadband.
+ATTACK_NETWORK_KINDS: tuple[str, ...] = ("hosting", "proxy", "vpn", "carrier", "residential")
+
+#: The benign look-alikes the simulator can generate: traffic that resembles an attack but is not one. Each
+#: labels the entities (tokens, subjects, IPs) it involves in :attr:`Simulation.lookalikes`.
+LOOKALIKES: tuple[str, ...] = ("multi_device", "wifi_cell_pingpong", "ipv6_privacy", "office_pool", "split_tunnel")
 
 #: The columns of :attr:`Simulation.events`: the token-usage/1 fields (Arrow order) plus the label.
 EVENT_COLUMNS: tuple[str, ...] = (
@@ -96,6 +104,23 @@ class SimulationParams:
 
     rate_scale: float = 1.0  # multiplies every benign request rate
 
+    # --- benign look-alikes (the simulator family draws these per world; every default is "off", so a
+    # world built from the defaults is byte-for-byte the one before they existed)
+    multi_device_share: float = 0.0  # browser users with the same app on a second device, used at once elsewhere
+    multi_device_overlap: float = 0.6  # chance that a session of such a user has the second device active too
+    pingpong_share: float = 0.0  # mobile users whose phone flips between home Wi-Fi and the carrier
+    pingpong_period_s: tuple[float, float] = (60.0, 120.0)  # time on one side before flipping (per user, uniform)
+    ipv6_share: float = 0.0  # users whose home network is IPv6 with privacy addresses
+    ipv6_rotate_s: float = 900.0  # a new interface id (same /64) this often
+    ipv6_v4_share: float = 0.3  # dual stack: share of such a user's home requests still over IPv4
+    office_egress_ips: int = 1  # addresses in each office's egress pool (> 1: spread over several /16s)
+    split_tunnel_share: float = 0.0  # browser users on a split-tunnel VPN: some calls leave through the VPN
+    split_tunnel_via_vpn: float = 0.3  # share of such a user's calls that go through the tunnel
+
+    # --- attacker variants
+    attack_networks: tuple[float, ...] = (0.45, 0.4, 0.15, 0.0, 0.0)  # weights over ATTACK_NETWORK_KINDS
+    replay_ua_copy: float = 0.0  # chance a stolen_replay attacker sends the victim's own user agent
+
     # --- attack strength
     replay_minutes: tuple[float, float] = (3.0, 8.0)  # stolen_replay duration
     replay_gap_s: tuple[float, float] = (3.0, 15.0)  # stolen_replay: mean seconds between attacker calls
@@ -145,6 +170,14 @@ class SimulationParams:
             "mobile_wifi_share",
             "mobile_same_person",
             "service_multi_region_share",
+            "multi_device_share",
+            "multi_device_overlap",
+            "pingpong_share",
+            "ipv6_share",
+            "ipv6_v4_share",
+            "split_tunnel_share",
+            "split_tunnel_via_vpn",
+            "replay_ua_copy",
         ):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
@@ -159,6 +192,7 @@ class SimulationParams:
             "mobile_idle_s",
             "mobile_ip_change_s",
             "network_switch_mean_s",
+            "ipv6_rotate_s",
         ):
             if not getattr(self, name) > 0:
                 raise ValueError(f"SimulationParams.{name} must be > 0")
@@ -177,6 +211,21 @@ class SimulationParams:
         _range("abuse_seconds", self.abuse_seconds, 1.0)
         _range("slow_interval_s", self.slow_interval_s, 1.0)
         _range("slow_share", self.slow_share, 0.01)
+        _range("pingpong_period_s", self.pingpong_period_s, 1.0)
+        if isinstance(self.office_egress_ips, bool) or not isinstance(self.office_egress_ips, int):
+            raise ValueError("SimulationParams.office_egress_ips must be an integer >= 1")
+        if self.office_egress_ips < 1:
+            raise ValueError("SimulationParams.office_egress_ips must be an integer >= 1")
+        weights = self.attack_networks
+        if (
+            len(weights) != len(ATTACK_NETWORK_KINDS)
+            or not all(math.isfinite(w) and w >= 0 for w in weights)
+            or sum(weights[:3]) <= 0  # forged probing and the defaults draw from the first three kinds
+        ):
+            raise ValueError(
+                f"SimulationParams.attack_networks must be {len(ATTACK_NETWORK_KINDS)} weights >= 0 over "
+                f"{ATTACK_NETWORK_KINDS}, with hosting/proxy/vpn not all 0, got {weights!r}"
+            )
         if self.slow_share[1] > 1.0:
             raise ValueError("SimulationParams.slow_share must lie in 0..1")
 
@@ -202,6 +251,7 @@ class Incident:
     jtis: tuple[str, ...]
     ips: tuple[str, ...]
     description: str
+    variant: str = ""  # how the attack was mounted (network kind, user agent), when the family varies it
 
 
 @dataclass
@@ -216,8 +266,15 @@ class Simulation:
     events: pd.DataFrame
     incidents: list[Incident]
     params: SimulationParams
+    #: Benign look-alikes: one row per (kind, entity_type, entity); ``entity_type`` is ``jti``, ``sub`` or ``ip``
+    #: as in alert/1. Empty unless the params turn a look-alike on.
+    lookalikes: pd.DataFrame = field(default_factory=lambda: empty_lookalikes())
 
     @property
     def attack_mask(self) -> pd.Series:
         """Boolean mask of the labelled (attack) events."""
         return self.events["incident_id"].notna()
+
+
+def empty_lookalikes() -> pd.DataFrame:
+    return pd.DataFrame({name: pd.Series(dtype=object) for name in ("kind", "entity_type", "entity")})

@@ -7,6 +7,7 @@ incidents or threats does not move the others.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -15,7 +16,7 @@ import numpy as np
 
 from pipeline.events import format_ts
 from pipeline.simulate.baseline import Baseline
-from pipeline.simulate.model import Incident, SimulationParams
+from pipeline.simulate.model import ATTACK_NETWORK_KINDS, Incident, SimulationParams
 from pipeline.simulate.tables import (
     ACCEPTED,
     KIND_BROWSER,
@@ -77,6 +78,14 @@ class Injector:
         self._event_sub: np.ndarray | None = None
         self._by_token: np.ndarray | None = None
         self._sorted_tokens = np.empty(0, dtype=np.int64)
+        # Attacker networks: the historical three kinds unless the params weigh carriers or broadband too.
+        weights = np.asarray(p.attack_networks, dtype=np.float64)
+        if tuple(p.attack_networks) == SimulationParams.attack_networks:
+            self.attack_kinds, self.attack_p = _ATTACK_NETWORKS, _ATTACK_NETWORK_P
+        else:
+            used = max(3, int(np.flatnonzero(weights > 0).max()) + 1)
+            self.attack_kinds = ATTACK_NETWORK_KINDS[:used]
+            self.attack_p = tuple((weights[:used] / weights[:used].sum()).tolist())
 
     # ---------------------------------------------------------------------------------- lookups
 
@@ -114,9 +123,15 @@ class Injector:
         fresh = mask & ~np.isin(self.tok_sub, np.fromiter(self.used_subs, dtype=np.int32, count=len(self.used_subs)))
         return np.flatnonzero(fresh) if fresh.any() else np.flatnonzero(mask)
 
-    def attacker_ip(self, rng: np.random.Generator, exclude: set[int], kinds=_ATTACK_NETWORKS, p=_ATTACK_NETWORK_P):
+    def attacker_ip(self, rng: np.random.Generator, exclude: set[int], kinds=None, p=None) -> int:
+        return self.attacker_network(rng, exclude, kinds, p)[0]
+
+    def attacker_network(self, rng: np.random.Generator, exclude: set[int], kinds=None, p=None) -> tuple[int, str]:
+        """An attacker address outside ``exclude`` (/16s) and the kind of network it is in."""
+        if kinds is None:
+            kinds, p = self.attack_kinds, self.attack_p
         kind = str(rng.choice(kinds, p=p))
-        return self.addresses.one(kind, exclude, rng)
+        return self.addresses.one(kind, exclude, rng), kind
 
     def other_ua(self, rng: np.random.Generator, owner: int) -> int:
         """A user agent of another family than the owner's (another browser, or a script)."""
@@ -242,8 +257,14 @@ class Injector:
         self.used_subs.add(sub)
         e = min(s + duration, exp_rel - 1.0, self.horizon - 0.001)
         t = self.times(rng, s, e, float(rng.uniform(*p.replay_gap_s)), 4)
-        ip = self.attacker_ip(rng, self.sub_prefixes(sub) | self.addresses.prefix_of(owner_ip))
+        ip, network = self.attacker_network(rng, self.sub_prefixes(sub) | self.addresses.prefix_of(owner_ip))
         ua = self.other_ua(rng, owner)
+        copied = False
+        if p.replay_ua_copy > 0 and owner >= 0:
+            # Drawn from a stream of its own, so that the rest of the incident stays as without the copy.
+            copied = bool(stream(p.seed, f"variant:{incident_id}").random() < p.replay_ua_copy)
+            if copied:
+                ua = int(self.base.clients.ua[owner])
         endpoint = self.api.sample(rng, self.api.user_templates, t.size, p=self.api.browser_weights)
         batch = EventBatch.build(t, tok, ip, ua, endpoint, self.reasons(tok, t))
         together = int(((owner_t >= t[0]) & (owner_t <= t[-1])).sum())
@@ -257,6 +278,10 @@ class Injector:
             [self.text(ip)],
             f"token {jti} of {self.text(sub)} replayed from {self.text(ip)} ({self.text(ua)}) while its owner "
             f"kept using it ({together} owner uses in the window); {self.scale_note(t)} from {self.when(t[0])}",
+        )
+        overlap = "owner active" if together else "owner idle"
+        self.incidents[-1] = dataclasses.replace(
+            self.incidents[-1], variant=f"{network}, {'owner UA' if copied else 'own UA'}, {overlap}"
         )
 
     def token_sharing(self, rng: np.random.Generator, incident_id: str) -> None:

@@ -47,7 +47,8 @@ class ValidatorConfig(BaseModel):
         None,
         gt=0,
         description="/readyz is 503 once JWKS URL refreshes have failed this long past their schedule "
-        "(the last good keys stay in use); default: twice jwks_refresh_s",
+        "(the last good keys stay in use); default: never for staleness alone — every validator of an issuer "
+        "would go unready at once during its outage — only for a fetch hung past its deadline",
     )
     cache_size: int = Field(100_000, ge=0, description="verified tokens remembered; 0 disables the cache")
     one_time_audiences: tuple[str, ...] = Field(

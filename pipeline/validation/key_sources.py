@@ -124,9 +124,12 @@ class JwksFetchError(JwksError):
 class UrlKeySource:
     """A JWKS served over HTTPS, refreshed every ``refresh_s`` and on unknown kids (rate-limited).
 
-    ``timeout_s`` is the total deadline of one fetch. ``max_stale_s`` (default: twice ``refresh_s``): once the
-    refreshes have been failing that long past their schedule, :meth:`problem` says so and ``/readyz`` is 503;
-    the last good keys stay in use meanwhile (liveness is not the key source's business).
+    ``timeout_s`` is the total deadline of one fetch. A fetch still running well past it (a hung name lookup, a
+    wedged thread) is a problem of this process, and :meth:`problem` says so (``/readyz`` is 503). Refreshes that
+    merely keep failing are a problem of the issuer's JWKS, shared by every validator of it: taking them all out
+    of a load balancer at once would turn its outage into ours, while the last good keys still verify tokens. So
+    staleness alone makes :meth:`problem` speak only when ``max_stale_s`` is set (refreshes failing that long past
+    their schedule); it always shows in ``jwtwatch_jwks_seconds_since_refresh`` and the log.
     """
 
     ACCEPT = "application/json"
@@ -151,7 +154,7 @@ class UrlKeySource:
         self._cooldown_s = cooldown_s
         self._retry_s = max(cooldown_s, MIN_RETRY_S)
         self._timeout_s = timeout_s
-        self._max_stale_s = 2 * refresh_s if max_stale_s is None else max_stale_s
+        self._max_stale_s = max_stale_s
         self._tls = ssl.create_default_context(cafile=str(ca_file)) if ca_file else ssl.create_default_context()
         self._keys: KeySet = KeySet()
         self.generation = 0
@@ -220,7 +223,7 @@ class UrlKeySource:
             running = self._running_since
             if running is not None and now - running > self._timeout_s + STUCK_GRACE_S:
                 return f"a JWKS URL fetch has been running for {now - running:.0f} s, past its deadline"
-            if now - self._fetched_at > self._refresh_s + self._max_stale_s:
+            if self._max_stale_s is not None and now - self._fetched_at > self._refresh_s + self._max_stale_s:
                 if self._fetched_at == float("-inf"):
                     return "a JWKS URL has never been fetched successfully"
                 return f"a JWKS URL has not been refreshed for {now - self._fetched_at:.0f} s (refreshes failing)"

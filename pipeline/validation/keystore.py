@@ -511,11 +511,15 @@ def _locked(root: Path) -> Iterator[None]:
         os.close(fd)  # closing the descriptor releases the lock
 
 
-def _check_tail(root: Path, lines: Sequence[bytes], key: AuditKey) -> None:
+def _check_tail(root: Path, lines: Sequence[bytes], key: AuditKey, *, established: bool = False) -> None:
     """Refuse to append with ``key`` after entries it does not vouch for: the new MAC would vouch for them too.
 
     A log with no MAC at all is from before authentication (or an unencrypted store being encrypted): the
-    first MAC vouches for it as it stands, so check it with ``jwtwatch keys audit`` before migrating.
+    first MAC vouches for it as it stands, so check it with ``jwtwatch keys audit`` before migrating. But once
+    store.json records an audit key (``established``), the store has written MACs since: a log without any is
+    one rewritten by someone without the key, and the next key change must not vouch for it. (Whoever also
+    strips the record from store.json makes the log look like a store from before MACs; only a head recorded
+    outside the directory, ``keys audit --expect-head``, tells the two apart.)
     """
     path = root / AUDIT_FILE
     unauthenticated: int | None = None  # the first entry without a MAC after the last one with a MAC
@@ -540,6 +544,11 @@ def _check_tail(root: Path, lines: Sequence[bytes], key: AuditKey) -> None:
                 "Refusing to vouch for it; inspect the log with jwtwatch keys audit"
             )
         return
+    if established and lines:
+        raise KeyStoreError(
+            f"{path} carries no MAC although {root / STORE_FILE} records an audit key: the log was rewritten "
+            "without it. Refusing to vouch for it; inspect the log with jwtwatch keys audit"
+        )
 
 
 def _append_audit(
@@ -1052,7 +1061,8 @@ class KeyStore:
                 data = (self._root / AUDIT_FILE).read_bytes()
             except FileNotFoundError:
                 data = b""
-            _check_tail(self._root, _split_lines(data), audit_key)
+            established = isinstance(meta.get("audit_key"), dict)
+            _check_tail(self._root, _split_lines(data), audit_key, established=established)
         return audit_key, audit_record
 
     def _publish_jwks(self) -> None:

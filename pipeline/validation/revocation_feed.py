@@ -42,6 +42,11 @@ AUDIENCE = "urn:jwtwatch:validators"
 SESSION_REVOKED = "https://schemas.openid.net/secevent/caep/event-type/session-revoked"
 ALGORITHMS = ("ES256", "EdDSA", "RS256")
 RETENTION_STEP_S = 3600  # retention grows in whole hours: one audit entry per longer lifetime, not per revocation
+#: The longest a revocation can keep a retired feed key published. Retention only ever grows, store-wide: one
+#: revocation reaching far ahead (a subject revoked "before" a date years away) must not keep every later key
+#: trusted for years. A revocation outliving it is still published and enforced by every running validator;
+#: only one that starts after the key is dropped misses it — logged and counted like any retention failure.
+MAX_RETENTION_S = 30 * 24 * 3600
 
 
 class FeedError(ValueError):
@@ -68,6 +73,8 @@ class FeedSigner:
         """Keep the signing key published until ``expires_at``, however soon it is rotated."""
         lifetime = expires_at - time.time()
         try:
+            if lifetime > MAX_RETENTION_S:
+                raise KeyStoreError(f"the revocation lives longer than the {MAX_RETENTION_S // 86400}-day cap")
             if lifetime > self.store.retention:
                 self.store.retain_for(math.ceil(lifetime / RETENTION_STEP_S) * RETENTION_STEP_S)
         except KeyStoreError as exc:

@@ -147,10 +147,23 @@ class RootKey:
 
 
 def sign_jwks(
-    root: RootKey, jwks: dict[str, Any], *, validity_s: int = DEFAULT_VALIDITY_S, now: float | None = None
+    root: RootKey,
+    jwks: dict[str, Any],
+    *,
+    validity_s: int = DEFAULT_VALIDITY_S,
+    now: float | None = None,
+    after_iat: float | None = None,
 ) -> str:
-    """The JWK Set ``jwks`` as a ``jwk-set+jwt`` signed by ``root``, valid for ``validity_s`` seconds."""
-    iat = int(time.time() if now is None else now)
+    """The JWK Set ``jwks`` as a ``jwk-set+jwt`` signed by ``root``, valid for ``validity_s`` seconds.
+
+    Validators refuse a set that is not newer than the one they hold (:class:`SignedJwksHighWater`), so ``iat``
+    has millisecond resolution (RFC 7519 allows a fractional NumericDate) and, given ``after_iat`` (the previous
+    set's), is strictly later than it: with whole seconds, a rotation re-signed within the second, or a clock
+    stepped back, would leave them on the old keys.
+    """
+    iat = round(time.time() if now is None else now, 3)
+    if after_iat is not None:
+        iat = max(iat, round(after_iat + 0.001, 3))
     claims = {"iss": root.issuer, "sub": root.issuer, "iat": iat, "exp": iat + validity_s, "keys": jwks["keys"]}
     return root.sign(claims)
 
@@ -158,12 +171,35 @@ def sign_jwks(
 def publish_signed_jwks(
     store: KeyStore, root: RootKey, *, validity_s: int = DEFAULT_VALIDITY_S, now: float | None = None
 ) -> Path:
-    """Write ``jwks.jwt`` beside the store's ``jwks.json``: the same keys, signed by the root."""
-    token = sign_jwks(root, store.public_jwks(), validity_s=validity_s, now=now)
+    """Write ``jwks.jwt`` beside the store's ``jwks.json``: the same keys, signed by the root, issued after the
+    set it replaces (see :func:`sign_jwks`)."""
     path = store.path / SIGNED_JWKS_FILE
+    t = time.time() if now is None else now
+    token = sign_jwks(root, store.public_jwks(), validity_s=validity_s, now=t, after_iat=_previous_iat(path, t))
     with _os_errors(f"cannot write {path}"):
         _write_atomic(path, token.encode() + b"\n", 0o644)
     return path
+
+
+#: How far ahead of the clock a previous set's iat may be and still push the next one later: a clock stepped back
+#: by a minute is followed; a file claiming a far-future iat (a broken clock, or someone who can write the
+#: directory) is ignored rather than dragging every later set into the future, where validators refuse it.
+_PREVIOUS_IAT_AHEAD_S = 300
+
+
+def _previous_iat(path: Path, now: float) -> float | None:
+    """The ``iat`` of the ``jwks.jwt`` being replaced, when it is plausible (its signature is not checked here)."""
+    try:
+        iat = jwt.decode(path.read_bytes().strip(), options={"verify_signature": False}).get("iat")
+    except (OSError, ValueError, jwt.PyJWTError):
+        return None
+    if (
+        isinstance(iat, bool)
+        or not isinstance(iat, int | float)
+        or not now - 366 * 86400 < iat < now + _PREVIOUS_IAT_AHEAD_S
+    ):
+        return None
+    return float(iat)
 
 
 def signed_jwks_is_current(store_dir: Path) -> bool:

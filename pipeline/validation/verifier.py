@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import jwt
+import orjson
 from jwt.exceptions import PyJWTError
 
 from pipeline.validation.config import ValidatorConfig
@@ -92,6 +93,21 @@ def carriable(value: object) -> bool:
         and value[0] != " "
         and value[-1] != " "
     )
+
+
+def well_formed_text(claims: Mapping[str, Any]) -> bool:
+    """Whether every string of the claims is Unicode that can be written out again (no lone surrogate), within
+    the nesting any JSON writer accepts.
+
+    JSON text may escape a lone surrogate (``"\\ud800"``) that no UTF-8 can carry; RFC 7493 (I-JSON) forbids it.
+    A token whose claims hold one cannot be handed on whole — introspection's answer, a log line, an archived event
+    would each fail or alter it — so it is refused (``malformed``) on every surface alike, even when signed.
+    """
+    try:
+        orjson.dumps(claims)
+    except TypeError:  # orjson.JSONEncodeError: a lone surrogate, nesting past 254, a key that is not a string
+        return False
+    return True
 
 
 def _media_type(value: str) -> str:
@@ -206,6 +222,8 @@ class TokenVerifier:
         for name in IDENTITY_CLAIMS:
             if name in claims and not carriable(claims[name]):
                 return "malformed"
+        if not well_formed_text(claims):
+            return "malformed"
         if claims["iss"] != self.config.issuer:
             return "issuer"
         aud = claims["aud"]

@@ -1,0 +1,102 @@
+"""Precision of past alerts from analysts' verdicts (``jwtwatch train --verdicts``).
+
+A verdict/1 record carries the judged alert's entity type, severity and rules, so no join with the alert log is
+needed. Only each alert's latest verdict counts (an analyst who changed their mind). Precision is
+``compromised / (benign + compromised)`` over judged alerts — unjudged alerts are not in it, so it describes what
+analysts looked at, which is rarely a random sample: a development aid, not an evaluation.
+"""
+
+from __future__ import annotations
+
+import gzip
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+
+from pipeline.events import AlertVerdict, RecordError, format_ts
+
+
+@dataclass(frozen=True, slots=True)
+class PrecisionRow:
+    group: str  # "entity_type=jti", "rule=parallel_sessions", "rule=(forest)", "all"
+    benign: int
+    compromised: int
+
+    @property
+    def precision(self) -> float | None:
+        judged = self.benign + self.compromised
+        return self.compromised / judged if judged else None
+
+
+@dataclass
+class VerdictRead:
+    verdicts: list[AlertVerdict]
+    bad: list[tuple[int, str]]  # (line, error) of what could not be read
+
+
+def read_verdicts(path: Path) -> VerdictRead:
+    """verdict/1 records from a ``.jsonl`` / ``.jsonl.gz`` file, or from a data directory's Parquet archive
+    (``<dir>/archive/verdicts``). A bad line is reported, never fatal."""
+    path = Path(path)
+    if path.is_dir():
+        return _from_archive(path)
+    opener = gzip.open if path.name.endswith(".gz") else open
+    verdicts, bad = [], []
+    with opener(path, "rb") as lines:  # type: ignore[operator]
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                verdicts.append(AlertVerdict.from_json(line))
+            except RecordError as exc:
+                bad.append((number, str(exc)))
+    return VerdictRead(verdicts, bad)
+
+
+def _from_archive(data_dir: Path) -> VerdictRead:
+    from pipeline.archive import read_archive  # pandas and pyarrow only when an archive is read
+
+    frame = read_archive(data_dir, "verdicts")
+    verdicts, bad = [], []
+    for number, row in enumerate(frame.to_dict("records"), 1):
+        data = {k: row.get(k) for k in AlertVerdict.__dataclass_fields__}
+        data["schema"] = AlertVerdict.SCHEMA
+        for name in ("ts", "suppress_until"):
+            moment = data.get(name)
+            data[name] = format_ts(moment.to_pydatetime()) if moment is not None and moment == moment else None
+        data["rules"] = list(data.get("rules") if data.get("rules") is not None else [])
+        data = {k: (None if v != v else v) if not isinstance(v, list) else v for k, v in data.items()}  # NaN -> None
+        try:
+            verdicts.append(AlertVerdict.from_dict(orjson.loads(orjson.dumps(data))))
+        except (RecordError, TypeError) as exc:
+            bad.append((number, str(exc)))
+    return VerdictRead(verdicts, bad)
+
+
+def latest_per_alert(verdicts: Iterable[AlertVerdict]) -> list[AlertVerdict]:
+    """Each alert's latest verdict (by ``ts``; the later one in the input on a tie)."""
+    latest: dict[str, AlertVerdict] = {}
+    for verdict in verdicts:
+        held = latest.get(verdict.alert_id)
+        if held is None or verdict.ts >= held.ts:
+            latest[verdict.alert_id] = verdict
+    return list(latest.values())
+
+
+def precision_report(verdicts: Iterable[AlertVerdict]) -> list[PrecisionRow]:
+    """Benign and compromised counts overall, per entity type and per rule (an alert with several rules counts
+    for each; ``(forest)`` is the forest alone)."""
+    counts: Counter[tuple[str, str]] = Counter()
+    for verdict in latest_per_alert(verdicts):
+        groups = ["all", f"entity_type={verdict.entity_type}"]
+        groups += [f"rule={rule}" for rule in verdict.rules] or ["rule=(forest)"]
+        for group in groups:
+            counts[(group, verdict.verdict)] += 1
+    names = sorted({group for group, _ in counts}, key=lambda g: (g != "all", g))
+    return [PrecisionRow(g, counts[(g, "benign")], counts[(g, "compromised")]) for g in names]
+
+
+__all__ = ["PrecisionRow", "VerdictRead", "latest_per_alert", "precision_report", "read_verdicts"]
