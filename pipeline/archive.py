@@ -44,7 +44,7 @@ import pyarrow.parquet as pq
 
 from pipeline.bus import ALERTS, TOKEN_USAGE, VERDICTS, Bus
 from pipeline.bus.dead_letter import dead_letter, describe, is_infrastructure_fault, rewind
-from pipeline.events import Alert, AlertVerdict, TokenUsage, parse_ts, to_arrow
+from pipeline.events import ALERT_ARROW, Alert, AlertVerdict, TokenUsage, parse_ts, to_arrow
 from pipeline.features import FEATURES
 from pipeline.scoring.model import DetectionModel
 from pipeline.simulate.io import to_arrow_table  # a token-usage/1 frame as Arrow (not only for simulations)
@@ -322,6 +322,11 @@ def read_archive(data_dir: Path, kind: str = "events", *, entity_type: str | Non
     if not root.exists():
         return pd.DataFrame()
     dataset = ds.dataset(root, format="parquet", partitioning="hive", exclude_invalid_files=True)
+    if kind == "alerts":
+        # The schema is inferred from one file: one written before alert/1 gained an optional field (summary)
+        # would drop that column for every file. Read them all with today's schema (missing columns are null).
+        schema = pa.unify_schemas([ALERT_ARROW, dataset.schema])
+        dataset = ds.dataset(root, schema=schema, format="parquet", partitioning="hive", exclude_invalid_files=True)
     only = ds.field("entity_type") == entity_type if kind == "scores" and entity_type else None
     table = dataset.to_table(filter=only)
     frame = table.to_pandas()

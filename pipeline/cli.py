@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from pipeline.validation.keystore import (
     ALGORITHMS,
@@ -1351,6 +1352,8 @@ def detect(
         counts = [sum(1 for a in alerts if a.entity_type == entity_type and a.severity == s) for s in SEVERITY_COLUMNS]
         table.add_row(entity_type, *map(str, counts))
     console.print(table)
+    if alerts:
+        console.print(_top_alerts(alerts))
     stats = engine.stats
     console.print(
         f"{stats.events} events ({stats.late_events} late, {len(result.bad)} bad lines) in {elapsed:.1f} s "
@@ -1359,6 +1362,20 @@ def detect(
 
 
 SEVERITY_COLUMNS = ("low", "medium", "high", "critical")
+TOP_ALERTS = 10
+
+
+def _top_alerts(alerts: list[Any]) -> Table:
+    """The most severe alerts, each with its one-line summary (the whole list is in the alerts file)."""
+    latest = {alert.alert_id: alert for alert in alerts}  # an escalated alert is listed once, as it ended
+    ranked = sorted(latest.values(), key=lambda a: (-SEVERITY_COLUMNS.index(a.severity), -a.score, a.ts, a.alert_id))[
+        :TOP_ALERTS
+    ]
+    table = Table("severity", "type", "summary", title=f"top {len(ranked)} of {len(latest)} alerts")
+    for alert in ranked:
+        # Markup off: a summary quotes entity names (subjects come from tokens) that must print as they are.
+        table.add_row(alert.severity, Text(alert.entity_type), Text(alert.summary or ""))
+    return table
 
 
 @app.command("simulate")

@@ -442,6 +442,9 @@ class Alert(_Record):
     reasons: list[dict[str, Any]] = field(default_factory=list)
     action: str = "none"
     revocation_id: str | None = None
+    #: One line a person can act on (what the entity did, with the facts of its window). Optional: alerts
+    #: written before it existed still parse.
+    summary: str | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.score <= 1.0:
@@ -478,6 +481,7 @@ _ALERT_CHECKS: dict[str, Check] = {
     "model_version": _str,
     "action": _one_of(ALERT_ACTIONS),
     "revocation_id": _opt_str,
+    "summary": _opt_str,
 }
 
 # -------------------------------------------------------------------------------------- revocation
@@ -645,6 +649,7 @@ ALERT_ARROW = pa.schema(
         ("model_version", pa.string()),
         ("action", pa.string()),
         ("revocation_id", pa.string()),
+        ("summary", pa.string()),
     ],
     metadata={"schema": ALERT_SCHEMA},
 )

@@ -22,6 +22,7 @@ from tests.servers import serve_app
 # (hence F401/F811: test arguments named after imported fixtures).
 from tests.test_alerts_service import (  # noqa: F401
     ADMIN,
+    SUMMARY,
     FakeClock,
     Receiver,
     make_alert,
@@ -289,6 +290,7 @@ def test_alert_log_filters(client: httpx.Client, service: AlertsService) -> None
     assert ids(limit=1) == ["log-3"]
     alert = client.get("/v1/alerts", params={"entity": "tok-9", "limit": 1}, headers=AUTH).json()["alerts"][0]
     assert alert["schema"] == "alert/1" and alert["revision"] == 1
+    assert alert["summary"] == SUMMARY
     for bad in (
         {"since": "yesterday"},
         {"until": "2025-05-01T10:00:00"},  # no offset

@@ -223,6 +223,12 @@ def service(tmp_path: Path, clock: FakeClock) -> Iterator[AlertsService]:
     svc.close()
 
 
+SUMMARY = (
+    "token of alice used from 45.9.0.0/16 and 203.0.0.0/16 within 4 s, 23 times — "
+    "by 2 client families (Chrome and curl)"
+)
+
+
 def make_alert(alert_id: str = "a-1", severity: str = "high", score: float = 0.8, **extra: object) -> Alert:
     fields: dict[str, object] = {
         "alert_id": alert_id,
@@ -238,7 +244,10 @@ def make_alert(alert_id: str = "a-1", severity: str = "high", score: float = 0.8
         "severity": severity,
         "model_version": "m1",
         "features": {"distinct_ips": 4.0},
-        "reasons": [{"feature": "distinct_ips", "value": 4, "baseline": 1, "text": "4 IPs, usually 1"}],
+        "reasons": [
+            {"feature": "distinct_ips", "value": 4, "baseline": 1, "text": "distinct client IPs: 4 (usually ≤ 1)"}
+        ],
+        "summary": SUMMARY,
     }
     fields.update(extra)
     return Alert(**fields)  # type: ignore[arg-type]
@@ -299,6 +308,7 @@ def test_delivery_is_signed_per_standard_webhooks(service: AlertsService, receiv
     assert body["type"] == "token.anomaly"
     assert body["data"] == alert.to_dict()
     assert body["data"]["schema"] == "alert/1"
+    assert body["data"]["summary"] == SUMMARY  # what a person reads first, in every payload
     assert datetime.fromisoformat(body["timestamp"])
     assert request.headers["webhook-id"] == "alert_a-1_1"
     assert request.headers["webhook-signature"].startswith("v1,")

@@ -195,3 +195,33 @@ def test_a_failed_flush_loses_nothing(tmp_path: Path) -> None:
         pass
     archive.close()
     assert sorted(read_archive(data, "events")["event_id"]) == sorted(r.event_id for r in records)
+
+
+def test_alerts_archived_before_the_summary_existed_read_alongside_new_ones(tmp_path: Path) -> None:
+    """An archive outlives versions: an hour written before alert/1 had ``summary`` (no such column) must not
+    drop the column of the hours after it, whichever file the reader looks at first."""
+    import pyarrow.parquet as pq
+
+    def alert(alert_id: str, ts: str, summary: str | None) -> Alert:
+        return Alert(
+            alert_id=alert_id, ts=ts, entity_type="ip", entity="192.0.2.1", window_start=ts, window_end=ts,
+            score=0.8, severity="high", model_version="m", ip="192.0.2.1", summary=summary,
+        )  # fmt: skip
+
+    old = events.to_arrow([alert("old", "2026-01-01T10:00:00.000Z", None)]).drop_columns(["summary"])
+    old_hour = archive_root_for(tmp_path) / "alerts" / "date=2026-01-01" / "hour=10"
+    old_hour.mkdir(parents=True)
+    pq.write_table(old, old_hour / "part-old.parquet")
+    writer = ArchiveWriter(tmp_path)
+    writer.add("alerts", [alert("new", "2026-01-01T11:00:00.000Z", "IP 192.0.2.1 made 40 requests within 30 s")])
+    writer.flush()
+    alerts = read_archive(tmp_path, "alerts")
+    assert list(alerts["alert_id"]) == ["old", "new"]
+    assert alerts["summary"].isna().tolist() == [True, False]
+    assert alerts["summary"].iloc[1] == "IP 192.0.2.1 made 40 requests within 30 s"
+
+
+def archive_root_for(data_dir: Path) -> Path:
+    from pipeline.archive import archive_root
+
+    return archive_root(data_dir)

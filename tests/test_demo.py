@@ -6,6 +6,7 @@ the report, its summary, and the Parquet archive the notebooks also read (tests/
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import re
@@ -57,6 +58,15 @@ def test_the_report_page_shows_plots_that_exist(demo: Path) -> None:
     for name in images:
         assert (index.parent / name).read_bytes().startswith(b"\x89PNG\r\n\x1a\n"), name
     assert "report:" in (demo / "finished.txt").read_text()  # the path is printed at the end
+
+
+def test_the_report_lists_the_alerts_with_their_summaries(demo: Path) -> None:
+    alerts = read_archive(demo, "alerts")
+    assert len(alerts) and alerts["summary"].notna().all()  # every archived alert carries its one line
+    page = (demo / "report" / "index.html").read_text()
+    assert "<th>summary</th>" in page
+    shown = [s for s in set(alerts["summary"]) if html.escape(s) in page]
+    assert shown, "the report's alert table shows the alerts' summaries"
 
 
 def test_the_archive_holds_events_features_scores_and_alerts(demo: Path) -> None:

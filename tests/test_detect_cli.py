@@ -171,6 +171,16 @@ def test_detect_writes_alerts_in_the_inputs_event_time(work: Path, detected: dic
     assert any(a.entity in involved for a in alerts)
 
 
+def test_detect_shows_the_most_severe_alerts_with_their_summary(work: Path, detected: dict[str, Result]) -> None:
+    stdout = detected["clean"].ok().stdout
+    alerts = read_alerts(work / "out" / "alerts.jsonl")
+    assert all(a.summary for a in alerts)  # in the file: every alert
+    ranks = ("low", "medium", "high", "critical")
+    worst = max(alerts, key=lambda a: (ranks.index(a.severity), a.score))
+    assert f"top {min(len(alerts), 10)} of {len(alerts)} alerts" in stdout
+    assert worst.summary is not None and worst.summary[:60] in stdout, stdout
+
+
 def test_detect_reports_bad_lines_by_number_and_carries_on(
     work: Path, detected: dict[str, Result], bad_file: tuple[Path, list[int]]
 ) -> None:

@@ -148,12 +148,20 @@ def test_forged_probing_from_one_ip_fires_the_rule(model: DetectionModel) -> Non
     first = min(f.ts for f in run_.findings_for("ip", "203.0.113.7") if "forged_probing" in f.rules)
     assert first == T0 + 90  # at the tenth forged token in the window, not before
     assert all(a.severity in ("high", "critical") for a in alerts if "forged_probing" in alert_rules(a))
+    probing = next(a for a in alerts if "forged_probing" in alert_rules(a))
+    assert probing.summary == (
+        "IP 203.0.113.7 made 10 requests within 1 min 30 s — 10 forged or malformed tokens (100 % of its requests)"
+    )
 
 
 def test_a_token_used_from_nine_networks_fires_token_fanout(model: DetectionModel) -> None:
     events = [use(T0 + 5 * i + j, f"{30 + i}.{20 + i}.{i}.9", "tok-shared", "alice") for i in range(9) for j in (0, 2)]
     run_ = run(model, events)
-    assert any("token_fanout" in alert_rules(a) for a in run_.alerts_for("jti", "tok-shared"))
+    fanout = next(a for a in run_.alerts_for("jti", "tok-shared") if "token_fanout" in alert_rules(a))
+    assert fanout.summary is not None and fanout.summary.startswith(
+        "token of alice used from 30.20.0.0/16, 31.21.0.0/16, 32.22.0.0/16 and "
+    )
+    assert fanout.summary.endswith("— from 8 /24 networks")
     assert "token_changed_client_and_network" not in run_.rules("jti", "tok-shared")  # one client software
 
 
@@ -162,14 +170,20 @@ def test_a_token_with_two_clients_on_two_networks_fires_the_rule(model: Detectio
     thief = [use(T0 + 10 * i + 5, "45.9.8.7", "tok-stolen", "bob", ua=CURL) for i in range(12)]
     run_ = run(model, owner + thief)
     alerts = run_.alerts_for("jti", "tok-stolen")
-    assert any("token_changed_client_and_network" in alert_rules(a) for a in alerts)
+    changed = next(a for a in alerts if "token_changed_client_and_network" in alert_rules(a))
     assert {a.alert_id for a in alerts} == {alerts[0].alert_id}
+    assert changed.summary is not None
+    assert changed.summary.startswith("token of bob used from 45.9.0.0/16 and 81.2.0.0/16 within ")
+    assert changed.summary.endswith(" — by 2 client families (Chrome and curl)")
 
 
 def test_repeated_expired_rejections_of_one_token_fire_stale_token_replay(model: DetectionModel) -> None:
     events = [use(T0 + 10 * i, "45.9.8.7", "tok-old", "erin", reason="expired", ua=CURL) for i in range(6)]
     run_ = run(model, events)
-    assert any("stale_token_replay" in alert_rules(a) for a in run_.alerts_for("jti", "tok-old"))
+    stale = next(a for a in run_.alerts_for("jti", "tok-old") if "stale_token_replay" in alert_rules(a))
+    assert stale.summary == (
+        "token of erin used from 45.9.0.0/16 within 40 s, 5 times — presented 5 times after it expired or was revoked"
+    )
 
 
 def test_a_stolen_refresh_token_shows_as_parallel_sessions_of_one_client(model: DetectionModel) -> None:
@@ -182,6 +196,11 @@ def test_a_stolen_refresh_token_shows_as_parallel_sessions_of_one_client(model: 
     assert not run_.rules("jti", "tok-minted")  # each token on its own looks like a quiet user
     # A look-alike exists (one user's app on two devices at once), so it alerts below auto-revocation's "high".
     assert {a.severity for a in alerts if alert_rules(a) == {"parallel_sessions"}} <= {"medium"}
+    parallel = next(a for a in alerts if "parallel_sessions" in alert_rules(a))
+    assert parallel.summary is not None and parallel.summary.startswith(
+        "subject carol used from 45.9.0.0/16 and 81.2.0.0/16 within "
+    )
+    assert parallel.summary.endswith(" — 2 tokens of one client in use at once from different networks")
 
 
 def _hammering(token: str, client: str, events: int, every_s: float, ip: str = "10.20.30.40") -> list[TokenUsage]:
@@ -192,7 +211,9 @@ def test_a_token_used_far_above_its_clients_rate_fires_rate_abuse(model: Detecti
     baselines = Baselines()
     baselines.learn_client_rate("svc-report", 10.0)  # a token of this client is usually used 10 times a window
     run_ = run(model, _hammering("tok-hot", "svc-report", 700, every_s=0.14), baselines=baselines)  # 7/s
-    assert any("rate_abuse" in alert_rules(a) for a in run_.alerts_for("jti", "tok-hot"))
+    abuse = next(a for a in run_.alerts_for("jti", "tok-hot") if "rate_abuse" in alert_rules(a))
+    assert abuse.summary is not None and abuse.summary.startswith("token of svc-report-acct used from 10.20.0.0/16")
+    assert abuse.summary.endswith(" times as often as its client's tokens usually are")
     first = min(f.ts for f in run_.findings_for("jti", "tok-hot") if "rate_abuse" in f.rules)
     assert first >= T0 + 599 * 0.14  # not before the 600th use in the window
 
@@ -407,6 +428,21 @@ def test_replaying_the_same_events_gives_the_same_alerts(model: DetectionModel, 
     assert engine.stats.events == len(attacks.events) and engine.stats.late_events == 0
     lo, hi = format_ts(attacks.events["ts"].iloc[0] / 1000), format_ts(attacks.events["ts"].iloc[-1] / 1000)
     assert all(lo <= a.ts <= hi for a in first)
+
+
+def test_every_alert_explains_itself(model: DetectionModel, attacks: Simulation) -> None:
+    """A one-line summary on every alert; a feature is named only above its baseline; otherwise the alert says
+    it is an unusual combination (the forest's own finding) or rests on the rules that fired."""
+    alerts, _ = replay(attacks.events, model)
+    assert len(alerts) >= 3
+    for alert in alerts:
+        assert alert.summary and "\n" not in alert.summary, alert
+        features = [r for r in alert.reasons if "feature" in r]
+        for reason in features:
+            assert reason["value"] > reason["baseline"], reason
+        combination = [r for r in alert.reasons if "combination" in r]
+        assert features or combination or alert_rules(alert), alert
+        assert not (features and combination)
 
 
 def test_alert_ids_do_not_depend_on_the_micro_batch_size(model: DetectionModel, dense_attacks: Simulation) -> None:

@@ -75,6 +75,7 @@ def alert_dict(**changes: Any) -> dict[str, Any]:
         "model_version": "m-2024-05-01",
         "action": "revoked",
         "revocation_id": "rev-1",
+        "summary": "token of user-1 used from 10.1.0.0/16 and 45.33.0.0/16 within 4 s, 23 times",
     }
     data.update(changes)
     return {k: v for k, v in data.items() if v is not _DROP}
@@ -132,6 +133,14 @@ def test_alert_round_trip() -> None:
     record = Alert.from_dict(alert_dict())
     assert record.features == {"distinct_ips": 7, "rate": 1.5}
     assert orjson.loads(record.to_json()) == alert_dict()
+    assert Alert.from_json(record.to_json()) == record
+
+
+def test_alert_written_before_summary_existed_still_parses() -> None:
+    older = alert_dict(summary=_DROP)
+    record = Alert.from_json(orjson.dumps(older))
+    assert record.summary is None
+    assert orjson.loads(record.to_json()) == older | {"summary": None}  # written back: an explicit null
     assert Alert.from_json(record.to_json()) == record
 
 
@@ -220,6 +229,9 @@ BAD_ALERT: list[tuple[str, dict[str, Any], str]] = [
     ("action-unknown", {"action": "nuke"}, "action"),
     ("window-end-no-offset", {"window_end": "2024-05-01T12:05:00"}, "window_end"),
     ("missing-model-version", _drop("model_version"), "model_version"),
+    ("summary-number", {"summary": 42}, "summary"),
+    ("summary-list", {"summary": ["token", "used"]}, "summary"),
+    ("summary-too-long", {"summary": "x" * 8193}, "summary"),
 ]
 
 
@@ -394,6 +406,7 @@ def test_alert_to_arrow_serialises_features_and_reasons() -> None:
     [row] = table.to_pylist()
     assert orjson.loads(row["features_json"]) == {"distinct_ips": 7, "rate": 1.5}
     assert orjson.loads(row["reasons_json"]) == alert_dict()["reasons"]
+    assert row["summary"] == alert_dict()["summary"]
     assert row["window_start"] == datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
     assert row["score"] == pytest.approx(0.93)
 

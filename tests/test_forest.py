@@ -228,25 +228,56 @@ def test_reasons_name_the_features_above_their_baseline(scorer: EntityScorer) ->
     many_ips[1] = 9.0
     reasons = scorer.reasons(many_ips)
     assert [r.feature for r in reasons] == ["distinct_ips"]
-    assert reasons[0].value == 9.0
-    assert "distinct client IPs" in reasons[0].text
+    assert (reasons[0].value, reasons[0].baseline, reasons[0].unit) == (9.0, 2.0, "count")
+    assert reasons[0].text == "distinct client IPs: 9 (usually ≤ 2)"
 
     # Two features up: both named, the larger excess first; a feature *below* its baseline is never named.
     stolen = list(usual)
     stolen[2] = 4.0  # networks: 3 above a spread of ~0 -> a huge excess
     stolen[3] = 0.2  # novelty: above its p99, less so
     stolen[1] = 0.0  # fewer IPs than usual
-    assert [r.feature for r in scorer.reasons(stolen)] == ["distinct_prefix16", "novel_prefix_share"]
+    assert [r.text for r in scorer.reasons(stolen)] == [
+        "distinct /16 networks: 4 (usually ≤ 1)",
+        "share of networks never seen for this subject: 20 % (usually ≤ 10 %)",
+    ]
 
-    # Log-scaled features show the count itself.
+    # Log-scaled features show the count itself, and say so without "(log scale)".
     busy = list(usual)
     busy[0] = float(np.log1p(5000))
     (reason,) = scorer.reasons(busy)
-    assert reason.feature == "events" and reason.value == pytest.approx(5000, rel=1e-3)
+    assert reason.feature == "events" and reason.value == 5000 and reason.baseline == 31
+    assert reason.text == "uses in the window: 5000 (usually ≤ 31)"
 
     everything = [50.0, 50.0, 50.0, 50.0]
     assert len(scorer.reasons(everything)) == 3  # top 3 only
     assert len(scorer.reasons(everything, top=2)) == 2
+
+
+def test_a_value_at_its_baseline_is_never_a_reason(scorer: EntityScorer) -> None:
+    """The measured symptom was "distinct client IPs: 2.0 (usually ≤ 2.0)": at the p99, or above it only by float
+    noise or by less than what is shown, a value explains nothing."""
+    assert list(scorer.p99_[1:3]) == [2.0, 1.0]  # what the rows below rely on
+    at_baseline = [float(np.log1p(31)), 2.0, 1.0 + 1e-12, 0.0992]  # 31 uses; 2 IPs; 1 network; a 9.92 % novel share
+    assert scorer.reasons(at_baseline) == []
+    assert scorer.p99_[3] < at_baseline[3]  # above the raw p99, by less than the percent the text would show
+    # Whatever the row, a named value is above its baseline in the units the text shows.
+    rng = np.random.default_rng(11)
+    for row in rng.uniform(0.0, 4.0, size=(300, 4)):
+        for reason in scorer.reasons(list(row)):
+            assert reason.value > reason.baseline, reason
+            assert "usually ≤" in reason.text and ".0 (" not in reason.text
+
+
+def test_a_flagged_row_with_nothing_above_its_baseline_is_an_unusual_combination(scorer: EntityScorer) -> None:
+    row = [float(np.log1p(30)), 2.0, 1.0, 0.09]  # each at most its baseline
+    assert scorer.reasons(row) == []
+    combination = scorer.combination(row)
+    assert combination.features == ("events", "novel_prefix_share")  # the IPs sit at their median: not telling
+    assert combination.text.startswith("unusual combination, each value within its usual range: ")
+    assert "uses in the window 30 (typically 20)" in combination.text
+    assert "share of networks never seen for this subject 9 % (typically 5 %)" in combination.text
+    assert combination.to_dict() == {"combination": list(combination.features), "text": combination.text}
+    assert scorer.combination(list(scorer.median_)).features == ()  # nothing above even the median
 
 
 def test_scorer_scores_are_the_forests_anomaly_score(scorer: EntityScorer) -> None:

@@ -37,8 +37,8 @@ def receiver(secret: str, handle: Callable[[dict[str, Any]], None]) -> Starlette
 
 def show(event: dict[str, Any]) -> None:
     data = event["data"]
-    if event["type"] == "token.anomaly":  # alert/1
-        print(f"{data['severity']} alert on {data['entity_type']} {data['entity']}: action {data['action']}")
+    if event["type"] == "token.anomaly":  # alert/1; "summary" is one line for a person (older alerts lack it)
+        print(f"{data['severity']} alert: {data.get('summary') or data['entity']} (action {data['action']})")
     elif event["type"] == "token.revoked":  # revocation/1
         print(f"revoked {data['kind']} {data['value']} ({data['reason']})")
     elif event["type"] == "revocation.storm":  # the circuit breaker stopped auto-revocation

@@ -264,6 +264,13 @@ def _plots(run: DemoRun, events: pd.DataFrame, scores: pd.DataFrame, summary: Su
     plt.close(fig)
 
 
+def _said(alert: Alert) -> str:
+    """The alert's one-line summary; for an alert written before summaries existed, its top reason."""
+    if alert.summary:
+        return alert.summary
+    return str(alert.reasons[0].get("text", "")) if alert.reasons else ""
+
+
 def _reason_names(alerts: list[Alert]) -> list[str]:
     names = []
     for alert in alerts:
@@ -315,9 +322,9 @@ def _html(run: DemoRun, figures: dict[str, Any], summary: Summary, archive: str)
           s.attacker_rejected_after] for s in summary.stolen],
     )  # fmt: skip
     alerts = _table(
-        ["event time", "severity", "entity", "score", "action", "top reason"],
-        [[a.ts, a.severity, f"{a.entity_type} {a.entity}", f"{a.score:.3f}", a.action,
-          (a.reasons[0].get("text", "") if a.reasons else "")] for a in run.alerts[:50]],
+        ["event time", "severity", "entity", "score", "action", "summary"],
+        [[a.ts, a.severity, f"{a.entity_type} {a.entity}", f"{a.score:.3f}", a.action, _said(a)]
+         for a in run.alerts[:50]],
     )  # fmt: skip
     incidents = _table(["incident", "description"], [[i.incident_id, i.description] for i in run.sim.incidents])
     plots = "".join(

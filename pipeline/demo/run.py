@@ -23,6 +23,7 @@ from pathlib import Path
 import httpx
 from rich.console import Console, Group
 from rich.live import Live
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
 
@@ -244,10 +245,13 @@ def _live_table(stats: TrafficStats, loop: DemoLoop, run: DemoRun) -> Table:
         f"({stats.blocked['owner']} of their owners')",
     )  # fmt: skip
     for alert in alerts[-4:]:
-        reason = (alert.reasons[0].get("text") or alert.reasons[0].get("rule", "")) if alert.reasons else ""
+        said = alert.summary or ""
+        if len(said) > 110:
+            said = said[:109] + "…"
         table.add_row(
             f"[{_COLOUR[alert.severity]}]{alert.severity}[/]",
-            f"{alert.entity_type} {alert.entity[:36]} · {reason[:70]} · {alert.action}",
+            # Escaped: a summary quotes entity names, which are data, never console markup.
+            f"{escape(said)} · {alert.action}",
         )
     return table
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 
@@ -29,6 +30,7 @@ from pipeline.events import Alert
 from pipeline.features import FEATURES, Session, ip_features, subject_features, token_features, ua_family
 from pipeline.features.baselines import Baselines
 from pipeline.response.alerts import AlertTracker, Finding
+from pipeline.response.summary import EntityFacts, network_label
 from pipeline.response.suppressions import Suppressions
 from pipeline.scoring.model import DetectionModel
 from pipeline.windows import (
@@ -233,7 +235,7 @@ class DetectionEngine:
         for key, row, score in zip(due, rows, scores.tolist(), strict=True):
             window = store.entities[key]
             rules = fired_rules(entity_type, row)
-            severity = scorer.severity(score)
+            severity = forest_severity = scorer.severity(score)
             if severity is None and not rules:
                 window.suspect_since = NEVER
                 self._learn(entity_type, key, window, row)
@@ -252,6 +254,10 @@ class DetectionEngine:
                 window.suspect_since = window.last_ts
                 continue
             now = window.last_ts
+            explained = [r.to_dict() for r in scorer.reasons(row)]
+            if not explained and forest_severity is not None:
+                # The forest flagged the row yet no feature is above its baseline: say so, not usual values.
+                explained = [scorer.combination(row).to_dict()]
             finding = Finding(
                 entity_type=entity_type,
                 entity=key,
@@ -261,7 +267,7 @@ class DetectionEngine:
                 score=score,
                 severity=severity,  # type: ignore[arg-type]
                 features=dict(zip(names, row, strict=True)),
-                reasons=[r.to_dict() for r in scorer.reasons(row)],
+                reasons=explained,
                 rules=tuple(rules),
                 sub=window.owner if entity_type == "jti" else key if entity_type == "sub" else None,
                 jti=key if entity_type == "jti" else None,
@@ -270,10 +276,19 @@ class DetectionEngine:
             self.stats.findings += 1
             if self.on_finding is not None:
                 self.on_finding(finding)
-            alert = self.tracker.observe(finding)
+            alert = self.tracker.observe(finding, partial(self._facts, window))
             if alert is not None:
                 alerts.append(alert)
         return alerts
+
+    def _facts(self, window: EntityWindow) -> EntityFacts:
+        """What an alert's summary says of the entity's window: networks, client software, time span."""
+        horizon = window.last_ts - self.spec.length_s
+        return EntityFacts(
+            span_s=window.last_ts - max(window.first_ts, horizon),
+            networks=tuple(sorted({network_label(ip) for ip in window.ips_within(horizon)})),
+            clients=tuple(sorted({ua_family(ua) for ua in window.uas_within(horizon) if ua})),
+        )
 
     def _learn(self, entity_type: str, key: str, window, row: list[float]) -> None:
         """A clean window teaches the baseline what normal volume looks like.

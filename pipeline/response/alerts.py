@@ -13,11 +13,12 @@ restart) yields the same ids, so nothing fires twice downstream.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.events import SEVERITIES, Alert, format_ts
+from pipeline.response.summary import EntityFacts, summarize
 
 ALERT_NAMESPACE = uuid.UUID("4f1c8a52-6a1e-4a37-9f0e-1d2b7c6e9a10")
 _RANK = {name: rank for rank, name in enumerate(SEVERITIES)}
@@ -66,8 +67,12 @@ class AlertTracker:
         self.raised = 0
         self.updated = 0
 
-    def observe(self, finding: Finding) -> Alert | None:
-        """The alert to publish for this finding: a new one, an escalation, or None (already known)."""
+    def observe(self, finding: Finding, facts: Callable[[], EntityFacts] | None = None) -> Alert | None:
+        """The alert to publish for this finding: a new one, an escalation, or None (already known).
+
+        ``facts`` gathers what the alert's one-line summary says about the entity's window; called only when
+        an alert is published, so findings that change nothing cost nothing more.
+        """
         key = (finding.entity_type, finding.entity)
         episode = self.open.get(key)
         if episode is not None and finding.ts - episode.last_ts > self.quiet_s:
@@ -87,7 +92,7 @@ class AlertTracker:
             )
             self.open[key] = episode
             self.raised += 1
-            return self._alert(episode, finding)
+            return self._alert(episode, finding, facts)
         episode.last_ts = max(episode.last_ts, finding.ts)
         escalated = _RANK[finding.severity] > _RANK[episode.severity] or not new_rules <= episode.rules
         if not escalated:
@@ -96,7 +101,7 @@ class AlertTracker:
         episode.score = max(episode.score, finding.score)
         episode.rules |= new_rules
         self.updated += 1
-        return self._alert(episode, finding)
+        return self._alert(episode, finding, facts)
 
     def close_quiet(self, now: float) -> int:
         """Forget episodes quiet for longer than ``quiet_s`` (bounded state)."""
@@ -105,10 +110,20 @@ class AlertTracker:
             del self.open[key]
         return len(done)
 
-    def _alert(self, episode: Episode, finding: Finding) -> Alert:
+    def _alert(self, episode: Episode, finding: Finding, facts: Callable[[], EntityFacts] | None) -> Alert:
         reasons = list(finding.reasons)
-        for rule in sorted(episode.rules):
+        rules = sorted(episode.rules)
+        for rule in rules:
             reasons.insert(0, {"rule": rule, "text": f"rule fired: {rule.replace('_', ' ')}"})
+        summary = summarize(
+            finding.entity_type,
+            finding.entity,
+            rules,
+            finding.features,
+            finding.reasons,
+            facts() if facts is not None else None,
+            sub=finding.sub,
+        )
         return Alert(
             alert_id=episode.alert_id,
             ts=format_ts(episode.opened_ts),
@@ -124,4 +139,5 @@ class AlertTracker:
             features={k: round(float(v), 4) for k, v in finding.features.items()},
             reasons=reasons,
             model_version=self.model_version,
+            summary=summary,
         )
