@@ -57,6 +57,19 @@ def test_trusted_proxy_forwards_the_client() -> None:
     assert client_ip("10.0.0.1", "  198.51.100.7  ", PROXIES) == "198.51.100.7"
 
 
+@pytest.mark.parametrize(
+    ("forwarded_for", "client"),
+    [
+        ("fe80::1%eth0", "fe80::1"),
+        ("2001:db9::7%" + "x" * 5000, "2001:db9::7"),  # a zone is any text, as long as the header allows
+        ("2001:db9::7%\u00ff\u00fe", "2001:db9::7"),
+    ],
+)
+def test_an_ipv6_zone_never_reaches_the_client_address(forwarded_for: str, client: str) -> None:
+    assert client_ip("10.0.0.1", forwarded_for, PROXIES) == client
+    assert client_ip(forwarded_for, None, PROXIES) == client  # a zoned peer too (a link-local socket)
+
+
 def test_multi_hop_chain_picks_the_rightmost_untrusted() -> None:
     chain = "198.51.100.7, 10.1.0.5, 10.2.0.6"
     assert client_ip("10.3.0.7", chain, PROXIES) == "198.51.100.7"

@@ -34,8 +34,13 @@ def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
         address = ipaddress.ip_address(text.strip())
     except ValueError:
         return None
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return address.ipv4_mapped
+        if address.scope_id is not None:
+            # A zone (``fe80::1%eth0``) names an interface of the sender's host, not part of the client's address,
+            # and it may be any text up to the header's size: it would reach the usage event's ``ip`` as is.
+            return ipaddress.IPv6Address(address.packed)
     return address
 
 
