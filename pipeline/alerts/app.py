@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import unicodedata
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import orjson
 from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Query, Request, Response
@@ -120,11 +120,30 @@ def _denied() -> HTTPException:
     )
 
 
+_Body = TypeVar("_Body", bound=BaseModel)
+
+
 def _error(status: int, error: str, detail: Any = None) -> JSONResponse:
     body: dict[str, Any] = {"error": error}
     if detail is not None:
         body["detail"] = detail
     return JSONResponse(body, status_code=status)
+
+
+async def _read_body(request: Request, model: type[_Body]) -> _Body | Response:
+    """An admin route's JSON body as ``model``, or the answer refusing it: capped (413), strict JSON (400), valid
+    (422 naming the fields, never echoing the input). Called after the admin check, never before."""
+    raw = await read_capped(request, MAX_BODY_BYTES)
+    if raw is None:
+        return _error(413, "request_too_large", f"at most {MAX_BODY_BYTES} bytes")
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return _error(400, "invalid_json")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        return _error(422, "invalid_request", validation_problems(exc.errors()))
 
 
 def _time_param(name: str, value: str | None) -> float | None:
@@ -163,17 +182,9 @@ def alerts_router(service: AlertsService) -> APIRouter:
         openapi_extra=WEBHOOK_BODY,
     )
     async def create_webhook(request: Request) -> Response:
-        raw = await read_capped(request, MAX_BODY_BYTES)
-        if raw is None:
-            return _error(413, "request_too_large", f"at most {MAX_BODY_BYTES} bytes")
-        try:
-            data = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            return _error(400, "invalid_json")
-        try:
-            body = WebhookRequest.model_validate(data)
-        except ValidationError as exc:
-            return _error(422, "invalid_request", validation_problems(exc.errors()))
+        body = await _read_body(request, WebhookRequest)
+        if isinstance(body, Response):
+            return body
         try:
             # Resolving the host blocks: keep it off the event loop.
             webhook_id, secret = await run_in_threadpool(
@@ -239,17 +250,9 @@ def alerts_router(service: AlertsService) -> APIRouter:
         openapi_extra=VERDICT_BODY,
     )
     async def judge_alert(alert_id: str, request: Request) -> Response:
-        raw = await read_capped(request, MAX_BODY_BYTES)
-        if raw is None:
-            return _error(413, "request_too_large", f"at most {MAX_BODY_BYTES} bytes")
-        try:
-            data = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            return _error(400, "invalid_json")
-        try:
-            body = VerdictRequest.model_validate(data)
-        except ValidationError as exc:
-            return _error(422, "invalid_request", validation_problems(exc.errors()))
+        body = await _read_body(request, VerdictRequest)
+        if isinstance(body, Response):
+            return body
         problem = _note_problem(body.note) if body.note is not None else None
         if problem is not None:
             return _error(422, "invalid_request", problem)
