@@ -1,0 +1,74 @@
+"""Network identity of a client address: which network (ASN) it is in and what kind of network that is.
+
+A stolen token replayed from a residential proxy, a phone flipping between home Wi-Fi and its carrier, and a
+dual-stack home whose IPv4 and IPv6 addresses share nothing textual are told apart by *whose network* an
+address is in, not by its /16. With an offline database the operator supplies (MaxMind DB format:
+GeoLite2-ASN, DB-IP ASN, GeoIP2 ISP / Connection-Type / Anonymous-IP; ``--ip-db FILE``), an address resolves to
+its autonomous system and a network kind. Without one, the fallback is today's prefix: the /16 of an IPv4
+address, the /32 of an IPv6 one, kind ``unknown`` — and the services say so at startup and in each alert.
+
+The resolver is a plain callable handed to the detection engine; the engine itself does no I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Protocol
+
+from pipeline.windows import prefix16
+
+#: Network kinds, as far as a database can tell them. ``proxy``: an anonymising residential proxy exit (only an
+#: anonymous-IP database says so); ``business``: corporate or office networks; ``unknown``: no database, or a
+#: network the database does not classify.
+KINDS = ("hosting", "vpn", "proxy", "residential", "mobile", "business", "unknown")
+#: Kinds an attacker rents rather than lives on: evidence on their own when a subject's session comes from one.
+RENTED_KINDS = frozenset({"hosting", "vpn", "proxy"})
+
+#: ``Network.source`` / ``NetworkResolver.source`` when no database is configured.
+PREFIX_SOURCE = "prefix"
+
+
+@dataclass(frozen=True, slots=True)
+class Network:
+    """The network an address is counted in. ``key`` is what features compare (``AS7922`` with a database,
+    else the address's /16 or IPv6 /32 as text); ``asn``/``org`` are ``None`` without a database."""
+
+    key: str
+    kind: str = "unknown"
+    asn: int | None = None
+    org: str | None = None
+
+    @property
+    def label(self) -> str:
+        """As a person reads it: ``AS7922 Comcast (residential)``, or ``203.0.0.0/16`` without a database."""
+        if self.asn is not None:
+            org = f" {self.org}" if self.org else ""
+            kind = f" ({self.kind})" if self.kind != "unknown" else ""
+            return f"AS{self.asn}{org}{kind}"
+        return f"{self.key}::/32" if ":" in self.key else f"{self.key}.0.0/16"
+
+
+class NetworkResolver(Protocol):
+    """Address -> :class:`Network`. ``source`` says where identities come from, for logs and alerts."""
+
+    source: str
+
+    def __call__(self, ip: str) -> Network: ...
+
+
+class PrefixResolver:
+    """The fallback without a database: the /16 (IPv4) or /32 (IPv6) prefix, kind unknown."""
+
+    source = PREFIX_SOURCE
+
+    def __call__(self, ip: str) -> Network:
+        return _prefix_network(ip)
+
+
+@lru_cache(maxsize=1 << 16)
+def _prefix_network(ip: str) -> Network:
+    return Network(key=prefix16(ip))
+
+
+PREFIXES = PrefixResolver()
