@@ -18,6 +18,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from pipeline.detection.history import HISTORY_FILE
 from pipeline.validation.keystore import (
     ALGORITHMS,
     KeyStore,
@@ -1256,8 +1257,19 @@ def train(
             "precision of past alerts per entity type and rule (reported only; thresholds are not calibrated on it).",
         ),
     ] = None,
+    history: Annotated[
+        bool,
+        typer.Option(
+            "--history/--no-history",
+            help=f"Also write what training learned of each subject, client and IP (networks, client families, "
+            f"usual volumes) to MODEL_DIR/{HISTORY_FILE}, which `jwtwatch detect` starts from: later traffic of the "
+            "same users is then judged against their history, as a running pipeline does. --no-history for a "
+            "model shipped to others.",
+        ),
+    ] = True,
 ) -> None:
     """Train one Isolation Forest per entity type on baseline (attack-free) traffic."""
+    from pipeline.detection.history import save_baselines
     from pipeline.detection.training import TrainingParams, train_model
     from pipeline.scoring.model import save_model
 
@@ -1269,12 +1281,17 @@ def train(
     progress, advance = _progress("training", len(result.frame))
     try:
         with progress:
-            model, _ = train_model(
+            model, learned = train_model(
                 result.frame, TrainingParams(seed=seed, target_alert_rate=target_alert_rate), progress=advance
             )
     except ValueError as exc:
         fail(str(exc))
     version = save_model(model, model_dir)
+    history_path = model_dir / HISTORY_FILE
+    if history:
+        save_baselines(learned, history_path)
+    else:
+        history_path.unlink(missing_ok=True)  # an older model's history is not this one's
     table = Table("entity", "windows fitted", "held-out entities", "threshold", title=f"model {version}")
     for entity_type, scorer in model.scorers.items():
         rows = model.metadata["training"]["rows"][entity_type]
@@ -1318,9 +1335,19 @@ def detect(
             "(partitioned by date and hour; what the notebooks read).",
         ),
     ] = None,
+    history: Annotated[
+        bool,
+        typer.Option(
+            "--history/--no-history",
+            help=f"Start from the history `jwtwatch train` learned (MODEL_DIR/{HISTORY_FILE}, when there is one): "
+            "each subject's known networks and client software, usual volumes. --no-history judges the events "
+            "as a fresh deployment would.",
+        ),
+    ] = True,
 ) -> None:
     """Replay recorded events in event time through the streaming engine; write the alerts."""
     from pipeline.archive import ArchiveWriter, ScoreRecorder
+    from pipeline.detection.history import load_baselines
     from pipeline.detection.replay import replay
     from pipeline.scoring.model import ModelError, load_model
 
@@ -1328,13 +1355,23 @@ def detect(
         model = load_model(model_dir)
     except ModelError as exc:
         fail(str(exc))
+    learned = None
+    history_path = model_dir / HISTORY_FILE
+    if history and history_path.exists():
+        try:
+            learned = load_baselines(history_path)
+        except (OSError, ValueError) as exc:
+            fail(f"{history_path}: not a history written by jwtwatch train ({exc}); --no-history to go without")
+        err.print(f"history: {len(learned.subjects):,} subjects learned in training ({history_path})")
+    else:
+        err.print("history: none — every subject starts without known networks or clients")
     result = _read([events])
     archive = ArchiveWriter(data_dir) if data_dir is not None else None
     progress, advance = _progress("detecting", len(result.frame))
     started = time.perf_counter()
     with progress:
         recorder = ScoreRecorder(archive, model) if archive is not None else None
-        alerts, engine = replay(result.frame, model, progress=advance, on_scored=recorder)
+        alerts, engine = replay(result.frame, model, baselines=learned, progress=advance, on_scored=recorder)
     elapsed = time.perf_counter() - started
     alerts_out.parent.mkdir(parents=True, exist_ok=True)
     with open(alerts_out, "wb") as out:

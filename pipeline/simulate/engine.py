@@ -20,8 +20,8 @@ _OUTCOMES = np.array(["rejected", "accepted"], dtype=object)
 def simulate(params: SimulationParams) -> Simulation:
     """Generate the traffic described by ``params``. Deterministic: same params, same ``events``."""
     strings = Strings()
-    addresses = AddressSpace(strings, stream(params.seed, "addresses"))
-    api = Api(strings, stream(params.seed, "api"))
+    addresses = AddressSpace(strings, stream(params.population, "addresses"))
+    api = Api(strings, stream(params.population, "api"))
     base = generate_baseline(params, strings, addresses, api)
     base_ids = uuid4_strings(stream(params.seed, "event-id:baseline"), len(base.events))
     injector = Injector(params, strings, addresses, api, base, base.tokens)
