@@ -1428,10 +1428,18 @@ def simulate_command(
     mobile: Annotated[int | None, typer.Option(help="Mobile-app users (default: the simulator's).")] = None,
     services: Annotated[int | None, typer.Option(help="Service accounts (default: the simulator's).")] = None,
     offices: Annotated[int | None, typer.Option(help="Office NATs shared by users (default: the simulator's).")] = None,
+    ip_db_out: Annotated[
+        Path | None,
+        typer.Option(
+            "--ip-db-out",
+            help="Also write the simulated world's networks (ASN, organisation, network_kind) as a MaxMind DB "
+            "file, for --ip-db.",
+        ),
+    ] = None,
 ) -> None:
     """Synthetic traffic — browsers, mobile apps, services, offices — with every threat injected and labelled."""
     from pipeline.simulate import SimulationParams, simulate
-    from pipeline.simulate.io import write_events, write_labels
+    from pipeline.simulate.io import write_events, write_ip_db, write_labels
 
     params = SimulationParams(minutes=minutes, seed=seed)
     if baseline_only:
@@ -1443,7 +1451,10 @@ def simulate_command(
         write_events(sim, out)
         if labels is not None:
             write_labels(sim, labels)
+        networks = write_ip_db(sim, ip_db_out) if ip_db_out is not None else 0
     console.print(f"{len(sim.events)} events, {len(sim.incidents)} incidents → {out}")
+    if ip_db_out is not None:
+        console.print(f"{networks} networks → {ip_db_out}")
 
 
 # -------------------------------------------------------------------------------------------- demo

@@ -4,10 +4,12 @@ A stolen token replayed from a residential proxy, a phone flipping between home 
 dual-stack home whose IPv4 and IPv6 addresses share nothing textual are told apart by *whose network* an
 address is in, not by its /16. With an offline database the operator supplies (MaxMind DB format:
 GeoLite2-ASN, DB-IP ASN, GeoIP2 ISP / Connection-Type / Anonymous-IP; ``--ip-db FILE``), an address resolves to
-its autonomous system and a network kind. Without one, the fallback is today's prefix: the /16 of an IPv4
-address, the /32 of an IPv6 one, kind ``unknown`` — and the services say so at startup and in each alert.
+its autonomous system and a network kind (:func:`open_ip_db`; the rules are in ``_mmdb.py``). Without one, the
+fallback is today's prefix: the /16 of an IPv4 address, the /32 of an IPv6 one, kind ``unknown`` — and the
+services say so at startup (:func:`describe`) and in each alert (alert/1 ``network_source``).
 
-The resolver is a plain callable handed to the detection engine; the engine itself does no I/O.
+The resolver is a plain callable handed to the detection engine; the engine itself does no I/O (the files are
+opened, and memory-mapped, before it starts).
 """
 
 from __future__ import annotations
@@ -41,12 +43,14 @@ class Network:
 
     @property
     def label(self) -> str:
-        """As a person reads it: ``AS7922 Comcast (residential)``, or ``203.0.0.0/16`` without a database."""
+        """As a person reads it: ``AS7922 Comcast (residential)``, or ``203.0.0.0/16`` without a database (with
+        its kind when a database knows the kind but not the ASN: ``203.0.0.0/16 (vpn)``)."""
+        kind = f" ({self.kind})" if self.kind != "unknown" else ""
         if self.asn is not None:
             org = f" {self.org}" if self.org else ""
-            kind = f" ({self.kind})" if self.kind != "unknown" else ""
             return f"AS{self.asn}{org}{kind}"
-        return f"{self.key}::/32" if ":" in self.key else f"{self.key}.0.0/16"
+        prefix = f"{self.key}::/32" if ":" in self.key else f"{self.key}.0.0/16"
+        return prefix + kind
 
 
 class NetworkResolver(Protocol):
@@ -72,3 +76,32 @@ def _prefix_network(ip: str) -> Network:
 
 
 PREFIXES = PrefixResolver()
+
+
+# The MaxMind DB resolver (``--ip-db``); imported last, as it builds on the definitions above.
+from pipeline.networks._mmdb import (  # noqa: E402
+    IpDbError,
+    IpDbFile,
+    MmdbResolver,
+    describe,
+    kind_of,
+    open_ip_db,
+    open_ip_db_file,
+)
+
+__all__ = [
+    "KINDS",
+    "PREFIXES",
+    "PREFIX_SOURCE",
+    "RENTED_KINDS",
+    "IpDbError",
+    "IpDbFile",
+    "MmdbResolver",
+    "Network",
+    "NetworkResolver",
+    "PrefixResolver",
+    "describe",
+    "kind_of",
+    "open_ip_db",
+    "open_ip_db_file",
+]

@@ -4,6 +4,7 @@
     sim = simulate(SimulationParams(minutes=30, seed=7))
     sim.events        # pandas DataFrame, sorted by ts (epoch ms), token-usage/1 columns + incident_id
     sim.incidents     # list[Incident]: the ground truth, one per injected attack
+    sim.networks      # the world's networks: CIDR -> autonomous system and kind (io.write_ip_db: a .mmdb)
 
 Benign traffic (what a detector must not alert on): browser users with a home address or an office NAT
 (many users per IP), sessions of bursty page loads, think time and idle; occasional moves to a VPN or a

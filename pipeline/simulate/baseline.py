@@ -75,6 +75,10 @@ class Baseline:
     tok_revoked_at: np.ndarray  # seconds since start when the owner's logout revoked it, else nan
     office_ips: np.ndarray  # the office NAT addresses (string codes)
     lookalikes: list[tuple[str, str, str]] = field(default_factory=list)  # (kind, entity_type, entity)
+    #: Per office: the addresses its users leave from (its NAT, plus its egress pool when there is one).
+    office_pools: list[np.ndarray] = field(default_factory=list)
+    #: Dual-stack homes: home address (string code) -> its IPv6 /64, as an int.
+    ipv6_homes: dict[int, int] = field(default_factory=dict)
 
 
 # ------------------------------------------------------------------------------------------ sessions
@@ -719,9 +723,9 @@ def ua_family_of(user_agent: str) -> str:
 
 def _office_pools(
     params: SimulationParams, events: EventBatch, addresses: AddressSpace, office_ips: np.ndarray
-) -> list[tuple[str, str, np.ndarray]]:
+) -> list[np.ndarray]:
     """Office egress spread over a pool of addresses in several /16s (a cloud proxy, several ISPs): each
-    request of an office user leaves from any address of its office's pool."""
+    request of an office user leaves from any address of its office's pool. Returns each office's pool."""
     rng = stream(params.population, "office-egress")
     k = params.office_egress_ips
     pooled: list[np.ndarray] = []
@@ -730,7 +734,7 @@ def _office_pools(
         at = np.flatnonzero(events.ip == office)
         events.ip[at] = pool[rng.integers(0, k, at.size)]
         pooled.append(pool)
-    return [("office_pool", "ip", np.concatenate(pooled))] if pooled else []
+    return pooled
 
 
 def _split_tunnel(
@@ -754,10 +758,11 @@ def _split_tunnel(
 
 def _ipv6_privacy(
     params: SimulationParams, events: EventBatch, owner: np.ndarray, clients: Clients, addresses: AddressSpace
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, dict[int, int]]:
     """Users whose home network is dual-stack IPv6 with privacy extensions (RFC 8981): on the home network
     most requests come from the home /64 with an interface id that changes every ``ipv6_rotate_s`` (new
-    address, same network); the rest still go over IPv4. Returns the clients and the IPv6 address codes."""
+    address, same network); the rest still go over IPv4. Returns the clients, the IPv6 address codes and each
+    home's /64 (home address code -> the /64 as an int)."""
     p = params
     rng = stream(p.population, "ipv6")
     v6 = (rng.random(len(clients)) < p.ipv6_share) & (clients.kind != KIND_SERVICE)
@@ -776,13 +781,14 @@ def _ipv6_privacy(
     for i, (c, iid) in enumerate(zip(keys[0].tolist(), interface_ids.tolist(), strict=True)):
         home = int(clients.home_ip[c])
         if home not in networks:
-            # 2a02:<the IPv4 /16 as 16 bits>::/32 keeps one ISP per /16; then the home's own /64.
+            # 2a02:<the IPv4 /16 as 16 bits>::/32 keeps one ISP per /16 (pipeline/simulate/networks.py gives it
+            # the /16's autonomous system); then the home's own /64.
             prefix16 = addresses.prefix16.get(home, 0)
             networks[home] = (0x2A02 << 112) | (prefix16 << 96) | (int(rng.integers(1, 1 << 32)) << 64)
         codes[i] = addresses.strings.code(ipaddress.IPv6Address(networks[home] | iid).compressed)
         addresses.prefix16[int(codes[i])] = addresses.prefix16.get(home, -1)  # attackers still avoid the home net
     events.ip[rows] = codes[inverse]
-    return np.flatnonzero(v6), np.unique(codes)
+    return np.flatnonzero(v6), np.unique(codes), networks
 
 
 def generate_baseline(params: SimulationParams, strings: Strings, addresses: AddressSpace, api: Api) -> Baseline:
@@ -806,15 +812,17 @@ def generate_baseline(params: SimulationParams, strings: Strings, addresses: Add
     # Network look-alikes rewrite the addresses of benign events after the fact, each from its own random
     # stream, so that turning one on leaves every other draw (and the default world) as it was.
     event_owner = np.append(owner, -1)[events.token]  # token -1 (no token) picks the appended -1
+    office_pools = [np.array([office], dtype=np.int32) for office in office_ips.tolist()]
     if params.office_egress_ips > 1 and office_ips.size:
         members = np.flatnonzero(office_member >= 0)
         builder.lookalike_clients.append(("office_pool", members))
-        for kind, _, ips in _office_pools(params, events, addresses, office_ips):
-            builder.lookalike_ips.append((kind, ips))
+        office_pools = _office_pools(params, events, addresses, office_ips)
+        builder.lookalike_ips.append(("office_pool", np.concatenate(office_pools)))
     if params.split_tunnel_share > 0 and params.browsers:
         builder.lookalike_clients.append(("split_tunnel", _split_tunnel(params, events, event_owner, addresses)))
+    ipv6_homes: dict[int, int] = {}
     if params.ipv6_share > 0:
-        v6_clients, v6_ips = _ipv6_privacy(params, events, event_owner, clients, addresses)
+        v6_clients, v6_ips, ipv6_homes = _ipv6_privacy(params, events, event_owner, clients, addresses)
         builder.lookalike_clients.append(("ipv6_privacy", v6_clients))
         builder.lookalike_ips.append(("ipv6_privacy", v6_ips))
     tokens = TokenTable()
@@ -862,4 +870,6 @@ def generate_baseline(params: SimulationParams, strings: Strings, addresses: Add
         tok_revoked_at=revoked_at,
         office_ips=office_ips,
         lookalikes=lookalikes,
+        office_pools=office_pools,
+        ipv6_homes=ipv6_homes,
     )

@@ -10,6 +10,7 @@ import pandas as pd
 from pipeline.events import REASONS, TokenUsage
 from pipeline.simulate.baseline import generate_baseline
 from pipeline.simulate.model import EVENT_COLUMNS, Simulation, SimulationParams
+from pipeline.simulate.networks import network_table
 from pipeline.simulate.tables import EventBatch, epoch_ms
 from pipeline.simulate.threats import Injector, inject
 from pipeline.simulate.world import AddressSpace, Api, Strings, stream, uuid4_strings
@@ -34,7 +35,10 @@ def simulate(params: SimulationParams) -> Simulation:
     events = events.take(order)
     frame = _frame(params, strings, api, injector, events, ts[order], event_ids[order])
     lookalikes = pd.DataFrame(base.lookalikes, columns=["kind", "entity_type", "entity"], dtype=object)
-    return Simulation(events=frame, incidents=list(injector.incidents), params=params, lookalikes=lookalikes)
+    networks = network_table(params.seed, addresses, strings, base.office_pools, base.ipv6_homes)
+    return Simulation(
+        events=frame, incidents=list(injector.incidents), params=params, lookalikes=lookalikes, networks=networks
+    )
 
 
 def _frame(

@@ -7,6 +7,9 @@ the same simulation gives the same files (gzip headers carry no time stamp or fi
   :meth:`pipeline.events.TokenUsage.to_json` writes it) or ``.parquet`` (``TOKEN_USAGE_ARROW``). The label
   column ``incident_id`` is never written: event files look like what a validator emits.
 * :func:`write_labels` / :func:`read_labels` — JSON Lines, one object per :class:`Incident`.
+* :func:`write_ip_db` — the world's networks (:attr:`Simulation.networks`) as a MaxMind DB file, for
+  ``--ip-db``: ``autonomous_system_number``, ``autonomous_system_organization`` (as GeoLite2-ASN) and
+  jwtwatch's ``network_kind`` per network.
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ from pipeline.simulate.engine import record_columns
 from pipeline.simulate.model import Incident, Simulation
 
 LABEL_SCHEMA = "sim-incident/1"
+#: ``database_type`` of the MaxMind DB files :func:`write_ip_db` writes.
+IP_DB_TYPE = "jwtwatch-sim-ASN"
 _CHUNK = 262_144
 _WIRE_ORDER = [f.name for f in dataclasses.fields(TokenUsage)]  # key order of TokenUsage.to_dict()
 _OUTCOMES = ("accepted", "rejected")
@@ -220,3 +225,45 @@ def read_labels(path: str | os.PathLike[str]) -> list[Incident]:
                 raise ValueError(f"{path}:{number}: not JSON ({exc})") from None
             out.append(_label(data, f"{path}:{number}"))
     return out
+
+
+# ------------------------------------------------------------------------------------------ networks
+
+
+def write_ip_db(sim: Simulation, path: str | os.PathLike[str]) -> int:
+    """The world's networks as a MaxMind DB (IPv6 tree, IPv4 in ``::/96``) that ``--ip-db`` reads; returns the
+    number of networks written. Byte-for-byte reproducible: the build epoch is the simulation's start."""
+    from mmdb_writer import MmdbU32, MMDBWriter
+    from netaddr import IPSet
+
+    class Writer(MMDBWriter):  # mmdb-writer stamps the wall clock; a simulation's output must not depend on it
+        def _build_meta(self) -> dict[str, Any]:
+            return {**super()._build_meta(), "build_epoch": int(sim.params.start)}
+
+    writer = Writer(
+        ip_version=6,
+        ipv4_compatible=True,
+        database_type=IP_DB_TYPE,
+        languages=["en"],
+        description={"en": f"jwtwatch simulator networks (seed {sim.params.seed}); made-up ASNs and organisations"},
+    )
+    table = sim.networks
+    numbers: dict[int, MmdbU32] = {}  # one object per ASN: the writer then stores each record once
+    rows = sorted(
+        zip(table["network"].tolist(), table["asn"].tolist(), table["org"].tolist(), table["kind"].tolist(),
+            strict=True),
+        key=lambda row: int(row[0].rsplit("/", 1)[1]) + (96 if ":" not in row[0] else 0),
+    )  # fmt: skip
+    for cidr, asn, org, kind in rows:  # broader networks first: a more specific one is carved out of them
+        number = numbers.setdefault(int(asn), MmdbU32(int(asn)))
+        record = {"autonomous_system_number": number, "autonomous_system_organization": org, "network_kind": kind}
+        writer.insert_network(IPSet([cidr]), record)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        writer.to_db_file(str(tmp))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return len(rows)

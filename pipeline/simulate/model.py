@@ -284,6 +284,10 @@ class Simulation:
     #: Benign look-alikes: one row per (kind, entity_type, entity); ``entity_type`` is ``jti``, ``sub`` or ``ip``
     #: as in alert/1. Empty unless the params turn a look-alike on.
     lookalikes: pd.DataFrame = field(default_factory=lambda: empty_lookalikes())
+    #: The world's networks, as an ASN database would list them: one row per CIDR (``network``), with its
+    #: autonomous system (``asn``, ``org``) and network ``kind`` (:mod:`pipeline.simulate.networks`; more specific
+    #: rows win). ``jwtwatch simulate --ip-db-out`` writes it as a MaxMind DB.
+    networks: pd.DataFrame = field(default_factory=lambda: empty_networks())
 
     @property
     def attack_mask(self) -> pd.Series:
@@ -293,3 +297,14 @@ class Simulation:
 
 def empty_lookalikes() -> pd.DataFrame:
     return pd.DataFrame({name: pd.Series(dtype=object) for name in ("kind", "entity_type", "entity")})
+
+
+def empty_networks() -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "network": pd.Series(dtype=object),
+            "asn": pd.Series(dtype="int64"),
+            "org": pd.Series(dtype=object),
+            "kind": pd.Series(dtype=object),
+        }
+    )

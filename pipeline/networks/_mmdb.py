@@ -1,0 +1,323 @@
+"""Network identity from offline MaxMind DB files (``--ip-db FILE``, repeatable), read with ``maxminddb``.
+
+What an address resolves to, field by field (each looked up at the top level of a record, then under ``traits``,
+where GeoIP2 Enterprise and DB-IP's ISP databases keep them):
+
+* ``asn`` — ``autonomous_system_number`` (GeoLite2-ASN, GeoIP2-ISP, DB-IP ASN lite, DB-IP ISP);
+* ``org`` — ``autonomous_system_organization``, else ``isp``, else ``organization``;
+* ``kind`` — the first rule that applies, in this order:
+
+  1. ``network_kind``: jwtwatch's own field, for operators who label their networks (and the simulator's
+     databases). One of :data:`~pipeline.networks.KINDS`, or a synonym in :data:`KIND_SYNONYMS`;
+  2. the GeoIP2 Anonymous-IP flags: ``is_residential_proxy``, ``is_tor_exit_node``, ``is_public_proxy`` ->
+     ``proxy``; ``is_anonymous_vpn`` -> ``vpn``; ``is_hosting_provider`` -> ``hosting`` (a VPN exit in a data
+     centre is a VPN first);
+  3. ``user_type`` (GeoIP2 Enterprise, DB-IP ISP): see :data:`USER_TYPES`;
+  4. ``connection_type`` (GeoIP2 Connection-Type, DB-IP ISP): ``Cellular`` -> ``mobile``; ``Cable/DSL``,
+     ``Dialup``, ``Satellite`` -> ``residential``; ``Corporate`` -> ``business``;
+  5. ``mobile_country_code`` / ``mobile_network_code`` (GeoIP2-ISP sets them on mobile networks) -> ``mobile``;
+  6. the organisation's name, for the big hosting providers only (:data:`HOSTING_ORGS`) -> ``hosting``: a
+     GeoLite2-ASN or DB-IP ASN file alone says whose network an address is in, not what kind it is;
+  7. else ``unknown``.
+
+With several files each field comes from the first file, in the order given, that has it for the address; the
+kind is then derived from the merged fields by the rules above (so an Anonymous-IP file's flag outranks another
+file's ``connection_type`` whatever the order). Put the file you trust most first.
+
+The key features compare is ``AS<asn>`` when an ASN is known; an address no file gives an ASN for keeps its
+prefix key (its /16, or its IPv6 /32), so it is still in *a* network. Lookups are memoised (an address repeats
+across events), in a bounded cache.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import maxminddb
+from maxminddb.errors import InvalidDatabaseError
+
+from pipeline.networks import KINDS, PREFIX_SOURCE, PREFIXES, Network, NetworkResolver
+from pipeline.windows import prefix16
+
+#: Memoised addresses per resolver (the engine resolves every event's address).
+CACHE_SIZE = 1 << 16
+#: Records read from a file at open time to tell whether it holds anything a resolver can use.
+PROBE_RECORDS = 1000
+
+_ANONYMOUS_FLAGS: tuple[tuple[str, str], ...] = (
+    ("is_residential_proxy", "proxy"),
+    ("is_tor_exit_node", "proxy"),
+    ("is_public_proxy", "proxy"),
+    ("is_anonymous_vpn", "vpn"),
+    ("is_hosting_provider", "hosting"),
+)
+#: GeoIP2 ``user_type`` (Enterprise, Insights) and DB-IP ``user_type`` -> kind; other values say nothing.
+USER_TYPES: dict[str, str] = {
+    "hosting": "hosting",
+    "content_delivery_network": "hosting",
+    "residential": "residential",
+    "cellular": "mobile",
+    "business": "business",
+    "college": "business",
+    "school": "business",
+    "government": "business",
+    "military": "business",
+    "library": "business",
+}
+#: GeoIP2 Connection-Type / DB-IP ``connection_type`` -> kind (compared lower-case).
+CONNECTION_TYPES: dict[str, str] = {
+    "cellular": "mobile",
+    "cable/dsl": "residential",
+    "dialup": "residential",
+    "satellite": "residential",
+    "corporate": "business",
+}
+#: Accepted in ``network_kind`` besides the :data:`~pipeline.networks.KINDS` themselves.
+KIND_SYNONYMS: dict[str, str] = {
+    "datacenter": "hosting",
+    "cloud": "hosting",
+    "cellular": "mobile",
+    "carrier": "mobile",
+    "office": "business",
+    "corporate": "business",
+}
+#: Organisation names (AS organisation, ISP) of the big hosting and cloud providers: the one kind an ASN file
+#: alone can tell. Matched case-insensitively at a word start.
+HOSTING_ORGS: tuple[str, ...] = (
+    "amazon",  # AMAZON-02, AMAZON-AES
+    "google cloud",
+    "google-cloud",  # GOOGLE-CLOUD-PLATFORM
+    "microsoft",  # MICROSOFT-CORP-MSN-AS-BLOCK (Azure)
+    "azure",
+    "digitalocean",
+    "ovh",
+    "hetzner",
+    "linode",
+    "akamai",  # Akamai Connected Cloud (Linode)
+    "vultr",
+    "choopa",  # Vultr's AS
+    "the constant company",  # Vultr's owner
+    "oracle",
+    "alibaba",
+    "aliyun",
+    "tencent",
+    "contabo",
+    "scaleway",
+    "online s.a.s",  # Scaleway's AS
+    "leaseweb",
+)
+_HOSTING = re.compile(r"\b(?:" + "|".join(re.escape(name) for name in HOSTING_ORGS) + r")", re.IGNORECASE)
+
+_ASN_FIELDS = ("autonomous_system_number",)
+_ORG_FIELDS = ("autonomous_system_organization", "isp", "organization")
+_KIND_FIELDS = (
+    "network_kind",
+    "user_type",
+    "connection_type",
+    "mobile_country_code",
+    "mobile_network_code",
+    *(flag for flag, _ in _ANONYMOUS_FLAGS),
+)
+#: Every record field a resolver reads (merged across files, first file wins).
+FIELDS: tuple[str, ...] = (*_ASN_FIELDS, *_ORG_FIELDS, *_KIND_FIELDS)
+
+
+class IpDbError(ValueError):
+    """An ``--ip-db`` file that cannot be used; the message is one line naming the file."""
+
+
+# ------------------------------------------------------------------------------------------ kinds
+
+
+def kind_of(fields: Mapping[str, Any]) -> str:
+    """The network kind of an address from its (merged) record fields; the rules are the module's docstring's."""
+    labelled = fields.get("network_kind")
+    if isinstance(labelled, str):
+        name = labelled.strip().lower()
+        name = KIND_SYNONYMS.get(name, name)
+        if name in KINDS and name != "unknown":
+            return name
+    for flag, kind in _ANONYMOUS_FLAGS:
+        if fields.get(flag):
+            return kind
+    user_type = fields.get("user_type")
+    if isinstance(user_type, str) and user_type.lower() in USER_TYPES:
+        return USER_TYPES[user_type.lower()]
+    connection = fields.get("connection_type")
+    if isinstance(connection, str) and connection.lower() in CONNECTION_TYPES:
+        return CONNECTION_TYPES[connection.lower()]
+    if fields.get("mobile_country_code") is not None or fields.get("mobile_network_code") is not None:
+        return "mobile"
+    for name in _ORG_FIELDS:
+        org = fields.get(name)
+        if isinstance(org, str) and _HOSTING.search(org):
+            return "hosting"
+    return "unknown"
+
+
+def _fields(record: Any) -> Iterator[tuple[str, Any]]:
+    """The fields a resolver reads from one record: top level first, then ``traits``."""
+    if not isinstance(record, dict):
+        return
+    traits = record.get("traits")
+    traits = traits if isinstance(traits, dict) else {}
+    for name in FIELDS:
+        value = record.get(name)
+        if value is None:
+            value = traits.get(name)
+        if value is not None:
+            yield name, value
+
+
+# ------------------------------------------------------------------------------------------ files
+
+
+@dataclass(frozen=True)
+class IpDbFile:
+    """One open database file and what its metadata says about it."""
+
+    path: Path
+    reader: Any  # maxminddb.Reader (the C extension's or the pure-Python one)
+    database_type: str
+    build_epoch: int
+    ip_version: int
+
+    @property
+    def built(self) -> str:
+        """The build date (UTC), as ``2026-11-30``."""
+        return dt.datetime.fromtimestamp(self.build_epoch, dt.UTC).strftime("%Y-%m-%d")
+
+    @property
+    def source(self) -> str:
+        return f"{self.database_type}({self.built})"
+
+
+def open_ip_db_file(path: str | os.PathLike[str]) -> IpDbFile:
+    """Open one MaxMind DB file and check that it holds ASN or network-kind fields; :class:`IpDbError` if not."""
+    path = Path(path)
+    if not path.exists():
+        raise IpDbError(f"--ip-db {path}: no such file")
+    if path.is_dir():
+        raise IpDbError(f"--ip-db {path}: is a directory, not a MaxMind DB file")
+    try:
+        reader = maxminddb.open_database(str(path))
+    except InvalidDatabaseError:
+        raise IpDbError(f"--ip-db {path}: not a MaxMind DB (.mmdb) file") from None
+    except OSError as exc:
+        raise IpDbError(f"--ip-db {path}: cannot read it ({exc.strerror or exc})") from None
+    try:
+        meta = reader.metadata()
+        found = _probe(reader)
+    except (InvalidDatabaseError, ValueError, TypeError, OSError) as exc:
+        reader.close()
+        raise IpDbError(f"--ip-db {path}: a damaged MaxMind DB file ({exc})") from None
+    database_type = str(meta.database_type or "unknown").replace("\n", " ")
+    if found is None:
+        reader.close()
+        raise IpDbError(f"--ip-db {path}: the {database_type} database holds no networks")
+    if not found:
+        reader.close()
+        raise IpDbError(
+            f"--ip-db {path}: the {database_type} database has neither ASN nor network-kind fields "
+            "(use GeoLite2-ASN, DB-IP ASN, GeoIP2 ISP / Connection-Type / Anonymous-IP, or records with network_kind)"
+        )
+    return IpDbFile(
+        path=path,
+        reader=reader,
+        database_type=database_type,
+        build_epoch=int(meta.build_epoch or 0),
+        ip_version=int(meta.ip_version or 0),
+    )
+
+
+def _probe(reader: Any) -> bool | None:
+    """Whether the first records of a database hold a field a resolver reads; ``None`` when it has no record."""
+    seen = False
+    for _, record in islice(iter(reader), PROBE_RECORDS):
+        seen = True
+        if any(True for _ in _fields(record)):
+            return True
+    return False if seen else None
+
+
+# ------------------------------------------------------------------------------------------ the resolver
+
+
+class MmdbResolver:
+    """Address -> :class:`~pipeline.networks.Network` from one or more MaxMind DB files (see the module)."""
+
+    def __init__(self, files: Sequence[IpDbFile], cache_size: int = CACHE_SIZE) -> None:
+        if not files:
+            raise ValueError("MmdbResolver needs at least one database file")
+        self.files = tuple(files)
+        self.source = "mmdb:" + "+".join(f.source for f in self.files)
+        self._readers = tuple(f.reader for f in self.files)
+        self._networks: dict[tuple[str, str, int | None, str | None], Network] = {}
+        self._lookup = lru_cache(maxsize=cache_size)(self._resolve)
+
+    def __call__(self, ip: str) -> Network:
+        return self._lookup(ip)
+
+    def _resolve(self, ip: str) -> Network:
+        merged: dict[str, Any] = {}
+        for reader in self._readers:
+            try:
+                record = reader.get(ip)
+            except ValueError:  # not an address, or an IPv6 address in an IPv4-only database
+                continue
+            for name, value in _fields(record):
+                merged.setdefault(name, value)
+        asn = merged.get("autonomous_system_number")
+        asn = asn if isinstance(asn, int) and not isinstance(asn, bool) else None
+        org = next((merged[n] for n in _ORG_FIELDS if isinstance(merged.get(n), str)), None)
+        kind = kind_of(merged) if merged else "unknown"
+        key = f"AS{asn}" if asn is not None else prefix16(ip)
+        identity = (key, kind, asn, org)
+        network = self._networks.get(identity)
+        if network is None:  # one object per network: a cache of addresses holds references, not copies
+            network = self._networks[identity] = Network(key=key, kind=kind, asn=asn, org=org)
+        return network
+
+    def cache_info(self) -> Any:
+        return self._lookup.cache_info()
+
+    def close(self) -> None:
+        for reader in self._readers:
+            reader.close()
+
+
+def open_ip_db(paths: Sequence[str | os.PathLike[str]]) -> NetworkResolver:
+    """The resolver for ``--ip-db`` files, in the order given (the first file that has a field wins); without
+    files the prefix fallback :data:`~pipeline.networks.PREFIXES`. :class:`IpDbError` names a file it cannot use."""
+    if not paths:
+        return PREFIXES
+    files: list[IpDbFile] = []
+    try:
+        for path in paths:
+            files.append(open_ip_db_file(path))
+    except IpDbError:
+        for opened in files:
+            opened.reader.close()
+        raise
+    return MmdbResolver(files)
+
+
+def describe(resolver: NetworkResolver) -> str:
+    """One line for the startup log: where network identities come from."""
+    if resolver.source == PREFIX_SOURCE:
+        return "network identity: /16 prefixes — no --ip-db given; ASN and network kind unavailable"
+    if isinstance(resolver, MmdbResolver):
+        files = ", ".join(f"{f.database_type} built {f.built} ({f.path})" for f in resolver.files)
+        return (
+            f"network identity: ASN and network kind from {files}; addresses they do not cover fall back to "
+            "/16 prefixes"
+        )
+    return f"network identity: {resolver.source}"
