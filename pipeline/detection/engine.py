@@ -266,7 +266,12 @@ class DetectionEngine:
         alerts = []
         for key, row, score in zip(due, rows, scores.tolist(), strict=True):
             window = store.entities[key]
-            rules = fired_rules(entity_type, row, networks_identified=self.networks_identified)
+            rules = fired_rules(
+                entity_type,
+                row,
+                networks_identified=self.networks_identified,
+                machine=entity_type == "jti" and window.client is not None and window.client == window.owner,
+            )
             severity = forest_severity = scorer.severity(score)
             if severity is None and not rules:
                 window.suspect_since = NEVER

@@ -41,12 +41,16 @@ def rule_severity(rules: Sequence[str], severity: str | None) -> str | None:
 _INDEX = {entity_type: {name: i for i, name in enumerate(names)} for entity_type, names in FEATURES.items()}
 
 
-def fired_rules(entity_type: str, row: Sequence[float], *, networks_identified: bool = False) -> list[str]:
+def fired_rules(
+    entity_type: str, row: Sequence[float], *, networks_identified: bool = False, machine: bool = False
+) -> list[str]:
     """The rules ``row`` fires. ``networks_identified``: networks are autonomous systems from an IP database.
     Without one they are /16 prefixes, which benign clients cross back and forth within seconds (a carrier's
     CGNAT pools, an office's egress pool, a dual-stack home's IPv4 and IPv6): ``token_concurrent_networks``
     then does not fire (measured: it alerted on 1 % of benign tokens even when one prefix had to be new for
-    the subject)."""
+    the subject). With one, it fires only when one of the networks is new for the token's subject: a split-tunnel
+    VPN is two networks at once too, both of them the user's own. ``machine``: a client-credentials token (its
+    subject is its client, RFC 9068 §2.2), which a service's replicas in two clouds use at once by design."""
     at = _INDEX[entity_type]
     if entity_type == "ip":
         forged = math.expm1(row[at["forged_per_subject"]]) * max(row[at["distinct_subjects"]], 1.0)
@@ -60,7 +64,12 @@ def fired_rules(entity_type: str, row: Sequence[float], *, networks_identified: 
         rules.append("stale_token_replay")
     if row[at["distinct_ua_families"]] >= 2 and row[at["distinct_networks"]] >= 2:
         rules.append("token_changed_client_and_network")
-    if networks_identified and math.expm1(row[at["network_returns"]]) >= CONCURRENT_MIN_RETURNS - 0.5:
+    if (
+        networks_identified
+        and not machine
+        and math.expm1(row[at["network_returns"]]) >= CONCURRENT_MIN_RETURNS - 0.5
+        and row[at["novel_network_share"]] > 0
+    ):
         rules.append("token_concurrent_networks")
     if row[at["distinct_prefix24"]] >= FANOUT_MIN_PREFIX24:
         rules.append("token_fanout")

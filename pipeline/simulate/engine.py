@@ -35,7 +35,7 @@ def simulate(params: SimulationParams) -> Simulation:
     events = events.take(order)
     frame = _frame(params, strings, api, injector, events, ts[order], event_ids[order])
     lookalikes = pd.DataFrame(base.lookalikes, columns=["kind", "entity_type", "entity"], dtype=object)
-    networks = network_table(params.seed, addresses, strings, base.office_pools, base.ipv6_homes)
+    networks = network_table(params.population, addresses, strings, base.office_pools, base.ipv6_homes)
     return Simulation(
         events=frame, incidents=list(injector.incidents), params=params, lookalikes=lookalikes, networks=networks
     )
