@@ -397,14 +397,16 @@ def test_a_phone_hopping_carrier_addresses_is_neither_fanout_nor_a_client_change
 def test_a_refresh_while_changing_networks_is_not_a_parallel_session(model: DetectionModel) -> None:
     events = [use(T0 + 10 * i, "81.2.3.4", "tok-wifi", "gina", ua=PHONE_APP, client="ios") for i in range(12)]
     events += [use(T0 + 121 + 10 * i, "100.64.1.5", "tok-cell", "gina", ua=PHONE_APP, client="ios") for i in range(12)]
-    run_ = run(model, events)
+    # The carrier is new for gina's settled history (evidence): only the handover keeps this from counting.
+    run_ = run(model, events, baselines=history("gina", "81.2"))
     assert "parallel_sessions" not in run_.rules("sub", "gina")
 
 
 def test_a_user_on_laptop_and_phone_at_once_is_not_a_parallel_session(model: DetectionModel) -> None:
     events = [use(T0 + 10 * i, "81.2.3.4", "tok-laptop", "hank") for i in range(24)]
     events += [use(T0 + 5 + 10 * i, "100.64.1.5", "tok-phone", "hank", ua=PHONE_APP, client="ios") for i in range(24)]
-    run_ = run(model, events)
+    # The carrier is new for hank's settled history (evidence): only the two clients keep this from counting.
+    run_ = run(model, events, baselines=history("hank", "81.2"))
     assert "parallel_sessions" not in run_.rules("sub", "hank")
 
 
@@ -414,7 +416,9 @@ def test_service_replicas_with_a_token_each_are_not_parallel_sessions(model: Det
     for replica, ip in enumerate(["10.1.0.5", "172.20.0.9", "192.0.2.44"]):
         events += [use(T0 + replica + 6 * i, ip, f"tok-r{replica}", "svc-sync", client="svc-sync", ua="okhttp/4.12")
                    for i in range(40)]  # fmt: skip
-    run_ = run(model, events)
+    # Two replicas' networks are new for the service's settled history (evidence): only sub == client keeps
+    # this from counting.
+    run_ = run(model, events, baselines=history("svc-sync", "10.1"))
     assert "parallel_sessions" not in run_.rules("sub", "svc-sync")
 
 
