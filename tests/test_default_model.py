@@ -9,9 +9,24 @@ import pytest
 
 from pipeline.detection.training import TrainingParams, data_hash, train_model
 from pipeline.scoring.model import load_model, model_version, save_model
-from pipeline.simulate import SimulationParams, simulate
+from pipeline.simulate import simulate
+from pipeline.simulate.family import WorldFamily, train_params
 
-SHIPPED = Path(__file__).resolve().parent.parent / "models" / "default"
+ROOT = Path(__file__).resolve().parent.parent
+SHIPPED = ROOT / "models" / "default"
+#: `make model`'s options, as the recipe below draws its training stream.
+RECIPE = (
+    "--baseline-only --family-seed 15 --family-region tuning --family-world 0",
+    "--minutes 90 --users 600 --services 30 --offices 16",
+    "train --events $(MODEL_TRAINING_EVENTS) --model-dir models/default --seed 0",
+)
+
+
+def test_the_makefile_recipe_is_the_one_reproduced_here() -> None:
+    makefile = (ROOT / "Makefile").read_text()
+    recipe = makefile[makefile.index("\nmodel:") :].split("\n\n", 1)[0]
+    for options in RECIPE:
+        assert options in recipe, f"make model no longer runs {options!r}: update this test with it"
 
 
 def test_the_shipped_model_loads_and_is_consistent() -> None:
@@ -25,10 +40,12 @@ def test_the_shipped_model_loads_and_is_consistent() -> None:
 @pytest.mark.timeout(600)
 def test_the_recipe_reproduces_the_shipped_model(tmp_path: Path) -> None:
     shipped = json.loads((SHIPPED / "model.json").read_text())
-    # The recipe of `make model`: 90 simulated minutes of attack-free traffic from a large population
-    # (600 browser users, 300 mobile, 30 services, 16 offices), seed 1; forests seed 0.
-    population = {"browsers": 600, "mobile": 300, "services": 30, "offices": 16}
-    params = SimulationParams(minutes=90, seed=1, threats=(), **population)
+    # The recipe of `make model`: the attack-free stream (train_params) of world 0 of the tuning region of the
+    # simulator family with seed 15 — 90 simulated minutes, 600 browser users (mobile users: the world's drawn
+    # share of them), 30 services, 16 offices; forests seed 0.
+    world = WorldFamily(seed=15, minutes=90, browsers=600, services=30, offices=16).world(0, "tuning")
+    params = train_params(world.params)
+    assert params.threats == () and params.seed != world.params.seed  # not the world's evaluation stream
     events = simulate(params).events.drop(columns=["incident_id"])
     assert data_hash(events) == shipped["training"]["data_sha256"]
     model, _ = train_model(events, TrainingParams(seed=0))

@@ -5,6 +5,7 @@ Independent commands run side by side (the slow part is each process's start-up 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -17,7 +18,8 @@ import pytest
 from pipeline.detection.sources import read_events
 from pipeline.events import Alert, ts_to_epoch_ms
 from pipeline.scoring.model import load_model
-from pipeline.simulate import THREATS
+from pipeline.simulate import THREATS, simulate
+from pipeline.simulate.family import WorldFamily, train_params
 from pipeline.simulate.io import read_labels
 
 JWTWATCH = [sys.executable, "-m", "pipeline.cli"]
@@ -213,3 +215,42 @@ def test_detect_without_a_model_exits_2_with_one_line(work: Path, detected: dict
     assert lines[0].startswith("error:") and "no-such-model" in lines[0]
     assert "Traceback" not in result.stderr
     assert not (work / "out" / "never.jsonl").exists()
+
+
+# ------------------------------------------------------------------------------- family worlds
+
+
+def test_simulate_draws_a_world_of_the_family(tmp_path: Path) -> None:
+    """`--family-seed` draws the world's behaviours; the sizes given still apply; `--baseline-only` is the world's
+    attack-free stream (``train_params``); `--seed` and `--mobile` override what was drawn."""
+    small = ["--family-seed", "15", "--minutes", "2", "--users", "20"]
+    tuning, seeded, heldout = jwtwatch(
+        ("simulate", "--out", "tuning.jsonl", *small, "--baseline-only"),
+        ("simulate", "--out", "seeded.jsonl", *small, "--family-world", "1", "--seed", "7", "--mobile", "5"),
+        ("simulate", "--out", "heldout.jsonl", *small, "--family-region", "heldout", "--labels", "labels.jsonl"),
+        cwd=tmp_path,
+    )
+    family = WorldFamily(seed=15, minutes=2, browsers=20)
+    expected = simulate(train_params(family.world(0, "tuning").params)).events
+    assert list(read_events([tmp_path / "tuning.jsonl"]).frame["event_id"]) == list(expected["event_id"])
+    world = family.world(0, "tuning").params
+    assert f"family 15, tuning world 0: 20 browser and {world.mobile} mobile users" in tuning.ok().stderr
+    assert "(its attack-free stream)" in tuning.stderr and "0 incidents" in tuning.stdout
+
+    assert "tuning world 1: 20 browser and 5 mobile users" in seeded.ok().stderr and "seed 7" in seeded.stderr
+    drawn = dataclasses.replace(family.world(1, "tuning").params, seed=7, mobile=5)
+    assert list(read_events([tmp_path / "seeded.jsonl"]).frame["event_id"]) == list(simulate(drawn).events["event_id"])
+
+    assert "family 15, heldout world 0" in heldout.ok().stderr
+    assert {i.threat for i in read_labels(tmp_path / "labels.jsonl")} == set(THREATS)
+
+
+def test_simulate_refuses_family_options_without_a_family(tmp_path: Path) -> None:
+    no_seed, bad_region = jwtwatch(
+        ("simulate", "--out", "a.jsonl", "--family-world", "1"),
+        ("simulate", "--out", "b.jsonl", "--family-seed", "1", "--family-region", "validation"),
+        cwd=tmp_path,
+    )
+    assert no_seed.returncode == 2 and "give --family-seed too" in no_seed.stderr
+    assert bad_region.returncode == 2 and "--family-region must be one of tuning, heldout" in bad_region.stderr
+    assert not (tmp_path / "a.jsonl").exists() and not (tmp_path / "b.jsonl").exists()

@@ -27,10 +27,11 @@ from pipeline.detection.runner import StreamingRunner
 from pipeline.detection.training import TrainingParams, train_model
 from pipeline.events import Alert, TokenUsage, format_ts, ts_to_epoch_ms
 from pipeline.features.baselines import Baselines
+from pipeline.networks import PREFIXES, Network, NetworkResolver
 from pipeline.response.alerts import Finding
 from pipeline.scoring.model import DetectionModel, load_model, save_model
 from pipeline.simulate import Simulation, SimulationParams, iter_records, simulate
-from pipeline.windows import FORGED, TOTAL
+from pipeline.windows import FORGED, RETURNS, TOTAL, prefix16
 
 T0 = 1_790_000_100.0  # on the 300 s alert grid
 POPULATION = {"browsers": 80, "mobile": 30, "offices": 3}
@@ -39,6 +40,25 @@ FIREFOX = "Mozilla/5.0 (X11; Linux x86_64; rv:125.0) Gecko/20100101 Firefox/125.
 PHONE_APP = "AcmeApp/5.2.1 (iPhone; iOS 17.4)"
 CURL = "curl/8.4.0"
 FORGED_REASONS = ["bad_signature", "unknown_kid", "alg_not_allowed", "malformed", "weak_key", "type", "too_large"]
+HOME_AS = Network("AS64500", "residential", 64500, "Example")
+CLOUD_AS = Network("AS64501", "hosting", 64501, "Example Cloud")
+CARRIER_AS = Network("AS64502", "mobile", 64502, "Example Mobile")
+
+
+class AsnTable:
+    """A tiny IP database: the /16 of an address names its autonomous system (two /16s of one AS: 81.2 and
+    81.3). Addresses it does not list are their /16, as without a database."""
+
+    source = "test-asn"
+
+    def __init__(self, table: dict[str, Network]) -> None:
+        self.table = table
+
+    def __call__(self, ip: str) -> Network:
+        return self.table.get(prefix16(ip)) or PREFIXES(ip)
+
+
+ASNS = AsnTable({"81.2": HOME_AS, "81.3": HOME_AS, "45.9": CLOUD_AS, "100.64": CARRIER_AS})
 
 
 # ------------------------------------------------------------------------------------- fixtures
@@ -117,9 +137,9 @@ class Run:
 
 
 def run(model: DetectionModel, events: Iterable[TokenUsage], *, baselines: Baselines | None = None,
-        into: Run | None = None) -> Run:  # fmt: skip
+        into: Run | None = None, networks: NetworkResolver = PREFIXES) -> Run:  # fmt: skip
     """Feed events in event-time order, in micro-batches of at most 5 s, as ``replay`` does."""
-    result = into or Run(DetectionEngine(model, baselines=baselines))
+    result = into or Run(DetectionEngine(model, baselines=baselines, networks=networks))
     result.engine.on_finding = result.findings.append
     ordered = sorted(events, key=lambda e: ts_to_epoch_ms(e.ts))
     for batch in micro_batches(EventBatch.from_records(ordered), 8192, 5.0):
@@ -186,11 +206,23 @@ def test_repeated_expired_rejections_of_one_token_fire_stale_token_replay(model:
     )
 
 
-def test_a_stolen_refresh_token_shows_as_parallel_sessions_of_one_client(model: DetectionModel) -> None:
-    """The owner keeps browsing from home; the thief mints their own tokens and reads slowly from a new network."""
-    owner = [use(T0 + 8 * i, "81.2.3.4", "tok-owner", "carol") for i in range(30)]
-    thief = [use(T0 + 20 + 45 * i, "45.9.8.7", "tok-minted", "carol") for i in range(5)]  # the victim's own UA
-    run_ = run(model, owner + thief)
+def history(sub: str, *networks: str, family: str = "Chrome") -> Baselines:
+    """Baselines in which ``sub`` has used these networks (keys: /16s here) with one client for an hour."""
+    baselines = Baselines()
+    for network in networks:
+        baselines.observe_use(sub, "web", network, family, T0 - 3600)
+    return baselines
+
+
+def _stolen_refresh_token(sub: str) -> list[TokenUsage]:
+    """The owner keeps browsing from home; the thief mints their own tokens and reads slowly from elsewhere,
+    with the victim's own user agent."""
+    owner = [use(T0 + 8 * i, "81.2.3.4", "tok-owner", sub) for i in range(30)]
+    return owner + [use(T0 + 100 + 45 * i, "45.9.8.7", "tok-minted", sub) for i in range(5)]
+
+
+def test_a_stolen_refresh_token_used_from_a_hosting_network_is_a_parallel_session(model: DetectionModel) -> None:
+    run_ = run(model, _stolen_refresh_token("carol"), networks=ASNS)
     alerts = run_.alerts_for("sub", "carol")
     assert any("parallel_sessions" in alert_rules(a) for a in alerts)
     assert not run_.rules("jti", "tok-minted")  # each token on its own looks like a quiet user
@@ -198,9 +230,109 @@ def test_a_stolen_refresh_token_shows_as_parallel_sessions_of_one_client(model: 
     assert {a.severity for a in alerts if alert_rules(a) == {"parallel_sessions"}} <= {"medium"}
     parallel = next(a for a in alerts if "parallel_sessions" in alert_rules(a))
     assert parallel.summary is not None and parallel.summary.startswith(
-        "subject carol used from 45.9.0.0/16 and 81.2.0.0/16 within "
+        "subject carol used from AS64500 Example (residential) and AS64501 Example Cloud (hosting) within "
     )
-    assert parallel.summary.endswith(" — 2 tokens of one client in use at once from different networks")
+    assert parallel.summary.endswith(
+        " — 2 tokens of one client in use at once from different networks, "
+        "one from a rented network or a network or client new for the user"
+    )
+
+
+def test_a_stolen_refresh_token_from_a_network_new_for_a_settled_subject_is_a_parallel_session(
+    model: DetectionModel,
+) -> None:
+    """No IP database: the evidence is the subject's history, which never had the thief's network."""
+    run_ = run(model, _stolen_refresh_token("carol"), baselines=history("carol", "81.2"))
+    parallel = next(a for a in run_.alerts_for("sub", "carol") if "parallel_sessions" in alert_rules(a))
+    assert parallel.summary is not None
+    assert parallel.summary.startswith("subject carol used from 45.9.0.0/16 and 81.2.0.0/16 within ")
+
+
+def test_a_stolen_refresh_token_without_evidence_is_not_a_parallel_session(model: DetectionModel) -> None:
+    """No IP database and no settled history (a new deployment, a new user): two sessions of one client are
+    all there is, and that is what one user's two devices look like too."""
+    assert "parallel_sessions" not in run(model, _stolen_refresh_token("carol")).rules("sub", "carol")
+    # The thief's network settled in the subject's history long ago: no longer evidence either.
+    settled = run(model, _stolen_refresh_token("carol"), baselines=history("carol", "81.2", "45.9"))
+    assert "parallel_sessions" not in settled.rules("sub", "carol")
+
+
+def _one_app_on_two_devices(sub: str, start: float = T0) -> list[TokenUsage]:
+    """A laptop at home and a tablet on the phone's hotspot, signed in to the same web app, used at once."""
+    laptop = [use(start + 10 * i, "81.2.3.4", "tok-laptop", sub) for i in range(24)]
+    return laptop + [use(start + 5 + 12 * i, "100.64.1.5", "tok-tablet", sub) for i in range(20)]
+
+
+def test_one_app_on_two_devices_of_one_user_is_not_a_parallel_session(model: DetectionModel) -> None:
+    assert "parallel_sessions" not in run(model, _one_app_on_two_devices("hank")).rules("sub", "hank")
+    # With an IP database: a residential and a mobile network, both where people live.
+    with_asns = run(model, _one_app_on_two_devices("hank"), networks=ASNS)
+    assert "parallel_sessions" not in with_asns.rules("sub", "hank")
+    # With a settled history that has both networks and the browser.
+    settled = run(model, _one_app_on_two_devices("hank"), baselines=history("hank", "81.2", "100.64"))
+    assert "parallel_sessions" not in settled.rules("sub", "hank")
+    # ... also a history the engine learned with an IP database: networks compared by their AS, as learned.
+    learned = [use(T0 + 10 * i, "81.2.3.4", "tok-mon", "hank") for i in range(12)]
+    learned += [use(T0 + 130 + 10 * i, "100.64.1.5", "tok-tue", "hank") for i in range(12)]  # one at a time
+    later = _one_app_on_two_devices("hank", start=T0 + 400)
+    settled_ases = run(model, learned + later, baselines=Baselines(settle_s=60), networks=ASNS)
+    assert "parallel_sessions" not in settled_ases.rules("sub", "hank")
+    # ... while a network the history does not have is evidence: the same events are then a parallel session.
+    partial = run(model, _one_app_on_two_devices("hank"), baselines=history("hank", "81.2"))
+    assert "parallel_sessions" in partial.rules("sub", "hank")
+
+
+def _back_and_forth(jti: str, sub: str, ips: tuple[str, str], returns: int) -> list[TokenUsage]:
+    """One token used alternately from two addresses 3 s apart (``returns`` times back to the address before),
+    then for a minute from the last one only."""
+    changes = [use(T0 + 3 * i, ips[i % 2], jti, sub) for i in range(returns + 2)]
+    last, after = ips[(returns + 1) % 2], T0 + 3 * (returns + 1)
+    return changes + [use(after + 10 * i, last, jti, sub) for i in range(1, 7)]
+
+
+OWNER_AND_THIEF = ("81.2.3.4", "45.9.8.7")
+
+
+def returns_of(engine: DetectionEngine, jti: str) -> int:
+    """The token window's RETURNS count over its window."""
+    window = engine.stores["jti"].get(jti)
+    assert window is not None
+    return window.window_counts(int(window.last_ts // engine.spec.bucket_s), engine.spec.buckets)[0][RETURNS]
+
+
+def test_a_token_in_use_from_two_networks_at_once_fires_token_concurrent_networks(model: DetectionModel) -> None:
+    run_ = run(model, _back_and_forth("tok-both", "ivan", OWNER_AND_THIEF, 4), networks=ASNS)
+    assert "token_concurrent_networks" in run_.rules("jti", "tok-both")
+    alert = next(a for a in run_.alerts_for("jti", "tok-both") if "token_concurrent_networks" in alert_rules(a))
+    assert alert.severity in ("high", "critical")
+    assert alert.summary is not None and alert.summary.startswith(
+        "token of ivan used from AS64500 Example (residential) and AS64501 Example Cloud (hosting) within "
+    )
+    assert "back and forth between networks 4 times within seconds" in alert.summary
+
+
+def test_three_returns_do_not_fire_token_concurrent_networks(model: DetectionModel) -> None:
+    run_ = run(model, _back_and_forth("tok-both", "ivan", OWNER_AND_THIEF, 3), networks=ASNS)
+    assert "token_concurrent_networks" not in run_.rules("jti", "tok-both")
+    assert run_.engine.stats.scored > 0
+
+
+def test_without_an_ip_database_token_concurrent_networks_never_fires(model: DetectionModel) -> None:
+    """The /16 fallback: the windows count the returns, the rule does not trust them."""
+    run_ = run(model, _back_and_forth("tok-both", "ivan", OWNER_AND_THIEF, 12))
+    assert not run_.engine.networks_identified
+    assert "token_concurrent_networks" not in run_.rules("jti", "tok-both")
+    assert returns_of(run_.engine, "tok-both") == 12
+
+
+def test_two_prefixes_of_one_as_are_one_network(model: DetectionModel) -> None:
+    """A home whose addresses are in two /16s of its ISP: with the database the engine compares AS keys."""
+    events = _back_and_forth("tok-home", "judy", ("81.2.3.4", "81.3.4.5"), 12)
+    run_ = run(model, events, networks=ASNS)
+    assert run_.engine.networks_identified
+    assert "token_concurrent_networks" not in run_.rules("jti", "tok-home")
+    assert returns_of(run_.engine, "tok-home") == 0
+    assert returns_of(run(model, events).engine, "tok-home") == 12  # the same events, compared by /16
 
 
 def _hammering(token: str, client: str, events: int, every_s: float, ip: str = "10.20.30.40") -> list[TokenUsage]:
@@ -265,14 +397,16 @@ def test_a_phone_hopping_carrier_addresses_is_neither_fanout_nor_a_client_change
 def test_a_refresh_while_changing_networks_is_not_a_parallel_session(model: DetectionModel) -> None:
     events = [use(T0 + 10 * i, "81.2.3.4", "tok-wifi", "gina", ua=PHONE_APP, client="ios") for i in range(12)]
     events += [use(T0 + 121 + 10 * i, "100.64.1.5", "tok-cell", "gina", ua=PHONE_APP, client="ios") for i in range(12)]
-    run_ = run(model, events)
+    # The carrier is new for gina's settled history (evidence): only the handover keeps this from counting.
+    run_ = run(model, events, baselines=history("gina", "81.2"))
     assert "parallel_sessions" not in run_.rules("sub", "gina")
 
 
 def test_a_user_on_laptop_and_phone_at_once_is_not_a_parallel_session(model: DetectionModel) -> None:
     events = [use(T0 + 10 * i, "81.2.3.4", "tok-laptop", "hank") for i in range(24)]
     events += [use(T0 + 5 + 10 * i, "100.64.1.5", "tok-phone", "hank", ua=PHONE_APP, client="ios") for i in range(24)]
-    run_ = run(model, events)
+    # The carrier is new for hank's settled history (evidence): only the two clients keep this from counting.
+    run_ = run(model, events, baselines=history("hank", "81.2"))
     assert "parallel_sessions" not in run_.rules("sub", "hank")
 
 
@@ -282,7 +416,9 @@ def test_service_replicas_with_a_token_each_are_not_parallel_sessions(model: Det
     for replica, ip in enumerate(["10.1.0.5", "172.20.0.9", "192.0.2.44"]):
         events += [use(T0 + replica + 6 * i, ip, f"tok-r{replica}", "svc-sync", client="svc-sync", ua="okhttp/4.12")
                    for i in range(40)]  # fmt: skip
-    run_ = run(model, events)
+    # Two replicas' networks are new for the service's settled history (evidence): only sub == client keeps
+    # this from counting.
+    run_ = run(model, events, baselines=history("svc-sync", "10.1"))
     assert "parallel_sessions" not in run_.rules("sub", "svc-sync")
 
 

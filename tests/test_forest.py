@@ -172,7 +172,7 @@ def test_compiled_forest_refuses_the_wrong_shape(shape: tuple[int, ...]) -> None
 # --------------------------------------------------------------------------------------- scorer
 
 
-NAMES = ("events", "distinct_ips", "distinct_prefix16", "novel_prefix_share")
+NAMES = ("events", "distinct_ips", "distinct_networks", "novel_network_share")
 
 
 @pytest.fixture(scope="module")
@@ -182,8 +182,8 @@ def scorer() -> EntityScorer:
         [
             np.log1p(rng.poisson(20, 2000)),  # events (log scale)
             rng.integers(1, 3, 2000).astype(float),  # distinct_ips: 1-2
-            np.ones(2000),  # distinct_prefix16: always 1
-            rng.uniform(0, 0.1, 2000),  # novel_prefix_share: small
+            np.ones(2000),  # distinct_networks: always 1
+            rng.uniform(0, 0.1, 2000),  # novel_network_share: small
         ]
     )
     return EntityScorer("jti", NAMES, n_estimators=50, max_samples=256, target_alert_rate=0.01, random_state=0).fit(X)
@@ -237,7 +237,7 @@ def test_reasons_name_the_features_above_their_baseline(scorer: EntityScorer) ->
     stolen[3] = 0.2  # novelty: above its p99, less so
     stolen[1] = 0.0  # fewer IPs than usual
     assert [r.text for r in scorer.reasons(stolen)] == [
-        "distinct /16 networks: 4 (usually ≤ 1)",
+        "distinct networks (autonomous systems with an IP database, else /16 prefixes): 4 (usually ≤ 1)",
         "share of networks never seen for this subject: 20 % (usually ≤ 10 %)",
     ]
 
@@ -272,7 +272,7 @@ def test_a_flagged_row_with_nothing_above_its_baseline_is_an_unusual_combination
     row = [float(np.log1p(30)), 2.0, 1.0, 0.09]  # each at most its baseline
     assert scorer.reasons(row) == []
     combination = scorer.combination(row)
-    assert combination.features == ("events", "novel_prefix_share")  # the IPs sit at their median: not telling
+    assert combination.features == ("events", "novel_network_share")  # the IPs sit at their median: not telling
     assert combination.text.startswith("unusual combination, each value within its usual range: ")
     assert "uses in the window 30 (typically 20)" in combination.text
     assert "share of networks never seen for this subject 9 % (typically 5 %)" in combination.text

@@ -145,7 +145,7 @@ def test_the_archive_keeps_events_scores_and_alerts_of_a_live_stream(node: Node)
     events = read_archive(data_dir, "events")
     assert {"198.51.100.8", "203.0.113.51"} <= set(events["ip"])
     features = read_features(data_dir, "jti")
-    assert not features.empty and "distinct_prefix16" in features.columns
+    assert not features.empty and "distinct_networks" in features.columns
     scores = read_archive(data_dir, "scores")
     assert {"jti", "sub", "ip"} <= set(scores["entity_type"]), scores.columns
     assert not read_archive(data_dir, "alerts").empty

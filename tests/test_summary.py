@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 import pytest
 
+from pipeline.networks import PREFIXES, Network
 from pipeline.response.alerts import AlertTracker, Finding
 from pipeline.response.summary import MAX_SUMMARY, EntityFacts, network_label, summarize
 
@@ -20,10 +21,17 @@ def test_network_labels_name_the_network_a_person_can_look_up() -> None:
     assert network_label("2001:db8:1:2::5") == "2001:db8::/32"
 
 
+def test_a_network_from_an_ip_database_is_labelled_by_its_as() -> None:
+    assert Network("AS64500", "residential", 64500, "Example").label == "AS64500 Example (residential)"
+    assert Network("AS64501", "unknown", 64501, "Example").label == "AS64501 Example"  # kind unknown: not said
+    assert Network("AS64502", "hosting", 64502).label == "AS64502 (hosting)"  # no organisation name
+    assert PREFIXES("198.51.100.7") == Network("198.51")  # the fallback: the /16, kind unknown, no AS
+
+
 SUMMARIES = [
     pytest.param(
         "jti", "tok-1", ["token_changed_client_and_network"],
-        {"events": L(23), "distinct_ua_families": 2.0, "distinct_prefix16": 2.0},
+        {"events": L(23), "distinct_ua_families": 2.0, "distinct_networks": 2.0},
         EntityFacts(4.2, ("45.33.0.0/16", "81.2.0.0/16"), ("Chrome", "python-requests")),
         "token of alice used from 45.33.0.0/16 and 81.2.0.0/16 within 4 s, 23 times — "
         "by 2 client families (Chrome and python-requests)",
@@ -53,8 +61,16 @@ SUMMARIES = [
         "sub", "carol", ["parallel_sessions"], {"events": L(12), "parallel_sessions": 2.0},
         EntityFacts(72.0, ("45.9.0.0/16", "81.2.0.0/16"), ("Chrome",)),
         "subject carol used from 45.9.0.0/16 and 81.2.0.0/16 within 72 s, 12 times — "
-        "2 tokens of one client in use at once from different networks",
+        "2 tokens of one client in use at once from different networks, "
+        "one from a rented network or a network or client new for the user",
         id="parallel_sessions",
+    ),
+    pytest.param(
+        "jti", "tok-1", ["token_concurrent_networks"], {"events": L(20), "network_returns": L(6)},
+        EntityFacts(45.0, ("AS64500 Example (residential)", "AS64501 Example Hosting (hosting)"), ("Chrome",)),
+        "token of alice used from AS64500 Example (residential) and AS64501 Example Hosting (hosting) within 45 s, "
+        "20 times — back and forth between networks 6 times within seconds",
+        id="token_concurrent_networks",
     ),
     pytest.param(
         "ip", "203.0.113.7", ["forged_probing"],
@@ -92,9 +108,9 @@ def test_each_rule_says_what_the_entity_did(
 
 def test_a_forest_only_finding_is_summarised_by_its_top_reasons() -> None:
     reasons = [
-        {"feature": "distinct_prefix16", "text": "distinct /16 networks: 3 (usually ≤ 1)"},
+        {"feature": "distinct_networks", "text": "distinct networks: 3 (usually ≤ 1)"},
         {
-            "feature": "novel_prefix_share",
+            "feature": "novel_network_share",
             "text": "share of networks never seen for this subject: 67 % (usually ≤ 0 %)",
         },
         {"feature": "burstiness", "text": "busiest bucket against the average bucket: 4.0x (usually ≤ 2.7x)"},
@@ -102,7 +118,7 @@ def test_a_forest_only_finding_is_summarised_by_its_top_reasons() -> None:
     facts = EntityFacts(40.0, ("10.1.0.0/16", "45.33.0.0/16", "81.2.0.0/16"), ("Chrome",))
     assert summarize("sub", "dave", [], {"events": L(9)}, reasons, facts) == (
         "subject dave used from 10.1.0.0/16, 45.33.0.0/16 and 81.2.0.0/16 within 40 s, 9 times — "
-        "distinct /16 networks: 3 (usually ≤ 1); share of networks never seen for this subject: 67 % (usually ≤ 0 %)"
+        "distinct networks: 3 (usually ≤ 1); share of networks never seen for this subject: 67 % (usually ≤ 0 %)"
     )
 
 

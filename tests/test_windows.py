@@ -7,6 +7,8 @@ import tracemalloc
 
 from pipeline.windows import (
     FORGED,
+    RETURN_S,
+    RETURNS,
     ROWS,
     STALE,
     SWITCHES,
@@ -55,11 +57,75 @@ def test_out_of_order_events_land_in_their_own_bucket() -> None:
     assert store.get("t").last_ts == T0 + 100  # type: ignore[union-attr]
 
 
-def test_prefix_switches_count_alternation() -> None:
+def test_network_switches_count_alternation() -> None:
     store = WindowStore(SPEC)
     for i, ip in enumerate(["1.2.3.4", "5.6.7.8", "1.2.9.9", "5.6.0.1", "5.6.0.2"]):
         store.add("t", T0 + i, ip, None, 0)
     assert sums(store, "t", T0 + 5)[SWITCHES] == 3
+
+
+# ---------------------------------------------------------------- RETURNS: back to the network before, at once
+
+HOME, CARRIER, OFFICE = "81.2.3.4", "100.64.1.5", "198.51.100.20"  # three /16 networks
+
+
+def network_counts(visits: list[tuple[float, str]]) -> tuple[int, int]:
+    """(switches, returns) of one token used at these (time, address) points, in order."""
+    store = WindowStore(SPEC)
+    for ts, ip in visits:
+        store.add("t", T0 + ts, ip, None, 0)
+    counts = sums(store, "t", T0 + visits[-1][0])
+    return counts[SWITCHES], counts[RETURNS]
+
+
+def away_times(visits: list[tuple[float, str]]) -> list[float]:
+    """For each change of network back to one used before: how long since the token was last there."""
+    last: dict[str, float] = {}
+    away, before = [], ""
+    for ts, ip in visits:
+        if ip != before and ip in last:
+            away.append(ts - last[ip])
+        last[ip], before = ts, ip
+    return away
+
+
+def test_a_handover_makes_no_return() -> None:
+    """A..A B..B: the network changes once and never comes back."""
+    visits = [(5.0 * i, HOME) for i in range(12)] + [(60.0 + 5 * i, CARRIER) for i in range(12)]
+    assert network_counts(visits) == (1, 0)
+
+
+def test_a_phone_flipping_wifi_and_carrier_away_31_s_each_time_makes_no_return() -> None:
+    """Every 5 s a call; 25 s on one network, 3 s to re-associate, 25 s on the other: back 31 s after leaving."""
+    visits = [(28.0 * visit + 5 * i, (HOME, CARRIER)[visit % 2]) for visit in range(8) for i in range(6)]
+    assert min(away_times(visits)) == RETURN_S + 1  # what the test is about
+    assert network_counts(visits) == (7, 0)
+
+
+def test_a_token_used_from_two_networks_at_once_counts_each_return() -> None:
+    """A B A B A B within seconds: every change after the first goes back to the network before."""
+    visits = [(2.0 * i, (HOME, CARRIER)[i % 2]) for i in range(6)]
+    assert network_counts(visits) == (5, 4)
+
+
+def test_a_return_is_to_the_network_before_not_any_network_seen() -> None:
+    """A B C A B C: a rotation over three networks leaves none for the one before it (the definition)."""
+    visits = [(2.0 * i, (HOME, CARRIER, OFFICE)[i % 3]) for i in range(6)]
+    assert network_counts(visits) == (5, 0)
+
+
+def test_a_return_at_exactly_return_s_counts() -> None:
+    assert network_counts([(0.0, HOME), (1.0, CARRIER), (RETURN_S, HOME)]) == (2, 1)
+
+
+def test_a_return_just_past_return_s_does_not_count() -> None:
+    assert network_counts([(0.0, HOME), (1.0, CARRIER), (RETURN_S + 0.001, HOME)]) == (2, 0)
+
+
+def test_return_s_is_measured_from_the_last_use_of_the_network_left() -> None:
+    """Long on HOME, briefly away: what counts is how long the token was away, not since HOME was first used."""
+    visits = [(10.0 * i, HOME) for i in range(10)] + [(91.0, CARRIER), (90.0 + RETURN_S, HOME)]
+    assert network_counts(visits) == (2, 1)
 
 
 def test_distinct_values_are_bounded() -> None:
