@@ -53,7 +53,7 @@ model: install
 	mkdir -p .cache
 	JWTWATCH_SEED= $(BIN)/jwtwatch simulate --baseline-only --family-seed 15 --family-region tuning --family-world 0 \
 		--minutes 90 --users 600 --services 30 --offices 16 --out $(MODEL_TRAINING_EVENTS)
-	$(BIN)/jwtwatch train --events $(MODEL_TRAINING_EVENTS) --model-dir models/default --seed 0
+	$(BIN)/jwtwatch train --events $(MODEL_TRAINING_EVENTS) --model-dir models/default --seed 0 --no-history
 
 clean:
 	$(PYTHON) scripts/build-accel --clean

@@ -18,7 +18,7 @@ SHIPPED = ROOT / "models" / "default"
 RECIPE = (
     "--baseline-only --family-seed 15 --family-region tuning --family-world 0",
     "--minutes 90 --users 600 --services 30 --offices 16",
-    "train --events $(MODEL_TRAINING_EVENTS) --model-dir models/default --seed 0",
+    "train --events $(MODEL_TRAINING_EVENTS) --model-dir models/default --seed 0 --no-history",
 )
 
 

@@ -8,6 +8,7 @@ the streaming runner on the in-memory bus (dead letters, restart without duplica
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import uuid
 from collections.abc import Iterable
@@ -300,8 +301,14 @@ def returns_of(engine: DetectionEngine, jti: str) -> int:
     return window.window_counts(int(window.last_ts // engine.spec.bucket_s), engine.spec.buckets)[0][RETURNS]
 
 
+#: ivan's history: his home network (by AS, as an engine with the database learns it) for an hour.
+IVAN_AT_HOME = ("ivan", HOME_AS.key)
+
+
 def test_a_token_in_use_from_two_networks_at_once_fires_token_concurrent_networks(model: DetectionModel) -> None:
-    run_ = run(model, _back_and_forth("tok-both", "ivan", OWNER_AND_THIEF, 4), networks=ASNS)
+    run_ = run(
+        model, _back_and_forth("tok-both", "ivan", OWNER_AND_THIEF, 4), networks=ASNS, baselines=history(*IVAN_AT_HOME)
+    )
     assert "token_concurrent_networks" in run_.rules("jti", "tok-both")
     alert = next(a for a in run_.alerts_for("jti", "tok-both") if "token_concurrent_networks" in alert_rules(a))
     assert alert.severity in ("high", "critical")
@@ -312,9 +319,34 @@ def test_a_token_in_use_from_two_networks_at_once_fires_token_concurrent_network
 
 
 def test_three_returns_do_not_fire_token_concurrent_networks(model: DetectionModel) -> None:
-    run_ = run(model, _back_and_forth("tok-both", "ivan", OWNER_AND_THIEF, 3), networks=ASNS)
+    run_ = run(
+        model, _back_and_forth("tok-both", "ivan", OWNER_AND_THIEF, 3), networks=ASNS, baselines=history(*IVAN_AT_HOME)
+    )
     assert "token_concurrent_networks" not in run_.rules("jti", "tok-both")
     assert run_.engine.stats.scored > 0
+
+
+def test_two_networks_both_the_users_own_do_not_fire_token_concurrent_networks(model: DetectionModel) -> None:
+    """A split-tunnel VPN: two networks at once, both long in the user's history."""
+    both = history("ivan", HOME_AS.key, CLOUD_AS.key)
+    run_ = run(model, _back_and_forth("tok-both", "ivan", OWNER_AND_THIEF, 12), networks=ASNS, baselines=both)
+    assert returns_of(run_.engine, "tok-both") == 12
+    assert "token_concurrent_networks" not in run_.rules("jti", "tok-both")
+
+
+def test_a_machine_token_never_fires_token_concurrent_networks(model: DetectionModel) -> None:
+    """A client-credentials token (its subject is its client): a service's replicas in two clouds use it at once."""
+    events = [
+        dataclasses.replace(e, client_id="svc-orders")
+        for e in _back_and_forth("tok-svc", "svc-orders", OWNER_AND_THIEF, 12)
+    ]
+    run_ = run(model, events, networks=ASNS, baselines=history("svc-orders", HOME_AS.key))
+    assert returns_of(run_.engine, "tok-svc") == 12
+    assert "token_concurrent_networks" not in run_.rules("jti", "tok-svc")
+    # The same events as a user's token do fire: it is the machine exemption that holds here.
+    user = run(model, _back_and_forth("tok-svc", "ivan", OWNER_AND_THIEF, 12), networks=ASNS,
+               baselines=history(*IVAN_AT_HOME))  # fmt: skip
+    assert "token_concurrent_networks" in user.rules("jti", "tok-svc")
 
 
 def test_without_an_ip_database_token_concurrent_networks_never_fires(model: DetectionModel) -> None:

@@ -152,20 +152,32 @@ def _row(entity_type: str, **values: float) -> list[float]:
 
 def test_token_concurrent_networks_fires_from_four_returns_with_an_ip_database() -> None:
     assert CONCURRENT_MIN_RETURNS == 4
-    four = _row("jti", network_returns=math.log1p(4))
+    four = _row("jti", network_returns=math.log1p(4), novel_network_share=0.5)
     assert fired_rules("jti", four, networks_identified=True) == ["token_concurrent_networks"]
-    many = _row("jti", network_returns=math.log1p(60))
+    many = _row("jti", network_returns=math.log1p(60), novel_network_share=0.5)
     assert fired_rules("jti", many, networks_identified=True) == ["token_concurrent_networks"]
 
 
 def test_token_concurrent_networks_does_not_fire_on_three_returns() -> None:
-    assert fired_rules("jti", _row("jti", network_returns=math.log1p(3)), networks_identified=True) == []
+    row = _row("jti", network_returns=math.log1p(3), novel_network_share=0.5)
+    assert fired_rules("jti", row, networks_identified=True) == []
+
+
+def test_token_concurrent_networks_needs_a_network_new_for_the_subject() -> None:
+    """Both networks the user's own (a split-tunnel VPN), or no settled history: the returns alone do not fire."""
+    row = _row("jti", network_returns=math.log1p(60), novel_network_share=0.0)
+    assert fired_rules("jti", row, networks_identified=True) == []
+
+
+def test_token_concurrent_networks_never_fires_for_a_machine_token() -> None:
+    row = _row("jti", network_returns=math.log1p(60), novel_network_share=0.5)
+    assert fired_rules("jti", row, networks_identified=True, machine=True) == []
 
 
 @pytest.mark.parametrize("returns", [4, 60, 65535])
 def test_token_concurrent_networks_never_fires_on_prefixes(returns: int) -> None:
     """Without an IP database networks are /16 prefixes, which benign clients cross back and forth at once."""
-    row = _row("jti", network_returns=math.log1p(returns))
+    row = _row("jti", network_returns=math.log1p(returns), novel_network_share=0.5)
     assert fired_rules("jti", row) == []
     assert fired_rules("jti", row, networks_identified=False) == []
 

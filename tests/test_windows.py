@@ -102,6 +102,17 @@ def test_a_phone_flipping_wifi_and_carrier_away_31_s_each_time_makes_no_return()
     assert network_counts(visits) == (7, 0)
 
 
+def test_late_events_of_a_handover_make_no_switch_and_no_return() -> None:
+    """Wi-Fi then carrier, with two Wi-Fi requests arriving late (within the grace period): in time order one
+    switch and no return — arrival order must not turn a handover into use from two places at once."""
+    store = WindowStore(SPEC)
+    order = [(0.0, HOME), (5.0, HOME), (10.0, CARRIER), (7.0, HOME), (12.0, CARRIER), (8.0, HOME), (14.0, CARRIER)]
+    for ts, ip in order:
+        store.add("t", T0 + ts, ip, None, 0)
+    counts = sums(store, "t", T0 + 14.0)
+    assert (counts[SWITCHES], counts[RETURNS]) == (1, 0)
+
+
 def test_a_token_used_from_two_networks_at_once_counts_each_return() -> None:
     """A B A B A B within seconds: every change after the first goes back to the network before."""
     visits = [(2.0 * i, (HOME, CARRIER)[i % 2]) for i in range(6)]

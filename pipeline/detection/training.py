@@ -124,6 +124,9 @@ def train_model(
             "to": format_ts(t1),
             "data_sha256": data_hash(frame),
             "rows": rows_used,
+            # How addresses became networks in training ("prefix", or the IP database's source): a model trained
+            # one way sees other feature values when detecting the other way.
+            "network_identity": networks.source,
             "params": {
                 "seed": params.seed,
                 "target_alert_rate": params.target_alert_rate,

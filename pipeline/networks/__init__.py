@@ -105,3 +105,15 @@ __all__ = [
     "open_ip_db",
     "open_ip_db_file",
 ]
+
+
+def identity_warning(trained_with: str | None, detecting_with: str) -> str | None:
+    """A warning when a model trained with one kind of network identity (``prefix``, or an IP database) now
+    detects with the other: feature values differ (a carrier's CGNAT pools are one network by AS, several by
+    prefix), so its thresholds no longer hold as calibrated. Models from before this was recorded: ``None``."""
+    if trained_with is None or (trained_with == PREFIX_SOURCE) == (detecting_with == PREFIX_SOURCE):
+        return None
+    return (
+        f"the model was trained with network identity {trained_with!r} and now detects with {detecting_with!r}: "
+        "retrain it with the same --ip-db (or without) for its thresholds to hold"
+    )

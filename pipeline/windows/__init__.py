@@ -356,8 +356,9 @@ class WindowStore:
             if row:
                 counts[base + row] += 1
                 window.dirty = True
-        # Only equality matters here, so keep the prefix's hash rather than another string per entity.
-        if prefix != window.last_prefix:
+        # Only equality matters here, so keep the prefix's hash rather than another string per entity. A late
+        # event (older than the window's last) is no move between networks: in time order it came before.
+        if prefix != window.last_prefix and ts >= window.last_ts:
             if window.last_prefix:
                 if counts[base + SWITCHES] < saturated:
                     counts[base + SWITCHES] += 1
