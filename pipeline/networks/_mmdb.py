@@ -49,6 +49,8 @@ from pipeline.windows import prefix16
 
 #: Memoised addresses per resolver (the engine resolves every event's address).
 CACHE_SIZE = 1 << 16
+#: Distinct networks kept for sharing one object per network among the memoised addresses.
+_MAX_NETWORKS = 1 << 17
 #: Records read from a file at open time to tell whether it holds anything a resolver can use.
 PROBE_RECORDS = 1000
 
@@ -173,8 +175,13 @@ def _org_kind(fields: Mapping[str, Any]) -> str:
 
 @lru_cache(maxsize=4096)
 def _is_hosting_org(org: str) -> bool:
-    """One of :data:`HOSTING_ORGS` (memoised: a database has far fewer organisations than addresses)."""
-    return _HOSTING.search(org) is not None
+    """One of :data:`HOSTING_ORGS`, at a word start. Substrings first (in C; most names hold none), the word
+    boundary only then: the case-insensitive pattern alone took about 3 µs on a long name."""
+    lowered = org.lower()
+    for name in HOSTING_ORGS:
+        if name in lowered:
+            return _HOSTING.search(org) is not None
+    return False
 
 
 def _fields(record: Any) -> Iterator[tuple[str, Any]]:
@@ -311,6 +318,8 @@ class MmdbResolver:
         identity = (key, kind, asn, org)
         network = self._networks.get(identity)
         if network is None:  # one object per network: a cache of addresses holds references, not copies
+            if len(self._networks) >= _MAX_NETWORKS:  # bounded (a world's worth of ASNs); the objects live on
+                self._networks.clear()
             network = self._networks[identity] = Network(key=key, kind=kind, asn=asn, org=org)
         return network
 
