@@ -21,8 +21,10 @@ behaviours the rules were designed around — a development aid, not evidence.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import platform
+import tempfile
 import time
 from pathlib import Path
 
@@ -33,7 +35,7 @@ from rich.table import Table
 from pipeline.detection.evaluate import Evaluation, across_worlds, evaluate
 from pipeline.detection.replay import replay
 from pipeline.detection.training import TrainingParams, train_model
-from pipeline.scoring.model import DetectionModel, load_model
+from pipeline.scoring.model import load_model
 from pipeline.simulate import THREATS, SimulationParams, simulate
 from pipeline.simulate.family import WorldFamily, train_params
 
@@ -55,6 +57,12 @@ def main() -> None:
     parser.add_argument("--size", choices=sorted(SIZES), default="full")
     parser.add_argument("--worlds", type=int, help="held-out worlds (default: by --size)")
     parser.add_argument("--family-seed", type=int, default=FAMILY_SEED)
+    parser.add_argument(
+        "--region",
+        choices=["heldout", "tuning"],
+        default="heldout",
+        help="tuning: the worlds features, rules and thresholds may be tuned on (a development aid, not evidence)",
+    )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     if args.seeds:
@@ -74,43 +82,72 @@ def _world_row(world_index: int, which: str, result: Evaluation, events: int, al
     }
 
 
+#: What each world is judged with: (name, trained per world?, with the world's IP database?, with the history
+#: training learned?). The first is the headline: an operator with an ASN database who trained on their own
+#: traffic, as `jwtwatch train` then `jwtwatch detect --ip-db` do by default.
+SETUPS: tuple[tuple[str, bool, bool, bool], ...] = (
+    ("trained, IP database, history", True, True, True),
+    ("trained, no IP database, history", True, False, True),
+    ("trained, IP database, cold start", True, True, False),
+    ("shipped, no IP database, cold start", False, False, False),
+)
+
+
 def heldout(args: argparse.Namespace) -> None:
+    from pipeline.networks import PREFIXES, open_ip_db
+    from pipeline.simulate.io import write_ip_db
+
     console = Console(stderr=True)
     count, minutes, browsers, incidents = SIZES[args.size]
     count = args.worlds or count
     family = WorldFamily(seed=args.family_seed, minutes=minutes, browsers=browsers, incidents_per_threat=incidents)
     shipped = load_model(args.model_dir)
     started = time.perf_counter()
-    results: dict[str, list[Evaluation]] = {"trained_per_world": [], "shipped": []}
+    results: dict[str, list[Evaluation]] = {name: [] for name, *_ in SETUPS}
     worlds: list[dict[str, object]] = []
     missed: list[str] = []
-    for world in family.worlds(count, "heldout"):
-        t0 = time.perf_counter()
-        training = simulate(train_params(world.params)).events.drop(columns=["incident_id"])
-        model, _ = train_model(training, TrainingParams(seed=0))
-        sim = simulate(world.params)
-        frame = sim.events.drop(columns=["incident_id"])
-        models: dict[str, DetectionModel] = {"trained_per_world": model, "shipped": shipped}
-        for which, m in models.items():
-            alerts, _ = replay(frame, m)
-            result = evaluate(alerts, sim.events, sim.incidents, m.spec.length_s, sim.lookalikes)
-            results[which].append(result)
-            worlds.append(_world_row(world.index, which, result, len(frame), len(alerts)))
-            if which == "trained_per_world":
-                missed += [f"world {world.index}: {i.threat}: {i.variant or '-'}: {i.description[:120]}"
-                           for i in result.missed]  # fmt: skip
-        console.print(
-            f"world {world.index}: {len(training):,} training + {len(frame):,} test events, "
-            f"recall {results['trained_per_world'][-1].recall:.2f} (shipped {results['shipped'][-1].recall:.2f}), "
-            f"{time.perf_counter() - t0:.0f} s"
-        )
-    figures = {which: across_worlds(evals) for which, evals in results.items()}
+    region = args.region
+    with tempfile.TemporaryDirectory(prefix="jwtwatch-bench-") as scratch:
+        for world in family.worlds(count, region):
+            t0 = time.perf_counter()
+            training_sim = simulate(train_params(world.params))
+            training = training_sim.events.drop(columns=["incident_id"])
+            sim = simulate(world.params)
+            frame = sim.events.drop(columns=["incident_id"])
+            # The world's ASN database, as an operator would supply one: written as an .mmdb, read back by maxminddb.
+            db = Path(scratch) / f"world-{world.index}.mmdb"
+            write_ip_db(sim, db)  # one population: the training stream's addresses are in the same networks
+            resolver = open_ip_db([db])
+            trained = {
+                with_db: train_model(training, TrainingParams(seed=0), networks=resolver if with_db else PREFIXES)
+                for with_db in (True, False)
+            }
+            for name, per_world, with_db, history in SETUPS:
+                model, learned = trained[with_db] if per_world else (shipped, None)
+                alerts, _ = replay(
+                    frame,
+                    model,
+                    baselines=copy.deepcopy(learned) if history and learned is not None else None,
+                    networks=resolver if with_db else PREFIXES,
+                )
+                result = evaluate(alerts, sim.events, sim.incidents, model.spec.length_s, sim.lookalikes)
+                results[name].append(result)
+                worlds.append(_world_row(world.index, name, result, len(frame), len(alerts)))
+                if name == SETUPS[0][0]:
+                    missed += [f"world {world.index}: {i.threat}: {i.variant or '-'}: {i.description[:120]}"
+                               for i in result.missed]  # fmt: skip
+            console.print(
+                f"world {world.index}: {len(training):,} training + {len(frame):,} test events, recall "
+                + ", ".join(f"{results[name][-1].recall:.2f}" for name, *_ in SETUPS)
+                + f", {time.perf_counter() - t0:.0f} s"
+            )
+    figures = {name: across_worlds(evals) for name, evals in results.items()}
     report = {
-        "mode": "heldout",
+        "mode": region,
         "size": args.size,
         "family": {
             "seed": family.seed,
-            "region": "heldout",
+            "region": region,
             "worlds": count,
             "minutes": minutes,
             "browsers": browsers,
@@ -118,10 +155,11 @@ def heldout(args: argparse.Namespace) -> None:
             "offices": family.offices,
             "incidents_per_threat": incidents,
         },
-        "headline_model": "trained_per_world",
+        "headline_model": SETUPS[0][0],
+        "setups": [{"name": n, "trained_per_world": t, "ip_db": d, "history": h} for n, t, d, h in SETUPS],
         "figures": figures,
         "worlds": worlds,
-        "world_draws": [w.draws for w in family.worlds(count, "heldout")],
+        "world_draws": [w.draws for w in family.worlds(count, region)],
         "missed": missed,
         "shipped_model": shipped.version,
         "duration_s": round(time.perf_counter() - started, 1),
@@ -142,11 +180,12 @@ def _pct(r: dict[str, object]) -> str:
 def markdown(report: dict[str, object]) -> str:
     """The held-out figures as the markdown tables docs/detection.md shows."""
     figures = report["figures"]  # type: ignore[index]
+    region = report["family"]["region"]  # type: ignore[index]
     lines = []
     for which, f in figures.items():  # type: ignore[union-attr]
         ttd = f["median_time_to_detect_s"]
         lines += [
-            f"**{which.replace('_', ' ')}** — {f['worlds']} held-out worlds: recall {_pct(f['recall'])}, median world "
+            f"**{which.replace('_', ' ')}** — {f['worlds']} {region} worlds: recall {_pct(f['recall'])}, median world "
             f"{f['median_world_recall']:.2f}, worst world {f['worst_world_recall']:.2f}; median time to detect "
             f"{'-' if ttd is None else f'{ttd:.1f} s'}",
             "",

@@ -18,6 +18,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from pipeline.detection.history import HISTORY_FILE
 from pipeline.validation.keystore import (
     ALGORITHMS,
     KeyStore,
@@ -1291,13 +1292,24 @@ def train(
             "precision of past alerts per entity type and rule (reported only; thresholds are not calibrated on it).",
         ),
     ] = None,
+    history: Annotated[
+        bool,
+        typer.Option(
+            "--history/--no-history",
+            help=f"Also write what training learned of each subject, client and IP (networks, client families, "
+            f"usual volumes) to MODEL_DIR/{HISTORY_FILE}, which `jwtwatch detect` starts from: later traffic of the "
+            "same users is then judged against their history, as a running pipeline does. --no-history for a "
+            "model shipped to others.",
+        ),
+    ] = True,
     ip_db: IpDb = None,
 ) -> None:
     """Train one Isolation Forest per entity type on baseline (attack-free) traffic."""
+    from pipeline.detection.history import save_baselines
     from pipeline.detection.training import TrainingParams, train_model
     from pipeline.scoring.model import save_model
 
-    networks = _networks(ip_db)  # noqa: F841 — see TODO(ipdb) below
+    networks = _networks(ip_db)
     if verdicts is not None:
         _report_precision(verdicts)
     result = _read(events)
@@ -1306,14 +1318,20 @@ def train(
     progress, advance = _progress("training", len(result.frame))
     try:
         with progress:
-            # TODO(ipdb): networks=networks — train_model() does not take a network resolver yet (the engine side
-            # of issue 15 item 3).
-            model, _ = train_model(
-                result.frame, TrainingParams(seed=seed, target_alert_rate=target_alert_rate), progress=advance
+            model, learned = train_model(
+                result.frame,
+                TrainingParams(seed=seed, target_alert_rate=target_alert_rate),
+                progress=advance,
+                networks=networks,
             )
     except ValueError as exc:
         fail(str(exc))
     version = save_model(model, model_dir)
+    history_path = model_dir / HISTORY_FILE
+    if history:
+        save_baselines(learned, history_path)
+    else:
+        history_path.unlink(missing_ok=True)  # an older model's history is not this one's
     table = Table("entity", "windows fitted", "held-out entities", "threshold", title=f"model {version}")
     for entity_type, scorer in model.scorers.items():
         rows = model.metadata["training"]["rows"][entity_type]
@@ -1357,10 +1375,20 @@ def detect(
             "(partitioned by date and hour; what the notebooks read).",
         ),
     ] = None,
+    history: Annotated[
+        bool,
+        typer.Option(
+            "--history/--no-history",
+            help=f"Start from the history `jwtwatch train` learned (MODEL_DIR/{HISTORY_FILE}, when there is one): "
+            "each subject's known networks and client software, usual volumes. --no-history judges the events "
+            "as a fresh deployment would.",
+        ),
+    ] = True,
     ip_db: IpDb = None,
 ) -> None:
     """Replay recorded events in event time through the streaming engine; write the alerts."""
     from pipeline.archive import ArchiveWriter, ScoreRecorder
+    from pipeline.detection.history import load_baselines
     from pipeline.detection.replay import replay
     from pipeline.scoring.model import ModelError, load_model
 
@@ -1368,16 +1396,26 @@ def detect(
         model = load_model(model_dir)
     except ModelError as exc:
         fail(str(exc))
-    networks = _networks(ip_db)  # noqa: F841 — see TODO(ipdb) below
+    networks = _networks(ip_db)
+    learned = None
+    history_path = model_dir / HISTORY_FILE
+    if history and history_path.exists():
+        try:
+            learned = load_baselines(history_path)
+        except (OSError, ValueError) as exc:
+            fail(f"{history_path}: not a history written by jwtwatch train ({exc}); --no-history to go without")
+        err.print(f"history: {len(learned.subjects):,} subjects learned in training ({history_path})")
+    else:
+        err.print("history: none — every subject starts without known networks or clients")
     result = _read([events])
     archive = ArchiveWriter(data_dir) if data_dir is not None else None
     progress, advance = _progress("detecting", len(result.frame))
     started = time.perf_counter()
     with progress:
         recorder = ScoreRecorder(archive, model) if archive is not None else None
-        # TODO(ipdb): networks=networks — replay() does not take a network resolver yet (the engine side of issue 15
-        # item 3).
-        alerts, engine = replay(result.frame, model, progress=advance, on_scored=recorder)
+        alerts, engine = replay(
+            result.frame, model, baselines=learned, progress=advance, on_scored=recorder, networks=networks
+        )
     elapsed = time.perf_counter() - started
     alerts_out.parent.mkdir(parents=True, exist_ok=True)
     with open(alerts_out, "wb") as out:

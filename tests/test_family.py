@@ -18,7 +18,7 @@ import pytest
 
 from pipeline.detection.evaluate import Evaluation, ThreatResult, across_worlds, lookalike_rates, wilson_interval
 from pipeline.detection.training import data_hash
-from pipeline.simulate import SimulationParams, simulate
+from pipeline.simulate import Simulation, SimulationParams, simulate
 from pipeline.simulate.family import DIMENSIONS, WorldFamily, train_params
 from pipeline.simulate.model import LOOKALIKES
 
@@ -97,7 +97,28 @@ def test_the_training_stream_of_a_world_is_attack_free_and_another_stretch_of_ti
     params = WorldFamily(seed=2, minutes=5, browsers=20).world(0).params
     training = train_params(params)
     assert training.threats == () and training.seed != params.seed
-    assert dataclasses.replace(training, seed=params.seed, threats=params.threats) == params
+    # The same users (population), just before the labelled stream.
+    assert training.population == params.population and training.start + 60 * training.minutes == params.start
+    same = dataclasses.replace(training, seed=params.seed, threats=params.threats, start=params.start)
+    assert same == dataclasses.replace(params, population_seed=params.seed)
+
+
+def test_the_training_stream_has_the_same_users_at_another_time() -> None:
+    params = WorldFamily(seed=2, minutes=5, browsers=20).world(0).params
+    test, training = simulate(params), simulate(train_params(params))
+
+    def agents(s: Simulation) -> dict[str, set[str]]:
+        benign = s.events[s.events["incident_id"].isna() & s.events["sub"].notna()]
+        return benign.groupby("sub")["user_agent"].agg(lambda x: set(x.dropna())).to_dict()
+
+    # The users active in both streams use the same clients, yet the events are others.
+    before, after = agents(training), agents(test)
+    both = sorted(set(before) & set(after))
+    assert len(both) >= 10
+    # (not all: one may use only their phone in one stretch and only their laptop in the other)
+    assert sum(bool(before[sub] & after[sub]) for sub in both) >= 0.9 * len(both)
+    assert not set(test.events["event_id"]) & set(training.events["event_id"])
+    assert training.events["ts"].max() <= test.events["ts"].min() + 1000
 
 
 @pytest.mark.parametrize("bad", [{"attack_networks": (1.0, 0.0)}, {"attack_networks": (0, 0, 0, 1, 1)},

@@ -29,12 +29,12 @@ from pipeline.detection.rules import fired_rules, rule_severity
 from pipeline.events import Alert
 from pipeline.features import FEATURES, Session, ip_features, subject_features, token_features, ua_family
 from pipeline.features.baselines import Baselines
+from pipeline.networks import PREFIX_SOURCE, PREFIXES, Network, NetworkResolver
 from pipeline.response.alerts import AlertTracker, Finding
-from pipeline.response.summary import EntityFacts, network_label
+from pipeline.response.summary import EntityFacts
 from pipeline.response.suppressions import Suppressions
 from pipeline.scoring.model import DetectionModel
 from pipeline.windows import (
-    _PREFIX_HASH,
     FORGED,
     NEVER,
     OTHER_REJECTED,
@@ -44,8 +44,6 @@ from pipeline.windows import (
     TokenWindow,
     WindowSpec,
     WindowStore,
-    _prefix_hash,
-    prefix16,
 )
 
 #: Reasons given only after the signature was verified: the claims in such an event are authentic.
@@ -75,6 +73,7 @@ _ROW_FOR_REASON = {
 LEARN_AFTER_S = 120.0
 LEARN_MAX_FACTOR = 5.0
 TICK_S = 1.0  # entities touched in a tick of event time are scored when it closes
+_MAX_MEMO_IPS = 200_000  # addresses whose network is remembered; cleared past this (an address spray)
 
 
 @dataclass
@@ -107,7 +106,9 @@ class DetectionEngine:
         rescore_s: float = 5.0,
         confirm_forest: bool = True,
         collect: Collected | None = None,
+        networks: NetworkResolver = PREFIXES,
     ) -> None:
+        """``networks`` says which network an address is in (an ASN database, else its /16 prefix)."""
         if model is None and collect is None:
             raise ValueError("an engine without a model can only collect features (training)")
         self.model = model
@@ -116,6 +117,10 @@ class DetectionEngine:
         self.rescore_s = rescore_s
         self.confirm_forest = confirm_forest
         self.collect = collect
+        self.networks = networks
+        self.networks_identified = networks.source != PREFIX_SOURCE
+        self._network_of: dict[str, Network] = {}  # address -> its network, memoised (addresses repeat)
+        self._network_hash: dict[str, int] = {}  # address -> hash of its network's key (0: "none yet")
         strings: dict[str, str] = {}  # user agents and client ids, shared by all windows
         kinds = {"jti": TokenWindow, "sub": SubjectWindow, "ip": EntityWindow}
         self.stores = {t: WindowStore(self.spec, window_type=kinds[t], strings=strings) for t in FEATURES}
@@ -136,6 +141,22 @@ class DetectionEngine:
     @property
     def watermark(self) -> float:
         return self.max_ts - self.spec.grace_s
+
+    def network_of(self, ip: str) -> Network:
+        network = self._network_of.get(ip)
+        if network is None:
+            self._remember_network(ip)
+            network = self._network_of[ip]
+        return network
+
+    def _remember_network(self, ip: str) -> int:
+        """Resolve ``ip`` once; the windows compare networks by the hash of their key."""
+        if len(self._network_of) >= _MAX_MEMO_IPS:
+            self._network_of.clear()
+            self._network_hash.clear()
+        network = self._network_of[ip] = self.networks(ip)
+        value = self._network_hash[ip] = hash(network.key) or 1
+        return value
 
     def active_entities(self) -> int:
         return sum(len(store) for store in self.stores.values())
@@ -187,9 +208,11 @@ class DetectionEngine:
                 window.dirty = False
                 now = window.last_ts
                 if entity_type == "jti":
-                    row = token_features(window, spec, now, baselines)
+                    row = token_features(window, spec, now, baselines, self.network_of)
                 elif entity_type == "sub":
-                    row = subject_features(window, spec, now, baselines, key, self._sessions(window, now))
+                    row = subject_features(
+                        window, spec, now, baselines, key, self.network_of, self._sessions(window, now)
+                    )
                 else:
                     row = ip_features(window, spec, now, baselines, key)
                 due.append(key)
@@ -220,8 +243,17 @@ class DetectionEngine:
             token = store.get(jti)
             if seen < horizon or token is None or token.client is None:
                 continue
-            networks = frozenset(prefix16(ip) for ip in token.ips_within(horizon))
-            sessions.append(Session(token.client, max(token.first_ts, horizon), token.last_ts, networks))
+            networks = [self.network_of(ip) for ip in token.ips_within(horizon)]
+            sessions.append(
+                Session(
+                    token.client,
+                    max(token.first_ts, horizon),
+                    token.last_ts,
+                    frozenset(n.key for n in networks),
+                    frozenset(n.kind for n in networks),
+                    frozenset(ua_family(ua) for ua in token.uas_within(horizon) if ua),
+                )
+            )
         return sessions
 
     def _judge(self, entity_type: str, store: WindowStore, due: list[str], rows: list[list[float]]) -> list[Alert]:
@@ -234,7 +266,12 @@ class DetectionEngine:
         alerts = []
         for key, row, score in zip(due, rows, scores.tolist(), strict=True):
             window = store.entities[key]
-            rules = fired_rules(entity_type, row)
+            rules = fired_rules(
+                entity_type,
+                row,
+                networks_identified=self.networks_identified,
+                machine=entity_type == "jti" and window.client is not None and window.client == window.owner,
+            )
             severity = forest_severity = scorer.severity(score)
             if severity is None and not rules:
                 window.suspect_since = NEVER
@@ -286,7 +323,7 @@ class DetectionEngine:
         horizon = window.last_ts - self.spec.length_s
         return EntityFacts(
             span_s=window.last_ts - max(window.first_ts, horizon),
-            networks=tuple(sorted({network_label(ip) for ip in window.ips_within(horizon)})),
+            networks=tuple(sorted({self.network_of(ip).label for ip in window.ips_within(horizon)})),
             clients=tuple(sorted({ua_family(ua) for ua in window.uas_within(horizon) if ua})),
         )
 
@@ -345,7 +382,9 @@ def _ingest(engine: DetectionEngine, batch: EventBatch) -> list[Alert]:
     bucket_s = engine.spec.bucket_s
     bucket = -1
     lifetimes = engine._lifetimes
-    prefix_hashes = _PREFIX_HASH
+    network_hashes = engine._network_hash
+    network_of = engine._network_of
+    remember_network = engine._remember_network
     watermark = engine.watermark
     max_ts = engine.max_ts
     tick_end = engine._tick_end
@@ -370,12 +409,12 @@ def _ingest(engine: DetectionEngine, batch: EventBatch) -> list[Alert]:
         if ts > max_ts:
             max_ts = ts
             watermark = ts - grace
-        # The bucket and the /16's hash are the same for the event's three windows: computed once. Windows
+        # The bucket and the network's hash are the same for the event's three windows: computed once. Windows
         # keep the bucket number (``head``): as pure Python one int object per bucket, not one per window.
         number = int(ts // bucket_s)
         if number != bucket:
             bucket = number
-        prefix = prefix_hashes.get(ip) or _prefix_hash(ip)
+        prefix = network_hashes.get(ip) or remember_network(ip)
         row = rows.get(reason, OTHER_REJECTED)
         trusted = reason in verified
         # From here on ``ip`` is the IP window's own copy of the address, which the token and subject
@@ -414,7 +453,7 @@ def _ingest(engine: DetectionEngine, batch: EventBatch) -> list[Alert]:
                     token.max_age_s = age
             touched_jti.add(jti)
         if sub is not None and reason is None:
-            observe(sub, client, prefix16(ip), ua_family(ua) if ua else None, ts)
+            observe(sub, client, network_of[ip].key, ua_family(ua) if ua else None, ts)
     engine.max_ts = max_ts
     engine._tick_end = tick_end
     engine.stats.events += len(batch) - late

@@ -12,9 +12,7 @@ whatever a message makes the decoder raise, it is that message's fault (the rule
 from __future__ import annotations
 
 import itertools
-import json
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -27,6 +25,7 @@ from pipeline.bus.dead_letter import dead_letter, describe, is_infrastructure_fa
 from pipeline.detection.batch import EventBatch, Row, decode_rows, row_of
 from pipeline.detection.collector import collector_paused
 from pipeline.detection.engine import DetectionEngine
+from pipeline.detection.history import load_baselines, save_baselines
 from pipeline.events import Alert, AlertVerdict, TokenUsage
 from pipeline.features.baselines import Baselines
 from pipeline.response.verdicts import VerdictFollower
@@ -86,18 +85,15 @@ class StreamingRunner:
         if self.baselines_path is None or not self.baselines_path.exists():
             return None
         try:
-            return Baselines.from_dict(json.loads(self.baselines_path.read_text()))
-        except (OSError, ValueError, KeyError) as exc:
+            return load_baselines(self.baselines_path)
+        except (OSError, ValueError) as exc:
             log.warning("baselines in %s unreadable, starting fresh: %s", self.baselines_path, exc)
             return None
 
     def save_baselines(self) -> None:
         if self.baselines_path is None:
             return
-        self.baselines_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.baselines_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.engine.baselines.to_dict()))
-        os.replace(tmp, self.baselines_path)
+        save_baselines(self.engine.baselines, self.baselines_path)
         self._last_save = time.monotonic()
 
     def _follow_assignment(self) -> bool:

@@ -29,6 +29,7 @@ from pipeline.detection.engine import Collected, DetectionEngine
 from pipeline.events import format_ts
 from pipeline.features import FEATURES
 from pipeline.features.baselines import Baselines
+from pipeline.networks import PREFIXES, NetworkResolver
 from pipeline.scoring import EntityScorer
 from pipeline.scoring.model import DetectionModel, finalize_metadata
 from pipeline.windows import WindowSpec
@@ -54,10 +55,13 @@ def data_hash(frame: pd.DataFrame) -> str:
 
 
 def collect_features(
-    frame: pd.DataFrame, spec: WindowSpec, progress: Callable[[int], None] | None = None
+    frame: pd.DataFrame,
+    spec: WindowSpec,
+    progress: Callable[[int], None] | None = None,
+    networks: NetworkResolver = PREFIXES,
 ) -> tuple[Collected, Baselines]:
     collected = Collected()
-    engine = DetectionEngine(None, collect=collected, spec=spec)
+    engine = DetectionEngine(None, collect=collected, spec=spec, networks=networks)
     for batch in micro_batches(frame_to_batch(frame), 8192, 5.0):
         engine.process(batch)
         if progress is not None:
@@ -70,13 +74,15 @@ def train_model(
     params: TrainingParams = TrainingParams(),
     spec: WindowSpec = WindowSpec(),
     progress: Callable[[int], None] | None = None,
+    networks: NetworkResolver = PREFIXES,
 ) -> tuple[DetectionModel, Baselines]:
+    """``networks``: how addresses become networks — the same resolver the model will detect with."""
     if frame.empty:
         raise ValueError("no events to train on")
-    collected, baselines = collect_features(frame, spec, progress)
+    collected, baselines = collect_features(frame, spec, progress, networks)
     t0, t1 = frame["ts"].iloc[0] / 1000.0, frame["ts"].iloc[-1] / 1000.0
     split = t0 + params.fit_share * (t1 - t0)
-    cold, _ = collect_features(frame[frame["ts"] >= split * 1000.0], spec)
+    cold, _ = collect_features(frame[frame["ts"] >= split * 1000.0], spec, networks=networks)
     scorers: dict[str, EntityScorer] = {}
     rows_used: dict[str, dict[str, int]] = {}
     rng = np.random.default_rng(params.seed)

@@ -9,10 +9,10 @@ from pipeline.windows cimport EntityWindow
 cpdef tuple window_summary(EntityWindow window, spec, double now)
 
 @cython.locals(horizon=double, lifetime=double, age=double, client_rate=double)
-cpdef list token_features(EntityWindow window, spec, double now, baselines)
+cpdef list token_features(EntityWindow window, spec, double now, baselines, network_of)
 
 @cython.locals(horizon=double)
-cpdef list subject_features(EntityWindow window, spec, double now, baselines, sub, sessions=*)
+cpdef list subject_features(EntityWindow window, spec, double now, baselines, sub, network_of, sessions=*)
 
 @cython.locals(horizon=double, subjects=long, users=long)
 cpdef list ip_features(EntityWindow window, spec, double now, baselines, ip)

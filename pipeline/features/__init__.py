@@ -13,32 +13,38 @@ score vectors built from another list.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 
 from pipeline.features.baselines import Baselines
+from pipeline.networks import RENTED_KINDS, Network
 from pipeline.windows import (
     FORGED,
     OTHER_REJECTED,
+    RETURNS,
     STALE,
     SWITCHES,
     TOTAL,
     EntityWindow,
     WindowSpec,
-    prefix16,
     prefix24,
 )
+
+#: Address -> the network it is in (``DetectionEngine.network_of``: an ASN database, else the /16 prefix).
+NetworkOf = Callable[[str], Network]
 
 FEATURES: dict[str, tuple[str, ...]] = {
     "jti": (
         "events",
         "rate_vs_client",
         "distinct_ips",
-        "distinct_prefix16",
+        "distinct_networks",
         "distinct_prefix24",
         "distinct_ua_families",
-        "prefix_switches",
-        "novel_prefix_share",
+        "network_switches",
+        "network_returns",
+        "novel_network_share",
         "novel_ua_share",
         "stale_rejections",
         "other_rejections",
@@ -50,10 +56,10 @@ FEATURES: dict[str, tuple[str, ...]] = {
         "rate_vs_own",
         "distinct_tokens",
         "distinct_ips",
-        "distinct_prefix16",
+        "distinct_networks",
         "distinct_user_agents",
-        "prefix_switches",
-        "novel_prefix_share",
+        "network_switches",
+        "novel_network_share",
         "novel_ua_share",
         "stale_rejections",
         "other_rejections",
@@ -80,15 +86,16 @@ DESCRIPTIONS: dict[str, str] = {
     "rate_vs_client": "uses compared with a typical token of the same client",
     "rate_vs_own": "uses compared with this subject's usual volume",
     "distinct_ips": "distinct client IPs",
-    "distinct_prefix16": "distinct /16 networks",
+    "distinct_networks": "distinct networks (autonomous systems with an IP database, else /16 prefixes)",
     "distinct_prefix24": "distinct /24 networks",
     "distinct_user_agents": "distinct user agents",
     "distinct_ua_families": "distinct client software families (a token belongs to one client)",
     "distinct_tokens": "distinct tokens in use at once",
     "distinct_subjects": "distinct subjects seen from this IP",
     "subjects_vs_own": "subjects compared with this IP's usual number",
-    "prefix_switches": "switches between networks (alternating use from two places)",
-    "novel_prefix_share": "share of networks never seen for this subject",
+    "network_switches": "switches between networks (alternating use from two places)",
+    "network_returns": "returns to a network within 30 s of leaving it (in use from two networks at once)",
+    "novel_network_share": "share of networks never seen for this subject",
     "novel_ua_share": "share of client software never seen for this subject",
     "forged_rejections": "forged or malformed tokens presented (log scale)",
     "forged_per_subject": "forged or malformed tokens per user behind this IP (log scale)",
@@ -101,7 +108,10 @@ DESCRIPTIONS: dict[str, str] = {
     "token_age_fraction": "age of the token at use, as a share of its lifetime",
     "novel_ip": "IP never seen in the baseline",
     "burstiness": "busiest bucket against the average bucket",
-    "parallel_sessions": "tokens of one user client in use at the same time from different networks",
+    "parallel_sessions": (
+        "tokens of one user client in use at the same time from different networks, one of them from a rented "
+        "network (hosting, VPN, proxy) or a network or client family new for the subject"
+    ),
 }
 
 #: Features whose value is log1p of a count; reasons show the count itself.
@@ -114,7 +124,8 @@ LOG_SCALED = frozenset(
         "other_per_subject",
         "stale_rejections",
         "other_rejections",
-        "prefix_switches",
+        "network_switches",
+        "network_returns",
     }
 )
 
@@ -151,22 +162,32 @@ PARALLEL_MIN_OVERLAP_S = 30.0
 
 @dataclass(frozen=True, slots=True)
 class Session:
-    """One token of a subject as the subject's window sees it: its client, use span and networks."""
+    """One token of a subject as the subject's window sees it: its client, use span, networks (keys and
+    kinds) and client software families."""
 
     client: str
     first_ts: float
     last_ts: float
     networks: frozenset[str]
+    kinds: frozenset[str] = frozenset()
+    families: frozenset[str] = frozenset()
 
 
-def parallel_sessions(sessions: list[Session], sub: str) -> int:
-    """Tokens of one *user* client that were in use at the same time from disjoint networks.
+def parallel_sessions(
+    sessions: list[Session],
+    sub: str,
+    known_networks: set[str] | None = None,
+    known_families: set[str] | None = None,
+) -> int:
+    """Tokens of one *user* client in use at the same time from disjoint networks, with evidence of theft.
 
     One client of one user holds one session at a time: refreshing replaces the token, a phone that
     changes networks keeps its token. Two live token chains of the same client from two networks is
-    what a stolen refresh token looks like (the attacker mints their own access tokens). Machine
-    tokens are left out: under RFC 9068 §2.2 a client-credentials token's ``sub`` is the client itself,
-    and service replicas legitimately hold one token each.
+    what a stolen refresh token looks like (the attacker mints their own access tokens) — and also what one
+    person's app signed in on two devices looks like (a laptop at the office, a tablet on a hotspot). So a
+    pair counts only when one side has evidence of theft (:func:`corroborated`). Machine tokens are left
+    out: under RFC 9068 §2.2 a client-credentials token's ``sub`` is the client itself, and service replicas
+    legitimately hold one token each.
     """
     found: set[int] = set()
     for i, a in enumerate(sessions):
@@ -178,9 +199,21 @@ def parallel_sessions(sessions: list[Session], sub: str) -> int:
                 b.client == a.client
                 and min(a.last_ts, b.last_ts) - max(a.first_ts, b.first_ts) >= PARALLEL_MIN_OVERLAP_S
                 and not (a.networks & b.networks)
+                and (corroborated(a, known_networks, known_families) or corroborated(b, known_networks, known_families))
             ):
                 found.update((i, j))
     return len(found)
+
+
+def corroborated(session: Session, known_networks: set[str] | None, known_families: set[str] | None) -> bool:
+    """Evidence that a session is not its subject's own second device: it comes from a network an attacker
+    rents (hosting, VPN, an anonymising proxy — known only with an IP database), or — for a subject with a
+    settled history — from a network or with client software never seen for the subject."""
+    if session.kinds & RENTED_KINDS:
+        return True
+    if known_networks is not None and not session.networks <= known_networks:
+        return True
+    return known_families is not None and not session.families <= known_families
 
 
 def window_summary(window: EntityWindow, spec: WindowSpec, now: float) -> tuple[list[int], float, float]:
@@ -192,13 +225,15 @@ def window_summary(window: EntityWindow, spec: WindowSpec, now: float) -> tuple[
     return sums, burstiness, (now_bucket - spec.buckets + 1) * spec.bucket_s
 
 
-def token_features(window: EntityWindow, spec: WindowSpec, now: float, baselines: Baselines) -> list[float]:
+def token_features(
+    window: EntityWindow, spec: WindowSpec, now: float, baselines: Baselines, network_of: NetworkOf
+) -> list[float]:
     sums, burstiness, _ = window_summary(window, spec, now)
     horizon = now - spec.length_s
     ips = window.ips_within(horizon)
     uas = window.uas_within(horizon)
     sub = window.owner
-    prefixes = {prefix16(ip) for ip in ips}
+    prefixes = {network_of(ip).key for ip in ips}
     lifetime = window.lifetime
     age = (window.max_age_s / lifetime) if lifetime > 0 else 0.0
     client_rate = baselines.client_rate(baselines.client_of(sub))
@@ -211,6 +246,7 @@ def token_features(window: EntityWindow, spec: WindowSpec, now: float, baselines
         float(len({prefix24(ip) for ip in ips})),
         float(len(families)),
         math.log1p(sums[SWITCHES]),
+        math.log1p(sums[RETURNS]),
         _novel_share(sorted(prefixes), baselines.known_prefixes(sub)),
         _novel_share(families, baselines.known_ua_families(sub)),
         math.log1p(sums[STALE]),
@@ -226,6 +262,7 @@ def subject_features(
     now: float,
     baselines: Baselines,
     sub: str,
+    network_of: NetworkOf,
     sessions: list[Session] | None = None,
 ) -> list[float]:
     """``sessions``: the subject's tokens in the window (see :func:`parallel_sessions`)."""
@@ -233,7 +270,9 @@ def subject_features(
     horizon = now - spec.length_s
     ips = window.ips_within(horizon)
     uas = window.uas_within(horizon)
-    prefixes = {prefix16(ip) for ip in ips}
+    prefixes = {network_of(ip).key for ip in ips}
+    known_networks = baselines.known_prefixes(sub)
+    known_families = baselines.known_ua_families(sub)
     return [
         math.log1p(sums[TOTAL]),
         sums[TOTAL] / rate if (rate := baselines.subject_rate(sub)) else 1.0,
@@ -242,12 +281,14 @@ def subject_features(
         float(len(prefixes)),
         float(len(uas)),
         math.log1p(sums[SWITCHES]),
-        _novel_share(sorted(prefixes), baselines.known_prefixes(sub)),
-        _novel_share(sorted({ua_family(ua) for ua in uas}), baselines.known_ua_families(sub)),
+        _novel_share(sorted(prefixes), known_networks),
+        _novel_share(sorted({ua_family(ua) for ua in uas}), known_families),
         math.log1p(sums[STALE]),
         math.log1p(sums[OTHER_REJECTED]),
         burstiness,
-        float(parallel_sessions(sessions, sub)) if sessions and len(sessions) > 1 else 0.0,
+        float(parallel_sessions(sessions, sub, known_networks, known_families))
+        if sessions and len(sessions) > 1
+        else 0.0,
     ]
 
 

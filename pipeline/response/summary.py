@@ -19,8 +19,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from pipeline.networks import PREFIXES
 from pipeline.scoring import natural
-from pipeline.windows import prefix16
 
 #: A summary is one line; entity names inside it are cut to this many characters.
 MAX_SUMMARY = 400
@@ -40,9 +40,9 @@ class EntityFacts:
 
 
 def network_label(ip: str) -> str:
-    """The network an address is counted in, as a person reads it: ``203.0.0.0/16``, ``2001:db8::/32``."""
-    prefix = prefix16(ip)
-    return f"{prefix}::/32" if ":" in ip else f"{prefix}.0.0/16"
+    """The network an address is counted in without an IP database, as a person reads it: ``203.0.0.0/16``,
+    ``2001:db8::/32`` (the engine labels with its own resolver: ``AS14061 DigitalOcean (hosting)``)."""
+    return PREFIXES(ip).label
 
 
 def summarize(
@@ -113,7 +113,14 @@ def _rate(count: _Counts, facts: EntityFacts | None) -> str:
 
 
 def _parallel(count: _Counts, facts: EntityFacts | None) -> str:
-    return f"{count('parallel_sessions'):.0f} tokens of one client in use at once from different networks"
+    return (
+        f"{count('parallel_sessions'):.0f} tokens of one client in use at once from different networks, "
+        "one from a rented network or a network or client new for the user"
+    )
+
+
+def _concurrent(count: _Counts, facts: EntityFacts | None) -> str:
+    return f"back and forth between networks {_times(round(count('network_returns')), 'time')} within seconds"
 
 
 def _forged(count: _Counts, facts: EntityFacts | None) -> str:
@@ -129,6 +136,7 @@ _RULES = {
     "token_fanout": _fanout,
     "rate_abuse": _rate,
     "parallel_sessions": _parallel,
+    "token_concurrent_networks": _concurrent,
     "forged_probing": _forged,
 }
 

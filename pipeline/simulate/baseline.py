@@ -495,7 +495,7 @@ class _Builder:
         """Phones that flip between the home Wi-Fi and the carrier every minute or two, keeping their token
         (a weak Wi-Fi signal at the edge of the flat): the same token alternates between two networks."""
         p = self.params
-        rng = stream(p.seed, "pingpong")  # its own stream: the other mobile draws stay as they were
+        rng = stream(p.population, "pingpong")  # its own stream: the other mobile draws stay as they were
         n = p.mobile
         flipper = rng.random(n) < p.pingpong_share
         period = rng.uniform(*p.pingpong_period_s, n)
@@ -514,9 +514,13 @@ class _Builder:
         p = self.params
         if self.browser_calls is None:
             return clients
-        users = np.flatnonzero(rng.random(p.browsers) < p.multi_device_share)
+        # Who has a second device, and which, is the population's (the same users in training and later);
+        # when and from where they use it is the stream's.
+        population = stream(p.population, "multi-device:who")
+        users = np.flatnonzero(population.random(p.browsers) < p.multi_device_share)
         if users.size == 0:
             return clients
+        device_uas = [browser_ua(population, browser_family(population)) for _ in range(users.size)]
         client, t, session = self.browser_calls
         mine = np.isin(client, users)
         spans = (
@@ -550,7 +554,6 @@ class _Builder:
             parts_ip.append(np.full(calls.size, network, dtype=np.int32))
         k_dev = users.size
         offset = len(clients)
-        device_uas = [browser_ua(rng, browser_family(rng)) for _ in range(k_dev)]
         if parts_t:
             c = np.concatenate(parts_c)
             t2 = np.concatenate(parts_t)
@@ -723,7 +726,7 @@ def _office_pools(
 ) -> list[np.ndarray]:
     """Office egress spread over a pool of addresses in several /16s (a cloud proxy, several ISPs): each
     request of an office user leaves from any address of its office's pool. Returns each office's pool."""
-    rng = stream(params.seed, "office-egress")
+    rng = stream(params.population, "office-egress")
     k = params.office_egress_ips
     pooled: list[np.ndarray] = []
     for office in office_ips.tolist():
@@ -740,7 +743,7 @@ def _split_tunnel(
     """Browser users on a split-tunnel VPN: requests to some API routes leave through the VPN egress, the
     rest go out directly — the same token, interleaved from two networks. Routing is by destination, so
     one route always takes the same way for one user. Returns the clients concerned."""
-    rng = stream(params.seed, "split-tunnel")
+    rng = stream(params.population, "split-tunnel")
     users = rng.random(params.browsers) < params.split_tunnel_share
     vpn = addresses.random("vpn", params.browsers, rng)
     salt = rng.integers(0, 1 << 30, params.browsers)
@@ -761,7 +764,7 @@ def _ipv6_privacy(
     address, same network); the rest still go over IPv4. Returns the clients, the IPv6 address codes and each
     home's /64 (home address code -> the /64 as an int)."""
     p = params
-    rng = stream(p.seed, "ipv6")
+    rng = stream(p.population, "ipv6")
     v6 = (rng.random(len(clients)) < p.ipv6_share) & (clients.kind != KIND_SERVICE)
     phase = rng.random(len(clients))
     rows = np.flatnonzero(owner >= 0)
@@ -791,7 +794,7 @@ def _ipv6_privacy(
 def generate_baseline(params: SimulationParams, strings: Strings, addresses: AddressSpace, api: Api) -> Baseline:
     """All benign traffic of a simulation, plus token statistics for picking victims."""
     clients, office_member, carrier, office_ips, service_ips = _population(
-        stream(params.seed, "population"), params, strings, addresses
+        stream(params.population, "population"), params, strings, addresses
     )
     builder = _Builder(params, strings, addresses, api)
     if params.browsers:

@@ -21,8 +21,8 @@ _OUTCOMES = np.array(["rejected", "accepted"], dtype=object)
 def simulate(params: SimulationParams) -> Simulation:
     """Generate the traffic described by ``params``. Deterministic: same params, same ``events``."""
     strings = Strings()
-    addresses = AddressSpace(strings, stream(params.seed, "addresses"))
-    api = Api(strings, stream(params.seed, "api"))
+    addresses = AddressSpace(strings, stream(params.population, "addresses"))
+    api = Api(strings, stream(params.population, "api"))
     base = generate_baseline(params, strings, addresses, api)
     base_ids = uuid4_strings(stream(params.seed, "event-id:baseline"), len(base.events))
     injector = Injector(params, strings, addresses, api, base, base.tokens)
@@ -35,7 +35,7 @@ def simulate(params: SimulationParams) -> Simulation:
     events = events.take(order)
     frame = _frame(params, strings, api, injector, events, ts[order], event_ids[order])
     lookalikes = pd.DataFrame(base.lookalikes, columns=["kind", "entity_type", "entity"], dtype=object)
-    networks = network_table(params.seed, addresses, strings, base.office_pools, base.ipv6_homes)
+    networks = network_table(params.population, addresses, strings, base.office_pools, base.ipv6_homes)
     return Simulation(
         events=frame, incidents=list(injector.incidents), params=params, lookalikes=lookalikes, networks=networks
     )

@@ -174,11 +174,15 @@ class WorldFamily:
 
 
 def train_params(params: SimulationParams, minutes: float | None = None) -> SimulationParams:
-    """The attack-free stream a world's detector trains on: the same behaviours, another stretch of time
-    (another seed), no incidents — what a new user records before running ``jwtwatch train``."""
+    """The attack-free stream a world's detector trains on: the same users (``population_seed``) with the same
+    behaviours in the stretch of time just before the labelled stream (another seed), no incidents — what a
+    new user records before running ``jwtwatch train``."""
+    length = params.minutes if minutes is None else minutes
     return dataclasses.replace(
         params,
         seed=(params.seed + 1_000_003) % (2**31 - 1),
+        population_seed=params.population,
+        start=params.start - 60.0 * length,
         threats=(),
-        minutes=params.minutes if minutes is None else minutes,
+        minutes=length,
     )

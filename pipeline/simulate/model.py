@@ -63,6 +63,10 @@ class SimulationParams:
 
     minutes: float = 30.0
     seed: int = 0
+    #: Who is out there — users, their devices, homes, offices, carriers, VPNs — when not ``seed``: two streams
+    #: with one ``population_seed`` and other ``seed``s are the same users at other times (what a model trains
+    #: on, then what it judges). ``None``: ``seed``, so the default world is as it always was.
+    population_seed: int | None = None
     start: float = 1_790_000_000.0  # epoch seconds of t=0 (fixed, so output is reproducible)
     browsers: int = 300  # human users on browsers
     mobile: int = 150  # users on mobile apps
@@ -147,6 +151,12 @@ class SimulationParams:
                 raise ValueError(f"SimulationParams.{name} must be an integer >= 0, got {value!r}")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
             raise ValueError(f"SimulationParams.seed must be an integer >= 0, got {self.seed!r}")
+        if self.population_seed is not None and (
+            not isinstance(self.population_seed, int)
+            or isinstance(self.population_seed, bool)
+            or self.population_seed < 0
+        ):
+            raise ValueError(f"SimulationParams.population_seed must be an integer >= 0, got {self.population_seed!r}")
         if not isinstance(self.threats, tuple):
             raise ValueError("SimulationParams.threats must be a tuple (or list) of threat names")
         unknown = [t for t in self.threats if t not in THREATS]
@@ -228,6 +238,11 @@ class SimulationParams:
             )
         if self.slow_share[1] > 1.0:
             raise ValueError("SimulationParams.slow_share must lie in 0..1")
+
+    @property
+    def population(self) -> int:
+        """The seed of the population's random streams (:attr:`population_seed`, else :attr:`seed`)."""
+        return self.seed if self.population_seed is None else self.population_seed
 
     @property
     def duration_s(self) -> float:

@@ -9,8 +9,9 @@ cdef class EntityWindow:
     cdef public object counts, key, last_ip, owner, ua_one, ua_many, other_one, other_many
     cdef public bint dirty
     cdef public double first_ts, last_ts, ua_one_ts, other_one_ts, scored_at, learned_at, suspect_since
+    cdef public double previous_prefix_ts
     cdef public long head, overflow
-    cdef public long long last_prefix
+    cdef public long long last_prefix, previous_prefix
 
     @cython.locals(sums=list, busiest=long, active=long, bucket=long, base=long, total=long, row=long)
     cpdef tuple window_counts(self, long now_bucket, long buckets)

@@ -24,9 +24,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 
-# Counter rows kept per bucket.
-TOTAL, FORGED, STALE, OTHER_REJECTED, SWITCHES = range(5)
-ROWS = 5
+# Counter rows kept per bucket. SWITCHES: the network changed from the entity's previous event. RETURNS: it
+# changed back to the network before that within ``RETURN_S`` of last being there — one token in use from two
+# networks at once (a thief replaying it while its owner goes on), not a handover (no way back) nor a phone
+# flipping between Wi-Fi and its carrier (which stays on each for a minute or more).
+TOTAL, FORGED, STALE, OTHER_REJECTED, SWITCHES, RETURNS = range(6)
+ROWS = 6
+#: How soon after leaving a network coming back to it counts as a return: within one person's think time
+#: between two pages. A device is on one network at a time and does not re-associate twice in this long.
+RETURN_S = 30.0
 _SATURATED = 65535
 _ZEROS = array("H", [0]) * ROWS  # one bucket's counters
 #: "Never": the one shared object, not a new float per window (three per window add up).
@@ -76,6 +82,8 @@ class EntityWindow:
         "other_one_ts",
         "overflow",
         "owner",
+        "previous_prefix",
+        "previous_prefix_ts",
         "scored_at",
         "suspect_since",
         "ua_many",
@@ -107,6 +115,8 @@ class EntityWindow:
         self.other_many: dict[str, float] | None = None
         self.overflow = 0
         self.last_prefix = 0
+        self.previous_prefix = 0  # the network before the last switch, and when it was last used
+        self.previous_prefix_ts = NEVER
         self.owner: str | None = None  # the subject of a token, the client of a subject
         self.last_ip = ""
         self.scored_at = NEVER  # event time of the last scoring
@@ -348,8 +358,17 @@ class WindowStore:
                 window.dirty = True
         # Only equality matters here, so keep the prefix's hash rather than another string per entity.
         if prefix != window.last_prefix:
-            if window.last_prefix and counts[base + SWITCHES] < saturated:
-                counts[base + SWITCHES] += 1
+            if window.last_prefix:
+                if counts[base + SWITCHES] < saturated:
+                    counts[base + SWITCHES] += 1
+                if (
+                    prefix == window.previous_prefix
+                    and ts - window.previous_prefix_ts <= RETURN_S
+                    and counts[base + RETURNS] < saturated
+                ):
+                    counts[base + RETURNS] += 1
+                window.previous_prefix = window.last_prefix
+                window.previous_prefix_ts = window.last_ts
             window.last_prefix = prefix
         if self.track_ips:
             subject = window  # a SubjectWindow or TokenWindow: it keeps the set of IPs

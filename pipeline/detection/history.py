@@ -1,0 +1,32 @@
+"""What the engine learned of subjects, clients and IPs (``Baselines``), on disk: written whole or not at all.
+
+``jwtwatch train`` writes it beside the model (``HISTORY_FILE``) and ``jwtwatch detect`` starts from it; the
+streaming runner keeps its own under the data dir.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from pipeline.features.baselines import Baselines
+
+#: The history ``jwtwatch train`` writes into the model directory.
+HISTORY_FILE = "baselines.json"
+
+
+def save_baselines(baselines: Baselines, path: Path) -> None:
+    """Write atomically: a crash leaves the previous file, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(baselines.to_dict()))
+    os.replace(tmp, path)
+
+
+def load_baselines(path: Path) -> Baselines:
+    """Raises ``ValueError`` (with the reason) for a file that is not a history jwtwatch wrote."""
+    try:
+        return Baselines.from_dict(json.loads(path.read_text()))
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(f"not a jwtwatch history: {exc!r}") from exc
