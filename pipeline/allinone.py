@@ -24,6 +24,7 @@ from pipeline.bus import VERDICTS
 from pipeline.bus.memory import MemoryBus
 from pipeline.detection.runner import StreamingRunner
 from pipeline.loop import BackgroundLoop
+from pipeline.networks import PREFIXES, NetworkResolver, describe
 from pipeline.response.policy import AutoRevoker, ResponsePolicy
 from pipeline.response.responder import Responder
 from pipeline.scoring.model import load_model
@@ -48,6 +49,8 @@ class ServeOptions:
     trusted_proxies: str | None = None
     events_out: Path | None = None
     policy: ResponsePolicy = field(default_factory=ResponsePolicy)
+    #: Where client addresses' networks come from (``--ip-db``; the /16 prefixes without).
+    networks: NetworkResolver = PREFIXES
 
 
 class AllInOne:
@@ -71,6 +74,10 @@ class AllInOne:
         self.responder = Responder(AutoRevoker(options.policy), self.bus, issuer=options.config.issuer, signer=signer)
         self.follower = RevocationFollower(self.bus, self.validator.revocations, verifier=verifier)
         self.validator.feed = self.follower
+        self.networks = options.networks
+        log.info(describe(self.networks))
+        # TODO(ipdb): networks=self.networks — the runner's engine does not take a network resolver yet (the engine
+        # side of issue 15 item 3).
         self.runner = StreamingRunner(
             self.bus,
             self.model,

@@ -323,8 +323,9 @@ def read_archive(data_dir: Path, kind: str = "events", *, entity_type: str | Non
         return pd.DataFrame()
     dataset = ds.dataset(root, format="parquet", partitioning="hive", exclude_invalid_files=True)
     if kind == "alerts":
-        # The schema is inferred from one file: one written before alert/1 gained an optional field (summary)
-        # would drop that column for every file. Read them all with today's schema (missing columns are null).
+        # The schema is inferred from one file: one written before alert/1 gained an optional field (summary,
+        # network_source) would drop that column for every file. Read them all with today's schema (missing
+        # columns are null).
         schema = pa.unify_schemas([ALERT_ARROW, dataset.schema])
         dataset = ds.dataset(root, schema=schema, format="parquet", partitioning="hive", exclude_invalid_files=True)
     only = ds.field("entity_type") == entity_type if kind == "scores" and entity_type else None

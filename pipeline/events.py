@@ -445,6 +445,10 @@ class Alert(_Record):
     #: One line a person can act on (what the entity did, with the facts of its window). Optional: alerts
     #: written before it existed still parse.
     summary: str | None = None
+    #: How the alert's client addresses were put in networks: the network resolver's ``source`` — ``prefix``
+    #: (/16 prefixes, no ``--ip-db``) or ``mmdb:<database type>(<build date>)[+...]``. Optional: alerts
+    #: written before it existed still parse.
+    network_source: str | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.score <= 1.0:
@@ -482,6 +486,7 @@ _ALERT_CHECKS: dict[str, Check] = {
     "action": _one_of(ALERT_ACTIONS),
     "revocation_id": _opt_str,
     "summary": _opt_str,
+    "network_source": _opt_str,
 }
 
 # -------------------------------------------------------------------------------------- revocation
@@ -650,6 +655,7 @@ ALERT_ARROW = pa.schema(
         ("action", pa.string()),
         ("revocation_id", pa.string()),
         ("summary", pa.string()),
+        ("network_source", pa.string()),
     ],
     metadata={"schema": ALERT_SCHEMA},
 )

@@ -1,43 +1,20 @@
 """Small MaxMind DB (.mmdb) files for tests, laid out like the real databases ``--ip-db`` reads.
 
-Written with ``mmdb-writer``, read back with ``maxminddb`` — real files, real readers. One quirk of the writer:
-its data cache keys values by equality, so ``True`` and ``1`` (and ``False`` and ``0``) in one file become
-whichever was written first. :func:`write_mmdb` refuses a file that mixes them.
+Written with :func:`pipeline.networks.write_mmdb` (``mmdb-writer``), read back with ``maxminddb`` — real files,
+real readers.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import ipaddress
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from mmdb_writer import MMDBWriter
-from netaddr import IPSet
+from pipeline.networks import write_mmdb as _write
 
 #: 2026-11-30 00:00 UTC: the build date the test files carry unless told otherwise.
 BUILT = int(dt.datetime(2026, 11, 30, tzinfo=dt.UTC).timestamp())
-
-
-class _Writer(MMDBWriter):
-    def __init__(self, *args: Any, build_epoch: int, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._build_epoch = build_epoch
-
-    def _build_meta(self) -> dict[str, Any]:
-        return {**super()._build_meta(), "build_epoch": self._build_epoch}
-
-
-def _scalars(value: Any) -> Iterable[Any]:
-    if isinstance(value, Mapping):
-        for item in value.values():
-            yield from _scalars(item)
-    elif isinstance(value, list):
-        for item in value:
-            yield from _scalars(item)
-    else:
-        yield value
 
 
 def write_mmdb(
@@ -48,23 +25,10 @@ def write_mmdb(
     ip_version: int = 6,
     build_epoch: int = BUILT,
 ) -> Path:
-    """A .mmdb file mapping each CIDR to its record (broader networks first, so more specific ones win)."""
+    """A .mmdb file mapping each CIDR to its record (more specific networks win, whatever the order)."""
     rows = list(networks.items()) if isinstance(networks, Mapping) else list(networks)
-    values = [v for _, record in rows for v in _scalars(record)]
-    bools = {v for v in values if isinstance(v, bool)}
-    ints = {v for v in values if type(v) is int}
-    assert not bools & ints, "mmdb-writer would store True as 1 (or 1 as True) in one file: keep them apart"
-    writer = _Writer(
-        ip_version=ip_version,
-        ipv4_compatible=ip_version == 6,
-        database_type=database_type,
-        description={"en": f"jwtwatch test {database_type}"},
-        languages=["en"],
-        build_epoch=build_epoch,
-    )
-    for cidr, record in sorted(rows, key=lambda row: ipaddress.ip_network(row[0]).prefixlen):
-        writer.insert_network(IPSet([cidr]), dict(record))
-    writer.to_db_file(str(path))
+    _write(path, rows, database_type=database_type, description=f"jwtwatch test {database_type}",
+           build_epoch=build_epoch, ip_version=ip_version)  # fmt: skip
     return path
 
 

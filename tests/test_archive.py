@@ -221,6 +221,35 @@ def test_alerts_archived_before_the_summary_existed_read_alongside_new_ones(tmp_
     assert alerts["summary"].iloc[1] == "IP 192.0.2.1 made 40 requests within 30 s"
 
 
+def test_alerts_archived_before_network_source_existed_read_alongside_new_ones(tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    def alert(alert_id: str, ts: str, source: str | None) -> Alert:
+        return Alert(
+            alert_id=alert_id, ts=ts, entity_type="ip", entity="192.0.2.1", window_start=ts, window_end=ts,
+            score=0.8, severity="high", model_version="m", ip="192.0.2.1", network_source=source,
+        )  # fmt: skip
+
+    # The oldest hour has neither optional column, the next one has summary only (as written before this field).
+    oldest = events.to_arrow([alert("oldest", "2026-01-01T09:00:00.000Z", None)])
+    older = events.to_arrow([alert("older", "2026-01-01T10:00:00.000Z", None)])
+    for name, table, hour in (
+        ("oldest", oldest.drop_columns(["summary", "network_source"]), 9),
+        ("older", older.drop_columns(["network_source"]), 10),
+    ):
+        where = archive_root_for(tmp_path) / "alerts" / "date=2026-01-01" / f"hour={hour:02d}"
+        where.mkdir(parents=True)
+        pq.write_table(table, where / f"part-{name}.parquet")
+    writer = ArchiveWriter(tmp_path)
+    writer.add("alerts", [alert("new", "2026-01-01T11:00:00.000Z", "mmdb:GeoLite2-ASN(2026-11-30)")])
+    writer.add("alerts", [alert("plain", "2026-01-01T11:30:00.000Z", "prefix")])
+    writer.flush()
+    alerts = read_archive(tmp_path, "alerts")
+    assert list(alerts["alert_id"]) == ["oldest", "older", "new", "plain"]
+    assert alerts["network_source"].isna().tolist() == [True, True, False, False]
+    assert alerts["network_source"].tolist()[2:] == ["mmdb:GeoLite2-ASN(2026-11-30)", "prefix"]
+
+
 def archive_root_for(data_dir: Path) -> Path:
     from pipeline.archive import archive_root
 

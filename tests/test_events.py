@@ -76,6 +76,7 @@ def alert_dict(**changes: Any) -> dict[str, Any]:
         "action": "revoked",
         "revocation_id": "rev-1",
         "summary": "token of user-1 used from 10.1.0.0/16 and 45.33.0.0/16 within 4 s, 23 times",
+        "network_source": "mmdb:GeoLite2-ASN(2026-11-30)",
     }
     data.update(changes)
     return {k: v for k, v in data.items() if v is not _DROP}
@@ -137,11 +138,20 @@ def test_alert_round_trip() -> None:
 
 
 def test_alert_written_before_summary_existed_still_parses() -> None:
-    older = alert_dict(summary=_DROP)
+    older = alert_dict(summary=_DROP, network_source=_DROP)
     record = Alert.from_json(orjson.dumps(older))
     assert record.summary is None
-    assert orjson.loads(record.to_json()) == older | {"summary": None}  # written back: an explicit null
+    assert orjson.loads(record.to_json()) == older | {"summary": None, "network_source": None}  # explicit nulls
     assert Alert.from_json(record.to_json()) == record
+
+
+def test_alert_says_how_its_networks_were_identified() -> None:
+    record = Alert.from_dict(alert_dict())
+    assert record.network_source == "mmdb:GeoLite2-ASN(2026-11-30)"
+    assert Alert.from_dict(alert_dict(network_source="prefix")).network_source == "prefix"
+    older = alert_dict(network_source=_DROP)  # written before the field existed
+    assert Alert.from_json(orjson.dumps(older)).network_source is None
+    assert Alert.from_dict(alert_dict(network_source=None)).network_source is None
 
 
 def test_alert_defaults_fill_optional_fields() -> None:
@@ -232,6 +242,9 @@ BAD_ALERT: list[tuple[str, dict[str, Any], str]] = [
     ("summary-number", {"summary": 42}, "summary"),
     ("summary-list", {"summary": ["token", "used"]}, "summary"),
     ("summary-too-long", {"summary": "x" * 8193}, "summary"),
+    ("network-source-number", {"network_source": 16}, "network_source"),
+    ("network-source-map", {"network_source": {"mmdb": "GeoLite2-ASN"}}, "network_source"),
+    ("network-source-too-long", {"network_source": "m" * 8193}, "network_source"),
 ]
 
 
@@ -407,6 +420,7 @@ def test_alert_to_arrow_serialises_features_and_reasons() -> None:
     assert orjson.loads(row["features_json"]) == {"distinct_ips": 7, "rate": 1.5}
     assert orjson.loads(row["reasons_json"]) == alert_dict()["reasons"]
     assert row["summary"] == alert_dict()["summary"]
+    assert row["network_source"] == "mmdb:GeoLite2-ASN(2026-11-30)"
     assert row["window_start"] == datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
     assert row["score"] == pytest.approx(0.93)
 

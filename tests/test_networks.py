@@ -276,3 +276,24 @@ def test_unusable_files_are_one_line_errors_naming_the_file(tmp_path: Path) -> N
     # The second file is named when the first is fine.
     good = mmdbkit.geolite2_asn(tmp_path / "asn.mmdb")
     assert _error([good, missing]) == f"--ip-db {missing}: no such file"
+
+
+# ------------------------------------------------------------------------------------------ writing
+
+
+def test_write_mmdb_keeps_true_and_1_apart_and_is_reproducible(tmp_path: Path) -> None:
+    import maxminddb
+
+    rows = {
+        "10.0.0.0/8": {"autonomous_system_number": 1, "is_anonymous_vpn": True, "n": 0, "flag": False},
+        "10.1.0.0/16": {"autonomous_system_number": 65_000, "autonomous_system_organization": "inner"},
+    }
+    first = mmdbkit.write_mmdb(tmp_path / "a.mmdb", rows)
+    second = mmdbkit.write_mmdb(tmp_path / "b.mmdb", list(reversed(rows.items())))  # order does not matter
+    assert first.read_bytes() == second.read_bytes()
+    with maxminddb.open_database(str(first)) as reader:
+        record = reader.get("10.2.0.1")
+        assert record == {"autonomous_system_number": 1, "is_anonymous_vpn": True, "n": 0, "flag": False}
+        assert type(record["is_anonymous_vpn"]) is bool and type(record["autonomous_system_number"]) is int
+        assert reader.get("10.1.2.3")["autonomous_system_organization"] == "inner"  # more specific wins
+        assert reader.metadata().build_epoch == mmdbkit.BUILT

@@ -103,6 +103,8 @@ def alerts(draw: st.DrawFn) -> Alert:
         reasons=draw(st.lists(st.dictionaries(st.text(max_size=10), FEATURE_VALUES, max_size=3), max_size=3)),
         action=draw(st.sampled_from(sorted(ALERT_ACTIONS))),
         revocation_id=draw(OPT_TEXT),
+        summary=draw(OPT_TEXT),
+        network_source=draw(st.none() | st.sampled_from(["prefix", "mmdb:GeoLite2-ASN(2026-11-30)"]) | OPT_TEXT),
     )
 
 

@@ -88,6 +88,7 @@ from pipeline.networks._mmdb import (  # noqa: E402
     open_ip_db,
     open_ip_db_file,
 )
+from pipeline.networks._write import write_mmdb  # noqa: E402
 
 __all__ = [
     "KINDS",
@@ -104,6 +105,7 @@ __all__ = [
     "kind_of",
     "open_ip_db",
     "open_ip_db_file",
+    "write_mmdb",
 ]
 
 

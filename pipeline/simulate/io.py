@@ -231,39 +231,22 @@ def read_labels(path: str | os.PathLike[str]) -> list[Incident]:
 
 
 def write_ip_db(sim: Simulation, path: str | os.PathLike[str]) -> int:
-    """The world's networks as a MaxMind DB (IPv6 tree, IPv4 in ``::/96``) that ``--ip-db`` reads; returns the
-    number of networks written. Byte-for-byte reproducible: the build epoch is the simulation's start."""
-    from mmdb_writer import MmdbU32, MMDBWriter
-    from netaddr import IPSet
+    """The world's networks as a MaxMind DB that ``--ip-db`` reads; returns the number of networks written.
+    Byte-for-byte reproducible: the build epoch is the simulation's start, not the clock."""
+    from pipeline.networks import write_mmdb
 
-    class Writer(MMDBWriter):  # mmdb-writer stamps the wall clock; a simulation's output must not depend on it
-        def _build_meta(self) -> dict[str, Any]:
-            return {**super()._build_meta(), "build_epoch": int(sim.params.start)}
-
-    writer = Writer(
-        ip_version=6,
-        ipv4_compatible=True,
-        database_type=IP_DB_TYPE,
-        languages=["en"],
-        description={"en": f"jwtwatch simulator networks (seed {sim.params.seed}); made-up ASNs and organisations"},
-    )
     table = sim.networks
-    numbers: dict[int, MmdbU32] = {}  # one object per ASN: the writer then stores each record once
-    rows = sorted(
-        zip(table["network"].tolist(), table["asn"].tolist(), table["org"].tolist(), table["kind"].tolist(),
-            strict=True),
-        key=lambda row: int(row[0].rsplit("/", 1)[1]) + (96 if ":" not in row[0] else 0),
-    )  # fmt: skip
-    for cidr, asn, org, kind in rows:  # broader networks first: a more specific one is carved out of them
-        number = numbers.setdefault(int(asn), MmdbU32(int(asn)))
-        record = {"autonomous_system_number": number, "autonomous_system_organization": org, "network_kind": kind}
-        writer.insert_network(IPSet([cidr]), record)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        writer.to_db_file(str(tmp))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return len(rows)
+    rows = [
+        (cidr, {"autonomous_system_number": int(asn), "autonomous_system_organization": org, "network_kind": kind})
+        for cidr, asn, org, kind in zip(
+            table["network"].tolist(), table["asn"].tolist(), table["org"].tolist(), table["kind"].tolist(),
+            strict=True,
+        )
+    ]  # fmt: skip
+    return write_mmdb(
+        path,
+        rows,
+        database_type=IP_DB_TYPE,
+        description=f"jwtwatch simulator networks (seed {sim.params.seed}); made-up ASNs and organisations",
+        build_epoch=int(sim.params.start),
+    )
