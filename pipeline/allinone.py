@@ -24,7 +24,7 @@ from pipeline.bus import VERDICTS
 from pipeline.bus.memory import MemoryBus
 from pipeline.detection.runner import StreamingRunner
 from pipeline.loop import BackgroundLoop
-from pipeline.networks import PREFIXES, NetworkResolver, describe
+from pipeline.networks import PREFIXES, NetworkResolver, describe, identity_warning
 from pipeline.response.policy import AutoRevoker, ResponsePolicy
 from pipeline.response.responder import Responder
 from pipeline.scoring.model import load_model
@@ -76,11 +76,15 @@ class AllInOne:
         self.validator.feed = self.follower
         self.networks = options.networks
         log.info(describe(self.networks))
-        # TODO(ipdb): networks=self.networks — the runner's engine does not take a network resolver yet (the engine
-        # side of issue 15 item 3).
+        warning = identity_warning(
+            self.model.metadata.get("training", {}).get("network_identity"), self.networks.source
+        )
+        if warning:
+            log.warning(warning)
         self.runner = StreamingRunner(
             self.bus,
             self.model,
+            networks=self.networks,
             baselines_path=Path(options.data_dir) / "baselines.json",
             respond=self.responder,
             poll_timeout_s=0.05,

@@ -19,6 +19,7 @@ from rich.table import Table
 from rich.text import Text
 
 from pipeline.detection.history import HISTORY_FILE
+from pipeline.networks import identity_warning
 from pipeline.validation.keystore import (
     ALGORITHMS,
     KeyStore,
@@ -1102,13 +1103,15 @@ def pipeline_run(
         )  # fmt: skip
     except (ModelError, ValueError) as exc:
         fail(str(exc))
-    networks = _networks(ip_db, say="log")  # noqa: F841 — see TODO(ipdb) below
+    networks = _networks(ip_db, say="log")
+    if warning := identity_warning(model.metadata.get("training", {}).get("network_identity"), networks.source):
+        logging.getLogger("pipeline.networks").warning(warning)
     signer, _ = _feed_keys(revocation_keys, kafka, data_dir)
     bus = _bus(kafka, kafka_consumer)
     responder = Responder(AutoRevoker(policy), bus, issuer=issuer, signer=signer)
-    # TODO(ipdb): networks=networks — the runner's engine does not take a network resolver yet (the engine side of
-    # issue 15 item 3); until then detection keys networks on /16 prefixes whatever --ip-db says.
-    runner = StreamingRunner(bus, model, group=group, baselines_path=data_dir / "baselines.json", respond=responder)
+    runner = StreamingRunner(
+        bus, model, group=group, baselines_path=data_dir / "baselines.json", respond=responder, networks=networks
+    )
     # Analysts' verdicts are followed by `jwtwatch serve` only for now: over Kafka the verdict consumer, polled on
     # the runner's thread, was seen in a rejoin storm (a new generation every step) that held detection back. It
     # needs a thread of its own first (issue 15, remaining work).
@@ -1397,6 +1400,8 @@ def detect(
     except ModelError as exc:
         fail(str(exc))
     networks = _networks(ip_db)
+    if warning := identity_warning(model.metadata.get("training", {}).get("network_identity"), networks.source):
+        err.print(f"[yellow]warning:[/] {escape(warning)}")
     learned = None
     history_path = model_dir / HISTORY_FILE
     if history and history_path.exists():

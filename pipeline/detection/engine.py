@@ -124,7 +124,9 @@ class DetectionEngine:
         strings: dict[str, str] = {}  # user agents and client ids, shared by all windows
         kinds = {"jti": TokenWindow, "sub": SubjectWindow, "ip": EntityWindow}
         self.stores = {t: WindowStore(self.spec, window_type=kinds[t], strings=strings) for t in FEATURES}
-        self.tracker = AlertTracker(model.version if model else "untrained", window_s=self.spec.length_s)
+        self.tracker = AlertTracker(
+            model.version if model else "untrained", window_s=self.spec.length_s, network_source=networks.source
+        )
         self.stats = EngineStats()
         self.max_ts = float("-inf")
         self._next_eviction = float("-inf")

@@ -28,6 +28,7 @@ from pipeline.detection.engine import DetectionEngine
 from pipeline.detection.history import load_baselines, save_baselines
 from pipeline.events import Alert, AlertVerdict, TokenUsage
 from pipeline.features.baselines import Baselines
+from pipeline.networks import PREFIXES, NetworkResolver
 from pipeline.response.verdicts import VerdictFollower
 from pipeline.scoring.model import DetectionModel
 
@@ -50,11 +51,13 @@ class StreamingRunner:
         poll_timeout_s: float = 0.2,
         save_every_s: float = 60.0,
         topic: str = TOKEN_USAGE,
+        networks: NetworkResolver = PREFIXES,
     ) -> None:
+        """``networks``: which network an address is in (``--ip-db``), else its /16 prefix."""
         self.bus = bus
         self.model = model
         self.baselines_path = Path(baselines_path) if baselines_path else None
-        self.engine = DetectionEngine(model, baselines=self._load_baselines())
+        self.engine = DetectionEngine(model, baselines=self._load_baselines(), networks=networks)
         self.on_alert = on_alert
         self.respond = respond
         self.max_batch = max_batch
@@ -162,7 +165,11 @@ class StreamingRunner:
     def _fresh_engine(self) -> None:
         old = self.engine
         engine = DetectionEngine(
-            self.model, baselines=old.baselines, rescore_s=old.rescore_s, confirm_forest=old.confirm_forest
+            self.model,
+            baselines=old.baselines,
+            rescore_s=old.rescore_s,
+            confirm_forest=old.confirm_forest,
+            networks=old.networks,
         )
         engine.stats = old.stats  # counts go on across rebuilds (events re-read are counted again)
         engine.on_finding, engine.on_scored = old.on_finding, old.on_scored

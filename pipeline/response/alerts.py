@@ -59,8 +59,13 @@ class Finding:
 
 
 class AlertTracker:
-    def __init__(self, model_version: str, *, window_s: int, quiet_s: float | None = None) -> None:
+    def __init__(
+        self, model_version: str, *, window_s: int, quiet_s: float | None = None, network_source: str | None = None
+    ) -> None:
+        """``network_source``: how the engine identified networks (``prefix`` or an IP database), said in each
+        alert so a reader knows what its network labels rest on."""
         self.model_version = model_version
+        self.network_source = network_source
         self.window_s = window_s
         self.quiet_s = float(window_s if quiet_s is None else quiet_s)
         self.open: dict[tuple[str, str], Episode] = {}
@@ -140,4 +145,5 @@ class AlertTracker:
             reasons=reasons,
             model_version=self.model_version,
             summary=summary,
+            network_source=self.network_source,
         )
