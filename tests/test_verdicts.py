@@ -211,7 +211,7 @@ class Loop:
         self.responder = Responder(AutoRevoker(self.policy), self.bus, issuer=ISSUER, clock=self.clock)
         self.published: list[Alert] = []
         runner.respond, runner.on_alert = self.responder, self.published.append
-        runner.follow_verdicts(self.responder.revoke_for_verdict)
+        runner.follow_verdicts(self.responder.revoke_for_verdict, background=False)  # stepped here, in order
         return runner
 
     def probe(self, ip: str, start: float, count: int = 12) -> list[Alert]:
