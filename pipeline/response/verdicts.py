@@ -183,6 +183,11 @@ class VerdictFollower:
         return len(messages)
 
     @property
+    def pending(self) -> int:
+        """Verdicts read and not applied yet (the runner applies them at its next step)."""
+        return self._read_verdicts.qsize()
+
+    @property
     def threads(self) -> tuple[threading.Thread, ...]:
         """The readers' threads (none before :meth:`start`)."""
         return tuple(loop.thread for loop in self._loops)
