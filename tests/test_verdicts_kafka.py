@@ -196,6 +196,8 @@ def test_pipeline_run_follows_verdicts_and_stops_cleanly(bus: KafkaBus, kafka_bo
             return revocations.of(stolen)
 
         wait_for(revoked, "a revocation from pipeline run")
+        # Its loops run (the archive joins its group only in its loop): the signal handlers are in place.
+        wait_for(lambda: revoked() >= 0 and f"for group {group}-archive" in log.read_text(), "pipeline run started")
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0, log.read_text()[-3000:]
     finally:
