@@ -30,6 +30,7 @@ import uuid
 from collections.abc import Callable
 
 from pipeline.bus import VERDICTS, Bus
+from pipeline.bus.base import CommitRejected
 from pipeline.bus.dead_letter import dead_letter, describe, is_infrastructure_fault, rewind
 from pipeline.events import AlertVerdict, parse_ts
 from pipeline.loop import BackgroundLoop
@@ -179,7 +180,12 @@ class VerdictFollower:
         except Exception:
             rewind(self.actor, messages)
             raise
-        self.actor.commit()
+        try:
+            self.actor.commit()
+        except CommitRejected as exc:
+            # The group rebalanced first: whoever owns the partition now reads these verdicts again and revokes
+            # once more — the same revocations, harmless (at-least-once).
+            log.warning("verdicts: commit rejected, the group rebalanced: %s", exc)
         return len(messages)
 
     @property
