@@ -1112,9 +1112,9 @@ def pipeline_run(
     runner = StreamingRunner(
         bus, model, group=group, baselines_path=data_dir / "baselines.json", respond=responder, networks=networks
     )
-    # Analysts' verdicts are followed by `jwtwatch serve` only for now: over Kafka the verdict consumer, polled on
-    # the runner's thread, was seen in a rejoin storm (a new generation every step) that held detection back. It
-    # needs a thread of its own first (issue 15, remaining work).
+    # Analysts' verdicts from the alerts service: their consumers are polled by threads of the follower's own (never
+    # by the runner's: see pipeline.response.verdicts), stopped and closed by runner.close().
+    runner.follow_verdicts(responder.revoke_for_verdict)
     archive = ArchiveConsumer(bus, ArchiveWriter(data_dir), group=f"{group}-archive")
     runner.engine.on_scored = ScoreRecorder(archive.writer, model)  # window features and scores, archived
     console.print(f"pipeline on {kafka}: model {model.version}, group {group}, data in {data_dir}")

@@ -28,6 +28,13 @@ class BackgroundLoop:
     def start(self) -> None:
         self.thread.start()
 
-    def stop(self) -> None:
+    def request_stop(self) -> None:
+        """Ask the loop to end after its current step, without waiting (stop several loops side by side)."""
         self._stop.set()
-        self.thread.join(timeout=10)
+
+    def stop(self, timeout_s: float = 10.0) -> bool:
+        """End the loop after its current step and wait for it (bounded); returns whether the thread ended."""
+        self._stop.set()
+        if self.thread.is_alive():
+            self.thread.join(timeout=timeout_s)
+        return not self.thread.is_alive()

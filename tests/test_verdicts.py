@@ -5,8 +5,9 @@ compromised revokes through the policy's guardrails); the archive keeps them; ``
 from __future__ import annotations
 
 import sqlite3
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import orjson
@@ -211,7 +212,7 @@ class Loop:
         self.responder = Responder(AutoRevoker(self.policy), self.bus, issuer=ISSUER, clock=self.clock)
         self.published: list[Alert] = []
         runner.respond, runner.on_alert = self.responder, self.published.append
-        runner.follow_verdicts(self.responder.revoke_for_verdict)
+        runner.follow_verdicts(self.responder.revoke_for_verdict, background=False)  # stepped here, in order
         return runner
 
     def probe(self, ip: str, start: float, count: int = 12) -> list[Alert]:
@@ -329,6 +330,41 @@ def test_a_verdict_record_that_does_not_parse_is_dead_lettered_and_the_rest_go_o
     loop.run()
     assert [r.alert_id for r in loop.revocations()] == ["a-1"]
     assert loop.runner.verdicts is not None and loop.runner.verdicts.dead_letters == 1
+
+
+def wait_for(condition: Callable[[], object], what: str, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"never: {what}"
+        time.sleep(0.02)
+
+
+def test_a_started_follower_reads_on_its_threads_and_the_runner_applies_at_its_step(
+    model: DetectionModel, tmp_path: Path
+) -> None:
+    bus = MemoryBus()
+    runner = StreamingRunner(bus, model, group="p", poll_timeout_s=0.0)
+    responder = Responder(AutoRevoker(ResponsePolicy()), bus, issuer=ISSUER)
+    follower = runner.follow_verdicts(responder.revoke_for_verdict)  # background: threads of its own
+    try:
+        assert follower.started and len(follower.threads) == 2 and all(t.is_alive() for t in follower.threads)
+        benign = verdict_record(alert_id="a-1", suppress_until=format_ts(T0 + 3600))
+        compromised = verdict_record(alert_id="a-2", verdict="compromised", suppress_until=None, entity_type="jti",
+                                     entity="tok-9", jti="tok-9")  # fmt: skip
+        for verdict in (benign, compromised):
+            bus.publish(VERDICTS, verdict.bus_key, verdict.to_json())
+        # The acting reader's thread revokes; the other one only queues for the runner, which has not stepped.
+        wait_for(lambda: follower.revocations == 1, "the compromised verdict revoked")
+        wait_for(lambda: follower.pending == 2, "both verdicts read")
+        assert len(runner.engine.suppressions) == 0 and follower.applied == 0
+        runner.step()
+        assert follower.pending == 0 and follower.applied == 2
+        assert runner.engine.suppressions.covers("sub", "alice", ["parallel_sessions"], "medium", T0)
+        consumer = bus.consumer([REVOCATIONS], "check")
+        assert [Revocation.from_json(m.value).value for m in consumer.poll(100, 0)] == ["tok-9"]
+    finally:
+        runner.close()
+    assert not any(t.is_alive() for t in follower.threads)  # stopped, then its consumers closed
 
 
 # ------------------------------------------------------------------------------------ archive, train

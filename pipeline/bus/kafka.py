@@ -469,6 +469,11 @@ class KafkaConsumerAdapter(Consumer):
 
     Thread-safe in the sense that ``close()`` may be called from another thread while ``poll`` waits (the
     poll returns ``[]`` within about half a second); otherwise use a consumer from one thread at a time.
+
+    Poll it continuously, with a timeout. kafka-python 3.0 completes a JoinGroup/SyncGroup round only while a
+    ``poll`` is waiting for it: a member polled with timeout 0 now and then (say between another consumer's
+    steps) finds the round already finished at its next poll, discards the outcome and joins again — a new
+    generation at every poll, never an assignment.
     """
 
     def __init__(

@@ -66,7 +66,7 @@ class StreamingRunner:
         self.group = group
         self.consumer = bus.consumer([topic], group, from_beginning=True)
         #: Analysts' verdicts (pipeline.response.verdicts), applied at the start of every step: set by whoever
-        #: wires the runner (``follow_verdicts``).
+        #: wires the runner (``follow_verdicts``), read by threads of the follower's own.
         self.verdicts: VerdictFollower | None = None
         self.dead_letters = 0
         self.published = 0
@@ -183,12 +183,19 @@ class StreamingRunner:
         offset = pending.offsets[0] if pending else self._handled[tp]
         return max(offset, self._rebuild_until.get(tp, 0))
 
-    def follow_verdicts(self, revoke: Callable[[AlertVerdict], object] | None = None) -> VerdictFollower:
+    def follow_verdicts(
+        self, revoke: Callable[[AlertVerdict], object] | None = None, *, background: bool = True
+    ) -> VerdictFollower:
         """Read ``jwtwatch.verdicts``: benign ones suppress in this engine, compromised ones go to ``revoke``.
 
-        Every verdict already on the topic is applied before this returns (before any event is scored)."""
+        Every verdict already on the topic is applied before this returns (before any event is scored). Then, with
+        ``background`` (always over Kafka), the follower's readers are polled by threads of their own and each
+        :meth:`step` applies what they have read (see ``pipeline.response.verdicts``); :meth:`close` stops them.
+        Without it (an in-process bus stepped by a test) each step reads the verdicts itself."""
         self.verdicts = VerdictFollower(self.bus, self.engine.suppressions, group=self.group, revoke=revoke)
         self.verdicts.catch_up()
+        if background:
+            self.verdicts.start()
         return self.verdicts
 
     def step(self) -> int:
@@ -372,9 +379,9 @@ class StreamingRunner:
 
     def close(self) -> None:
         self.stop()
-        self.consumer.close()
         if self.verdicts is not None:
-            self.verdicts.close()
+            self.verdicts.close()  # its threads first (bounded), then its consumers
+        self.consumer.close()
 
 
 def _row_or_none(value: bytes) -> Row | None:

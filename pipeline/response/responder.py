@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -18,7 +19,11 @@ log = logging.getLogger(__name__)
 
 
 class Responder:
-    """``respond(alert) -> alert`` for the streaming runner: the alert comes back with its action set."""
+    """``respond(alert) -> alert`` for the streaming runner: the alert comes back with its action set.
+
+    Thread-safe: the runner responds to alerts on its thread while analysts' verdicts are revoked on the verdict
+    follower's (``pipeline.response.verdicts``); one lock keeps the policy's circuit breaker and the counts whole.
+    """
 
     def __init__(
         self,
@@ -37,10 +42,15 @@ class Responder:
         self.issuer = issuer
         self.clock = clock
         self._done: dict[tuple[str, str], str] = {}  # (kind, value) -> revocation_id, for re-issued alerts
+        self._lock = threading.Lock()
         self.revoked = 0
         self.suppressed = 0
 
     def __call__(self, alert: Alert) -> Alert:
+        with self._lock:
+            return self._respond(alert)
+
+    def _respond(self, alert: Alert) -> Alert:
         decision = self.revoker.decide(alert, self.clock())
         if decision.action == "none":
             return alert
@@ -79,6 +89,10 @@ class Responder:
 
         The revocation is ``source: manual`` (a person decided) and names the alert. Nothing to revoke (an IP
         alert naming no token or subject) is a ``none`` decision."""
+        with self._lock:
+            return self._revoke_for_verdict(verdict)
+
+    def _revoke_for_verdict(self, verdict: AlertVerdict) -> Decision:
         kind: Literal["jti", "sub"]
         if verdict.entity_type in ("jti", "sub"):
             kind, value = verdict.entity_type, verdict.entity  # type: ignore[assignment]
