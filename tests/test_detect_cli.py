@@ -101,6 +101,7 @@ def test_simulate_writes_events_and_labels(work: Path) -> None:
 def test_train_writes_a_model_directory(work: Path, trained: list[Result]) -> None:
     model_dir = work / "model"
     assert sorted(p.name for p in model_dir.iterdir()) == [
+        "baselines.json",  # what training learned of its subjects (--history, the default)
         "forest-ip.skops",
         "forest-jti.skops",
         "forest-sub.skops",
@@ -254,3 +255,40 @@ def test_simulate_refuses_family_options_without_a_family(tmp_path: Path) -> Non
     assert no_seed.returncode == 2 and "give --family-seed too" in no_seed.stderr
     assert bad_region.returncode == 2 and "--family-region must be one of tuning, heldout" in bad_region.stderr
     assert not (tmp_path / "a.jsonl").exists() and not (tmp_path / "b.jsonl").exists()
+
+
+def test_detect_starts_from_the_history_training_learned_unless_told_not_to(work: Path, trained: list[Result]) -> None:
+    history = json.loads((work / "model" / "baselines.json").read_text())
+    baseline = read_events([work / "baseline.jsonl"]).frame
+    assert set(history["subjects"]) == set(baseline.loc[baseline["reason"].isna(), "sub"].dropna())
+    warm, cold = jwtwatch(
+        ("detect", "--events", "events.jsonl", "--model-dir", "model", "--alerts-out", "warm.jsonl"),
+        ("detect", "--events", "events.jsonl", "--model-dir", "model", "--alerts-out", "cold.jsonl", "--no-history"),
+        cwd=work,
+    )
+    assert f"history: {len(history['subjects']):,} subjects learned in training" in warm.ok().stderr
+    assert "history: none" in cold.ok().stderr
+    # Judged against their history the same events read otherwise (subjects' networks are known, not new).
+    assert (work / "warm.jsonl").read_bytes() != (work / "cold.jsonl").read_bytes()
+
+
+def test_train_no_history_writes_none_and_removes_an_older_one(work: Path) -> None:
+    (work / "model-bare").mkdir()
+    (work / "model-bare" / "baselines.json").write_text("{}")
+    jwtwatch(
+        ("train", "--events", "baseline.jsonl", "--model-dir", "model-bare", "--seed", "0", "--no-history"), cwd=work
+    )[0].ok()
+    assert not (work / "model-bare" / "baselines.json").exists()
+
+
+def test_detect_refuses_a_damaged_history_with_one_line(work: Path, trained: list[Result]) -> None:
+    damaged = work / "model-damaged"
+    damaged.mkdir()
+    for path in (work / "model").iterdir():
+        (damaged / path.name).write_bytes(path.read_bytes())
+    (damaged / "baselines.json").write_text('{"format": 1}')
+    result = jwtwatch(
+        ("detect", "--events", "events.jsonl", "--model-dir", "model-damaged", "--alerts-out", "x.jsonl"), cwd=work
+    )[0]
+    assert result.returncode != 0
+    assert "not a history written by jwtwatch train" in result.stderr and "Traceback" not in result.stderr

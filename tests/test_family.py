@@ -279,7 +279,12 @@ def test_bench_detection_quick_runs_heldout_worlds(tmp_path: Path) -> None:
     )  # fmt: skip
     report = json.loads(out.read_text())
     assert report["mode"] == "heldout" and report["family"]["worlds"] == 2
-    for which in ("trained_per_world", "shipped"):
+    setups = [setup["name"] for setup in report["setups"]]
+    assert report["headline_model"] == setups[0]
+    # With and without the world's IP database, with and without the history training learned, the shipped model.
+    flags = {(s["trained_per_world"], s["ip_db"], s["history"]) for s in report["setups"]}
+    assert {(True, True, True), (True, False, True), (True, True, False), (False, False, False)} <= flags
+    for which in setups:
         figures = report["figures"][which]
         assert figures["worlds"] == 2
         assert set(figures["benign_alerted"]) == {"tokens", "ips", "subjects"}
