@@ -233,6 +233,8 @@ def run_bench(
             "parameters": bench.parameters(quick),
             "quick": quick,
             "git": git_state(),
+            # Per run: --only reruns some benchmarks, perhaps on another machine than the others were measured on.
+            "machine": machine.environment(*LIBRARIES),
         }
         load_before = load_average()
         began = time.monotonic()
