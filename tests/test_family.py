@@ -163,6 +163,28 @@ def test_multi_device_is_two_tokens_of_one_client_overlapping_from_two_networks(
     assert found >= 5, "second devices should run alongside the first, from another network"
 
 
+def test_a_second_device_is_on_one_network_at_a_time(world) -> None:
+    """Its overlapping sessions share the network: never one tablet's token back and forth between two networks
+    within seconds (that is what a thief replaying it while its owner goes on looks like)."""
+    events = benign(world).sort_values("ts")
+    # Tokens of multi-device users that no look-alike of another kind touches (an office pool spans /16s).
+    second = labelled(world, "multi_device", "jti")
+    for other in ("office_pool", "split_tunnel", "ipv6_privacy", "wifi_cell_pingpong"):
+        second -= labelled(world, other, "jti")
+    checked = 0
+    for jti, rows in events[events["jti"].isin(second)].groupby("jti"):
+        ts, ips = rows["ts"].to_numpy(), rows["ip"].to_numpy()
+        prefixes = [ip.rsplit(".", 2)[0] for ip in ips]
+        quick_flips = sum(
+            1
+            for i in range(2, len(ips))
+            if prefixes[i] == prefixes[i - 2] != prefixes[i - 1] and ts[i] - ts[i - 2] <= 30_000
+        )
+        checked += 1
+        assert quick_flips == 0, f"token {jti} flips between networks within seconds"
+    assert checked >= 10
+
+
 def test_wifi_cell_pingpong_alternates_one_token_between_home_and_carrier(world) -> None:
     events = benign(world)
     flips = []

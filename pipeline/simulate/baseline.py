@@ -552,6 +552,22 @@ class _Builder:
             parts_t.append(calls)
             parts_c.append(np.full(calls.size, device_of[owner], dtype=np.int64))
             parts_ip.append(np.full(calls.size, network, dtype=np.int32))
+        # A device is on one network at a time: a session that starts while an earlier one of the same device is
+        # still going on is on that session's network (without this, two overlapping sessions put one tablet on two
+        # networks at once — what a token thief looks like, not a second device).
+        spans: dict[int, list[tuple[float, float, int]]] = {}
+        for i, calls in enumerate(parts_t):
+            if calls.size:
+                spans.setdefault(int(parts_c[i][0]), []).append((float(calls[0]), float(calls[-1]), i))
+        for sessions in spans.values():
+            sessions.sort()
+            busy_until, network = -1.0, -1
+            for first, last, i in sessions:
+                if first <= busy_until:
+                    parts_ip[i][:] = network
+                    busy_until = max(busy_until, last)
+                else:
+                    busy_until, network = last, int(parts_ip[i][0])
         k_dev = users.size
         offset = len(clients)
         if parts_t:
