@@ -7,22 +7,33 @@ import math
 import pytest
 
 from pipeline.detection.rules import CONCURRENT_MIN_RETURNS, fired_rules, rule_severity
-from pipeline.features import FEATURES, PARALLEL_MIN_OVERLAP_S, Session, corroborated, parallel_sessions
-from pipeline.networks import KINDS, RENTED_KINDS
+from pipeline.features import (
+    FEATURES,
+    PARALLEL_MIN_OVERLAP_S,
+    THEFT_NETWORK_KINDS,
+    Session,
+    corroborated,
+    parallel_sessions,
+)
 
 HOME, THIEF, CARRIER = frozenset({"81.2"}), frozenset({"45.9"}), frozenset({"100.64"})
-CHROME, CURL = frozenset({"Chrome"}), frozenset({"curl"})
+CHROME, SAFARI, CURL = frozenset({"Chrome"}), frozenset({"Safari"}), frozenset({"curl"})
 HOSTING, RESIDENTIAL, MOBILE = frozenset({"hosting"}), frozenset({"residential"}), frozenset({"mobile"})
+#: Exact user agents: the owner's laptop, another device of theirs, a tool.
+LAPTOP = frozenset({"Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 Chrome/123.0.0.0 Safari/537.36"})
+IPAD = frozenset({"Mozilla/5.0 (iPad; CPU OS 17_4 like Mac OS X) AppleWebKit/605.1.15 Version/17.4 Safari/604.1"})
+CURL_UA = frozenset({"curl/8.5.0"})
 
 
 def owner(client: str, first: float, last: float, networks: frozenset[str] = HOME) -> Session:
-    """A session of the subject's own: a residential network, the subject's usual browser."""
-    return Session(client, first, last, networks, RESIDENTIAL, CHROME)
+    """A session of the subject's own: a residential network, the subject's laptop."""
+    return Session(client, first, last, networks, RESIDENTIAL, CHROME, LAPTOP)
 
 
 def thief(client: str, first: float, last: float, networks: frozenset[str] = THIEF) -> Session:
-    """A session with evidence of theft on its own: from a hosting provider (an IP database says so)."""
-    return Session(client, first, last, networks, HOSTING, CHROME)
+    """A session with evidence of theft on its own: from a hosting provider (an IP database says so), with a
+    browser of another device."""
+    return Session(client, first, last, networks, HOSTING, SAFARI, IPAD)
 
 
 # ------------------------------------------------------------------ parallel sessions: when a pair counts
@@ -35,22 +46,20 @@ def test_a_stolen_refresh_token_used_from_a_rented_network_is_a_parallel_session
 
 def test_one_app_on_two_devices_of_one_user_without_evidence_is_not_a_parallel_session() -> None:
     """A laptop at home and a tablet on the phone's hotspot, same app, used at once: the benign look-alike."""
-    sessions = [owner("web", 0.0, 200.0), Session("web", 50.0, 250.0, CARRIER, MOBILE, CHROME)]
+    sessions = [owner("web", 0.0, 200.0), Session("web", 50.0, 250.0, CARRIER, MOBILE, SAFARI, IPAD)]
     assert parallel_sessions(sessions, "alice") == 0
-    assert parallel_sessions(sessions, "alice", {"81.2", "100.64"}, {"Chrome"}) == 0  # both known, settled
 
 
-def test_a_network_new_for_a_settled_subject_makes_a_parallel_session() -> None:
-    """No IP database (kinds unknown): the thief's network is one the subject's history never had."""
-    sessions = [Session("web", 0.0, 200.0, HOME), Session("web", 50.0, 250.0, THIEF, families=CHROME)]
-    assert parallel_sessions(sessions, "alice") == 0  # no history: no evidence
-    assert parallel_sessions(sessions, "alice", {"81.2"}, {"Chrome"}) == 2
+def test_the_victims_own_user_agent_from_two_networks_at_once_makes_a_parallel_session() -> None:
+    """No IP database (kinds unknown): the thief sends the victim's user agent, byte for byte, to blend in."""
+    sessions = [owner("web", 0.0, 200.0), Session("web", 50.0, 250.0, THIEF, families=CHROME, user_agents=LAPTOP)]
+    assert parallel_sessions(sessions, "alice") == 2
 
 
-def test_client_software_new_for_a_settled_subject_makes_a_parallel_session() -> None:
-    """Both networks are the subject's own (home and office), but one token is used by a tool it never used."""
-    sessions = [owner("web", 0.0, 200.0), Session("web", 50.0, 250.0, CARRIER, families=CURL)]
-    assert parallel_sessions(sessions, "alice", {"81.2", "100.64"}, {"Chrome"}) == 2
+def test_a_tool_presenting_the_clients_tokens_makes_a_parallel_session() -> None:
+    """Both networks where people live, but one token chain is used by a script, not the app or a browser."""
+    sessions = [owner("web", 0.0, 200.0), Session("web", 50.0, 250.0, CARRIER, MOBILE, CURL, CURL_UA)]
+    assert parallel_sessions(sessions, "alice") == 2
 
 
 def test_a_refresh_hands_over_from_one_token_to_the_next() -> None:
@@ -100,46 +109,48 @@ def test_a_third_token_joins_the_count() -> None:
 # ----------------------------------------------------------------- corroborated: the evidence of theft
 
 
-@pytest.mark.parametrize("kind", sorted(RENTED_KINDS))
-def test_a_rented_network_kind_alone_is_evidence(kind: str) -> None:
-    """Without any history of the subject, and on a network and with software the subject knows."""
-    session = Session("web", 0.0, 100.0, HOME, frozenset({kind, "residential"}), CHROME)
-    assert corroborated(session, None, None)
-    assert corroborated(session, {"81.2"}, {"Chrome"})
+def device(
+    networks: frozenset[str], kinds: frozenset[str], families: frozenset[str], agents: frozenset[str]
+) -> Session:
+    return Session("web", 50.0, 250.0, networks, kinds, families, agents)
 
 
-@pytest.mark.parametrize("kind", sorted(set(KINDS) - RENTED_KINDS))
-def test_a_network_people_live_on_is_no_evidence_on_its_own(kind: str) -> None:
-    assert not corroborated(Session("web", 0.0, 100.0, THIEF, frozenset({kind}), CURL), None, None)
+OWNER = owner("web", 0.0, 200.0)
 
 
-def test_a_network_new_for_a_settled_subject_alone_is_evidence() -> None:
-    session = Session("web", 0.0, 100.0, HOME | THIEF, RESIDENTIAL, CHROME)  # one of its networks is new
-    assert corroborated(session, {"81.2"}, {"Chrome"})
-    assert corroborated(session, {"81.2"}, None)  # the families not settled yet: the network still tells
+@pytest.mark.parametrize("kind", sorted(THEFT_NETWORK_KINDS))
+def test_a_data_centre_or_anonymising_proxy_is_evidence(kind: str) -> None:
+    session = device(THIEF, frozenset({kind}), SAFARI, IPAD)
+    assert corroborated(OWNER, session) and corroborated(session, OWNER)
 
 
-def test_client_software_new_for_a_settled_subject_alone_is_evidence() -> None:
-    session = Session("web", 0.0, 100.0, HOME, RESIDENTIAL, CHROME | CURL)
-    assert corroborated(session, {"81.2"}, {"Chrome"})
-    assert corroborated(session, None, {"Chrome"})  # the networks not settled yet: the software still tells
+@pytest.mark.parametrize("kind", ["vpn", "residential", "mobile", "business", "unknown"])
+def test_a_network_people_use_their_own_devices_on_is_no_evidence(kind: str) -> None:
+    """A VPN too: people run them (split tunnels, privacy VPNs) on their own second devices."""
+    assert "vpn" not in THEFT_NETWORK_KINDS
+    assert not corroborated(OWNER, device(THIEF, frozenset({kind}), SAFARI, IPAD))
 
 
-def test_without_settled_history_novelty_is_no_evidence() -> None:
-    """A subject seen for less than the settle time has no baseline: everything would be new."""
-    assert not corroborated(Session("web", 0.0, 100.0, THIEF, RESIDENTIAL, CURL), None, None)
+def test_the_same_user_agent_on_both_sessions_is_evidence() -> None:
+    assert corroborated(OWNER, device(THIEF, RESIDENTIAL, CHROME, LAPTOP))
+    # One byte different (another version of the browser on another machine): a device of the user's own.
+    other_version = frozenset({next(iter(LAPTOP)).replace("123.0.0.0", "122.0.0.0")})
+    assert not corroborated(OWNER, device(THIEF, RESIDENTIAL, CHROME, other_version))
 
 
-def test_a_known_network_and_known_software_are_no_evidence() -> None:
-    session = Session("web", 0.0, 100.0, HOME | CARRIER, RESIDENTIAL | MOBILE, CHROME)
-    assert not corroborated(session, {"81.2", "100.64", "45.9"}, {"Chrome", "Safari"})
+def test_a_tool_beside_a_browser_or_app_is_evidence() -> None:
+    assert corroborated(OWNER, device(CARRIER, MOBILE, CURL, CURL_UA))
+    app = Session("ios", 0.0, 200.0, HOME, RESIDENTIAL, frozenset({"ExampleApp"}), frozenset({"ExampleApp/5.0.3"}))
+    assert corroborated(app, device(CARRIER, MOBILE, CURL, CURL_UA))
+
+
+def test_another_browser_of_the_user_is_no_evidence() -> None:
+    """Chrome on the laptop, Safari on the iPad: two devices of one person, as far as the stream can tell."""
+    assert not corroborated(OWNER, device(CARRIER, MOBILE, SAFARI, IPAD))
 
 
 def test_a_session_without_a_user_agent_brings_no_software_evidence() -> None:
-    assert not corroborated(Session("web", 0.0, 100.0, HOME, RESIDENTIAL), {"81.2"}, {"Chrome"})
-
-
-# ---------------------------------------------------------------------------------------------- rules
+    assert not corroborated(OWNER, Session("web", 50.0, 250.0, CARRIER, MOBILE))
 
 
 def _row(entity_type: str, **values: float) -> list[float]:

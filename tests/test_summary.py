@@ -62,7 +62,7 @@ SUMMARIES = [
         EntityFacts(72.0, ("45.9.0.0/16", "81.2.0.0/16"), ("Chrome",)),
         "subject carol used from 45.9.0.0/16 and 81.2.0.0/16 within 72 s, 12 times — "
         "2 tokens of one client in use at once from different networks, "
-        "one from a rented network or a network or client new for the user",
+        "not as a second device of the user's",
         id="parallel_sessions",
     ),
     pytest.param(

@@ -246,6 +246,7 @@ class DetectionEngine:
             if seen < horizon or token is None or token.client is None:
                 continue
             networks = [self.network_of(ip) for ip in token.ips_within(horizon)]
+            agents = [ua for ua in token.uas_within(horizon) if ua]
             sessions.append(
                 Session(
                     token.client,
@@ -253,7 +254,8 @@ class DetectionEngine:
                     token.last_ts,
                     frozenset(n.key for n in networks),
                     frozenset(n.kind for n in networks),
-                    frozenset(ua_family(ua) for ua in token.uas_within(horizon) if ua),
+                    frozenset(ua_family(ua) for ua in agents),
+                    frozenset(agents),
                 )
             )
         return sessions

@@ -109,8 +109,8 @@ DESCRIPTIONS: dict[str, str] = {
     "novel_ip": "IP never seen in the baseline",
     "burstiness": "busiest bucket against the average bucket",
     "parallel_sessions": (
-        "tokens of one user client in use at the same time from different networks, one of them from a rented "
-        "network (hosting, VPN, proxy) or a network or client family new for the subject"
+        "tokens of one user client in use at the same time from different networks, not as a second device: one "
+        "from a data centre or proxy, with the other's very user agent, or used by a tool"
     ),
 }
 
@@ -171,21 +171,17 @@ class Session:
     networks: frozenset[str]
     kinds: frozenset[str] = frozenset()
     families: frozenset[str] = frozenset()
+    user_agents: frozenset[str] = frozenset()
 
 
-def parallel_sessions(
-    sessions: list[Session],
-    sub: str,
-    known_networks: set[str] | None = None,
-    known_families: set[str] | None = None,
-) -> int:
+def parallel_sessions(sessions: list[Session], sub: str) -> int:
     """Tokens of one *user* client in use at the same time from disjoint networks, with evidence of theft.
 
     One client of one user holds one session at a time: refreshing replaces the token, a phone that
     changes networks keeps its token. Two live token chains of the same client from two networks is
     what a stolen refresh token looks like (the attacker mints their own access tokens) — and also what one
-    person's app signed in on two devices looks like (a laptop at the office, a tablet on a hotspot). So a
-    pair counts only when one side has evidence of theft (:func:`corroborated`). Machine tokens are left
+    person's app signed in on two devices looks like (a laptop at the office, a tablet on a hotspot or in a
+    café). So a pair counts only with evidence of theft (:func:`corroborated`). Machine tokens are left
     out: under RFC 9068 §2.2 a client-credentials token's ``sub`` is the client itself, and service replicas
     legitimately hold one token each.
     """
@@ -199,21 +195,37 @@ def parallel_sessions(
                 b.client == a.client
                 and min(a.last_ts, b.last_ts) - max(a.first_ts, b.first_ts) >= PARALLEL_MIN_OVERLAP_S
                 and not (a.networks & b.networks)
-                and (corroborated(a, known_networks, known_families) or corroborated(b, known_networks, known_families))
+                and corroborated(a, b)
             ):
                 found.update((i, j))
     return len(found)
 
 
-def corroborated(session: Session, known_networks: set[str] | None, known_families: set[str] | None) -> bool:
-    """Evidence that a session is not its subject's own second device: it comes from a network an attacker
-    rents (hosting, VPN, an anonymising proxy — known only with an IP database), or — for a subject with a
-    settled history — from a network or with client software never seen for the subject."""
-    if session.kinds & RENTED_KINDS:
+#: Network kinds where a person's own second device is not found: data centres, anonymising proxy exits.
+THEFT_NETWORK_KINDS = RENTED_KINDS - {"vpn"}
+#: Client software families of web browsers (:func:`ua_family`): a second device of a web app is another browser.
+BROWSER_FAMILIES = frozenset({"Edge", "Opera", "Firefox", "Chrome", "Safari", "Mozilla"})
+
+
+def corroborated(a: Session, b: Session) -> bool:
+    """Evidence that two parallel sessions of one client are not one person's two devices.
+
+    - one comes from a data centre or an anonymising proxy (:data:`THEFT_NETWORK_KINDS`, known only with an IP
+      database);
+    - both send the very same user agent, byte for byte, from two networks at once: a thief who copied the
+      victim's to blend in (two devices of one person differ — model, OS or browser version);
+    - one is a script or tool (not a browser, not the app) presenting the client's tokens.
+
+    Not evidence on their own (docs/detection.md has the measurements): a network or client family new for the
+    subject — a second device in a café or on a hotspot is exactly that; and a VPN — people use them, with
+    split tunnels, on their own devices.
+    """
+    if (a.kinds | b.kinds) & THEFT_NETWORK_KINDS:
         return True
-    if known_networks is not None and not session.networks <= known_networks:
+    if a.user_agents & b.user_agents:
         return True
-    return known_families is not None and not session.families <= known_families
+    differing = a.families ^ b.families
+    return bool(differing) and not differing <= BROWSER_FAMILIES and bool(a.families) and bool(b.families)
 
 
 def window_summary(window: EntityWindow, spec: WindowSpec, now: float) -> tuple[list[int], float, float]:
@@ -286,9 +298,7 @@ def subject_features(
         math.log1p(sums[STALE]),
         math.log1p(sums[OTHER_REJECTED]),
         burstiness,
-        float(parallel_sessions(sessions, sub, known_networks, known_families))
-        if sessions and len(sessions) > 1
-        else 0.0,
+        float(parallel_sessions(sessions, sub)) if sessions and len(sessions) > 1 else 0.0,
     ]
 
 

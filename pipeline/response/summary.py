@@ -115,7 +115,7 @@ def _rate(count: _Counts, facts: EntityFacts | None) -> str:
 def _parallel(count: _Counts, facts: EntityFacts | None) -> str:
     return (
         f"{count('parallel_sessions'):.0f} tokens of one client in use at once from different networks, "
-        "one from a rented network or a network or client new for the user"
+        "not as a second device of the user's"
     )
 
 
