@@ -130,9 +130,22 @@ def measured_dates(r: Results) -> str:
     return dates[0] if dates[0] == dates[-1] else f"between {dates[0]} and {dates[-1]}"
 
 
-def machine_phrase(r: Results) -> str:
-    m = r("machine")
+def _machine_text(m: dict[str, Any]) -> str:
     return f"{m['cpus']} CPUs ({m['cpu_model']}), {m['platform']}, Python {m['python']}"
+
+
+def run_machine(r: Results, bench: str) -> dict[str, Any]:
+    """The machine a benchmark ran on: its run's own record (``--only`` reruns may run elsewhere), else the
+    file's."""
+    machine = dig(r.data, "runs", bench, "machine")
+    return machine if isinstance(machine, dict) else r("machine")
+
+
+def machine_phrase(r: Results) -> str:
+    """Every machine the file's benchmarks ran on, the most used first."""
+    texts = [_machine_text(run_machine(r, name)) for name in r.data.get("runs", {})] or [_machine_text(r("machine"))]
+    ordered = sorted(set(texts), key=lambda t: (-texts.count(t), t))
+    return " and ".join(ordered)
 
 
 def env_phrase(r: Results, bench: str, libraries: tuple[str, ...]) -> str:
@@ -140,6 +153,19 @@ def env_phrase(r: Results, bench: str, libraries: tuple[str, ...]) -> str:
     libs = ", ".join(f"{name} {env[name]}" for name in libraries)
     cpu = f'{env["cpus"]} CPUs (`nproc`), model name "{env["cpu_model"]}"'
     return f"{cpu}, {env['platform']}, Python {env['python']}, {libs}"
+
+
+def heldout_headline(r: Results) -> str:
+    """The held-out detection figures of the headline setup, in one phrase."""
+    report = r("details", "detection_heldout")
+    setup = report["headline_model"]
+    f = report["figures"][setup]
+    benign = {k: 100 * v["rate"] for k, v in f["benign_alerted"].items()}
+    return (
+        f"{setup}, {f['worlds']} worlds: recall {f['recall']['rate']:.2f} (worst world {f['worst_world_recall']:.2f}), "
+        f"benign tokens {benign['tokens']:.2f} %, IPs {benign['ips']:.2f} %, subjects {benign['subjects']:.2f} % "
+        f"alerted, median time to detect {f['median_time_to_detect_s']:.1f} s"
+    )
 
 
 # ------------------------------------------------------------------------------------------- the figures
@@ -156,6 +182,10 @@ def _header() -> None:
         if r.data.get("quick")
         else ""
     )
+    FIGURES["detection_heldout_measured_at"] = lambda r: r.run("detection_heldout", "measured_at")
+    for bench in ("time_to_revoke", "kafka", "http"):
+        FIGURES[f"{bench}_machine"] = lambda r, b=bench: _machine_text(run_machine(r, b))
+    FIGURES["heldout_headline"] = heldout_headline
     for bench in ("validator", "time_to_revoke", "pipeline", "kafka", "http"):
         FIGURES[f"{bench}_measured_at"] = lambda r, b=bench: r.run(b, "measured_at")
         FIGURES[f"{bench}_load"] = lambda r, b=bench: load_phrase(r, b)

@@ -213,7 +213,7 @@ def test_every_jwtwatch_command_and_option_in_the_docs_exists(doc: Path) -> None
             name = words.pop(0)
             assert name in command.commands, f"{doc.name}: `jwtwatch … {name}` is not a command ({tokens})"
             command = command.commands[name]
-        options = {opt for p in command.params for opt in p.opts} | {"--help"}
+        options = {opt for p in command.params for opt in (*p.opts, *p.secondary_opts)} | {"--help"}
         for word in words:
             if word.startswith("--"):
                 assert word.split("=")[0] in options, f"{doc.name}: {word} is not an option of {tokens}"
@@ -224,7 +224,7 @@ def test_every_jwtwatch_command_and_option_in_the_docs_exists(doc: Path) -> None
 def test_every_option_named_in_our_docs_exists_somewhere() -> None:
     known = {"--help", "--build"}  # --build: `docker compose up --build`
     for _, command in gen_docs.cli_commands():
-        known |= {opt for p in command.params for opt in p.opts}
+        known |= {opt for p in command.params for opt in (*p.opts, *p.secondary_opts)}
     for doc in OWN_DOCS:
         for option in set(re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)", _read(doc))):
             assert option in known, f"{doc.name} names {option}, which no jwtwatch command has"
