@@ -18,6 +18,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from pipeline.detection.calibration import MIN_BENIGN as MIN_BENIGN_VERDICTS
 from pipeline.detection.history import HISTORY_FILE
 from pipeline.networks import identity_warning
 from pipeline.validation.keystore import (
@@ -1292,7 +1293,24 @@ def train(
         typer.Option(
             "--verdicts",
             help="Analysts' verdict/1 records (.jsonl, .jsonl.gz, or a data dir with an archive): report the "
-            "precision of past alerts per entity type and rule (reported only; thresholds are not calibrated on it).",
+            "precision of past alerts per entity type and rule; with --calibrate, also raise thresholds from them.",
+        ),
+    ] = None,
+    calibrate: Annotated[
+        bool,
+        typer.Option(
+            "--calibrate",
+            help="With --verdicts: raise each entity type's threshold just above the alerts the forest alone raised "
+            f"and analysts judged benign (at least {MIN_BENIGN_VERDICTS} of them), never above one judged "
+            "compromised; their feature rows are scored by the new model. Never lowers a threshold.",
+        ),
+    ] = False,
+    verdict_alerts: Annotated[
+        Path | None,
+        typer.Option(
+            "--verdict-alerts",
+            help="The alerts the verdicts judged (alert/1 .jsonl from `jwtwatch detect`, or a data dir with an "
+            "archive); default: the --verdicts data dir.",
         ),
     ] = None,
     history: Annotated[
@@ -1313,8 +1331,15 @@ def train(
     from pipeline.scoring.model import save_model
 
     networks = _networks(ip_db)
-    if verdicts is not None:
-        _report_precision(verdicts)
+    judged = _report_precision(verdicts) if verdicts is not None else []
+    judged_alerts: dict[str, Any] = {}
+    if calibrate:
+        if verdicts is None:
+            fail("--calibrate needs --verdicts")
+        source = verdict_alerts or verdicts
+        if not source.is_dir() and verdict_alerts is None:
+            fail("--calibrate needs the judged alerts: --verdict-alerts FILE, or --verdicts DATA_DIR with an archive")
+        judged_alerts = _read_judged_alerts(source)
     result = _read(events)
     if result.frame.empty:
         fail("no valid events to train on")
@@ -1329,6 +1354,8 @@ def train(
             )
     except ValueError as exc:
         fail(str(exc))
+    if calibrate:
+        _apply_calibration(model, judged, judged_alerts)
     version = save_model(model, model_dir)
     history_path = model_dir / HISTORY_FILE
     if history:
@@ -1344,7 +1371,46 @@ def train(
                   f"{model.metadata['training']['data_sha256'][:12]}…)")  # fmt: skip
 
 
-def _report_precision(path: Path) -> None:
+def _read_judged_alerts(path: Path) -> dict[str, Any]:
+    from pipeline.detection.precision import read_alert_features
+
+    if not path.exists():
+        fail(f"{path}: no such file or directory")
+    try:
+        alerts, bad = read_alert_features(path)
+    except (OSError, ValueError) as exc:
+        fail(f"{path}: {exc}")
+    for line, error in bad[:20]:
+        err.print(f"  {path}:{line}: {error}", markup=False)
+    if bad:
+        err.print(f"[yellow]{len(bad)} bad alert record(s) skipped[/]")
+    return alerts
+
+
+def _apply_calibration(model: Any, verdicts: list[Any], alerts: dict[str, Any]) -> None:
+    """Raise the new model's thresholds from the verdicts (pipeline.detection.calibration), say what moved."""
+    from pipeline.detection.calibration import calibrate
+    from pipeline.scoring.model import finalize_metadata
+
+    results = calibrate(model, verdicts, alerts)
+    table = Table(
+        "entity", "benign", "compromised", "threshold", "benign quiet after",
+        title="calibration from analysts' verdicts (forest-only alerts)",
+    )  # fmt: skip
+    for c in results:
+        shown = f"{c.threshold_before:.4f}" + (f" → {c.threshold_after:.4f}" if c.moved else " (unchanged)")
+        table.add_row(c.entity_type, str(c.benign), str(c.compromised), shown, f"{c.benign_quiet_after}/{c.benign}")
+        model.scorers[c.entity_type].threshold_ = c.threshold_after
+    console.print(table)
+    model.metadata["calibration"] = {
+        c.entity_type: {"from": c.threshold_before, "to": c.threshold_after, "benign": c.benign,
+                        "compromised": c.compromised}
+        for c in results
+    }  # fmt: skip
+    finalize_metadata(model)
+
+
+def _report_precision(path: Path) -> list[Any]:
     from pipeline.detection.precision import precision_report, read_verdicts
 
     if not path.exists():
@@ -1363,6 +1429,7 @@ def _report_precision(path: Path) -> None:
         shown = "-" if row.precision is None else f"{row.precision:.2f}"
         table.add_row(row.group, str(row.compromised), str(row.benign), shown)
     console.print(table if rows else f"no verdicts in {path}")
+    return read.verdicts
 
 
 @app.command("detect")

@@ -13,10 +13,11 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import orjson
 
-from pipeline.events import AlertVerdict, RecordError, format_ts
+from pipeline.events import Alert, AlertVerdict, RecordError, format_ts
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +77,42 @@ def _from_archive(data_dir: Path) -> VerdictRead:
     return VerdictRead(verdicts, bad)
 
 
+def read_alert_features(path: Path) -> tuple[dict[str, tuple[str, dict[str, Any]]], list[tuple[int, str]]]:
+    """alert_id -> (entity type, feature row) from alert/1 lines (``jwtwatch detect --alerts-out``, .jsonl or
+    .jsonl.gz) or a data directory's archive; and the bad lines. The latest record of an alert wins (an escalation
+    carries the window that escalated it)."""
+    path = Path(path)
+    out: dict[str, tuple[str, dict[str, Any]]] = {}
+    bad: list[tuple[int, str]] = []
+    if path.is_dir():
+        from pipeline.archive import read_archive
+
+        frame = read_archive(path, "alerts")
+        if not frame.empty:
+            for number, (alert_id, entity_type, features) in enumerate(
+                zip(frame["alert_id"], frame["entity_type"], frame["features_json"], strict=True), 1
+            ):
+                try:
+                    row = orjson.loads(features) if features else {}
+                except orjson.JSONDecodeError as exc:
+                    bad.append((number, f"features: {exc}"))
+                    continue
+                out[str(alert_id)] = (str(entity_type), row if isinstance(row, dict) else {})
+        return out, bad
+    opener = gzip.open if path.name.endswith(".gz") else open
+    with opener(path, "rb") as lines:  # type: ignore[operator]
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                alert = Alert.from_json(line)
+            except RecordError as exc:
+                bad.append((number, str(exc)))
+                continue
+            out[alert.alert_id] = (alert.entity_type, dict(alert.features))
+    return out, bad
+
+
 def latest_per_alert(verdicts: Iterable[AlertVerdict]) -> list[AlertVerdict]:
     """Each alert's latest verdict (by ``ts``; the later one in the input on a tie)."""
     latest: dict[str, AlertVerdict] = {}
@@ -99,4 +136,11 @@ def precision_report(verdicts: Iterable[AlertVerdict]) -> list[PrecisionRow]:
     return [PrecisionRow(g, counts[(g, "benign")], counts[(g, "compromised")]) for g in names]
 
 
-__all__ = ["PrecisionRow", "VerdictRead", "latest_per_alert", "precision_report", "read_verdicts"]
+__all__ = [
+    "PrecisionRow",
+    "VerdictRead",
+    "latest_per_alert",
+    "precision_report",
+    "read_alert_features",
+    "read_verdicts",
+]
