@@ -180,7 +180,7 @@ def _pct(r: dict[str, object]) -> str:
 def markdown(report: dict[str, object]) -> str:
     """The held-out figures as the markdown tables docs/detection.md shows."""
     figures = report["figures"]  # type: ignore[index]
-    region = report["family"]["region"]  # type: ignore[index]
+    region = {"heldout": "held-out"}.get(report["family"]["region"], report["family"]["region"])  # type: ignore[index]
     lines = []
     for which, f in figures.items():  # type: ignore[union-attr]
         ttd = f["median_time_to_detect_s"]
