@@ -75,13 +75,17 @@ def test_benign_forest_alerts_raise_the_threshold_just_above_them(model: Detecti
     assert model.scorers["jti"].threshold_ == before  # the model itself is not changed
 
 
-def test_never_above_an_alert_judged_compromised(model: DetectionModel) -> None:
+@pytest.mark.parametrize("above", [0.021, 0.023, 0.025, 0.027, 0.029, 0.031, 0.033, 0.035, 0.037, 0.039])
+def test_never_above_an_alert_judged_compromised(model: DetectionModel, above: float) -> None:
+    """Thresholds are kept to 6 decimals: rounding the cap up would put it a hair above the confirmed score
+    (the outside review's case: benign at 0.7, compromised at 0.6234567 -> 0.623457)."""
     before = model.scorers["jti"].threshold_
     wanted = {f"b{i}": ("benign", before + 0.06) for i in range(MIN_BENIGN)}
-    wanted["c"] = ("compromised", before + 0.03)
+    wanted["c"] = ("compromised", before + above)
     verdicts, alerts = judged(model, wanted)
     result = {c.entity_type: c for c in calibrate(model, verdicts, alerts)}["jti"]
-    assert result.threshold_after == pytest.approx(actual(model, alerts, "c"))
+    assert result.threshold_before < result.threshold_after <= actual(model, alerts, "c")
+    assert result.threshold_after == pytest.approx(actual(model, alerts, "c"), abs=1e-6)
     assert result.compromised == 1 and result.compromised_quiet_after == 0
 
 
@@ -153,3 +157,20 @@ def _alert(alert_id: str, entity_type: str, features: dict[str, float]) -> dict:
         model_version="x", type="token.anomaly", features=features, reasons=[],
     )  # fmt: skip
     return orjson.loads(alert.to_json())
+
+
+@pytest.mark.parametrize("damage", ["truncated", "corrupted"])
+def test_a_damaged_gzip_verdict_or_alert_file_is_one_line(tmp_path: Path, damage: str) -> None:
+    import gzip
+
+    whole = gzip.compress(b"".join(verdict(f"a{i}", "benign").to_json() + b"\n" for i in range(200)))
+    data = whole[: len(whole) // 2] if damage == "truncated" else whole[:20] + b"\xff" * 40 + whole[60:]
+    path = tmp_path / "verdicts.jsonl.gz"
+    path.write_bytes(data)
+    with pytest.raises(ValueError, match="damaged gzip"):
+        read_alert_features(path)
+    result = CliRunner().invoke(
+        cli_app, ["train", "--events", str(tmp_path / "none.jsonl"), "--model-dir", str(tmp_path / "m"),
+                  "--verdicts", str(path)],
+    )  # fmt: skip
+    assert result.exit_code == 2 and "damaged gzip" in result.output and "Traceback" not in result.output

@@ -264,6 +264,16 @@ def test_a_stolen_refresh_token_without_evidence_is_not_a_parallel_session(model
     assert "parallel_sessions" not in new_network.rules("sub", "carol")
 
 
+@pytest.mark.parametrize("agent", [None, "Mozilla/5.0"])
+def test_a_thief_hiding_its_user_agent_is_a_parallel_session(model: DetectionModel, agent: str | None) -> None:
+    """No user agent, or a bare "Mozilla/5.0" no browser sends alone: not a second device of the user's (found by
+    the outside review: either made the thief invisible to parallel_sessions without an IP database)."""
+    events = [
+        dataclasses.replace(e, user_agent=agent) if e.jti == "tok-minted" else e for e in _stolen_refresh_token("carol")
+    ]
+    assert "parallel_sessions" in run(model, events).rules("sub", "carol")
+
+
 def _one_app_on_two_devices(sub: str, start: float = T0) -> list[TokenUsage]:
     """A laptop at home and a tablet on the phone's hotspot, signed in to the same web app, used at once."""
     laptop = [use(start + 10 * i, "81.2.3.4", "tok-laptop", sub) for i in range(24)]

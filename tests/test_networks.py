@@ -4,11 +4,13 @@ built by tests/mmdbkit.py and read with ``maxminddb``."""
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from pipeline.detection.engine import Collected, DetectionEngine
 from pipeline.networks import (
     KINDS,
     PREFIX_SOURCE,
@@ -20,7 +22,7 @@ from pipeline.networks import (
     kind_of,
     open_ip_db,
 )
-from pipeline.networks._mmdb import HOSTING_ORGS
+from pipeline.networks._mmdb import HOSTING_ORGS, MAX_ORG_CHARS
 from pipeline.windows import prefix16
 from tests import mmdbkit
 
@@ -297,3 +299,75 @@ def test_write_mmdb_keeps_true_and_1_apart_and_is_reproducible(tmp_path: Path) -
         assert type(record["is_anonymous_vpn"]) is bool and type(record["autonomous_system_number"]) is int
         assert reader.get("10.1.2.3")["autonomous_system_organization"] == "inner"  # more specific wins
         assert reader.metadata().build_epoch == mmdbkit.BUILT
+
+
+# ------------------------------------------------------------------ hostile database files (outside review, session 6)
+
+
+def test_a_damaged_record_past_the_probe_falls_back_to_the_prefix_and_is_counted(tmp_path: Path) -> None:
+    """Opening probes the first records only: a bad pointer further in must cost that address its AS, never the
+    lookup (the engine resolves every event's address; an exception would drop the batch)."""
+    rows = [(f"10.{i // 256}.{i % 256}.0/24", mmdbkit.asn(1000 + i, f"org{i}")) for i in range(1500)]
+    rows.append(("200.0.0.0/24", mmdbkit.asn(99, "ZZZZ_LAST")))
+    good = mmdbkit.write_mmdb(tmp_path / "big.mmdb", rows)
+    data = bytearray(good.read_bytes())
+    data[data.index(b"\x49ZZZZ_LAST")] = 0x3F  # a 32-bit pointer far past the data section
+    damaged = tmp_path / "late_damage.mmdb"
+    damaged.write_bytes(bytes(data))
+    resolver = open_ip_db([damaged])
+    assert resolver("10.0.1.1").asn == 1001
+    assert resolver("200.0.0.1") == PREFIXES("200.0.0.1")
+    assert resolver.failed_lookups == 1  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("epoch", [2**40, 2**64 - 1])
+def test_a_build_time_no_calendar_holds_is_shown_as_unknown(tmp_path: Path, epoch: int) -> None:
+    path = mmdbkit.write_mmdb(tmp_path / "odd.mmdb", {"10.0.0.0/8": mmdbkit.asn(1, "One")}, build_epoch=epoch)
+    resolver = open_ip_db([path])
+    assert resolver.source == "mmdb:GeoLite2-ASN(?)"
+    assert "GeoLite2-ASN" in describe(resolver)
+
+
+def test_control_characters_in_the_database_type_never_reach_an_alert(tmp_path: Path) -> None:
+    path = mmdbkit.write_mmdb(
+        tmp_path / "ctl.mmdb", {"10.0.0.0/8": mmdbkit.asn(1, "One")}, database_type="ASN\r\x1b[2J\u2028x"
+    )
+    source = open_ip_db([path]).source
+    assert source.isprintable() and "\x1b" not in source
+
+
+def test_an_organisation_name_is_cut(tmp_path: Path) -> None:
+    path = mmdbkit.write_mmdb(tmp_path / "long.mmdb", {"10.0.0.0/8": mmdbkit.asn(1, "x" * 100_000)})
+    org = open_ip_db([path])("10.1.2.3").org
+    assert org is not None and len(org) == MAX_ORG_CHARS
+
+
+def test_a_fifo_is_refused_rather_than_read_for_ever(tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo.mmdb"
+    os.mkfifo(fifo)
+    with pytest.raises(IpDbError, match="not a regular file"):
+        open_ip_db([fifo])
+
+
+@pytest.mark.parametrize(
+    ("fields", "kind"),
+    [
+        ({"is_anonymous_vpn": "false", "autonomous_system_number": 1}, "unknown"),
+        ({"is_anonymous_vpn": 1}, "unknown"),
+        ({"mobile_country_code": ""}, "unknown"),
+        ({"mobile_country_code": "310"}, "mobile"),
+    ],
+)
+def test_kind_flags_must_be_true_and_codes_given(fields: dict[str, Any], kind: str) -> None:
+    assert kind_of(fields) == kind
+
+
+def test_kinds_without_asns_leave_networks_unidentified(tmp_path: Path) -> None:
+    """A Connection-Type or Anonymous-IP file alone keys networks by /16 prefix: the engine must not treat its
+    networks as autonomous systems (token_concurrent_networks stays off)."""
+    kinds_only = open_ip_db([mmdbkit.connection_type(tmp_path / "ct.mmdb")])
+    with_asns = open_ip_db([mmdbkit.geolite2_asn(tmp_path / "asn.mmdb")])
+    assert not kinds_only.identifies_networks  # type: ignore[attr-defined]
+    assert with_asns.identifies_networks  # type: ignore[attr-defined]
+    assert not DetectionEngine(None, networks=kinds_only, collect=Collected()).networks_identified
+    assert DetectionEngine(None, networks=with_asns, collect=Collected()).networks_identified

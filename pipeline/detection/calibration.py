@@ -75,10 +75,10 @@ def calibrate(
         after = before
         if len(benign) >= min_benign:
             # Just above the highest benign score (thresholds are kept to 6 decimals), capped at the lowest confirmed.
-            target = math.floor(max(benign) * 1e6 + 1) / 1e6
-            if compromised:
-                target = min(target, min(compromised))
-            after = max(before, round(target, 6))
+            target = round(math.floor(max(benign) * 1e6 + 1) / 1e6, 6)
+            if compromised:  # capped after rounding, rounded down: a confirmed alert's score stays at or above it
+                target = min(target, math.floor(min(compromised) * 1e6) / 1e6)
+            after = max(before, target)
         out.append(
             Calibration(
                 entity_type=entity_type,

@@ -27,7 +27,15 @@ import numpy as np
 from pipeline.detection.batch import EventBatch
 from pipeline.detection.rules import fired_rules, rule_severity
 from pipeline.events import Alert
-from pipeline.features import FEATURES, Session, ip_features, subject_features, token_features, ua_family
+from pipeline.features import (
+    FEATURES,
+    NO_USER_AGENT,
+    Session,
+    ip_features,
+    subject_features,
+    token_features,
+    ua_family,
+)
 from pipeline.features.baselines import Baselines
 from pipeline.networks import PREFIX_SOURCE, PREFIXES, Network, NetworkResolver
 from pipeline.response.alerts import AlertTracker, Finding
@@ -74,6 +82,7 @@ LEARN_AFTER_S = 120.0
 LEARN_MAX_FACTOR = 5.0
 TICK_S = 1.0  # entities touched in a tick of event time are scored when it closes
 _MAX_MEMO_IPS = 200_000  # addresses whose network is remembered; cleared past this (an address spray)
+NO_USER_AGENT_FAMILY = frozenset({NO_USER_AGENT})  # a session's families when it sent no user agent
 
 
 @dataclass
@@ -118,7 +127,8 @@ class DetectionEngine:
         self.confirm_forest = confirm_forest
         self.collect = collect
         self.networks = networks
-        self.networks_identified = networks.source != PREFIX_SOURCE
+        # Networks are autonomous systems (an ASN database), not /16 prefixes: what token_concurrent_networks needs.
+        self.networks_identified = bool(getattr(networks, "identifies_networks", networks.source != PREFIX_SOURCE))
         self._network_of: dict[str, Network] = {}  # address -> its network, memoised (addresses repeat)
         self._network_hash: dict[str, int] = {}  # address -> hash of its network's key (0: "none yet")
         strings: dict[str, str] = {}  # user agents and client ids, shared by all windows
@@ -254,7 +264,7 @@ class DetectionEngine:
                     token.last_ts,
                     frozenset(n.key for n in networks),
                     frozenset(n.kind for n in networks),
-                    frozenset(ua_family(ua) for ua in agents),
+                    frozenset(ua_family(ua) for ua in agents) if agents else NO_USER_AGENT_FAMILY,
                     frozenset(agents),
                 )
             )

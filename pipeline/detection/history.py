@@ -27,6 +27,11 @@ def save_baselines(baselines: Baselines, path: Path) -> None:
 def load_baselines(path: Path) -> Baselines:
     """Raises ``ValueError`` (with the reason) for a file that is not a history jwtwatch wrote."""
     try:
-        return Baselines.from_dict(json.loads(path.read_text()))
-    except (KeyError, TypeError, AttributeError) as exc:
-        raise ValueError(f"not a jwtwatch history: {exc!r}") from exc
+        data = json.loads(path.read_text(), parse_constant=_refuse_constant)
+        return Baselines.from_dict(data)
+    except (RecursionError, OverflowError, UnicodeDecodeError) as exc:  # ValueError (JSON, from_dict) passes as is
+        raise ValueError(f"not a jwtwatch history: {type(exc).__name__}") from None
+
+
+def _refuse_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a number a history holds")

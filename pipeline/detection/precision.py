@@ -9,8 +9,9 @@ analysts looked at, which is rarely a random sample: a development aid, not an e
 from __future__ import annotations
 
 import gzip
+import zlib
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,17 +45,26 @@ def read_verdicts(path: Path) -> VerdictRead:
     path = Path(path)
     if path.is_dir():
         return _from_archive(path)
-    opener = gzip.open if path.name.endswith(".gz") else open
     verdicts, bad = [], []
-    with opener(path, "rb") as lines:  # type: ignore[operator]
-        for number, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                verdicts.append(AlertVerdict.from_json(line))
-            except RecordError as exc:
-                bad.append((number, str(exc)))
+    for number, line in _lines(path):
+        try:
+            verdicts.append(AlertVerdict.from_json(line))
+        except RecordError as exc:
+            bad.append((number, str(exc)))
     return VerdictRead(verdicts, bad)
+
+
+def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
+    """Numbered non-blank lines of a ``.jsonl`` or ``.jsonl.gz`` file; a damaged gzip stream is a ``ValueError``
+    naming what broke, not a traceback (or click's bare "Aborted." for an ``EOFError``)."""
+    opener = gzip.open if path.name.endswith(".gz") else open
+    try:
+        with opener(path, "rb") as lines:  # type: ignore[operator]
+            for number, line in enumerate(lines, 1):
+                if line.strip():
+                    yield number, line
+    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+        raise ValueError(f"a damaged gzip file ({type(exc).__name__}: {exc or 'it ends early'})") from None
 
 
 def _from_archive(data_dir: Path) -> VerdictRead:
@@ -99,17 +109,13 @@ def read_alert_features(path: Path) -> tuple[dict[str, tuple[str, dict[str, Any]
                     continue
                 out[str(alert_id)] = (str(entity_type), row if isinstance(row, dict) else {})
         return out, bad
-    opener = gzip.open if path.name.endswith(".gz") else open
-    with opener(path, "rb") as lines:  # type: ignore[operator]
-        for number, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                alert = Alert.from_json(line)
-            except RecordError as exc:
-                bad.append((number, str(exc)))
-                continue
-            out[alert.alert_id] = (alert.entity_type, dict(alert.features))
+    for number, line in _lines(path):
+        try:
+            alert = Alert.from_json(line)
+        except RecordError as exc:
+            bad.append((number, str(exc)))
+            continue
+        out[alert.alert_id] = (alert.entity_type, dict(alert.features))
     return out, bad
 
 

@@ -204,7 +204,10 @@ def parallel_sessions(sessions: list[Session], sub: str) -> int:
 #: Network kinds where a person's own second device is not found: data centres, anonymising proxy exits.
 THEFT_NETWORK_KINDS = RENTED_KINDS - {"vpn"}
 #: Client software families of web browsers (:func:`ua_family`): a second device of a web app is another browser.
-BROWSER_FAMILIES = frozenset({"Edge", "Opera", "Firefox", "Chrome", "Safari", "Mozilla"})
+#: A bare ``Mozilla/5.0`` with no engine token is not one (no browser sends that alone; a script hiding may).
+BROWSER_FAMILIES = frozenset({"Edge", "Opera", "Firefox", "Chrome", "Safari"})
+#: The family of a session that sent no user agent at all: no browser or app does that, a script may.
+NO_USER_AGENT = "(no user agent)"
 
 
 def corroborated(a: Session, b: Session) -> bool:

@@ -15,6 +15,7 @@ not alert), so an attack does not teach the baseline that attacks are normal. St
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 DEFAULT_SETTLE_S = 900.0
@@ -147,20 +148,51 @@ class Baselines:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Baselines:
-        if data.get("format") != 1:
+        """Raises ``ValueError`` naming what is wrong: a history is read from disk, and one NaN time would keep
+        every network from ever settling (novelty 0 for ever, the rules that need it silent)."""
+        if not isinstance(data, dict) or data.get("format") != 1:
             raise ValueError("unknown baselines format")
-        client, subject, ip = data["defaults"]
+        defaults = data.get("defaults")
+        if not isinstance(defaults, list) or len(defaults) != 3:
+            raise ValueError("defaults: three numbers expected")
+        client, subject, ip = (_number(v, "defaults") for v in defaults)
         baselines = cls(
-            settle_s=data["settle_s"], default_client_rate=client, default_subject_rate=subject, default_ip_subjects=ip
+            settle_s=_number(data.get("settle_s"), "settle_s"),
+            default_client_rate=client,
+            default_subject_rate=subject,
+            default_ip_subjects=ip,
         )
-        baselines.now = data["now"]
-        for sub, raw in data["subjects"].items():
+        baselines.now = _number(data.get("now"), "now")
+        subjects = data.get("subjects")
+        if not isinstance(subjects, dict):
+            raise ValueError("subjects: a map expected")
+        for sub, raw in subjects.items():
+            if not isinstance(raw, dict):
+                raise ValueError(f"subjects[{sub!r}]: a map expected")
             profile = SubjectProfile()
-            profile.prefixes = {str(k): float(v) for k, v in raw["prefixes"].items()}
-            profile.families = {str(k): float(v) for k, v in raw["families"].items()}
-            profile.rate = float(raw["rate"])
-            profile.client = raw["client"]
-            baselines.subjects[sub] = profile
-        baselines.clients = {str(k): float(v) for k, v in data["clients"].items()}
-        baselines.ips = {str(k): float(v) for k, v in data["ips"].items()}
+            profile.prefixes = _times(raw.get("prefixes"), "prefixes")
+            profile.families = _times(raw.get("families"), "families")
+            profile.rate = _number(raw.get("rate"), "rate")
+            client_id = raw.get("client")
+            if client_id is not None and not isinstance(client_id, str):
+                raise ValueError(f"subjects[{sub!r}].client: a string expected")
+            profile.client = client_id
+            baselines.subjects[str(sub)] = profile
+        baselines.clients = _times(data.get("clients"), "clients")
+        baselines.ips = _times(data.get("ips"), "ips")
         return baselines
+
+
+def _number(value: Any, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{what}: a number expected, got {type(value).__name__}")
+    number = float(value)
+    if not math.isfinite(number) or abs(number) > 1e15:
+        raise ValueError(f"{what}: {value!r} is not a usable number")
+    return number
+
+
+def _times(values: Any, what: str) -> dict[str, float]:
+    if not isinstance(values, dict):
+        raise ValueError(f"{what}: a map expected")
+    return {str(k): _number(v, what) for k, v in values.items()}

@@ -32,6 +32,7 @@ across events), in a bounded cache.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import os
 import re
 from collections.abc import Iterator, Mapping, Sequence
@@ -47,8 +48,12 @@ from maxminddb.errors import InvalidDatabaseError
 from pipeline.networks import KINDS, PREFIX_SOURCE, PREFIXES, Network, NetworkResolver, _prefix_network
 from pipeline.windows import prefix16
 
+log = logging.getLogger("pipeline.networks")
+
 #: Memoised addresses per resolver (the engine resolves every event's address).
 CACHE_SIZE = 1 << 16
+#: An organisation's name is cut to this (it goes into alert summaries; a 2 MB name slowed each lookup 170 times).
+MAX_ORG_CHARS = 200
 #: Distinct networks kept for sharing one object per network among the memoised addresses.
 _MAX_NETWORKS = 1 << 17
 #: Records read from a file at open time to tell whether it holds anything a resolver can use.
@@ -152,7 +157,7 @@ def kind_of(fields: Mapping[str, Any]) -> str:
         if name in KINDS and name != "unknown":
             return name
     for flag, kind in _ANONYMOUS_FLAGS:
-        if fields.get(flag):
+        if fields.get(flag) is True:  # a record's "false" (a string) is no flag
             return kind
     user_type = fields.get("user_type")
     if isinstance(user_type, str) and user_type.lower() in USER_TYPES:
@@ -160,9 +165,13 @@ def kind_of(fields: Mapping[str, Any]) -> str:
     connection = fields.get("connection_type")
     if isinstance(connection, str) and connection.lower() in CONNECTION_TYPES:
         return CONNECTION_TYPES[connection.lower()]
-    if fields.get("mobile_country_code") is not None or fields.get("mobile_network_code") is not None:
+    if any(_given(fields.get(name)) for name in ("mobile_country_code", "mobile_network_code")):
         return "mobile"
     return _org_kind(fields)
+
+
+def _given(value: Any) -> bool:
+    return (isinstance(value, str) and value.strip() != "") or (isinstance(value, int) and not isinstance(value, bool))
 
 
 def _org_kind(fields: Mapping[str, Any]) -> str:
@@ -210,11 +219,15 @@ class IpDbFile:
     database_type: str
     build_epoch: int
     ip_version: int
+    has_asn: bool = True  # its first records name autonomous systems (an Anonymous-IP file alone does not)
 
     @property
     def built(self) -> str:
-        """The build date (UTC), as ``2026-11-30``."""
-        return dt.datetime.fromtimestamp(self.build_epoch, dt.UTC).strftime("%Y-%m-%d")
+        """The build date (UTC), as ``2026-11-30``; ``?`` for a build time no calendar holds."""
+        try:
+            return dt.datetime.fromtimestamp(self.build_epoch, dt.UTC).strftime("%Y-%m-%d")
+        except (ValueError, OverflowError, OSError):
+            return "?"
 
     @property
     def source(self) -> str:
@@ -228,6 +241,8 @@ def open_ip_db_file(path: str | os.PathLike[str]) -> IpDbFile:
         raise IpDbError(f"--ip-db {path}: no such file")
     if path.is_dir():
         raise IpDbError(f"--ip-db {path}: is a directory, not a MaxMind DB file")
+    if not path.is_file():  # a FIFO or a device would block or never end
+        raise IpDbError(f"--ip-db {path}: not a regular file")
     try:
         reader = maxminddb.open_database(str(path))
     except InvalidDatabaseError:
@@ -237,10 +252,12 @@ def open_ip_db_file(path: str | os.PathLike[str]) -> IpDbFile:
     try:
         meta = reader.metadata()
         found = _probe(reader)
+        has_asn = _probe(reader, ("autonomous_system_number",)) is True
     except (InvalidDatabaseError, ValueError, TypeError, OSError) as exc:
         reader.close()
         raise IpDbError(f"--ip-db {path}: a damaged MaxMind DB file ({exc})") from None
-    database_type = str(meta.database_type or "unknown").replace("\n", " ")
+    # It reaches every alert (network_source) and the logs: printable, and short.
+    database_type = "".join(c if c.isprintable() else " " for c in str(meta.database_type or "unknown"))[:80]
     if found is None:
         reader.close()
         raise IpDbError(f"--ip-db {path}: the {database_type} database holds no networks")
@@ -256,15 +273,17 @@ def open_ip_db_file(path: str | os.PathLike[str]) -> IpDbFile:
         database_type=database_type,
         build_epoch=int(meta.build_epoch or 0),
         ip_version=int(meta.ip_version or 0),
+        has_asn=has_asn,
     )
 
 
-def _probe(reader: Any) -> bool | None:
-    """Whether the first records of a database hold a field a resolver reads; ``None`` when it has no record."""
+def _probe(reader: Any, wanted: tuple[str, ...] = FIELDS) -> bool | None:
+    """Whether the first records of a database hold one of ``wanted`` (by default: any field a resolver reads);
+    ``None`` when it has no record."""
     seen = False
     for _, record in islice(iter(reader), PROBE_RECORDS):
         seen = True
-        if any(True for _ in _fields(record)):
+        if any(name in wanted for name, _ in _fields(record)):
             return True
     return False if seen else None
 
@@ -280,6 +299,11 @@ class MmdbResolver:
             raise ValueError("MmdbResolver needs at least one database file")
         self.files = tuple(files)
         self.source = "mmdb:" + "+".join(f.source for f in self.files)
+        #: Counted lookups a damaged record failed (the address then counts by its prefix).
+        self.failed_lookups = 0
+        #: Whether networks are autonomous systems. Kinds alone (a Connection-Type or Anonymous-IP file) leave the
+        #: keys /16 prefixes, which benign clients cross back and forth within seconds.
+        self.identifies_networks = any(f.has_asn for f in self.files)
         self._readers = tuple(f.reader for f in self.files)
         self._networks: dict[tuple[str, str, int | None, str | None], Network] = {}
         self._lookup = lru_cache(maxsize=cache_size)(self._resolve)
@@ -293,6 +317,11 @@ class MmdbResolver:
             try:
                 record = reader.get(ip)
             except ValueError:  # not an address, or an IPv6 address in an IPv4-only database
+                continue
+            except InvalidDatabaseError as exc:  # a damaged record past what opening probed: this address only
+                self.failed_lookups += 1
+                if self.failed_lookups == 1:
+                    log.warning("--ip-db: a damaged record for %s (%s); such addresses count by their prefix", ip, exc)
                 continue
             if record.__class__ is dict:  # (a record's items, not FIELDS, are walked: a record has few)
                 for name, value in record.items():
@@ -311,7 +340,7 @@ class MmdbResolver:
         for name in _ORG_FIELDS:
             value = merged.get(name)
             if value.__class__ is str:
-                org = value
+                org = value[:MAX_ORG_CHARS]  # it reaches every alert's summary
                 break
         kind = kind_of(merged)
         key = f"AS{asn}" if asn is not None else prefix16(ip)
