@@ -54,6 +54,7 @@ class AsnTable:
     81.3). Addresses it does not list are their /16, as without a database."""
 
     source = "test-asn"
+    identifies_networks = True
 
     def __init__(self, table: dict[str, Network]) -> None:
         self.table = table

@@ -37,7 +37,7 @@ from pipeline.features import (
     ua_family,
 )
 from pipeline.features.baselines import Baselines
-from pipeline.networks import PREFIX_SOURCE, PREFIXES, Network, NetworkResolver
+from pipeline.networks import PREFIXES, Network, NetworkResolver
 from pipeline.response.alerts import AlertTracker, Finding
 from pipeline.response.summary import EntityFacts
 from pipeline.response.suppressions import Suppressions
@@ -128,7 +128,7 @@ class DetectionEngine:
         self.collect = collect
         self.networks = networks
         # Networks are autonomous systems (an ASN database), not /16 prefixes: what token_concurrent_networks needs.
-        self.networks_identified = bool(getattr(networks, "identifies_networks", networks.source != PREFIX_SOURCE))
+        self.networks_identified = networks.identifies_networks
         self._network_of: dict[str, Network] = {}  # address -> its network, memoised (addresses repeat)
         self._network_hash: dict[str, int] = {}  # address -> hash of its network's key (0: "none yet")
         strings: dict[str, str] = {}  # user agents and client ids, shared by all windows

@@ -14,9 +14,10 @@ opened, and memory-mapped, before it starts).
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pipeline.windows import prefix16
 
@@ -54,9 +55,12 @@ class Network:
 
 
 class NetworkResolver(Protocol):
-    """Address -> :class:`Network`. ``source`` says where identities come from, for logs and alerts."""
+    """Address -> :class:`Network`. ``source`` says where identities come from, for logs and alerts;
+    ``identifies_networks`` whether a network is an autonomous system (a database that names them), not a /16
+    prefix — which benign clients cross back and forth within seconds."""
 
     source: str
+    identifies_networks: bool
 
     def __call__(self, ip: str) -> Network: ...
 
@@ -65,6 +69,7 @@ class PrefixResolver:
     """The fallback without a database: the /16 (IPv4) or /32 (IPv6) prefix, kind unknown."""
 
     source = PREFIX_SOURCE
+    identifies_networks = False
 
     def __call__(self, ip: str) -> Network:
         return _prefix_network(ip)
@@ -78,17 +83,38 @@ def _prefix_network(ip: str) -> Network:
 PREFIXES = PrefixResolver()
 
 
-# The MaxMind DB resolver (``--ip-db``); imported last, as it builds on the definitions above.
-from pipeline.networks._mmdb import (  # noqa: E402
-    IpDbError,
-    IpDbFile,
-    MmdbResolver,
-    describe,
-    kind_of,
-    open_ip_db,
-    open_ip_db_file,
-)
-from pipeline.networks._write import write_mmdb  # noqa: E402
+# The MaxMind DB resolver (``--ip-db``) and writer, loaded on first use (PEP 562): the reader's import costs
+# about 40 ms, which every `jwtwatch` command paid at start-up, with or without --ip-db.
+_LAZY = {
+    "IpDbError": "pipeline.networks._mmdb",
+    "IpDbFile": "pipeline.networks._mmdb",
+    "MmdbResolver": "pipeline.networks._mmdb",
+    "describe": "pipeline.networks._mmdb",
+    "kind_of": "pipeline.networks._mmdb",
+    "open_ip_db": "pipeline.networks._mmdb",
+    "open_ip_db_file": "pipeline.networks._mmdb",
+    "write_mmdb": "pipeline.networks._write",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
+
+
+if TYPE_CHECKING:  # what the lazy names are, for the type checker
+    from pipeline.networks._mmdb import (
+        IpDbError,
+        IpDbFile,
+        MmdbResolver,
+        describe,
+        kind_of,
+        open_ip_db,
+        open_ip_db_file,
+    )
+    from pipeline.networks._write import write_mmdb
 
 __all__ = [
     "KINDS",
