@@ -1371,6 +1371,14 @@ def train(
                   f"{model.metadata['training']['data_sha256'][:12]}…)")  # fmt: skip
 
 
+def _report_skipped(path: Path, bad: list[tuple[int, str]], what: str) -> None:
+    """The first bad records of a file, by line, and how many were skipped (markup off: records are hostile)."""
+    for line, error in bad[:20]:
+        err.print(f"  {path}:{line}: {error}", markup=False)
+    if bad:
+        err.print(f"[yellow]{len(bad)} bad {what} record(s) skipped[/]")
+
+
 def _read_judged_alerts(path: Path) -> dict[str, Any]:
     from pipeline.detection.precision import read_alert_features
 
@@ -1380,10 +1388,7 @@ def _read_judged_alerts(path: Path) -> dict[str, Any]:
         alerts, bad = read_alert_features(path)
     except (OSError, ValueError) as exc:
         fail(f"{path}: {exc}")
-    for line, error in bad[:20]:
-        err.print(f"  {path}:{line}: {error}", markup=False)
-    if bad:
-        err.print(f"[yellow]{len(bad)} bad alert record(s) skipped[/]")
+    _report_skipped(path, bad, "alert")
     return alerts
 
 
@@ -1419,10 +1424,7 @@ def _report_precision(path: Path) -> list[Any]:
         read = read_verdicts(path)
     except (OSError, ValueError) as exc:
         fail(f"{path}: {exc}")
-    for line, error in read.bad[:20]:
-        err.print(f"  {path}:{line}: {error}", markup=False)
-    if read.bad:
-        err.print(f"[yellow]{len(read.bad)} bad verdict record(s) skipped[/]")
+    _report_skipped(path, read.bad, "verdict")
     rows = precision_report(read.verdicts)
     table = Table("alerts", "compromised", "benign", "precision", title="analysts' verdicts on past alerts")
     for row in rows:
