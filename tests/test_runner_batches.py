@@ -197,6 +197,43 @@ def test_a_partition_no_poll_returned_yet_still_holds_the_others_back(model: Det
     assert runner.engine.stats.late_events == 0
 
 
+def test_a_poll_that_returns_nothing_does_not_release_a_partition_ahead(model: DetectionModel) -> None:
+    """A Kafka poll may return nothing while a partition's fetch is still in flight: that is not a quiet bus.
+
+    Partition 0 (later events) is handed out first, then one poll comes back empty although partition 1
+    still has unread messages. Releasing partition 0 then (as a quiet bus would) makes all of partition 1's
+    earlier events late — lost to detection in a Kafka rebalance test before this rule."""
+    bus = MemoryBus([TopicSpec(TOKEN_USAGE, 2), *(t for t in default_topics() if t.name != TOKEN_USAGE)])
+    ahead, behind = key_for_partition(0, 2, "ahead"), key_for_partition(1, 2, "behind")
+    for i in range(50):
+        bus.publish(TOKEN_USAGE, ahead, usage(T0 + 100 + i, jti=ahead).to_json())
+    for i in range(50):
+        bus.publish(TOKEN_USAGE, behind, usage(T0 + i, jti=behind).to_json())
+    runner = StreamingRunner(bus, model, poll_timeout_s=0)
+    real_poll = runner.consumer.poll_runs
+    polls = 0
+
+    def fetch_in_flight(max_records: int = 500, timeout_s: float = 1.0) -> list[MessageRun]:
+        nonlocal polls
+        polls += 1
+        if polls == 2:
+            return []  # partition 1's fetch has not come back yet
+        runs = real_poll(max_records, timeout_s)
+        if polls == 1:
+            later = [run for run in runs if run.partition != 0]
+            runner.consumer.seek({(run.topic, run.partition): run.offsets[0] for run in later})  # not fetched yet
+            runs = [run for run in runs if run.partition == 0]
+        return runs
+
+    runner.consumer.poll_runs = fetch_in_flight  # type: ignore[method-assign]
+    runner.step()
+    runner.step()
+    assert runner.engine.stats.events == 0  # partition 0 still waits for partition 1
+    drain(runner)
+    assert runner.engine.stats.events == 100
+    assert runner.engine.stats.late_events == 0
+
+
 def test_a_commit_a_rebalance_got_ahead_of_does_not_stop_the_runner(model: DetectionModel) -> None:
     """The coordinator refuses a commit from a member a rebalance has moved past (on Kafka: CommitFailedError,
     raised by the bus as ``CommitRejected``). The runner must not die in ``step()``: it counts the rejection,

@@ -219,7 +219,7 @@ class StreamingRunner:
             return 0
         else:
             polled = 0
-        self._release(self._frontier(quiet=not runs))
+        self._release(self._frontier())
         if time.monotonic() - self._last_save > self.save_every_s:
             self.save_baselines()
         return polled
@@ -273,17 +273,16 @@ class StreamingRunner:
         rows[index] = row_of(event)
         return True
 
-    def _frontier(self, quiet: bool) -> float:
+    def _frontier(self) -> float:
         """Events up to this time may be processed: every partition still behind has passed it.
 
         Partitions are read side by side, but their event times run at different speeds (one token's
         events all sit in one partition). Releasing only what every lagging partition has reached keeps
         the engine in event-time order, so nothing is wrongly late. Every assigned partition counts, also
         one no poll has returned anything from yet: a Kafka poll can hand out one partition's whole fetch
-        before the others'.
+        before the others'. A poll that returned nothing proves nothing either (a fetch still in flight): a
+        partition is caught up only when its position is its end offset.
         """
-        if quiet:
-            return float("inf")
         positions, ends = self.consumer.positions(), self.consumer.end_offsets()
         fronts = []
         for tp, end in ends.items():
