@@ -127,8 +127,9 @@ def test_hostile_usage_messages_are_dead_lettered_and_good_ones_still_consumed(
     group = f"dlq-pipeline-{uuid.uuid4().hex[:8]}"
     runner = StreamingRunner(bus, model, group=group, poll_timeout_s=0.2)
     try:
-        run_until(runner, lambda: runner.consumer.positions().get(partition, 0) > last_offset, "past our messages")
-        runner.step()  # a quiet poll: what is buffered gets processed and committed
+        # Committed once processed, and processed in event-time order across the partitions: the runner reads until
+        # every partition (other tests' messages too) is at its end or past our messages' time.
+        run_until(runner, lambda: runner.consumer.committed().get(partition, 0) > last_offset, "committed past ours")
     finally:
         runner.close()
     # The pipeline's group committed past the garbage and the good messages after it: it kept consuming.
