@@ -30,7 +30,6 @@ import contextlib
 import logging
 import os
 import threading
-import time
 import uuid
 from collections import defaultdict
 from collections.abc import Sequence
@@ -42,8 +41,9 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from pipeline.bus import ALERTS, TOKEN_USAGE, VERDICTS, Bus
-from pipeline.bus.dead_letter import dead_letter, describe, is_infrastructure_fault, rewind
+from pipeline.bus import ALERTS, TOKEN_USAGE, VERDICTS, Bus, Message
+from pipeline.bus.checkpoint import CheckpointLoop
+from pipeline.bus.dead_letter import is_infrastructure_fault
 from pipeline.events import ALERT_ARROW, Alert, AlertVerdict, TokenUsage, parse_ts, to_arrow
 from pipeline.features import FEATURES
 from pipeline.scoring.model import DetectionModel
@@ -390,11 +390,12 @@ class ArchiveConsumer:
     Window features and scores do not travel on the bus: give the writer to a :class:`ScoreRecorder` on the
     engine that scores (``runner.engine.on_scored``) and this consumer's flushes write them too.
 
-    Each message is judged on its own (the rule of ``pipeline.bus.dead_letter``): one that cannot be parsed, or
-    parsed but not archived (Arrow cannot hold it), is dead-lettered by this consumer too — the detection
-    pipeline and the alerts service park their own copies; ``consumer`` in the letter says whose — and counted
-    in ``dead_letters``. If a flush fails (the disk), nothing is committed and the consumer rewinds to its last
-    commit: everything since comes again."""
+    One turn of the one consumer loop (``pipeline.bus.checkpoint``) per ``step``; the checkpoint (write the files,
+    flush the producer, commit) comes once ``flush_records`` rows are pending or ``flush_interval_s`` has passed.
+    Each message is judged on its own: one that cannot be parsed, or parsed but not archived (Arrow cannot hold
+    it), is dead-lettered by this consumer too — the detection pipeline and the alerts service park their own
+    copies; ``consumer`` in the letter says whose — and counted in ``dead_letters``. If a flush fails (the disk),
+    nothing is committed and the consumer rewinds to its last commit: everything since comes again."""
 
     def __init__(
         self,
@@ -411,8 +412,25 @@ class ArchiveConsumer:
         self.consumer = bus.consumer([TOKEN_USAGE, ALERTS, VERDICTS], group, from_beginning=True)
         self.flush_records = flush_records
         self.flush_interval_s = flush_interval_s
-        self.dead_letters = 0
-        self._last_flush = time.monotonic()
+        self.loop = CheckpointLoop(
+            bus,
+            self.consumer,
+            decode=_archivable,
+            sink=_Archiving(writer),
+            name=group,
+            max_records=5000,
+            compacted=frozenset({VERDICTS}),
+            due=self._due,
+        )
+
+    def _due(self, read: int, since_s: float) -> bool:
+        """Scores and features reach the writer from the engine, not the bus: they count too."""
+        pending = self.writer.pending()
+        return pending >= self.flush_records or (since_s >= self.flush_interval_s and bool(pending or read))
+
+    @property
+    def dead_letters(self) -> int:
+        return self.loop.dead_letters
 
     @property
     def skipped(self) -> int:
@@ -420,52 +438,36 @@ class ArchiveConsumer:
         return self.dead_letters
 
     def step(self, timeout_s: float = 0.2) -> int:
-        messages = self.consumer.poll(5000, timeout_s)
-        events, alerts, verdicts = [], [], []
-        try:
-            for message in messages:
-                try:
-                    if message.topic == TOKEN_USAGE:
-                        events.append(TokenUsage.from_json(message.value))
-                    elif message.topic == VERDICTS:
-                        if not message.value:
-                            continue  # a tombstone on the compacted topic
-                        verdict = AlertVerdict.from_json(message.value)
-                        to_arrow([verdict])
-                        verdicts.append(verdict)
-                    else:
-                        alert = Alert.from_json(message.value)
-                        to_arrow([alert])  # what the flush will do: refused here, where the message is known
-                        alerts.append(alert)
-                except Exception as exc:
-                    if is_infrastructure_fault(exc):
-                        raise
-                    dead_letter(self.bus, message, describe(exc), consumer=self.group)
-                    self.dead_letters += 1
-        except Exception:
-            rewind(self.consumer, messages)  # nothing of this poll was handed to the writer
-            raise
-        self.writer.add("events", events)
-        self.writer.add("alerts", alerts)
-        self.writer.add("verdicts", verdicts)
-        due = time.monotonic() - self._last_flush >= self.flush_interval_s
-        if self.writer.pending() >= self.flush_records or (due and self.writer.pending()) or (due and messages):
-            self.flush()
-        return len(messages)
+        return self.loop.step(timeout_s)
 
     def flush(self) -> None:
-        try:
-            self.writer.flush()
-            self.bus.flush()  # the dead letters are stored before their offsets are committed
-        except Exception:
-            # The writer dropped what it held: read it all again from the last commit (files already written
-            # come twice; readers de-duplicate on event_id / alert_id).
-            log.warning("archive flush failed: rewinding to the last commit")
-            self.consumer.seek(self.consumer.committed())
-            raise
-        self.consumer.commit()  # only now: the records are on disk
-        self._last_flush = time.monotonic()
+        """Write what is pending, flush the producer, commit (the records are on disk first)."""
+        self.loop.checkpoint()
 
     def close(self) -> None:
         self.flush()
         self.consumer.close()
+
+
+def _archivable(message: Message) -> ArchivedRecord:
+    """The message's record, refused here if Arrow cannot hold it (where the message is still known)."""
+    record: ArchivedRecord
+    if message.topic == TOKEN_USAGE:
+        return TokenUsage.from_json(message.value)
+    record = AlertVerdict.from_json(message.value) if message.topic == VERDICTS else Alert.from_json(message.value)
+    to_arrow([record])
+    return record
+
+
+class _Archiving:
+    """The archive consumer's sink: records wait in the writer until the checkpoint writes them."""
+
+    def __init__(self, writer: ArchiveWriter) -> None:
+        self.writer = writer
+
+    def add(self, record: ArchivedRecord, message: Message) -> None:
+        kind = "events" if message.topic == TOKEN_USAGE else "verdicts" if message.topic == VERDICTS else "alerts"
+        self.writer.add(kind, (record,))
+
+    def flush(self) -> None:
+        self.writer.flush()

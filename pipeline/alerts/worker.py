@@ -10,7 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 from pipeline.alerts.service import AlertsService, ClaimedDelivery
 from pipeline.bus import ALERTS, REVOCATIONS, Bus, Message
-from pipeline.bus.dead_letter import dead_letter, describe, is_infrastructure_fault, rewind
+from pipeline.bus.checkpoint import CheckpointLoop
+from pipeline.bus.dead_letter import dead_letter
 from pipeline.events import Alert, Revocation
 
 log = logging.getLogger(__name__)
@@ -126,13 +127,13 @@ class AlertsWorker:
 class AlertsConsumer:
     """Feeds the service from the bus: alert/1 from ALERTS, revocation/1 from REVOCATIONS.
 
-    ``step()`` polls one batch, accepts every record (each ``accept_*`` commits to SQLite before it
-    returns), and only then commits the bus offsets: at-least-once, made exactly-once by the service's
-    idempotent accepts. Each record is handled on its own, under the rule of ``pipeline.bus.dead_letter``:
-    a record that fails for a reason of its own (it does not parse, its signature fails, it cannot be
-    serialised again, ... any exception but an infrastructure fault) goes to the dead-letter topic, is
-    counted, and the batch goes on. An infrastructure fault (the disk, the database, a closed service)
-    rewinds the consumer to the start of the batch and re-raises, so no good record is skipped or parked.
+    ``step()`` is one turn of the one consumer loop (``pipeline.bus.checkpoint``): it polls a batch, accepts every
+    record (each ``accept_*`` commits to SQLite before it returns), and only then commits the bus offsets:
+    at-least-once, made exactly-once by the service's idempotent accepts. A record that fails for a reason of its
+    own (it does not parse, its signature fails, it cannot be serialised again, ... any exception but an
+    infrastructure fault) goes to the dead-letter topic, is counted, and the batch goes on. An infrastructure fault
+    (the disk, the database, a closed service) rewinds the consumer to that record and re-raises, so no good
+    record is skipped or parked.
     """
 
     def __init__(
@@ -154,49 +155,48 @@ class AlertsConsumer:
         self.poll_timeout_s = poll_timeout_s
         # From the beginning for a new group: accepts are idempotent, and revocations are a compacted feed.
         self.consumer = bus.consumer([ALERTS, REVOCATIONS], group, from_beginning=True)
+        self.loop = CheckpointLoop(
+            bus,
+            self.consumer,
+            decode=self._decode,
+            sink=self,
+            name=group,
+            max_records=max_records,
+            poll_timeout_s=poll_timeout_s,
+            compacted=frozenset({REVOCATIONS}),
+        )
         self.accepted = 0
         self.duplicates = 0
-        self.dead_letters = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def step(self) -> int:
         """One poll → accept → dead-letter → commit. Returns the number of messages handled."""
-        messages = self.consumer.poll(self.max_records, self.poll_timeout_s)
-        if not messages:
-            return 0
-        try:
-            for message in messages:
-                self._handle(message)
-            self.bus.flush()  # the dead letters are stored before their offsets are committed
-        except Exception:
-            rewind(self.consumer, messages)
-            raise
-        self.consumer.commit()
-        return len(messages)
+        return self.loop.step()
 
-    def _handle(self, message: Message) -> None:
-        if message.topic == REVOCATIONS and not message.value:
-            return  # a tombstone on the compacted feed: an expired revocation, nothing to deliver
-        try:
-            if message.topic == REVOCATIONS:
-                fresh = self.service.accept_revocation(self.parse_revocation(message.value))
-            else:
-                fresh = self.service.accept_alert(Alert.from_json(message.value))
-        except Exception as exc:
-            if is_infrastructure_fault(exc):
-                raise  # good data the service could not take now: step() rewinds, and it comes again
-            # The record's own fault (RecordError, bad UTF-8, an unknown alert type, a forged signature, a value
-            # orjson cannot write, ...): parked with the error; the records after it must not wait for it.
-            error = describe(exc)
-            log.warning("dead letter from %s[%d]@%d: %s", message.topic, message.partition, message.offset, error)
-            dead_letter(self.bus, message, error, consumer=self.group)
-            self.dead_letters += 1
-            return
+    @property
+    def dead_letters(self) -> int:
+        return self.loop.dead_letters
+
+    def _decode(self, message: Message) -> Alert | Revocation:
+        if message.topic == REVOCATIONS:
+            return self.parse_revocation(message.value)
+        return Alert.from_json(message.value)
+
+    # The loop's sink: each accept commits to SQLite before it returns (nothing to flush).
+
+    def add(self, record: Alert | Revocation, message: Message) -> None:
+        if isinstance(record, Revocation):
+            fresh = self.service.accept_revocation(record)
+        else:
+            fresh = self.service.accept_alert(record)
         if fresh:
             self.accepted += 1
         else:
             self.duplicates += 1
+
+    def flush(self) -> None:
+        pass
 
     def run(self) -> None:
         while not self._stop.is_set():

@@ -20,8 +20,8 @@ from operator import itemgetter
 from pathlib import Path
 
 from pipeline.bus import ALERTS, TOKEN_USAGE, Bus, MessageRun
-from pipeline.bus.base import CommitRejected
-from pipeline.bus.dead_letter import dead_letter, describe, is_infrastructure_fault
+from pipeline.bus.checkpoint import checkpoint, park
+from pipeline.bus.dead_letter import is_infrastructure_fault
 from pipeline.detection.batch import EventBatch, Row, decode_rows, row_of
 from pipeline.detection.collector import collector_paused
 from pipeline.detection.engine import DetectionEngine
@@ -264,8 +264,8 @@ class StreamingRunner:
             if is_infrastructure_fault(exc):
                 raise
             offset = run.offsets[index]
-            if self._rebuild_until.get((run.topic, run.partition), -1) <= offset:
-                dead_letter(self.bus, run.message(index), describe(exc), consumer=self.group)
+            if self._rebuild_until.get((run.topic, run.partition), -1) <= offset:  # parked once, not when re-read
+                park(self.bus, run.message(index), exc, consumer=self.group)
                 self.dead_letters += 1
             return False
         log.warning("fast decoder refused a message from_json accepts (%s[%d]@%d)", run.topic, run.partition,
@@ -345,14 +345,11 @@ class StreamingRunner:
                 offsets[tp] = offset
         if not offsets:
             return
-        self.bus.flush()
-        try:
-            self.consumer.commit(offsets)
-        except CommitRejected as exc:
-            # A rebalance got there first. The next poll reports the new assignment and the runner rebuilds
-            # from what the group has committed (every alert id is deterministic, so none repeats); if the
-            # partitions stayed, the next commit carries these offsets again.
-            log.warning("commit rejected, the group rebalanced: %s", exc)
+        # Alerts and dead letters first (the runner publishes alerts as it goes: the producer is its sink). A
+        # rejected commit: a rebalance got there first. The next poll reports the new assignment and the runner
+        # rebuilds from what the group has committed (every alert id is deterministic, so none repeats); if the
+        # partitions stayed, the next commit carries these offsets again.
+        if not checkpoint(self.bus, self.consumer, offsets=offsets, rewind_on_failure=False):
             self.commits_rejected += 1
             return
         self._committed.update(offsets)

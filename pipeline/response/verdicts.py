@@ -29,9 +29,8 @@ import time
 import uuid
 from collections.abc import Callable
 
-from pipeline.bus import VERDICTS, Bus
-from pipeline.bus.base import CommitRejected
-from pipeline.bus.dead_letter import dead_letter, describe, is_infrastructure_fault, rewind
+from pipeline.bus import VERDICTS, Bus, Message
+from pipeline.bus.checkpoint import CheckpointLoop
 from pipeline.events import AlertVerdict, parse_ts
 from pipeline.loop import BackgroundLoop
 from pipeline.response.suppressions import Suppressions
@@ -63,16 +62,42 @@ class VerdictFollower:
         self.group = group
         self.revoke = revoke
         self.poll_timeout_s = poll_timeout_s
+        # Verdicts read (by the reader's thread, once started) and not yet applied (by the owner's thread).
+        self._read_verdicts: queue.SimpleQueue[AlertVerdict] = queue.SimpleQueue()
         # A group of its own: the whole topic, every start (see the module docstring).
         self.reader = bus.consumer([VERDICTS], f"{group}-verdicts-{uuid.uuid4()}", from_beginning=True)
         self.actor = bus.consumer([VERDICTS], f"{group}-verdicts", from_beginning=True) if revoke else None
-        # Verdicts read (by the reader's thread, once started) and not yet applied (by the owner's thread).
-        self._read_verdicts: queue.SimpleQueue[AlertVerdict] = queue.SimpleQueue()
+        # The acting reader parks a bad verdict (once); the suppressions' reader re-reads the topic at every start
+        # and only logs it.
+        compacted = frozenset({VERDICTS})
+        self._reading = CheckpointLoop(
+            bus,
+            self.reader,
+            decode=_verdict,
+            sink=_Queue(self._read_verdicts),
+            name=f"{group}-verdicts-reader",
+            max_records=MAX_RECORDS,
+            park_bad=False,
+            compacted=compacted,
+            commits=False,
+        )
+        self._acting = (
+            CheckpointLoop(
+                bus,
+                self.actor,
+                decode=_verdict,
+                sink=_Revoker(self),
+                name=f"{group}-verdicts",
+                max_records=MAX_RECORDS,
+                compacted=compacted,
+            )
+            if self.actor is not None
+            else None
+        )
         self._loops: list[BackgroundLoop] = []
         self._started = False
         self.applied = 0
         self.revocations = 0
-        self.dead_letters = 0
 
     def catch_up(self, timeout_s: float = 15.0) -> int:
         """Read and apply every verdict already on the topic — at start, on the thread that owns the suppressions,
@@ -115,22 +140,7 @@ class VerdictFollower:
 
     def read(self, timeout_s: float) -> int:
         """Poll the suppressions' reader once and queue the verdicts for :meth:`apply`; returns messages read."""
-        messages = self.reader.poll(MAX_RECORDS, timeout_s)
-        for index, message in enumerate(messages):
-            if not message.value:
-                continue  # a tombstone: nothing to apply
-            try:
-                verdict = AlertVerdict.from_json(message.value)
-            except Exception as exc:
-                if is_infrastructure_fault(exc):
-                    rewind(self.reader, messages[index:])  # not read: they come again
-                    raise
-                # The acting reader dead-letters it (once); this one re-reads the topic at every start.
-                log.warning("verdict at %s[%d]@%d ignored: %s", message.topic, message.partition, message.offset,
-                            describe(exc))  # fmt: skip
-                continue
-            self._read_verdicts.put(verdict)
-        return len(messages)
+        return self._reading.step(timeout_s)
 
     def apply(self) -> int:
         """Apply the queued verdicts to the suppressions, in the order read; returns how many."""
@@ -156,37 +166,14 @@ class VerdictFollower:
 
     def act(self, timeout_s: float) -> int:
         """Poll the acting reader once: revoke for each compromised verdict, then commit; returns messages read."""
-        if self.actor is None or self.revoke is None:
+        if self._acting is None:
             return 0
-        messages = self.actor.poll(MAX_RECORDS, timeout_s)
-        if not messages:
-            return 0
-        try:
-            for message in messages:
-                if not message.value:
-                    continue
-                try:
-                    verdict = AlertVerdict.from_json(message.value)
-                    if verdict.verdict == "compromised":
-                        self.revoke(verdict)
-                        self.revocations += 1
-                except Exception as exc:
-                    if is_infrastructure_fault(exc):
-                        raise
-                    # Its own fault (it does not parse, its values cannot be revoked): parked, the rest go on.
-                    dead_letter(self.bus, message, describe(exc), consumer=f"{self.group}-verdicts")
-                    self.dead_letters += 1
-            self.bus.flush()  # revocations and dead letters are stored before the offsets are committed
-        except Exception:
-            rewind(self.actor, messages)
-            raise
-        try:
-            self.actor.commit()
-        except CommitRejected as exc:
-            # The group rebalanced first: whoever owns the partition now reads these verdicts again and revokes
-            # once more — the same revocations, harmless (at-least-once).
-            log.warning("verdicts: commit rejected, the group rebalanced: %s", exc)
-        return len(messages)
+        return self._acting.step(timeout_s)
+
+    @property
+    def dead_letters(self) -> int:
+        """Verdicts the acting reader parked (they do not parse, or their values cannot be revoked)."""
+        return self._acting.dead_letters if self._acting is not None else 0
 
     @property
     def pending(self) -> int:
@@ -216,6 +203,38 @@ class VerdictFollower:
         self.reader.close()
         if self.actor is not None:
             self.actor.close()
+
+
+def _verdict(message: Message) -> AlertVerdict:
+    return AlertVerdict.from_json(message.value)
+
+
+class _Queue:
+    """The suppressions' reader's sink: verdicts are queued for the runner's thread to apply."""
+
+    def __init__(self, verdicts: queue.SimpleQueue[AlertVerdict]) -> None:
+        self.verdicts = verdicts
+
+    def add(self, verdict: AlertVerdict, message: Message) -> None:
+        self.verdicts.put(verdict)
+
+    def flush(self) -> None:
+        pass
+
+
+class _Revoker:
+    """The acting reader's sink: a compromised verdict revokes (the responder publishes; the checkpoint flushes)."""
+
+    def __init__(self, follower: VerdictFollower) -> None:
+        self.follower = follower
+
+    def add(self, verdict: AlertVerdict, message: Message) -> None:
+        if verdict.verdict == "compromised" and self.follower.revoke is not None:
+            self.follower.revoke(verdict)
+            self.follower.revocations += 1
+
+    def flush(self) -> None:
+        pass
 
 
 __all__ = ["VerdictFollower"]

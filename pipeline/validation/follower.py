@@ -12,17 +12,14 @@ is committed and the follower rewinds to that record: no revocation after it is 
 
 from __future__ import annotations
 
-import logging
 import time
 import uuid
 
-from pipeline.bus import REVOCATIONS, Bus
-from pipeline.bus.dead_letter import dead_letter, describe, is_infrastructure_fault, rewind
+from pipeline.bus import REVOCATIONS, Bus, Message
+from pipeline.bus.checkpoint import CheckpointLoop
 from pipeline.events import Revocation
 from pipeline.validation.revocation_feed import FeedVerifier
 from pipeline.validation.revocations import RevocationStore, RevocationStoreError
-
-log = logging.getLogger(__name__)
 
 
 class RevocationFollower:
@@ -36,49 +33,62 @@ class RevocationFollower:
         poll_timeout_s: float = 0.05,
     ):
         self.bus = bus
-        self.store = store
+        self._applier = _Applier(store)
         # With a verifier (always, over Kafka) only signed revocations count; without one (the in-process
         # bus of tests) plain revocation/1 records are read.
         self.verifier = verifier
-        self.consumer = bus.consumer([REVOCATIONS], group or f"jwtwatch-validator-{uuid.uuid4()}", from_beginning=True)
-        self.poll_timeout_s = poll_timeout_s
-        self.applied = 0
-        self.rejected = 0
-        self.tombstones = 0
+        consumer = bus.consumer([REVOCATIONS], group or f"jwtwatch-validator-{uuid.uuid4()}", from_beginning=True)
+        # Applied as read (a revocation is in force once stored); a checkpoint after every poll.
+        self.loop = CheckpointLoop(
+            bus,
+            consumer,
+            decode=self._read,
+            sink=self._applier,
+            name="validator",
+            max_records=1000,
+            poll_timeout_s=poll_timeout_s,
+            store_errors=(RevocationStoreError,),
+            compacted=frozenset({REVOCATIONS}),
+            error_prefix="revocation feed: ",
+        )
+        self.consumer = consumer
         self.caught_up = False
         self.lag_messages = 0
         self.caught_up_at: float | None = None  # monotonic time the feed was last fully read
 
+    @property
+    def store(self) -> RevocationStore:
+        return self._applier.store
+
+    @store.setter
+    def store(self, store: RevocationStore) -> None:
+        self._applier.store = store
+
+    def _read(self, message: Message) -> Revocation:
+        return self.verifier.verify(message.value) if self.verifier else Revocation.from_json(message.value)
+
+    @property
+    def applied(self) -> int:
+        return self.loop.handled
+
+    @property
+    def rejected(self) -> int:
+        return self.loop.dead_letters
+
+    @property
+    def tombstones(self) -> int:
+        """Compaction's delete markers read: expired entries, nothing to apply."""
+        return self.loop.tombstones
+
     def step(self) -> int:
-        messages = self.consumer.poll(1000, self.poll_timeout_s)
-        for index, message in enumerate(messages):
-            if not message.value:
-                self.tombstones += 1  # compaction's delete marker: an expired entry, nothing to apply
-                continue
-            try:
-                record = self.verifier.verify(message.value) if self.verifier else Revocation.from_json(message.value)
-                self.store.add(record)
-            except Exception as exc:
-                if is_infrastructure_fault(exc, RevocationStoreError):
-                    # Not stored, so not in force: this record and every one after it come again.
-                    rewind(self.consumer, messages[index:])
-                    raise
-                self.rejected += 1
-                error = describe(exc)
-                log.warning("revocation feed: unusable record at offset %s: %s", message.offset, error)
-                dead_letter(self.bus, message, error, consumer="validator")
-                continue
-            self.applied += 1
-        if messages:
-            self.bus.flush()
-            self.consumer.commit()
-        positions, ends = self.consumer.positions(), self.consumer.end_offsets()
-        self.lag_messages = sum(max(0, end - positions.get(tp, 0)) for tp, end in ends.items())
+        read = self.loop.step()
+        lag = self.loop.lag()
+        self.lag_messages = max(0, lag)
         # No partition assigned (yet) is not "caught up": it would call an empty feed complete.
-        self.caught_up = bool(ends) and self.lag_messages == 0
+        self.caught_up = lag == 0
         if self.caught_up:
             self.caught_up_at = time.monotonic()
-        return len(messages)
+        return read
 
     def lag_seconds(self) -> float:
         """How long since the feed was last fully read (infinite before the first time)."""
@@ -86,3 +96,16 @@ class RevocationFollower:
 
     def close(self) -> None:
         self.consumer.close()
+
+
+class _Applier:
+    """The follower's sink: each revocation goes into the store as it is read (the store is the durable part)."""
+
+    def __init__(self, store: RevocationStore) -> None:
+        self.store = store
+
+    def add(self, record: Revocation, message: Message) -> None:
+        self.store.add(record)
+
+    def flush(self) -> None:
+        pass

@@ -31,8 +31,8 @@ import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from pipeline.bus import Bus
-from pipeline.bus.dead_letter import dead_letter, describe, is_infrastructure_fault, rewind
+from pipeline.bus import Bus, Message
+from pipeline.bus.checkpoint import CheckpointLoop
 from pipeline.bus.topics import REPLAY
 
 log = logging.getLogger(__name__)
@@ -151,7 +151,10 @@ def parse_use(raw: bytes) -> tuple[str, str, float, str]:
 
 
 class ReplayFollower:
-    """Reads every instance's one-time uses from ``jwtwatch.replay`` into this instance's :class:`ReplayCache`."""
+    """Reads every instance's one-time uses from ``jwtwatch.replay`` into this instance's :class:`ReplayCache`.
+
+    Each use is its own record (the rule of ``pipeline.bus.dead_letter``): a bad one is parked and the uses after it
+    in the same poll are still recorded — skipping them would let those one-time tokens be used twice."""
 
     def __init__(
         self,
@@ -173,49 +176,54 @@ class ReplayFollower:
         self.on_race = on_race
         # A group of its own: every instance reads every use, from the beginning (entries expire by themselves).
         self.consumer = bus.consumer([REPLAY], f"jwtwatch-replay-{uuid.uuid4()}", from_beginning=True)
-        self.applied = 0
-        self.rejected = 0
+        self.loop = CheckpointLoop(
+            bus,
+            self.consumer,
+            decode=lambda message: parse_use(message.value),
+            sink=self,
+            name="validator-replay",
+            max_records=1000,
+            poll_timeout_s=poll_timeout_s,
+            error_prefix="replay feed: ",
+        )
         self.races = 0
         self.caught_up = False
         self.caught_up_at: float | None = None
 
+    @property
+    def applied(self) -> int:
+        return self.loop.handled
+
+    @property
+    def rejected(self) -> int:
+        return self.loop.dead_letters
+
     def step(self) -> int:
-        messages = self.consumer.poll(1000, self.poll_timeout_s)
-        now = self.clock()
-        for index, message in enumerate(messages):
-            try:
-                iss, jti, expires_at, instance = parse_use(message.value)
-            except Exception as exc:  # ValueError, bad UTF-8, RecursionError (JSON nested ~1000 deep), ...
-                if is_infrastructure_fault(exc):
-                    rewind(self.consumer, messages[index:])  # this use and those after it come again
-                    raise
-                # The record's own fault (the rule of pipeline.bus.dead_letter): parked, and the uses after it in
-                # this poll are still recorded — skipping them would let those one-time tokens be used twice.
-                self.rejected += 1
-                dead_letter(self.bus, message, f"replay feed: {describe(exc)}", consumer="validator-replay")
-                continue
-            if instance == self.instance:
-                continue  # our own use, recorded when we accepted it
-            # Whatever a message claims, no token outlives the lifetime cap: a forged entry cannot live forever.
-            expires_at = min(expires_at, now + self.max_ttl_s)
-            known = self.cache.remember(iss, jti, expires_at, now, instance)
-            if known == ReplayCache.LOCAL:
-                # Both this instance and another accepted the same one-time token inside the propagation window.
-                self.races += 1
-                log.warning(
-                    "one-time token %r of %r was accepted here and at instance %s", jti[:64], iss[:64], instance
-                )
-                if self.on_race is not None:
-                    self.on_race()
-            self.applied += 1
-        if messages:
-            self.consumer.commit()
-        positions, ends = self.consumer.positions(), self.consumer.end_offsets()
-        lag = sum(max(0, end - positions.get(tp, 0)) for tp, end in ends.items())
-        self.caught_up = bool(ends) and lag == 0
+        read = self.loop.step()
+        self.caught_up = self.loop.lag() == 0
         if self.caught_up:
             self.caught_up_at = time.monotonic()
-        return len(messages)
+        return read
+
+    # The loop's sink: uses are remembered as they are read (the cache is memory; a restart re-reads the topic).
+
+    def add(self, use: tuple[str, str, float, str], message: Message) -> None:
+        iss, jti, expires_at, instance = use
+        if instance == self.instance:
+            return  # our own use, recorded when we accepted it
+        now = self.clock()
+        # Whatever a message claims, no token outlives the lifetime cap: a forged entry cannot live forever.
+        expires_at = min(expires_at, now + self.max_ttl_s)
+        known = self.cache.remember(iss, jti, expires_at, now, instance)
+        if known == ReplayCache.LOCAL:
+            # Both this instance and another accepted the same one-time token inside the propagation window.
+            self.races += 1
+            log.warning("one-time token %r of %r was accepted here and at instance %s", jti[:64], iss[:64], instance)
+            if self.on_race is not None:
+                self.on_race()
+
+    def flush(self) -> None:
+        pass
 
     def close(self) -> None:
         self.consumer.close()
