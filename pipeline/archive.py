@@ -16,7 +16,7 @@ vector behind each of those scores; its columns differ by entity type (``pipelin
 hence the extra ``entity_type`` partition. Both come from the detection engine's ``on_scored`` observer
 (:class:`ScoreRecorder`).
 
-Files are written whole to a temporary name and renamed, so a reader never sees half a file. The
+Files are written whole to a temporary name, fsynced and renamed, so a reader never sees half a file. The
 :class:`ArchiveConsumer` commits its bus offsets only after the files are on disk: a crash re-archives at
 most one batch (consumers de-duplicate on ``event_id`` / ``alert_id``), and loses nothing.
 
@@ -46,6 +46,7 @@ from pipeline.bus.checkpoint import CheckpointLoop
 from pipeline.bus.dead_letter import is_infrastructure_fault
 from pipeline.events import ALERT_ARROW, Alert, AlertVerdict, TokenUsage, parse_ts, to_arrow
 from pipeline.features import FEATURES
+from pipeline.files import atomic_file
 from pipeline.scoring.model import DetectionModel
 from pipeline.simulate.io import to_arrow_table  # a token-usage/1 frame as Arrow (not only for simulations)
 
@@ -235,18 +236,10 @@ class ArchiveWriter:
     def _write(self, directory: Path, date: str, hour: str, table: pa.Table) -> None:
         directory = directory / f"date={date}" / f"hour={hour}"
         self._make_dirs(directory)
-        name = f"part-{uuid.uuid4().hex}.parquet"
-        tmp = directory / f".{name}.tmp"  # a dot file: readers skip it until the rename
-        # Created 0600 here rather than by pyarrow, whose files follow the umask.
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
-        try:
-            with os.fdopen(fd, "wb") as sink:
-                pq.write_table(table, sink)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-            raise
-        os.replace(tmp, directory / name)
+        # Whole and durable before the consumer commits the offsets of what it holds (a dot file until renamed:
+        # readers skip it); 0600 whatever the umask.
+        with atomic_file(directory / f"part-{uuid.uuid4().hex}.parquet", 0o600) as sink:
+            pq.write_table(table, sink)
 
     def _make_dirs(self, directory: Path) -> None:
         """``directory`` and every missing parent up to the archive root, each 0700 (``mkdir -p`` would give
@@ -372,13 +365,6 @@ def as_usage_frame(events: pd.DataFrame) -> pd.DataFrame:
     for name in ("iat", "exp"):
         frame[name] = frame[name].astype("Int64")
     return frame.sort_values("ts", kind="stable", ignore_index=True)
-
-
-def entity_events(events: pd.DataFrame, entity_type: str, entity: str) -> pd.DataFrame:
-    """The usage events of one entity — a token (``jti``), a subject (``sub``) or an address (``ip``)."""
-    if entity_type not in ("jti", "sub", "ip"):
-        raise ValueError("entity_type must be jti, sub or ip")
-    return events[events[entity_type] == entity].reset_index(drop=True)
 
 
 # ------------------------------------------------------------------------------------- bus consumer

@@ -55,6 +55,8 @@ REASON_SET: frozenset[str] = frozenset(REASONS)
 
 ENTITY_TYPES: frozenset[str] = frozenset({"jti", "sub", "ip"})
 SEVERITIES: tuple[str, ...] = ("low", "medium", "high", "critical")
+#: A severity's rank, for comparing severities (``SEVERITY_RANK["high"] > SEVERITY_RANK["medium"]``).
+SEVERITY_RANK: dict[str, int] = {name: rank for rank, name in enumerate(SEVERITIES)}
 ALERT_ACTIONS: frozenset[str] = frozenset({"none", "revoked", "revocation_suppressed"})
 REVOCATION_KINDS: frozenset[str] = frozenset({"jti", "sub"})
 REVOCATION_SOURCES: frozenset[str] = frozenset({"auto", "manual"})

@@ -77,6 +77,7 @@ from pipeline.events import (
     MAX_RULE_NAME,
     MAX_VERDICT_RULES,
     SEVERITIES,
+    SEVERITY_RANK,
     Alert,
     AlertVerdict,
     Revocation,
@@ -88,7 +89,6 @@ log = logging.getLogger(__name__)
 
 DB_NAME = "alerts.sqlite"
 SCHEMA_VERSION = 3  # 2: deliveries.claimed_by; 3: verdicts
-_RANK = {name: rank for rank, name in enumerate(SEVERITIES)}
 DELIVERY_STATUSES: tuple[str, ...] = ("pending", "delivered", "failed", "disabled")
 #: A claimed delivery is not claimed again for this long (covers the attempt, even if the process dies in it).
 #: A restarted service does not wait for it: claims of a process on this host that no longer runs are released
@@ -431,7 +431,7 @@ class AlertsService:
         unknown = [t for t in event_types if t not in EVENT_TYPES]
         if unknown:
             raise ValueError(f"unknown event types {unknown!r}: choose from {list(EVENT_TYPES)}")
-        if min_severity not in _RANK:
+        if min_severity not in SEVERITY_RANK:
             raise ValueError(f"min_severity must be one of {list(SEVERITIES)}")
         resolved = check_target_url(url, self.resolver)
         types = [t for t in EVENT_TYPES if t in set(event_types)]
@@ -518,7 +518,7 @@ class AlertsService:
         """
         if alert.type not in ("token.anomaly", "revocation.storm"):
             raise ValueError(f"alert {alert.alert_id!r} has unknown type {alert.type!r}")
-        rank = _RANK[alert.severity]
+        rank = SEVERITY_RANK[alert.severity]
         ts = parse_ts(alert.ts).timestamp()
         now = self.clock()
         with self._tx() as db:
@@ -600,7 +600,8 @@ class AlertsService:
         ).fetchall():
             if event_type not in orjson.loads(types):
                 continue
-            if event_type == "token.anomaly" and severity is not None and _RANK[severity] < _RANK[min_severity]:
+            below = severity is not None and SEVERITY_RANK[severity] < SEVERITY_RANK[min_severity]
+            if event_type == "token.anomaly" and below:
                 continue
             db.execute(
                 "INSERT INTO deliveries (message_id, webhook_id, status, next_attempt_at, created_at, updated_at)"
@@ -817,10 +818,10 @@ class AlertsService:
             where.append("entity = ?")
             params.append(entity)
         if severity is not None:
-            if severity not in _RANK:
+            if severity not in SEVERITY_RANK:
                 raise ValueError(f"severity must be one of {list(SEVERITIES)}")
             where.append("severity_rank >= ?")
-            params.append(_RANK[severity])
+            params.append(SEVERITY_RANK[severity])
         if since is not None:
             where.append("ts >= ?")
             params.append(since)

@@ -7,21 +7,19 @@ streaming runner keeps its own under the data dir.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from pipeline.features.baselines import Baselines
+from pipeline.files import atomic_write
 
 #: The history ``jwtwatch train`` writes into the model directory.
 HISTORY_FILE = "baselines.json"
 
 
 def save_baselines(baselines: Baselines, path: Path) -> None:
-    """Write atomically: a crash leaves the previous file, never half of one."""
+    """Write atomically: a crash leaves the previous file, never half of one. Owner-only: it names subjects."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(baselines.to_dict()))
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(baselines.to_dict()).encode(), 0o600)
 
 
 def load_baselines(path: Path) -> Baselines:

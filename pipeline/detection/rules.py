@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from pipeline.events import SEVERITY_RANK
 from pipeline.features import FEATURES
 
 FORGED_PROBING_MIN = 10  # forged or malformed tokens from one IP in a window
@@ -24,16 +25,15 @@ CONCURRENT_MIN_RETURNS = 4
 #: The least severity an alert gets when a rule fires. ``parallel_sessions`` has a benign look-alike (one
 #: user's app open on two devices on two networks at once), so by default it alerts without reaching the
 #: auto-revocation policy's ``high``.
-_RANK = {"low": 0, "medium": 1, "high": 2, "critical": 3}
 RULE_MIN_SEVERITY = {"parallel_sessions": "medium"}
 
 
 def rule_severity(rules: Sequence[str], severity: str | None) -> str | None:
     """The forest's severity raised to what the fired rules ask for (rules never lower it)."""
-    floor = max((RULE_MIN_SEVERITY.get(rule, "high") for rule in rules), key=_RANK.__getitem__, default=None)
+    floor = max((RULE_MIN_SEVERITY.get(rule, "high") for rule in rules), key=SEVERITY_RANK.__getitem__, default=None)
     if floor is None:
         return severity
-    if severity is None or _RANK[severity] < _RANK[floor]:
+    if severity is None or SEVERITY_RANK[severity] < SEVERITY_RANK[floor]:
         return floor
     return severity
 

@@ -19,6 +19,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from pipeline.files import atomic_path
+
 _UINT32 = 1 << 32
 
 
@@ -63,12 +65,8 @@ def write_mmdb(
         writer.insert_network(IPSet([str(network)]), typed(record))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_path(path, 0o644) as tmp:
         writer.to_db_file(str(tmp))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return len(rows)
 
 

@@ -17,11 +17,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.events import SEVERITIES, Alert, format_ts
+from pipeline.events import SEVERITY_RANK, Alert, format_ts
 from pipeline.response.summary import EntityFacts, summarize
 
 ALERT_NAMESPACE = uuid.UUID("4f1c8a52-6a1e-4a37-9f0e-1d2b7c6e9a10")
-_RANK = {name: rank for rank, name in enumerate(SEVERITIES)}
 
 
 def alert_id(entity_type: str, entity: str, window_start: float, model_version: str) -> str:
@@ -99,10 +98,10 @@ class AlertTracker:
             self.raised += 1
             return self._alert(episode, finding, facts)
         episode.last_ts = max(episode.last_ts, finding.ts)
-        escalated = _RANK[finding.severity] > _RANK[episode.severity] or not new_rules <= episode.rules
+        escalated = SEVERITY_RANK[finding.severity] > SEVERITY_RANK[episode.severity] or not new_rules <= episode.rules
         if not escalated:
             return None
-        episode.severity = max(episode.severity, finding.severity, key=_RANK.__getitem__)
+        episode.severity = max(episode.severity, finding.severity, key=SEVERITY_RANK.__getitem__)
         episode.score = max(episode.score, finding.score)
         episode.rules |= new_rules
         self.updated += 1

@@ -23,11 +23,10 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Literal
 
-from pipeline.events import SEVERITIES, Alert
+from pipeline.events import SEVERITIES, SEVERITY_RANK, Alert
 from pipeline.validation.client_ip import Network, parse_networks
 
 Action = Literal["none", "revoked", "revocation_suppressed"]
-_RANK = {name: rank for rank, name in enumerate(SEVERITIES)}
 
 
 @dataclass(frozen=True)
@@ -42,7 +41,7 @@ class ResponsePolicy:
     subject_on_critical: bool = True
 
     def __post_init__(self) -> None:
-        if self.min_severity not in _RANK:
+        if self.min_severity not in SEVERITY_RANK:
             raise ValueError(f"min_severity must be one of {SEVERITIES}")
         if self.max_per_minute < 1:
             raise ValueError("max_per_minute must be at least 1")
@@ -92,7 +91,7 @@ class AutoRevoker:
         policy = self.policy
         if not policy.enabled:
             return Decision("none", "auto-revocation is off")
-        if _RANK[alert.severity] < _RANK[policy.min_severity]:
+        if SEVERITY_RANK[alert.severity] < SEVERITY_RANK[policy.min_severity]:
             return Decision("none", f"severity {alert.severity} below {policy.min_severity}")
         kind: Literal["jti", "sub"]
         if alert.severity == "critical" and policy.subject_on_critical and alert.sub:

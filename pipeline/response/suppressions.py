@@ -22,9 +22,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from pipeline.events import SEVERITIES
+from pipeline.events import SEVERITIES, SEVERITY_RANK
 
-_RANK = {name: rank for rank, name in enumerate(SEVERITIES)}
 #: At most this many suppressions are kept (expired ones go first); verdicts are made by people, so this is
 #: far above what a deployment needs, and a flood of verdicts cannot grow memory without bound.
 MAX_SUPPRESSIONS = 100_000
@@ -69,11 +68,12 @@ class Suppressions:
                 del self._by_entity[key]
         if verdict != "benign" or until is None:
             return
-        if severity not in _RANK:
+        if severity not in SEVERITY_RANK:
             raise ValueError(f"severity must be one of {SEVERITIES}")
         if self._count >= MAX_SUPPRESSIONS:
             self._drop_earliest()
-        self._by_entity.setdefault(key, {})[alert_id] = Suppression(alert_id, frozenset(rules), _RANK[severity], until)
+        suppression = Suppression(alert_id, frozenset(rules), SEVERITY_RANK[severity], until)
+        self._by_entity.setdefault(key, {})[alert_id] = suppression
         self._count += 1
 
     def covers(self, entity_type: str, entity: str, rules: Iterable[str], severity: str, ts: float) -> bool:
@@ -82,7 +82,7 @@ class Suppressions:
         if not entries:
             return False
         pattern = frozenset(rules)
-        rank = _RANK[severity]
+        rank = SEVERITY_RANK[severity]
         return any(ts <= s.until and rank <= s.severity_rank and pattern <= s.rules for s in entries.values())
 
     def prune(self, now: float) -> int:

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +19,7 @@ import skops.io as sio
 from sklearn.ensemble import IsolationForest
 
 from pipeline.features import FEATURES
+from pipeline.files import atomic_path, atomic_write
 from pipeline.scoring import EntityScorer
 from pipeline.windows import WindowSpec
 
@@ -81,18 +80,13 @@ def save_model(model: DetectionModel, directory: Path) -> str:
     files = {}
     for entity_type, scorer in model.scorers.items():
         name = f"forest-{entity_type}.skops"
-        tmp = Path(tempfile.mkstemp(dir=directory, suffix=".tmp")[1])
-        sio.dump(scorer.forest_, tmp, compression=zipfile.ZIP_DEFLATED, compresslevel=9)
-        os.chmod(tmp, 0o644)  # a model is not a secret; mkstemp makes files private
-        os.replace(tmp, directory / name)
+        with atomic_path(directory / name, 0o644) as tmp:  # a model is not a secret
+            sio.dump(scorer.forest_, tmp, compression=zipfile.ZIP_DEFLATED, compresslevel=9)
         files[name] = _file_sha256(directory / name)
     metadata = finalize_metadata(model)
     metadata["files"] = files
     model.metadata = metadata
-    tmp = Path(tempfile.mkstemp(dir=directory, suffix=".tmp")[1])
-    tmp.write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, directory / METADATA_FILE)
+    atomic_write(directory / METADATA_FILE, (json.dumps(metadata, indent=2, sort_keys=True) + "\n").encode(), 0o644)
     return metadata["version"]
 
 

@@ -31,6 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.events import REASONS, TOKEN_USAGE_ARROW, TOKEN_USAGE_SCHEMA, TokenUsage, format_ts, parse_ts
+from pipeline.files import atomic_file
 from pipeline.simulate.engine import record_columns
 from pipeline.simulate.model import Incident, Simulation
 
@@ -59,13 +60,8 @@ def event_format(path: str | os.PathLike[str]) -> str:
 def _atomic(path: Path) -> Iterator[IO[bytes]]:
     """Write to a sibling temp file and move it into place, so a reader never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as raw:
-            yield raw
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_file(path, 0o644) as f:
+        yield f
 
 
 def write_events(sim_or_df: Simulation | pd.DataFrame, path: str | os.PathLike[str]) -> int:

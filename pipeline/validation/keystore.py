@@ -39,7 +39,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -51,6 +50,9 @@ from typing import Any, Literal
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm, get_default_algorithms
+
+from pipeline import files
+from pipeline.files import InsecureFileError, atomic_write, fsync_dir
 
 __all__ = [
     "ALGORITHMS",
@@ -475,32 +477,6 @@ def _os_errors(action: str) -> Iterator[None]:
         raise KeyStoreError(f"{action}: {e.strerror or e}{where}") from e
 
 
-def _fsync_dir(path: Path) -> None:
-    # the rename itself lives in the directory; without this a crash can forget it
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_atomic(path: Path, data: bytes, mode: int) -> None:
-    """Readers see the old file or the new one, never a half-written one."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), mode)  # before any secret byte is written
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
-
-
 @contextlib.contextmanager
 def _locked(root: Path) -> Iterator[None]:
     fd = os.open(root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
@@ -796,7 +772,7 @@ class KeyStore:
                     "keys": [{"kid": kid, "alg": alg, "created_at": t, "retired_at": None, "jwk": jwk}],
                     "audit_head": {"seq": head["seq"], "hash": head["hash"]},
                 }
-                _write_atomic(root / STORE_FILE, canonical_json(meta), 0o644)
+                atomic_write(root / STORE_FILE, canonical_json(meta), 0o644)
                 store._publish_jwks()
         log.info("key store initialised in %s with %s key %s", root, alg, kid)
         return store
@@ -1042,7 +1018,7 @@ class KeyStore:
         new_meta = {**meta, "keys": keys, "audit_head": {"seq": head["seq"], "hash": head["hash"]}}
         if audit_record is not None:
             new_meta["audit_key"] = audit_record
-        _write_atomic(self._root / STORE_FILE, canonical_json(new_meta), 0o644)
+        atomic_write(self._root / STORE_FILE, canonical_json(new_meta), 0o644)
         self._meta_cache = None
         self._publish_jwks()
 
@@ -1067,7 +1043,7 @@ class KeyStore:
 
     def _publish_jwks(self) -> None:
         """Keep ``jwks.json`` beside the store, so a validator can follow it with ``--jwks-file``."""
-        _write_atomic(self._root / JWKS_FILE, json.dumps(self.public_jwks(), indent=2).encode() + b"\n", 0o644)
+        atomic_write(self._root / JWKS_FILE, json.dumps(self.public_jwks(), indent=2).encode() + b"\n", 0o644)
         # a signed copy (jwks.jwt, see signed_jwks.py) that no longer lists these keys would be a lie: remove it
         # until it is signed again (jwtwatch keys sign-jwks, or keys rotate --root)
         signed = self._root / "jwks.jwt"
@@ -1095,7 +1071,7 @@ class KeyStore:
             with contextlib.suppress(FileNotFoundError):
                 (self._root / PRIVATE_DIR / f"{kid}.pem").unlink()
         if kids:
-            _fsync_dir(self._root / PRIVATE_DIR)
+            fsync_dir(self._root / PRIVATE_DIR)
 
     # ---- the private-key backend: files under private/ (Pkcs11KeyStore overrides these)
 
@@ -1156,7 +1132,7 @@ class KeyStore:
         jwk = _public_jwk(key)
         kid = jwk_thumbprint(jwk)
         path = self._root / PRIVATE_DIR / f"{kid}.pem"
-        _write_atomic(path, _pem(key, self._passphrase if encrypted else None), 0o600)
+        atomic_write(path, _pem(key, self._passphrase if encrypted else None), 0o600)
         return jwk
 
     def _sign_bytes(self, kid: str, alg: str, data: bytes) -> bytes:
@@ -1177,7 +1153,7 @@ class KeyStore:
                 return 0
             for k in meta["keys"]:
                 key = self._private_key(k["kid"], k["alg"])
-                _write_atomic(self._root / PRIVATE_DIR / f"{k['kid']}.pem", _pem(key, self._passphrase), 0o600)
+                atomic_write(self._root / PRIVATE_DIR / f"{k['kid']}.pem", _pem(key, self._passphrase), 0o600)
             records = [("encrypt", k["kid"], k["alg"], {}) for k in meta["keys"]]
             self._commit({**meta, "encrypted": True}, meta["keys"], records, t)
         return len(meta["keys"])
@@ -1219,11 +1195,7 @@ class KeyStore:
         if cached is not None:
             return cached
         path = self._root / PRIVATE_DIR / f"{kid}.pem"
-        with _os_errors(f"cannot load private key {kid}"):
-            mode = path.stat().st_mode & 0o777
-            if mode & 0o077:
-                raise KeyStoreError(f"{path} is accessible by other users (mode {mode:o}); chmod 600 it")
-            data = path.read_bytes()
+        data = _read_private(path, f"cannot load private key {kid}")
         encrypted = data.startswith(_ENCRYPTED_PEM)
         if encrypted and self._passphrase is None:
             raise KeyStoreError(_NEED_PASSPHRASE.format(root=self._root))
@@ -1273,16 +1245,26 @@ def secret_from_env(value_env: str, file_env: str, what: str, environ: Mapping[s
 
 
 def read_secret_file(path: Path, what: str) -> bytes:
-    """A secret kept in a file (passphrase, PIN): owner-only, first line, trailing newline stripped."""
-    with _os_errors(f"cannot read the {what} file"):
-        mode = path.stat().st_mode & 0o777
-        data = path.read_bytes()
-    if mode & 0o077:
-        raise KeyStoreError(f"the {what} file {path} is accessible by other users (mode {mode:o}); chmod 600 it")
-    secret = data.split(b"\n", 1)[0].rstrip(b"\r")
-    if not secret:
-        raise KeyStoreError(f"the {what} file {path} is empty")
-    return secret
+    """A secret kept in a file (passphrase, PIN): owner-only, first line, trailing newline stripped
+    (:func:`pipeline.files.read_secret_file`, its errors as :class:`KeyStoreError`)."""
+    try:
+        return files.read_secret_file(path, what)
+    except InsecureFileError as e:
+        raise KeyStoreError(str(e)) from e
+    except OSError as e:
+        raise KeyStoreError(f"cannot read the {what} file: {e.strerror or e} ({path})") from e
+    except ValueError as e:
+        raise KeyStoreError(str(e)) from e
+
+
+def _read_private(path: Path, action: str) -> bytes:
+    """A private key file's bytes, refused unless owner-only (:func:`pipeline.files.read_private_file`)."""
+    try:
+        return files.read_private_file(path, "private key")
+    except InsecureFileError as e:
+        raise KeyStoreError(str(e)) from e
+    except OSError as e:
+        raise KeyStoreError(f"{action}: {e.strerror or e} ({path})") from e
 
 
 def _signed_keys(path: Path) -> Any:

@@ -37,9 +37,9 @@ from typing import Any
 import jwt
 from cryptography.hazmat.primitives import serialization
 
+from pipeline.files import atomic_write, read_private_file
 from pipeline.validation.jwks import JwksError, KeySet, bind_key, parse_jwks
 from pipeline.validation.keystore import (
-    JWKS_FILE,
     KeyStore,
     KeyStoreError,
     _check_alg,
@@ -47,7 +47,6 @@ from pipeline.validation.keystore import (
     _os_errors,
     _pem,
     _public_jwk,
-    _write_atomic,
     canonical_json,
     jwk_thumbprint,
     passphrase_from_env,
@@ -112,10 +111,10 @@ class RootKey:
             key = _generate_key(alg, 3072)
             jwk = _public_jwk(key)
             public = {**jwk, "kid": jwk_thumbprint(jwk), "alg": alg, "use": "sig"}
-            _write_atomic(root / ROOT_PRIVATE, _pem(key, secret), 0o600)
-            _write_atomic(root / ROOT_PUBLIC, json.dumps(public, indent=2).encode() + b"\n", 0o644)
+            atomic_write(root / ROOT_PRIVATE, _pem(key, secret), 0o600)
+            atomic_write(root / ROOT_PUBLIC, json.dumps(public, indent=2).encode() + b"\n", 0o644)
             meta = {"format": "jwtwatch-root/1", "issuer": issuer, "jwk": public, "encrypted": secret is not None}
-            _write_atomic(root / ROOT_META, json.dumps(meta, indent=2).encode() + b"\n", 0o644)
+            atomic_write(root / ROOT_META, json.dumps(meta, indent=2).encode() + b"\n", 0o644)
         return cls(root, issuer, public, key)
 
     @classmethod
@@ -126,10 +125,7 @@ class RootKey:
         with _os_errors(f"cannot open the root key in {root}"):
             meta = json.loads((root / ROOT_META).read_bytes())
             path = root / ROOT_PRIVATE
-            mode = path.stat().st_mode & 0o777
-            if mode & 0o077:
-                raise KeyStoreError(f"{path} is accessible by other users (mode {mode:o}); chmod 600 it")
-            data = path.read_bytes()
+            data = read_private_file(path, "root key")  # InsecureFileError is an OSError: a KeyStoreError here
         encrypted = data.startswith(b"-----BEGIN ENCRYPTED PRIVATE KEY-----")
         if encrypted and secret is None:
             raise KeyStoreError(f"the root key in {root} is encrypted: set JWTWATCH_KEYS_PASSPHRASE")
@@ -177,7 +173,7 @@ def publish_signed_jwks(
     t = time.time() if now is None else now
     token = sign_jwks(root, store.public_jwks(), validity_s=validity_s, now=t, after_iat=_previous_iat(path, t))
     with _os_errors(f"cannot write {path}"):
-        _write_atomic(path, token.encode() + b"\n", 0o644)
+        atomic_write(path, token.encode() + b"\n", 0o644)
     return path
 
 
@@ -200,17 +196,6 @@ def _previous_iat(path: Path, now: float) -> float | None:
     ):
         return None
     return float(iat)
-
-
-def signed_jwks_is_current(store_dir: Path) -> bool:
-    """Whether DIR/jwks.jwt carries exactly the keys of DIR/jwks.json (its signature is not checked here)."""
-    try:
-        token = (Path(store_dir) / SIGNED_JWKS_FILE).read_text().strip()
-        published = json.loads((Path(store_dir) / JWKS_FILE).read_bytes())
-        claims = jwt.decode(token, options={"verify_signature": False})
-    except (OSError, ValueError, jwt.PyJWTError):
-        return False
-    return claims.get("keys") == published.get("keys")
 
 
 @dataclass(frozen=True, slots=True)
@@ -432,7 +417,7 @@ class SignedJwksHighWater:
             "recorded_at": int(time.time()),
         }
         try:
-            _write_atomic(self.path, json.dumps(record, indent=2).encode() + b"\n", 0o600)
+            atomic_write(self.path, json.dumps(record, indent=2).encode() + b"\n", 0o600)
         except OSError as exc:
             raise RollbackError(f"cannot record the signed JWKS state in {self.path}: {exc}", "state") from None
 
