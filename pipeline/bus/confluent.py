@@ -19,14 +19,14 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Protocol
 
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, KafkaException, TopicPartition
 from confluent_kafka import Consumer as RdKafkaConsumer
 from confluent_kafka import KafkaError as RdKafkaError
 
 from pipeline.bus.base import Consumer, Message, MessageRun, runs_of
-from pipeline.bus.kafka import KafkaBus, KafkaBusError, KafkaCommitRejected  # kafka.py imports this module lazily
+from pipeline.bus.errors import KafkaBusError, KafkaCommitRejected
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +45,28 @@ _LOST_TO_A_REBALANCE = frozenset(
 Key = tuple[str, int]
 
 
+class KafkaBusLike(Protocol):
+    """What a consumer reads of the :class:`~pipeline.bus.kafka.KafkaBus` that made it. kafka.py imports this
+    module on demand; naming only this keeps the import one way."""
+
+    @property
+    def bootstrap(self) -> str: ...
+
+    @property
+    def client_id(self) -> str: ...
+
+    @property
+    def timeout_s(self) -> float: ...
+
+    @property
+    def assignment_timeout_s(self) -> float: ...
+
+    @property
+    def closed(self) -> bool: ...
+
+
 class ConfluentConsumer(Consumer):
-    def __init__(self, bus: KafkaBus, topics: Iterable[str], group: str, *, from_beginning: bool = True) -> None:
+    def __init__(self, bus: KafkaBusLike, topics: Iterable[str], group: str, *, from_beginning: bool = True) -> None:
         self.bus = bus
         self.group = group
         self.topics = list(topics)
@@ -108,7 +128,7 @@ class ConfluentConsumer(Consumer):
         if max_records < 1:
             raise ValueError("max_records must be at least 1")
         with self._lock:
-            if self._closed or self.bus._closed:
+            if self._closed or self.bus.closed:
                 return []
             if self._stash:
                 stashed = self._take_stash(max_records)

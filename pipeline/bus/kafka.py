@@ -54,12 +54,13 @@ from kafka.errors import (
 )
 from kafka.structs import MemberState, OffsetAndMetadata, TopicPartition
 
-from pipeline.bus.base import Bus, CommitRejected, Consumer, Message, MessageRun, encode_key, runs_of
+from pipeline.bus.base import Bus, Consumer, Message, MessageRun, encode_key, runs_of
+from pipeline.bus.errors import KafkaBusError, KafkaCommitRejected
 from pipeline.bus.topics import TopicSpec, default_topics
 
 _Client = TypeVar("_Client")
 
-__all__ = ["KafkaBus", "KafkaBusError", "KafkaConsumerAdapter"]
+__all__ = ["KafkaBus", "KafkaBusError", "KafkaCommitRejected", "KafkaConsumerAdapter"]
 
 log = logging.getLogger(__name__)
 
@@ -87,10 +88,6 @@ _POLL_SLICE_S = 0.5  # a waiting poll notices close() within this long
 _ASSIGN_POLL_MS = 50
 
 
-class KafkaBusError(RuntimeError):
-    """Kafka could not do what was asked (unreachable, timed out, rejected). The cause is chained."""
-
-
 #: What the group coordinator answers to a commit from a member whose generation a rebalance has ended.
 _LOST_TO_A_REBALANCE = (
     CommitFailedError,
@@ -99,10 +96,6 @@ _LOST_TO_A_REBALANCE = (
     UnknownMemberIdError,
     FencedInstanceIdError,
 )
-
-
-class KafkaCommitRejected(KafkaBusError, CommitRejected):
-    """A commit lost to a rebalance (:class:`CommitRejected`); also a :class:`KafkaBusError`."""
 
 
 @contextlib.contextmanager
@@ -367,6 +360,11 @@ class KafkaBus(Bus):
             ) from first
 
     # -- consuming --------------------------------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called (a consumer's wait for its assignment gives up then)."""
+        return self._closed
 
     def consumer(self, topics: Iterable[str], group: str, *, from_beginning: bool = True) -> Consumer:
         if self._closed:

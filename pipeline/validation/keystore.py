@@ -35,6 +35,7 @@ import contextlib
 import fcntl
 import hashlib
 import hmac
+import importlib
 import json
 import logging
 import os
@@ -45,7 +46,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
@@ -62,6 +63,7 @@ __all__ = [
     "KeyStore",
     "KeyStoreError",
     "StoreCheck",
+    "backend_class",
     "chain_line",
     "check_head",
     "entry_hash",
@@ -69,6 +71,7 @@ __all__ = [
     "parse_duration",
     "passphrase_from_env",
     "read_secret_file",
+    "register_backend",
     "secret_from_env",
     "verify_audit",
     "verify_audit_lines",
@@ -639,9 +642,36 @@ def _load_meta(
 def _backend_of(meta: dict[str, Any], path: Path) -> str:
     """``backend`` of a store (``file`` when store.json does not say)."""
     kind = meta.get("backend", "file")
-    if kind not in ("file", "pkcs11"):
+    if not isinstance(kind, str) or kind not in BACKEND_MODULES:
         raise KeyStoreError(f"key store metadata {path} is corrupt: unknown backend {kind!r}")
     return kind
+
+
+# --------------------------------------------------------------------------- backends
+
+#: Key store backends by the name store.json records, and the module of each. ``file`` is :class:`KeyStore`
+#: itself; any other backend is a subclass in its own module, which registers it (:func:`register_backend`) and
+#: is imported by name the first time a store of that kind is made or opened — the base never imports it.
+BACKEND_MODULES = {"file": __name__, "pkcs11": "pipeline.validation.pkcs11"}
+_BACKENDS: dict[str, type[KeyStore]] = {}
+_Store = TypeVar("_Store", bound="type[KeyStore]")
+
+
+def register_backend(cls: _Store) -> _Store:
+    """Class decorator: ``cls`` makes and opens the key stores whose backend is ``cls.BACKEND``."""
+    if cls.BACKEND not in BACKEND_MODULES:
+        raise ValueError(f"backend {cls.BACKEND!r} is not in keystore.BACKEND_MODULES")
+    _BACKENDS[cls.BACKEND] = cls
+    return cls
+
+
+def backend_class(name: str) -> type[KeyStore]:
+    """The key store class of backend ``name`` (``file``, ``pkcs11``), its module imported if need be."""
+    if name not in BACKEND_MODULES:
+        raise KeyStoreError(f"unknown key store backend {name!r} ({' or '.join(BACKEND_MODULES)})")
+    if name not in _BACKENDS:
+        importlib.import_module(BACKEND_MODULES[name])
+    return _BACKENDS[name]
 
 
 def _read_head(root: Path) -> tuple[int, str] | None:
@@ -671,6 +701,7 @@ def verify_audit(dir: Path, *, key: AuditKey | None = None, expect_head: str | N
 # --------------------------------------------------------------------------- the store
 
 
+@register_backend
 class KeyStore:
     """A key directory. Create one with :meth:`init`, load one with :meth:`open`.
 
@@ -723,11 +754,9 @@ class KeyStore:
         see :class:`~pipeline.validation.pkcs11.Pkcs11KeyStore`).
         """
         if backend is not None and backend != cls.BACKEND:
-            if backend != "pkcs11" or cls is not KeyStore:
-                raise KeyStoreError(f"unknown key store backend {backend!r} (file or pkcs11)")
-            from pipeline.validation.pkcs11 import Pkcs11KeyStore
-
-            cls = Pkcs11KeyStore
+            if cls is not KeyStore or not isinstance(backend, str):
+                raise KeyStoreError(f"unknown key store backend {backend!r} ({' or '.join(BACKEND_MODULES)})")
+            cls = backend_class(backend)
         root = Path(dir)
         alg = _check_alg(alg, cls.ALGORITHMS)
         if isinstance(max_token_lifetime, bool) or not isinstance(max_token_lifetime, int):
@@ -787,11 +816,9 @@ class KeyStore:
         loaded = _load_meta(Path(dir))
         kind = _backend_of(loaded[1], Path(dir) / STORE_FILE)
         if kind != cls.BACKEND:
-            if kind != "pkcs11" or cls is not KeyStore:
+            if cls is not KeyStore:
                 raise KeyStoreError(f"{dir} is a {kind!r} key store, not a {cls.BACKEND!r} one")
-            from pipeline.validation.pkcs11 import Pkcs11KeyStore
-
-            cls = Pkcs11KeyStore
+            cls = backend_class(kind)
         store = cls(Path(dir), passphrase=passphrase, **options)
         store._meta_cache = loaded  # read once: _opened() validates the same store.json
         store._opened()

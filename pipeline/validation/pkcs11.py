@@ -54,6 +54,7 @@ from pipeline.validation.keystore import (
     KeyStoreError,
     jwk_thumbprint,
     public_key_jwk,
+    register_backend,
     secret_from_env,
 )
 
@@ -260,6 +261,7 @@ def _public_key(pub: Any, alg: str) -> Any:
 # --------------------------------------------------------------------------- the store
 
 
+@register_backend
 class Pkcs11KeyStore(KeyStore):
     """A key store whose signing keys are generated in, used in and destroyed in a PKCS#11 token.
 
