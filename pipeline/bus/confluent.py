@@ -19,7 +19,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterable
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol, overload
 
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, KafkaException, TopicPartition
 from confluent_kafka import Consumer as RdKafkaConsumer
@@ -118,11 +118,17 @@ class ConfluentConsumer(Consumer):
     # -- polling ----------------------------------------------------------------------------------------
 
     def poll(self, max_records: int = 500, timeout_s: float = 1.0) -> list[Message]:
-        return self._poll(max_records, timeout_s, as_runs=False)  # type: ignore[return-value]
+        return self._poll(max_records, timeout_s, as_runs=False)
 
     def poll_runs(self, max_records: int = 500, timeout_s: float = 1.0) -> list[MessageRun]:
         """Like ``poll``, as columns per partition run: no :class:`Message` per message."""
-        return self._poll(max_records, timeout_s, as_runs=True)  # type: ignore[return-value]
+        return self._poll(max_records, timeout_s, as_runs=True)
+
+    @overload
+    def _poll(self, max_records: int, timeout_s: float, *, as_runs: Literal[False]) -> list[Message]: ...
+
+    @overload
+    def _poll(self, max_records: int, timeout_s: float, *, as_runs: Literal[True]) -> list[MessageRun]: ...
 
     def _poll(self, max_records: int, timeout_s: float, *, as_runs: bool) -> list[Message] | list[MessageRun]:
         if max_records < 1:

@@ -46,10 +46,11 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeGuard, TypeVar
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm, get_default_algorithms
 
 from pipeline import files
@@ -420,7 +421,9 @@ def _expired_keys(keys: Sequence[Mapping[str, Any]], max_lifetime: int, now: flo
 def _retention(meta: Mapping[str, Any]) -> int:
     """How long a retired key stays published: the longest token lifetime, or longer when something the store
     signed lives longer (``retention``, raised by :meth:`KeyStore.retain_for` — the revocation feed's SETs)."""
-    return max(meta["max_token_lifetime"], meta.get("retention") or 0)
+    lifetime: int = meta["max_token_lifetime"]
+    retention: int = meta.get("retention") or 0
+    return max(lifetime, retention)
 
 
 def _rfc3339(ts: float) -> str:
@@ -441,8 +444,9 @@ def _generate_key(alg: str, rsa_bits: int) -> PrivateKey:
     return ed25519.Ed25519PrivateKey.generate()
 
 
-def _public_jwk(key: PrivateKey) -> dict[str, str]:
-    """Public JWK with the RFC 7638 required members only (no key_ops, never private params)."""
+def _public_jwk(key: PrivateKeyTypes) -> dict[str, str]:
+    """Public JWK with the RFC 7638 required members only (no key_ops, never private params); KeyStoreError for
+    a key that is not RSA, EC or Ed25519."""
     return public_key_jwk(key.public_key())
 
 
@@ -459,7 +463,7 @@ def public_key_jwk(pub: object) -> dict[str, str]:
     return {m: full[m] for m in _THUMBPRINT_MEMBERS[full["kty"]]}
 
 
-def _key_matches_alg(key: object, alg: str) -> bool:
+def _key_matches_alg(key: object, alg: str) -> TypeGuard[PrivateKey]:
     if alg == "RS256":
         return isinstance(key, rsa.RSAPrivateKey) and key.key_size >= MIN_RSA_BITS
     if alg == "ES256":
@@ -562,7 +566,8 @@ def _append_audit(
         os.fsync(f.fileno())
     if prev is None:
         raise KeyStoreError("internal error: no audit records to append")
-    return json.loads(prev)
+    entry: dict[str, Any] = json.loads(prev)
+    return entry
 
 
 def _parse_meta(raw: bytes, path: Path) -> dict[str, Any]:
@@ -897,11 +902,13 @@ class KeyStore:
 
     @property
     def issuer(self) -> str | None:
-        return self._meta()["issuer"]
+        issuer: str | None = self._meta()["issuer"]
+        return issuer
 
     @property
     def max_token_lifetime(self) -> int:
-        return self._meta()["max_token_lifetime"]
+        lifetime: int = self._meta()["max_token_lifetime"]
+        return lifetime
 
     @property
     def retention(self) -> int:
@@ -1181,7 +1188,9 @@ class KeyStore:
             for k in meta["keys"]:
                 key = self._private_key(k["kid"], k["alg"])
                 atomic_write(self._root / PRIVATE_DIR / f"{k['kid']}.pem", _pem(key, self._passphrase), 0o600)
-            records = [("encrypt", k["kid"], k["alg"], {}) for k in meta["keys"]]
+            records: list[tuple[str, str, str, dict[str, Any]]] = [
+                ("encrypt", k["kid"], k["alg"], {}) for k in meta["keys"]
+            ]
             self._commit({**meta, "encrypted": True}, meta["keys"], records, t)
         return len(meta["keys"])
 
@@ -1239,10 +1248,10 @@ class KeyStore:
             raise KeyStoreError(f"{path} is not a readable PEM private key") from e
         except TypeError as e:
             raise KeyStoreError(f"{path} is not a readable PEM private key") from e
-        if not _key_matches_alg(key, alg) or jwk_thumbprint(_public_jwk(key)) != kid:  # type: ignore[arg-type]
+        if not _key_matches_alg(key, alg) or jwk_thumbprint(_public_jwk(key)) != kid:
             raise KeyStoreError(f"{path} does not hold the {alg} key {kid} (file replaced or corrupt)")
-        self._private_cache[kid] = key  # type: ignore[assignment]
-        return key  # type: ignore[return-value]
+        self._private_cache[kid] = key
+        return key
 
 
 def _pem(key: PrivateKey, passphrase: bytes | None = None) -> bytes:
@@ -1333,7 +1342,9 @@ def _replay_audit(entries: Sequence[Mapping[str, Any]]) -> _History:
     history = _History(published=set())
     for e in entries:
         action, kid = e.get("action"), e.get("kid")
-        details = e.get("details") if isinstance(e.get("details"), dict) else {}
+        details = e.get("details")
+        if not isinstance(details, dict):
+            details = {}
         if action == "init":
             history.backend = details.get("backend", "file")
             history.encrypted = bool(details.get("encrypted"))
@@ -1344,10 +1355,11 @@ def _replay_audit(entries: Sequence[Mapping[str, Any]]) -> _History:
         elif action == "retain" and isinstance(details.get("retention"), int):
             history.retention = details["retention"]
         if action in ("init", "rotate"):
+            # kid is whatever the (chain-valid, perhaps unauthenticated) log holds, not always a str
             history.published.add(kid)  # type: ignore[arg-type]
-            history.current = kid  # type: ignore[assignment]
+            history.current = kid
         elif action == "drop":
-            history.published.discard(kid)  # type: ignore[arg-type]
+            history.published.discard(kid)
     return history
 
 
