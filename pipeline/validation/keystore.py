@@ -1342,6 +1342,8 @@ def _replay_audit(entries: Sequence[Mapping[str, Any]]) -> _History:
     history = _History(published=set())
     for e in entries:
         action, kid = e.get("action"), e.get("kid")
+        if not isinstance(kid, str):  # no kid at all (a forged entry): compared, and named, as its JSON text
+            kid = json.dumps(kid)
         details = e.get("details")
         if not isinstance(details, dict):
             details = {}
@@ -1355,8 +1357,7 @@ def _replay_audit(entries: Sequence[Mapping[str, Any]]) -> _History:
         elif action == "retain" and isinstance(details.get("retention"), int):
             history.retention = details["retention"]
         if action in ("init", "rotate"):
-            # kid is whatever the (chain-valid, perhaps unauthenticated) log holds, not always a str
-            history.published.add(kid)  # type: ignore[arg-type]
+            history.published.add(kid)
             history.current = kid
         elif action == "drop":
             history.published.discard(kid)
