@@ -152,10 +152,11 @@ def run_process(
     with open(log, "wb") as sink:
         proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 start_new_session=True)  # fmt: skip
-        assert proc.stdout is not None
+        stdout = proc.stdout
+        assert stdout is not None
 
         def pump() -> None:
-            for raw in proc.stdout:  # type: ignore[union-attr]
+            for raw in stdout:
                 sink.write(raw)
                 sink.flush()
                 line = ANSI.sub("", raw.decode(errors="replace")).strip()
@@ -192,7 +193,7 @@ def run_process(
         raise BenchFailed(f"exited with status {proc.returncode}. Its last output:\n{_tail(log)}\n"
                           f"    (all of it: {log})")  # fmt: skip
     try:
-        report_ = json.loads(out.read_text())
+        report_: dict[str, Any] = json.loads(out.read_text())
     except (OSError, ValueError) as exc:
         raise BenchFailed(f"wrote no readable report to {out} ({exc}). Its last output:\n{_tail(log)}") from exc
     return report_

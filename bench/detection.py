@@ -27,6 +27,7 @@ import platform
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from rich.console import Console
@@ -47,7 +48,7 @@ SIZES = {"full": (12, 30.0, 150, 4), "quick": (2, 10.0, 60, 2)}
 FAMILY_SEED = 15
 
 # Unlike the training traffic (defaults, seed 1): more mobile users, more offices, more services.
-EVALUATION = dict(minutes=30, browsers=400, mobile=200, services=25, offices=12, incidents_per_threat=8)
+EVALUATION: dict[str, Any] = dict(minutes=30, browsers=400, mobile=200, services=25, offices=12, incidents_per_threat=8)
 
 
 def main() -> None:
@@ -170,19 +171,19 @@ def heldout(args: argparse.Namespace) -> None:
         args.out.write_text(json.dumps(report, indent=1))
 
 
-def _pct(r: dict[str, object]) -> str:
-    lo, hi = r["ci95"]  # type: ignore[misc]
+def _pct(r: dict[str, Any]) -> str:
+    lo, hi = r["ci95"]
     value = r["rate"]
-    shown = "-" if value is None else f"{100 * value:.2f} %"  # type: ignore[operator]
+    shown = "-" if value is None else f"{100 * value:.2f} %"
     return f"{shown} ({r['count']}/{r['of']}; {100 * lo:.2f} to {100 * hi:.2f} %)"
 
 
-def markdown(report: dict[str, object]) -> str:
+def markdown(report: dict[str, Any]) -> str:
     """The held-out figures as the markdown tables docs/detection.md shows."""
-    figures = report["figures"]  # type: ignore[index]
-    region = {"heldout": "held-out"}.get(report["family"]["region"], report["family"]["region"])  # type: ignore[index]
+    figures = report["figures"]
+    region = {"heldout": "held-out"}.get(report["family"]["region"], report["family"]["region"])
     lines = []
-    for which, f in figures.items():  # type: ignore[union-attr]
+    for which, f in figures.items():
         ttd = f["median_time_to_detect_s"]
         lines += [
             f"**{which.replace('_', ' ')}** — {f['worlds']} {region} worlds: recall {_pct(f['recall'])}, median world "
@@ -217,7 +218,7 @@ def markdown(report: dict[str, object]) -> str:
 def development(args: argparse.Namespace) -> None:
     console = Console(stderr=True)
     model = load_model(args.model_dir)
-    per_threat = {t: {"incidents": 0, "detected": 0, "times": []} for t in THREATS}
+    per_threat: dict[str, dict[str, Any]] = {t: {"incidents": 0, "detected": 0, "times": []} for t in THREATS}
     totals = {k: 0 for k in ("benign_tokens", "benign_tokens_alerted", "benign_ips", "benign_ips_alerted",
                              "benign_subjects", "benign_subjects_alerted", "alerts", "false_alerts")}  # fmt: skip
     missed: list[str] = []
@@ -230,13 +231,13 @@ def development(args: argparse.Namespace) -> None:
             per_threat[name]["incidents"] += threat.incidents
             per_threat[name]["detected"] += threat.detected
             per_threat[name]["times"] += threat.times_to_detect
-        summary = result.summary()
+        summary: dict[str, Any] = result.summary()
         for key in totals:
             totals[key] += summary[key]
         missed += [f"seed {seed}: {m.threat}: {m.description[:140]}" for m in result.missed]
         console.print(f"seed {seed}: {len(sim.events):,} events, {len(alerts)} alerts")
     table = Table("threat", "incidents", "detected", "recall", "median s to detect", "max s", title="detection")
-    all_times = []
+    all_times: list[float] = []
     rows = []
     for name, row in per_threat.items():
         times = row["times"]

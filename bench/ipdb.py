@@ -36,7 +36,8 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.machine import environment, write_report
-from pipeline.networks import PREFIXES, MmdbResolver, _prefix_network, open_ip_db
+from pipeline.networks import PREFIXES, MmdbResolver, open_ip_db
+from pipeline.networks.base import _prefix_network
 from pipeline.simulate import SimulationParams, simulate
 from pipeline.simulate.io import write_ip_db
 from tests.mmdbkit import write_mmdb

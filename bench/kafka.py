@@ -24,6 +24,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from rich.console import Console
@@ -151,7 +152,7 @@ def main() -> None:
         # The same topic drained again with confluent-kafka reading it (pipeline run --kafka-consumer).
         confluent = drain(bootstrap, topic, events, "confluent-kafka")
     values = np.asarray(seconds)
-    figures = {
+    figures: dict[str, Any] = {
         "propagation_p50_s": float(np.percentile(values, 50)),
         "propagation_p99_s": float(np.percentile(values, 99)),
         "propagation_max_s": float(values.max()),

@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from rich.console import Console
+from rich.console import Console, JustifyMethod
 from rich.table import Table
 
 import pipeline
@@ -217,7 +217,7 @@ def measure_runner(messages: Sequence[tuple[str, bytes]], model: DetectionModel,
         finally:
             polling[0] += time.perf_counter() - start
 
-    consumer.poll = timed_poll  # type: ignore[method-assign]
+    consumer.poll = timed_poll  # type: ignore[method-assign]  # instrumented for this benchmark only
     step = runner.step
     stats = engine.stats
     steps = peak = idle = 0
@@ -389,9 +389,11 @@ def render(results: dict[str, Any], env: dict[str, Any], console: Console) -> No
         title=f"jwtwatch detection pipeline, one process ({results['eval']['events']:,} events, "
         f"{e['minutes']:g} min x{e['scale']:g} population)"
     )
-    for column, justify in [("figure", "left"), ("value", "right"), ("detail", "left"), ("target", "right"),
-                            ("met", "left")]:  # fmt: skip
-        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    columns: list[tuple[str, JustifyMethod]] = [
+        ("figure", "left"), ("value", "right"), ("detail", "left"), ("target", "right"), ("met", "left")
+    ]  # fmt: skip
+    for column, justify in columns:
+        table.add_column(column, justify=justify)
     for f in results["figures"]:
         met = "-" if f["met"] is None else ("yes" if f["met"] else "NO")
         table.add_row(f["figure"], f["value"], f["detail"], f["target"] or "-", met)

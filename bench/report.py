@@ -19,7 +19,7 @@ import string
 import sys
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from bench import suite
 from bench.suite import MissingFigure, dig
@@ -117,7 +117,7 @@ def code_phrase(r: Results, bench: str) -> str:
 
 def command_phrase(r: Results, bench: str) -> str:
     """The command as recorded, without the address of a broker ``python -m bench`` started for the run."""
-    command = r.run(bench, "command")
+    command: str = r.run(bench, "command")
     if r.data.get("runs", {}).get(bench, {}).get("broker", {}).get("private"):
         command = re.sub(r" --bootstrap \S+", "", command)
     return command
@@ -172,6 +172,12 @@ def heldout_headline(r: Results) -> str:
 
 Figure = Callable[[Results], str]
 FIGURES: dict[str, Figure] = {}
+_T = TypeVar("_T")
+
+
+def bound(figure: Callable[[Results, _T], str], value: _T) -> Figure:
+    """``figure`` with its second argument fixed now: what ``lambda r, b=bench: ...`` does in a loop, typed."""
+    return lambda r: figure(r, value)
 
 
 def _header() -> None:
@@ -184,14 +190,14 @@ def _header() -> None:
     )
     FIGURES["detection_heldout_measured_at"] = lambda r: r.run("detection_heldout", "measured_at")
     for bench in ("time_to_revoke", "kafka", "http"):
-        FIGURES[f"{bench}_machine"] = lambda r, b=bench: _machine_text(run_machine(r, b))
+        FIGURES[f"{bench}_machine"] = bound(lambda r, b: _machine_text(run_machine(r, b)), bench)
     FIGURES["heldout_headline"] = heldout_headline
     for bench in ("validator", "time_to_revoke", "pipeline", "kafka", "http"):
-        FIGURES[f"{bench}_measured_at"] = lambda r, b=bench: r.run(b, "measured_at")
-        FIGURES[f"{bench}_load"] = lambda r, b=bench: load_phrase(r, b)
-        FIGURES[f"{bench}_duration_s"] = lambda r, b=bench: fixed(r.run(b, "duration_s"), 0)
-        FIGURES[f"{bench}_command"] = lambda r, b=bench: command_phrase(r, b)
-        FIGURES[f"{bench}_code"] = lambda r, b=bench: code_phrase(r, b)
+        FIGURES[f"{bench}_measured_at"] = bound(lambda r, b: r.run(b, "measured_at"), bench)
+        FIGURES[f"{bench}_load"] = bound(lambda r, b: load_phrase(r, b), bench)
+        FIGURES[f"{bench}_duration_s"] = bound(lambda r, b: fixed(r.run(b, "duration_s"), 0), bench)
+        FIGURES[f"{bench}_command"] = bound(lambda r, b: command_phrase(r, b), bench)
+        FIGURES[f"{bench}_code"] = bound(lambda r, b: code_phrase(r, b), bench)
 
 
 def _headline() -> None:
@@ -207,10 +213,12 @@ def _headline() -> None:
         "pipeline_events_per_s.kafka_confluent": n,
         "time_to_revoke_p99_s": lambda x: fixed(x, 3),
     }
-    for key, fmt in formats.items():
-        FIGURES[key.replace(".", "_")] = lambda r, k=key, f=fmt: f(r(*k.split(".")))
+    for key in formats:
+        FIGURES[key.replace(".", "_")] = bound(lambda r, k: formats[k](r(*k.split("."))), key)
     for target in suite.TARGETS:
-        FIGURES["met_" + target.figure.replace(".", "_")] = lambda r, t=target: yes(t.met(r(*t.figure.split("."))))
+        FIGURES["met_" + target.figure.replace(".", "_")] = bound(
+            lambda r, t: yes(t.met(r(*t.figure.split(".")))), target
+        )
 
 
 def _validator() -> None:
@@ -221,12 +229,12 @@ def _validator() -> None:
         "eddsa_first": lambda r: r.d("validator", "results", "EdDSA first-seen"),
     }
     for name, get in scenarios.items():
-        FIGURES[f"v_{name}_key"] = lambda r, g=get: g(r)["key"]
-        FIGURES[f"v_{name}_ours"] = lambda r, g=get: n(g(r)["jwtwatch_tokens_per_s"])
-        FIGURES[f"v_{name}_bare"] = lambda r, g=get: n(g(r)["pyjwt_tokens_per_s"])
-        FIGURES[f"v_{name}_ratio"] = lambda r, g=get: times(g(r)["ratio"])
-        FIGURES[f"v_{name}_range"] = lambda r, g=get: (
-            f"{times(g(r)['ratio_per_round_min'])}{DASH}{times(g(r)['ratio_per_round_max'])}"
+        FIGURES[f"v_{name}_key"] = bound(lambda r, g: g(r)["key"], get)
+        FIGURES[f"v_{name}_ours"] = bound(lambda r, g: n(g(r)["jwtwatch_tokens_per_s"]), get)
+        FIGURES[f"v_{name}_bare"] = bound(lambda r, g: n(g(r)["pyjwt_tokens_per_s"]), get)
+        FIGURES[f"v_{name}_ratio"] = bound(lambda r, g: times(g(r)["ratio"]), get)
+        FIGURES[f"v_{name}_range"] = bound(
+            lambda r, g: f"{times(g(r)['ratio_per_round_min'])}{DASH}{times(g(r)['ratio_per_round_max'])}", get
         )
     params = {
         "v_uses": "uses",
@@ -237,7 +245,7 @@ def _validator() -> None:
         "v_revocations": "revocation_index_entries",
     }
     for placeholder, key in params.items():
-        FIGURES[placeholder] = lambda r, k=key: n(r.d("validator", "parameters", k))
+        FIGURES[placeholder] = bound(lambda r, k: n(r.d("validator", "parameters", k)), key)
     FIGURES["v_reuse_validations"] = lambda r: n(suite.reuse_scenario(r.d("validator"))["validations_per_round"])
     FIGURES["v_machine"] = lambda r: env_phrase(r, "validator", ("PyJWT", "cryptography"))
 
@@ -247,10 +255,12 @@ def _pipeline() -> None:
         return r.d("pipeline", *path)
 
     def runner_ok(r: Results) -> bool:
-        return p(r, "runner", "events_per_s") >= TARGET_DETECT_EVENTS_PER_S
+        events_per_s: float = p(r, "runner", "events_per_s")
+        return events_per_s >= TARGET_DETECT_EVENTS_PER_S
 
     def memory_ok(r: Results) -> bool:
-        return p(r, "memory", "bytes_per_entity") <= TARGET_BYTES_PER_ENTITY
+        bytes_per_entity: float = p(r, "memory", "bytes_per_entity")
+        return bytes_per_entity <= TARGET_BYTES_PER_ENTITY
 
     def per_entity(r: Results, *areas: str) -> str:
         memory = p(r, "memory")
@@ -263,15 +273,15 @@ def _pipeline() -> None:
         return n(size / memory["active_entities"])
 
     for fmt in ("parquet", "jsonl"):
-        FIGURES[f"p_detect_{fmt}_eps"] = lambda r, f=fmt: n(p(r, "detect", f, "events_per_s"))
-        FIGURES[f"p_detect_{fmt}_met"] = lambda r, f=fmt: yes(
-            p(r, "detect", f, "events_per_s") >= TARGET_DETECT_EVENTS_PER_S
+        FIGURES[f"p_detect_{fmt}_eps"] = bound(lambda r, f: n(p(r, "detect", f, "events_per_s")), fmt)
+        FIGURES[f"p_detect_{fmt}_met"] = bound(
+            lambda r, f: yes(p(r, "detect", f, "events_per_s") >= TARGET_DETECT_EVENTS_PER_S), fmt
         )
-        FIGURES[f"p_replay_{fmt}_eps"] = lambda r, f=fmt: n(p(r, "detect", f, "replay_events_per_s"))
-        FIGURES[f"p_replay_{fmt}_s"] = lambda r, f=fmt: fixed(p(r, "detect", f, "replay_s"), 1)
-        FIGURES[f"p_replay_{fmt}_cpu_s"] = lambda r, f=fmt: fixed(p(r, "detect", f, "replay_cpu_s"), 1)
-        FIGURES[f"p_read_{fmt}_s"] = lambda r, f=fmt: fixed(p(r, "detect", f, "read_s"), 2)
-        FIGURES[f"p_{fmt}_mb"] = lambda r, f=fmt: fixed(p(r, "detect", f, "file_mb"), 0)
+        FIGURES[f"p_replay_{fmt}_eps"] = bound(lambda r, f: n(p(r, "detect", f, "replay_events_per_s")), fmt)
+        FIGURES[f"p_replay_{fmt}_s"] = bound(lambda r, f: fixed(p(r, "detect", f, "replay_s"), 1), fmt)
+        FIGURES[f"p_replay_{fmt}_cpu_s"] = bound(lambda r, f: fixed(p(r, "detect", f, "replay_cpu_s"), 1), fmt)
+        FIGURES[f"p_read_{fmt}_s"] = bound(lambda r, f: fixed(p(r, "detect", f, "read_s"), 2), fmt)
+        FIGURES[f"p_{fmt}_mb"] = bound(lambda r, f: fixed(p(r, "detect", f, "file_mb"), 0), fmt)
     FIGURES["p_detect_met_word"] = lambda r: met_word(
         all(p(r, "detect", f, "events_per_s") >= TARGET_DETECT_EVENTS_PER_S for f in ("parquet", "jsonl"))
     )
@@ -308,7 +318,7 @@ def _pipeline() -> None:
     FIGURES["p_mem_other"] = lambda r: per_entity(r, "other")
     FIGURES["p_mem_active"] = lambda r: n(p(r, "memory", "active_entities"))
     for kind in ("jti", "sub", "ip"):
-        FIGURES[f"p_mem_active_{kind}"] = lambda r, k=kind: n(p(r, "memory", "active_by_type", k))
+        FIGURES[f"p_mem_active_{kind}"] = bound(lambda r, k: n(p(r, "memory", "active_by_type", k)), kind)
     FIGURES["p_mem_baseline_subjects"] = lambda r: n(p(r, "memory", "baseline_entries", "subjects"))
     FIGURES["p_mem_baseline_ips"] = lambda r: n(p(r, "memory", "baseline_entries", "ips"))
     FIGURES["p_mem_state_mb"] = lambda r: fixed(p(r, "memory", "engine_state_bytes") / 1e6, 2)
@@ -320,7 +330,7 @@ def _pipeline() -> None:
     FIGURES["p_seed"] = lambda r: str(p(r, "eval", "seed"))
     FIGURES["p_scale"] = lambda r: f"{p(r, 'parameters', 'scale'):g}"
     for key in ("browsers", "mobile", "services", "offices", "incidents"):
-        FIGURES[f"p_{key}"] = lambda r, k=key: n(p(r, "eval", k))
+        FIGURES[f"p_{key}"] = bound(lambda r, k: n(p(r, "eval", k)), key)
     FIGURES["p_partitions"] = lambda r: str(p(r, "parameters", "partitions"))
     FIGURES["p_train_minutes"] = lambda r: f"{p(r, 'training', 'minutes'):g}"
     FIGURES["p_train_seed"] = lambda r: str(p(r, "training", "seed"))
@@ -338,7 +348,7 @@ def _pipeline() -> None:
 
 def _time_to_revoke() -> None:
     for key in ("p50_s", "p90_s", "p99_s", "max_s"):
-        FIGURES[f"ttr_{key}"] = lambda r, k=key: fixed(r.d("time_to_revoke", k), 3)
+        FIGURES[f"ttr_{key}"] = bound(lambda r, k: fixed(r.d("time_to_revoke", k), 3), key)
     FIGURES["ttr_trials"] = lambda r: n(r.d("time_to_revoke", "trials"))
 
 
@@ -371,11 +381,11 @@ def _kafka() -> None:
     # The pipeline drain, once per consumer client: kafka-python's figures at the top of the report, confluent-kafka's
     # under "confluent_kafka".
     for prefix, client in (("k_pipeline", ()), ("k_confluent", ("confluent_kafka",))):
-        FIGURES[f"{prefix}_eps"] = lambda r, c=client: n(k(r, *c, "pipeline_events_per_s"))
-        FIGURES[f"{prefix}_met"] = lambda r, c=client: pipeline_met(r, *c)
-        FIGURES[f"{prefix}_cpu_eps"] = lambda r, c=client: n(k(r, *c, "pipeline_events_per_cpu_s"))
-        FIGURES[f"{prefix}_s"] = lambda r, c=client: fixed(k(r, *c, "pipeline_s"), 1)
-        FIGURES[f"{prefix}_cpu_s"] = lambda r, c=client: fixed(k(r, *c, "pipeline_cpu_s"), 1)
+        FIGURES[f"{prefix}_eps"] = bound(lambda r, c: n(k(r, *c, "pipeline_events_per_s")), client)
+        FIGURES[f"{prefix}_met"] = bound(lambda r, c: pipeline_met(r, *c), client)
+        FIGURES[f"{prefix}_cpu_eps"] = bound(lambda r, c: n(k(r, *c, "pipeline_events_per_cpu_s")), client)
+        FIGURES[f"{prefix}_s"] = bound(lambda r, c: fixed(k(r, *c, "pipeline_s"), 1), client)
+        FIGURES[f"{prefix}_cpu_s"] = bound(lambda r, c: fixed(k(r, *c, "pipeline_cpu_s"), 1), client)
     FIGURES["k_late"] = lambda r: count(k(r, "late"), "late event")
     FIGURES["k_confluent_late"] = lambda r: count(k(r, "confluent_kafka", "late"), "late event")
     FIGURES["k_kafka_python"] = lambda r: r("machine", "kafka-python")
@@ -421,12 +431,14 @@ def _http() -> None:
         return match.group(1) if match else text
 
     for w in (1, 2):
-        FIGURES[f"h_w{w}_rps"] = lambda r, w=w: median_range(h(r, f"workers_{w}", "rps"), n)
-        FIGURES[f"h_w{w}_p99"] = lambda r, w=w: median_range(h(r, f"workers_{w}", "p99_ms"), lambda x: fixed(x, 2))
-        FIGURES[f"h_w{w}_met"] = lambda r, w=w: judged(r, w)
-        FIGURES[f"h_w{w}_fs_rps"] = lambda r, w=w: n(h(r, f"workers_{w}", "first_seen", "rps"))
+        FIGURES[f"h_w{w}_rps"] = bound(lambda r, w: median_range(h(r, f"workers_{w}", "rps"), n), w)
+        FIGURES[f"h_w{w}_p99"] = bound(
+            lambda r, w: median_range(h(r, f"workers_{w}", "p99_ms"), lambda x: fixed(x, 2)), w
+        )
+        FIGURES[f"h_w{w}_met"] = bound(lambda r, w: judged(r, w), w)
+        FIGURES[f"h_w{w}_fs_rps"] = bound(lambda r, w: n(h(r, f"workers_{w}", "first_seen", "rps")), w)
         FIGURES[f"h_w{w}_fs_rps_plain"] = FIGURES[f"h_w{w}_fs_rps"]
-        FIGURES[f"h_w{w}_fs_p99"] = lambda r, w=w: fixed(h(r, f"workers_{w}", "first_seen", "p99_ms"), 1)
+        FIGURES[f"h_w{w}_fs_p99"] = bound(lambda r, w: fixed(h(r, f"workers_{w}", "first_seen", "p99_ms"), 1), w)
     FIGURES["h_head_workers"] = lambda r: str(h(r, "workers"))
     FIGURES["h_connections"] = lambda r: n(h(r, "connections"))
     FIGURES["h_tokens"] = lambda r: n(h(r, "distinct_tokens"))
@@ -440,7 +452,7 @@ def _http() -> None:
     FIGURES["h_fs_wrapped"] = wrapped
     FIGURES["h_wrk"] = wrk_version
     for lib in ("uvicorn", "uvloop", "httptools", "fastapi"):
-        FIGURES[f"h_{lib}"] = lambda r, lib=lib: h(r, "environment", lib)
+        FIGURES[f"h_{lib}"] = bound(lambda r, lib: h(r, "environment", lib), lib)
 
 
 for _define in (_header, _headline, _validator, _pipeline, _time_to_revoke, _kafka, _http):
@@ -494,7 +506,8 @@ def render(results: dict[str, Any], template: str | None = None) -> str:
 
 def load(path: Path = RESULTS) -> dict[str, Any]:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        results: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+        return results
     except FileNotFoundError:
         raise ReportError(f"{path} does not exist; run `python -m bench` first") from None
     except ValueError as exc:

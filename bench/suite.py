@@ -52,12 +52,14 @@ def reuse_scenario(validator: Report) -> Report:
     """The validator report's RS256 reuse scenario (its name carries the number of uses, ``RS256 reuse x20``)."""
     for name, scenario in dig(validator, "results", where="details.validator").items():
         if name.startswith("RS256 reuse"):
-            return scenario
+            found: Report = scenario
+            return found
     raise MissingFigure("details.validator.results has no 'RS256 reuse xN' scenario")
 
 
 def first_seen_scenario(validator: Report) -> Report:
-    return dig(validator, "results", "RS256 first-seen", where="details.validator")
+    scenario: Report = dig(validator, "results", "RS256 first-seen", where="details.validator")
+    return scenario
 
 
 # ------------------------------------------------------------------------------------------- summaries
@@ -222,9 +224,10 @@ def _or_none(compute: Callable[[], Any]) -> Any:
 
 def headline(details: dict[str, Report]) -> dict[str, Any]:
     """The figures issue 7 names, from the benchmarks' reports (``None`` where a benchmark has not run)."""
-    validator = details.get("validator")
-    pipeline, kafka = details.get("pipeline"), details.get("kafka")
-    http, ttr = details.get("http"), details.get("time_to_revoke")
+    # a benchmark that has not run is an empty report: each figure of it is then missing (None)
+    validator = details.get("validator", {})
+    pipeline, kafka = details.get("pipeline", {}), details.get("kafka", {})
+    http, ttr = details.get("http", {}), details.get("time_to_revoke", {})
     return {
         "validator_tokens_per_s": {
             "first_seen": _or_none(lambda: first_seen_scenario(validator)["jwtwatch_tokens_per_s"]),
@@ -254,7 +257,7 @@ def targets(results: dict[str, Any]) -> dict[str, Any]:
     """Each target with the measured figure and whether it is met (``None`` while not measured)."""
     out = {}
     for t in TARGETS:
-        measured = _or_none(lambda t=t: headline_value(results, t.figure))
+        measured = _or_none(lambda: headline_value(results, t.figure))  # noqa: B023 - called right here
         out[t.figure] = {
             "target": f"{t.op} {t.value:g}",
             "issue": t.issue,

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import jwt
-from rich.console import Console
+from rich.console import Console, JustifyMethod
 from rich.table import Table
 
 from bench.machine import environment, machine_line, write_report
@@ -196,7 +196,7 @@ LIBRARIES = ("PyJWT", "cryptography")
 
 def render(results: list[dict[str, Any]], env: dict[str, Any], console: Console) -> None:
     table = Table(title="jwtwatch TokenValidator.validate vs bare PyJWT jwt.decode (same tokens, median of rounds)")
-    for column, justify in [
+    columns: list[tuple[str, JustifyMethod]] = [
         ("scenario", "left"),
         ("key", "left"),
         ("validations", "right"),
@@ -206,8 +206,9 @@ def render(results: list[dict[str, Any]], env: dict[str, Any], console: Console)
         ("round range", "right"),
         ("target", "right"),
         ("met", "left"),
-    ]:
-        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    ]
+    for column, justify in columns:
+        table.add_column(column, justify=justify)
     for r in results:
         target = "-" if r["target_ratio"] is None else f">= {r['target_ratio']}x"
         met = "-" if r["met"] is None else ("yes" if r["met"] else "NO")

@@ -35,6 +35,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, cast
 
 import pandas as pd
 import pyarrow as pa
@@ -91,8 +92,8 @@ class ArchiveWriter:
         self._lock = threading.Lock()
         self._records: dict[str, list[ArchivedRecord]] = {kind: [] for kind in _RECORD_KINDS}
         self._frames: list[pd.DataFrame] = []
-        self._scores: list[dict[str, object]] = []
-        self._features: dict[str, list[dict[str, object]]] = {t: [] for t in FEATURES}
+        self._scores: list[dict[str, Any]] = []
+        self._features: dict[str, list[dict[str, Any]]] = {t: [] for t in FEATURES}
         self.written = {kind: 0 for kind in KINDS}
         self.unarchivable = 0
 
@@ -163,9 +164,9 @@ class ArchiveWriter:
         unwritten_scores, unwritten_features = scores, dict(features)
         total = 0
         try:
-            for kind, rows in records.items():
+            for kind, kept in records.items():
                 groups: dict[tuple[str, str], list[ArchivedRecord]] = defaultdict(list)
-                for record in rows:
+                for record in kept:
                     groups[_partition(parse_ts(record.ts))].append(record)
                 written = 0  # rows Arrow could hold: an unarchivable one is counted there, not here
                 for (date, hour), group in sorted(groups.items()):
@@ -198,21 +199,21 @@ class ArchiveWriter:
         features orjson cannot write, ...) is left out and counted in ``unarchivable`` — a poison message must
         not fail every flush after it. (The archive consumer has already dead-lettered such records.)"""
         try:
-            return to_arrow(group)  # type: ignore[arg-type]
+            return to_arrow(group)
         except Exception as exc:
             if is_infrastructure_fault(exc):
                 raise
-            good = []
+            good: list[ArchivedRecord] = []
             for record in group:
                 try:
-                    to_arrow([record])  # type: ignore[list-item]
+                    to_arrow([record])
                 except Exception as one:
                     if is_infrastructure_fault(one):
                         raise
                     self.unarchivable += 1
                     continue
                 good.append(record)
-            return to_arrow(good) if good else None  # type: ignore[arg-type]
+            return to_arrow(good) if good else None
 
     def _count(self, kind: str, n: int) -> int:
         self.written[kind] += n
@@ -221,14 +222,15 @@ class ArchiveWriter:
     def _write_frame(self, frame: pd.DataFrame) -> int:
         moments = pd.to_datetime(frame["ts"], unit="ms", utc=True)
         keys = pd.DataFrame({"date": moments.dt.strftime("%Y-%m-%d"), "hour": moments.dt.strftime("%H")})
-        for (date, hour), index in keys.groupby(["date", "hour"], sort=True).groups.items():
+        for key, index in keys.groupby(["date", "hour"], sort=True).groups.items():
+            date, hour = cast("tuple[str, str]", key)
             self._write(self.root / "events", date, hour, to_arrow_table(frame.loc[index]))
         return self._count("events", len(frame))
 
-    def _write_rows(self, directory: Path, rows: list[dict[str, object]], schema: pa.Schema, kind: str) -> int:
-        groups: dict[tuple[str, str], list[dict[str, object]]] = defaultdict(list)
+    def _write_rows(self, directory: Path, rows: list[dict[str, Any]], schema: pa.Schema, kind: str) -> int:
+        groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
         for row in rows:
-            groups[_partition(row["ts"])].append(row)  # type: ignore[arg-type]
+            groups[_partition(row["ts"])].append(row)
         for (date, hour), group in sorted(groups.items()):
             self._write(directory, date, hour, pa.Table.from_pylist(group, schema=schema))
         return self._count(kind, len(rows))
@@ -323,7 +325,7 @@ def read_archive(data_dir: Path, kind: str = "events", *, entity_type: str | Non
         dataset = ds.dataset(root, schema=schema, format="parquet", partitioning="hive", exclude_invalid_files=True)
     only = ds.field("entity_type") == entity_type if kind == "scores" and entity_type else None
     table = dataset.to_table(filter=only)
-    frame = table.to_pandas()
+    frame: pd.DataFrame = table.to_pandas()
     return frame.sort_values("ts", kind="stable", ignore_index=True) if not frame.empty else frame
 
 

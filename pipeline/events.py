@@ -16,11 +16,11 @@ import dataclasses
 import ipaddress
 import re
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from functools import cache, lru_cache
-from typing import Any, ClassVar, Literal, Self
+from functools import lru_cache
+from typing import Any, ClassVar, Literal, Self, TypeVar
 
 import orjson
 import pyarrow as pa
@@ -303,7 +303,10 @@ def _rule_names(record: str, name: str, value: object) -> list[str]:
     return value
 
 
-def _parse(cls: type[Any], checks: Mapping[str, Check], data: object) -> Any:
+_R = TypeVar("_R", bound="_Record")
+
+
+def _parse(cls: type[_R], checks: Mapping[str, Check], data: object) -> _R:
     record = cls.SCHEMA
     if not isinstance(data, dict):
         raise RecordError(record, "<record>", data, "must be a JSON object")
@@ -320,21 +323,27 @@ def _parse(cls: type[Any], checks: Mapping[str, Check], data: object) -> Any:
     return cls(**values)
 
 
-@cache
+_FIELDS: dict[type[Any], tuple[tuple[str, bool], ...]] = {}
+
+
 def _fields(cls: type[Any]) -> tuple[tuple[str, bool], ...]:
-    """(name, required) of a record's fields — computed once per record type, not per record."""
-    return tuple(
-        (f.name, f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
-        for f in dataclasses.fields(cls)
-    )
+    """(name, required) of a record's fields — computed once per record type, not per record. (A dict, not
+    ``functools.cache``: mypy takes a class for unhashable.)"""
+    fields = _FIELDS.get(cls)
+    if fields is None:
+        fields = _FIELDS[cls] = tuple(
+            (f.name, f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
+            for f in dataclasses.fields(cls)
+        )
+    return fields
 
 
-def _loads(cls: type[Any], raw: bytes | str) -> Any:
+def _loads(schema: str, raw: bytes | str) -> object:
+    """The JSON value of a ``schema`` record; RecordError if ``raw`` is not JSON."""
     try:
-        data = orjson.loads(raw)
+        return orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise RecordError(cls.SCHEMA, "<json>", raw[:80], f"not valid JSON ({exc})") from None
-    return cls.from_dict(data)
+        raise RecordError(schema, "<json>", raw[:80], f"not valid JSON ({exc})") from None
 
 
 class _Record:
@@ -392,7 +401,7 @@ class TokenUsage(_Record):
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> Self:
-        return _loads(cls, raw)
+        return cls.from_dict(_loads(cls.SCHEMA, raw))
 
     @staticmethod
     def new_event_id() -> str:
@@ -466,7 +475,7 @@ class Alert(_Record):
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> Self:
-        return _loads(cls, raw)
+        return cls.from_dict(_loads(cls.SCHEMA, raw))
 
 
 _ALERT_CHECKS: dict[str, Check] = {
@@ -527,7 +536,7 @@ class Revocation(_Record):
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> Self:
-        return _loads(cls, raw)
+        return cls.from_dict(_loads(cls.SCHEMA, raw))
 
 
 _REVOCATION_CHECKS: dict[str, Check] = {
@@ -591,7 +600,7 @@ class AlertVerdict(_Record):
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> Self:
-        return _loads(cls, raw)
+        return cls.from_dict(_loads(cls.SCHEMA, raw))
 
 
 _VERDICT_CHECKS: dict[str, Check] = {
@@ -707,8 +716,8 @@ _TS_COLUMNS = {
 }
 
 
-def to_arrow(records: list[TokenUsage] | list[Alert] | list[Revocation] | list[AlertVerdict]) -> pa.Table:
-    """A batch of records of one type as an Arrow table with that type's schema."""
+def to_arrow(records: Sequence[TokenUsage | Alert | Revocation | AlertVerdict]) -> pa.Table:
+    """A batch of records of one type as an Arrow table with that type's schema (ValueError for a mix)."""
     if not records:
         raise ValueError("to_arrow needs at least one record to know its type")
     kind = records[0].SCHEMA

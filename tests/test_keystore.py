@@ -24,6 +24,7 @@ from pipeline.validation.keystore import (
     jwk_thumbprint,
     verify_audit,
     verify_audit_lines,
+    verify_store,
 )
 
 ISS = "https://issuer.test"
@@ -479,6 +480,21 @@ def test_audit_entries_reports_garbage_as_keystore_error(audited: KeyStore) -> N
     _write(audited, [*_lines(audited), b"{oops"])
     with pytest.raises(KeyStoreError, match="line 6"):
         audited.audit_entries()
+
+
+def test_a_kid_that_is_not_a_string_is_a_problem_not_a_crash(store: KeyStore) -> None:
+    """Whoever can write an unencrypted store can append perfectly chained entries naming anything as the kid;
+    verify_store reports them (it used to sort an int with the str kids and raise TypeError)."""
+    lines = _lines(store)
+    for kid in (5, None):
+        fields = {"ts": "2024-01-01T00:00:00.000Z", "action": "rotate", "kid": kid, "alg": "ES256", "details": {}}
+        lines.append(chain_line(len(lines) + 1, lines[-1], fields))
+    _write(store, lines)
+    check = verify_store(store.path)
+    assert not check.ok
+    assert any("key 5 is missing from store.json" in p for p in check.problems), check.problems
+    assert any("key null is missing from store.json" in p for p in check.problems), check.problems
+    assert any(p.endswith("the audit log null") for p in check.problems), check.problems
 
 
 def _chain(n: int) -> list[bytes]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import unicodedata
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, get_args
 
 import orjson
 from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Query, Request, Response
@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from pipeline.alerts.delivery import EVENT_TYPES
+from pipeline.alerts.delivery import EVENT_TYPES, EventType
 from pipeline.alerts.service import DELIVERY_STATUSES, MAX_SUPPRESS_S, MIN_SUPPRESS_S, AlertsService, verdict_view
 from pipeline.alerts.targets import TargetError
 from pipeline.bus.dead_letter import Unavailable
@@ -37,9 +37,8 @@ MAX_BODY_BYTES = 16 * 1024
 #: Paths of the admin API; one answer carries a signing secret, none may be cached.
 NO_STORE_PREFIXES: tuple[str, ...] = ("/v1/webhooks", "/v1/alerts", "/v1/deliveries")
 
-EventType = Literal["token.anomaly", "token.revoked", "revocation.storm"]
 Severity = Literal["low", "medium", "high", "critical"]
-assert set(EVENT_TYPES) == {"token.anomaly", "token.revoked", "revocation.storm"}
+assert set(EVENT_TYPES) == set(get_args(EventType))
 assert tuple(SEVERITIES) == ("low", "medium", "high", "critical")
 
 

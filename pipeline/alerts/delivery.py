@@ -29,7 +29,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, Literal
 
 import httpcore
 import httpx
@@ -39,7 +39,8 @@ from standardwebhooks import Webhook
 from pipeline.alerts.targets import ResolvedTarget
 from pipeline.events import format_ts
 
-EVENT_TYPES: tuple[str, ...] = ("token.anomaly", "token.revoked", "revocation.storm")
+EventType = Literal["token.anomaly", "token.revoked", "revocation.storm"]
+EVENT_TYPES: tuple[EventType, ...] = ("token.anomaly", "token.revoked", "revocation.storm")
 SECRET_PREFIX = "whsec_"
 SECRET_BYTES = 32
 USER_AGENT = "jwtwatch-webhooks/1"

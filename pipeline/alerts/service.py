@@ -664,7 +664,13 @@ class AlertsService:
             )
         # Jitter drawn in claim order, so that a seeded service gives the same schedule whatever order the
         # attempts finish in.
-        return [ClaimedDelivery(*row, random.Random(self.rng.getrandbits(64))) for row in rows]  # noqa: S311 - jitter
+        return [
+            ClaimedDelivery(
+                delivery, message, webhook, url, secret, body, retries, first,
+                random.Random(self.rng.getrandbits(64)),  # noqa: S311 - jitter
+            )
+            for delivery, message, webhook, url, secret, body, retries, first in rows
+        ]  # fmt: skip
 
     def attempt(self, job: ClaimedDelivery) -> None:
         """One attempt of a claimed delivery, recorded (a failure to record it leaves the claim to its lease)."""
@@ -802,7 +808,8 @@ class AlertsService:
         """The alert log (latest revision of each alert), newest first; ``severity`` is a minimum. Each alert has
         its current ``verdict`` (see :func:`verdict_view`) or None; ``verdict`` filters on it (``none``: unjudged).
         """
-        where, params = ["1 = 1"], []
+        where: list[str] = ["1 = 1"]
+        params: list[str | float] = []
         if verdict is not None:
             if verdict == "none":
                 where.append(f"{_LATEST_KIND} IS NULL")
@@ -917,7 +924,8 @@ class AlertsService:
         self, *, status: str | None = None, webhook_id: str | None = None, limit: int = 100
     ) -> list[dict[str, Any]]:
         """Deliveries, newest first, each with its attempts (oldest first)."""
-        where, params = ["1 = 1"], []
+        where: list[str] = ["1 = 1"]
+        params: list[str | float] = []
         if status is not None:
             if status not in DELIVERY_STATUSES:
                 raise ValueError(f"status must be one of {list(DELIVERY_STATUSES)}")

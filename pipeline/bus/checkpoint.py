@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from typing import Generic, Protocol, TypeVar
+from typing import Generic, Never, Protocol, TypeVar
 
 from pipeline.bus.base import Bus, CommitRejected, Consumer, Message
 from pipeline.bus.dead_letter import dead_letter, describe, is_infrastructure_fault, rewind
@@ -67,7 +67,7 @@ def park(
 def checkpoint(
     bus: Bus,
     consumer: Consumer,
-    sinks: Sequence[Sink[object]] = (),
+    sinks: Sequence[Sink[Never]] = (),  # sinks of any records: only flushed here
     offsets: dict[tuple[str, int], int] | None = None,
     *,
     rewind_on_failure: bool = True,

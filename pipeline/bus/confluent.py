@@ -19,14 +19,14 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Literal, Protocol, overload
 
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, KafkaException, TopicPartition
 from confluent_kafka import Consumer as RdKafkaConsumer
 from confluent_kafka import KafkaError as RdKafkaError
 
 from pipeline.bus.base import Consumer, Message, MessageRun, runs_of
-from pipeline.bus.kafka import KafkaBus, KafkaBusError, KafkaCommitRejected  # kafka.py imports this module lazily
+from pipeline.bus.errors import KafkaBusError, KafkaCommitRejected
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +45,28 @@ _LOST_TO_A_REBALANCE = frozenset(
 Key = tuple[str, int]
 
 
+class KafkaBusLike(Protocol):
+    """What a consumer reads of the :class:`~pipeline.bus.kafka.KafkaBus` that made it. kafka.py imports this
+    module on demand; naming only this keeps the import one way."""
+
+    @property
+    def bootstrap(self) -> str: ...
+
+    @property
+    def client_id(self) -> str: ...
+
+    @property
+    def timeout_s(self) -> float: ...
+
+    @property
+    def assignment_timeout_s(self) -> float: ...
+
+    @property
+    def closed(self) -> bool: ...
+
+
 class ConfluentConsumer(Consumer):
-    def __init__(self, bus: KafkaBus, topics: Iterable[str], group: str, *, from_beginning: bool = True) -> None:
+    def __init__(self, bus: KafkaBusLike, topics: Iterable[str], group: str, *, from_beginning: bool = True) -> None:
         self.bus = bus
         self.group = group
         self.topics = list(topics)
@@ -98,17 +118,23 @@ class ConfluentConsumer(Consumer):
     # -- polling ----------------------------------------------------------------------------------------
 
     def poll(self, max_records: int = 500, timeout_s: float = 1.0) -> list[Message]:
-        return self._poll(max_records, timeout_s, as_runs=False)  # type: ignore[return-value]
+        return self._poll(max_records, timeout_s, as_runs=False)
 
     def poll_runs(self, max_records: int = 500, timeout_s: float = 1.0) -> list[MessageRun]:
         """Like ``poll``, as columns per partition run: no :class:`Message` per message."""
-        return self._poll(max_records, timeout_s, as_runs=True)  # type: ignore[return-value]
+        return self._poll(max_records, timeout_s, as_runs=True)
+
+    @overload
+    def _poll(self, max_records: int, timeout_s: float, *, as_runs: Literal[False]) -> list[Message]: ...
+
+    @overload
+    def _poll(self, max_records: int, timeout_s: float, *, as_runs: Literal[True]) -> list[MessageRun]: ...
 
     def _poll(self, max_records: int, timeout_s: float, *, as_runs: bool) -> list[Message] | list[MessageRun]:
         if max_records < 1:
             raise ValueError("max_records must be at least 1")
         with self._lock:
-            if self._closed or self.bus._closed:
+            if self._closed or self.bus.closed:
                 return []
             if self._stash:
                 stashed = self._take_stash(max_records)

@@ -36,10 +36,12 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Set as AbstractSet
 from typing import TypeVar
 
 from kafka import ConsumerRebalanceListener, KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import ConfigResource, ConfigResourceType
+from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import (
     CommitFailedError,
     FencedInstanceIdError,
@@ -54,12 +56,13 @@ from kafka.errors import (
 )
 from kafka.structs import MemberState, OffsetAndMetadata, TopicPartition
 
-from pipeline.bus.base import Bus, CommitRejected, Consumer, Message, MessageRun, encode_key, runs_of
+from pipeline.bus.base import Bus, Consumer, Message, MessageRun, encode_key, runs_of
+from pipeline.bus.errors import KafkaBusError, KafkaCommitRejected
 from pipeline.bus.topics import TopicSpec, default_topics
 
 _Client = TypeVar("_Client")
 
-__all__ = ["KafkaBus", "KafkaBusError", "KafkaConsumerAdapter"]
+__all__ = ["KafkaBus", "KafkaBusError", "KafkaCommitRejected", "KafkaConsumerAdapter"]
 
 log = logging.getLogger(__name__)
 
@@ -87,10 +90,6 @@ _POLL_SLICE_S = 0.5  # a waiting poll notices close() within this long
 _ASSIGN_POLL_MS = 50
 
 
-class KafkaBusError(RuntimeError):
-    """Kafka could not do what was asked (unreachable, timed out, rejected). The cause is chained."""
-
-
 #: What the group coordinator answers to a commit from a member whose generation a rebalance has ended.
 _LOST_TO_A_REBALANCE = (
     CommitFailedError,
@@ -99,10 +98,6 @@ _LOST_TO_A_REBALANCE = (
     UnknownMemberIdError,
     FencedInstanceIdError,
 )
-
-
-class KafkaCommitRejected(KafkaBusError, CommitRejected):
-    """A commit lost to a rebalance (:class:`CommitRejected`); also a :class:`KafkaBusError`."""
 
 
 @contextlib.contextmanager
@@ -368,6 +363,11 @@ class KafkaBus(Bus):
 
     # -- consuming --------------------------------------------------------------------------------------
 
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called (a consumer's wait for its assignment gives up then)."""
+        return self._closed
+
     def consumer(self, topics: Iterable[str], group: str, *, from_beginning: bool = True) -> Consumer:
         if self._closed:
             raise RuntimeError("bus is closed")
@@ -442,7 +442,7 @@ class _Producer:
         self.producer = producer
         self.broken = False
 
-    def send(self, topic: str, key: bytes | None, value: bytes) -> None:
+    def send(self, topic: str, key: bytes | None, value: bytes | None) -> None:
         bus = self.bus
         with bus._cond:
             bus._pending += 1
@@ -489,7 +489,7 @@ class KafkaConsumerAdapter(Consumer):
         self._closed = False
         # Records fetched while waiting for the assignment, not yet returned by poll(); valid only for the
         # group generation they were fetched in.
-        self._stash: dict[TopicPartition, deque] = {}
+        self._stash: dict[TopicPartition, deque[ConsumerRecord]] = {}
         self._stash_generation: int | None = None
         # Set by the rebalance listener (on kafka-python's IO thread): True once the partitions of the
         # current rebalance have been handed over, False from the moment they are revoked or lost.
@@ -517,7 +517,9 @@ class KafkaConsumerAdapter(Consumer):
             return runs_of(stashed)
         return [_run(tp, records[tp]) for tp in sorted(records)]
 
-    def _fetch(self, max_records: int, timeout_s: float) -> tuple[list[Message] | None, dict]:  # type: ignore[type-arg]
+    def _fetch(
+        self, max_records: int, timeout_s: float
+    ) -> tuple[list[Message] | None, dict[TopicPartition, list[ConsumerRecord]]]:
         """One poll for ``poll`` and ``poll_runs``: messages stashed while the assignment settled (first), or
         kafka-python's records per partition — empty when the timeout passed or the consumer is closing."""
         if max_records < 1:
@@ -557,7 +559,8 @@ class KafkaConsumerAdapter(Consumer):
         return batch
 
     def _generation(self) -> int:
-        return self._consumer.group_metadata().generation_id
+        generation: int = self._consumer.group_metadata().generation_id
+        return generation
 
     def _ensure_assigned(self) -> set[TopicPartition]:
         """Wait (bounded) until this member has joined its group; return its assigned partitions."""
@@ -584,7 +587,7 @@ class KafkaConsumerAdapter(Consumer):
             if records:
                 self._keep(records)
 
-    def _keep(self, records: dict) -> None:
+    def _keep(self, records: dict[TopicPartition, list[ConsumerRecord]]) -> None:
         generation = self._generation()
         if self._stash and generation != self._stash_generation:
             self._stash.clear()
@@ -701,7 +704,9 @@ class KafkaConsumerAdapter(Consumer):
             self._lost, self._gained = set(), set()
             return lost, gained
 
-    def _on_assignment(self, current: set[tuple[str, int]], lost: set[tuple[str, int]] = frozenset()) -> None:
+    def _on_assignment(
+        self, current: AbstractSet[tuple[str, int]], lost: AbstractSet[tuple[str, int]] = frozenset()
+    ) -> None:
         """From the listener: ``current`` is the assignment now; ``lost`` partitions lost on the way."""
         with self._changes_lock:
             gone = (self._owned - current) | (lost & self._owned)
@@ -760,10 +765,7 @@ class KafkaConsumerAdapter(Consumer):
             self.bus._consumers.discard(self)
 
 
-class _AssignmentTracker(ConsumerRebalanceListener):
-    def __init__(self, adapter: KafkaConsumerAdapter) -> None:
-        self._adapter = weakref.ref(adapter)
-
+class _AssignmentTracker(ConsumerRebalanceListener):  # type: ignore[misc]  # kafka-python has no types: Any
     """Tells the adapter when its partitions are handed over, and which it lost and gained.
 
     kafka-python's eager rebalance revokes every partition before the group is joined again, then assigns the
@@ -771,41 +773,44 @@ class _AssignmentTracker(ConsumerRebalanceListener):
     *lost* (the member was thrown out of the group) restart from the committed offsets if given back.
     """
 
+    def __init__(self, adapter: KafkaConsumerAdapter) -> None:
+        self._adapter = weakref.ref(adapter)
+
     def _set(self, assigned: bool) -> KafkaConsumerAdapter | None:
         adapter = self._adapter()
         if adapter is not None:
             adapter._assigned = assigned
         return adapter
 
-    def on_partitions_revoked(self, revoked: object) -> None:
+    def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
         adapter = self._set(False)
         if adapter is not None:
             # Eager: revoked before the new assignment, still listed in assignment(); cooperative: already
             # removed from it — then they are gone for good.
             current = {_tp_key(tp) for tp in adapter._consumer.assignment()}
-            gone = {_tp_key(tp) for tp in revoked}  # type: ignore[attr-defined]
+            gone = {_tp_key(tp) for tp in revoked}
             if not gone & current:
                 adapter._on_assignment(current, gone)
 
-    def on_partitions_lost(self, lost: object) -> None:
+    def on_partitions_lost(self, lost: Iterable[TopicPartition]) -> None:
         adapter = self._set(False)
         if adapter is not None:
-            gone = {_tp_key(tp) for tp in lost}  # type: ignore[attr-defined]
+            gone = {_tp_key(tp) for tp in lost}
             adapter._on_assignment(adapter._owned - gone, gone)
 
-    def on_partitions_assigned(self, assigned: object) -> None:
+    def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
         adapter = self._set(True)
         if adapter is not None:
             adapter._on_assignment({_tp_key(tp) for tp in adapter._consumer.assignment()})
 
 
-def _message(record) -> Message:  # type: ignore[no-untyped-def]
+def _message(record: ConsumerRecord) -> Message:
     # A null value (a tombstone on a compacted topic) is returned as b"".
     value = record.value if record.value is not None else b""
     return Message(record.topic, record.partition, record.offset, record.key, value, record.timestamp)
 
 
-def _run(tp: TopicPartition, records: list) -> MessageRun:  # type: ignore[type-arg]
+def _run(tp: TopicPartition, records: list[ConsumerRecord]) -> MessageRun:
     values = [record.value for record in records]
     if None in values:
         values = [b"" if value is None else value for value in values]  # tombstones, as in _message

@@ -201,13 +201,14 @@ def _plots(run: DemoRun, events: pd.DataFrame, scores: pd.DataFrame, summary: Su
         if outcome in binned:
             ax.plot(binned.index, binned[outcome] / 10.0, color=colour, label=f"{outcome} / s", linewidth=1.2)
     for incident in run.sim.incidents:
-        ax.axvspan(pd.Timestamp(incident.start, unit="s", tz="UTC"), pd.Timestamp(incident.end, unit="s", tz="UTC"),
+        # matplotlib plots Timestamps through the date converter pandas registers; its stubs only say float
+        ax.axvspan(pd.Timestamp(incident.start, unit="s", tz="UTC"), pd.Timestamp(incident.end, unit="s", tz="UTC"),  # type: ignore[arg-type]
                    color="#adb5bd", alpha=0.12)  # fmt: skip
     top = ax.get_ylim()[1]
     for alert in run.alerts:
         moment = pd.Timestamp(parse_ts(alert.ts))
         marker = "v" if alert.action == "revoked" else "o"
-        ax.scatter([moment], [top * 0.95], color=severity_colour[alert.severity], marker=marker, s=40, zorder=3)
+        ax.scatter([moment], [top * 0.95], color=severity_colour[alert.severity], marker=marker, s=40, zorder=3)  # type: ignore[arg-type]
     ax.scatter([], [], color="#495057", marker="v", label="alert + auto-revocation (colour: severity)")
     ax.scatter([], [], color="#495057", marker="o", label="alert only")
     ax.set_ylabel("requests per second (event time)")

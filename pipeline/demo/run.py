@@ -19,6 +19,7 @@ import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 from rich.console import Console, Group
@@ -32,6 +33,7 @@ from pipeline.demo.loop import DemoLoop
 from pipeline.demo.receiver import PATH, WebhookReceiver
 from pipeline.demo.tokens import TokenMinter
 from pipeline.demo.traffic import TrafficPlayer, TrafficStats, event_rows
+from pipeline.events import Alert
 from pipeline.response.policy import ResponsePolicy
 from pipeline.simulate import Simulation, SimulationParams, simulate
 from pipeline.validation.server import background_server
@@ -93,7 +95,7 @@ class DemoRun:
     traffic: TrafficStats
     receiver: WebhookReceiver
     clock: DemoClock
-    alerts: list = field(default_factory=list)  # alert/1 records, latest state of each
+    alerts: list[Alert] = field(default_factory=list)  # alert/1 records, latest state of each
     revocations_auto: int = 0
     revocations_suppressed: int = 0
     model_version: str = ""
@@ -179,10 +181,13 @@ def _subscribe(alerts_url: str, admin_token: str, target: str) -> str:
     )
     if response.status_code != 201:
         raise DemoError(f"the alerts service refused the webhook: {response.status_code} {response.text[:200]}")
-    return response.json()["secret"]
+    secret: str = response.json()["secret"]
+    return secret
 
 
-def _play_live(player: TrafficPlayer, rows: list[dict], loop: DemoLoop, run: DemoRun, console: Console) -> None:
+def _play_live(
+    player: TrafficPlayer, rows: list[dict[str, Any]], loop: DemoLoop, run: DemoRun, console: Console
+) -> None:
     errors: list[BaseException] = []
 
     def play() -> None:

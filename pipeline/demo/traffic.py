@@ -47,7 +47,7 @@ class TrafficStats:
 def event_rows(events: pd.DataFrame) -> list[dict[str, Any]]:
     """Simulated events as plain dicts (None for missing values, Python ints for times)."""
     frame = events.astype(object).where(events.notna(), None)
-    return frame.to_dict("records")  # type: ignore[return-value]
+    return frame.to_dict("records")  # type: ignore[return-value]  # the column names are str
 
 
 class TrafficPlayer:

@@ -68,7 +68,7 @@ class EventBatch:
         """Columns of the rows — as tuples, which the engine only reads (no copy into lists)."""
         if not rows:
             return cls()
-        return cls(*zip(*rows, strict=True))  # type: ignore[arg-type]
+        return cls(*zip(*rows, strict=True))  # type: ignore[arg-type]  # tuples for lists: only read
 
     @classmethod
     def from_records(cls, records: Iterable[TokenUsage]) -> EventBatch:
@@ -81,7 +81,7 @@ class EventBatch:
         return EventBatch(*(getattr(self, name)[start:stop] for name in COLUMNS))
 
 
-def _nullable(series: pd.Series) -> list:
+def _nullable(series: pd.Series) -> list[Any]:
     """Column values with every kind of missing (None, NaN, pd.NA) as None."""
     return series.astype(object).where(series.notna(), None).tolist()
 
@@ -331,7 +331,8 @@ def _event_times_ms(column: Sequence[Any]) -> list[int | None]:
     if None in starts:
         return list(map(event_time_ms, column))  # a non-existent date somewhere: let the slow path sort it out
     ms = np.asarray(starts, dtype=np.int64)[inverse] + digits[:, _TS_MS_DIGITS] @ np.array([100, 10, 1])
-    return ms.tolist()
+    times: list[int | None] = ms.tolist()
+    return times
 
 
 def _all_digits(grid: np.ndarray) -> bool:

@@ -243,7 +243,7 @@ class DetectionEngine:
             alerts.extend(self._judge(entity_type, store, due, rows))
         return alerts
 
-    def _sessions(self, window, now: float) -> list[Session] | None:
+    def _sessions(self, window: EntityWindow, now: float) -> list[Session] | None:
         """The subject's tokens seen in its window, with their clients, use spans and networks."""
         tokens = window.other_many  # two tokens or more: otherwise the one token is inline
         if not tokens or len(tokens) < 2:
@@ -292,6 +292,7 @@ class DetectionEngine:
                 self._learn(entity_type, key, window, row)
                 continue
             severity = rule_severity(rules, severity)
+            assert severity is not None  # a rule fired, or the forest gave one
             if self.suppressions and self.suppressions.covers(entity_type, key, rules, severity, window.last_ts):
                 # An analyst judged this pattern benign for this entity: no alert, and the window is normal
                 # behaviour, so it teaches the baselines like a clean one.
@@ -316,7 +317,7 @@ class DetectionEngine:
                 window_start=now - now % self.spec.bucket_s - self.spec.length_s + self.spec.bucket_s,
                 window_end=now,
                 score=score,
-                severity=severity,  # type: ignore[arg-type]
+                severity=severity,
                 features=dict(zip(names, row, strict=True)),
                 reasons=explained,
                 rules=tuple(rules),
@@ -341,7 +342,7 @@ class DetectionEngine:
             clients=tuple(sorted({ua_family(ua) for ua in window.uas_within(horizon) if ua})),
         )
 
-    def _learn(self, entity_type: str, key: str, window, row: list[float]) -> None:
+    def _learn(self, entity_type: str, key: str, window: EntityWindow, row: list[float]) -> None:
         """A clean window teaches the baseline what normal volume looks like.
 
         Once the entity has been seen for ``LEARN_AFTER_S`` its volume, scaled to a whole window, is
@@ -447,6 +448,7 @@ def _ingest(engine: DetectionEngine, batch: EventBatch) -> list[Alert]:
             touched_sub.add(sub)
         if jti is not None:
             token = jti_store.add_at(jti, ts, bucket, prefix, ip, ua, row)
+            assert isinstance(token, TokenWindow)  # the jti store's window type (compiled, engine.pxd says so)
             token.owner = sub
             if client != token.client:
                 token.client = None if client is None else intern(client)

@@ -11,12 +11,24 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TypedDict
 
 import numpy as np
 import pandas as pd
 
 from pipeline.events import Alert, parse_ts
 from pipeline.simulate import THREATS, Incident
+
+
+class ThreatRow(TypedDict):
+    """One threat's line of :meth:`Evaluation.rows`."""
+
+    threat: str
+    incidents: int
+    detected: int
+    recall: float
+    median_s: float | None
+    max_s: float | None
 
 
 @dataclass
@@ -58,8 +70,8 @@ class Evaluation:
         times = [s for t in self.threats.values() for s in t.times_to_detect]
         return float(np.median(times)) if times else float("nan")
 
-    def rows(self) -> list[dict[str, object]]:
-        out = []
+    def rows(self) -> list[ThreatRow]:
+        out: list[ThreatRow] = []
         for threat in self.threats.values():
             times = threat.times_to_detect
             out.append(
@@ -231,13 +243,13 @@ def across_worlds(evaluations: Sequence[Evaluation]) -> dict[str, object]:
         k = sum(getattr(e, hit) for e in evaluations)
         shares = [getattr(e, hit) / getattr(e, total) for e in evaluations if getattr(e, total)]
         entities[label] = {**rate(k, n), "worst_world_rate": max(shares) if shares else None}
-    lookalikes: dict[str, dict[str, object]] = {}
+    lookalikes: dict[str, dict[str, list[int]]] = {}
     for e in evaluations:
         for kind, by_type in e.lookalikes.items():
             for entity_type, (n, k) in by_type.items():
                 tally = lookalikes.setdefault(kind, {}).setdefault(entity_type, [0, 0])
-                tally[0] += n  # type: ignore[index]
-                tally[1] += k  # type: ignore[index]
+                tally[0] += n
+                tally[1] += k
     variants: dict[str, list[int]] = {}
     for e in evaluations:
         for name, (n, k) in e.variants.items():
@@ -254,7 +266,7 @@ def across_worlds(evaluations: Sequence[Evaluation]) -> dict[str, object]:
         "threats": threats,
         "benign_alerted": entities,
         "lookalikes": {
-            kind: {t: rate(v[1], v[0]) for t, v in sorted(by_type.items())}  # type: ignore[index]
+            kind: {t: rate(v[1], v[0]) for t, v in sorted(by_type.items())}
             for kind, by_type in sorted(lookalikes.items())
         },
         "variants": {name: rate(v[1], v[0]) for name, v in sorted(variants.items())},

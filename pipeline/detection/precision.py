@@ -59,7 +59,7 @@ def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
     naming what broke, not a traceback (or click's bare "Aborted." for an ``EOFError``)."""
     opener = gzip.open if path.name.endswith(".gz") else open
     try:
-        with opener(path, "rb") as lines:  # type: ignore[operator]
+        with opener(path, "rb") as lines:
             for number, line in enumerate(lines, 1):
                 if line.strip():
                     yield number, line
@@ -78,7 +78,8 @@ def _from_archive(data_dir: Path) -> VerdictRead:
         for name in ("ts", "suppress_until"):
             moment = data.get(name)
             data[name] = format_ts(moment.to_pydatetime()) if moment is not None and moment == moment else None
-        data["rules"] = list(data.get("rules") if data.get("rules") is not None else [])
+        rules = data.get("rules")
+        data["rules"] = list(rules) if rules is not None else []
         data = {k: (None if v != v else v) if not isinstance(v, list) else v for k, v in data.items()}  # NaN -> None
         try:
             verdicts.append(AlertVerdict.from_dict(orjson.loads(orjson.dumps(data))))

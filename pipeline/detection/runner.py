@@ -247,7 +247,7 @@ class StreamingRunner:
                 taken, offsets = [taken[i] for i in keep], [run.offsets[i] for i in keep]
             else:
                 offsets = run.offsets
-            pending.rows.extend(taken)  # type: ignore[arg-type]
+            pending.rows.extend(taken)  # type: ignore[arg-type]  # no None is left (see just above)
             pending.offsets.extend(offsets)
             self._handled[tp] = run.offsets[-1] + 1
             start = stop

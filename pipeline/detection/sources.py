@@ -12,7 +12,7 @@ from __future__ import annotations
 import gzip
 import io
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -75,16 +75,20 @@ def _arrow(values: pd.Series) -> pa.Array:
     return pa.array(values.astype(object).where(values.notna(), None), type=pa.string())
 
 
-def _check_unique(values: pd.Series, check) -> np.ndarray:
+def _check_unique(values: pd.Series, check: Callable[[str], bool]) -> np.ndarray:
     """Apply a per-value check to the unique values only; a boolean mask for the whole column."""
     column = _arrow(values)
     uniques = pc.unique(column.drop_null()).to_pylist()
     good = pa.array([v for v in uniques if check(v)], type=pa.string())
-    return pc.fill_null(pc.is_in(column, value_set=good), False).to_numpy(zero_copy_only=False)
+    mask: np.ndarray = pc.fill_null(pc.is_in(column, value_set=good), False).to_numpy(zero_copy_only=False)
+    return mask
 
 
 def _matches(values: pd.Series, pattern: str) -> np.ndarray:
-    return pc.fill_null(pc.match_substring_regex(_arrow(values), pattern), False).to_numpy(zero_copy_only=False)
+    mask: np.ndarray = pc.fill_null(pc.match_substring_regex(_arrow(values), pattern), False).to_numpy(
+        zero_copy_only=False
+    )
+    return mask
 
 
 def validate_frame(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[tuple[int, str]]]:

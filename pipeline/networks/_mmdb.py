@@ -45,7 +45,7 @@ from typing import Any
 import maxminddb
 from maxminddb.errors import InvalidDatabaseError
 
-from pipeline.networks import KINDS, PREFIX_SOURCE, PREFIXES, Network, NetworkResolver, _prefix_network
+from pipeline.networks.base import KINDS, PREFIX_SOURCE, PREFIXES, Network, NetworkResolver, _prefix_network
 from pipeline.windows import prefix16
 
 log = logging.getLogger("pipeline.networks")

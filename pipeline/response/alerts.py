@@ -115,7 +115,7 @@ class AlertTracker:
         return len(done)
 
     def _alert(self, episode: Episode, finding: Finding, facts: Callable[[], EntityFacts] | None) -> Alert:
-        reasons = list(finding.reasons)
+        reasons = [dict(reason) for reason in finding.reasons]
         rules = sorted(episode.rules)
         for rule in rules:
             reasons.insert(0, {"rule": rule, "text": f"rule fired: {rule.replace('_', ' ')}"})

@@ -94,8 +94,10 @@ class Responder:
 
     def _revoke_for_verdict(self, verdict: AlertVerdict) -> Decision:
         kind: Literal["jti", "sub"]
-        if verdict.entity_type in ("jti", "sub"):
-            kind, value = verdict.entity_type, verdict.entity  # type: ignore[assignment]
+        if verdict.entity_type == "jti":
+            kind, value = "jti", verdict.entity
+        elif verdict.entity_type == "sub":
+            kind, value = "sub", verdict.entity
         elif verdict.jti:
             kind, value = "jti", verdict.jti
         elif verdict.sub:

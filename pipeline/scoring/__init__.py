@@ -236,7 +236,8 @@ class EntityScorer:
         return Combination(tuple(named), "unusual combination, each value within its usual range: " + "; ".join(parts))
 
     def _spread(self) -> np.ndarray:
-        return np.maximum(self.p99_ - self.median_, 1e-6)
+        spread: np.ndarray = np.maximum(self.p99_ - self.median_, 1e-6)
+        return spread
 
     def summary(self) -> dict[str, Any]:
         return {

@@ -14,10 +14,13 @@ times faster; same nodes, comparisons deciding the same way, same order of summa
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 from sklearn.ensemble import IsolationForest
 from sklearn.ensemble._iforest import _average_path_length
 
+compiled_path_lengths: Callable[..., None] | None  # _forest_walk.pyi has its signature
 try:
     from pipeline.scoring._forest_walk import path_lengths as compiled_path_lengths
 except ImportError:  # not built here (or JWTWATCH_PURE_PYTHON): the numpy walk below
@@ -92,7 +95,8 @@ class CompiledForest:
         for _ in range(self.depth):
             value = flat.take(offsets + self.feature.take(node))
             node = self.children.take(2 * node + (value > self.threshold.take(node)))
-        return self.leaf_value.take(node).sum(axis=0)
+        lengths: np.ndarray = self.leaf_value.take(node).sum(axis=0)
+        return lengths
 
 
 #: One node as the compiled walk reads it: 16 bytes, one cache line for a step down a tree.

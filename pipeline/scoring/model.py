@@ -39,7 +39,8 @@ class DetectionModel:
 
     @property
     def version(self) -> str:
-        return self.metadata["version"]
+        version: str = self.metadata["version"]
+        return version
 
 
 def _canonical(obj: Any) -> bytes:
@@ -87,7 +88,8 @@ def save_model(model: DetectionModel, directory: Path) -> str:
     metadata["files"] = files
     model.metadata = metadata
     atomic_write(directory / METADATA_FILE, (json.dumps(metadata, indent=2, sort_keys=True) + "\n").encode(), 0o644)
-    return metadata["version"]
+    version: str = metadata["version"]
+    return version
 
 
 def load_model(directory: Path) -> DetectionModel:

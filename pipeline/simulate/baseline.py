@@ -148,7 +148,7 @@ def _pages_to_calls(
     rng: np.random.Generator, pages: dict[str, np.ndarray], calls_per_page: float, horizon: float
 ) -> dict[str, np.ndarray]:
     """Each page load becomes a burst of API calls within ~1 s; returns per-call arrays (client-major)."""
-    n_pages = pages["t"].shape[0]
+    n_pages: int = pages["t"].shape[0]
     # A session id per page: every client's first page opens one (ongoing or not), as does every start.
     first_of_client = np.ones(n_pages, dtype=bool)
     first_of_client[1:] = pages["client"][1:] != pages["client"][:-1]
@@ -188,7 +188,8 @@ def _episode_lookup(
     order = np.argsort(ep_key, kind="stable")
     ep_key = ep_key[order]
     idx = np.searchsorted(ep_key, client.astype(np.float64) * span + t, side="right") - 1
-    return ep_ip[order][idx]
+    ips: np.ndarray = ep_ip[order][idx]
+    return ips
 
 
 # ------------------------------------------------------------------------------------------ tokens
@@ -335,7 +336,16 @@ class _Builder:
         reason[iat > epoch_s(self.params.start, t) + self.params.leeway_s] = REASON_CODE["not_yet_valid"]
         return reason
 
-    def retries(self, chains: _Chains, first_tok: int, t, ip, ua, endpoint, pool: UniformPool) -> None:
+    def retries(
+        self,
+        chains: _Chains,
+        first_tok: int,
+        t: np.ndarray,
+        ip: np.ndarray,
+        ua: np.ndarray,
+        endpoint: np.ndarray,
+        pool: UniformPool,
+    ) -> None:
         """The benign ``expired`` calls: the same request first tried with the previous, expired token."""
         if chains.retry_event.size == 0:
             return
@@ -441,7 +451,8 @@ class _Builder:
         """Random CGNAT egress addresses, of the given carriers (or of random ones)."""
         pools = np.stack(self.addresses.carrier_pools)
         which = rng.integers(0, pools.shape[0], n) if carrier is None else carrier
-        return pools[which, rng.integers(0, pools.shape[1], n)].astype(np.int32)
+        addresses: np.ndarray = pools[which, rng.integers(0, pools.shape[1], n)].astype(np.int32)
+        return addresses
 
     # -------------------------------------------------------------------------------------- mobile
 
@@ -555,11 +566,11 @@ class _Builder:
         # A device is on one network at a time: a session that starts while an earlier one of the same device is
         # still going on is on that session's network (without this, two overlapping sessions put one tablet on two
         # networks at once — what a token thief looks like, not a second device).
-        spans: dict[int, list[tuple[float, float, int]]] = {}
+        device_sessions: dict[int, list[tuple[float, float, int]]] = {}
         for i, calls in enumerate(parts_t):
             if calls.size:
-                spans.setdefault(int(parts_c[i][0]), []).append((float(calls[0]), float(calls[-1]), i))
-        for sessions in spans.values():
+                device_sessions.setdefault(int(parts_c[i][0]), []).append((float(calls[0]), float(calls[-1]), i))
+        for sessions in device_sessions.values():
             sessions.sort()
             busy_until, network = -1.0, -1
             for first, last, i in sessions:
@@ -791,7 +802,8 @@ def _ipv6_privacy(
     period = np.floor(events.t[rows] / p.ipv6_rotate_s + phase[who]).astype(np.int64)
     keys, inverse = np.unique(np.stack([who, period]), axis=1, return_inverse=True)
     inverse = inverse.reshape(-1)
-    interface_ids = rng.integers(1, 1 << 62, keys.shape[1])
+    n_keys: int = keys.shape[1]
+    interface_ids = rng.integers(1, 1 << 62, n_keys)
     networks: dict[int, int] = {}  # home address (code) -> its /64, as an int
     codes = np.empty(keys.shape[1], dtype=np.int32)
     for i, (c, iid) in enumerate(zip(keys[0].tolist(), interface_ids.tolist(), strict=True)):

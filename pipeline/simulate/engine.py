@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -56,7 +57,8 @@ def _frame(
     tok = np.where(events.token >= 0, events.token, n_tok)  # n_tok: the "no token" sentinel row
 
     def claim(name: str) -> np.ndarray:
-        return table[np.append(tokens[name], -1)[tok]]
+        values: np.ndarray = table[np.append(tokens[name], -1)[tok]]
+        return values
 
     def number(name: str) -> pd.arrays.IntegerArray:
         values = np.append(tokens[name], 0)[tok].astype(np.int64)
@@ -111,9 +113,9 @@ def _nullable_ints(column: pd.Series) -> list[int | None]:
     return column.astype(object).where(column.notna(), None).tolist()
 
 
-def record_columns(events: pd.DataFrame) -> dict[str, list]:
+def record_columns(events: pd.DataFrame) -> dict[str, list[Any]]:
     """The token-usage/1 fields of ``events`` as Python lists (``ts`` as RFC 3339), ready for records."""
-    out: dict[str, list] = {}
+    out: dict[str, list[Any]] = {}
     for name in EVENT_COLUMNS:
         if name == "incident_id":
             continue

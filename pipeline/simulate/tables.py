@@ -58,7 +58,7 @@ class EventBatch:
         n = t.shape[0]
 
         def col(value: np.ndarray | int, dtype: type) -> np.ndarray:
-            arr = np.asarray(value, dtype=dtype)
+            arr: np.ndarray = np.asarray(value, dtype=dtype)
             return np.full(n, arr, dtype=dtype) if arr.ndim == 0 else arr
 
         return cls(
@@ -143,7 +143,7 @@ class TokenTable:
             "owner": (owner, np.int64),
         }
         for name, (value, dtype) in values.items():
-            arr = np.asarray(value, dtype=dtype)
+            arr: np.ndarray = np.asarray(value, dtype=dtype)
             self.chunks[name].append(np.full(n, arr, dtype=dtype) if arr.ndim == 0 else arr)
         jtis = np.empty(n, dtype=object)
         jtis[:] = list(jti)
@@ -153,7 +153,9 @@ class TokenTable:
         self._cache = None
         return np.arange(first, self.size, dtype=np.int64)
 
-    def add(self, *, sub: int, client_id: int, iss: int, aud: int, iat: int | None, exp: int | None, jti: str | None):
+    def add(
+        self, *, sub: int, client_id: int, iss: int, aud: int, iat: int | None, exp: int | None, jti: str | None
+    ) -> int:
         return int(
             self.extend(
                 sub=np.array([sub]),

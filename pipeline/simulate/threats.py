@@ -40,8 +40,8 @@ from pipeline.simulate.world import (
 )
 
 # Where attackers come from: VPS hosting, residential proxies, and the same commercial VPNs benign users use.
-_ATTACK_NETWORKS = ("hosting", "proxy", "vpn")
-_ATTACK_NETWORK_P = (0.45, 0.4, 0.15)
+_ATTACK_NETWORKS: tuple[str, ...] = ("hosting", "proxy", "vpn")
+_ATTACK_NETWORK_P: tuple[float, ...] = (0.45, 0.4, 0.15)
 _FORGED_REASONS = ("bad_signature", "unknown_kid", "alg_not_allowed", "malformed")
 
 
@@ -123,10 +123,22 @@ class Injector:
         fresh = mask & ~np.isin(self.tok_sub, np.fromiter(self.used_subs, dtype=np.int32, count=len(self.used_subs)))
         return np.flatnonzero(fresh) if fresh.any() else np.flatnonzero(mask)
 
-    def attacker_ip(self, rng: np.random.Generator, exclude: set[int], kinds=None, p=None) -> int:
+    def attacker_ip(
+        self,
+        rng: np.random.Generator,
+        exclude: set[int],
+        kinds: tuple[str, ...] | None = None,
+        p: tuple[float, ...] | None = None,
+    ) -> int:
         return self.attacker_network(rng, exclude, kinds, p)[0]
 
-    def attacker_network(self, rng: np.random.Generator, exclude: set[int], kinds=None, p=None) -> tuple[int, str]:
+    def attacker_network(
+        self,
+        rng: np.random.Generator,
+        exclude: set[int],
+        kinds: tuple[str, ...] | None = None,
+        p: tuple[float, ...] | None = None,
+    ) -> tuple[int, str]:
         """An attacker address outside ``exclude`` (/16s) and the kind of network it is in."""
         if kinds is None:
             kinds, p = self.attack_kinds, self.attack_p
@@ -216,7 +228,8 @@ class Injector:
         t = np.sort(np.concatenate([[s], s + rng.uniform(0.0, span, n - 1)]))
         if t.size < at_least:
             t = np.linspace(s, s + span, at_least)
-        return np.minimum(t, self.horizon - 0.001)
+        times: np.ndarray = np.minimum(t, self.horizon - 0.001)
+        return times
 
     def scale_note(self, t: np.ndarray) -> str:
         return f"{t.size} requests over {(t[-1] - t[0]) / 60:.1f} min"
@@ -364,7 +377,7 @@ class Injector:
         malformed = reason == _FORGED_REASONS.index("malformed")
         parsed = np.flatnonzero(~malformed)
         token = np.full(n, -1, dtype=np.int64)
-        jtis: list[str | None] = []
+        jtis: list[str] = []
         if parsed.size:
             k = parsed.size
             jti = uuid4_strings(rng, k)

@@ -42,7 +42,8 @@ def uuid4_strings(rng: np.random.Generator, n: int) -> np.ndarray:
         text[:, at : at + hi - lo] = chars[:, lo:hi]
     offsets = np.arange(0, 36 * (n + 1), 36, dtype=np.int64)
     strings = pa.LargeStringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(text))
-    return strings.to_numpy(zero_copy_only=False)
+    uuids: np.ndarray = strings.to_numpy(zero_copy_only=False)
+    return uuids
 
 
 class UniformPool:
@@ -356,7 +357,9 @@ class Api:
             self.path.append(self.strings.code(p))
         self._templates[(method, template)] = (first, len(paths))
 
-    def sample(self, rng: np.random.Generator, templates: list[tuple[str, str]], n: int, p=None) -> np.ndarray:
+    def sample(
+        self, rng: np.random.Generator, templates: list[tuple[str, str]], n: int, p: np.ndarray | None = None
+    ) -> np.ndarray:
         """``n`` endpoint codes: a template by weight ``p``, then an id uniformly from its pool."""
         which = rng.choice(len(templates), size=n, p=p)
         firsts = np.array([self._templates[t][0] for t in templates], dtype=np.int64)

@@ -433,7 +433,7 @@ class CombinedKeySource:
         return any(getattr(source, "may_block", True) for source in self.sources)
 
     @property
-    def generation(self) -> int:  # type: ignore[override]
+    def generation(self) -> int:
         return sum(s.generation for s in self.sources)
 
     def current(self) -> KeySet:

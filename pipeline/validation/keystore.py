@@ -35,6 +35,7 @@ import contextlib
 import fcntl
 import hashlib
 import hmac
+import importlib
 import json
 import logging
 import os
@@ -45,10 +46,11 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeGuard, TypeVar
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm, get_default_algorithms
 
 from pipeline import files
@@ -62,6 +64,7 @@ __all__ = [
     "KeyStore",
     "KeyStoreError",
     "StoreCheck",
+    "backend_class",
     "chain_line",
     "check_head",
     "entry_hash",
@@ -69,6 +72,7 @@ __all__ = [
     "parse_duration",
     "passphrase_from_env",
     "read_secret_file",
+    "register_backend",
     "secret_from_env",
     "verify_audit",
     "verify_audit_lines",
@@ -417,7 +421,9 @@ def _expired_keys(keys: Sequence[Mapping[str, Any]], max_lifetime: int, now: flo
 def _retention(meta: Mapping[str, Any]) -> int:
     """How long a retired key stays published: the longest token lifetime, or longer when something the store
     signed lives longer (``retention``, raised by :meth:`KeyStore.retain_for` — the revocation feed's SETs)."""
-    return max(meta["max_token_lifetime"], meta.get("retention") or 0)
+    lifetime: int = meta["max_token_lifetime"]
+    retention: int = meta.get("retention") or 0
+    return max(lifetime, retention)
 
 
 def _rfc3339(ts: float) -> str:
@@ -438,8 +444,9 @@ def _generate_key(alg: str, rsa_bits: int) -> PrivateKey:
     return ed25519.Ed25519PrivateKey.generate()
 
 
-def _public_jwk(key: PrivateKey) -> dict[str, str]:
-    """Public JWK with the RFC 7638 required members only (no key_ops, never private params)."""
+def _public_jwk(key: PrivateKeyTypes) -> dict[str, str]:
+    """Public JWK with the RFC 7638 required members only (no key_ops, never private params); KeyStoreError for
+    a key that is not RSA, EC or Ed25519."""
     return public_key_jwk(key.public_key())
 
 
@@ -456,7 +463,7 @@ def public_key_jwk(pub: object) -> dict[str, str]:
     return {m: full[m] for m in _THUMBPRINT_MEMBERS[full["kty"]]}
 
 
-def _key_matches_alg(key: object, alg: str) -> bool:
+def _key_matches_alg(key: object, alg: str) -> TypeGuard[PrivateKey]:
     if alg == "RS256":
         return isinstance(key, rsa.RSAPrivateKey) and key.key_size >= MIN_RSA_BITS
     if alg == "ES256":
@@ -559,7 +566,8 @@ def _append_audit(
         os.fsync(f.fileno())
     if prev is None:
         raise KeyStoreError("internal error: no audit records to append")
-    return json.loads(prev)
+    entry: dict[str, Any] = json.loads(prev)
+    return entry
 
 
 def _parse_meta(raw: bytes, path: Path) -> dict[str, Any]:
@@ -639,9 +647,36 @@ def _load_meta(
 def _backend_of(meta: dict[str, Any], path: Path) -> str:
     """``backend`` of a store (``file`` when store.json does not say)."""
     kind = meta.get("backend", "file")
-    if kind not in ("file", "pkcs11"):
+    if not isinstance(kind, str) or kind not in BACKEND_MODULES:
         raise KeyStoreError(f"key store metadata {path} is corrupt: unknown backend {kind!r}")
     return kind
+
+
+# --------------------------------------------------------------------------- backends
+
+#: Key store backends by the name store.json records, and the module of each. ``file`` is :class:`KeyStore`
+#: itself; any other backend is a subclass in its own module, which registers it (:func:`register_backend`) and
+#: is imported by name the first time a store of that kind is made or opened — the base never imports it.
+BACKEND_MODULES = {"file": __name__, "pkcs11": "pipeline.validation.pkcs11"}
+_BACKENDS: dict[str, type[KeyStore]] = {}
+_Store = TypeVar("_Store", bound="type[KeyStore]")
+
+
+def register_backend(cls: _Store) -> _Store:
+    """Class decorator: ``cls`` makes and opens the key stores whose backend is ``cls.BACKEND``."""
+    if cls.BACKEND not in BACKEND_MODULES:
+        raise ValueError(f"backend {cls.BACKEND!r} is not in keystore.BACKEND_MODULES")
+    _BACKENDS[cls.BACKEND] = cls
+    return cls
+
+
+def backend_class(name: str) -> type[KeyStore]:
+    """The key store class of backend ``name`` (``file``, ``pkcs11``), its module imported if need be."""
+    if name not in BACKEND_MODULES:
+        raise KeyStoreError(f"unknown key store backend {name!r} ({' or '.join(BACKEND_MODULES)})")
+    if name not in _BACKENDS:
+        importlib.import_module(BACKEND_MODULES[name])
+    return _BACKENDS[name]
 
 
 def _read_head(root: Path) -> tuple[int, str] | None:
@@ -671,6 +706,7 @@ def verify_audit(dir: Path, *, key: AuditKey | None = None, expect_head: str | N
 # --------------------------------------------------------------------------- the store
 
 
+@register_backend
 class KeyStore:
     """A key directory. Create one with :meth:`init`, load one with :meth:`open`.
 
@@ -723,11 +759,9 @@ class KeyStore:
         see :class:`~pipeline.validation.pkcs11.Pkcs11KeyStore`).
         """
         if backend is not None and backend != cls.BACKEND:
-            if backend != "pkcs11" or cls is not KeyStore:
-                raise KeyStoreError(f"unknown key store backend {backend!r} (file or pkcs11)")
-            from pipeline.validation.pkcs11 import Pkcs11KeyStore
-
-            cls = Pkcs11KeyStore
+            if cls is not KeyStore or not isinstance(backend, str):
+                raise KeyStoreError(f"unknown key store backend {backend!r} ({' or '.join(BACKEND_MODULES)})")
+            cls = backend_class(backend)
         root = Path(dir)
         alg = _check_alg(alg, cls.ALGORITHMS)
         if isinstance(max_token_lifetime, bool) or not isinstance(max_token_lifetime, int):
@@ -787,11 +821,9 @@ class KeyStore:
         loaded = _load_meta(Path(dir))
         kind = _backend_of(loaded[1], Path(dir) / STORE_FILE)
         if kind != cls.BACKEND:
-            if kind != "pkcs11" or cls is not KeyStore:
+            if cls is not KeyStore:
                 raise KeyStoreError(f"{dir} is a {kind!r} key store, not a {cls.BACKEND!r} one")
-            from pipeline.validation.pkcs11 import Pkcs11KeyStore
-
-            cls = Pkcs11KeyStore
+            cls = backend_class(kind)
         store = cls(Path(dir), passphrase=passphrase, **options)
         store._meta_cache = loaded  # read once: _opened() validates the same store.json
         store._opened()
@@ -870,11 +902,13 @@ class KeyStore:
 
     @property
     def issuer(self) -> str | None:
-        return self._meta()["issuer"]
+        issuer: str | None = self._meta()["issuer"]
+        return issuer
 
     @property
     def max_token_lifetime(self) -> int:
-        return self._meta()["max_token_lifetime"]
+        lifetime: int = self._meta()["max_token_lifetime"]
+        return lifetime
 
     @property
     def retention(self) -> int:
@@ -1154,7 +1188,9 @@ class KeyStore:
             for k in meta["keys"]:
                 key = self._private_key(k["kid"], k["alg"])
                 atomic_write(self._root / PRIVATE_DIR / f"{k['kid']}.pem", _pem(key, self._passphrase), 0o600)
-            records = [("encrypt", k["kid"], k["alg"], {}) for k in meta["keys"]]
+            records: list[tuple[str, str, str, dict[str, Any]]] = [
+                ("encrypt", k["kid"], k["alg"], {}) for k in meta["keys"]
+            ]
             self._commit({**meta, "encrypted": True}, meta["keys"], records, t)
         return len(meta["keys"])
 
@@ -1212,10 +1248,10 @@ class KeyStore:
             raise KeyStoreError(f"{path} is not a readable PEM private key") from e
         except TypeError as e:
             raise KeyStoreError(f"{path} is not a readable PEM private key") from e
-        if not _key_matches_alg(key, alg) or jwk_thumbprint(_public_jwk(key)) != kid:  # type: ignore[arg-type]
+        if not _key_matches_alg(key, alg) or jwk_thumbprint(_public_jwk(key)) != kid:
             raise KeyStoreError(f"{path} does not hold the {alg} key {kid} (file replaced or corrupt)")
-        self._private_cache[kid] = key  # type: ignore[assignment]
-        return key  # type: ignore[return-value]
+        self._private_cache[kid] = key
+        return key
 
 
 def _pem(key: PrivateKey, passphrase: bytes | None = None) -> bytes:
@@ -1306,7 +1342,11 @@ def _replay_audit(entries: Sequence[Mapping[str, Any]]) -> _History:
     history = _History(published=set())
     for e in entries:
         action, kid = e.get("action"), e.get("kid")
-        details = e.get("details") if isinstance(e.get("details"), dict) else {}
+        if not isinstance(kid, str):  # no kid at all (a forged entry): compared, and named, as its JSON text
+            kid = json.dumps(kid)
+        details = e.get("details")
+        if not isinstance(details, dict):
+            details = {}
         if action == "init":
             history.backend = details.get("backend", "file")
             history.encrypted = bool(details.get("encrypted"))
@@ -1317,10 +1357,10 @@ def _replay_audit(entries: Sequence[Mapping[str, Any]]) -> _History:
         elif action == "retain" and isinstance(details.get("retention"), int):
             history.retention = details["retention"]
         if action in ("init", "rotate"):
-            history.published.add(kid)  # type: ignore[arg-type]
-            history.current = kid  # type: ignore[assignment]
+            history.published.add(kid)
+            history.current = kid
         elif action == "drop":
-            history.published.discard(kid)  # type: ignore[arg-type]
+            history.published.discard(kid)
     return history
 
 

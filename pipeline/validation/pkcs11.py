@@ -54,6 +54,7 @@ from pipeline.validation.keystore import (
     KeyStoreError,
     jwk_thumbprint,
     public_key_jwk,
+    register_backend,
     secret_from_env,
 )
 
@@ -248,8 +249,8 @@ def _public_key(pub: Any, alg: str) -> Any:
             raise KeyStoreError("the token's public key is not a P-256 key")
         try:
             return ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), _ec_point(pub[Attribute.EC_POINT]))
-        except ValueError as e:
-            raise KeyStoreError("the token returned an invalid P-256 point") from e
+        except ValueError as exc:
+            raise KeyStoreError("the token returned an invalid P-256 point") from exc
     if pub.key_type != KeyType.RSA:
         raise KeyStoreError("the token's public key is not an RSA key")
     n = int.from_bytes(pub[Attribute.MODULUS], "big")
@@ -260,6 +261,7 @@ def _public_key(pub: Any, alg: str) -> Any:
 # --------------------------------------------------------------------------- the store
 
 
+@register_backend
 class Pkcs11KeyStore(KeyStore):
     """A key store whose signing keys are generated in, used in and destroyed in a PKCS#11 token.
 
@@ -530,7 +532,7 @@ class Pkcs11KeyStore(KeyStore):
             priv = self._private_object(s, kid, alg)
             if alg == "ES256":
                 # CKM_ECDSA over the digest: the raw r || s of RFC 7518 §3.4 (tokens without CKM_ECDSA_SHA256 too)
-                signature = priv.sign(hashlib.sha256(data).digest(), mechanism=Mechanism.ECDSA)
+                signature: bytes = priv.sign(hashlib.sha256(data).digest(), mechanism=Mechanism.ECDSA)
             else:
                 signature = priv.sign(data, mechanism=Mechanism.SHA256_RSA_PKCS)
         if alg == "ES256" and len(signature) != 64:

@@ -141,10 +141,8 @@ def parse_use(raw: bytes) -> tuple[str, str, float, str]:
     record = json.loads(raw)
     if not isinstance(record, dict) or record.get("schema") != SCHEMA:
         raise ValueError(f"not a {SCHEMA} message")
-    iss, jti, instance, expires = record.get("iss"), record.get("jti"), record.get("instance"), record.get("expires_at")
-    for name, value in (("iss", iss), ("jti", jti), ("instance", instance)):
-        if not isinstance(value, str) or not value or len(value) > _MAX_FIELD:
-            raise ValueError(f"field {name!r} must be a non-empty string of at most {_MAX_FIELD} characters")
+    iss, jti, instance = _text(record, "iss"), _text(record, "jti"), _text(record, "instance")
+    expires = record.get("expires_at")
     if isinstance(expires, bool) or not isinstance(expires, int | float) or not 0 < expires < 2**62:
         raise ValueError("field 'expires_at' must be a positive number")
     return iss, jti, float(expires), instance
@@ -227,3 +225,10 @@ class ReplayFollower:
 
     def close(self) -> None:
         self.consumer.close()
+
+
+def _text(record: dict[str, Any], name: str) -> str:
+    value = record.get(name)
+    if not isinstance(value, str) or not value or len(value) > _MAX_FIELD:
+        raise ValueError(f"field {name!r} must be a non-empty string of at most {_MAX_FIELD} characters")
+    return value

@@ -214,12 +214,13 @@ class RevocationStore:
         find = "SELECT version, record FROM revocations WHERE revocation_id = ?"
         with self._lock:
             row = self._db.execute(find, (record.revocation_id,)).fetchone()
+            inserted = None  # the version of the row inserted here
             if row is None:
                 try:
-                    cursor = self._db.execute(
+                    inserted = self._db.execute(
                         "INSERT INTO revocations (revocation_id, expires_at, record) VALUES (?, ?, ?)",
                         (record.revocation_id, expires, replace(record, version=None).to_json()),
-                    )
+                    ).lastrowid
                 except sqlite3.IntegrityError:
                     # Another process sharing this store (validator serve --workers N) stored it first.
                     row = self._db.execute(find, (record.revocation_id,)).fetchone()
@@ -232,7 +233,7 @@ class RevocationStore:
                         f"cannot store revocation {record.revocation_id} in {self.path}: {exc}"
                     ) from exc
             if row is None:
-                stored = replace(record, version=cursor.lastrowid)
+                stored = replace(record, version=inserted)
             else:
                 # Stored already — perhaps by another process sharing this store, which this index has not
                 # read yet: apply what is stored (not what came now), idempotently.

@@ -99,7 +99,7 @@ def _httptools_protocol() -> type[asyncio.Protocol] | None:
         _awaiting_headers = True
         _header_bytes = 0
 
-        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]  # as uvicorn has it
             super().connection_made(transport)
             self._arm_header_deadline()
 
@@ -140,7 +140,7 @@ def _httptools_protocol() -> type[asyncio.Protocol] | None:
 class GuardedH11Protocol(_HeaderGuard, H11Protocol):
     """uvicorn's h11 protocol with the same header deadline (h11 caps the size itself)."""
 
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]  # as uvicorn has it
         super().connection_made(transport)
         self._arm_header_deadline()
 
@@ -227,6 +227,7 @@ class Server(uvicorn.Server):
         state = self.server_state
 
         def protocol() -> asyncio.Protocol:
+            # http_protocol_class is typed as any asyncio.Protocol; it is uvicorn's (or ours, its subclass)
             return config.http_protocol_class(config=config, server_state=state, app_state={})  # type: ignore[call-arg]
 
         listener = await asyncio.get_running_loop().create_server(protocol, sock=sock, backlog=config.backlog)

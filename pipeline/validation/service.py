@@ -10,7 +10,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -27,6 +27,16 @@ from pipeline.validation.store_sync import RevocationStoreSync
 from pipeline.validation.usage import UsageEmitter
 from pipeline.validation.validator import TokenValidator
 from pipeline.validation.verifier import Verdict, reject
+
+
+class FeedProgress(Protocol):
+    """How far the revocation feed a validator follows is applied (a :class:`~pipeline.validation.follower.
+    RevocationFollower`)."""
+
+    @property
+    def caught_up_at(self) -> float | None: ...
+
+    def lag_seconds(self) -> float: ...
 
 
 class RevocationsUnavailable(RuntimeError):
@@ -148,8 +158,8 @@ class ValidatorService:
         #: Reads what other processes wrote to the shared revocation store (``validator serve --workers N``).
         self.store_sync: RevocationStoreSync | None = None
         self._last_purge = 0.0
-        #: The revocation feed this validator follows, if any (anything with ``caught_up``).
-        self.feed: object | None = None
+        #: The revocation feed this validator follows, if any.
+        self.feed: FeedProgress | None = None
         #: Signs the revocations this validator's admin API puts on the feed (``--revocation-keys``).
         self.signer: FeedSigner | None = None
         #: Not ready when the feed was last caught up longer ago than this; with ``fail_closed`` the
@@ -247,7 +257,7 @@ class ValidatorService:
     def _feed_age(self) -> float:
         if self.feed is None:
             return -1.0
-        age = self.feed.lag_seconds()  # type: ignore[attr-defined]
+        age = self.feed.lag_seconds()
         return age if age != float("inf") else 1e9
 
     def feed_stale(self) -> bool:
@@ -262,7 +272,7 @@ class ValidatorService:
         stuck = key_source_problem(self.validator.keys)  # refreshes failing for long, or a fetch past its deadline
         if stuck is not None:
             return False, stuck
-        if self.feed is not None and self.feed.caught_up_at is None:  # type: ignore[attr-defined]
+        if self.feed is not None and self.feed.caught_up_at is None:
             return False, "revocation feed not caught up yet"
         if self.store_sync is not None and self.store_sync.stale():
             return False, self.store_sync.describe()

@@ -134,7 +134,7 @@ class RootKey:
         except ValueError as e:
             raise KeyStoreError(f"wrong passphrase for the root key in {root}" if encrypted else str(e)) from e
         public = meta["jwk"]
-        if jwk_thumbprint(_public_jwk(key)) != public["kid"]:  # type: ignore[arg-type]
+        if jwk_thumbprint(_public_jwk(key)) != public["kid"]:
             raise KeyStoreError(f"{path} does not hold the root key {public['kid']} (file replaced?)")
         return cls(root, meta["issuer"], public, key)
 

@@ -67,8 +67,8 @@ class TokenValidator:
         if not verdict.ok:
             return verdict
         verdict = self._replay_checked(self._revocation_checked(verdict), now)
-        if verdict.ok and isinstance(token, str):
-            self.cache.put(token, verdict.claims)  # type: ignore[arg-type]
+        if verdict.ok and verdict.claims is not None and isinstance(token, str):  # an ok verdict has claims
+            self.cache.put(token, verdict.claims)
         return verdict
 
     def close(self) -> None:

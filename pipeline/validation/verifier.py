@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jwt
 import orjson
@@ -23,8 +23,11 @@ from jwt.exceptions import PyJWTError
 from pipeline.validation.config import ValidatorConfig
 from pipeline.validation.jwks import KeySet
 
+if TYPE_CHECKING:
+    from jwt.types import Options
+
 # PyJWT parses; signature and claims are checked below (claims with our clock and strict types).
-_PARSE_ONLY: dict[str, Any] = {
+_PARSE_ONLY: Options = {
     "verify_signature": False,
     "verify_exp": False,
     "verify_nbf": False,

@@ -371,8 +371,8 @@ class WindowStore:
                 window.previous_prefix = window.last_prefix
                 window.previous_prefix_ts = window.last_ts
             window.last_prefix = prefix
-        if self.track_ips:
-            subject = window  # a SubjectWindow or TokenWindow: it keeps the set of IPs
+        if isinstance(window, SubjectWindow):  # exactly when self.track_ips: it keeps the set of IPs
+            subject = window
             if ip == subject.ip_one:
                 if ts > subject.ip_one_ts:
                     subject.ip_one_ts = ts
