@@ -982,7 +982,7 @@ def serve(
     """Validator, detection pipeline and alerts service in one process, on one port (embedded bus)."""
     from pydantic import ValidationError
 
-    from pipeline.allinone import AllInOne, ServeOptions
+    from pipeline.nodes import AllInOne, ServeOptions
     from pipeline.response.policy import ResponsePolicy
     from pipeline.scoring.model import ModelError
     from pipeline.validation import ValidatorConfig
