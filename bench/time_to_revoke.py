@@ -22,7 +22,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from pipeline.allinone import AllInOne, ServeOptions
+from pipeline.nodes import AllInOne, ServeOptions
 from pipeline.response.policy import ResponsePolicy
 from pipeline.validation import ValidatorConfig
 from pipeline.validation.keystore import KeyStore

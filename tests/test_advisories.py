@@ -161,7 +161,7 @@ class _Surface:
 def hostile_text_surfaces(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Issuer, list[_Surface]]]:
     """The three surfaces, each started once: ``validator serve`` (a process; its events are built and written by a
     background thread), ``serve`` and the FastAPI middleware (in this process; events built on the request path)."""
-    from pipeline.allinone import AllInOne, ServeOptions
+    from pipeline.nodes import AllInOne, ServeOptions
     from pipeline.validation.middleware import TokenValidationMiddleware
 
     issuer = Issuer.create()
@@ -761,8 +761,8 @@ def test_low_9_the_service_port_never_tells_why_a_token_failed(tmp_path: Path) -
     import httpx
 
     from pipeline.alerts import AlertsService, create_alerts_app
-    from pipeline.allinone import AllInOne, ServeOptions
     from pipeline.bus.memory import MemoryBus
+    from pipeline.nodes import AllInOne, ServeOptions
     from pipeline.validation import ValidatorConfig
     from pipeline.validation.app import create_validator_app
     from pipeline.validation.service import ValidatorService

@@ -137,14 +137,14 @@ def test_a_process_fails_cleanly_too(events: Path, tmp_path: Path) -> None:
 
 
 def test_serve_logs_where_networks_come_from(events: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    from pipeline.allinone import AllInOne, ServeOptions
     from pipeline.networks import open_ip_db
+    from pipeline.nodes import AllInOne, ServeOptions
     from pipeline.validation import ValidatorConfig
 
     config = ValidatorConfig(issuer="https://issuer.test", audience="https://api.test", jwks=Issuer.create().jwks())
     model = events.parent / "model"
     asn = mmdbkit.geolite2_asn(tmp_path / "GeoLite2-ASN.mmdb")
-    with caplog.at_level(logging.INFO, logger="pipeline.allinone"):
+    with caplog.at_level(logging.INFO, logger="pipeline.nodes.allinone"):
         plain = AllInOne(ServeOptions(config=config, data_dir=tmp_path / "a", model_dir=model))
         enriched = AllInOne(
             ServeOptions(config=config, data_dir=tmp_path / "b", model_dir=model, networks=open_ip_db([asn]))

@@ -21,9 +21,9 @@ import orjson
 import pytest
 import uvicorn
 
-from pipeline.allinone import AllInOne, ServeOptions
 from pipeline.bus import ALERTS
 from pipeline.events import Alert, format_ts
+from pipeline.nodes import AllInOne, ServeOptions
 from pipeline.validation import ValidatorConfig
 from tests.jwtkit import AUDIENCE, ISSUER, Issuer, raw_token, standard_claims
 from tests.servers import serve_app

@@ -282,7 +282,7 @@ def test_second_use_at_another_instance_over_kafka(issuer: Issuer, kafka_bootstr
 
 
 def test_all_in_one_serves_one_time_tokens_once(issuer: Issuer, tmp_path: Path) -> None:
-    from pipeline.allinone import AllInOne, ServeOptions
+    from pipeline.nodes import AllInOne, ServeOptions
 
     model = Path(__file__).resolve().parent.parent / "models" / "default"
     node = AllInOne(ServeOptions(config=config(issuer), data_dir=tmp_path, model_dir=model))

@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from pipeline.allinone import AllInOne, ServeOptions
+from pipeline.nodes import AllInOne, ServeOptions
 from pipeline.response.policy import ResponsePolicy
 from pipeline.validation import ValidatorConfig
 from pipeline.validation.keystore import KeyStore

@@ -234,9 +234,8 @@ def test_validator_with_keys_dir_serves_the_signed_set_and_trusts_both(tmp_path:
     jwks_file = tmp_path / "other.json"
     jwks_file.write_text(json.dumps(other.jwks()))
     config = ValidatorConfig(issuer=ISS, audience=AUD, jwks_file=jwks_file)
-    service = ValidatorService(config, data_dir=tmp_path / "data")
+    service = ValidatorService(config, data_dir=tmp_path / "data", keys_dir=store.path)
     service.validator.keys = CombinedKeySource([service.validator.keys, FileKeySource(store.path / "jwks.json", ALGS)])
-    service.keys_dir = store.path  # type: ignore[attr-defined]
     with serve_app(create_validator_app(service)) as url, httpx.Client(base_url=url) as client:
         assert client.get("/.well-known/jwks.jwt").status_code == 404  # not signed yet
         publish_signed_jwks(store, root)

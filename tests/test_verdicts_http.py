@@ -11,10 +11,10 @@ import httpx
 import pytest
 
 from pipeline.alerts import AlertsService, create_alerts_app
-from pipeline.allinone import AllInOne, ServeOptions
 from pipeline.bus import VERDICTS
 from pipeline.bus.memory import MemoryBus
 from pipeline.events import AlertVerdict
+from pipeline.nodes import AllInOne, ServeOptions
 from pipeline.validation import ValidatorConfig
 from pipeline.validation.keystore import KeyStore
 from tests.servers import serve_app

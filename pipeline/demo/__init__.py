@@ -1,8 +1,7 @@
 """``jwtwatch demo``: the whole loop in one process, fed with simulated traffic through the real validator.
 
-* :mod:`~pipeline.demo.run` — orchestration and the live view (:func:`run_demo`, :class:`DemoOptions`);
-* :mod:`~pipeline.demo.loop` — validator, pipeline, responder, alerts service and archive, wired as
-  ``jwtwatch serve`` wires them, on the demo's clock (:mod:`~pipeline.demo.clock`);
+* :mod:`~pipeline.demo.run` — orchestration and the live view (:func:`run_demo`, :class:`DemoOptions`), around
+  ``jwtwatch serve``'s node (:class:`~pipeline.nodes.AllInOne`) on the demo's clock (:mod:`~pipeline.demo.clock`);
 * :mod:`~pipeline.demo.traffic` and :mod:`~pipeline.demo.tokens` — simulated events as HTTP requests
   carrying real signed (or really forged) tokens;
 * :mod:`~pipeline.demo.receiver` — a webhook receiver that verifies Standard Webhooks signatures;

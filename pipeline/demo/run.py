@@ -1,8 +1,9 @@
 """``jwtwatch demo``: simulated services and attackers against the real loop, live, then a report.
 
 1. simulate a few minutes of labelled traffic (``pipeline.simulate``: a small population, six threats);
-2. start the loop (:class:`~pipeline.demo.loop.DemoLoop`): the validator and the alerts service on
-   loopback, the detection pipeline, auto-revocation at or above a severity, the archive;
+2. start the loop — :class:`~pipeline.nodes.AllInOne`, as ``jwtwatch serve`` runs it, on the demo's clock
+   (:mod:`~pipeline.demo.clock`): the validator and the alerts service on one loopback port, the detection
+   pipeline, auto-revocation at or above a severity, the archive;
 3. register a webhook with the alerts service's admin API, pointing at a local receiver that verifies
    every signature;
 4. play the traffic as real HTTP requests with real signed tokens, minutes of event time in seconds of
@@ -13,6 +14,7 @@
 from __future__ import annotations
 
 import logging
+import secrets
 import shutil
 import threading
 import time
@@ -29,16 +31,20 @@ from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
 
 from pipeline.demo.clock import DemoClock
-from pipeline.demo.loop import DemoLoop
 from pipeline.demo.receiver import PATH, WebhookReceiver
 from pipeline.demo.tokens import TokenMinter
 from pipeline.demo.traffic import TrafficPlayer, TrafficStats, event_rows
 from pipeline.events import Alert
+from pipeline.nodes import AllInOne, ServeOptions
 from pipeline.response.policy import ResponsePolicy
 from pipeline.simulate import Simulation, SimulationParams, simulate
+from pipeline.validation.config import ValidatorConfig
+from pipeline.validation.keystore import KeyStore
 from pipeline.validation.server import background_server
 
 MARKER = ".jwtwatch-demo"  # the demo only ever deletes a directory it made
+#: The simulated clients send through the demo's traffic player on loopback, which plays the gateway.
+GATEWAY = "127.0.0.1/32"
 #: What the former ``jwtwatch demo`` (now ``jwtwatch validator demo``) left in data/demo, before the marker.
 _FORMER_DEMO = {"keys", "attacker-keys", "events.jsonl", "revocations.sqlite", "revocations.sqlite-wal",
                 "revocations.sqlite-shm"}  # fmt: skip
@@ -105,6 +111,26 @@ class DemoRun:
     drained: bool = True
 
 
+class AlertsSeen:
+    """The alerts the pipeline published so far, each in its latest state (the node's ``on_alert``)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._alerts: dict[str, Alert] = {}
+
+    def __call__(self, alert: Alert) -> None:
+        with self._lock:
+            self._alerts[alert.alert_id] = alert  # an escalation replaces the earlier state
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._alerts)
+
+    def latest(self) -> list[Alert]:
+        with self._lock:
+            return list(self._alerts.values())
+
+
 def prepare(data_dir: Path) -> None:
     """An empty data dir: made fresh, or emptied if an earlier demo made it — never anything else."""
     if data_dir.exists():
@@ -132,39 +158,59 @@ def run_demo(options: DemoOptions, console: Console) -> DemoRun:
         sim = simulate(options.simulation(start))
         rows = event_rows(sim.events)
     clock = DemoClock(start, options.speed)
-    policy = ResponsePolicy(enabled=True, min_severity=options.revoke_min_severity)
     params = sim.params
+    alerts, admin_token = AlertsSeen(), secrets.token_urlsafe(32)
     with console.status("starting the validator, the pipeline and the alerts service…"):
-        loop = DemoLoop(
-            data_dir, clock=clock, issuer=params.issuer, audience=params.audience,
-            model_dir=_model_dir(), policy=policy,
-        )  # fmt: skip
+        issuer_keys = KeyStore.init(data_dir / "issuer-keys", alg="ES256", issuer=params.issuer)
+        node = _start_node(options, params, admin_token, clock, alerts)
     receiver = WebhookReceiver()
-    player = TrafficPlayer("", loop.admin_token, TokenMinter(loop.issuer_keys), clock, workers=options.workers)
-    run = DemoRun(options, sim, player.stats, receiver, clock, model_version=loop.model.version)
-    run.thresholds = {t: float(s.threshold_) for t, s in loop.model.scorers.items()}
+    player = TrafficPlayer("", admin_token, TokenMinter(issuer_keys), clock, workers=options.workers)
+    run = DemoRun(options, sim, player.stats, receiver, clock, model_version=node.model.version)
+    run.thresholds = {t: float(s.threshold_) for t, s in node.model.scorers.items()}
     with ExitStack() as stack:
-        validator_url = stack.enter_context(background_server(loop.validator_app))
-        alerts_url = stack.enter_context(background_server(loop.alerts_app))
+        url = stack.enter_context(background_server(node.app))  # the validator and the alerts service, one port
         receiver_url = stack.enter_context(background_server(receiver.app()))
-        receiver.secret = _subscribe(alerts_url, loop.admin_token, receiver_url + PATH)
-        player.url = validator_url
-        loop.start()
+        receiver.secret = _subscribe(url, admin_token, receiver_url + PATH)
+        player.url = url
+        node.start()
         try:
             traffic_started = time.monotonic()
-            _play_live(player, rows, loop, run, console)
+            _play_live(player, rows, node, alerts, run, console)
             run.traffic_wall_s = time.monotonic() - traffic_started
             clock.finish(start + params.duration_s)
             with console.status("draining: the pipeline scores the last windows, the outbox delivers…"):
-                run.drained = loop.drain()
+                run.drained = node.drain()
         finally:
             player.stop.set()
-            loop.stop()
-    run.alerts = sorted(loop.alerts_so_far(), key=lambda a: a.ts)
-    run.revocations_auto = loop.responder.revoked
-    run.revocations_suppressed = loop.responder.suppressed
+            node.stop()
+    run.alerts = sorted(alerts.latest(), key=lambda a: a.ts)
+    run.revocations_auto = node.responder.revoked
+    run.revocations_suppressed = node.responder.suppressed
     run.wall_s = time.monotonic() - started
     return run
+
+
+def _start_node(
+    options: DemoOptions, params: SimulationParams, admin_token: str, clock: DemoClock, alerts: AlertsSeen
+) -> AllInOne:
+    """``jwtwatch serve``'s node on the demo's clock: the validator judges tokens and the responder dates
+    revocations in simulated event time; it always auto-revokes, from the severity asked."""
+    data_dir = options.data_dir
+    config = ValidatorConfig(
+        issuer=params.issuer, audience=params.audience, jwks_file=data_dir / "issuer-keys" / "jwks.json"
+    )
+    serve = ServeOptions(
+        config=config,
+        data_dir=data_dir,
+        model_dir=_model_dir(),
+        admin_token=admin_token,
+        trusted_proxies=GATEWAY,
+        policy=ResponsePolicy(enabled=True, min_severity=options.revoke_min_severity),
+        # minutes of event time pass in seconds: deliver and archive sooner than a real deployment would
+        delivery_interval_s=0.2,
+        archive_flush_s=5.0,
+    )
+    return AllInOne(serve, clock=clock, on_alert=alerts)
 
 
 def _model_dir() -> Path:
@@ -186,7 +232,12 @@ def _subscribe(alerts_url: str, admin_token: str, target: str) -> str:
 
 
 def _play_live(
-    player: TrafficPlayer, rows: list[dict[str, Any]], loop: DemoLoop, run: DemoRun, console: Console
+    player: TrafficPlayer,
+    rows: list[dict[str, Any]],
+    node: AllInOne,
+    alerts: AlertsSeen,
+    run: DemoRun,
+    console: Console,
 ) -> None:
     errors: list[BaseException] = []
 
@@ -207,7 +258,7 @@ def _play_live(
         wall = time.monotonic() - wall0
         minutes = f"{(now - start) / 60:4.1f} of {run.sim.params.minutes:g} min"
         progress.update(task, completed=now - start, description=f"{minutes} · {wall:4.0f} s wall")
-        return Group(progress, _live_table(player.stats, loop, run))
+        return Group(progress, _live_table(player.stats, node, alerts, run))
 
     wall0 = time.monotonic()
     thread.start()
@@ -224,7 +275,7 @@ def _play_live(
                     next_line += 10.0
                     s = player.stats
                     console.print(f"  {(run.clock() - start) / 60:4.1f} min event time: {s.answered} requests, "
-                                  f"{len(loop.alerts_seen)} alerts, {loop.responder.revoked} revocations")  # fmt: skip
+                                  f"{len(alerts)} alerts, {node.responder.revoked} revocations")  # fmt: skip
     except KeyboardInterrupt:
         player.stop.set()
         thread.join()
@@ -233,17 +284,17 @@ def _play_live(
         raise errors[0]
 
 
-def _live_table(stats: TrafficStats, loop: DemoLoop, run: DemoRun) -> Table:
-    alerts = loop.alerts_so_far()
+def _live_table(stats: TrafficStats, node: AllInOne, seen: AlertsSeen, run: DemoRun) -> Table:
+    alerts = seen.latest()
     by_severity = {s: sum(1 for a in alerts if a.severity == s) for s in ("low", "medium", "high", "critical")}
     receiver = run.receiver
     table = Table.grid(padding=(0, 2))
     table.add_column(style="bold")
     table.add_column()
     table.add_row("requests", f"{stats.answered} answered · [green]{stats.accepted} accepted[/] · "
-                  f"[red]{stats.rejected} rejected[/] · pipeline lag {loop.lag()}")  # fmt: skip
+                  f"[red]{stats.rejected} rejected[/] · pipeline lag {node.lag()}")  # fmt: skip
     table.add_row("alerts", f"{len(alerts)}  (" + ", ".join(f"{n} {s}" for s, n in by_severity.items()) + ")")
-    table.add_row("revocations", f"{loop.responder.revoked} automatic · {stats.logouts} logouts")
+    table.add_row("revocations", f"{node.responder.revoked} automatic · {stats.logouts} logouts")
     table.add_row("webhooks", f"[green]{receiver.verified} verified[/] · {receiver.refused} refused")
     table.add_row(
         "stolen tokens", f"[bold]{stats.blocked['attacker']}[/] attacker requests refused after auto-revocation "

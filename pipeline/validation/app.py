@@ -190,7 +190,7 @@ def validator_router(service: ValidatorService) -> APIRouter:
     @router.get("/.well-known/jwks.jwt", tags=["keys"], summary="The key store's public keys, signed by its root key")
     def signed_jwks() -> Response:
         # written by `jwtwatch keys sign-jwks` beside the --keys-dir store's jwks.json; the root key never comes here
-        keys_dir = getattr(service, "keys_dir", None)
+        keys_dir = service.keys_dir
         try:
             body = (keys_dir / "jwks.jwt").read_bytes().strip() if keys_dir is not None else None
         except OSError:

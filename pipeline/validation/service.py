@@ -116,12 +116,14 @@ class ValidatorService:
         usage_to_bus: bool = True,
         background: bool = False,
         worker: int | None = None,
+        keys_dir: Path | None = None,
     ) -> None:
         """``usage_to_bus=False``: usage events go to ``events_out`` only (nobody reads them from an in-process
         bus of a lone validator). ``background=True`` (``validator serve``): usage events are built and sent in
         batches by a thread, and expired revocations are purged by :meth:`maintain` (which the caller runs in a
         background loop), so that nothing but the validation itself happens on the request path. ``worker``: this
-        process's index among ``validator serve --workers N`` (a metric)."""
+        process's index among ``validator serve --workers N`` (a metric). ``keys_dir``: the key store whose signed
+        key set (``jwks.jwt``, written by ``jwtwatch keys sign-jwks``) is served at ``/.well-known/jwks.jwt``."""
         self.config = config
         self.clock = clock
         self.revocations = RevocationStore(
@@ -152,6 +154,7 @@ class ValidatorService:
         self.registry.register(KeySourceCollector(lambda: self.validator.keys))
         self._counters: dict[tuple[bool, str | None], Any] = {}  # validations_total children, by (ok, reason)
         self.worker = worker
+        self.keys_dir = keys_dir
         if worker is not None:
             about = "This process's index among validator serve --workers"
             Gauge("jwtwatch_validator_worker", about, registry=self.registry).set(worker)
