@@ -273,7 +273,7 @@ class DetectionEngine:
     def _judge(self, entity_type: str, store: WindowStore, due: list[str], rows: list[list[float]]) -> list[Alert]:
         assert self.model is not None
         scorer = self.model.scorers[entity_type]
-        scores = scorer.score(np.asarray(rows))
+        scores = scorer.score_samples(np.asarray(rows))
         if self.on_scored is not None:
             self.on_scored(entity_type, due, [store.entities[k].last_ts for k in due], rows, scores.tolist())
         names = FEATURES[entity_type]
