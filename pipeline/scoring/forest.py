@@ -15,7 +15,7 @@ Laying the trees out reads private attributes of the fitted forest (``_decision_
 :func:`forest_evaluator` gives the compiled forest there, and elsewhere — with a warning — a
 :class:`PublicForest` that calls scikit-learn's public ``score_samples`` (same scores, slower).
 
-Where ``scripts/build-accel`` compiled ``_forest_walk.pyx``, the trees are walked in C
+Where the build compiled ``_forest_walk.pyx`` (see ``pipeline/_accel.py``), the trees are walked in C
 instead (several times faster; same nodes, comparisons deciding the same way, same order of summation —
 tests compare both).
 """
@@ -30,9 +30,12 @@ import numpy as np
 import sklearn
 from sklearn.ensemble import IsolationForest
 
+from pipeline import _accel
+
 try:
+    _accel.require_current_build()
     from pipeline.scoring._forest_walk import path_lengths as compiled_path_lengths
-except ImportError:  # not built here (or JWTWATCH_PURE_PYTHON): the numpy walk below
+except ImportError:  # not built here, built from other sources, or JWTWATCH_PURE_PYTHON: the numpy walk below
     compiled_path_lengths = None
 
 #: The scikit-learn versions whose private IsolationForest internals :class:`CompiledForest` reads:
