@@ -7,8 +7,9 @@ STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
 .PHONY: install demo test lint typecheck audit format bench model clean
 
-# The compiled hot path (scripts/build-accel: Cython, in place; a no-op when up to date). Without a C compiler
-# jwtwatch still runs, as pure Python — about a quarter slower.
+# The editable install compiles the hot path with Cython beside the sources (the build backend's hook,
+# scripts/hatch_build.py); scripts/build-accel compiles it again after an edit (a no-op when current). Without a
+# C compiler jwtwatch still runs, as pure Python — about a quarter slower.
 install: $(STAMP)
 	@$(BIN)/python scripts/build-accel || echo "make: the compiled hot path was not built; jwtwatch runs as pure Python" >&2
 
@@ -29,7 +30,7 @@ test: install
 	scripts/run-tests
 
 # What lint checks is what format fixes; then the types (.pre-commit-config.yaml runs the same three).
-LINT_PATHS := pipeline tests bench scripts/build-accel scripts/audit
+LINT_PATHS := pipeline tests bench scripts/build-accel scripts/audit scripts/accel_build.py scripts/hatch_build.py
 
 lint: install
 	$(BIN)/ruff check $(LINT_PATHS)

@@ -1,145 +1,126 @@
-"""Compiled hot paths: which modules Cython compiles, and never running a compiled copy of stale source.
+"""Compiled twins of the hot path: which modules have one, and whether the built twins may be used.
 
-The detection engine's per-event loop runs a million times a second's worth of Python; compiled with
-Cython (``scripts/build-accel``, which ``make install`` runs) the same source runs about twice as fast.
-Every module listed here is ordinary Python and stays the one source of truth: the compiled extension
-sits next to it (``engine.cpython-311-x86_64-linux-gnu.so`` beside ``engine.py``) and Python's import
-system would prefer it even after the ``.py`` changed. :class:`CompiledModuleFinder` prevents that: it
-loads an extension only when the build manifest says it was compiled from exactly the source file's
-current contents (SHA-256), and loads the source otherwise — with a warning, because it is slower.
+Every usage event runs through the windows, the features, the baselines, the engine and — on the bus — the
+decoder. Each of these has its code in one Python source (``pipeline/detection/_engine.py``), which the build
+backend also compiles with Cython into a *compiled twin* under a name of its own
+(``pipeline.detection._engine_c``), with the C types of the ``.pxd`` named after the twin; the forest walk
+(``pipeline/scoring/_forest_walk.pyx``) exists only compiled. The module callers import
+(``pipeline/detection/engine.py``) picks one with a plain ``try``/``except ImportError``::
 
-``JWTWATCH_PURE_PYTHON=1`` loads every listed module from source (the tests run the engine both ways).
-Modules that exist only as ``.pyx`` (:data:`EXTENSION_ONLY`) are then not importable, and their callers
-use their pure-Python path.
+    try:
+        _accel.require_current_build()
+        from pipeline.detection._engine_c import *
+    except ImportError:
+        from pipeline.detection._engine import *
+
+Nothing here touches the import system: importing ``pipeline`` installs no finder or hook.
+
+A build (``scripts/accel_build.py``: the wheel's build hook, an editable install, ``scripts/build-accel``) also
+compiles :data:`STAMP_MODULE`, which records the SHA-256 of the sources the twins were compiled from.
+:func:`require_current_build` lets the twins be used only while every twin's source and every ``.pxd`` still has
+that digest — so an edited source is never shadowed by a stale build (the source runs, with a warning) — and
+the twins are used all together or not at all: they share C types (the compiled engine's windows are the
+compiled windows' types), so one stale twin would break the others. ``JWTWATCH_PURE_PYTHON=1`` runs everything
+from source (the tests run the engine both ways).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
-import importlib.machinery
-import importlib.util
-import json
+import importlib
 import os
 import sys
 import warnings
-from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 
 PACKAGE_DIR = Path(__file__).resolve().parent
-#: Written by scripts/build-accel after a successful build: module name -> SHA-256 of its source and the .pxd files.
-MANIFEST = PACKAGE_DIR / "_accel_manifest.json"
 PURE_PYTHON_ENV = "JWTWATCH_PURE_PYTHON"
+#: Compiled by every build, after the twins: ``SOURCES_SHA256``, the :func:`sources_digest` they were built from.
+STAMP_MODULE = "pipeline._accel_stamp"
 
-#: Python modules compiled as they are (the hot path from a usage event to a score).
-COMPILED = (
-    "pipeline.windows",
-    "pipeline.features",
-    "pipeline.features.baselines",
-    "pipeline.detection.engine",
-    "pipeline.detection.batch",
+
+@dataclass(frozen=True)
+class Twin:
+    """``public``: the module callers import; ``compiled``: the twin's module name; ``source``: the file it is
+    compiled from, relative to the package directory."""
+
+    public: str
+    compiled: str
+    source: str
+
+
+TWINS = (
+    Twin("pipeline.windows", "pipeline.windows._windows_c", "windows/_windows.py"),
+    Twin("pipeline.features", "pipeline.features._features_c", "features/_features.py"),
+    Twin("pipeline.features.baselines", "pipeline.features._baselines_c", "features/_baselines.py"),
+    Twin("pipeline.detection.engine", "pipeline.detection._engine_c", "detection/_engine.py"),
+    Twin("pipeline.detection.batch", "pipeline.detection._batch_c", "detection/_batch.py"),
+    # Written for Cython: no Python source of its own; forest.py has a numpy walk instead.
+    Twin("pipeline.scoring.forest", "pipeline.scoring._forest_walk", "scoring/_forest_walk.pyx"),
 )
-#: Modules written for Cython (``.pyx``): optional speed-ups whose callers have a pure-Python path.
-EXTENSION_ONLY = ("pipeline.scoring._forest_walk",)
-#: Every module scripts/build-accel builds.
-ALL = (*COMPILED, *EXTENSION_ONLY)
 
 
-def source_path(name: str, package_dir: Path = PACKAGE_DIR, extension_only: tuple[str, ...] = EXTENSION_ONLY) -> Path:
-    """The source file a listed module is compiled from (``package_dir``: the top-level package's directory)."""
-    relative = Path(*name.split(".")[1:])
-    if name in extension_only:
-        return package_dir / relative.with_suffix(".pyx")
-    package = package_dir / relative / "__init__.py"
-    return package if package.exists() else (package_dir / relative).with_suffix(".py")
-
-
-def source_digest(path: Path, package_dir: Path = PACKAGE_DIR) -> str:
-    """SHA-256 of the source and of every ``.pxd`` in the package: an augmenting ``.pxd`` (C types for a
-    ``.py``) changes what is compiled from the same source, and other modules ``cimport`` it."""
-    digest = hashlib.sha256(path.read_bytes())
-    for declarations in sorted(package_dir.rglob("*.pxd")):
-        digest.update(declarations.relative_to(package_dir).as_posix().encode() + b"\0")
-        digest.update(declarations.read_bytes())
+def sources_digest(package_dir: Path = PACKAGE_DIR, twins: tuple[Twin, ...] = TWINS) -> str:
+    """SHA-256 over every twin's source and every ``.pxd`` in the package (names and contents): an augmenting
+    ``.pxd`` changes what the same source compiles to, and other twins ``cimport`` it."""
+    files = {package_dir / twin.source for twin in twins} | set(package_dir.rglob("*.pxd"))
+    digest = hashlib.sha256()
+    for path in sorted(files):
+        digest.update(path.relative_to(package_dir).as_posix().encode() + b"\0")
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
     return digest.hexdigest()
-
-
-def read_manifest(path: Path = MANIFEST) -> dict[str, str]:
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return manifest if isinstance(manifest, dict) else {}
 
 
 def pure_python_requested() -> bool:
     return os.environ.get(PURE_PYTHON_ENV, "").strip().lower() not in ("", "0", "false", "no")
 
 
-class CompiledModuleFinder:
-    """A meta-path finder for the listed modules only: the extension if it is current, else the source."""
+def built_from() -> str | None:
+    """The digest the installed twins were compiled from; None if none were built (or for another Python)."""
+    try:
+        stamp = importlib.import_module(STAMP_MODULE)
+    except ImportError:
+        return None
+    return getattr(stamp, "SOURCES_SHA256", None)
 
-    def __init__(
-        self,
-        compiled: tuple[str, ...] = COMPILED,
-        extension_only: tuple[str, ...] = EXTENSION_ONLY,
-        package_dir: Path = PACKAGE_DIR,
-        manifest: Path = MANIFEST,
-    ) -> None:
-        self.compiled, self.extension_only = compiled, extension_only
-        self.package_dir, self.manifest_path = package_dir, manifest
-        self._manifest: dict[str, str] | None = None
 
-    def find_spec(
-        self, name: str, path: Sequence[str] | None, target: ModuleType | None = None
-    ) -> importlib.machinery.ModuleSpec | None:
-        if name not in self.compiled and name not in self.extension_only:
-            return None
-        spec = importlib.machinery.PathFinder.find_spec(name, path)
-        if spec is None or not isinstance(spec.loader, importlib.machinery.ExtensionFileLoader):
-            return spec  # not compiled here: the ordinary source (or nothing)
-        source = source_path(name, self.package_dir, self.extension_only)
-        if pure_python_requested():
-            return self._source_spec(name, source, spec)
-        if self._manifest is None:
-            self._manifest = read_manifest(self.manifest_path)
-        if self._manifest.get(name) == source_digest(source, self.package_dir):
-            return spec
+def unusable_because(built: str | None, current: str, *, pure_requested: bool) -> str | None:
+    """Why the twins may not be used, or None if they may."""
+    if pure_requested:
+        return f"{PURE_PYTHON_ENV} is set"
+    if built is None:
+        return "the compiled hot path is not built"
+    if built != current:
+        return "the compiled hot path was built from other sources than these"
+    return None
+
+
+@functools.cache
+def _verdict() -> str | None:
+    """Decided once per process, at the first hot-path import: every twin is used, or none."""
+    pure = pure_python_requested()
+    built = None if pure else built_from()
+    reason = unusable_because(built, sources_digest() if built else "", pure_requested=pure)
+    if built is not None and reason is not None:  # someone edited the hot path and did not rebuild
         warnings.warn(
-            f"{spec.origin} was not compiled from the current {source.name}; running the slower source instead "
-            "(rebuild with scripts/build-accel)",
+            f"{reason}; running the slower Python source instead (rebuild: scripts/build-accel)",
             RuntimeWarning,
-            stacklevel=2,
+            stacklevel=3,  # the public module that imported the hot path
         )
-        return self._source_spec(name, source, spec)
-
-    def _source_spec(
-        self, name: str, source: Path, compiled: importlib.machinery.ModuleSpec
-    ) -> importlib.machinery.ModuleSpec | None:
-        if name in self.extension_only:
-            # No source to fall back on: the import fails (returning None would let the next finder load the
-            # extension anyway), and the caller takes its pure-Python path.
-            raise ModuleNotFoundError(f"{name} is not used: {compiled.origin} is not current", name=name)
-        return importlib.util.spec_from_file_location(
-            name, source, submodule_search_locations=compiled.submodule_search_locations
-        )
+    return reason
 
 
-def install() -> None:
-    if not any(isinstance(finder, CompiledModuleFinder) for finder in sys.meta_path):
-        sys.meta_path.insert(0, CompiledModuleFinder())
+def require_current_build() -> None:
+    """Raise ImportError unless the compiled twins may be used (the module docstring says when)."""
+    reason = _verdict()
+    if reason is not None:
+        raise ImportError(reason)
 
 
 def status() -> dict[str, bool]:
-    """Module name -> whether the loaded (or, if not loaded yet, the importable) module is compiled."""
-    result = {}
-    for name in ALL:
-        module = sys.modules.get(name)
-        if module is None:
-            try:
-                module = importlib.import_module(name)
-            except ImportError:
-                result[name] = False
-                continue
-        result[name] = not str(getattr(module, "__file__", "")).endswith((".py", ".pyc"))
-    return result
+    """Public hot-path module -> whether it runs its compiled twin (imports them all)."""
+    for twin in TWINS:
+        importlib.import_module(twin.public)
+    return {twin.public: twin.compiled in sys.modules for twin in TWINS}

@@ -1,18 +1,18 @@
-"""The compiled hot path (scripts/build-accel): used when current, never when stale, identical either way.
+"""The compiled hot path (``pipeline/_accel.py``): used when current, never when stale, identical either way, and
+built by the build backend — wheels carry it.
 
 ``JWTWATCH_REQUIRE_ACCEL=1`` (which ``.ci/run`` sets) makes a missing build a failure rather than a skip:
-CI must test the compiled modules that ``make install`` builds, as well as the pure-Python source.
+CI must test the compiled twins that ``make install`` builds, as well as the pure-Python source.
 """
 
 from __future__ import annotations
 
-import hashlib
-import importlib
 import json
 import os
+import shutil
 import subprocess
 import sys
-import warnings
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -21,31 +21,38 @@ from pipeline import _accel
 from tests.require import skip_or_fail
 
 ROOT = Path(__file__).resolve().parent.parent
+PUBLIC = {twin.public for twin in _accel.TWINS}
+STATUS = "import json, pipeline._accel as a; print(json.dumps(a.status()))"
 
 
-def _status_in_subprocess(env: dict[str, str]) -> dict[str, bool]:
-    code = "import json, pipeline._accel as a; print(json.dumps(a.status()))"
-    # A stale extension is reported as not compiled (the finder loads its source, with a warning).
-    out = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True
-    )
+def _python(code: str, env: dict[str, str], cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    """``code`` in a fresh interpreter importing ``pipeline`` from ``cwd``."""
+    env = {**os.environ, "PYTHONPATH": str(cwd), **env}
+    return subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def _status(env: dict[str, str], cwd: Path = ROOT, *, warnings: str = "error") -> dict[str, bool]:
+    out = _python(f"import warnings; warnings.simplefilter({warnings!r}, RuntimeWarning); {STATUS}", env, cwd)
     assert out.returncode == 0, out.stderr[-3000:]
-    return json.loads(out.stdout)
+    return json.loads(out.stdout.splitlines()[-1])
+
+
+def _require_build() -> None:
+    if _accel.pure_python_requested():
+        pytest.skip("JWTWATCH_PURE_PYTHON is set for this run")
+    if not all(_status({_accel.PURE_PYTHON_ENV: ""}, warnings="default").values()):
+        skip_or_fail("ACCEL", "the compiled hot path is not built from these sources here (scripts/build-accel)")
 
 
 def test_the_compiled_modules_are_in_use_when_built() -> None:
-    if _accel.pure_python_requested():
-        pytest.skip("JWTWATCH_PURE_PYTHON is set for this run")
-    status = _status_in_subprocess({_accel.PURE_PYTHON_ENV: ""})
-    if not all(status.values()):
-        skip_or_fail("ACCEL", f"not every hot-path module is compiled (scripts/build-accel): {status}")
-    assert set(status) == set(_accel.ALL)
+    _require_build()
+    status = _status({_accel.PURE_PYTHON_ENV: ""})  # current: not even a warning
+    assert set(status) == PUBLIC and all(status.values())
 
 
 def test_pure_python_mode_loads_every_module_from_source() -> None:
-    status = _status_in_subprocess({_accel.PURE_PYTHON_ENV: "1"})
-    assert status == dict.fromkeys(status, False)
-    assert set(status) == set(_accel.ALL)
+    status = _status({_accel.PURE_PYTHON_ENV: "1"})  # asked for: no warning
+    assert status == dict.fromkeys(PUBLIC, False)
 
 
 @pytest.mark.slow
@@ -72,87 +79,145 @@ def test_the_engine_gives_identical_results_as_pure_python() -> None:
     assert " passed" in run.stdout and "skipped" not in run.stdout.splitlines()[-1]
 
 
-# ------------------------------------------------------------------------------ the finder, on a toy package
+# ------------------------------------------------------------------------------ no import machinery
 
 
-@pytest.fixture
-def toy_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """``toypkg.hot`` compiled with Cython next to its source, and a finder for it with its own manifest."""
-    try:
-        from Cython.Build import cythonize
-        from setuptools import Distribution, Extension
-    except ImportError:
-        skip_or_fail("ACCEL", "Cython or setuptools is not installed")
-    package = tmp_path / "toypkg"
-    package.mkdir()
-    (package / "__init__.py").write_text("")
-    source = package / "hot.py"
-    source.write_text("VALUE = 'compiled from version 1'\n")
-    monkeypatch.chdir(tmp_path)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        modules = cythonize([Extension("toypkg.hot", ["toypkg/hot.py"])], quiet=True, build_dir=str(tmp_path / "c"))
-        distribution = Distribution({"ext_modules": modules, "script_name": "test"})
-        distribution.script_args = ["build_ext", "--inplace", "--build-temp", str(tmp_path / "o")]
-        distribution.parse_command_line()
-        try:
-            distribution.run_commands()
-        except (Exception, SystemExit) as error:  # no C compiler here
-            skip_or_fail("ACCEL", f"cannot compile a Cython module here: {error}")
-    manifest = tmp_path / "manifest.json"
-    manifest.write_text(json.dumps({"toypkg.hot": hashlib.sha256(source.read_bytes()).hexdigest()}))
-    finder = _accel.CompiledModuleFinder(
-        compiled=("toypkg.hot",), extension_only=(), package_dir=package, manifest=manifest
+def test_importing_pipeline_installs_no_import_hook() -> None:
+    """A FastAPI app that only uses the middleware imports ``pipeline``: it must find the import system as it was,
+    and so must one that imports the whole hot path."""
+    code = (
+        "import sys; hooks = (list(sys.meta_path), list(sys.path_hooks))\n"
+        "import pipeline, pipeline.validation.middleware\n"
+        "assert (sys.meta_path, sys.path_hooks) == hooks, 'import pipeline changed the import system'\n"
+        "import pipeline.detection.engine, pipeline.detection.replay, pipeline.scoring.model\n"
+        "assert (sys.meta_path, sys.path_hooks) == hooks, 'the hot path changed the import system'\n"
+        "print('ok')\n"
     )
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr(sys, "meta_path", [finder, *sys.meta_path])
-    monkeypatch.delenv(_accel.PURE_PYTHON_ENV, raising=False)
-    yield source
-    for name in ("toypkg.hot", "toypkg"):
-        sys.modules.pop(name, None)
+    for pure in ("", "1"):
+        out = _python(code, {_accel.PURE_PYTHON_ENV: pure})
+        assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-3000:]
 
 
-def _import_fresh():
-    sys.modules.pop("toypkg.hot", None)
-    importlib.invalidate_caches()
-    return importlib.import_module("toypkg.hot")
+def test_every_public_hot_path_module_is_its_python_file() -> None:
+    """The public modules only choose: no extension beside them may shadow them (the in-place builds before twins
+    put ``engine.cpython-*.so`` beside ``engine.py``; ``scripts/build-accel`` removes such leftovers)."""
+    for name in PUBLIC:
+        module = sys.modules.get(name) or __import__(name, fromlist=["_"])
+        assert module.__file__ is not None and module.__file__.endswith(".py"), module.__file__
 
 
-def test_a_current_extension_is_loaded(toy_package: Path) -> None:
-    module = _import_fresh()
-    assert not module.__file__.endswith(".py")
-    assert module.VALUE == "compiled from version 1"
+# ------------------------------------------------------------------------------ staleness
 
 
-def test_an_extension_older_than_its_source_is_never_loaded(toy_package: Path) -> None:
-    toy_package.write_text("VALUE = 'source version 2'\n")
-    with pytest.warns(RuntimeWarning, match="not compiled from the current hot.py"):
-        module = _import_fresh()
-    assert module.__file__.endswith("hot.py")
-    assert module.VALUE == "source version 2"
+def test_a_build_is_usable_only_for_the_sources_it_was_built_from() -> None:
+    assert _accel.unusable_because("abc", "abc", pure_requested=False) is None
+    assert "not built" in str(_accel.unusable_because(None, "abc", pure_requested=False))
+    assert "other sources" in str(_accel.unusable_because("abc", "abd", pure_requested=False))
+    assert _accel.PURE_PYTHON_ENV in str(_accel.unusable_because("abc", "abc", pure_requested=True))
 
 
-def test_an_extension_built_before_a_pxd_changed_is_never_loaded(toy_package: Path) -> None:
-    """A ``.pxd`` gives a ``.py`` C types (or is cimported by another module): changing one changes what the same
-    source compiles to, so the extension built before is stale."""
-    (toy_package.parent / "hot.pxd").write_text("cdef int counter\n")
-    with pytest.warns(RuntimeWarning, match="not compiled from the current hot.py"):
-        module = _import_fresh()
-    assert module.__file__.endswith("hot.py")
+def test_the_digest_covers_every_source_and_every_pxd(tmp_path: Path) -> None:
+    """A ``.pxd`` gives a ``.py`` C types (or is cimported by another twin): adding or changing one changes what
+    the same sources compile to, so the build before is stale."""
+    package = tmp_path / "pkg"
+    for twin in _accel.TWINS:
+        (package / twin.source).parent.mkdir(parents=True, exist_ok=True)
+        (package / twin.source).write_text("VALUE = 1\n")
+    digests = {_accel.sources_digest(package)}
+    (package / "windows" / "_windows.py").write_text("VALUE = 2\n")
+    digests.add(_accel.sources_digest(package))
+    (package / "detection" / "_engine_c.pxd").write_text("cdef int counter\n")
+    digests.add(_accel.sources_digest(package))
+    (package / "detection" / "_engine_c.pxd").write_text("cdef long counter\n")
+    digests.add(_accel.sources_digest(package))
+    (package / "scoring" / "elsewhere.pxd").write_text("cdef long counter\n")
+    digests.add(_accel.sources_digest(package))
+    (package / "unrelated.py").write_text("VALUE = 3\n")  # not a twin's source
+    assert _accel.sources_digest(package) in digests and len(digests) == 5
 
 
-def test_an_extension_without_a_manifest_entry_is_not_loaded(toy_package: Path) -> None:
-    (toy_package.parent.parent / "manifest.json").write_text("{}")
-    with pytest.warns(RuntimeWarning):
-        module = _import_fresh()
-    assert module.__file__.endswith("hot.py")
+def _package_copy(tmp_path: Path) -> Path:
+    """The package with its built twins, in a directory of its own (so it can be edited)."""
+    shutil.copytree(ROOT / "pipeline", tmp_path / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))
+    return tmp_path
 
 
-def test_pure_python_mode_loads_the_source_even_when_current(
-    toy_package: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv(_accel.PURE_PYTHON_ENV, "1")
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # asked for: no warning
-        module = _import_fresh()
-    assert module.__file__.endswith("hot.py")
+SMALL_REPLAY = (
+    "from pathlib import Path\n"
+    "from pipeline.detection.replay import replay\n"
+    "from pipeline.scoring.model import load_model\n"
+    "from pipeline.simulate import SimulationParams, simulate\n"
+    "events = simulate(SimulationParams(minutes=3, seed=1, browsers=20, mobile=5, services=2, offices=1)).events\n"
+    f"alerts, _ = replay(events, load_model(Path({str(ROOT / 'models' / 'default')!r})))\n"
+    "print('replayed', len(events))\n"
+)
+
+
+@pytest.mark.parametrize(
+    "edited", ["windows/_windows.py", "detection/_engine.py", "features/_features_c.pxd", "scoring/_forest_walk.pyx"]
+)
+def test_after_any_hot_path_edit_everything_runs_from_source(tmp_path: Path, edited: str) -> None:
+    """Edit one source or declaration without rebuilding: no twin is used — not only the edited one's, since the
+    twins share C types — and one warning says so. (The windows' case also detects: before twins, a compiled
+    engine beside a windows module run from source failed to import.)"""
+    _require_build()
+    root = _package_copy(tmp_path)
+    with open(root / "pipeline" / edited, "a") as source:
+        source.write("\n# edited after the build\n")
+    code = STATUS if edited != "windows/_windows.py" else SMALL_REPLAY + STATUS
+    out = _python(code, {_accel.PURE_PYTHON_ENV: ""}, root)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert json.loads(out.stdout.splitlines()[-1]) == dict.fromkeys(PUBLIC, False)
+    assert out.stderr.count("built from other sources than these; running the slower Python source") == 1
+
+
+def test_without_a_stamp_no_twin_is_used(tmp_path: Path) -> None:
+    """The stamp is installed last (and removed first): twins without one are an unfinished build, never used."""
+    _require_build()
+    root = _package_copy(tmp_path)
+    for stamp in (root / "pipeline").glob("_accel_stamp.*"):
+        stamp.unlink()
+    assert _status({_accel.PURE_PYTHON_ENV: ""}, root) == dict.fromkeys(PUBLIC, False)  # and no warning
+
+
+# ------------------------------------------------------------------------------ the build backend
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_the_wheel_carries_the_compiled_twins_built_from_its_sources(tmp_path: Path) -> None:
+    """``pip wheel .`` (the build backend and its hook, in an isolated build environment): a platform wheel with
+    every twin and the stamp, which — unpacked and imported on its own — runs compiled."""
+    if not shutil.which("git"):
+        pytest.skip("git is needed to copy the checkout")
+    source = tmp_path / "checkout"
+    # The committed files plus the working tree's changes, but none of its build products.
+    files = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
+    for name in files:
+        if (ROOT / name).is_file():
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, source / name)
+    shutil.copy2(ROOT / ".gitignore", source / ".gitignore")
+    build = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(tmp_path / "dist"), str(source)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "JWTWATCH_REQUIRE_ACCEL": "1"},
+    )
+    if build.returncode != 0:
+        skip_or_fail("ACCEL", f"pip wheel failed: {build.stderr[-2000:]}")
+    (wheel,) = (tmp_path / "dist").glob("jwtwatch-*.whl")
+    assert "-cp311-" in wheel.name and not wheel.name.endswith("-none-any.whl"), wheel.name
+    unpacked = tmp_path / "unpacked"
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+        archive.extractall(unpacked)
+    for module in [twin.compiled for twin in _accel.TWINS] + [_accel.STAMP_MODULE]:
+        path = "/".join(module.split("."))
+        assert any(n.startswith(path + ".cpython-") and n.endswith(".so") for n in names), module
+    assert not any(n.endswith((".c", "_accel_manifest.json")) for n in names)
+    status = _status({_accel.PURE_PYTHON_ENV: ""}, unpacked)
+    assert status == dict.fromkeys(PUBLIC, True)

@@ -37,7 +37,7 @@ def row_scoring(model: DetectionModel, entity_type: str, target: float) -> dict[
     low = np.asarray(scorer.median_, dtype=np.float64)
     high = np.asarray(scorer.p99_, dtype=np.float64) * 4 + 2
     rows = np.linspace(low, high, 400)
-    scores = scorer.score(rows)
+    scores = scorer.score_samples(rows)
     best = int(np.argmin(np.abs(scores - target)))
     return dict(zip(scorer.features, rows[best].tolist(), strict=True))
 
@@ -60,7 +60,7 @@ def judged(model: DetectionModel, scores: dict[str, tuple[str, float]], entity_t
 def actual(model: DetectionModel, alerts: dict, alert_id: str) -> float:
     entity_type, row = alerts[alert_id]
     scorer = model.scorers[entity_type]
-    return float(scorer.score(np.asarray([[row[n] for n in scorer.features]]))[0])
+    return float(scorer.score_samples(np.asarray([[row[n] for n in scorer.features]]))[0])
 
 
 def test_benign_forest_alerts_raise_the_threshold_just_above_them(model: DetectionModel) -> None:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 import shutil
+import tomllib
 import zipfile
 import zlib
 from pathlib import Path
@@ -14,14 +16,16 @@ import numpy as np
 import pandas as pd
 import pytest
 import skops.io as sio
+from sklearn.base import clone
 from sklearn.ensemble import IsolationForest
+from sklearn.exceptions import NotFittedError
 from sklearn.linear_model import LinearRegression
 
 from pipeline.detection.replay import replay
-from pipeline.detection.training import TrainingParams, train_model
+from pipeline.detection.training import TrainingParams, collect_features, train_model
 from pipeline.events import SEVERITIES
 from pipeline.features import FEATURES
-from pipeline.scoring import EntityScorer
+from pipeline.scoring import EntityScorer, calibrate_threshold
 from pipeline.scoring import forest as forest_module
 from pipeline.scoring.forest import CompiledForest
 from pipeline.scoring.model import DetectionModel, ModelError, load_model, model_version, save_model
@@ -210,14 +214,59 @@ def test_severity_is_none_below_the_threshold_and_rises_with_the_score(scorer: E
 
 def test_threshold_is_calibrated_to_the_target_rate(scorer: EntityScorer) -> None:
     held_out = np.linspace(0.4, 0.8, 1001)
-    scorer_threshold = scorer.threshold_
-    try:
-        scorer.calibrate(held_out)
-        alerted = np.mean([scorer.severity(s) is not None for s in held_out])
-        assert alerted == pytest.approx(scorer.target_alert_rate, abs=0.002)
-        assert scorer.calibration_entities_ == 1001
-    finally:
-        scorer.threshold_ = scorer_threshold
+    threshold = calibrate_threshold(held_out, scorer.target_alert_rate)
+    calibrated = scorer.with_threshold(threshold.value)
+    alerted = np.mean([calibrated.severity(s) is not None for s in held_out])
+    assert alerted == pytest.approx(scorer.target_alert_rate, abs=0.002)
+    assert threshold.entities == 1001 and threshold.max_score == 0.8
+
+
+def test_fit_calibrates_on_each_held_out_entitys_highest_score(scorer: EntityScorer) -> None:
+    """``fit`` with held-out rows and their entities: the threshold is the quantile of the entities' highest
+    scores, exactly as calibrating those by hand; without them, of the training rows' scores."""
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(600, len(NAMES)))
+    held_out = rng.normal(size=(300, len(NAMES))) * rng.choice([1.0, 3.0], size=(300, 1))
+    entities = np.asarray([f"e{i % 40}" for i in range(300)], dtype=object)
+    params = {"n_estimators": 30, "max_samples": 128, "target_alert_rate": 0.05, "random_state": 1}
+    fitted = EntityScorer("sub", NAMES, **params).fit(X, calibration_rows=held_out, calibration_entities=entities)
+    highest = [fitted.score_samples(held_out[entities == e]).max() for e in sorted(set(entities))]
+    expected = calibrate_threshold(np.asarray(highest), 0.05)
+    assert (fitted.threshold_, fitted.calibration_entities_, fitted.calibration_max_) == (
+        expected.value,
+        40,
+        expected.max_score,
+    )
+    on_training_rows = EntityScorer("sub", NAMES, **params).fit(X)
+    assert on_training_rows.threshold_ == calibrate_threshold(on_training_rows.score_samples(X), 0.05).value
+    assert on_training_rows.calibration_entities_ == len(X)
+
+
+def test_the_scorer_follows_scikit_learns_estimator_conventions(scorer: EntityScorer) -> None:
+    """``__init__`` stores the parameters and nothing else, ``fit`` returns the scorer, fitted state ends in
+    ``_``, scoring an unfitted scorer raises ``NotFittedError``, and scoring changes nothing."""
+    params = {"n_estimators": 50, "max_samples": 256, "target_alert_rate": 0.01, "random_state": 0}
+    unfitted = EntityScorer("jti", NAMES, **params)
+    assert unfitted.get_params() == {"entity_type": "jti", "features": NAMES, **params}
+    assert vars(unfitted) == unfitted.get_params()
+    with pytest.raises(NotFittedError):
+        unfitted.score_samples(np.zeros((1, len(NAMES))))
+    with pytest.raises(NotFittedError):
+        unfitted.with_threshold(0.7)
+    fresh = clone(scorer)
+    assert fresh.get_params() == scorer.get_params() and vars(fresh) == fresh.get_params()
+    X = np.random.default_rng(8).normal(size=(300, len(NAMES)))
+    assert unfitted.fit(X) is unfitted
+    fitted_state = {name for name in vars(unfitted) if name not in unfitted.get_params()}
+    assert fitted_state and all(name.endswith("_") for name in fitted_state), fitted_state
+    before = dict(vars(unfitted))
+    unfitted.score_samples(X[:5])
+    assert vars(unfitted).keys() == before.keys() and all(vars(unfitted)[k] is v for k, v in before.items())
+    raised = unfitted.with_threshold(0.99)
+    assert raised.threshold_ == 0.99 and unfitted.threshold_ == before["threshold_"]
+    assert raised.forest_ is unfitted.forest_
+    with pytest.raises(ValueError, match="4 features"):
+        EntityScorer("jti", NAMES).fit(X[:, :3])
 
 
 def test_reasons_name_the_features_above_their_baseline(scorer: EntityScorer) -> None:
@@ -282,11 +331,56 @@ def test_a_flagged_row_with_nothing_above_its_baseline_is_an_unusual_combination
 
 def test_scorer_scores_are_the_forests_anomaly_score(scorer: EntityScorer) -> None:
     rows = np.asarray([list(scorer.median_), [5.0, 9.0, 4.0, 0.9]])
-    scores = scorer.score(rows)
+    scores = scorer.score_samples(rows)
     np.testing.assert_allclose(scores, -scorer.forest_.score_samples(rows), atol=1e-12)
     assert scores[1] > scores[0]
     assert scorer.severity(scores[0]) is None
     assert scorer.severity(scores[1]) is not None
+
+
+def test_unsupported_scikit_learn_versions_score_through_the_public_api(scorer: EntityScorer) -> None:
+    """Outside the tested range the private forest internals are not read: a warning, then sklearn's own
+    ``score_samples`` — the same scores."""
+    rows = np.random.default_rng(12).normal(size=(50, len(NAMES)))
+    assert forest_module.internals_supported("1.4.0") and forest_module.internals_supported("1.9.1")
+    for version in ("1.3.2", "1.10.0", "1.10.dev0", "2.0.0"):
+        assert not forest_module.internals_supported(version)
+        with pytest.warns(RuntimeWarning, match=f"scikit-learn {re.escape(version)} is outside"):
+            evaluator = forest_module.forest_evaluator(scorer.forest_, version)
+        assert isinstance(evaluator, forest_module.PublicForest)
+        np.testing.assert_allclose(evaluator.anomaly(rows), scorer.score_samples(rows), rtol=0, atol=1e-12)
+    assert isinstance(scorer.evaluator_, CompiledForest)  # this scikit-learn is within the range
+
+
+def test_the_supported_range_is_the_one_pyproject_allows() -> None:
+    """``pyproject.toml`` pins scikit-learn to the versions whose internals ``forest.py`` reads (the upper bound:
+    the first minor release not yet tested), and the installed one is within it."""
+    project = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())["project"]
+    (requirement,) = [d for d in project["dependencies"] if d.startswith("scikit-learn")]
+    (lowest, first_untested) = forest_module.SUPPORTED_SKLEARN
+    assert requirement == f"scikit-learn>={lowest[0]}.{lowest[1]},<{first_untested[0]}.{first_untested[1]}"
+    assert forest_module.internals_supported()
+
+
+@pytest.mark.parametrize("walk", ["numpy-walk", "compiled-walk", "public-api"])
+def test_the_shipped_model_scores_real_windows_as_isolation_forest_does(walk: str, attacks: pd.DataFrame) -> None:
+    """The windows of simulated traffic with attacks, as the engine builds them, scored by the shipped model:
+    every path equals ``-IsolationForest.score_samples`` within 1e-12."""
+    if walk == "compiled-walk":
+        _require_compiled_walk()
+    model = load_model(Path(__file__).resolve().parent.parent / "models" / "default")
+    collected, _ = collect_features(attacks, model.spec)
+    for entity_type, scorer in model.scorers.items():
+        rows = np.asarray(collected.rows[entity_type], dtype=np.float64).reshape(-1, len(scorer.features))
+        assert len(rows) > 100
+        expected = -scorer.forest_.score_samples(rows)
+        if walk == "public-api":
+            got = forest_module.PublicForest(scorer.forest_).anomaly(rows)
+        else:
+            assert isinstance(scorer.evaluator_, CompiledForest)
+            got = scorer.evaluator_.anomaly(rows, compiled=walk == "compiled-walk")
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-12)
+        assert expected.max() - expected.min() > 0.3  # from unremarkable windows to nearly alerting ones
 
 
 # ---------------------------------------------------------------------------------- persistence
@@ -344,8 +438,9 @@ def test_save_and_load_give_identical_scores(saved: tuple[DetectionModel, Path])
         assert again.features == FEATURES[entity_type]
         assert again.threshold_ == scorer.threshold_
         rows = _rows(entity_type, len(entity_type))
-        assert np.array_equal(again.score(rows), scorer.score(rows))
-        assert [again.severity(s) for s in scorer.score(rows)] == [scorer.severity(s) for s in scorer.score(rows)]
+        scores = scorer.score_samples(rows)
+        assert np.array_equal(again.score_samples(rows), scores)
+        assert [again.severity(s) for s in scores] == [scorer.severity(s) for s in scores]
 
 
 def test_a_loaded_model_raises_the_same_alerts(saved: tuple[DetectionModel, Path], attacks: pd.DataFrame) -> None:

@@ -10,6 +10,7 @@ test runs twice: with the typed fast path (msgspec) and with the orjson path a p
 from __future__ import annotations
 
 import calendar
+import sys
 from typing import Any
 
 import orjson
@@ -17,23 +18,26 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.detection import batch
 from pipeline.detection.batch import DECODE_SLICE, decode_rows, row_of
 from pipeline.events import MAX_STRING, REASONS, RecordError, TokenUsage
 from tests.test_events import _DROP, EVENT_ID, usage_dict
+
+#: The module whose ``decode_rows`` runs: the compiled twin, or the source (``pipeline.detection.batch`` only
+#: re-exports it, so the typed path is turned off there).
+DECODER = sys.modules[decode_rows.__module__]
 
 
 @pytest.fixture(scope="module", autouse=True, params=["typed-path", "orjson-path"])
 def decoder_path(request: pytest.FixtureRequest) -> Any:
     """Module-scoped (hypothesis runs its examples inside one test call): the orjson path by turning the
     typed one off, as when some message of a poll is not a token-usage object."""
-    typed = batch._typed_columns
+    typed = DECODER._typed_columns
     if request.param == "orjson-path":
-        batch._typed_columns = lambda values: None
+        DECODER._typed_columns = lambda values: None
     try:
         yield request.param
     finally:
-        batch._typed_columns = typed
+        DECODER._typed_columns = typed
 
 
 def good(**changes: Any) -> dict[str, Any]:

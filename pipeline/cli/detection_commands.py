@@ -155,7 +155,7 @@ def _apply_calibration(model: Any, verdicts: list[Any], alerts: dict[str, Any]) 
     for c in results:
         shown = f"{c.threshold_before:.4f}" + (f" → {c.threshold_after:.4f}" if c.moved else " (unchanged)")
         table.add_row(c.entity_type, str(c.benign), str(c.compromised), shown, f"{c.benign_quiet_after}/{c.benign}")
-        model.scorers[c.entity_type].threshold_ = c.threshold_after
+        model.scorers[c.entity_type] = model.scorers[c.entity_type].with_threshold(c.threshold_after)
     console.print(table)
     model.metadata["calibration"] = {
         c.entity_type: {"from": c.threshold_before, "to": c.threshold_after, "benign": c.benign,

@@ -66,7 +66,7 @@ def calibrate(
         row = [features.get(name) for name in scorer.features]
         if any(not isinstance(v, int | float) or isinstance(v, bool) or not math.isfinite(v) for v in row):
             continue  # an alert from a model with other features: nothing to score
-        score = float(scorer.score(np.asarray([row], dtype=np.float64))[0])
+        score = float(scorer.score_samples(np.asarray([row], dtype=np.float64))[0])
         scores[entity_type][verdict.verdict].append(score)
     out = []
     for entity_type, judged in scores.items():

@@ -104,18 +104,16 @@ def train_model(
             target_alert_rate=params.target_alert_rate,
             random_state=params.seed,
         )
-        scorer.fit(X_fit, calibration_entity_max=np.zeros(1))
+        # Calibrated on the windows after the split, and on those of a replay that starts there (cold windows).
         X_cold = np.asarray(cold.rows[entity_type], dtype=np.float64).reshape(-1, len(names))
-        held_scores = np.concatenate([scorer.score(X[~fit_mask]), scorer.score(X_cold)])
         held_entities = np.concatenate([entities[~fit_mask], np.asarray(cold.entity[entity_type], dtype=object)])
-        per_entity = pd.Series(held_scores).groupby(held_entities).max().to_numpy()
-        scorer.calibrate(per_entity)
+        scorer.fit(X_fit, calibration_rows=np.concatenate([X[~fit_mask], X_cold]), calibration_entities=held_entities)
         scorers[entity_type] = scorer
         rows_used[entity_type] = {
             "fit": len(X_fit),
             "held_out": int((~fit_mask).sum()),
             "held_out_cold": len(X_cold),
-            "entities": len(per_entity),
+            "entities": scorer.calibration_entities_,
         }
     metadata = {
         "training": {

@@ -1,22 +1,27 @@
 """Isolation Forest scoring: one forest per entity type, calibrated thresholds, severities, reasons.
 
-Conventions follow scikit-learn: parameters in ``__init__``, ``fit``/``score``; fitted state in
-attributes ending in ``_``. Scores are the forest's anomaly score ``-score_samples(X)``, which already
-lies in (0, 1] (0.5 is "unremarkable", towards 1 "isolated quickly").
+:class:`EntityScorer` is a scikit-learn estimator (parameters in ``__init__``, ``fit`` returns the fitted
+scorer, fitted state in attributes ending in ``_``). Scores are the forest's anomaly score
+``-IsolationForest.score_samples(X)``, which already lies in (0, 1] (0.5 is "unremarkable", towards 1
+"isolated quickly").
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
+import pandas as pd
+from sklearn.base import BaseEstimator
 from sklearn.ensemble import IsolationForest
+from sklearn.utils.validation import check_is_fitted
 
 from pipeline.features import DESCRIPTIONS, LOG_SCALED
-from pipeline.scoring.forest import CompiledForest
+from pipeline.scoring.forest import forest_evaluator
 
 SEVERITIES = ("low", "medium", "high", "critical")
 
@@ -128,8 +133,43 @@ class Combination:
         return {"combination": list(self.features), "text": self.text}
 
 
-class EntityScorer:
-    """An Isolation Forest for one entity type, with its threshold and the baseline of each feature."""
+@dataclass(frozen=True, slots=True)
+class Threshold:
+    """A calibrated threshold: the ``1 - target_alert_rate`` quantile of held-out benign entities' highest
+    scores (``value``, kept to 6 decimals as ``model.json`` stores it), how many ``entities`` it was drawn
+    from, and the highest score among them."""
+
+    value: float
+    entities: int
+    max_score: float
+
+
+def calibrate_threshold(entity_max_scores: np.ndarray, target_alert_rate: float) -> Threshold:
+    """The threshold at which ``target_alert_rate`` of these held-out benign entities would alert."""
+    scores = np.sort(np.asarray(entity_max_scores, dtype=np.float64))
+    quantile = float(np.quantile(scores, 1.0 - target_alert_rate)) if len(scores) else 0.7
+    # Rounded as stored in model.json, so a reloaded model scores alike.
+    return Threshold(round(quantile, 6), len(scores), float(scores[-1]) if len(scores) else 0.0)
+
+
+def highest_per_entity(scores: np.ndarray, entities: np.ndarray) -> np.ndarray:
+    """Each entity's highest score (the order of the result is the entities' sorted order)."""
+    return pd.Series(np.asarray(scores, dtype=np.float64)).groupby(np.asarray(entities, dtype=object)).max().to_numpy()
+
+
+class EntityScorer(BaseEstimator):  # type: ignore[misc]  # scikit-learn ships no type information
+    """An Isolation Forest for one entity type, with its threshold and the baseline of each feature.
+
+    A scikit-learn estimator: ``__init__`` only stores the parameters; :meth:`fit` trains the forest and
+    calibrates the threshold, setting every fitted attribute (they end in ``_``); :meth:`score_samples`
+    refuses an unfitted scorer (``NotFittedError``) and changes nothing. A saved model is restored with
+    :meth:`from_summary` (its forest comes from skops, the rest from ``model.json``).
+
+    Fitted attributes: ``forest_`` (the ``IsolationForest``), ``evaluator_`` (how it is scored:
+    :func:`pipeline.scoring.forest.forest_evaluator`), ``n_features_in_``, ``median_`` and ``p99_`` (of the
+    training rows, per feature: the baselines reasons are given against), ``threshold_``,
+    ``calibration_entities_`` and ``calibration_max_`` (see :class:`Threshold`).
+    """
 
     def __init__(
         self,
@@ -142,40 +182,93 @@ class EntityScorer:
         random_state: int = 0,
     ) -> None:
         self.entity_type = entity_type
-        self.features = tuple(features)
+        self.features = features
         self.n_estimators = n_estimators
         self.max_samples = max_samples
         self.target_alert_rate = target_alert_rate
         self.random_state = random_state
 
-    def fit(self, X: np.ndarray, calibration_entity_max: np.ndarray | None = None) -> EntityScorer:
-        """Fit on baseline windows ``X``; calibrate on held-out per-entity maximum scores (or on X)."""
+    def fit(
+        self,
+        X: np.ndarray,
+        y: None = None,
+        *,
+        calibration_rows: np.ndarray | None = None,
+        calibration_entities: np.ndarray | None = None,
+    ) -> Self:
+        """Fit the forest on baseline windows ``X``, then calibrate the threshold.
+
+        The threshold is set so that ``target_alert_rate`` of held-out benign entities would alert: on the
+        highest score of each entity among ``calibration_rows`` (each row's entity in ``calibration_entities``;
+        without them every row is an entity of its own), or on the training rows themselves when no
+        held-out rows are given. ``y`` is ignored (scikit-learn's signature).
+        """
         X = np.asarray(X, dtype=np.float64)
-        self.forest_ = IsolationForest(
+        if X.ndim != 2 or X.shape[1] != len(self.features):
+            raise ValueError(f"expected rows of the {len(self.features)} features {list(self.features)}, got {X.shape}")
+        forest = IsolationForest(
             n_estimators=self.n_estimators,
             max_samples=min(self.max_samples, len(X)),
             random_state=self.random_state,
             n_jobs=1,
         ).fit(X)
+        evaluator = forest_evaluator(forest)
+        held_out = X if calibration_rows is None else np.asarray(calibration_rows, dtype=np.float64)
+        scores = evaluator.anomaly(held_out)
+        if calibration_entities is not None:
+            scores = highest_per_entity(scores, calibration_entities)
+        threshold = calibrate_threshold(scores, self.target_alert_rate)
+        self.forest_ = forest
+        self.evaluator_ = evaluator
+        self.n_features_in_ = X.shape[1]
         self.median_ = np.median(X, axis=0)
         self.p99_ = np.quantile(X, 0.99, axis=0)
-        self.calibrate(calibration_entity_max if calibration_entity_max is not None else self.score(X))
+        self._set_threshold(threshold)
         return self
 
-    def calibrate(self, entity_max_scores: np.ndarray) -> None:
-        """Threshold so that ``target_alert_rate`` of held-out benign entities would alert."""
-        scores = np.sort(np.asarray(entity_max_scores, dtype=np.float64))
-        quantile = float(np.quantile(scores, 1.0 - self.target_alert_rate)) if len(scores) else 0.7
-        self.threshold_ = round(quantile, 6)  # as stored in model.json, so a reloaded model scores alike
-        self.calibration_entities_ = len(scores)
-        self.calibration_max_ = float(scores[-1]) if len(scores) else 0.0
+    @classmethod
+    def from_summary(cls, entity_type: str, summary: dict[str, Any], forest: IsolationForest) -> EntityScorer:
+        """The fitted scorer that :meth:`summary` (kept in ``model.json``) and its saved forest describe."""
+        scorer = cls(
+            entity_type,
+            tuple(summary["features"]),
+            n_estimators=summary["n_estimators"],
+            max_samples=summary["max_samples"],
+            target_alert_rate=summary["target_alert_rate"],
+            random_state=summary["random_state"],
+        )
+        scorer.forest_ = forest
+        scorer.evaluator_ = forest_evaluator(forest)
+        scorer.n_features_in_ = int(forest.n_features_in_)
+        scorer.median_ = np.asarray(summary["median"])
+        scorer.p99_ = np.asarray(summary["p99"])
+        scorer._set_threshold(
+            Threshold(summary["threshold"], summary["calibration_entities"], summary["calibration_max"])
+        )
+        return scorer
 
-    def score(self, X: np.ndarray) -> np.ndarray:
-        compiled = getattr(self, "compiled_", None)
-        if compiled is None or compiled.source is not self.forest_:
-            compiled = self.compiled_ = CompiledForest(self.forest_)
-            compiled.source = self.forest_
-        return compiled.anomaly(X)
+    def with_threshold(self, threshold: float) -> EntityScorer:
+        """A copy of this fitted scorer with another threshold (e.g. raised from analysts' verdicts); the forest
+        and baselines are shared, this scorer is not changed."""
+        check_is_fitted(self)
+        other = copy.copy(self)
+        other.threshold_ = threshold
+        return other
+
+    def _set_threshold(self, threshold: Threshold) -> None:
+        self.threshold_ = threshold.value
+        self.calibration_entities_ = threshold.entities
+        self.calibration_max_ = threshold.max_score
+
+    def __sklearn_is_fitted__(self) -> bool:
+        # What check_is_fitted asks; cheaper than its scan of every attribute (score_samples runs per engine tick).
+        return hasattr(self, "evaluator_")
+
+    def score_samples(self, X: np.ndarray) -> np.ndarray:
+        """The anomaly score of each row, in (0, 1], higher = more anomalous: ``-forest_.score_samples(X)``
+        (note the sign: scikit-learn's ``IsolationForest.score_samples`` is higher for more normal rows)."""
+        check_is_fitted(self)
+        return self.evaluator_.anomaly(X)
 
     def severity(self, score: float) -> str | None:
         """None below the threshold; above it, the margin left to 1.0 decides."""
@@ -240,6 +333,8 @@ class EntityScorer:
         return spread
 
     def summary(self) -> dict[str, Any]:
+        """Everything but the forest, as ``model.json`` keeps it (:meth:`from_summary` reads it back)."""
+        check_is_fitted(self)
         return {
             "features": list(self.features),
             "threshold": round(self.threshold_, 6),

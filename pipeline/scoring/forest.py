@@ -8,27 +8,102 @@ float32-cast inputs, the same per-leaf path lengths, the same normalisation — 
 ``-IsolationForest.score_samples`` (to float rounding; the tests check 1e-12). The forest itself is
 trained, owned and persisted by scikit-learn/skops; this only evaluates it.
 
-Where ``scripts/build-accel`` compiled ``_forest_walk.pyx``, the trees are walked in C instead (several
-times faster; same nodes, comparisons deciding the same way, same order of summation — tests compare both).
+Laying the trees out reads private attributes of the fitted forest (``_decision_path_lengths``,
+``_average_path_length_per_tree``, ``_max_features``, ``_max_samples``) and the private
+``sklearn.ensemble._iforest._average_path_length``. They are read only under the scikit-learn versions
+:data:`SUPPORTED_SKLEARN` names (the same range ``pyproject.toml`` allows; the tests check both agree):
+:func:`forest_evaluator` gives the compiled forest there, and elsewhere — with a warning — a
+:class:`PublicForest` that calls scikit-learn's public ``score_samples`` (same scores, slower).
+
+Where the build compiled ``_forest_walk.pyx`` (see ``pipeline/_accel.py``), the trees are walked in C
+instead (several times faster; same nodes, comparisons deciding the same way, same order of summation —
+tests compare both).
 """
 
 from __future__ import annotations
 
+import re
+import warnings
 from collections.abc import Callable
+from typing import Protocol
 
 import numpy as np
+import sklearn
 from sklearn.ensemble import IsolationForest
-from sklearn.ensemble._iforest import _average_path_length
+
+from pipeline import _accel
 
 compiled_path_lengths: Callable[..., None] | None  # _forest_walk.pyi has its signature
 try:
+    _accel.require_current_build()
     from pipeline.scoring._forest_walk import path_lengths as compiled_path_lengths
-except ImportError:  # not built here (or JWTWATCH_PURE_PYTHON): the numpy walk below
+except ImportError:  # not built here, built from other sources, or JWTWATCH_PURE_PYTHON: the numpy walk below
     compiled_path_lengths = None
+
+#: The scikit-learn versions whose private IsolationForest internals :class:`CompiledForest` reads:
+#: (lowest supported minor, first minor not yet tested). pyproject.toml pins ``scikit-learn`` to this range.
+SUPPORTED_SKLEARN: tuple[tuple[int, int], tuple[int, int]] = ((1, 4), (1, 10))
+
+
+class ForestEvaluator(Protocol):
+    def anomaly(self, X: np.ndarray) -> np.ndarray: ...
+
+
+def minor_version(version: str) -> tuple[int, int]:
+    """``"1.9.1"`` -> ``(1, 9)``; ``"1.10.dev0"`` -> ``(1, 10)``."""
+    found = re.match(r"(\d+)\.(\d+)", version)
+    if found is None:
+        raise ValueError(f"not a version: {version!r}")
+    return int(found.group(1)), int(found.group(2))
+
+
+def internals_supported(version: str = sklearn.__version__) -> bool:
+    """Whether :class:`CompiledForest` may read this scikit-learn version's private forest internals."""
+    lowest, first_untested = SUPPORTED_SKLEARN
+    return lowest <= minor_version(version) < first_untested
+
+
+def forest_evaluator(forest: IsolationForest, version: str = sklearn.__version__) -> ForestEvaluator:
+    """The fast :class:`CompiledForest` under a supported scikit-learn, else scikit-learn's public path."""
+    lowest, first_untested = SUPPORTED_SKLEARN
+    supported = f">={lowest[0]}.{lowest[1]},<{first_untested[0]}.{first_untested[1]}"
+    if not internals_supported(version):
+        problem = f"scikit-learn {version} is outside the versions whose IsolationForest internals jwtwatch reads"
+    else:
+        try:
+            return CompiledForest(forest)
+        except (AttributeError, ImportError) as error:  # an in-range release that still moved them
+            problem = f"scikit-learn {version} lacks an IsolationForest internal jwtwatch reads ({error})"
+    warnings.warn(
+        f"{problem} ({supported}): scoring with its public score_samples instead (same scores, slower)",
+        RuntimeWarning,
+        stacklevel=2,
+    )
+    return PublicForest(forest)
+
+
+class PublicForest:
+    """The anomaly score through scikit-learn's public API only: ``-forest.score_samples(X)``."""
+
+    def __init__(self, forest: IsolationForest) -> None:
+        self.forest = forest
+        self.n_features = int(forest.n_features_in_)
+
+    def anomaly(self, X: np.ndarray) -> np.ndarray:
+        X = np.asarray(X, dtype=np.float64)
+        if X.ndim != 2 or X.shape[1] != self.n_features:
+            raise ValueError(f"expected rows of {self.n_features} features, got shape {X.shape}")
+        scores: np.ndarray = -self.forest.score_samples(X)
+        return scores
 
 
 class CompiledForest:
+    """The forest's trees as flat arrays (and packed nodes for the compiled walk); reads private internals, so
+    build it through :func:`forest_evaluator`, which checks the scikit-learn version first."""
+
     def __init__(self, forest: IsolationForest) -> None:
+        from sklearn.ensemble._iforest import _average_path_length
+
         self.n_features = int(forest.n_features_in_)
         subsample = forest._max_features != self.n_features
         lefts, rights, features, thresholds, leaf_values, roots = [], [], [], [], [], []
@@ -66,7 +141,6 @@ class CompiledForest:
         self.roots = np.asarray(roots, dtype=np.intp)
         self.depth = depth
         self.nodes = _packed_nodes(self.children, self.feature, self.threshold)
-        self.source: IsolationForest | None = None
         self.denominator = len(forest.estimators_) * float(_average_path_length([forest._max_samples])[0])
 
     def anomaly(self, X: np.ndarray, *, compiled: bool = True) -> np.ndarray:

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import skops.io as sio
 from sklearn.ensemble import IsolationForest
 
@@ -139,19 +138,6 @@ def _load_model(directory: Path) -> DetectionModel:
         forest = sio.load(path, trusted=sio.get_untrusted_types(file=path))
         if not isinstance(forest, IsolationForest):
             raise ModelError(f"{path} does not hold an IsolationForest")
-        scorer = EntityScorer(
-            entity_type,
-            summary["features"],
-            n_estimators=summary["n_estimators"],
-            max_samples=summary["max_samples"],
-            target_alert_rate=summary["target_alert_rate"],
-            random_state=summary["random_state"],
-        )
-        scorer.forest_ = forest
-        scorer.threshold_ = summary["threshold"]
-        scorer.calibration_entities_ = summary["calibration_entities"]
-        scorer.calibration_max_ = summary["calibration_max"]
-        scorer.median_ = np.asarray(summary["median"])
-        scorer.p99_ = np.asarray(summary["p99"])
+        scorer = EntityScorer.from_summary(entity_type, summary, forest)
         scorers[entity_type] = scorer
     return DetectionModel(scorers, spec, metadata)

@@ -1,4 +1,5 @@
-# Augments pipeline/features/baselines.py when scripts/build-accel compiles it: profiles and baselines become
+# Augments pipeline/features/_baselines.py when the build compiles it as its twin pipeline.features._baselines_c
+# (the name this file has, which is how Cython finds it; see pipeline/_accel.py): profiles and baselines become
 # extension types with C fields, and observe_use — called for every accepted event — a cpdef method.
 cimport cython
 

@@ -1,6 +1,7 @@
-# Augments pipeline/windows/__init__.py when scripts/build-accel compiles it: the windows and the store become
+# Augments pipeline/windows/_windows.py when the build compiles it as its twin pipeline.windows._windows_c (the
+# name this file has, which is how Cython finds it; see pipeline/_accel.py): the windows and the store become
 # extension types with C fields (times as doubles, counters as C integers) and add_at's locals are typed, so
-# the per-event path reads and writes struct fields instead of looking attributes up. The .py stays the one
+# the per-event path reads and writes struct fields instead of looking attributes up. _windows.py stays the one
 # source of the logic; run as pure Python it uses __slots__ classes with the same fields.
 cimport cython
 
