@@ -39,7 +39,7 @@ from bench.machine import environment, write_report
 from pipeline.networks import PREFIXES, MmdbResolver, _prefix_network, open_ip_db
 from pipeline.simulate import SimulationParams, simulate
 from pipeline.simulate.io import write_ip_db
-from tests.mmdbkit import write_mmdb
+from tests.support.mmdbkit import write_mmdb
 
 LIBRARIES = ("maxminddb", "mmdb-writer", "numpy")
 

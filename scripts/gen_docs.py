@@ -5,10 +5,10 @@
 
 Sources: the ``jwtwatch`` command itself (``pipeline/cli.py``: every option, its ``JWTWATCH_*`` environment
 variable, type, default and help), the :class:`~pipeline.validation.ValidatorConfig` model (field types,
-defaults, constraints, descriptions), and ``tests/test_validation_attacks.py`` (the attack catalogue).
+defaults, constraints, descriptions), and ``tests/support/attacks.py`` (the attack catalogue).
 
 This is a script, not part of the ``pipeline`` package: it imports ``pipeline.cli`` (which nothing inside
-the package may import) and a test module.
+the package may import) and the tests' attack catalogue.
 """
 
 from __future__ import annotations
@@ -234,7 +234,7 @@ def configuration_md() -> str:
 
 
 def attack_catalogue_md() -> str:
-    from tests import test_validation_attacks as catalogue
+    from tests.support import attacks as catalogue
 
     by_reason: dict[str, list[str]] = {}
     for name, _, reason in catalogue.ATTACKS:

@@ -18,16 +18,15 @@ from pathlib import Path
 import pytest
 
 from pipeline import _accel
-from tests.require import skip_or_fail
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support.paths import REPO
+from tests.support.require import skip_or_fail
 
 
 def _status_in_subprocess(env: dict[str, str]) -> dict[str, bool]:
     code = "import json, pipeline._accel as a; print(json.dumps(a.status()))"
     # A stale extension is reported as not compiled (the finder loads its source, with a warning).
     out = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True
+        [sys.executable, "-c", code], cwd=REPO, env={**os.environ, **env}, capture_output=True, text=True
     )
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout)
@@ -62,7 +61,7 @@ def test_the_engine_gives_identical_results_as_pure_python() -> None:
     ]
     run = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests],
-        cwd=ROOT,
+        cwd=REPO,
         env={**os.environ, _accel.PURE_PYTHON_ENV: "1"},
         capture_output=True,
         text=True,

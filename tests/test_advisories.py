@@ -31,17 +31,12 @@ from pipeline.validation import TokenValidator, ValidatorConfig
 from pipeline.validation.revocations import RevocationStore
 from pipeline.validation.server import MAX_HEADER_BYTES
 from pipeline.validation.service import ValidatorService
-from tests.jwtkit import AUDIENCE, DROP, ISSUER, Issuer, b64url, standard_claims
-from tests.servers import serve_app, stop_process, wait_ready
+from tests.support.jwtkit import AUDIENCE, DROP, ISSUER, Issuer, b64url, standard_claims
+from tests.support.paths import DEFAULT_MODEL
+from tests.support.ports import free_port
+from tests.support.servers import serve_app, stop_process, wait_ready
 
-MODEL = Path(__file__).resolve().parent.parent / "models" / "default"
 _ADMIN = "advisories-admin-token-0123456789abcdef"
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -168,7 +163,7 @@ def hostile_text_surfaces(tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     tmp = tmp_path_factory.mktemp("hostile-text")
     (tmp / "jwks.json").write_text(json.dumps(issuer.jwks()))
     config = ValidatorConfig(issuer=ISSUER, audience=AUDIENCE, jwks=issuer.jwks())
-    port = _free_port()
+    port = free_port()
     log = tmp / "validator.log"
     validator = subprocess.Popen(
         [sys.executable, "-m", "pipeline.cli", "validator", "serve", "--issuer", ISSUER, "--audience", AUDIENCE,
@@ -177,7 +172,9 @@ def hostile_text_surfaces(tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         stdout=log.open("w"), stderr=subprocess.STDOUT,
     )  # fmt: skip
     all_in_one = AllInOne(
-        ServeOptions(config=config, data_dir=tmp / "serve-data", model_dir=MODEL, events_out=tmp / "serve-events.jsonl")
+        ServeOptions(
+            config=config, data_dir=tmp / "serve-data", model_dir=DEFAULT_MODEL, events_out=tmp / "serve-events.jsonl"
+        )
     )
     all_in_one.start()
     service = ValidatorService(config, data_dir=tmp / "api-data", events_out=tmp / "api-events.jsonl")
@@ -264,8 +261,8 @@ def test_medium_2_admin_routes_authenticate_before_reading_the_body(tmp_path: Pa
     from pipeline.validation import ValidatorConfig
     from pipeline.validation.app import create_validator_app
     from pipeline.validation.service import ValidatorService
-    from tests.jwtkit import AUDIENCE, ISSUER, Issuer
-    from tests.servers import serve_app
+    from tests.support.jwtkit import AUDIENCE, ISSUER, Issuer
+    from tests.support.servers import serve_app
 
     token = "medium-2-admin-token-0123456789"
     admin = {"Authorization": f"Bearer {token}"}
@@ -330,9 +327,9 @@ def test_medium_3_slow_jwks_url_never_stalls_validations(tmp_path: Path) -> None
     from pipeline.validation import ValidatorConfig
     from pipeline.validation.app import create_validator_app
     from pipeline.validation.service import ValidatorService
-    from tests.jwtkit import AUDIENCE, ISSUER, Issuer
-    from tests.servers import serve_app
-    from tests.tls import make_tls
+    from tests.support.jwtkit import AUDIENCE, ISSUER, Issuer
+    from tests.support.servers import serve_app
+    from tests.support.tls import make_tls
 
     issuer = Issuer.create()
     body = json.dumps(issuer.jwks()).encode()
@@ -416,7 +413,6 @@ def test_medium_3_slow_jwks_url_never_stalls_validations(tmp_path: Path) -> None
 def test_medium_4_signed_jwks_cannot_be_rolled_back(tmp_path: Path) -> None:
     """The URL serves set B (key K2), then the older, still-unexpired set A (key K1) again: A is refused, logged
     and counted — within a running validator, and by `validator serve` restarted on the same data dir."""
-    import socket
     import subprocess
     import sys
     import time
@@ -432,8 +428,8 @@ def test_medium_4_signed_jwks_cannot_be_rolled_back(tmp_path: Path) -> None:
     from pipeline.validation.keystore import KeyStore
     from pipeline.validation.service import ValidatorService
     from pipeline.validation.signed_jwks import RootKey, sign_jwks
-    from tests.servers import serve_app, stop_process, wait_ready
-    from tests.tls import make_tls
+    from tests.support.servers import serve_app, stop_process, wait_ready
+    from tests.support.tls import make_tls
 
     iss, aud = "https://issuer.rollback.test", "https://api.rollback.test"
     root = RootKey.init(tmp_path / "root", iss)
@@ -465,9 +461,7 @@ def test_medium_4_signed_jwks_cannot_be_rolled_back(tmp_path: Path) -> None:
         service.close()
 
         # 2. across a restart of `validator serve` on the same data dir
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+        port = free_port()
         command = [sys.executable, "-m", "pipeline.cli", "validator", "serve", "--issuer", iss, "--audience", aud,
                    "--signed-jwks-url", url, "--jwks-root-key", str(root.path / "root.jwk.json"),
                    "--signed-jwks-issuer", iss, "--jwks-ca-file", str(tls.ca), "--host", "127.0.0.1",
@@ -520,7 +514,6 @@ def test_medium_5_attacker_key_slipped_into_the_key_directory_fails_the_gate_and
     `sub: admin` token. Now the entries lack a MAC under the passphrase-derived audit key, so the gate fails (with
     and without the passphrase), and a validator pinning the root key trusts only the root-signed jwks.jwt."""
     import json
-    import socket
     import subprocess
     import sys
     import time
@@ -532,7 +525,7 @@ def test_medium_5_attacker_key_slipped_into_the_key_directory_fails_the_gate_and
     from pipeline.cli import app
     from pipeline.validation.keystore import KeyStore, chain_line
     from pipeline.validation.signed_jwks import RootKey, publish_signed_jwks
-    from tests.servers import stop_process, wait_ready
+    from tests.support.servers import stop_process, wait_ready
 
     iss, aud, passphrase = "https://issuer.advisory.test", "https://api.advisory.test", "operator passphrase"
     for name in ("JWTWATCH_KEYS_PASSPHRASE", "JWTWATCH_KEYS_PASSPHRASE_FILE"):
@@ -584,9 +577,7 @@ def test_medium_5_attacker_key_slipped_into_the_key_directory_fails_the_gate_and
         assert blind.exit_code == 1 and "no MAC" in blind.output, blind.output
 
     # --- a validator following the directory with the root pinned trusts what the root signed, not jwks.json
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     command = [sys.executable, "-m", "pipeline.cli", "validator", "serve", "--issuer", iss, "--audience", aud,
                "--keys-dir", str(keys), "--jwks-root-key", str(root.path / "root.jwk.json"),
                "--signed-jwks-issuer", iss, "--host", "127.0.0.1", "--port", str(port),
@@ -616,8 +607,8 @@ def test_medium_6_slow_webhook_receiver_never_delays_other_subscribers(tmp_path:
     import time
 
     from pipeline.alerts import AlertsService, AlertsWorker
-    from tests.servers import serve_app
-    from tests.test_alerts_service import ADMIN, Receiver, TrickleServer, make_alert, make_revocation, wait_until
+    from tests.support.alerts import ADMIN, Receiver, TrickleServer, make_alert, make_revocation, wait_until
+    from tests.support.servers import serve_app
 
     healthy, slow = Receiver(), TrickleServer(interval_s=1.0)
     service = AlertsService(tmp_path, admin_token=ADMIN, timeout_s=4.0)
@@ -710,7 +701,7 @@ def test_medium_8_poison_record_never_wedges_the_alerts_or_archive_consumer(tmp_
     from pipeline.archive import ArchiveConsumer, ArchiveWriter, read_archive
     from pipeline.bus import ALERTS, DEAD_LETTER, REVOCATIONS
     from pipeline.bus.memory import MemoryBus
-    from tests.test_alerts_service import ADMIN, make_alert, make_revocation
+    from tests.support.alerts import ADMIN, make_alert, make_revocation
 
     good = make_alert("poison").to_json()
     assert b'"features":{"distinct_ips":4.0}' in good
@@ -766,8 +757,8 @@ def test_low_9_the_service_port_never_tells_why_a_token_failed(tmp_path: Path) -
     from pipeline.validation import ValidatorConfig
     from pipeline.validation.app import create_validator_app
     from pipeline.validation.service import ValidatorService
-    from tests.jwtkit import AUDIENCE, ISSUER, Issuer
-    from tests.servers import serve_app
+    from tests.support.jwtkit import AUDIENCE, ISSUER, Issuer
+    from tests.support.servers import serve_app
 
     issuer = Issuer.create()
     config = ValidatorConfig(issuer=ISSUER, audience=AUDIENCE, jwks=issuer.jwks())
@@ -782,7 +773,7 @@ def test_low_9_the_service_port_never_tells_why_a_token_failed(tmp_path: Path) -
         ServeOptions(
             config=config,
             data_dir=tmp_path / "serve",
-            model_dir=Path(__file__).resolve().parent.parent / "models" / "default",
+            model_dir=DEFAULT_MODEL,
         )
     )
     all_in_one.start()
@@ -933,7 +924,7 @@ def test_low_13_pkcs11_module_reached_through_a_symlink_into_a_writable_director
     import shutil
 
     from pipeline.validation.keystore import KeyStore, KeyStoreError
-    from tests.require import skip_or_fail
+    from tests.support.require import skip_or_fail
 
     softhsm = "/usr/lib/softhsm/libsofthsm2.so"
     try:
@@ -1001,8 +992,8 @@ def test_low_13_half_sent_requests_are_cut_off(tmp_path: Path) -> None:
     from pipeline.validation import ValidatorConfig
     from pipeline.validation.app import create_validator_app
     from pipeline.validation.service import ValidatorService
-    from tests.jwtkit import AUDIENCE, ISSUER, Issuer
-    from tests.servers import serve_app
+    from tests.support.jwtkit import AUDIENCE, ISSUER, Issuer
+    from tests.support.servers import serve_app
 
     issuer = Issuer.create()
     config = ValidatorConfig(issuer=ISSUER, audience=AUDIENCE, jwks=issuer.jwks())

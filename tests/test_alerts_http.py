@@ -1,4 +1,3 @@
-# ruff: noqa: F811
 """The alerts service's HTTP API, served for real on loopback."""
 
 from __future__ import annotations
@@ -16,20 +15,8 @@ from standardwebhooks import Webhook
 
 from pipeline.alerts import AlertsService, create_alerts_app
 from pipeline.web import metrics_app
-from tests.servers import serve_app
-
-# The webhook receiver fixtures live with the service tests; importing them here registers them for pytest
-# (hence F401/F811: test arguments named after imported fixtures).
-from tests.test_alerts_service import (  # noqa: F401
-    ADMIN,
-    SUMMARY,
-    FakeClock,
-    Receiver,
-    make_alert,
-    make_revocation,
-    receiver,
-    receiver_server,
-)
+from tests.support.alerts import ADMIN, SUMMARY, FakeClock, Receiver, make_alert, make_revocation
+from tests.support.servers import serve_app
 
 AUTH = {"Authorization": f"Bearer {ADMIN}"}
 

@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 
 from bench import report, suite
+from tests.support.paths import REPO
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "bench" / "results.json"
-DOC = ROOT / "docs" / "performance.md"
+RESULTS = REPO / "bench" / "results.json"
+DOC = REPO / "docs" / "performance.md"
 #: The headline's shape — which keys hold sub-figures — as bench.suite builds it.
 SHAPE = suite.headline({})
 
@@ -193,5 +193,5 @@ def test_python_m_bench_refuses_unknown_benchmarks_and_mixing_quick_with_full(tm
 def _bench(*args: str, timeout: float = 60, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """``python -m bench ARGS`` from the repository root, output captured."""
     return subprocess.run(
-        [sys.executable, "-m", "bench", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env
+        [sys.executable, "-m", "bench", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env
     )

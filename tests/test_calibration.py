@@ -21,13 +21,12 @@ from pipeline.events import Alert, AlertVerdict
 from pipeline.scoring.model import DetectionModel, load_model
 from pipeline.simulate import SimulationParams, simulate
 from pipeline.simulate.io import write_events
-
-MODEL = Path(__file__).resolve().parent.parent / "models" / "default"
+from tests.support.paths import DEFAULT_MODEL
 
 
 @pytest.fixture(scope="module")
 def model() -> DetectionModel:
-    return load_model(MODEL)
+    return load_model(DEFAULT_MODEL)
 
 
 def row_scoring(model: DetectionModel, entity_type: str, target: float) -> dict[str, float]:

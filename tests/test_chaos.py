@@ -38,9 +38,10 @@ from pipeline.validation.config import ValidatorConfig
 from pipeline.validation.keystore import KeyStore
 from pipeline.validation.revocations import RevocationStore, RevocationStoreError
 from pipeline.validation.service import ValidatorService
-from tests.jwtkit import Issuer
-from tests.require import skip_or_fail
-from tests.servers import serve_app, stop_process, wait_ready
+from tests.support.jwtkit import Issuer
+from tests.support.paths import DEFAULT_MODEL
+from tests.support.require import skip_or_fail
+from tests.support.servers import serve_app, stop_process, wait_ready
 
 pytestmark = [pytest.mark.chaos]
 
@@ -134,7 +135,7 @@ def kafka_topics(kafka_bootstrap: str) -> Iterator[str]:
     """The product's topics, empty before the test — and emptied after it: these tests leave a large backlog
     (and live consumer groups) behind, which later tests reading the usage topic from the beginning must not
     have to wade through."""
-    from tests.test_kafka_loop import fresh_topics
+    from tests.support.kafka import fresh_topics
 
     fresh_topics(kafka_bootstrap)
     yield kafka_bootstrap
@@ -198,7 +199,7 @@ def _alerts_process(bootstrap: str, data_dir: Path, keys: Path, token_file: Path
 def test_the_alerts_service_killed_mid_delivery_delivers_every_accepted_alert(
     kafka_topics: str, tmp_path: Path
 ) -> None:
-    from tests.test_kafka_loop import free_port
+    from tests.support.ports import free_port
 
     kafka_bootstrap = kafka_topics
     keys = tmp_path / "revocation-keys"
@@ -449,12 +450,13 @@ def test_the_pipeline_killed_mid_stream_rebuilds_its_windows_and_duplicates_no_a
     from pipeline.scoring.model import load_model
     from pipeline.simulate import SimulationParams, iter_records, simulate
     from pipeline.validation.usage import UsageEmitter
-    from tests.test_kafka_restart import assert_only_escalations, committed_offsets, read_topic
+    from tests.support.escalations import assert_only_escalations
+    from tests.support.kafka import committed_offsets, read_topic
 
     kafka_bootstrap = kafka_topics
     traffic = simulate(SimulationParams(minutes=10, seed=13, browsers=250, mobile=120, offices=6, services=15,
                                         incidents_per_threat=1))  # fmt: skip
-    model = load_model(Path(__file__).resolve().parent.parent / "models" / "default")
+    model = load_model(DEFAULT_MODEL)
     expected = {a.alert_id for a in replay(traffic.events, model)[0]}
     assert expected
     bus = KafkaBus(kafka_bootstrap, client_id="chaos-validator")

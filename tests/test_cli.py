@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,26 +12,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.servers import wait_ready
-
-JWTWATCH = [sys.executable, "-m", "pipeline.cli"]
-ISSUER = "https://issuer.cli.test"
-AUDIENCE = "https://api.cli.test"
-
-
-def run(*args: str, check: bool = True, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        [*JWTWATCH, *args], capture_output=True, text=True, timeout=120, env={**os.environ, **(env or {})}
-    )
-    if check and result.returncode != 0:
-        raise AssertionError(f"jwtwatch {' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
-    return result
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.support.cli import AUDIENCE, ISSUER, JWTWATCH, run
+from tests.support.ports import free_port
+from tests.support.servers import wait_ready
 
 
 @pytest.fixture

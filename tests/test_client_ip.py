@@ -16,8 +16,8 @@ from pipeline.validation import ValidatorConfig
 from pipeline.validation.app import create_validator_app
 from pipeline.validation.client_ip import client_ip, parse_networks
 from pipeline.validation.service import ValidatorService
-from tests.jwtkit import AUDIENCE, ISSUER, Issuer
-from tests.servers import serve_app
+from tests.support.jwtkit import AUDIENCE, ISSUER, Issuer
+from tests.support.servers import serve_app
 
 PROXIES = parse_networks("10.0.0.0/8, 2001:db8::/32")
 

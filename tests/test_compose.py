@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -20,9 +19,10 @@ import pytest
 import yaml
 
 from pipeline.validation.keystore import KeyStore
+from tests.support.paths import REPO
+from tests.support.ports import free_port
 
-ROOT = Path(__file__).resolve().parent.parent
-COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())
 
 
 def test_kafka_and_the_three_services_with_health_checks() -> None:
@@ -67,7 +67,7 @@ def test_the_three_services_start_as_compose_configures_them(kafka_bootstrap: st
     (secrets / "admin-token").chmod(0o600)  # as the compose file's header says: others may not read it
     KeyStore.init(secrets / "keys", alg="ES256", issuer="https://issuer.example")
     KeyStore.init(secrets / "revocation-keys", alg="ES256", issuer="urn:jwtwatch")
-    ports = {"8080": str(_free_port()), "8081": str(_free_port())}
+    ports = {"8080": str(free_port()), "8081": str(free_port())}
 
     def host_path(value: str, service: str) -> str:
         value = _interpolate(value)
@@ -108,9 +108,3 @@ def test_the_three_services_start_as_compose_configures_them(kafka_bootstrap: st
                 process.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 process.kill()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

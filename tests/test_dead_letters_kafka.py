@@ -24,16 +24,15 @@ from pipeline.bus.kafka import KafkaBus
 from pipeline.detection.runner import StreamingRunner
 from pipeline.events import MAX_STRING, Alert, TokenUsage, format_ts
 from pipeline.scoring.model import DetectionModel, load_model
-from tests.test_kafka_restart import drain
+from tests.support.kafka import drain
+from tests.support.paths import DEFAULT_MODEL
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(240)]
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def model() -> DetectionModel:
-    return load_model(ROOT / "models" / "default")
+    return load_model(DEFAULT_MODEL)
 
 
 @pytest.fixture
@@ -175,7 +174,7 @@ def test_a_usage_event_that_cannot_be_encoded_is_dead_lettered_alone(bus: KafkaB
     from pipeline.validation import ValidatorConfig
     from pipeline.validation.service import RequestContext, ValidatorService
     from pipeline.validation.verifier import Verdict
-    from tests.jwtkit import AUDIENCE, ISSUER, Issuer
+    from tests.support.jwtkit import AUDIENCE, ISSUER, Issuer
 
     service = ValidatorService(
         ValidatorConfig(issuer=ISSUER, audience=AUDIENCE, jwks=Issuer.create().jwks()),

@@ -11,9 +11,9 @@ from pipeline.detection.training import TrainingParams, data_hash, train_model
 from pipeline.scoring.model import load_model, model_version, save_model
 from pipeline.simulate import simulate
 from pipeline.simulate.family import WorldFamily, train_params
+from tests.support.paths import DEFAULT_MODEL, REPO
 
-ROOT = Path(__file__).resolve().parent.parent
-SHIPPED = ROOT / "models" / "default"
+SHIPPED = DEFAULT_MODEL
 #: `make model`'s options, as the recipe below draws its training stream.
 RECIPE = (
     "--baseline-only --family-seed 15 --family-region tuning --family-world 0",
@@ -23,7 +23,7 @@ RECIPE = (
 
 
 def test_the_makefile_recipe_is_the_one_reproduced_here() -> None:
-    makefile = (ROOT / "Makefile").read_text()
+    makefile = (REPO / "Makefile").read_text()
     recipe = makefile[makefile.index("\nmodel:") :].split("\n\n", 1)[0]
     for options in RECIPE:
         assert options in recipe, f"make model no longer runs {options!r}: update this test with it"

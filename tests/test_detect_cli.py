@@ -21,9 +21,9 @@ from pipeline.scoring.model import load_model
 from pipeline.simulate import THREATS, simulate
 from pipeline.simulate.family import WorldFamily, train_params
 from pipeline.simulate.io import read_labels
+from tests.support.paths import DEFAULT_MODEL, REPO
 
 JWTWATCH = [sys.executable, "-m", "pipeline.cli"]
-REPO = Path(__file__).resolve().parent.parent
 SIZE = ["--minutes", "5", "--users", "20"]
 
 
@@ -118,7 +118,7 @@ def test_retraining_the_same_data_with_the_same_seed_gives_the_same_version(work
     assert first["version"] == again["version"]
     assert first["scorers"] == again["scorers"]
     assert first["training"]["data_sha256"] == again["training"]["data_sha256"]
-    shipped = REPO / "models" / "default" / "model.json"
+    shipped = DEFAULT_MODEL / "model.json"
     if shipped.exists():  # other data, same code: another version (the version is not a constant)
         assert json.loads(shipped.read_text())["version"] != first["version"]
 

@@ -32,15 +32,15 @@ from pipeline.validation.keystore import KeyStore
 from pipeline.validation.revocation_feed import FeedSigner
 from pipeline.validation.revocations import new_revocation
 from pipeline.validation.service import ValidatorService
-from tests.servers import serve_app
-from tests.test_alerts_service import make_alert, make_revocation
+from tests.support.alerts import make_alert, make_revocation
+from tests.support.paths import REPO
+from tests.support.servers import serve_app
 
-ROOT = Path(__file__).resolve().parent.parent
-README = ROOT / "README.md"
-DOCS = sorted((ROOT / "docs").glob("*.md"))
+README = REPO / "README.md"
+DOCS = sorted((REPO / "docs").glob("*.md"))
 ALL_DOCS = [README, *DOCS]
 #: The docs this suite's authors own; the stricter checks (every --option anywhere names a real one) apply to them.
-OWN_DOCS = [README, ROOT / "docs" / "architecture.md", ROOT / "docs" / "security.md"]
+OWN_DOCS = [README, REPO / "docs" / "architecture.md", REPO / "docs" / "security.md"]
 ISSUER = "https://issuer.example"
 AUDIENCE = "https://api.example"
 REGENERATE = "run `.venv/bin/python scripts/gen_docs.py` and commit the result"
@@ -55,7 +55,7 @@ def _load(path: Path, name: str) -> ModuleType:
     return module
 
 
-gen_docs = _load(ROOT / "scripts" / "gen_docs.py", "gen_docs")
+gen_docs = _load(REPO / "scripts" / "gen_docs.py", "gen_docs")
 
 
 def _code_blocks(text: str, language: str | None = None) -> list[str]:
@@ -80,7 +80,7 @@ def test_attack_catalogue_in_security_md_is_up_to_date() -> None:
 
 
 def test_the_catalogue_lists_every_attack_with_its_reason() -> None:
-    from tests.test_validation_attacks import ATTACKS, CONTROLS
+    from tests.support.attacks import ATTACKS, CONTROLS
 
     text = _read(gen_docs.SECURITY_DOC)
     block = text[text.index(gen_docs.CATALOGUE_BEGIN) : text.index(gen_docs.CATALOGUE_END)]
@@ -151,7 +151,7 @@ def test_every_path_and_test_named_in_the_docs_exists(doc: Path) -> None:
     for where, path, test in _mentioned_paths():
         if where != doc or (doc not in OWN_DOCS and not path.startswith(_MODULE_PREFIXES)):
             continue
-        target = ROOT / path
+        target = REPO / path
         if not target.exists():
             missing.append(path)
         elif test is not None and not re.search(rf"^(async )?def {test}\(", _read(target), flags=re.MULTILINE):
@@ -234,7 +234,7 @@ def test_every_option_named_in_our_docs_exists_somewhere() -> None:
 
 
 def test_readme_nginx_config_is_the_one_the_nginx_test_runs() -> None:
-    from tests.test_nginx import CONF
+    from tests.support.nginx import CONF
 
     conf = CONF.format(tmp="/tmp", port=80, api_port=9000, validator="http://127.0.0.1:8080")
     blocks = re.findall(r"^( *location [^{]*\{.*?^ *\})", conf, flags=re.DOTALL | re.MULTILINE)
@@ -318,12 +318,12 @@ def _context() -> Any:
 
 
 def test_readme_webhook_snippet_is_the_example_file() -> None:
-    example = _read(ROOT / "docs" / "examples" / "verify_webhook.py")
+    example = _read(REPO / "docs" / "examples" / "verify_webhook.py")
     assert example in [block for block in _code_blocks(_read(README), "python")]
 
 
 def test_webhook_receiver_accepts_signed_deliveries_once_and_refuses_forgeries(tmp_path: Path) -> None:
-    example = _load(ROOT / "docs" / "examples" / "verify_webhook.py", "verify_webhook_example")
+    example = _load(REPO / "docs" / "examples" / "verify_webhook.py", "verify_webhook_example")
     service = AlertsService(tmp_path / "data", admin_token="admin-token-0123456789abcdef")
     handled: list[dict[str, Any]] = []
     stranger: list[dict[str, Any]] = []

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,10 +26,9 @@ from pipeline.detection.replay import replay
 from pipeline.features import FEATURES
 from pipeline.scoring.model import load_model
 from pipeline.simulate import SimulationParams, simulate
+from tests.support.paths import DEFAULT_MODEL, TEST_DATA
 
-ROOT = Path(__file__).resolve().parent.parent
-GOLDEN = ROOT / "tests" / "data" / "engine_golden.npz"
-MODEL = ROOT / "models" / "default"
+GOLDEN = TEST_DATA / "engine_golden.npz"
 PARAMS = SimulationParams(minutes=10, seed=5, incidents_per_threat=2)
 
 
@@ -42,7 +40,7 @@ def _digest(values: list[str] | list[float]) -> str:
 def capture(frame: pd.DataFrame) -> dict[str, Any]:
     """What the engine makes of ``frame``: the arrays and digests kept in the golden file."""
     out: dict[str, Any] = {}
-    model = load_model(MODEL)
+    model = load_model(DEFAULT_MODEL)
     scored: dict[str, dict[str, list]] = {t: {"keys": [], "ts": [], "scores": []} for t in FEATURES}
 
     def on_scored(entity_type: str, keys: list[str], ts: list[float], rows: list, scores: list[float]) -> None:

@@ -21,8 +21,8 @@ from pipeline.detection.training import data_hash
 from pipeline.simulate import Simulation, SimulationParams, simulate
 from pipeline.simulate.family import DIMENSIONS, WorldFamily, train_params
 from pipeline.simulate.model import LOOKALIKES
+from tests.support.paths import REPO
 
-ROOT = Path(__file__).resolve().parent.parent
 SMALL = SimulationParams(minutes=8, seed=3, browsers=60, mobile=30, services=4, offices=3, incidents_per_threat=2)
 # Every look-alike on, in one small world.
 LOOKALIKE_WORLD = dataclasses.replace(
@@ -294,10 +294,10 @@ def test_lookalike_rates_leave_out_entities_an_incident_involves() -> None:
 @pytest.mark.timeout(300)
 def test_bench_detection_quick_runs_heldout_worlds(tmp_path: Path) -> None:
     out = tmp_path / "heldout.json"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
     subprocess.run(
         [sys.executable, "-m", "bench.detection", "--size", "quick", "--out", str(out)],
-        cwd=ROOT, env=env, check=True, capture_output=True, timeout=280,
+        cwd=REPO, env=env, check=True, capture_output=True, timeout=280,
     )  # fmt: skip
     report = json.loads(out.read_text())
     assert report["mode"] == "heldout" and report["family"]["worlds"] == 2

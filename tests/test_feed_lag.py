@@ -15,8 +15,8 @@ from pipeline.validation.app import create_validator_app
 from pipeline.validation.follower import RevocationFollower
 from pipeline.validation.service import ValidatorService
 from pipeline.web import metrics_app
-from tests.jwtkit import AUDIENCE, ISSUER, Issuer
-from tests.servers import serve_app
+from tests.support.jwtkit import AUDIENCE, ISSUER, Issuer
+from tests.support.servers import serve_app
 
 ISSUER_KEYS = Issuer.create()
 

@@ -27,7 +27,8 @@ from pipeline.scoring.forest import CompiledForest
 from pipeline.scoring.model import DetectionModel, ModelError, load_model, model_version, save_model
 from pipeline.simulate import SimulationParams, simulate
 from pipeline.windows import WindowSpec
-from tests.require import skip_or_fail
+from tests.support.paths import DEFAULT_MODEL
+from tests.support.require import skip_or_fail
 
 # ------------------------------------------------------------------------------- compiled forest
 
@@ -154,7 +155,7 @@ def test_compiled_forest_scores_a_row_the_same_alone_or_in_a_batch(compiled_walk
 def test_both_walks_give_identical_scores_on_the_shipped_model() -> None:
     """Not just within 1e-12 of scikit-learn: the same path lengths summed in the same order, bit for bit."""
     _require_compiled_walk()
-    model = load_model(Path(__file__).resolve().parent.parent / "models" / "default")
+    model = load_model(DEFAULT_MODEL)
     rng = np.random.default_rng(3)
     for scorer in model.scorers.values():
         rows = np.vstack([rng.exponential(2.0, size=(500, len(scorer.features))), np.zeros((1, len(scorer.features)))])

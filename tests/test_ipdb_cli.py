@@ -16,10 +16,10 @@ from typer.testing import CliRunner
 
 from pipeline.cli import app
 from pipeline.events import Alert
-from tests import mmdbkit
-from tests.jwtkit import Issuer
+from tests.support import mmdbkit
+from tests.support.jwtkit import Issuer
+from tests.support.paths import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 NO_DB = "network identity: /16 prefixes — no --ip-db given; ASN and network kind unavailable"
 SIZE = ["--minutes", "5", "--users", "20", "--mobile", "10", "--services", "2", "--seed", "4"]
 

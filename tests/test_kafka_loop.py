@@ -5,17 +5,13 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from kafka.admin import KafkaAdminClient
 from standardwebhooks import Webhook
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -24,11 +20,13 @@ from starlette.routing import Route
 
 from pipeline.bus import REVOCATIONS
 from pipeline.bus.kafka import KafkaBus
-from pipeline.bus.topics import default_topics
 from pipeline.validation.keystore import KeyStore
 from pipeline.validation.revocation_feed import FeedSigner
 from pipeline.validation.revocations import new_revocation
-from tests.servers import serve_app, wait_ready
+from tests.support.cli import start
+from tests.support.kafka import fresh_topics
+from tests.support.ports import free_port
+from tests.support.servers import serve_app, wait_ready
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(300)]
 
@@ -36,61 +34,6 @@ ISSUER = "https://issuer.kafka.test"
 AUDIENCE = "https://api.kafka.test"
 ADMIN = "kafka-loop-admin-token-0123456789"
 CHROME = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0 Safari/537.36"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def fresh_topics(bootstrap: str) -> None:
-    """A clean slate: these tests use the product's topic names on a broker other tests may have used."""
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15000)
-    try:
-        names = {spec.name for spec in default_topics()}
-        existing = names & set(admin.list_topics())
-        if existing:
-            admin.delete_topics(list(existing))
-            deadline = time.monotonic() + 60
-            while names & set(admin.list_topics()) and time.monotonic() < deadline:
-                time.sleep(0.5)
-    finally:
-        admin.close()
-    # Create them again before any process starts, so that no consumer subscribes to a topic that is
-    # still being deleted (creating one that is marked for deletion "succeeds" and then vanishes).
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            KafkaBus(bootstrap).close()
-            admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15000)
-            try:
-                present = names <= set(admin.list_topics())
-            finally:
-                admin.close()
-            if present:
-                time.sleep(1)  # and still there a moment later
-                admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15000)
-                try:
-                    if names <= set(admin.list_topics()):
-                        return
-                finally:
-                    admin.close()
-        except Exception:
-            if time.monotonic() > deadline:
-                raise
-        if time.monotonic() > deadline:
-            raise AssertionError("the jwtwatch topics could not be re-created")
-        time.sleep(1)
-
-
-def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "pipeline.cli", *args],
-        env={**os.environ, **env},
-        stdout=log.open("wb"),
-        stderr=subprocess.STDOUT,
-    )
 
 
 @pytest.fixture

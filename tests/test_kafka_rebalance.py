@@ -29,15 +29,16 @@ from pipeline.events import Alert, TokenUsage
 from pipeline.scoring.model import DetectionModel, load_model
 from pipeline.simulate import Simulation, SimulationParams, iter_records, simulate
 from pipeline.validation.usage import UsageEmitter
-from tests.test_kafka_loop import fresh_topics
-from tests.test_kafka_restart import MODEL_DIR, assert_only_escalations, committed_offsets, drain, read_topic
+from tests.support.escalations import assert_only_escalations
+from tests.support.kafka import committed_offsets, drain, fresh_topics, read_topic
+from tests.support.paths import DEFAULT_MODEL
 
 PHASE_TIMEOUT_S = 240.0
 
 
 @pytest.fixture(scope="module")
 def model() -> DetectionModel:
-    return load_model(MODEL_DIR)
+    return load_model(DEFAULT_MODEL)
 
 
 @pytest.fixture(scope="module")

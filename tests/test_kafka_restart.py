@@ -19,33 +19,29 @@ import socket
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 
 import pytest
-from kafka.admin import KafkaAdminClient
 
 from pipeline.bus import ALERTS, TOKEN_USAGE
 from pipeline.bus.base import Message
 from pipeline.bus.kafka import KafkaBus
 from pipeline.detection.replay import replay
 from pipeline.detection.runner import StreamingRunner
-from pipeline.events import SEVERITIES, Alert, TokenUsage
+from pipeline.events import Alert, TokenUsage
 from pipeline.scoring.model import DetectionModel, load_model
 from pipeline.simulate import Simulation, SimulationParams, iter_records, simulate
 from pipeline.validation.usage import UsageEmitter
-from tests.kafka_broker import Broker, private_broker, tail
+from tests.support.escalations import RANK, escalates, rules_of
+from tests.support.kafka import committed_offsets, drain, read_topic
+from tests.support.kafka_broker import Broker, private_broker, tail
+from tests.support.paths import DEFAULT_MODEL
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(600)]
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-MODEL_DIR = REPO_ROOT / "models" / "default"
 
 # The producer's delivery timeout is 4 x timeout_s (KafkaBus._delivery_timeout_ms): 4 x 45 s = 180 s covers
 # a broker stop (at most 30 s before SIGKILL) plus a restart (JVM start-up, KRaft recovery) with room to spare.
 PRODUCER_TIMEOUT_S = 45.0
-DRAIN_TIMEOUT_S = 240.0
-RANK = {name: rank for rank, name in enumerate(SEVERITIES)}
 
 
 # ------------------------------------------------------------------------------------- the broker
@@ -72,7 +68,7 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
 
 @pytest.fixture(scope="module")
 def model() -> DetectionModel:
-    return load_model(MODEL_DIR)
+    return load_model(DEFAULT_MODEL)
 
 
 @pytest.fixture(scope="module")
@@ -82,78 +78,6 @@ def traffic() -> Simulation:
     return simulate(
         SimulationParams(minutes=8, seed=11, browsers=80, mobile=30, offices=3, services=5, incidents_per_threat=1)
     )
-
-
-def read_topic(bootstrap: str, topic: str, timeout_s: float = 120.0) -> list[Message]:
-    """Every message of ``topic``, read from the beginning by a group of its own, until caught up."""
-    bus = KafkaBus(bootstrap, client_id="test-reader", create_topics=False)
-    try:
-        consumer = bus.consumer([topic], f"test-reader-{uuid.uuid4()}", from_beginning=True)
-        out: list[Message] = []
-        deadline = time.monotonic() + timeout_s
-        while True:
-            batch = consumer.poll(5000, 0.5)
-            out.extend(batch)
-            if not batch:
-                ends, positions = consumer.end_offsets(), consumer.positions()
-                if all(positions.get(tp, 0) >= end for tp, end in ends.items()):
-                    return out
-            assert time.monotonic() < deadline, f"could not read {topic} to its end within {timeout_s:g} s"
-    finally:
-        bus.close()
-
-
-def drain(runner: StreamingRunner, timeout_s: float = DRAIN_TIMEOUT_S) -> None:
-    """Step until the runner has consumed its topic to the end and gone quiet twice (the first quiet step
-    releases what is buffered, the second flushes the engine's last tick)."""
-    deadline = time.monotonic() + timeout_s
-    quiet = 0
-    while quiet < 2:
-        assert time.monotonic() < deadline, f"the runner did not catch up within {timeout_s:g} s"
-        if runner.step():
-            quiet = 0
-            continue
-        positions, ends = runner.consumer.positions(), runner.consumer.end_offsets()
-        quiet = quiet + 1 if all(positions.get(tp, 0) >= end for tp, end in ends.items()) else 0
-
-
-def committed_offsets(bootstrap: str, group: str) -> dict[int, int]:
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15000)
-    try:
-        offsets = admin.list_group_offsets(group)[group]
-    finally:
-        admin.close()
-    return {tp.partition: meta.offset for tp, meta in offsets.items() if tp.topic == TOKEN_USAGE}
-
-
-def rules_of(alert: Alert) -> set[str]:
-    return {reason["rule"] for reason in alert.reasons if "rule" in reason}
-
-
-def escalates(alert: Alert, severity: str, rules: set[str]) -> bool:
-    """What AlertTracker re-issues an alert for: a strictly higher severity, or a rule not fired before."""
-    return RANK[alert.severity] > RANK[severity] or not rules_of(alert) <= rules
-
-
-def assert_only_escalations(alerts: Iterable[Alert], who: str) -> set[str]:
-    """An alert id published again (in ``alerts``' order) is the same alert escalated, never a duplicate.
-    Returns the alert ids."""
-    by_id: dict[str, list[Alert]] = defaultdict(list)
-    for alert in alerts:
-        by_id[alert.alert_id].append(alert)
-    for alert_id, versions in by_id.items():
-        first = versions[0]
-        identity = (first.entity_type, first.entity, first.ts, first.model_version)
-        severity, rules = first.severity, rules_of(first)
-        for alert in versions[1:]:
-            assert (alert.entity_type, alert.entity, alert.ts, alert.model_version) == identity, who
-            assert escalates(alert, severity, rules), (
-                f"{who}: alert {alert_id} ({alert.entity_type} {alert.entity}) published again at "
-                f"{alert.severity} {sorted(rules_of(alert))} after {severity} {sorted(rules)}: a duplicate"
-            )
-            severity = max(severity, alert.severity, key=RANK.__getitem__)
-            rules |= rules_of(alert)
-    return set(by_id)
 
 
 # ------------------------------------------------------------------------------------- the test

@@ -23,9 +23,9 @@ from starlette.routing import Route
 from pipeline.validation import TokenValidator, ValidatorConfig
 from pipeline.validation.jwks import JwksError
 from pipeline.validation.key_sources import FileKeySource, UrlKeySource
-from tests.jwtkit import AUDIENCE, ISSUER, Issuer, new_key
-from tests.servers import serve_app
-from tests.tls import make_tls
+from tests.support.jwtkit import AUDIENCE, ISSUER, Issuer, new_key
+from tests.support.servers import serve_app
+from tests.support.tls import make_tls
 
 
 @dataclass

@@ -19,11 +19,12 @@ from pipeline.events import REASONS, TokenUsage
 from pipeline.validation import TokenValidator, ValidatorConfig
 from pipeline.validation.app import create_validator_app
 from pipeline.validation.service import ValidatorService
-from tests.jwtkit import AUDIENCE, ISSUER, Issuer, new_key, standard_claims
-from tests.servers import serve_app, wait_ready
-from tests.test_cli import AUDIENCE as CLI_AUDIENCE
-from tests.test_cli import ISSUER as CLI_ISSUER
-from tests.test_cli import JWTWATCH, free_port, run
+from tests.support.cli import AUDIENCE as CLI_AUDIENCE
+from tests.support.cli import ISSUER as CLI_ISSUER
+from tests.support.cli import JWTWATCH, run
+from tests.support.jwtkit import AUDIENCE, ISSUER, Issuer, new_key, standard_claims
+from tests.support.ports import free_port
+from tests.support.servers import serve_app, wait_ready
 
 HOUR = 3600
 

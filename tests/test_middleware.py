@@ -15,8 +15,8 @@ from pipeline.events import TokenUsage
 from pipeline.validation import ValidatorConfig
 from pipeline.validation.middleware import TokenValidationMiddleware
 from pipeline.validation.service import ValidatorService
-from tests.jwtkit import AUDIENCE, ISSUER, Issuer
-from tests.servers import serve_app
+from tests.support.jwtkit import AUDIENCE, ISSUER, Issuer
+from tests.support.servers import serve_app
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,5 @@
 """Network identity (``pipeline/networks``): the /16 fallback and ``--ip-db`` MaxMind DB files, on real .mmdb files
-built by tests/mmdbkit.py and read with ``maxminddb``."""
+built by tests/support/mmdbkit.py and read with ``maxminddb``."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from pipeline.networks import (
 )
 from pipeline.networks._mmdb import HOSTING_ORGS, MAX_ORG_CHARS
 from pipeline.windows import prefix16
-from tests import mmdbkit
+from tests.support import mmdbkit
 
 # ------------------------------------------------------------------------------------------ fallback
 

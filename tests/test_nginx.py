@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -18,56 +17,13 @@ from pipeline.events import TokenUsage
 from pipeline.validation import ValidatorConfig
 from pipeline.validation.app import create_validator_app
 from pipeline.validation.service import ValidatorService
-from tests.jwtkit import AUDIENCE, ISSUER, Issuer
-from tests.require import skip_or_fail
-from tests.servers import serve_app
+from tests.support.jwtkit import AUDIENCE, ISSUER, Issuer
+from tests.support.nginx import CONF
+from tests.support.ports import free_port
+from tests.support.require import skip_or_fail
+from tests.support.servers import serve_app
 
 NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
-
-CONF = """
-daemon off;
-worker_processes 1;
-pid {tmp}/nginx.pid;
-error_log {tmp}/error.log warn;
-events {{ worker_connections 64; }}
-http {{
-    access_log off;
-    client_body_temp_path {tmp}/body;
-    proxy_temp_path {tmp}/proxy;
-    fastcgi_temp_path {tmp}/fastcgi;
-    uwsgi_temp_path {tmp}/uwsgi;
-    scgi_temp_path {tmp}/scgi;
-    server {{
-        listen 127.0.0.1:{port};
-        location = /_jwtwatch {{
-            internal;
-            proxy_pass {validator}/v1/validate;
-            proxy_pass_request_body off;
-            proxy_set_header Content-Length "";
-            proxy_set_header X-Forwarded-Method $request_method;
-            proxy_set_header X-Forwarded-Uri $request_uri;
-            proxy_set_header X-Forwarded-Host $host;
-            proxy_set_header X-Forwarded-For $remote_addr;
-        }}
-        location /api/ {{
-            auth_request /_jwtwatch;
-            auth_request_set $subject $upstream_http_x_auth_subject;
-            proxy_set_header X-Subject $subject;
-            proxy_pass http://127.0.0.1:{api_port};
-        }}
-    }}
-    server {{  # the protected API: it only ever sees requests the validator let through
-        listen 127.0.0.1:{api_port};
-        location / {{ return 200 "hello $http_x_subject\\n"; }}
-    }}
-}}
-"""
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +39,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Iss
         bus=bus,
         trusted_proxies="127.0.0.1/32",
     )
-    port, api_port = _free_port(), _free_port()
+    port, api_port = free_port(), free_port()
     with serve_app(create_validator_app(service)) as validator:
         (tmp / "nginx.conf").write_text(CONF.format(tmp=tmp, port=port, api_port=api_port, validator=validator))
         proc = subprocess.Popen([NGINX, "-c", str(tmp / "nginx.conf"), "-p", str(tmp)], stderr=subprocess.PIPE)

@@ -10,7 +10,8 @@ import pytest
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
-from tests.test_demo import REPO, demo_data_dir
+from tests.support.demo import demo_data_dir
+from tests.support.paths import REPO
 
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
 

@@ -20,8 +20,9 @@ from pipeline.validation.app import create_validator_app
 from pipeline.validation.replay import ReplayCache, use_message
 from pipeline.validation.service import ValidatorService
 from pipeline.web import metrics_app
-from tests.jwtkit import AUDIENCE, ISSUER, Issuer, standard_claims
-from tests.servers import serve_app, wait_ready
+from tests.support.jwtkit import AUDIENCE, ISSUER, Issuer, standard_claims
+from tests.support.paths import DEFAULT_MODEL
+from tests.support.servers import serve_app, wait_ready
 
 PAYMENTS = "https://payments.test"  # tokens for this audience are one-time
 
@@ -284,7 +285,7 @@ def test_second_use_at_another_instance_over_kafka(issuer: Issuer, kafka_bootstr
 def test_all_in_one_serves_one_time_tokens_once(issuer: Issuer, tmp_path: Path) -> None:
     from pipeline.allinone import AllInOne, ServeOptions
 
-    model = Path(__file__).resolve().parent.parent / "models" / "default"
+    model = DEFAULT_MODEL
     node = AllInOne(ServeOptions(config=config(issuer), data_dir=tmp_path, model_dir=model))
     node.start()
     try:
@@ -300,9 +301,10 @@ def test_validator_serve_takes_one_time_rules(tmp_path: Path) -> None:
     import os
     import subprocess
 
-    from tests.test_cli import AUDIENCE as CLI_AUDIENCE
-    from tests.test_cli import ISSUER as CLI_ISSUER
-    from tests.test_cli import JWTWATCH, free_port, run
+    from tests.support.cli import AUDIENCE as CLI_AUDIENCE
+    from tests.support.cli import ISSUER as CLI_ISSUER
+    from tests.support.cli import JWTWATCH, run
+    from tests.support.ports import free_port
 
     keys = tmp_path / "keys"
     run("keys", "init", "--dir", str(keys), "--alg", "ES256", "--issuer", CLI_ISSUER)

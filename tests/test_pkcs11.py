@@ -26,8 +26,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from pipeline.validation.keystore import KeyStore, KeyStoreError, verify_audit, verify_store
 from pipeline.validation.pkcs11 import P256_PARAMS
-from tests.require import skip_or_fail
-from tests.servers import serve_app
+from tests.support.paths import REPO
+from tests.support.require import skip_or_fail
+from tests.support.servers import serve_app
 
 MODULE = "/usr/lib/softhsm/libsofthsm2.so"
 LABEL = "jwtwatch-a"
@@ -37,7 +38,6 @@ SO_PIN = "13579111"
 ISS = "https://issuer.test"
 AUD = "https://api.test"
 T0 = 1_700_000_000.0
-REPO = Path(__file__).resolve().parent.parent
 JWTWATCH = [sys.executable, "-m", "pipeline.cli"]
 
 

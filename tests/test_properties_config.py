@@ -20,7 +20,7 @@ from pipeline.alerts.delivery import MAX_RETRY_AFTER_S, parse_retry_after
 from pipeline.validation import ValidatorConfig
 from pipeline.validation.client_ip import client_ip, parse_networks
 from pipeline.validation.jwks import ASYMMETRIC_ALGORITHMS, JwksError, KeySet, parse_jwks
-from tests.jwtkit import AUDIENCE, ISSUER, Issuer
+from tests.support.jwtkit import AUDIENCE, ISSUER, Issuer
 
 PROPERTY = settings(max_examples=200, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -22,7 +22,7 @@ from pipeline.validation.follower import RevocationFollower
 from pipeline.validation.keystore import KeyStore
 from pipeline.validation.revocation_feed import AUDIENCE, SESSION_REVOKED, SET_TYPE, FeedError, FeedSigner, FeedVerifier
 from pipeline.validation.revocations import RevocationStore
-from tests.jwtkit import b64json, b64url
+from tests.support.jwtkit import b64json, b64url
 
 PROPERTY = settings(max_examples=200, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from pipeline.alerts import AlertsService, create_alerts_app
-from tests.servers import serve_app
+from tests.support.servers import serve_app
 
 ADMIN = "admin-token-properties-0123456789"
 AUTH = {"Authorization": f"Bearer {ADMIN}"}

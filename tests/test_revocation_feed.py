@@ -97,7 +97,7 @@ def test_follower_applies_only_what_verifies(keys: KeyStore, tmp_path: Path) -> 
 def test_expired_revocations_leave_a_tombstone_that_changes_nothing(keys: KeyStore, tmp_path: Path) -> None:
     from pipeline.validation import ValidatorConfig
     from pipeline.validation.service import RequestContext, ValidatorService
-    from tests.jwtkit import AUDIENCE, Issuer
+    from tests.support.jwtkit import AUDIENCE, Issuer
 
     bus = MemoryBus()
     now = [1_790_000_000.0]

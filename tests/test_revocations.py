@@ -19,8 +19,8 @@ from pipeline.validation import TokenValidator, ValidatorConfig
 from pipeline.validation.app import create_validator_app
 from pipeline.validation.revocations import RevocationIndex, RevocationStore
 from pipeline.validation.service import ValidatorService
-from tests.jwtkit import AUDIENCE, ISSUER, Issuer
-from tests.servers import serve_app
+from tests.support.jwtkit import AUDIENCE, ISSUER, Issuer
+from tests.support.servers import serve_app
 
 T0 = 1_700_000_000.0
 DAY = 24 * 3600

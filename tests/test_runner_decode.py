@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from pipeline.detection import batch
 from pipeline.detection.batch import DECODE_SLICE, decode_rows, row_of
 from pipeline.events import MAX_STRING, REASONS, RecordError, TokenUsage
-from tests.test_events import _DROP, EVENT_ID, usage_dict
+from tests.support.records import DROP, EVENT_ID, usage_dict
 
 
 @pytest.fixture(scope="module", autouse=True, params=["typed-path", "orjson-path"])
@@ -37,7 +37,7 @@ def decoder_path(request: pytest.FixtureRequest) -> Any:
 
 
 def good(**changes: Any) -> dict[str, Any]:
-    """A valid token-usage/1 record (tests/test_events.py's), dated in 2026; ``_DROP`` leaves a field out."""
+    """A valid token-usage/1 record (tests/support/records.py's), dated in 2026; ``DROP`` leaves a field out."""
     return usage_dict(**{"ts": "2026-11-28T12:00:00.123Z", **changes})
 
 
@@ -73,9 +73,9 @@ HOSTILE: dict[str, bytes] = {
     "only the schema": b'{"schema": "token-usage/1"}',
     "wrong schema": raw(schema="token-usage/2"),
     "schema not a string": raw(schema=1),
-    "schema missing": raw(schema=_DROP),
+    "schema missing": raw(schema=DROP),
     # required fields
-    "event_id missing": raw(event_id=_DROP),
+    "event_id missing": raw(event_id=DROP),
     "event_id null": raw(event_id=None),
     "event_id not a uuid": raw(event_id="not-a-uuid"),
     "event_id uuid without dashes": raw(event_id=EVENT_ID.replace("-", "")),
@@ -84,7 +84,7 @@ HOSTILE: dict[str, bytes] = {
     "event_id non-ascii hex-like": raw(event_id=EVENT_ID[:-1] + "\uff10"),
     "event_id uppercase (allowed)": raw(event_id=EVENT_ID.upper()),
     "event_id an int": raw(event_id=123),
-    "ts missing": raw(ts=_DROP),
+    "ts missing": raw(ts=DROP),
     "ts null": raw(ts=None),
     "ts an int": raw(ts=1714564800),
     "ts without offset": raw(ts="2026-11-28T12:00:00.123"),
@@ -108,7 +108,7 @@ HOSTILE: dict[str, bytes] = {
     "ts 24 chars but wrong separators": raw(ts="2026/11/28T12:00:00.123Z"),
     "ts far offset (allowed)": raw(ts="2026-11-28T12:00:00.123+23:59"),
     "ts too long": raw(ts="2026-11-28T12:00:00.123" + "0" * MAX_STRING + "Z"),
-    "ip missing": raw(ip=_DROP),
+    "ip missing": raw(ip=DROP),
     "ip null": raw(ip=None),
     "ip not an address": raw(ip="999.1.1.1"),
     "ip a hostname": raw(ip="localhost"),
@@ -117,7 +117,7 @@ HOSTILE: dict[str, bytes] = {
     "ip v6 with a scope too long": raw(ip="fe80::1%" + "e" * MAX_STRING),
     "ip an int": raw(ip=3232235777),
     "ip with spaces": raw(ip=" 203.0.113.7"),
-    "outcome missing": raw(outcome=_DROP),
+    "outcome missing": raw(outcome=DROP),
     "outcome unknown": raw(outcome="maybe"),
     "outcome a bool": raw(outcome=True),
     "outcome a list": raw(outcome=["accepted"]),
@@ -127,20 +127,20 @@ HOSTILE: dict[str, bytes] = {
     "rejected with a reason (allowed)": raw(outcome="rejected", reason="expired"),
     "rejected with an unknown reason": raw(outcome="rejected", reason="bored"),
     "rejected with a reason that is a list": raw(outcome="rejected", reason=["expired"]),
-    "reason missing on accepted (allowed)": raw(reason=_DROP),
+    "reason missing on accepted (allowed)": raw(reason=DROP),
     # optional fields
     "optional fields missing (allowed)": raw(
-        jti=_DROP,
-        sub=_DROP,
-        iss=_DROP,
-        aud=_DROP,
-        client_id=_DROP,
-        iat=_DROP,
-        exp=_DROP,
-        user_agent=_DROP,
-        service=_DROP,
-        method=_DROP,
-        path=_DROP,
+        jti=DROP,
+        sub=DROP,
+        iss=DROP,
+        aud=DROP,
+        client_id=DROP,
+        iat=DROP,
+        exp=DROP,
+        user_agent=DROP,
+        service=DROP,
+        method=DROP,
+        path=DROP,
     ),
     "optional fields null (allowed)": raw(
         jti=None,

@@ -23,7 +23,7 @@ from pipeline.bus.memory import MemoryBus
 from pipeline.validation import ValidatorConfig
 from pipeline.validation.app import create_validator_app
 from pipeline.validation.service import ValidatorService
-from tests.jwtkit import AUDIENCE, ISSUER, Issuer
+from tests.support.jwtkit import AUDIENCE, ISSUER, Issuer
 
 ADMIN = "admin-token-schemathesis-0123456789"
 CHECKS = [not_a_server_error, response_schema_conformance]

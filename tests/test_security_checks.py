@@ -31,18 +31,17 @@ from pipeline.allinone import AllInOne, ServeOptions
 from pipeline.bus import ALERTS
 from pipeline.events import Alert, format_ts
 from pipeline.validation import ValidatorConfig
-from tests.jwtkit import AUDIENCE, ISSUER, Issuer, raw_token, standard_claims
-from tests.require import skip_or_fail
-from tests.servers import serve_app
-from tests.test_alerts_service import Receiver
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.support.alerts import Receiver
+from tests.support.jwtkit import AUDIENCE, ISSUER, Issuer, raw_token, standard_claims
+from tests.support.paths import DEFAULT_MODEL, REPO
+from tests.support.require import skip_or_fail
+from tests.support.servers import serve_app
 
 # -------------------------------------------------------------------------------------------- pip-audit
 
 
 def _project_dependencies() -> set[str]:
-    meta = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    meta = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     names = set()
     for requirement in meta["dependencies"]:
         name = re.match(r"[A-Za-z0-9._-]+", requirement).group(0)  # type: ignore[union-attr]
@@ -57,7 +56,7 @@ def _audit_unavailable(reason: str) -> None:
 def test_no_known_vulnerabilities_in_the_installed_dependencies() -> None:
     command = [sys.executable, "-m", "pip_audit", "--format", "json", "--progress-spinner", "off", "--skip-editable"]
     try:
-        run = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False, cwd=ROOT)
+        run = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False, cwd=REPO)
     except subprocess.TimeoutExpired:
         _audit_unavailable("no answer from the vulnerability service within 300 s")
     try:
@@ -91,7 +90,7 @@ def test_bandit_finds_nothing_of_medium_or_high_severity_in_pipeline() -> None:
         text=True,
         timeout=300,
         check=False,
-        cwd=ROOT,
+        cwd=REPO,
     )
     report = json.loads(run.stdout)
     assert report["metrics"]["_totals"]["loc"] > 1000, "bandit scanned nothing"
@@ -167,9 +166,7 @@ def test_a_full_run_logs_no_admin_token_webhook_secret_or_bearer_token(
     data_dir = debug_log.parent.parent
     keys = Issuer.create()
     config = ValidatorConfig(issuer=ISSUER, audience=AUDIENCE, jwks=keys.jwks())
-    node = AllInOne(
-        ServeOptions(config=config, data_dir=data_dir, model_dir=ROOT / "models" / "default", admin_token=ADMIN)
-    )
+    node = AllInOne(ServeOptions(config=config, data_dir=data_dir, model_dir=DEFAULT_MODEL, admin_token=ADMIN))
     receiver = Receiver()
     tokens = [keys.token(alg, ttl=3600) for alg in ("RS256", "ES256", "EdDSA")]
     forged = raw_token({"alg": "RS256", "typ": "at+jwt", "kid": "rs256-1"}, standard_claims(), b"x" * 256)

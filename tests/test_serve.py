@@ -22,12 +22,12 @@ from pipeline.allinone import AllInOne, ServeOptions
 from pipeline.response.policy import ResponsePolicy
 from pipeline.validation import ValidatorConfig
 from pipeline.validation.keystore import KeyStore
-from tests.servers import serve_app
+from tests.support.paths import DEFAULT_MODEL
+from tests.support.servers import serve_app
 
 ISSUER = "https://issuer.serve.test"
 AUDIENCE = "https://api.serve.test"
 ADMIN = "serve-admin-token-0123456789abcdef"
-MODEL = Path(__file__).resolve().parent.parent / "models" / "default"
 CHROME = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0 Safari/537.36"
 
 
@@ -58,7 +58,7 @@ def node(tmp_path: Path) -> Iterator[Node]:
     options = ServeOptions(
         config=ValidatorConfig(issuer=ISSUER, audience=AUDIENCE, jwks_file=tmp_path / "keys" / "jwks.json"),
         data_dir=tmp_path / "data",
-        model_dir=MODEL,
+        model_dir=DEFAULT_MODEL,
         admin_token=ADMIN,
         trusted_proxies="127.0.0.1/32",
         policy=ResponsePolicy(enabled=True),

@@ -33,9 +33,10 @@ from pipeline.validation.signed_jwks import (
     sign_jwks,
     verify_signed_jwks,
 )
-from tests.jwtkit import Issuer
-from tests.servers import serve_app, wait_ready
-from tests.tls import make_tls
+from tests.support.jwtkit import Issuer
+from tests.support.ports import free_port
+from tests.support.servers import serve_app, wait_ready
+from tests.support.tls import make_tls
 
 ISS = "https://issuer.signed.test"
 AUD = "https://api.signed.test"
@@ -261,15 +262,12 @@ def test_combined_sources_refuse_one_kid_with_two_keys(tmp_path: Path) -> None:
 def test_validator_serve_trusts_a_pinned_signed_jwks_url_end_to_end(https, root: RootKey, store: KeyStore, tmp_path):
     """`jwtwatch validator serve --signed-jwks-url` as a real process over real TLS: a token of the signed set is
     accepted, an attacker's token is refused, and a set signed by another root keeps it from starting at all."""
-    import socket
     import subprocess
     import sys
 
     url, server, ca = https
     server.body = sign_jwks(root, store.public_jwks()).encode()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     command = [sys.executable, "-m", "pipeline.cli", "validator", "serve", "--issuer", ISS, "--audience", AUD,
                "--signed-jwks-url", url, "--jwks-root-key", str(root.path / "root.jwk.json"),
                "--signed-jwks-issuer", ISS, "--jwks-ca-file", str(ca), "--host", "127.0.0.1", "--port", str(port),

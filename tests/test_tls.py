@@ -1,6 +1,6 @@
 """TLS on every HTTP service: HTTPS served directly (TLS 1.2 minimum, forward-secret AEAD suites), and plain HTTP
 only on loopback or behind trusted proxies — each service started as a user would, connected to over real TLS
-with a certificate made in the test (tests/tls.py)."""
+with a certificate made in the test (tests/support/tls.py)."""
 
 from __future__ import annotations
 
@@ -21,9 +21,10 @@ from fastapi import FastAPI
 
 from pipeline.validation.server import background_server
 from pipeline.validation.tls import TransportError, choose_transport, server_context
-from tests.servers import stop_process
-from tests.test_cli import AUDIENCE, ISSUER, JWTWATCH, free_port, run
-from tests.tls import TlsFiles, make_tls
+from tests.support.cli import AUDIENCE, ISSUER, JWTWATCH, run
+from tests.support.ports import free_port
+from tests.support.servers import stop_process
+from tests.support.tls import TlsFiles, make_tls
 
 ADMIN = "tls-test-admin-token-0123456789"
 

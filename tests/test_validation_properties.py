@@ -24,8 +24,8 @@ from pipeline.validation.app import create_validator_app
 from pipeline.validation.service import RequestContext, ValidatorService
 from pipeline.validation.usage import TRUNCATED, usage_event
 from pipeline.validation.verifier import Verdict
-from tests.jwtkit import AUDIENCE, ISSUER, Issuer, b64json, b64url, raw_token, standard_claims
-from tests.servers import serve_app
+from tests.support.jwtkit import AUDIENCE, ISSUER, Issuer, b64json, b64url, raw_token, standard_claims
+from tests.support.servers import serve_app
 
 ISSUER_KEYS = Issuer.create()
 CONFIG = ValidatorConfig(issuer=ISSUER, audience=AUDIENCE, jwks=ISSUER_KEYS.jwks())

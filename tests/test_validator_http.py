@@ -18,8 +18,8 @@ from pipeline.validation import ValidatorConfig
 from pipeline.validation.app import create_validator_app
 from pipeline.validation.service import ValidatorService
 from pipeline.web import metrics_app
-from tests.jwtkit import AUDIENCE, ISSUER, Issuer
-from tests.servers import serve_app
+from tests.support.jwtkit import AUDIENCE, ISSUER, Issuer
+from tests.support.servers import serve_app
 
 ADMIN = "admin-token-for-tests-0123456789"
 

@@ -26,9 +26,9 @@ from pipeline.response.policy import AutoRevoker, ResponsePolicy
 from pipeline.response.responder import Responder
 from pipeline.response.suppressions import Suppressions
 from pipeline.scoring.model import DetectionModel, load_model
-from tests.test_alerts_service import ADMIN, FakeClock, make_alert
+from tests.support.alerts import ADMIN, FakeClock, make_alert
+from tests.support.paths import DEFAULT_MODEL
 
-MODEL = Path(__file__).resolve().parent.parent / "models" / "default"
 T0 = 1_790_000_000.0
 ISSUER = "https://issuer.verdicts.test"
 
@@ -188,7 +188,7 @@ def test_suppression_bounds(tmp_path: Path, seconds: int) -> None:
 
 @pytest.fixture(scope="module")
 def model() -> DetectionModel:
-    return load_model(MODEL)
+    return load_model(DEFAULT_MODEL)
 
 
 def forged(ip: str, ts: float) -> TokenUsage:

@@ -17,11 +17,11 @@ from pipeline.bus.memory import MemoryBus
 from pipeline.events import AlertVerdict
 from pipeline.validation import ValidatorConfig
 from pipeline.validation.keystore import KeyStore
-from tests.servers import serve_app
-from tests.test_alerts_service import ADMIN, FakeClock, make_alert
+from tests.support.alerts import ADMIN, FakeClock, make_alert
+from tests.support.paths import DEFAULT_MODEL
+from tests.support.servers import serve_app
 
 AUTH = {"Authorization": f"Bearer {ADMIN}"}
-MODEL = Path(__file__).resolve().parent.parent / "models" / "default"
 MARKER = "zq-marker-7731"
 
 
@@ -134,7 +134,7 @@ def test_serve_takes_verdicts_and_its_pipeline_follows_them(tmp_path: Path) -> N
     options = ServeOptions(
         config=ValidatorConfig(issuer=ISSUER, audience="https://api.test", jwks_file=tmp_path / "keys" / "jwks.json"),
         data_dir=tmp_path / "data",
-        model_dir=MODEL,
+        model_dir=DEFAULT_MODEL,
         admin_token=ADMIN,
     )
     node = AllInOne(options)

@@ -30,9 +30,10 @@ from pipeline.response.responder import Responder
 from pipeline.scoring.model import DetectionModel, load_model
 from pipeline.validation.keystore import KeyStore
 from pipeline.validation.revocation_feed import FeedSigner, FeedVerifier
-from tests.test_alerts_service import ADMIN, make_alert
-from tests.test_kafka_loop import fresh_topics, start
-from tests.test_kafka_restart import MODEL_DIR
+from tests.support.alerts import ADMIN, make_alert
+from tests.support.cli import start
+from tests.support.kafka import fresh_topics
+from tests.support.paths import DEFAULT_MODEL
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(300)]
 
@@ -45,7 +46,7 @@ MAX_GENERATION = 3
 
 @pytest.fixture(scope="module")
 def model() -> DetectionModel:
-    return load_model(MODEL_DIR)
+    return load_model(DEFAULT_MODEL)
 
 
 def wait_for(condition: Callable[[], object], what: str, timeout_s: float = WAIT_S) -> None:

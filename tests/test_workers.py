@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -30,19 +29,14 @@ from pipeline.validation.service import ValidatorService
 from pipeline.validation.store_sync import RevocationStoreSync
 from pipeline.validation.usage import UsageEmitter
 from pipeline.validation.verifier import Verdict
-from tests import jwtkit
+from tests.support import jwtkit
+from tests.support.ports import free_port
 
 JWTWATCH = [sys.executable, "-m", "pipeline.cli"]
 ISSUER = "https://issuer.workers.test"
 AUDIENCE = "https://api.workers.test"
 ADMIN = "workers-admin-token-0123456789abcdef"
 WORKERS = 2
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:

@@ -13,7 +13,7 @@ from typing import NoReturn
 
 from bench.broker import KAFKA_LOCAL, Broker, BrokerError, tail
 from bench.broker import private_broker as _private_broker
-from tests.require import skip_or_fail
+from tests.support.require import skip_or_fail
 
 __all__ = ["KAFKA_LOCAL", "Broker", "private_broker", "tail", "unavailable"]
 
