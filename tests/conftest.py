@@ -7,9 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from bench.broker import reachable as _bootstrap_reachable
-from tests.support.alerts import Receiver
 from tests.support.kafka_broker import KAFKA_LOCAL, private_broker, unavailable
-from tests.support.servers import serve_app
 
 
 @pytest.fixture(scope="session")
@@ -47,19 +45,3 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     # Start a private broker for this session.
     with private_broker(tmp_path_factory.mktemp("kafka-broker")) as broker:
         yield broker.bootstrap
-
-
-@pytest.fixture(scope="module")
-def receiver_server() -> Iterator[Receiver]:
-    """A webhook receiver on loopback, one per test module."""
-    receiver = Receiver()
-    with serve_app(receiver.app()) as base:
-        receiver.base = base
-        yield receiver
-
-
-@pytest.fixture
-def receiver(receiver_server: Receiver) -> Receiver:
-    """The module's receiver, emptied for this test."""
-    receiver_server.reset()
-    return receiver_server

@@ -53,11 +53,11 @@ def test_the_engine_gives_identical_results_as_pure_python() -> None:
     features: the same tests, run again in a process where every hot-path module is loaded from its Python source
     (compiled, ``.pxd`` files give these modules C types; the source must behave the same without them)."""
     tests = [
-        "tests/test_engine_golden.py",
-        "tests/test_engine.py",
-        "tests/test_runner_decode.py",
-        "tests/test_windows.py",
-        "tests/test_features.py",
+        "tests/detection/test_engine_golden.py",
+        "tests/detection/test_engine.py",
+        "tests/detection/test_runner_decode.py",
+        "tests/windows/test_windows.py",
+        "tests/features/test_features.py",
     ]
     run = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests],

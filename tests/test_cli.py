@@ -139,7 +139,7 @@ def test_a_bad_validator_configuration_fails_before_touching_disk(tmp_path: Path
 @pytest.mark.parametrize("command", ["serve", "alerts serve"])
 def test_metrics_are_served_on_their_own_listener_only(command: str, keys: Path, tmp_path: Path) -> None:
     """`serve` and `alerts serve` with --metrics-port: /metrics there, none on the service's port (`validator
-    serve`'s listener: tests/test_lifetime.py, tests/test_workers.py)."""
+    serve`'s listener: tests/validation/test_lifetime.py, tests/validation/test_workers.py)."""
     port, metrics_port = free_port(), free_port()
     admin = tmp_path / "admin-token"
     admin.write_text("cli-metrics-admin-token-0123456789\n")

@@ -1,5 +1,5 @@
 """The attack catalogue: hostile tokens, each with the reason the validator must reject it, and the controls that
-must pass. tests/test_validation_attacks.py runs every case in process and over HTTP;
+must pass. tests/validation/test_validation_attacks.py runs every case in process and over HTTP;
 scripts/gen_docs.py renders the catalogue into docs/security.md.
 
 Tokens are signed for real (RSA, EC, Ed25519, an attacker's keys, a 1024-bit RSA key) or crafted raw.

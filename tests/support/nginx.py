@@ -1,4 +1,4 @@
-"""The nginx configuration the gateway test runs (README.md shows its two locations; tests/test_docs.py checks).
+"""The nginx configuration the gateway test runs (README.md shows its two locations; tests/system/test_docs.py checks).
 
 Formatted with ``tmp`` (nginx's working directory), ``port`` (the gateway), ``api_port`` (the protected API)
 and ``validator`` (the validator's base URL).

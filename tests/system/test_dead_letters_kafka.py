@@ -1,9 +1,9 @@
 """Hostile messages on the Kafka usage topic land in the dead-letter topic; the pipeline goes on consuming.
 
-The memory-bus version of this is tests/test_engine.py::test_runner_dead_letters_garbage_and_keeps_going; here
+The memory-bus version of this is tests/detection/test_engine.py::test_runner_dead_letters_garbage_and_keeps_going; here
 the messages cross a real broker, and oversized ones are included. A message above the topic's
 max.message.bytes never reaches the topic at all: the publisher's flush fails
-(tests/test_kafka_bus.py::test_a_failed_send_surfaces_at_flush), so there is nothing to dead-letter.
+(tests/bus/test_kafka_bus.py::test_a_failed_send_surfaces_at_flush), so there is nothing to dead-letter.
 """
 
 from __future__ import annotations

@@ -352,7 +352,7 @@ def test_alerts_on_a_full_disk_are_refused_whole_and_accepted_after(small_disk: 
             service.accept_alert(make_alert(alert_id))
             accepted.append(refused.pop())
     filler.unlink()
-    # The consumer commits its bus offset only after accept_alert returns (tests/test_alerts_service.py), so
+    # The consumer commits its bus offset only after accept_alert returns (tests/alerts/test_alerts_service.py), so
     # the refused alert comes again from the bus: accepting it now must work.
     assert service.accept_alert(make_alert(refused[-1]))
     accepted.append(refused[-1])

@@ -142,7 +142,7 @@ def _mentioned_paths() -> Iterator[tuple[Path, str, str | None]]:
 
 def test_docs_mention_paths_and_modules() -> None:
     found = {path for _, path, _ in _mentioned_paths()}
-    assert "pipeline/validation/verifier.py" in found and "tests/test_validation_attacks.py" in found
+    assert "pipeline/validation/verifier.py" in found and "tests/validation/test_validation_attacks.py" in found
 
 
 @pytest.mark.parametrize("doc", ALL_DOCS, ids=lambda p: p.name)
@@ -249,7 +249,7 @@ def test_readme_shows_the_forward_auth_endpoint_as_it_is() -> None:
     text = _read(README)
     for header in ("X-Auth-Subject", "X-Auth-Token-Id", "X-Auth-Client-Id", "X-Auth-Scope"):
         assert header in text
-    assert "--trusted-proxies 127.0.0.1/32" in text  # what tests/test_nginx.py configures
+    assert "--trusted-proxies 127.0.0.1/32" in text  # what tests/validation/test_nginx.py configures
 
 
 def test_the_envoy_caveat_still_holds(tmp_path: Path) -> None:

@@ -108,7 +108,7 @@ def _hostile_forged_tokens(draw: st.DrawFn) -> str:
 #: What an HTTP/1.1 client may send as a header value (RFC 9110 §5.5: VCHAR, obs-text, inner SP/HTAB), up to what
 #: reaches the application: the value is sent twice (User-Agent, X-Forwarded-Uri), and a header block over
 #: MAX_HEADER_BYTES is refused by the HTTP server before any validation (a 431 with no event to record; see
-#: tests/test_validator_http.py::test_a_header_block_over_the_cap_gets_431_and_the_connection_closes).
+#: tests/validation/test_validator_http.py::test_a_header_block_over_the_cap_gets_431_and_the_connection_closes).
 _HOSTILE_HEADER_VALUES = (
     st.text(st.characters(codec="latin-1", exclude_categories=["Cc"]) | st.sampled_from(["\t", " "]), max_size=200)
     | st.sampled_from(["\u00ff" * 2000, "A" * (MAX_HEADER_BYTES // 2 - 4096)])

@@ -1,7 +1,7 @@
 """`jwtwatch demo` as a user runs it: one process, real HTTP on loopback, a report and an archive at the end.
 
 The demo runs once per test session (short traffic, fast clock) and the tests read what it left behind:
-the report, its summary, and the Parquet archive the notebooks also read (tests/test_notebooks.py).
+the report, its summary, and the Parquet archive the notebooks also read (tests/system/test_notebooks.py).
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ ids, every collected feature row (compared to 1e-12), every forest score of the 
 the keys and event times those rows belong to (copied values, so compared exactly).
 
 Regenerate only for an intended change of features or scores (which also changes the shipped model):
-``.venv/bin/python -m tests.test_engine_golden``.
+``.venv/bin/python -m tests.detection.test_engine_golden``.
 """
 
 from __future__ import annotations
