@@ -56,7 +56,7 @@ format: install
 bench: install
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
-# The shipped model: reproducible from this recipe (tests/test_default_model.py retrains it and compares).
+# The shipped model: reproducible from this recipe (tests/detection/test_default_model.py retrains it and compares).
 # Trained on the attack-free stream of a world of the simulator family's *tuning* region (issue 15): behaviours
 # drawn, not the simulator's defaults; never a held-out world. Sizes are set here; the mobile users are the
 # world's drawn share of the browser users. The world's own seed: JWTWATCH_SEED is emptied so it cannot override.

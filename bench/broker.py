@@ -1,5 +1,5 @@
 """A private Kafka broker: scripts/kafka-local on two free ports in a directory of its own, always stopped
-afterwards — for the benchmarks, and for the tests (tests/kafka_broker.py adds their skip-or-fail policy)."""
+afterwards — for the benchmarks, and for the tests (tests/support/kafka_broker.py adds their skip-or-fail policy)."""
 
 from __future__ import annotations
 

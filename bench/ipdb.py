@@ -40,7 +40,7 @@ from pipeline.networks import PREFIXES, MmdbResolver, open_ip_db
 from pipeline.networks.base import _prefix_network
 from pipeline.simulate import SimulationParams, simulate
 from pipeline.simulate.io import write_ip_db
-from tests.mmdbkit import write_mmdb
+from tests.support.mmdbkit import write_mmdb
 
 LIBRARIES = ("maxminddb", "mmdb-writer", "numpy")
 

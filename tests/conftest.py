@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from bench.broker import reachable as _bootstrap_reachable
-from tests.kafka_broker import KAFKA_LOCAL, private_broker, unavailable
+from tests.support.kafka_broker import KAFKA_LOCAL, private_broker, unavailable
 
 
 @pytest.fixture(scope="session")

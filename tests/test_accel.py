@@ -18,9 +18,10 @@ from pathlib import Path
 import pytest
 
 from pipeline import _accel
-from tests.require import skip_or_fail
+from tests.support.paths import REPO
+from tests.support.require import skip_or_fail
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = REPO
 PUBLIC = {twin.public for twin in _accel.TWINS}
 STATUS = "import json, pipeline._accel as a; print(json.dumps(a.status()))"
 
@@ -61,15 +62,15 @@ def test_the_engine_gives_identical_results_as_pure_python() -> None:
     features: the same tests, run again in a process where every hot-path module is loaded from its Python source
     (compiled, ``.pxd`` files give these modules C types; the source must behave the same without them)."""
     tests = [
-        "tests/test_engine_golden.py",
-        "tests/test_engine.py",
-        "tests/test_runner_decode.py",
-        "tests/test_windows.py",
-        "tests/test_features.py",
+        "tests/detection/test_engine_golden.py",
+        "tests/detection/test_engine.py",
+        "tests/detection/test_runner_decode.py",
+        "tests/windows/test_windows.py",
+        "tests/features/test_features.py",
     ]
     run = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests],
-        cwd=ROOT,
+        cwd=REPO,
         env={**os.environ, _accel.PURE_PYTHON_ENV: "1"},
         capture_output=True,
         text=True,

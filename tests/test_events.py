@@ -27,81 +27,7 @@ from pipeline.events import (
     to_arrow,
     ts_to_epoch_ms,
 )
-
-EVENT_ID = "4f9c1f0e-7d1b-4c55-9a8e-2b7f6f1d2c3a"
-
-
-def usage_dict(**changes: Any) -> dict[str, Any]:
-    data: dict[str, Any] = {
-        "schema": "token-usage/1",
-        "event_id": EVENT_ID,
-        "ts": "2024-05-01T12:00:00.123Z",
-        "jti": "jti-1",
-        "sub": "user-1",
-        "iss": "https://issuer.test",
-        "aud": "https://api.test",
-        "client_id": "web-app",
-        "iat": 1714564800,
-        "exp": 1714565400,
-        "ip": "203.0.113.7",
-        "user_agent": "curl/8.5",
-        "outcome": "accepted",
-        "reason": None,
-        "service": "api.test",
-        "method": "GET",
-        "path": "/orders",
-    }
-    data.update(changes)
-    return {k: v for k, v in data.items() if v is not _DROP}
-
-
-def alert_dict(**changes: Any) -> dict[str, Any]:
-    data: dict[str, Any] = {
-        "schema": "alert/1",
-        "alert_id": "al-0001",
-        "type": "token.anomaly",
-        "ts": "2024-05-01T12:05:00.000Z",
-        "entity_type": "jti",
-        "entity": "jti-1",
-        "sub": "user-1",
-        "jti": "jti-1",
-        "ip": None,
-        "window_start": "2024-05-01T12:00:00.000Z",
-        "window_end": "2024-05-01T12:05:00.000Z",
-        "score": 0.93,
-        "severity": "high",
-        "features": {"distinct_ips": 7, "rate": 1.5},
-        "reasons": [{"feature": "distinct_ips", "value": 7, "baseline": 1}],
-        "model_version": "m-2024-05-01",
-        "action": "revoked",
-        "revocation_id": "rev-1",
-        "summary": "token of user-1 used from 10.1.0.0/16 and 45.33.0.0/16 within 4 s, 23 times",
-        "network_source": "mmdb:GeoLite2-ASN(2026-11-30)",
-    }
-    data.update(changes)
-    return {k: v for k, v in data.items() if v is not _DROP}
-
-
-def revocation_dict(**changes: Any) -> dict[str, Any]:
-    data: dict[str, Any] = {
-        "schema": "revocation/1",
-        "revocation_id": "rev-1",
-        "kind": "sub",
-        "iss": "https://issuer.test",
-        "value": "user-1",
-        "reason": "anomaly",
-        "source": "auto",
-        "alert_id": "al-0001",
-        "created_at": "2024-05-01T12:05:00.000Z",
-        "expires_at": "2024-05-02T12:05:30.000Z",
-        "revoked_before": "2024-05-01T12:05:00.000Z",
-        "version": 12,
-    }
-    data.update(changes)
-    return {k: v for k, v in data.items() if v is not _DROP}
-
-
-_DROP = object()
+from tests.support.records import DROP, EVENT_ID, alert_dict, revocation_dict, usage_dict
 
 # ------------------------------------------------------------------------------------- round trips
 
@@ -138,7 +64,7 @@ def test_alert_round_trip() -> None:
 
 
 def test_alert_written_before_summary_existed_still_parses() -> None:
-    older = alert_dict(summary=_DROP, network_source=_DROP)
+    older = alert_dict(summary=DROP, network_source=DROP)
     record = Alert.from_json(orjson.dumps(older))
     assert record.summary is None
     assert orjson.loads(record.to_json()) == older | {"summary": None, "network_source": None}  # explicit nulls
@@ -149,7 +75,7 @@ def test_alert_says_how_its_networks_were_identified() -> None:
     record = Alert.from_dict(alert_dict())
     assert record.network_source == "mmdb:GeoLite2-ASN(2026-11-30)"
     assert Alert.from_dict(alert_dict(network_source="prefix")).network_source == "prefix"
-    older = alert_dict(network_source=_DROP)  # written before the field existed
+    older = alert_dict(network_source=DROP)  # written before the field existed
     assert Alert.from_json(orjson.dumps(older)).network_source is None
     assert Alert.from_dict(alert_dict(network_source=None)).network_source is None
 
@@ -178,7 +104,7 @@ def test_revocation_round_trip() -> None:
 
 
 def _drop(name: str) -> dict[str, Any]:
-    return {name: _DROP}
+    return {name: DROP}
 
 
 BAD_USAGE: list[tuple[str, dict[str, Any], str]] = [
@@ -209,7 +135,7 @@ BAD_USAGE: list[tuple[str, dict[str, Any], str]] = [
     ("ip-cidr", {"ip": "10.0.0.0/8"}, "ip"),
     ("accepted-with-reason", {"reason": "expired"}, "reason"),
     ("rejected-without-reason", {"outcome": "rejected", "reason": None}, "reason"),
-    ("rejected-reason-omitted", {"outcome": "rejected", "reason": _DROP}, "reason"),
+    ("rejected-reason-omitted", {"outcome": "rejected", "reason": DROP}, "reason"),
     ("unknown-reason", {"outcome": "rejected", "reason": "stolen"}, "reason"),
     ("reason-wrong-case", {"outcome": "rejected", "reason": "EXPIRED"}, "reason"),
     ("unknown-outcome", {"outcome": "maybe"}, "outcome"),
@@ -257,7 +183,7 @@ def test_bad_alert_names_the_field(name: str, changes: dict[str, Any], field: st
 
 BAD_REVOCATION: list[tuple[str, dict[str, Any], str]] = [
     ("sub-without-revoked-before", {"revoked_before": None}, "revoked_before"),
-    ("sub-revoked-before-omitted", {"revoked_before": _DROP}, "revoked_before"),
+    ("sub-revoked-before-omitted", {"revoked_before": DROP}, "revoked_before"),
     ("kind-unknown", {"kind": "user"}, "kind"),
     ("source-unknown", {"source": "robot"}, "source"),
     ("version-bool", {"version": True}, "version"),

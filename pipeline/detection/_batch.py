@@ -137,7 +137,7 @@ def micro_batches(batch: EventBatch, max_events: int = 4096, max_span_s: float =
 # take (a message that is not such an object) goes through orjson into tuples of its fields, and only a slice
 # that fails a column check is checked row by row, to find the culprits. A message the decoder refuses is parsed
 # again by ``from_json``, whose error names the field; the decoder accepts exactly what ``from_json`` accepts
-# (tests/test_runner_decode.py checks them side by side on hostile records, on both paths).
+# (tests/detection/test_runner_decode.py checks them side by side on hostile records, on both paths).
 
 
 def _wire_specs(record: type) -> list[tuple[Any, ...]]:

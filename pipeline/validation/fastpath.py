@@ -3,7 +3,7 @@ middleware stack and thread pool.
 
 Every gateway request passes through this endpoint, so it is the one worth writing by hand. The answers are
 byte for byte those of the FastAPI route in ``app.py`` (same status, body and headers, the security headers
-and ``Cache-Control: no-store`` included; ``tests/test_fastpath.py`` compares the two): the response headers
+and ``Cache-Control: no-store`` included; ``tests/validation/test_fastpath.py`` compares the two): the response headers
 are rendered once, by the same Starlette response classes and the same rules as ``SecurityHeadersMiddleware``,
 and copied per request.
 

@@ -1,0 +1,1 @@
+"""Tests of pipeline/bus: the memory and Kafka buses, the consumer loop, the broker they rely on."""

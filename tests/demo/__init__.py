@@ -1,0 +1,1 @@
+"""Tests of pipeline/demo: `jwtwatch demo` as a user runs it."""

@@ -1,0 +1,1 @@
+"""Tests of pipeline/detection: the engine, replay, the streaming runner, training and calibration."""

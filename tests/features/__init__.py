@@ -1,0 +1,1 @@
+"""Tests of pipeline/features: feature vectors and baselines."""

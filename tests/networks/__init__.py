@@ -1,0 +1,1 @@
+"""Tests of pipeline/networks: network identity and --ip-db files."""

@@ -1,0 +1,1 @@
+"""Tests of pipeline/response: alerts, the auto-revocation policy, summaries and verdicts."""

@@ -1,0 +1,1 @@
+"""Tests of pipeline/scoring: the Isolation Forest, severities, reasons and model persistence."""

@@ -1,0 +1,1 @@
+"""Tests of pipeline/simulate: the traffic simulator and its family of worlds."""

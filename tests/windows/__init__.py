@@ -1,0 +1,1 @@
+"""Tests of pipeline/windows: event-time windows and their state."""
