@@ -185,12 +185,14 @@ class ReplayFollower:
             error_prefix="replay feed: ",
         )
         self.races = 0
+        self.own_uses = 0
         self.caught_up = False
         self.caught_up_at: float | None = None
 
     @property
     def applied(self) -> int:
-        return self.loop.handled
+        """Other instances' uses recorded (our own were recorded when we accepted them)."""
+        return self.loop.handled - self.own_uses
 
     @property
     def rejected(self) -> int:
@@ -208,6 +210,7 @@ class ReplayFollower:
     def add(self, use: tuple[str, str, float, str], message: Message) -> None:
         iss, jti, expires_at, instance = use
         if instance == self.instance:
+            self.own_uses += 1
             return  # our own use, recorded when we accepted it
         now = self.clock()
         # Whatever a message claims, no token outlives the lifetime cap: a forged entry cannot live forever.

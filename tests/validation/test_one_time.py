@@ -17,7 +17,7 @@ from pipeline.bus.topics import REPLAY, default_topics
 from pipeline.events import TokenUsage
 from pipeline.validation import TokenValidator, ValidatorConfig
 from pipeline.validation.app import create_validator_app
-from pipeline.validation.replay import ReplayCache, use_message
+from pipeline.validation.replay import ReplayCache, ReplayFollower, use_message
 from pipeline.validation.service import ValidatorService
 from pipeline.web import metrics_app
 from tests.support.jwtkit import AUDIENCE, ISSUER, Issuer, standard_claims
@@ -328,3 +328,15 @@ def test_validator_serve_takes_one_time_rules(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+def test_the_follower_counts_only_other_instances_uses_as_applied() -> None:
+    """Our own uses come back on the feed too: recorded when accepted, they are not applied again nor counted."""
+    bus = MemoryBus()
+    cache = ReplayCache()
+    follower = ReplayFollower(bus, cache, instance="here", max_ttl_s=3600, clock=lambda: 1000.0)
+    bus.publish(REPLAY, "a", use_message(ISSUER, "jti-1", 2000.0, "here", 1000.0))
+    bus.publish(REPLAY, "b", use_message(ISSUER, "jti-2", 2000.0, "elsewhere", 1000.0))
+    follower.step()
+    assert follower.applied == 1 and follower.own_uses == 1 and follower.rejected == 0
+    follower.close()
