@@ -25,6 +25,8 @@ from typing import Any, ClassVar, Literal, Self, TypeVar
 import orjson
 import pyarrow as pa
 
+from pipeline.errors import RecordError
+
 TOKEN_USAGE_SCHEMA = "token-usage/1"
 ALERT_SCHEMA = "alert/1"
 REVOCATION_SCHEMA = "revocation/1"
@@ -70,23 +72,6 @@ MAX_STRING = 8192
 #: How deep an alert's ``features`` and ``reasons`` may nest (the engine writes flat maps). Deeper values parse,
 #: but orjson refuses to write past 254 levels: a record every consumer could read and none could store again.
 MAX_NESTING = 32
-
-
-class RecordError(ValueError):
-    """A record could not be parsed. ``field`` names the culprit, ``value`` is a short repr of it."""
-
-    def __init__(self, record: str, field_name: str, value: object, problem: str) -> None:
-        try:
-            shown = repr(value)
-        except RecursionError:  # JSON nested ~1000 deep: repr gives up, and the error must still be a RecordError
-            shown = f"<{type(value).__name__} nested too deep to show>"
-        if len(shown) > 80:
-            shown = shown[:77] + "..."
-        super().__init__(f"{record}: field {field_name!r} = {shown}: {problem}")
-        self.record = record
-        self.field = field_name
-        self.value = value
-        self.problem = problem
 
 
 # --------------------------------------------------------------------------------------------- time

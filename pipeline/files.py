@@ -21,12 +21,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from pipeline.errors import InsecureFileError
+
 #: A secret file larger than this is not a secret file (a PEM key is a few KiB).
 MAX_SECRET_FILE = 1024 * 1024
-
-
-class InsecureFileError(PermissionError):
-    """A secret file others could read or replace (or that is not a regular file): refused, with how to fix it."""
 
 
 def fsync_dir(path: Path) -> None:
@@ -109,7 +107,6 @@ def read_secret_file(path: Path, what: str) -> bytes:
 
 __all__ = [
     "MAX_SECRET_FILE",
-    "InsecureFileError",
     "atomic_file",
     "atomic_path",
     "atomic_write",

@@ -18,6 +18,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from pipeline.errors import RequestTimeout
+
 #: A request body (admin API, introspection) must have arrived this long after the handler asked for it.
 BODY_TIMEOUT_S = 10.0
 
@@ -73,7 +75,8 @@ def read_admin_token(path: Path | None) -> str | None:
         return None
     # The key store's reader of secret files, so that every secret file obeys one rule (imported here, where it is
     # needed: the key store's dependencies stay out of every importer of this module).
-    from pipeline.validation.keystore import KeyStoreError, read_secret_file
+    from pipeline.errors import KeyStoreError
+    from pipeline.validation.keystore import read_secret_file
 
     try:
         raw = read_secret_file(Path(path), "admin token")
@@ -115,10 +118,6 @@ def admin_request_matches(expected: str | None, request: Request) -> bool:
     """
     authorizations = request.headers.getlist("authorization")
     return len(authorizations) == 1 and admin_token_matches(expected, authorizations[0])
-
-
-class RequestTimeout(Exception):
-    """The request body did not arrive in time; :func:`install_error_handlers` answers 408 and closes."""
 
 
 async def read_capped(request: Request, limit: int, *, timeout_s: float | None = None) -> bytes | None:

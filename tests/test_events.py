@@ -13,13 +13,13 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from pipeline.errors import RecordError
 from pipeline.events import (
     ALERT_ARROW,
     REASONS,
     REVOCATION_ARROW,
     TOKEN_USAGE_ARROW,
     Alert,
-    RecordError,
     Revocation,
     TokenUsage,
     format_ts,

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from pipeline.errors import RecordError
 from pipeline.events import (
     ALERT_ACTIONS,
     ENTITY_TYPES,
@@ -21,7 +22,6 @@ from pipeline.events import (
     REVOCATION_SOURCES,
     SEVERITIES,
     Alert,
-    RecordError,
     Revocation,
     TokenUsage,
     format_ts,

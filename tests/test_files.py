@@ -9,14 +9,8 @@ from pathlib import Path
 import pytest
 
 from pipeline import files
-from pipeline.files import (
-    InsecureFileError,
-    atomic_file,
-    atomic_path,
-    atomic_write,
-    read_private_file,
-    read_secret_file,
-)
+from pipeline.errors import InsecureFileError
+from pipeline.files import atomic_file, atomic_path, atomic_write, read_private_file, read_secret_file
 
 
 def leftovers(directory: Path) -> list[str]:

@@ -14,8 +14,9 @@ from __future__ import annotations
 from pipeline.alerts.app import create_alerts_app
 from pipeline.alerts.delivery import EVENT_TYPES, RetryPolicy
 from pipeline.alerts.service import AlertsService
-from pipeline.alerts.targets import TargetError, check_target_url
+from pipeline.alerts.targets import check_target_url
 from pipeline.alerts.worker import AlertsConsumer, AlertsWorker
+from pipeline.errors import TargetError
 
 __all__ = [
     "EVENT_TYPES",

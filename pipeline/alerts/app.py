@@ -20,8 +20,7 @@ from starlette.concurrency import run_in_threadpool
 
 from pipeline.alerts.delivery import EVENT_TYPES, EventType
 from pipeline.alerts.service import DELIVERY_STATUSES, MAX_SUPPRESS_S, MIN_SUPPRESS_S, AlertsService, verdict_view
-from pipeline.alerts.targets import TargetError
-from pipeline.bus.dead_letter import Unavailable
+from pipeline.errors import TargetError, Unavailable
 from pipeline.events import ENTITY_TYPES, SEVERITIES, parse_ts
 from pipeline.web import (
     SecurityHeadersMiddleware,
@@ -260,7 +259,8 @@ def alerts_router(service: AlertsService) -> APIRouter:
             if body.verdict != "benign":
                 return _error(422, "invalid_request", "suppress_for applies to benign verdicts only")
             # The project's one duration syntax (imported here: the key store's dependencies stay out of the app).
-            from pipeline.validation.keystore import KeyStoreError, parse_duration
+            from pipeline.errors import KeyStoreError
+            from pipeline.validation.keystore import parse_duration
 
             try:
                 suppress_s = parse_duration(body.suppress_for)

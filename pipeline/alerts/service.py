@@ -63,16 +63,9 @@ from pipeline.alerts.delivery import (
     send,
     signed_headers,
 )
-from pipeline.alerts.targets import (
-    Resolver,
-    TargetError,
-    check_target_url,
-    parse_target_url,
-    resolve_target,
-    system_resolver,
-)
+from pipeline.alerts.targets import Resolver, check_target_url, parse_target_url, resolve_target, system_resolver
 from pipeline.bus import VERDICTS, Bus
-from pipeline.bus.dead_letter import Unavailable
+from pipeline.errors import TargetError, Unavailable
 from pipeline.events import (
     MAX_RULE_NAME,
     MAX_VERDICT_RULES,

@@ -37,6 +37,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from pipeline.errors import TargetError
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 #: ``resolver(host, port)`` -> the IP addresses (as strings) the host resolves to.
@@ -93,10 +95,6 @@ _NOT_ROUTABLE: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = (
 _LABEL = re.compile(r"^[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?$")
 _NUMERIC_LABEL = re.compile(r"^(0x[0-9a-f]*|[0-9]+)$")
 _DEFAULT_PORTS = {"http": 80, "https": 443}
-
-
-class TargetError(ValueError):
-    """A webhook URL (or an address its host resolves to) that jwtwatch will not send to."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -324,7 +322,6 @@ __all__ = [
     "PRIVATE_NETWORKS",
     "ResolvedTarget",
     "Resolver",
-    "TargetError",
     "TargetURL",
     "check_address",
     "check_target_url",

@@ -8,11 +8,6 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 
-class CommitRejected(RuntimeError):
-    """The group moved on (a rebalance) before a commit: nothing was committed, and the partitions' messages
-    since the last commit will be delivered again — to this member or to the one that now owns them."""
-
-
 class Message(NamedTuple):
     """One message read from a topic. A named tuple, not a dataclass: consumers build one per message
     read (hundreds of thousands a second in the pipeline), and a tuple is built several times faster."""

@@ -27,8 +27,9 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Generic, Never, Protocol, TypeVar
 
-from pipeline.bus.base import Bus, CommitRejected, Consumer, Message
+from pipeline.bus.base import Bus, Consumer, Message
 from pipeline.bus.dead_letter import dead_letter, describe, is_infrastructure_fault, rewind
+from pipeline.errors import CommitRejected
 
 log = logging.getLogger(__name__)
 

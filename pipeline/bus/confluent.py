@@ -26,7 +26,7 @@ from confluent_kafka import Consumer as RdKafkaConsumer
 from confluent_kafka import KafkaError as RdKafkaError
 
 from pipeline.bus.base import Consumer, Message, MessageRun, runs_of
-from pipeline.bus.errors import KafkaBusError, KafkaCommitRejected
+from pipeline.errors import KafkaBusError, KafkaCommitRejected
 
 log = logging.getLogger(__name__)
 

@@ -27,6 +27,7 @@ import orjson
 
 from pipeline.bus.base import Bus, Consumer, Message
 from pipeline.bus.topics import DEAD_LETTER
+from pipeline.errors import Unavailable
 
 #: The original is kept whole up to this size. Base64 makes it 4/3 larger, and the dead letter must stay under
 #: the broker's default message limit (1 MiB) — or publishing it would fail, the message would never be
@@ -35,10 +36,6 @@ from pipeline.bus.topics import DEAD_LETTER
 MAX_ORIGINAL = 512 * 1024
 MAX_KEY = 16 * 1024
 MAX_ERROR = 1000
-
-
-class Unavailable(RuntimeError):
-    """A component a consumer hands records to cannot take any now (closed, shutting down): not a record's fault."""
 
 
 #: sqlite3 errors about the statement's data (a constraint, a value it cannot bind): the record's fault. Every other
@@ -106,4 +103,4 @@ def dead_letter(bus: Bus, message: Message, error: str, *, consumer: str | None 
     bus.publish(DEAD_LETTER, key[:MAX_KEY] if key is not None else None, orjson.dumps(record))
 
 
-__all__ = ["MAX_ERROR", "Unavailable", "dead_letter", "describe", "is_infrastructure_fault", "rewind"]
+__all__ = ["MAX_ERROR", "dead_letter", "describe", "is_infrastructure_fault", "rewind"]

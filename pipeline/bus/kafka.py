@@ -57,8 +57,8 @@ from kafka.errors import (
 from kafka.structs import MemberState, OffsetAndMetadata, TopicPartition
 
 from pipeline.bus.base import Bus, Consumer, Message, MessageRun, encode_key, runs_of
-from pipeline.bus.errors import KafkaBusError, KafkaCommitRejected
 from pipeline.bus.topics import TopicSpec, default_topics
+from pipeline.errors import KafkaBusError, KafkaCommitRejected
 
 _Client = TypeVar("_Client")
 

@@ -26,8 +26,8 @@ def choose_transport(
     insecure_http: bool,
 ) -> Transport:
     """HTTPS, or plain HTTP only on loopback / behind trusted proxies (pipeline.validation.tls); says which."""
+    from pipeline.errors import TransportError
     from pipeline.validation.client_ip import parse_networks
-    from pipeline.validation.tls import TransportError
     from pipeline.validation.tls import choose_transport as choose
 
     try:
@@ -80,7 +80,8 @@ def open_networks(ip_db: list[Path] | None, *, say: Literal["stderr", "log", "no
     """The network resolver for ``--ip-db`` (the /16 fallback without), built once at startup, and one line saying
     which (``describe``): to the log for a service (``say="log"``), else to stderr (``"none"``: the caller says
     it). A file it cannot use stops the command with one line naming it."""
-    from pipeline.networks import IpDbError, describe, open_ip_db
+    from pipeline.errors import IpDbError
+    from pipeline.networks import describe, open_ip_db
 
     try:
         resolver = open_ip_db(ip_db or [])

@@ -57,7 +57,8 @@ def alerts_serve(
     insecure_http: InsecureHttp = False,
 ) -> None:
     """Webhook subscriptions, alert log and signed deliveries; consumes alerts and revocations from Kafka."""
-    from pipeline.nodes import AlertsNode, Listener, NodeError, open_bus, open_feed_keys
+    from pipeline.errors import NodeError
+    from pipeline.nodes import AlertsNode, Listener, open_bus, open_feed_keys
     from pipeline.web import read_admin_token
 
     log_to_stderr()

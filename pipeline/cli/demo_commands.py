@@ -52,10 +52,10 @@ def demo(
     index.html, PNG plots, summary.json and the Parquet archive (events, window features, scores, alerts)
     that the notebooks in notebooks/ explore.
     """
-    from pipeline.demo import DemoError, DemoOptions, run_demo
+    from pipeline.demo import DemoOptions, run_demo
     from pipeline.demo.report import write_report
+    from pipeline.errors import DemoError, ModelError
     from pipeline.events import SEVERITIES
-    from pipeline.scoring.model import ModelError
 
     if revoke_min_severity not in SEVERITIES:
         fail(f"--revoke-min-severity must be one of {', '.join(SEVERITIES)}")

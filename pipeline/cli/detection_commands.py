@@ -210,8 +210,9 @@ def detect(
     """Replay recorded events in event time through the streaming engine; write the alerts."""
     from pipeline.archive import ArchiveWriter, ScoreRecorder
     from pipeline.detection.replay import replay
+    from pipeline.errors import ModelError
     from pipeline.networks import identity_warning
-    from pipeline.scoring.model import ModelError, load_model
+    from pipeline.scoring.model import load_model
 
     with failing_on(ModelError):
         model = load_model(model_dir)

@@ -15,14 +15,8 @@ from rich.table import Table
 
 from pipeline.cli._options import KeyAlg, KeysDir, PassphraseFile, PinFile, env, passphrase, pin
 from pipeline.cli._output import console, err, fail
-from pipeline.validation.keystore import (
-    KeyInfo,
-    KeyStore,
-    KeyStoreError,
-    parse_duration,
-    verify_audit,
-    verify_store,
-)
+from pipeline.errors import KeyStoreError
+from pipeline.validation.keystore import KeyInfo, KeyStore, parse_duration, verify_audit, verify_store
 
 
 def keys_init(

@@ -56,10 +56,11 @@ def pipeline_run(
 ) -> None:
     """Consume token-usage/1, score it, publish alert/1 (and revocations); archive events and alerts."""
     from pipeline.bus.kafka import check_consumer_client
+    from pipeline.errors import ModelError, NodeError
     from pipeline.networks import identity_warning
-    from pipeline.nodes import NodeError, PipelineNode, PipelineSettings, open_bus, open_feed_keys
+    from pipeline.nodes import PipelineNode, PipelineSettings, open_bus, open_feed_keys
     from pipeline.response.policy import ResponsePolicy
-    from pipeline.scoring.model import ModelError, load_model
+    from pipeline.scoring.model import load_model
 
     with failing_on(ValueError, prefix="--kafka-consumer: "):
         check_consumer_client(kafka_consumer)  # before the model loads: a wrong name or a missing library

@@ -78,10 +78,9 @@ def serve(
     ip_db: IpDb = None,
 ) -> None:
     """Validator, detection pipeline and alerts service in one process, on one port (embedded bus)."""
+    from pipeline.errors import JwksError, ModelError
     from pipeline.nodes import AllInOne, Listener, ServeOptions, TokenRules
     from pipeline.response.policy import ResponsePolicy
-    from pipeline.scoring.model import ModelError
-    from pipeline.validation.jwks import JwksError
     from pipeline.web import read_admin_token
 
     log_to_stderr()

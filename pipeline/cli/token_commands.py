@@ -9,7 +9,8 @@ import typer
 
 from pipeline.cli._options import KeysDir, PassphraseFile, PinFile, env, passphrase, pin
 from pipeline.cli._output import fail
-from pipeline.validation.keystore import KeyStore, KeyStoreError
+from pipeline.errors import KeyStoreError
+from pipeline.validation.keystore import KeyStore
 
 
 def token_issue(

@@ -124,7 +124,8 @@ def validator_serve(
     ] = 1,
 ) -> None:
     """Serve GET /v1/validate (forward-auth), introspection, JWKS, revocations and health; metrics apart."""
-    from pipeline.nodes import KeyTrust, Listener, NodeError, TokenRules, ValidatorNode, ValidatorSettings
+    from pipeline.errors import NodeError
+    from pipeline.nodes import KeyTrust, Listener, TokenRules, ValidatorNode, ValidatorSettings
 
     log_to_stderr()
     transport = choose_transport(host, tls_cert, tls_key, trusted_proxies, require_tls, insecure_http)

@@ -10,6 +10,7 @@
 The validator-only walkthrough (``jwtwatch validator demo``) lives in :mod:`pipeline.validation.demo`.
 """
 
-from pipeline.demo.run import DemoError, DemoOptions, DemoRun, run_demo
+from pipeline.demo.run import DemoOptions, DemoRun, run_demo
+from pipeline.errors import DemoError
 
 __all__ = ["DemoError", "DemoOptions", "DemoRun", "run_demo"]

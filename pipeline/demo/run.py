@@ -34,6 +34,7 @@ from pipeline.demo.clock import DemoClock
 from pipeline.demo.receiver import PATH, WebhookReceiver
 from pipeline.demo.tokens import TokenMinter
 from pipeline.demo.traffic import TrafficPlayer, TrafficStats, event_rows
+from pipeline.errors import DemoError
 from pipeline.events import Alert
 from pipeline.nodes import AllInOne, ServeOptions
 from pipeline.response.policy import ResponsePolicy
@@ -48,10 +49,6 @@ GATEWAY = "127.0.0.1/32"
 #: What the former ``jwtwatch demo`` (now ``jwtwatch validator demo``) left in data/demo, before the marker.
 _FORMER_DEMO = {"keys", "attacker-keys", "events.jsonl", "revocations.sqlite", "revocations.sqlite-wal",
                 "revocations.sqlite-shm"}  # fmt: skip
-
-
-class DemoError(Exception):
-    """The demo cannot run as asked (a data dir it will not overwrite, bad options)."""
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,8 @@ from typing import Any
 
 import orjson
 
-from pipeline.events import Alert, AlertVerdict, RecordError, format_ts
+from pipeline.errors import RecordError
+from pipeline.events import Alert, AlertVerdict, format_ts
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,16 +23,8 @@ import pyarrow.compute as pc
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
-from pipeline.events import (
-    EARLIEST_TS,
-    LATEST_TS,
-    OUTCOMES,
-    REASON_SET,
-    TOKEN_USAGE_SCHEMA,
-    UUID_PATTERN,
-    RecordError,
-    TokenUsage,
-)
+from pipeline.errors import RecordError
+from pipeline.events import EARLIEST_TS, LATEST_TS, OUTCOMES, REASON_SET, TOKEN_USAGE_SCHEMA, UUID_PATTERN, TokenUsage
 
 STRING_FIELDS = ("event_id", "ts", "jti", "sub", "iss", "aud", "client_id", "ip", "user_agent", "outcome", "reason",
                  "service", "method", "path")  # fmt: skip

@@ -49,15 +49,8 @@ def __getattr__(name: str) -> Any:
 
 
 if TYPE_CHECKING:  # what the lazy names are, for the type checker
-    from pipeline.networks._mmdb import (
-        IpDbError,
-        IpDbFile,
-        MmdbResolver,
-        describe,
-        kind_of,
-        open_ip_db,
-        open_ip_db_file,
-    )
+    from pipeline.errors import IpDbError
+    from pipeline.networks._mmdb import IpDbFile, MmdbResolver, describe, kind_of, open_ip_db, open_ip_db_file
     from pipeline.networks._write import write_mmdb
 
 __all__ = [

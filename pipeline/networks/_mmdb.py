@@ -45,6 +45,7 @@ from typing import Any
 import maxminddb
 from maxminddb.errors import InvalidDatabaseError
 
+from pipeline.errors import IpDbError
 from pipeline.networks.base import KINDS, PREFIX_SOURCE, PREFIXES, Network, NetworkResolver, _prefix_network
 from pipeline.windows import prefix16
 
@@ -137,10 +138,6 @@ _KIND_FIELDS = (
 FIELDS: tuple[str, ...] = (*_ASN_FIELDS, *_ORG_FIELDS, *_KIND_FIELDS)
 _FIELD_SET = frozenset(FIELDS)
 _KIND_SET = frozenset(_KIND_FIELDS)
-
-
-class IpDbError(ValueError):
-    """An ``--ip-db`` file that cannot be used; the message is one line naming the file."""
 
 
 # ------------------------------------------------------------------------------------------ kinds

@@ -9,11 +9,12 @@ Each takes what it depends on (a bus, a model, settings, a clock) when it is bui
 opens what the CLI hands them, and a start that cannot go on raises :class:`NodeError`.
 """
 
+from pipeline.errors import NodeError
 from pipeline.nodes.alerts_node import AlertsNode
 from pipeline.nodes.allinone import AllInOne, ServeOptions
 from pipeline.nodes.key_trust import KeyTrust
 from pipeline.nodes.pipeline_node import PipelineNode, PipelineSettings
-from pipeline.nodes.resources import FeedKeys, NodeError, open_bus, open_feed_keys
+from pipeline.nodes.resources import FeedKeys, open_bus, open_feed_keys
 from pipeline.nodes.running import Listener
 from pipeline.nodes.validator_node import TokenRules, ValidatorNode, ValidatorSettings
 

@@ -9,10 +9,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.nodes.resources import NodeError
-from pipeline.validation.jwks import JwksError
+from pipeline.errors import JwksError, KeyStoreError, NodeError
 from pipeline.validation.key_sources import FileKeySource, KeySource, SignedJwksUrlSource
-from pipeline.validation.keystore import JWKS_FILE, KeyStore, KeyStoreError, parse_duration
+from pipeline.validation.keystore import JWKS_FILE, KeyStore, parse_duration
 
 log = logging.getLogger(__name__)
 

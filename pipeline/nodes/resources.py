@@ -6,12 +6,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.bus.base import Bus
-from pipeline.validation.keystore import KeyStore, KeyStoreError
+from pipeline.errors import KeyStoreError, NodeError
+from pipeline.validation.keystore import KeyStore
 from pipeline.validation.revocation_feed import FeedSigner, FeedVerifier, open_or_create_keys
-
-
-class NodeError(Exception):
-    """A node cannot start as configured. The message is for the operator: it names the option at fault."""
 
 
 def open_bus(kafka: str | None, consumer_client: str = "kafka-python") -> Bus:
@@ -20,7 +17,8 @@ def open_bus(kafka: str | None, consumer_client: str = "kafka-python") -> Bus:
         from pipeline.bus.memory import MemoryBus
 
         return MemoryBus()
-    from pipeline.bus.kafka import KafkaBus, KafkaBusError
+    from pipeline.bus.kafka import KafkaBus
+    from pipeline.errors import KafkaBusError
 
     try:
         return KafkaBus(kafka, consumer_client=consumer_client)

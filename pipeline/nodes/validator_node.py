@@ -12,14 +12,14 @@ from pathlib import Path
 from typing import NoReturn
 
 from pipeline.bus.base import Bus
+from pipeline.errors import JwksError, NodeError
 from pipeline.loop import BackgroundLoop
 from pipeline.nodes.key_trust import KeyTrust, TrustedKeys
-from pipeline.nodes.resources import NodeError, open_bus, open_feed_keys
+from pipeline.nodes.resources import open_bus, open_feed_keys
 from pipeline.nodes.running import Listener
 from pipeline.validation.app import create_validator_app
 from pipeline.validation.config import ValidatorConfig
 from pipeline.validation.follower import RevocationFollower
-from pipeline.validation.jwks import JwksError
 from pipeline.validation.key_sources import CombinedKeySource, KeySource
 from pipeline.validation.service import ValidatorService
 from pipeline.validation.store_sync import RevocationStoreSync

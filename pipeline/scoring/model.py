@@ -17,6 +17,7 @@ from typing import Any
 import skops.io as sio
 from sklearn.ensemble import IsolationForest
 
+from pipeline.errors import ModelError
 from pipeline.features import FEATURES
 from pipeline.files import atomic_path, atomic_write
 from pipeline.scoring import EntityScorer
@@ -24,10 +25,6 @@ from pipeline.windows import WindowSpec
 
 FORMAT = 1
 METADATA_FILE = "model.json"
-
-
-class ModelError(Exception):
-    """A model directory is missing, incomplete, tampered with, or made for other features."""
 
 
 @dataclass

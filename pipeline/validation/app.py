@@ -18,11 +18,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.types import Receive, Scope, Send
 
+from pipeline.errors import RevocationStoreError, RevocationsUnavailable
 from pipeline.events import Revocation
 from pipeline.validation.client_ip import client_ip
 from pipeline.validation.fastpath import PATH, ValidateEndpoint, auth_headers, repeated_authorization
-from pipeline.validation.revocations import RevocationStoreError
-from pipeline.validation.service import RequestContext, RevocationsUnavailable, ValidatorService
+from pipeline.validation.service import RequestContext, ValidatorService
 from pipeline.web import (
     SecurityHeadersMiddleware,
     admin_request_matches,

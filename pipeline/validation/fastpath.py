@@ -21,8 +21,9 @@ import anyio.to_thread
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
+from pipeline.errors import RevocationsUnavailable
 from pipeline.validation.client_ip import client_ip
-from pipeline.validation.service import RequestContext, RevocationsUnavailable, ValidatorService
+from pipeline.validation.service import RequestContext, ValidatorService
 from pipeline.validation.verifier import carriable
 from pipeline.web import bearer_token, secure_headers
 

@@ -17,9 +17,10 @@ import uuid
 
 from pipeline.bus import REVOCATIONS, Bus, Message
 from pipeline.bus.checkpoint import CheckpointLoop
+from pipeline.errors import RevocationStoreError
 from pipeline.events import Revocation
 from pipeline.validation.revocation_feed import FeedVerifier
-from pipeline.validation.revocations import RevocationStore, RevocationStoreError
+from pipeline.validation.revocations import RevocationStore
 
 
 class RevocationFollower:

@@ -20,6 +20,8 @@ import orjson
 from jwt import PyJWK
 from jwt.exceptions import PyJWTError
 
+from pipeline.errors import JwksError
+
 MIN_RSA_BITS = 2048
 
 # The members that carry a public key, per RFC 7518 §6; everything else (d, p, q, dp, dq, qi, oth, k) is dropped.
@@ -33,10 +35,6 @@ _PUBLIC_MEMBERS = {
 ASYMMETRIC_ALGORITHMS: frozenset[str] = frozenset(
     {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
 )
-
-
-class JwksError(ValueError):
-    """A JWK Set could not be used at all (not JSON, no usable key)."""
 
 
 @dataclass(frozen=True, slots=True)

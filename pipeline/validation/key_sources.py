@@ -28,7 +28,8 @@ import anyio
 import httpx
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from pipeline.validation.jwks import JwksError, KeySet, parse_jwks
+from pipeline.errors import JwksError, JwksFetchError
+from pipeline.validation.jwks import KeySet, parse_jwks
 
 log = logging.getLogger(__name__)
 
@@ -115,10 +116,6 @@ class FileKeySource:
 
     def refresh_for_unknown_kid(self) -> bool:
         return self._maybe_reload()
-
-
-class JwksFetchError(JwksError):
-    """The JWKS URL gave no usable answer: an HTTP error status, too large, or not complete within the deadline."""
 
 
 class UrlKeySource:

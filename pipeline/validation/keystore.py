@@ -54,7 +54,8 @@ from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm, get_default_algorithms
 
 from pipeline import files
-from pipeline.files import InsecureFileError, atomic_write, fsync_dir
+from pipeline.errors import InsecureFileError, KeyStoreError
+from pipeline.files import atomic_write, fsync_dir
 
 __all__ = [
     "ALGORITHMS",
@@ -62,7 +63,6 @@ __all__ = [
     "AuditReport",
     "KeyInfo",
     "KeyStore",
-    "KeyStoreError",
     "StoreCheck",
     "backend_class",
     "chain_line",
@@ -128,10 +128,6 @@ _JWS_ALGORITHMS = {alg: get_default_algorithms()[alg] for alg in ("RS256", "ES25
 
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
 Status = Literal["current", "retired"]
-
-
-class KeyStoreError(Exception):
-    """Anything wrong with a key store: missing, corrupt, refused operation, bad argument."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,9 +19,10 @@ from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from pipeline.errors import RevocationsUnavailable
 from pipeline.validation.client_ip import client_ip
 from pipeline.validation.fastpath import repeated_authorization
-from pipeline.validation.service import RequestContext, RevocationsUnavailable, ValidatorService
+from pipeline.validation.service import RequestContext, ValidatorService
 from pipeline.web import bearer_token
 
 

@@ -47,11 +47,11 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from pipeline.errors import KeyStoreError
 from pipeline.validation.keystore import (
     _JWS_ALGORITHMS,
     AuditKey,
     KeyStore,
-    KeyStoreError,
     jwk_thumbprint,
     public_key_jwk,
     register_backend,

@@ -31,9 +31,10 @@ from typing import Any
 import jwt
 from jwt.exceptions import PyJWTError
 
-from pipeline.events import RecordError, Revocation, parse_ts
+from pipeline.errors import FeedError, KeyStoreError, RecordError
+from pipeline.events import Revocation, parse_ts
 from pipeline.validation.jwks import KeySet, parse_jwks
-from pipeline.validation.keystore import KeyStore, KeyStoreError
+from pipeline.validation.keystore import KeyStore
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +48,6 @@ RETENTION_STEP_S = 3600  # retention grows in whole hours: one audit entry per l
 #: trusted for years. A revocation outliving it is still published and enforced by every running validator;
 #: only one that starts after the key is dropped misses it — logged and counted like any retention failure.
 MAX_RETENTION_S = 30 * 24 * 3600
-
-
-class FeedError(ValueError):
-    """A feed message that must change nothing: unsigned, forged, malformed or replayed."""
 
 
 class FeedSigner:

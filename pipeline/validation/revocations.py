@@ -14,6 +14,7 @@ import uuid
 from dataclasses import replace
 from pathlib import Path
 
+from pipeline.errors import RevocationStoreError
 from pipeline.events import Revocation, format_ts, parse_ts
 
 DEFAULT_MAX_TOKEN_LIFETIME_S = 24 * 3600
@@ -142,10 +143,6 @@ def _use_wal(db: sqlite3.Connection, timeout_s: float = 10.0) -> None:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.05)
-
-
-class RevocationStoreError(RuntimeError):
-    """A revocation could not be stored (disk full, read-only or broken storage): it is not in force."""
 
 
 class RevocationStore:

@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from pipeline.bus import REVOCATIONS, Bus
 from pipeline.bus.topics import REPLAY
+from pipeline.errors import RevocationsUnavailable
 from pipeline.events import Revocation
 from pipeline.validation.client_ip import Network, parse_networks
 from pipeline.validation.config import ValidatorConfig
@@ -37,10 +38,6 @@ class FeedProgress(Protocol):
     def caught_up_at(self) -> float | None: ...
 
     def lag_seconds(self) -> float: ...
-
-
-class RevocationsUnavailable(RuntimeError):
-    """``fail_closed`` and the revocations may be incomplete: no token is vouched for (every surface answers 503)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -37,11 +37,11 @@ from typing import Any
 import jwt
 from cryptography.hazmat.primitives import serialization
 
+from pipeline.errors import JwksError, KeyStoreError, RollbackError
 from pipeline.files import atomic_write, read_private_file
-from pipeline.validation.jwks import JwksError, KeySet, bind_key, parse_jwks
+from pipeline.validation.jwks import KeySet, bind_key, parse_jwks
 from pipeline.validation.keystore import (
     KeyStore,
-    KeyStoreError,
     _check_alg,
     _generate_key,
     _os_errors,
@@ -57,7 +57,6 @@ log = logging.getLogger(__name__)
 __all__ = [
     "SIGNED_JWKS_FILE",
     "SIGNED_JWKS_TYP",
-    "RollbackError",
     "RootKey",
     "SignedJwksFileSource",
     "SignedJwksHighWater",
@@ -293,16 +292,6 @@ def verify_signed_key_set(
     except ValueError:  # NaN or Infinity somewhere in the claims: not a set anyone meant to sign
         raise JwksError("signed JWKS: claims are not plain JSON") from None
     return SignedKeySet({"keys": keys}, float(iat), float(exp), digest)
-
-
-class RollbackError(JwksError):
-    """A signed key set that is valid but older than (or contradicts) the newest one already accepted."""
-
-    def __init__(self, message: str, reason: str) -> None:
-        super().__init__(message)
-        #: ``rollback`` (issued before the newest accepted set), ``conflict`` (same iat, other content) or
-        #: ``state`` (the recorded mark cannot be read or written, so nothing newer can be proven)
-        self.reason = reason
 
 
 @dataclass(frozen=True, slots=True)

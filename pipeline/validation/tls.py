@@ -18,16 +18,13 @@ import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.errors import TransportError
 from pipeline.validation.server import is_loopback
 
 MINIMUM_VERSION = ssl.TLSVersion.TLSv1_2
 #: TLS 1.2 suites: ephemeral ECDH (forward secrecy) and an AEAD cipher only — no CBC, no RSA key exchange,
 #: no SHA-1 MACs. TLS 1.3 suites are not set by this string; OpenSSL's TLS 1.3 defaults are all AEAD.
 TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!eNULL:!MD5:!DSS:!SHA1:!PSK:!SRP:!CAMELLIA:!ARIA"
-
-
-class TransportError(ValueError):
-    """The service must not start with this transport configuration; the message says why and what to do."""
 
 
 def server_context(cert: Path, key: Path, *, key_password: str | None = None) -> ssl.SSLContext:

@@ -21,10 +21,11 @@ from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
 from pipeline import events
-from pipeline.alerts import AlertsConsumer, AlertsService, AlertsWorker, TargetError
+from pipeline.alerts import AlertsConsumer, AlertsService, AlertsWorker
 from pipeline.alerts.delivery import RetryPolicy, default_client, parse_retry_after
 from pipeline.bus import ALERTS, DEAD_LETTER, REVOCATIONS
 from pipeline.bus.memory import MemoryBus
+from pipeline.errors import TargetError
 from tests.support.alerts import (
     ADMIN,
     SUMMARY,

@@ -8,14 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.alerts.targets import (
-    TargetError,
-    check_address,
-    check_target_url,
-    classify_address,
-    parse_target_url,
-    resolve_target,
-)
+from pipeline.alerts.targets import check_address, check_target_url, classify_address, parse_target_url, resolve_target
+from pipeline.errors import TargetError
 
 
 def no_dns(host: str, port: int) -> list[str]:

@@ -11,10 +11,10 @@ import orjson
 import pytest
 
 from pipeline.bus import DEAD_LETTER, Message
-from pipeline.bus.base import CommitRejected
 from pipeline.bus.checkpoint import CheckpointLoop, checkpoint
 from pipeline.bus.memory import MemoryBus
 from pipeline.bus.topics import TopicSpec
+from pipeline.errors import CommitRejected
 
 TOPIC, COMPACTED = "things", "state"
 

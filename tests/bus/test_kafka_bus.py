@@ -19,15 +19,8 @@ from kafka.admin import ConfigResource, ConfigResourceType
 from kafka.partitioner.default import murmur2
 
 from pipeline.bus import ALERTS, DEAD_LETTER, REVOCATIONS, TOKEN_USAGE, Message, TopicSpec
-from pipeline.bus.base import CommitRejected
-from pipeline.bus.kafka import (
-    CONSUMER_CLIENTS,
-    KafkaBus,
-    KafkaBusError,
-    KafkaCommitRejected,
-    KafkaConsumerAdapter,
-    _translated,
-)
+from pipeline.bus.kafka import CONSUMER_CLIENTS, KafkaBus, KafkaConsumerAdapter, _translated
+from pipeline.errors import CommitRejected, KafkaBusError, KafkaCommitRejected
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(120)]
 

@@ -14,12 +14,12 @@ import zlib
 import pytest
 
 from pipeline.bus import ALERTS, DEAD_LETTER, TOKEN_USAGE, MessageRun, TopicSpec, default_topics
-from pipeline.bus.base import CommitRejected
 from pipeline.bus.memory import MemoryBus
 from pipeline.detection.replay import replay
 from pipeline.detection.runner import StreamingRunner
 from pipeline.detection.training import TrainingParams, train_model
-from pipeline.events import Alert, RecordError, TokenUsage, format_ts
+from pipeline.errors import CommitRejected, RecordError
+from pipeline.events import Alert, TokenUsage, format_ts
 from pipeline.scoring.model import DetectionModel
 from pipeline.simulate import Simulation, SimulationParams, iter_records, simulate
 

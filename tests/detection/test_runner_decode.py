@@ -19,7 +19,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.detection.batch import DECODE_SLICE, decode_rows, row_of
-from pipeline.events import MAX_STRING, REASONS, RecordError, TokenUsage
+from pipeline.errors import RecordError
+from pipeline.events import MAX_STRING, REASONS, TokenUsage
 from tests.support.records import DROP, EVENT_ID, usage_dict
 
 #: The module whose ``decode_rows`` runs: the compiled twin, or the source (``pipeline.detection.batch`` only

@@ -11,17 +11,8 @@ from typing import Any
 import pytest
 
 from pipeline.detection.engine import Collected, DetectionEngine
-from pipeline.networks import (
-    KINDS,
-    PREFIX_SOURCE,
-    PREFIXES,
-    IpDbError,
-    MmdbResolver,
-    Network,
-    describe,
-    kind_of,
-    open_ip_db,
-)
+from pipeline.errors import IpDbError
+from pipeline.networks import KINDS, PREFIX_SOURCE, PREFIXES, MmdbResolver, Network, describe, kind_of, open_ip_db
 from pipeline.networks._mmdb import HOSTING_ORGS, MAX_ORG_CHARS
 from pipeline.windows import prefix16
 from tests.support import mmdbkit

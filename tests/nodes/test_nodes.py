@@ -17,12 +17,12 @@ from pydantic import ValidationError
 from pipeline.archive import read_archive
 from pipeline.bus import ALERTS, DEAD_LETTER, REVOCATIONS, TOKEN_USAGE
 from pipeline.bus.memory import MemoryBus
+from pipeline.errors import NodeError
 from pipeline.events import Alert, TokenUsage, format_ts, parse_ts
 from pipeline.nodes import (
     AlertsNode,
     AllInOne,
     KeyTrust,
-    NodeError,
     PipelineNode,
     PipelineSettings,
     ServeOptions,

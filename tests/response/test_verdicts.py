@@ -21,7 +21,8 @@ from pipeline.bus.memory import MemoryBus
 from pipeline.cli import app as cli_app
 from pipeline.detection.precision import precision_report, read_verdicts
 from pipeline.detection.runner import StreamingRunner
-from pipeline.events import Alert, AlertVerdict, RecordError, Revocation, TokenUsage, format_ts, to_arrow
+from pipeline.errors import RecordError
+from pipeline.events import Alert, AlertVerdict, Revocation, TokenUsage, format_ts, to_arrow
 from pipeline.response.policy import AutoRevoker, ResponsePolicy
 from pipeline.response.responder import Responder
 from pipeline.response.suppressions import Suppressions

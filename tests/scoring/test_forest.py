@@ -23,12 +23,13 @@ from sklearn.linear_model import LinearRegression
 
 from pipeline.detection.replay import replay
 from pipeline.detection.training import TrainingParams, collect_features, train_model
+from pipeline.errors import ModelError
 from pipeline.events import SEVERITIES
 from pipeline.features import FEATURES
 from pipeline.scoring import EntityScorer, calibrate_threshold
 from pipeline.scoring import forest as forest_module
 from pipeline.scoring.forest import CompiledForest
-from pipeline.scoring.model import DetectionModel, ModelError, load_model, model_version, save_model
+from pipeline.scoring.model import DetectionModel, load_model, model_version, save_model
 from pipeline.simulate import SimulationParams, simulate
 from pipeline.windows import WindowSpec
 from tests.support.paths import DEFAULT_MODEL, REPO

@@ -923,7 +923,8 @@ def test_low_13_pkcs11_module_reached_through_a_symlink_into_a_writable_director
     import os
     import shutil
 
-    from pipeline.validation.keystore import KeyStore, KeyStoreError
+    from pipeline.errors import KeyStoreError
+    from pipeline.validation.keystore import KeyStore
     from tests.support.require import skip_or_fail
 
     softhsm = "/usr/lib/softhsm/libsofthsm2.so"
@@ -1129,7 +1130,8 @@ def test_low_13_repeated_authorization_headers_are_refused(tmp_path: Path) -> No
 
 def test_also_ssrf_ipv4_compatible_and_local_use_nat64_targets_are_refused(tmp_path: Path) -> None:
     """``https://[::a9fe:a9fe]/`` (::169.254.169.254) and ``64:ff9b:1::/48`` were classed public and accepted."""
-    from pipeline.alerts import AlertsService, TargetError
+    from pipeline.alerts import AlertsService
+    from pipeline.errors import TargetError
 
     with AlertsService(tmp_path, admin_token="admin-token-0123456789abcdef") as service:
         for url in (

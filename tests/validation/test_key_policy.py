@@ -13,7 +13,8 @@ import pytest
 from typer.testing import CliRunner
 
 from pipeline.cli import app
-from pipeline.validation.keystore import KeyStore, KeyStoreError, parse_duration, verify_store
+from pipeline.errors import KeyStoreError
+from pipeline.validation.keystore import KeyStore, parse_duration, verify_store
 
 ISS = "https://issuer.policy.test"
 T0 = float(int(time.time()))  # real time: some tests run the CLI, which reads the clock

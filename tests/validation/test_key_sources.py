@@ -20,8 +20,8 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
+from pipeline.errors import JwksError
 from pipeline.validation import TokenValidator, ValidatorConfig
-from pipeline.validation.jwks import JwksError
 from pipeline.validation.key_sources import FileKeySource, UrlKeySource
 from tests.support.jwtkit import AUDIENCE, ISSUER, Issuer, new_key
 from tests.support.servers import serve_app

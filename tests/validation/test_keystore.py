@@ -15,10 +15,10 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pipeline.errors import KeyStoreError
 from pipeline.validation.keystore import (
     ALGORITHMS,
     KeyStore,
-    KeyStoreError,
     chain_line,
     entry_hash,
     jwk_thumbprint,

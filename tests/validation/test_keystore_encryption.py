@@ -11,7 +11,8 @@ from cryptography.hazmat.primitives import serialization
 from typer.testing import CliRunner
 
 from pipeline.cli import app
-from pipeline.validation.keystore import ALGORITHMS, KeyStore, KeyStoreError, verify_audit, verify_store
+from pipeline.errors import KeyStoreError
+from pipeline.validation.keystore import ALGORITHMS, KeyStore, verify_audit, verify_store
 
 ISS = "https://issuer.enc.test"
 PASS = b"correct horse battery staple"

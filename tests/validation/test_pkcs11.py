@@ -24,7 +24,8 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from pipeline.validation.keystore import KeyStore, KeyStoreError, verify_audit, verify_store
+from pipeline.errors import KeyStoreError
+from pipeline.validation.keystore import KeyStore, verify_audit, verify_store
 from pipeline.validation.pkcs11 import P256_PARAMS
 from tests.support.paths import REPO
 from tests.support.require import skip_or_fail

@@ -8,7 +8,8 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from pipeline.validation.keystore import KeyStoreError, parse_duration
+from pipeline.errors import KeyStoreError
+from pipeline.validation.keystore import parse_duration
 
 PROPERTY = settings(max_examples=300, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 ASCII_DURATIONS = st.text(alphabet=string.digits + " smhdwSMHDW.-+,/:x", max_size=30)

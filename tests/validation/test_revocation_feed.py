@@ -12,10 +12,11 @@ import pytest
 
 from pipeline.bus import DEAD_LETTER, REVOCATIONS
 from pipeline.bus.memory import MemoryBus
+from pipeline.errors import FeedError
 from pipeline.events import format_ts
 from pipeline.validation.follower import RevocationFollower
 from pipeline.validation.keystore import KeyStore
-from pipeline.validation.revocation_feed import FeedError, FeedSigner, FeedVerifier
+from pipeline.validation.revocation_feed import FeedSigner, FeedVerifier
 from pipeline.validation.revocations import RevocationStore, new_revocation
 
 ISS = "https://issuer.feed.test"

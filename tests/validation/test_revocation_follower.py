@@ -9,8 +9,9 @@ import pytest
 
 from pipeline.bus import DEAD_LETTER, REVOCATIONS
 from pipeline.bus.memory import MemoryBus
+from pipeline.errors import RevocationStoreError
 from pipeline.validation.follower import RevocationFollower
-from pipeline.validation.revocations import RevocationStore, RevocationStoreError, new_revocation
+from pipeline.validation.revocations import RevocationStore, new_revocation
 
 
 def test_two_validators_both_enforce_a_published_revocation(tmp_path: Path) -> None:

@@ -19,9 +19,9 @@ from starlette.routing import Route
 from typer.testing import CliRunner
 
 from pipeline.cli import app as cli_app
+from pipeline.errors import JwksError
 from pipeline.validation import TokenValidator, ValidatorConfig
 from pipeline.validation.app import create_validator_app
-from pipeline.validation.jwks import JwksError
 from pipeline.validation.key_sources import CombinedKeySource, FileKeySource, SignedJwksUrlSource
 from pipeline.validation.keystore import KeyStore
 from pipeline.validation.service import ValidatorService
