@@ -137,7 +137,7 @@ def wrk(url: str, script: Path, tokens: Path, *, threads: int, connections: int,
 
 
 def issue_tokens(keys: Path, count: int, *, ttl: int = 3600) -> list[str]:
-    from pipeline.validation.keystore import KeyStore
+    from pipeline.keys import KeyStore
 
     store = KeyStore.open(keys)
     return [

@@ -22,10 +22,10 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from pipeline.keys import KeyStore
 from pipeline.nodes import AllInOne, ServeOptions
 from pipeline.response.policy import ResponsePolicy
 from pipeline.validation import ValidatorConfig
-from pipeline.validation.keystore import KeyStore
 from pipeline.validation.server import background_server
 
 ISSUER, AUDIENCE = "https://issuer.bench", "https://api.bench"

@@ -76,7 +76,7 @@ def read_admin_token(path: Path | None) -> str | None:
     # The key store's reader of secret files, so that every secret file obeys one rule (imported here, where it is
     # needed: the key store's dependencies stay out of every importer of this module).
     from pipeline.errors import KeyStoreError
-    from pipeline.validation.keystore import read_secret_file
+    from pipeline.keys import read_secret_file
 
     try:
         raw = read_secret_file(Path(path), "admin token")

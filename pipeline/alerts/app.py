@@ -260,7 +260,7 @@ def alerts_router(service: AlertsService) -> APIRouter:
                 return _error(422, "invalid_request", "suppress_for applies to benign verdicts only")
             # The project's one duration syntax (imported here: the key store's dependencies stay out of the app).
             from pipeline.errors import KeyStoreError
-            from pipeline.validation.keystore import parse_duration
+            from pipeline.keys import parse_duration
 
             try:
                 suppress_s = parse_duration(body.suppress_for)

@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from pipeline.validation.keystore import ALGORITHMS, read_secret_file
+from pipeline.keys import ALGORITHMS, read_secret_file
 
 
 def env(name: str) -> str:

@@ -16,7 +16,7 @@ from rich.table import Table
 from pipeline.cli._options import KeyAlg, KeysDir, PassphraseFile, PinFile, env, passphrase, pin
 from pipeline.cli._output import console, err, fail
 from pipeline.errors import KeyStoreError
-from pipeline.validation.keystore import KeyInfo, KeyStore, parse_duration, verify_audit, verify_store
+from pipeline.keys import KeyInfo, KeyStore, parse_duration, verify_audit, verify_store
 
 
 def keys_init(
@@ -99,7 +99,7 @@ def keys_rotate(
     pin_file: PinFile = None,
 ) -> None:
     """Make a new current key; the previous one stays published until its tokens have expired."""
-    from pipeline.validation.signed_jwks import RootKey, publish_signed_jwks
+    from pipeline.keys.signed_jwks import RootKey, publish_signed_jwks
 
     try:
         store = KeyStore.open(dir, passphrase=passphrase(passphrase_file), pin=pin(pin_file))
@@ -129,7 +129,7 @@ def keys_init_root(
     passphrase_file: PassphraseFile = None,
 ) -> None:
     """Create the long-lived root key that signs published key sets (keep it apart from the signing keys)."""
-    from pipeline.validation.signed_jwks import ROOT_PUBLIC, RootKey
+    from pipeline.keys.signed_jwks import ROOT_PUBLIC, RootKey
 
     try:
         root = RootKey.init(dir, issuer, alg, passphrase=passphrase(passphrase_file))
@@ -145,7 +145,7 @@ def keys_sign_jwks(
     passphrase_file: PassphraseFile = None,
 ) -> None:
     """Sign the store's public keys with the root key into DIR/jwks.jwt (served at /.well-known/jwks.jwt)."""
-    from pipeline.validation.signed_jwks import RootKey, publish_signed_jwks
+    from pipeline.keys.signed_jwks import RootKey, publish_signed_jwks
 
     try:
         store = KeyStore.open(dir, passphrase=passphrase(passphrase_file))

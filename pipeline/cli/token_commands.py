@@ -10,7 +10,7 @@ import typer
 from pipeline.cli._options import KeysDir, PassphraseFile, PinFile, env, passphrase, pin
 from pipeline.cli._output import fail
 from pipeline.errors import KeyStoreError
-from pipeline.validation.keystore import KeyStore
+from pipeline.keys import KeyStore
 
 
 def token_issue(

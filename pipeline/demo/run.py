@@ -36,11 +36,11 @@ from pipeline.demo.tokens import TokenMinter
 from pipeline.demo.traffic import TrafficPlayer, TrafficStats, event_rows
 from pipeline.errors import DemoError
 from pipeline.events import Alert
+from pipeline.keys import KeyStore
 from pipeline.nodes import AllInOne, ServeOptions
 from pipeline.response.policy import ResponsePolicy
 from pipeline.simulate import Simulation, SimulationParams, simulate
 from pipeline.validation.config import ValidatorConfig
-from pipeline.validation.keystore import KeyStore
 from pipeline.validation.server import background_server
 
 MARKER = ".jwtwatch-demo"  # the demo only ever deletes a directory it made

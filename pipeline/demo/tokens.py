@@ -23,7 +23,7 @@ from typing import Any
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from pipeline.validation.keystore import KeyStore
+from pipeline.keys import KeyStore
 
 FORGED_REASONS = frozenset({"bad_signature", "unknown_kid", "alg_not_allowed"})
 _CLAIMS = ("iss", "sub", "aud", "iat", "exp", "jti", "client_id")

@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import JwksError, KeyStoreError, NodeError
+from pipeline.keys import KeyStore, parse_duration
+from pipeline.keys.metadata import JWKS_FILE
 from pipeline.validation.key_sources import FileKeySource, KeySource, SignedJwksUrlSource
-from pipeline.validation.keystore import JWKS_FILE, KeyStore, parse_duration
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +81,8 @@ class KeyTrust:
         else:
             # the root vouches for the store's keys: only its signed jwks.jwt counts, never jwks.json, which anyone
             # who can write the directory can rewrite (issue 14, MEDIUM 5)
-            from pipeline.validation.signed_jwks import SIGNED_JWKS_FILE, SignedJwksFileSource
+            from pipeline.keys.signed_jwks import SIGNED_JWKS_FILE
+            from pipeline.validation.signed_jwks import SignedJwksFileSource
 
             if self.signed_issuer is None:
                 raise NodeError(

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from pipeline.bus.base import Bus
 from pipeline.errors import KeyStoreError, NodeError
-from pipeline.validation.keystore import KeyStore
+from pipeline.keys import KeyStore
 from pipeline.validation.revocation_feed import FeedSigner, FeedVerifier, open_or_create_keys
 
 

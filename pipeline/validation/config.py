@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from pipeline.validation.jwks import ASYMMETRIC_ALGORITHMS
+from pipeline.keys.jwk import ASYMMETRIC_ALGORITHMS
 
 DEFAULT_ALGORITHMS = ("RS256", "ES256", "EdDSA")
 # RFC 9068 §2.1 names at+jwt; plain "JWT" is what most issuers still send (design.md, "Validation rules").

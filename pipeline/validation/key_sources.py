@@ -382,7 +382,7 @@ class SignedJwksUrlSource(UrlKeySource):
         super().__init__(url, algorithms, **kwargs)
 
     def _parse(self, body: bytes) -> KeySet:
-        from pipeline.validation.signed_jwks import verify_signed_key_set
+        from pipeline.keys.signed_jwks import verify_signed_key_set
 
         signed = verify_signed_key_set(
             body,
@@ -454,7 +454,7 @@ class CombinedKeySource:
 
 
 def _merge(sets: list[KeySet]) -> KeySet:
-    from pipeline.validation.jwks import BoundKey
+    from pipeline.keys.jwk import BoundKey
 
     by_kid: dict[str, BoundKey] = {}
     problems: list[str] = []

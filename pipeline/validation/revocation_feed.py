@@ -33,8 +33,8 @@ from jwt.exceptions import PyJWTError
 
 from pipeline.errors import FeedError, KeyStoreError, RecordError
 from pipeline.events import Revocation, parse_ts
+from pipeline.keys import KeyStore
 from pipeline.validation.jwks import KeySet, parse_jwks
-from pipeline.validation.keystore import KeyStore
 
 log = logging.getLogger(__name__)
 

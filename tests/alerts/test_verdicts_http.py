@@ -14,9 +14,9 @@ from pipeline.alerts import AlertsService, create_alerts_app
 from pipeline.bus import VERDICTS
 from pipeline.bus.memory import MemoryBus
 from pipeline.events import AlertVerdict
+from pipeline.keys import KeyStore
 from pipeline.nodes import AllInOne, ServeOptions
 from pipeline.validation import ValidatorConfig
-from pipeline.validation.keystore import KeyStore
 from tests.support.alerts import ADMIN, FakeClock, make_alert
 from tests.support.paths import DEFAULT_MODEL
 from tests.support.servers import serve_app

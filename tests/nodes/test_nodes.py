@@ -19,6 +19,7 @@ from pipeline.bus import ALERTS, DEAD_LETTER, REVOCATIONS, TOKEN_USAGE
 from pipeline.bus.memory import MemoryBus
 from pipeline.errors import NodeError
 from pipeline.events import Alert, TokenUsage, format_ts, parse_ts
+from pipeline.keys import KeyStore
 from pipeline.nodes import (
     AlertsNode,
     AllInOne,
@@ -34,7 +35,6 @@ from pipeline.nodes import (
 from pipeline.response.policy import ResponsePolicy
 from pipeline.scoring.model import load_model
 from pipeline.validation import ValidatorConfig
-from pipeline.validation.keystore import KeyStore
 from pipeline.validation.revocations import new_revocation
 from tests.support.alerts import FakeClock, make_alert
 from tests.support.paths import DEFAULT_MODEL

@@ -423,11 +423,11 @@ def test_medium_4_signed_jwks_cannot_be_rolled_back(tmp_path: Path) -> None:
     from starlette.responses import Response
     from starlette.routing import Route
 
+    from pipeline.keys import KeyStore
+    from pipeline.keys.signed_jwks import RootKey, sign_jwks
     from pipeline.validation import ValidatorConfig
     from pipeline.validation.key_sources import SignedJwksUrlSource
-    from pipeline.validation.keystore import KeyStore
     from pipeline.validation.service import ValidatorService
-    from pipeline.validation.signed_jwks import RootKey, sign_jwks
     from tests.support.servers import serve_app, stop_process, wait_ready
     from tests.support.tls import make_tls
 
@@ -523,8 +523,9 @@ def test_medium_5_attacker_key_slipped_into_the_key_directory_fails_the_gate_and
     from typer.testing import CliRunner
 
     from pipeline.cli import app
-    from pipeline.validation.keystore import KeyStore, chain_line
-    from pipeline.validation.signed_jwks import RootKey, publish_signed_jwks
+    from pipeline.keys import KeyStore
+    from pipeline.keys.audit import chain_line
+    from pipeline.keys.signed_jwks import RootKey, publish_signed_jwks
     from tests.support.servers import stop_process, wait_ready
 
     iss, aud, passphrase = "https://issuer.advisory.test", "https://api.advisory.test", "operator passphrase"
@@ -890,8 +891,8 @@ def test_low_12_a_live_revocation_signed_with_a_since_rotated_feed_key_reaches_a
 
     from pipeline.bus import REVOCATIONS
     from pipeline.bus.memory import MemoryBus
+    from pipeline.keys import KeyStore
     from pipeline.validation.follower import RevocationFollower
-    from pipeline.validation.keystore import KeyStore
     from pipeline.validation.revocation_feed import FeedSigner, FeedVerifier
     from pipeline.validation.revocations import RevocationStore, new_revocation
 
@@ -924,7 +925,7 @@ def test_low_13_pkcs11_module_reached_through_a_symlink_into_a_writable_director
     import shutil
 
     from pipeline.errors import KeyStoreError
-    from pipeline.validation.keystore import KeyStore
+    from pipeline.keys import KeyStore
     from tests.support.require import skip_or_fail
 
     softhsm = "/usr/lib/softhsm/libsofthsm2.so"

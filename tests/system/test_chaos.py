@@ -34,9 +34,9 @@ from pipeline.bus.kafka import KafkaBus
 from pipeline.bus.memory import MemoryBus
 from pipeline.errors import RevocationStoreError
 from pipeline.events import Alert
+from pipeline.keys import KeyStore
 from pipeline.validation.app import create_validator_app
 from pipeline.validation.config import ValidatorConfig
-from pipeline.validation.keystore import KeyStore
 from pipeline.validation.revocations import RevocationStore
 from pipeline.validation.service import ValidatorService
 from tests.support.jwtkit import Issuer

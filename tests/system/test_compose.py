@@ -18,7 +18,7 @@ import httpx
 import pytest
 import yaml
 
-from pipeline.validation.keystore import KeyStore
+from pipeline.keys import KeyStore
 from tests.support.paths import REPO
 from tests.support.ports import free_port
 

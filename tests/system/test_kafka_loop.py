@@ -20,7 +20,7 @@ from starlette.routing import Route
 
 from pipeline.bus import REVOCATIONS
 from pipeline.bus.kafka import KafkaBus
-from pipeline.validation.keystore import KeyStore
+from pipeline.keys import KeyStore
 from pipeline.validation.revocation_feed import FeedSigner
 from pipeline.validation.revocations import new_revocation
 from tests.support.cli import start

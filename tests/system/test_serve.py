@@ -18,10 +18,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from pipeline.keys import KeyStore
 from pipeline.nodes import AllInOne, ServeOptions
 from pipeline.response.policy import ResponsePolicy
 from pipeline.validation import ValidatorConfig
-from pipeline.validation.keystore import KeyStore
 from tests.support.paths import DEFAULT_MODEL
 from tests.support.servers import serve_app
 

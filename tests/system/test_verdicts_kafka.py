@@ -24,11 +24,11 @@ from pipeline.bus import REVOCATIONS, TOKEN_USAGE, Bus
 from pipeline.bus.kafka import KafkaBus, KafkaConsumerAdapter
 from pipeline.detection.runner import StreamingRunner
 from pipeline.events import Alert, TokenUsage, format_ts
+from pipeline.keys import KeyStore
 from pipeline.loop import BackgroundLoop
 from pipeline.response.policy import AutoRevoker, ResponsePolicy
 from pipeline.response.responder import Responder
 from pipeline.scoring.model import DetectionModel, load_model
-from pipeline.validation.keystore import KeyStore
 from pipeline.validation.revocation_feed import FeedSigner, FeedVerifier
 from tests.support.alerts import ADMIN, make_alert
 from tests.support.cli import start

@@ -19,8 +19,8 @@ from pipeline.bus import DEAD_LETTER, REVOCATIONS
 from pipeline.bus.memory import MemoryBus
 from pipeline.errors import FeedError
 from pipeline.events import Revocation
+from pipeline.keys import KeyStore
 from pipeline.validation.follower import RevocationFollower
-from pipeline.validation.keystore import KeyStore
 from pipeline.validation.revocation_feed import AUDIENCE, SESSION_REVOKED, SET_TYPE, FeedSigner, FeedVerifier
 from pipeline.validation.revocations import RevocationStore
 from tests.support.jwtkit import b64json, b64url

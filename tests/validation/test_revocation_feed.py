@@ -14,8 +14,8 @@ from pipeline.bus import DEAD_LETTER, REVOCATIONS
 from pipeline.bus.memory import MemoryBus
 from pipeline.errors import FeedError
 from pipeline.events import format_ts
+from pipeline.keys import KeyStore
 from pipeline.validation.follower import RevocationFollower
-from pipeline.validation.keystore import KeyStore
 from pipeline.validation.revocation_feed import FeedSigner, FeedVerifier
 from pipeline.validation.revocations import RevocationStore, new_revocation
 
@@ -130,7 +130,7 @@ DAY = 86400
 
 
 def test_a_feed_key_stays_published_until_every_revocation_it_signed_has_expired(tmp_path: Path) -> None:
-    from pipeline.validation.keystore import verify_store
+    from pipeline.keys import verify_store
 
     passphrase = "feed test passphrase"
     feed = KeyStore.init(tmp_path / "feed", alg="ES256", passphrase=passphrase)  # tokens: 1 h by default
@@ -173,7 +173,7 @@ def test_a_revocation_reaching_years_ahead_does_not_keep_feed_keys_for_years(
 def test_a_revocation_is_signed_even_when_the_retention_cannot_be_recorded(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from pipeline.validation.keystore import chain_line
+    from pipeline.keys.audit import chain_line
 
     feed = KeyStore.init(tmp_path / "feed", alg="ES256", passphrase="feed test passphrase")
     log = feed.path / "audit.log"

@@ -20,19 +20,13 @@ from typer.testing import CliRunner
 
 from pipeline.cli import app as cli_app
 from pipeline.errors import JwksError
+from pipeline.keys import KeyStore
+from pipeline.keys.signed_jwks import SIGNED_JWKS_FILE, RootKey, publish_signed_jwks, sign_jwks, verify_signed_jwks
 from pipeline.validation import TokenValidator, ValidatorConfig
 from pipeline.validation.app import create_validator_app
 from pipeline.validation.key_sources import CombinedKeySource, FileKeySource, SignedJwksUrlSource
-from pipeline.validation.keystore import KeyStore
 from pipeline.validation.service import ValidatorService
-from pipeline.validation.signed_jwks import (
-    SIGNED_JWKS_FILE,
-    RootKey,
-    SignedJwksFileSource,
-    publish_signed_jwks,
-    sign_jwks,
-    verify_signed_jwks,
-)
+from pipeline.validation.signed_jwks import SignedJwksFileSource
 from tests.support.jwtkit import Issuer
 from tests.support.ports import free_port
 from tests.support.servers import serve_app, wait_ready

@@ -16,16 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.errors import KeyStoreError
-from pipeline.validation.keystore import (
-    ALGORITHMS,
-    KeyStore,
-    chain_line,
-    entry_hash,
-    jwk_thumbprint,
-    verify_audit,
-    verify_audit_lines,
-    verify_store,
-)
+from pipeline.keys import ALGORITHMS, KeyStore, jwk_thumbprint, verify_audit, verify_store
+from pipeline.keys.audit import chain_line, entry_hash, verify_audit_lines
 
 ISS = "https://issuer.test"
 T0 = 1_700_000_000.0
@@ -545,7 +537,7 @@ def test_open_refuses_an_unknown_backend(store: KeyStore) -> None:
 
 @pytest.mark.parametrize("text", ["\u0663", "\u0663s", "1\uff10m", "9" * 101])
 def test_durations_are_ascii_and_bounded(text: str) -> None:
-    from pipeline.validation.keystore import parse_duration
+    from pipeline.keys import parse_duration
 
     with pytest.raises(KeyStoreError):
         parse_duration(text)

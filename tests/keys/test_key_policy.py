@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from pipeline.cli import app
 from pipeline.errors import KeyStoreError
-from pipeline.validation.keystore import KeyStore, parse_duration, verify_store
+from pipeline.keys import KeyStore, parse_duration, verify_store
 
 ISS = "https://issuer.policy.test"
 T0 = float(int(time.time()))  # real time: some tests run the CLI, which reads the clock
@@ -185,7 +185,7 @@ def _corrupt_store_json(store: KeyStore, tmp_path: Path) -> None:
 
 def _append_forged_rotation(store: KeyStore, tmp_path: Path) -> None:
     """Entries that chain perfectly, written by someone without the passphrase (so without the audit key)."""
-    from pipeline.validation.keystore import chain_line
+    from pipeline.keys.audit import chain_line
 
     path = store.path / "audit.log"
     lines = path.read_bytes().splitlines()

@@ -25,8 +25,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from pipeline.errors import KeyStoreError
-from pipeline.validation.keystore import KeyStore, verify_audit, verify_store
-from pipeline.validation.pkcs11 import P256_PARAMS
+from pipeline.keys import KeyStore, verify_audit, verify_store
+from pipeline.keys.pkcs11 import P256_PARAMS
 from tests.support.paths import REPO
 from tests.support.require import skip_or_fail
 from tests.support.servers import serve_app
@@ -86,7 +86,7 @@ def hsm_store(path: Path, alg: str = "ES256", **kw: Any) -> KeyStore:
 
 def session() -> Any:
     """The process's logged-in session on the test token (PKCS#11 logs in per application)."""
-    from pipeline.validation.pkcs11 import _connect
+    from pipeline.keys.pkcs11 import _connect
 
     return _connect(MODULE, LABEL, PIN.encode()).session
 
@@ -354,7 +354,7 @@ def test_audit_verify_catches_a_tampered_log_and_a_key_missing_from_the_token(tm
 def test_the_audit_log_is_authenticated_by_a_key_in_the_token(tmp_path: Path) -> None:
     from pkcs11 import Attribute, ObjectClass
 
-    from pipeline.validation.keystore import chain_line
+    from pipeline.keys.audit import chain_line
 
     store = hsm_store(tmp_path / "k")
     store.rotate(now=T0 + 60)
@@ -462,7 +462,7 @@ def _module_copy(directory: Path, mode: int = 0o755) -> Path:
 
 
 def test_module_check_follows_symlinks_and_checks_every_directory(tmp_path: Path) -> None:
-    from pipeline.validation.pkcs11 import _check_module
+    from pipeline.keys.pkcs11 import _check_module
 
     # the real module is itself a symlink (../x86_64-linux-gnu/...): followed, and the target is what is returned
     assert _check_module(MODULE) == os.path.realpath(MODULE)
@@ -502,7 +502,7 @@ def test_module_check_follows_symlinks_and_checks_every_directory(tmp_path: Path
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="only root can give a file to another user")
 def test_module_or_directory_owned_by_another_user_is_refused(tmp_path: Path) -> None:
-    from pipeline.validation.pkcs11 import _check_module
+    from pipeline.keys.pkcs11 import _check_module
 
     nobody = 65534
     theirs = _module_copy(tmp_path / "a")

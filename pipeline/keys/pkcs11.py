@@ -2,7 +2,7 @@
 
 Everything but the private keys is the file store's: store.json (the public JWKs, whose RFC 7638
 thumbprints are the kids), jwks.json, the hash-chained audit log, the store lock, rotation and
-pruning. This class only replaces the private-key hooks of :class:`~pipeline.validation.keystore.KeyStore`:
+pruning. This class only replaces the private-key hooks of :class:`~pipeline.keys.store.KeyStore`:
 
 * ``_new_key``: the key pair is generated inside the token (C_GenerateKeyPair) as session objects,
   then copied to token objects labelled and ID'd by the kid, with ``CKA_SENSITIVE=true``,
@@ -48,15 +48,12 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from pipeline.errors import KeyStoreError
-from pipeline.validation.keystore import (
-    _JWS_ALGORITHMS,
-    AuditKey,
-    KeyStore,
-    jwk_thumbprint,
-    public_key_jwk,
-    register_backend,
-    secret_from_env,
-)
+from pipeline.keys._disk import secret_from_env
+from pipeline.keys.audit import AuditKey
+from pipeline.keys.backends import register_backend
+from pipeline.keys.jwk import jwk_thumbprint, public_key_jwk
+from pipeline.keys.private_keys import JWS_ALGORITHMS
+from pipeline.keys.store import KeyStore
 
 __all__ = ["PIN_ENV", "PIN_FILE_ENV", "TOKEN_ALGORITHMS", "Pkcs11KeyStore", "pin_from_env"]
 
@@ -537,7 +534,7 @@ class Pkcs11KeyStore(KeyStore):
                 signature = priv.sign(data, mechanism=Mechanism.SHA256_RSA_PKCS)
         if alg == "ES256" and len(signature) != 64:
             raise KeyStoreError(f"the token returned a {len(signature)}-byte ECDSA signature, not r || s of 64 bytes")
-        algorithm = _JWS_ALGORITHMS[alg]
+        algorithm = JWS_ALGORITHMS[alg]
         if not algorithm.verify(data, algorithm.from_jwk({**jwk, "kid": kid}), signature):
             self._checked.pop(kid, None)
             raise KeyStoreError(f"the token's signature with {kid} does not verify with the published key; not used")

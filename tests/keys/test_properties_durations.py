@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from pipeline.errors import KeyStoreError
-from pipeline.validation.keystore import parse_duration
+from pipeline.keys import parse_duration
 
 PROPERTY = settings(max_examples=300, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 ASCII_DURATIONS = st.text(alphabet=string.digits + " smhdwSMHDW.-+,/:x", max_size=30)

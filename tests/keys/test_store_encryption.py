@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from pipeline.cli import app
 from pipeline.errors import KeyStoreError
-from pipeline.validation.keystore import ALGORITHMS, KeyStore, verify_audit, verify_store
+from pipeline.keys import ALGORITHMS, KeyStore, verify_audit, verify_store
 
 ISS = "https://issuer.enc.test"
 PASS = b"correct horse battery staple"
@@ -104,7 +104,7 @@ def test_unencrypted_key_swapped_into_an_encrypted_store_is_refused(tmp_path: Pa
 
 def test_unencrypted_store_keeps_working_with_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     store = KeyStore.init(tmp_path / "k", issuer=ISS)
-    with caplog.at_level(logging.WARNING, logger="pipeline.validation.keystore"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.keys"):
         reopened = KeyStore.open(store.path, passphrase=PASS)  # a passphrase does not break an old store
     assert "unencrypted" in caplog.text
     assert verifies(reopened, reopened.issue_token("a", "api"))
