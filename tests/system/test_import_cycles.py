@@ -132,6 +132,21 @@ def test_pipeline_has_no_import_cycle() -> None:
     )
 
 
+def test_keys_import_nothing_that_uses_them() -> None:
+    """pipeline/keys is below the validator, the nodes, the CLI and the responder: they import it, never back."""
+    graph = import_graph(ROOT, "pipeline")
+    above = ("pipeline.validation", "pipeline.nodes", "pipeline.cli", "pipeline.response")
+    found = sorted(
+        f"{module} imports {imported}"
+        for module, imports in graph.items()
+        if module == "pipeline.keys" or module.startswith("pipeline.keys.")
+        for imported in imports
+        if any(imported == pkg or imported.startswith(pkg + ".") for pkg in above)
+    )
+    assert any(m.startswith("pipeline.keys.") for m in graph), "no pipeline.keys modules: the test proves nothing"
+    assert not found, "\n".join(found)
+
+
 def _package(root: Path, files: dict[str, str]) -> None:
     for name, source in files.items():
         path = root / name
