@@ -8,11 +8,13 @@ import hmac
 import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import orjson
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
@@ -180,6 +182,26 @@ def invalid_request(errors: Sequence[Any], status: int = 422) -> JSONResponse:
     schema and jwtwatch's ``{"error", "detail"}`` error answers.
     """
     return JSONResponse({"error": "invalid_request", "detail": validation_problems(errors)}, status_code=status)
+
+
+_Body = TypeVar("_Body", bound=BaseModel)
+
+
+async def read_json_body(request: Request, model: type[_Body], limit: int) -> _Body | Response:
+    """An admin route's JSON body as ``model``, or the answer refusing it: over ``limit`` bytes (413), not strict
+    JSON (400: invalid UTF-8 and lone surrogates are refused here), not a valid ``model`` (422 naming the fields,
+    never echoing the input). Called after the admin check, never before, so a stranger's body is never parsed."""
+    raw = await read_capped(request, limit)
+    if raw is None:
+        return JSONResponse({"error": "request_too_large", "detail": f"at most {limit} bytes"}, status_code=413)
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return JSONResponse({"error": "invalid_json"}, status_code=400)
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        return invalid_request(exc.errors())
 
 
 def install_error_handlers(app: FastAPI) -> None:
