@@ -61,6 +61,21 @@ def test_errors_are_one_clear_line(tmp_path: Path) -> None:
     assert result.returncode == 2 and "Traceback" not in result.stderr
 
 
+def test_a_corrupt_revocation_key_store_under_serve_is_one_clear_line(keys: Path, tmp_path: Path) -> None:
+    """An error jwtwatch raises on purpose deep inside a node (here the feed's key store) ends any command with its
+    one-line message and exit status 2, not a traceback."""
+    data = tmp_path / "data"
+    (data / "revocation-keys").mkdir(parents=True)
+    (data / "revocation-keys" / "store.json").write_text("{broken")
+    result = run(
+        "serve", "--issuer", ISSUER, "--audience", AUDIENCE, "--jwks-file", str(keys / "jwks.json"),
+        "--port", str(free_port()), "--data-dir", str(data), check=False,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr and "╭" not in result.stderr
+    assert "revocation-keys/store.json is corrupt" in result.stderr
+
+
 def test_pipeline_run_names_the_kafka_consumers_it_knows() -> None:
     args = ("pipeline", "run", "--kafka", "127.0.0.1:1", "--issuer", "i", "--kafka-consumer", "librdkafka")
     result = run(*args, check=False)
