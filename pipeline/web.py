@@ -20,7 +20,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from pipeline.errors import RequestTimeout
+from pipeline.errors import InsecureFileError, RequestTimeout
+from pipeline.files import read_secret_file
 
 #: A request body (admin API, introspection) must have arrived this long after the handler asked for it.
 BODY_TIMEOUT_S = 10.0
@@ -75,15 +76,12 @@ def read_admin_token(path: Path | None) -> str | None:
     """
     if path is None:
         return None
-    # The key store's reader of secret files, so that every secret file obeys one rule (imported here, where it is
-    # needed: the key store's dependencies stay out of every importer of this module).
-    from pipeline.errors import KeyStoreError
-    from pipeline.validation.keystore import read_secret_file
-
     try:
-        raw = read_secret_file(Path(path), "admin token")
-    except KeyStoreError as exc:
+        raw = read_secret_file(Path(path), "admin token")  # the one reader of secret files: one rule for all
+    except InsecureFileError as exc:  # its message says what is wrong and how to fix it
         raise ValueError(str(exc)) from None
+    except OSError as exc:
+        raise ValueError(f"cannot read the admin token file: {exc.strerror or exc} ({path})") from None
     try:
         token = raw.decode("utf-8").strip()
     except UnicodeDecodeError:

@@ -206,3 +206,28 @@ def test_an_admin_token_file_others_can_read_is_refused(mode: int, tmp_path: Pat
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert f"accessible by other users (mode {mode:o}); chmod 600 it" in " ".join(result.stderr.split())
     assert not (tmp_path / "data").exists()  # refused before anything was created
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        (None, "cannot read the admin token file: No such file or directory"),
+        ("\n", "the admin token file {path} is empty"),
+        ("short\n", "admin token in {path} is too short"),
+        (b"\xff" * 20, "the admin token in {path} is not UTF-8 text"),
+    ],
+    ids=["missing", "empty", "short", "not-utf8"],
+)
+def test_an_unusable_admin_token_file_is_one_clear_line(
+    content: str | bytes | None, problem: str, tmp_path: Path
+) -> None:
+    admin = tmp_path / "admin-token"
+    if content is not None:
+        admin.write_bytes(content if isinstance(content, bytes) else content.encode())
+        admin.chmod(0o600)
+    result = run(
+        "alerts", "serve", "--admin-token-file", str(admin), "--port", str(free_port()),
+        "--data-dir", str(tmp_path / "data"), check=False,
+    )  # fmt: skip
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert problem.format(path=admin) in " ".join(result.stderr.split())
