@@ -7,7 +7,7 @@ revocation store connection, background loops — after the fork, then serves on
 What the workers share, and how (``docs/configuration.md``, "validator serve"):
 
 - revocations: one SQLite store under the data dir; each worker reads what the others wrote every
-  ~100 ms (:mod:`pipeline.validation.store_sync`), and over Kafka each also follows the feed;
+  ~100 ms (:mod:`pipeline.revocations.store_sync`), and over Kafka each also follows the feed;
 - usage events to ``--events-out``: one file opened ``O_APPEND``, whole lines per ``write(2)``;
 - one-time tokens: their replay cache is shared over the bus only, so ``--workers > 1`` with one-time
   rules needs ``--kafka`` (refused otherwise);

@@ -32,10 +32,10 @@ from pipeline.nodes import (
     open_feed_keys,
 )
 from pipeline.response.policy import ResponsePolicy
+from pipeline.revocations.store import new_revocation
 from pipeline.scoring.model import load_model
 from pipeline.validation import ValidatorConfig
 from pipeline.validation.keystore import KeyStore
-from pipeline.validation.revocations import new_revocation
 from tests.support.alerts import FakeClock, make_alert
 from tests.support.paths import DEFAULT_MODEL
 from tests.support.servers import serve_app

@@ -27,8 +27,8 @@ from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from pipeline.events import TokenUsage
+from pipeline.revocations.store import RevocationStore
 from pipeline.validation import TokenValidator, ValidatorConfig
-from pipeline.validation.revocations import RevocationStore
 from pipeline.validation.server import MAX_HEADER_BYTES
 from pipeline.validation.service import ValidatorService
 from tests.support.jwtkit import AUDIENCE, DROP, ISSUER, Issuer, b64url, standard_claims
@@ -811,8 +811,8 @@ def test_low_9_the_service_port_never_tells_why_a_token_failed(tmp_path: Path) -
 
 def test_low_10_fail_closed_holds_on_every_surface(tmp_path: Path) -> None:
     from pipeline.bus.memory import MemoryBus
+    from pipeline.revocations.follower import RevocationFollower
     from pipeline.validation.app import create_validator_app
-    from pipeline.validation.follower import RevocationFollower
     from pipeline.validation.middleware import TokenValidationMiddleware
 
     issuer = Issuer.create()
@@ -890,10 +890,10 @@ def test_low_12_a_live_revocation_signed_with_a_since_rotated_feed_key_reaches_a
 
     from pipeline.bus import REVOCATIONS
     from pipeline.bus.memory import MemoryBus
-    from pipeline.validation.follower import RevocationFollower
+    from pipeline.revocations.feed import FeedSigner, FeedVerifier
+    from pipeline.revocations.follower import RevocationFollower
+    from pipeline.revocations.store import RevocationStore, new_revocation
     from pipeline.validation.keystore import KeyStore
-    from pipeline.validation.revocation_feed import FeedSigner, FeedVerifier
-    from pipeline.validation.revocations import RevocationStore, new_revocation
 
     iss = "https://issuer.advisory.test"
     keys = KeyStore.init(tmp_path / "feed-keys", alg="ES256", passphrase=None)  # max token lifetime: 1 h

@@ -34,10 +34,10 @@ from pipeline.bus.kafka import KafkaBus
 from pipeline.bus.memory import MemoryBus
 from pipeline.errors import RevocationStoreError
 from pipeline.events import Alert
+from pipeline.revocations.store import RevocationStore
 from pipeline.validation.app import create_validator_app
 from pipeline.validation.config import ValidatorConfig
 from pipeline.validation.keystore import KeyStore
-from pipeline.validation.revocations import RevocationStore
 from pipeline.validation.service import ValidatorService
 from tests.support.jwtkit import Issuer
 from tests.support.paths import DEFAULT_MODEL
@@ -373,8 +373,8 @@ def test_bus_consumers_on_a_full_disk_park_nothing_and_lose_nothing(small_disk: 
     from pipeline.alerts.worker import AlertsConsumer
     from pipeline.archive import ArchiveConsumer, ArchiveWriter, read_archive
     from pipeline.bus import DEAD_LETTER, REVOCATIONS
-    from pipeline.validation.follower import RevocationFollower
-    from pipeline.validation.revocations import new_revocation
+    from pipeline.revocations.follower import RevocationFollower
+    from pipeline.revocations.store import new_revocation
 
     bus = MemoryBus()
     service = AlertsService(small_disk / "alerts", admin_token=ADMIN)

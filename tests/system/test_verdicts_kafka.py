@@ -27,9 +27,9 @@ from pipeline.events import Alert, TokenUsage, format_ts
 from pipeline.loop import BackgroundLoop
 from pipeline.response.policy import AutoRevoker, ResponsePolicy
 from pipeline.response.responder import Responder
+from pipeline.revocations.feed import FeedSigner, FeedVerifier
 from pipeline.scoring.model import DetectionModel, load_model
 from pipeline.validation.keystore import KeyStore
-from pipeline.validation.revocation_feed import FeedSigner, FeedVerifier
 from tests.support.alerts import ADMIN, make_alert
 from tests.support.cli import start
 from tests.support.kafka import fresh_topics
