@@ -24,9 +24,9 @@ from rich.table import Table
 
 from pipeline.nodes import AllInOne, ServeOptions
 from pipeline.response.policy import ResponsePolicy
+from pipeline.serving.server import background_server
 from pipeline.validation import ValidatorConfig
 from pipeline.validation.keystore import KeyStore
-from pipeline.validation.server import background_server
 
 ISSUER, AUDIENCE = "https://issuer.bench", "https://api.bench"
 MODEL = Path(__file__).resolve().parent.parent / "models" / "default"

@@ -22,7 +22,7 @@ from pipeline.alerts.delivery import EVENT_TYPES, EventType
 from pipeline.alerts.service import DELIVERY_STATUSES, MAX_SUPPRESS_S, MIN_SUPPRESS_S, AlertsService, verdict_view
 from pipeline.errors import TargetError, Unavailable
 from pipeline.events import ENTITY_TYPES, SEVERITIES, parse_ts
-from pipeline.web import (
+from pipeline.serving.web import (
     SecurityHeadersMiddleware,
     admin_request_matches,
     install_error_handlers,

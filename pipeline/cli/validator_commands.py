@@ -183,7 +183,7 @@ def revoke(
     """Revoke one token (--jti) or a subject (--sub) through the validator's admin API."""
     import httpx
 
-    from pipeline.web import read_admin_token
+    from pipeline.serving.web import read_admin_token
 
     if (jti is None) == (sub is None):
         fail("give exactly one of --jti or --sub")

@@ -9,7 +9,7 @@ from pipeline.bus.base import Bus
 from pipeline.loop import BackgroundLoop
 from pipeline.nodes.running import Listener
 from pipeline.revocations.feed import FeedVerifier
-from pipeline.web import metrics_app
+from pipeline.serving.web import metrics_app
 
 
 class AlertsNode:

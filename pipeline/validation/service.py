@@ -21,7 +21,7 @@ from pipeline.events import Revocation
 from pipeline.revocations.feed import FeedSigner
 from pipeline.revocations.store import RevocationStore
 from pipeline.revocations.store_sync import RevocationStoreSync
-from pipeline.validation.client_ip import Network, parse_networks
+from pipeline.serving.client_ip import Network, parse_networks
 from pipeline.validation.config import ValidatorConfig
 from pipeline.validation.key_sources import KeySourceCollector, key_source_problem
 from pipeline.validation.replay import ReplayFollower, use_message

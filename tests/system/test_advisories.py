@@ -28,8 +28,8 @@ from hypothesis import strategies as st
 
 from pipeline.events import TokenUsage
 from pipeline.revocations.store import RevocationStore
+from pipeline.serving.server import MAX_HEADER_BYTES
 from pipeline.validation import TokenValidator, ValidatorConfig
-from pipeline.validation.server import MAX_HEADER_BYTES
 from pipeline.validation.service import ValidatorService
 from tests.support.jwtkit import AUDIENCE, DROP, ISSUER, Issuer, b64url, standard_claims
 from tests.support.paths import DEFAULT_MODEL
@@ -791,7 +791,7 @@ def test_low_9_the_service_port_never_tells_why_a_token_failed(tmp_path: Path) -
         with serve_app(create_alerts_app(alerts)) as url:
             assert httpx.get(f"{url}/metrics").status_code == 404
         # the operators still have every reason, on the metrics listener's app
-        from pipeline.web import metrics_app
+        from pipeline.serving.web import metrics_app
 
         for _, service in services:
             with serve_app(metrics_app(service.registry)) as metrics_url:
@@ -954,7 +954,7 @@ def test_low_13_a_world_readable_admin_token_file_is_refused(tmp_path: Path) -> 
     import subprocess
     import sys
 
-    from pipeline.web import read_admin_token
+    from pipeline.serving.web import read_admin_token
 
     token = tmp_path / "admin-token"
     token.write_text("low-13-admin-token-0123456789\n")

@@ -18,8 +18,8 @@ from pydantic import ValidationError
 
 from pipeline.alerts.delivery import MAX_RETRY_AFTER_S, parse_retry_after
 from pipeline.errors import JwksError
+from pipeline.serving.client_ip import client_ip, parse_networks
 from pipeline.validation import ValidatorConfig
-from pipeline.validation.client_ip import client_ip, parse_networks
 from pipeline.validation.jwks import ASYMMETRIC_ALGORITHMS, KeySet, parse_jwks
 from tests.support.jwtkit import AUDIENCE, ISSUER, Issuer
 

@@ -290,7 +290,7 @@ def test_a_422_names_the_field_never_the_value_or_a_made_up_key(http: Http) -> N
 
 
 def test_validation_problems_keep_names_and_drop_inputs() -> None:
-    from pipeline.web import MAX_PROBLEMS, validation_problems
+    from pipeline.serving.web import MAX_PROBLEMS, validation_problems
 
     errors = [
         {"loc": ("body", "kind"), "msg": "Input should be 'jti' or 'sub'", "type": "literal_error", "input": "x"},

@@ -183,7 +183,7 @@ def uvicorn_config(
     header_timeout_s: float = HEADER_TIMEOUT_S,
     **extra: Any,
 ) -> uvicorn.Config:
-    """uvicorn's configuration for a jwtwatch service; with ``tls`` (``pipeline.validation.tls.server_context``)
+    """uvicorn's configuration for a jwtwatch service; with ``tls`` (``pipeline.serving.tls.server_context``)
     it serves HTTPS with exactly that context (minimum version and ciphers included), else plain HTTP.
 
     The HTTP protocol is :func:`guarded_protocol`'s unless ``http`` names another (tests: the h11 variant)."""
@@ -197,7 +197,7 @@ def uvicorn_config(
         log_level="warning",
         access_log=False,
         server_header=False,
-        proxy_headers=False,  # client IPs are resolved by pipeline.validation.client_ip, trusted proxies only
+        proxy_headers=False,  # client IPs are resolved by pipeline.serving.client_ip, trusted proxies only
         h11_max_incomplete_event_size=MAX_HEADER_BYTES,
         **extra,
     )
