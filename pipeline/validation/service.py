@@ -24,7 +24,7 @@ from pipeline.revocations.store_sync import RevocationStoreSync
 from pipeline.serving.client_ip import Network, parse_networks
 from pipeline.validation.config import ValidatorConfig
 from pipeline.validation.key_sources import KeySourceCollector, key_source_problem
-from pipeline.validation.replay import ReplayFollower, use_message
+from pipeline.validation.one_time import ReplayFollower, use_message
 from pipeline.validation.usage import UsageEmitter
 from pipeline.validation.validator import TokenValidator
 from pipeline.validation.verifier import Verdict, reject

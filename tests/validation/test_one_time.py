@@ -18,7 +18,7 @@ from pipeline.events import TokenUsage
 from pipeline.serving.web import metrics_app
 from pipeline.validation import TokenValidator, ValidatorConfig
 from pipeline.validation.app import create_validator_app
-from pipeline.validation.replay import ReplayCache, ReplayFollower, use_message
+from pipeline.validation.one_time import ReplayCache, ReplayFollower, use_message
 from pipeline.validation.service import ValidatorService
 from tests.support.jwtkit import AUDIENCE, ISSUER, Issuer, standard_claims
 from tests.support.paths import DEFAULT_MODEL
