@@ -38,7 +38,7 @@ from pipeline.features import (
 )
 from pipeline.features.baselines import Baselines
 from pipeline.networks import PREFIXES, Network, NetworkResolver
-from pipeline.response.alerts import AlertTracker, Finding
+from pipeline.detection.episodes import AlertTracker, Finding
 from pipeline.response.summary import EntityFacts
 from pipeline.response.suppressions import Suppressions
 from pipeline.scoring.model import DetectionModel

@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 
 from pipeline.events import REASONS, TOKEN_USAGE_ARROW, TOKEN_USAGE_SCHEMA, TokenUsage, format_ts, parse_ts
 from pipeline.files import atomic_file
-from pipeline.simulate.engine import record_columns
+from pipeline.simulate.mix import record_columns
 from pipeline.simulate.model import Incident, Simulation
 
 LABEL_SCHEMA = "sim-incident/1"

@@ -29,7 +29,7 @@ from pipeline.detection.training import TrainingParams, train_model
 from pipeline.events import Alert, TokenUsage, format_ts, ts_to_epoch_ms
 from pipeline.features.baselines import Baselines
 from pipeline.networks import PREFIXES, Network, NetworkResolver
-from pipeline.response.alerts import Finding
+from pipeline.detection.episodes import Finding
 from pipeline.scoring.model import DetectionModel, load_model, save_model
 from pipeline.simulate import Simulation, SimulationParams, iter_records, simulate
 from pipeline.windows import FORGED, RETURNS, TOTAL, prefix16

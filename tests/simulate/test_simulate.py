@@ -23,7 +23,7 @@ from pipeline.simulate import (
     simulate,
     ts_strings,
 )
-from pipeline.simulate.engine import record_columns
+from pipeline.simulate.mix import record_columns
 from pipeline.simulate.io import read_labels, write_events, write_labels
 
 SMALL = SimulationParams(minutes=8, seed=3, browsers=60, mobile=30, services=4, offices=3, incidents_per_threat=2)
