@@ -9,8 +9,8 @@ from collections.abc import Callable
 
 import pytest
 
-from pipeline.networks import PREFIXES, Network
 from pipeline.detection.episodes import AlertTracker, Finding
+from pipeline.networks import PREFIXES, Network
 from pipeline.response.summary import MAX_SUMMARY, EntityFacts, network_label, summarize
 
 L = math.log1p
