@@ -20,7 +20,6 @@ import pytest
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
-from pipeline import events
 from pipeline.alerts import AlertsConsumer, AlertsService, AlertsWorker
 from pipeline.alerts.delivery import default_client
 from pipeline.bus import ALERTS, DEAD_LETTER, REVOCATIONS
@@ -515,7 +514,7 @@ def test_consumer_parks_a_record_that_fails_for_any_reason_of_its_own(
 ) -> None:
     """Not only ValueError: here orjson's TypeError when the alert is stored (the parse-time nesting bound, which
     now stops this one earlier, is lifted to reach that path), and RecursionError-deep JSON."""
-    monkeypatch.setattr(events, "MAX_NESTING", 10_000)
+    monkeypatch.setattr("pipeline.events._checks.MAX_NESTING", 10_000)
     good = make_alert("deep").to_json()
     deep = good.replace(b'"features":{"distinct_ips":4.0}', b'"features":' + b'{"d":' * 300 + b"1" + b"}" * 300)
     bus = MemoryBus()
