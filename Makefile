@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
 # The editable install compiles the hot path with Cython beside the sources (the build backend's hook,
 # scripts/hatch_build.py); scripts/build-accel compiles it again after an edit (a no-op when current). Without a
-# C compiler jwtwatch still runs, as pure Python — about a quarter slower.
+# C compiler jwtwatch still runs, as pure Python: slower (by how much: docs/performance.md, issue 16's table).
 install: $(STAMP)
 	@$(BIN)/python scripts/build-accel || echo "make: the compiled hot path was not built; jwtwatch runs as pure Python" >&2
 

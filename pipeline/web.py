@@ -8,17 +8,20 @@ import hmac
 import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import orjson
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from pipeline.errors import RequestTimeout
+from pipeline.errors import InsecureFileError, RequestTimeout
+from pipeline.files import read_secret_file
 
 #: A request body (admin API, introspection) must have arrived this long after the handler asked for it.
 BODY_TIMEOUT_S = 10.0
@@ -73,15 +76,12 @@ def read_admin_token(path: Path | None) -> str | None:
     """
     if path is None:
         return None
-    # The key store's reader of secret files, so that every secret file obeys one rule (imported here, where it is
-    # needed: the key store's dependencies stay out of every importer of this module).
-    from pipeline.errors import KeyStoreError
-    from pipeline.validation.keystore import read_secret_file
-
     try:
-        raw = read_secret_file(Path(path), "admin token")
-    except KeyStoreError as exc:
+        raw = read_secret_file(Path(path), "admin token")  # the one reader of secret files: one rule for all
+    except InsecureFileError as exc:  # its message says what is wrong and how to fix it
         raise ValueError(str(exc)) from None
+    except OSError as exc:
+        raise ValueError(f"cannot read the admin token file: {exc.strerror or exc} ({path})") from None
     try:
         token = raw.decode("utf-8").strip()
     except UnicodeDecodeError:
@@ -180,6 +180,26 @@ def invalid_request(errors: Sequence[Any], status: int = 422) -> JSONResponse:
     schema and jwtwatch's ``{"error", "detail"}`` error answers.
     """
     return JSONResponse({"error": "invalid_request", "detail": validation_problems(errors)}, status_code=status)
+
+
+_Body = TypeVar("_Body", bound=BaseModel)
+
+
+async def read_json_body(request: Request, model: type[_Body], limit: int) -> _Body | Response:
+    """An admin route's JSON body as ``model``, or the answer refusing it: over ``limit`` bytes (413), not strict
+    JSON (400: invalid UTF-8 and lone surrogates are refused here), not a valid ``model`` (422 naming the fields,
+    never echoing the input). Called after the admin check, never before, so a stranger's body is never parsed."""
+    raw = await read_capped(request, limit)
+    if raw is None:
+        return JSONResponse({"error": "request_too_large", "detail": f"at most {limit} bytes"}, status_code=413)
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return JSONResponse({"error": "invalid_json"}, status_code=400)
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        return invalid_request(exc.errors())
 
 
 def install_error_handlers(app: FastAPI) -> None:

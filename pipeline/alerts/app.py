@@ -12,10 +12,9 @@ import logging
 import unicodedata
 from typing import Annotated, Any, Literal, TypeVar, get_args
 
-import orjson
 from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Query, Request, Response
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from pipeline.alerts.alert_log import MAX_SUPPRESS_S, MIN_SUPPRESS_S, verdict_view
@@ -28,8 +27,7 @@ from pipeline.web import (
     SecurityHeadersMiddleware,
     admin_request_matches,
     install_error_handlers,
-    read_capped,
-    validation_problems,
+    read_json_body,
 )
 
 log = logging.getLogger(__name__)
@@ -131,19 +129,7 @@ def _error(status: int, error: str, detail: Any = None) -> JSONResponse:
 
 
 async def _read_body(request: Request, model: type[_Body]) -> _Body | Response:
-    """An admin route's JSON body as ``model``, or the answer refusing it: capped (413), strict JSON (400), valid
-    (422 naming the fields, never echoing the input). Called after the admin check, never before."""
-    raw = await read_capped(request, MAX_BODY_BYTES)
-    if raw is None:
-        return _error(413, "request_too_large", f"at most {MAX_BODY_BYTES} bytes")
-    try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return _error(400, "invalid_json")
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        return _error(422, "invalid_request", validation_problems(exc.errors()))
+    return await read_json_body(request, model, MAX_BODY_BYTES)
 
 
 def _time_param(name: str, value: str | None) -> float | None:

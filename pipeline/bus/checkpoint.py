@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 from typing import Generic, Never, Protocol, TypeVar
 
 from pipeline.bus.base import Bus, Consumer, Message
-from pipeline.bus.dead_letter import dead_letter, describe, is_infrastructure_fault, rewind
+from pipeline.bus.dead_letter import dead_letter, describe, is_infrastructure_fault, rewind, worth_logging
 from pipeline.errors import CommitRejected
 
 log = logging.getLogger(__name__)
@@ -178,8 +178,10 @@ class CheckpointLoop(Generic[R]):
                     error = park(self.bus, message, exc, consumer=self.name, prefix=self.error_prefix)
                 else:
                     error = describe(exc)
-                log.warning("%s: record at %s[%d]@%d %s: %s", self.name, message.topic, message.partition,
-                            message.offset, "dead-lettered" if self.park_bad else "ignored", error)  # fmt: skip
+                if worth_logging(self.dead_letters):
+                    log.warning("%s: record at %s[%d]@%d %s (%d so far): %s", self.name, message.topic,
+                                message.partition, message.offset, "dead-lettered" if self.park_bad else "ignored",
+                                self.dead_letters, error)  # fmt: skip
                 continue
             self.handled += 1
 

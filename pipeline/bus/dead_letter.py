@@ -36,6 +36,15 @@ from pipeline.errors import Unavailable
 MAX_ORIGINAL = 512 * 1024
 MAX_KEY = 16 * 1024
 MAX_ERROR = 1000
+#: Dead letters logged one by one before only every LOG_EVERY-th is: a flood of bad records (an attacker's, or a
+#: producer's bug) must not flood the log too. Every one is still counted and parked with its error.
+LOG_FIRST = 10
+LOG_EVERY = 1000
+
+
+def worth_logging(count: int) -> bool:
+    """Whether the ``count``-th dead letter of a consumer gets a log line of its own."""
+    return count <= LOG_FIRST or count % LOG_EVERY == 0
 
 
 #: sqlite3 errors about the statement's data (a constraint, a value it cannot bind): the record's fault. Every other
@@ -103,4 +112,4 @@ def dead_letter(bus: Bus, message: Message, error: str, *, consumer: str | None 
     bus.publish(DEAD_LETTER, key[:MAX_KEY] if key is not None else None, orjson.dumps(record))
 
 
-__all__ = ["MAX_ERROR", "dead_letter", "describe", "is_infrastructure_fault", "rewind"]
+__all__ = ["MAX_ERROR", "dead_letter", "describe", "is_infrastructure_fault", "rewind", "worth_logging"]

@@ -17,13 +17,28 @@ class AlertsNode:
     revocations checked by ``verifier`` — and the worker that delivers the webhooks. The bus stays its opener's:
     a service that cannot open leaves it open too."""
 
-    def __init__(self, bus: Bus, *, data_dir: Path, admin_token: str | None, verifier: FeedVerifier) -> None:
-        """Raises ValueError or OSError when the service cannot open its database."""
+    def __init__(
+        self,
+        bus: Bus,
+        *,
+        data_dir: Path,
+        admin_token: str | None,
+        verifier: FeedVerifier,
+        worker_interval_s: float = 1.0,
+    ) -> None:
+        """Raises ValueError or OSError when the service cannot open its database. The worker looks at the outbox
+        every ``worker_interval_s`` (for retries that fall due), and at once when the consumer accepts something."""
         # Verdicts are published on the bus, for the pipeline.
         self.service = AlertsService(data_dir, admin_token=admin_token, bus=bus)
         self.consumer = AlertsConsumer(bus, self.service, parse_revocation=verifier.verify)
-        self.worker = AlertsWorker(self.service)
-        self._loop = BackgroundLoop("alerts-consumer", self.consumer.step)
+        self.worker = AlertsWorker(self.service, worker_interval_s)
+        self._loop = BackgroundLoop("alerts-consumer", self._consume)
+
+    def _consume(self) -> int:
+        read = self.consumer.step()
+        if read:
+            self.worker.wake()  # deliver new alerts now, not at the worker's next look
+        return read
 
     def start(self) -> None:
         self.worker.start()

@@ -11,10 +11,9 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 from urllib.parse import parse_qs
 
-import orjson
 from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Query, Request, Response
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.types import Receive, Scope, Send
 
@@ -28,8 +27,8 @@ from pipeline.web import (
     admin_request_matches,
     bearer_token,
     install_error_handlers,
-    invalid_request,
     read_capped,
+    read_json_body,
 )
 
 log = logging.getLogger(__name__)
@@ -220,17 +219,9 @@ def validator_router(service: ValidatorService) -> APIRouter:
         openapi_extra=REVOCATION_BODY,
     )
     async def revoke(request: Request) -> Response:
-        raw = await read_capped(request, MAX_REVOCATION_BYTES)
-        if raw is None:
-            return JSONResponse({"error": "request_too_large"}, status_code=413)
-        try:
-            data = orjson.loads(raw)  # strict: invalid UTF-8 and lone surrogates are refused here
-        except orjson.JSONDecodeError:
-            return JSONResponse({"error": "invalid_json"}, status_code=400)
-        try:
-            body = RevocationRequest.model_validate(data)
-        except ValidationError as exc:
-            return invalid_request(exc.errors())
+        body = await read_json_body(request, RevocationRequest, MAX_REVOCATION_BYTES)
+        if isinstance(body, Response):
+            return body
         before = None
         if body.revoked_before is not None:
             if body.revoked_before.tzinfo is None:

@@ -17,7 +17,7 @@ from typing import Any
 
 from pipeline.bus import TOKEN_USAGE, Bus
 from pipeline.bus.base import Message
-from pipeline.bus.dead_letter import dead_letter
+from pipeline.bus.dead_letter import dead_letter, worth_logging
 from pipeline.events import TokenUsage, format_ts
 from pipeline.validation.verifier import Verdict
 
@@ -273,7 +273,7 @@ class UsageEmitter:
         if self._on_dead_letter is not None:
             self._on_dead_letter()
         error = f"usage event could not be built or encoded: {type(exc).__name__}: {exc}"[:1000]
-        if self.dead_lettered <= 10 or self.dead_lettered % 1000 == 0:
+        if worth_logging(self.dead_lettered):
             log.warning("usage events: %d dead-lettered, the latest: %r", self.dead_lettered, error)
         if self.bus is None:
             return  # counted and logged: with no bus there is no dead-letter topic

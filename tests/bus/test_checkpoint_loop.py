@@ -110,6 +110,21 @@ def test_a_bad_record_is_parked_and_the_batch_goes_on() -> None:
     assert loop.dead_letters == 2 and loop.handled == 2 and committed(bus) == 4
 
 
+def test_a_flood_of_bad_records_is_parked_whole_but_logged_sparingly(caplog: pytest.LogCaptureFixture) -> None:
+    """An attacker's (or a broken producer's) flood must not flood the log: the first ten get a line each, then
+    every thousandth; every one is still parked and counted."""
+    bus, sink, loop = make(max_records=5000)
+    publish(bus, *([b'"bad"'] * 2500), b"7")
+    with caplog.at_level("WARNING", logger="pipeline.bus.checkpoint"):
+        while loop.step():
+            pass
+    parked = bus.consumer([DEAD_LETTER], "reader").poll(5000, 0)
+    assert loop.dead_letters == 2500 and len(parked) == 2500 and sink.durable == [7]
+    lines = [r.getMessage() for r in caplog.records if "dead-lettered" in r.getMessage()]
+    assert len(lines) == 12  # the 1st to 10th, the 1,000th and the 2,000th
+    assert "(2000 so far)" in lines[-1]
+
+
 def test_a_bad_record_is_only_logged_by_a_reader_whose_twin_parks_it() -> None:
     bus, sink, loop = make(park_bad=False)
     publish(bus, b'"two"', b"3")

@@ -61,6 +61,21 @@ def test_errors_are_one_clear_line(tmp_path: Path) -> None:
     assert result.returncode == 2 and "Traceback" not in result.stderr
 
 
+def test_a_corrupt_revocation_key_store_under_serve_is_one_clear_line(keys: Path, tmp_path: Path) -> None:
+    """An error jwtwatch raises on purpose deep inside a node (here the feed's key store) ends any command with its
+    one-line message and exit status 2, not a traceback."""
+    data = tmp_path / "data"
+    (data / "revocation-keys").mkdir(parents=True)
+    (data / "revocation-keys" / "store.json").write_text("{broken")
+    result = run(
+        "serve", "--issuer", ISSUER, "--audience", AUDIENCE, "--jwks-file", str(keys / "jwks.json"),
+        "--port", str(free_port()), "--data-dir", str(data), check=False,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr and "╭" not in result.stderr
+    assert "revocation-keys/store.json is corrupt" in result.stderr
+
+
 def test_pipeline_run_names_the_kafka_consumers_it_knows() -> None:
     args = ("pipeline", "run", "--kafka", "127.0.0.1:1", "--issuer", "i", "--kafka-consumer", "librdkafka")
     result = run(*args, check=False)
@@ -191,3 +206,28 @@ def test_an_admin_token_file_others_can_read_is_refused(mode: int, tmp_path: Pat
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert f"accessible by other users (mode {mode:o}); chmod 600 it" in " ".join(result.stderr.split())
     assert not (tmp_path / "data").exists()  # refused before anything was created
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        (None, "cannot read the admin token file: No such file or directory"),
+        ("\n", "the admin token file {path} is empty"),
+        ("short\n", "admin token in {path} is too short"),
+        (b"\xff" * 20, "the admin token in {path} is not UTF-8 text"),
+    ],
+    ids=["missing", "empty", "short", "not-utf8"],
+)
+def test_an_unusable_admin_token_file_is_one_clear_line(
+    content: str | bytes | None, problem: str, tmp_path: Path
+) -> None:
+    admin = tmp_path / "admin-token"
+    if content is not None:
+        admin.write_bytes(content if isinstance(content, bytes) else content.encode())
+        admin.chmod(0o600)
+    result = run(
+        "alerts", "serve", "--admin-token-file", str(admin), "--port", str(free_port()),
+        "--data-dir", str(tmp_path / "data"), check=False,
+    )  # fmt: skip
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert problem.format(path=admin) in " ".join(result.stderr.split())

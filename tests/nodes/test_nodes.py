@@ -36,7 +36,7 @@ from pipeline.scoring.model import load_model
 from pipeline.validation import ValidatorConfig
 from pipeline.validation.keystore import KeyStore
 from pipeline.validation.revocations import new_revocation
-from tests.support.alerts import FakeClock, make_alert
+from tests.support.alerts import FakeClock, Receiver, make_alert
 from tests.support.paths import DEFAULT_MODEL
 from tests.support.servers import serve_app
 
@@ -188,6 +188,28 @@ def test_an_alerts_node_takes_alerts_and_verified_revocations_from_its_bus(tmp_p
     assert (node.consumer.accepted, node.consumer.dead_letters) == (2, 1)  # the forged revocation is parked
     (letter,) = read_topic(bus, DEAD_LETTER)
     assert json.loads(letter)["topic"] == REVOCATIONS
+
+
+def test_an_alerts_node_delivers_a_new_alert_at_once_not_at_its_next_look(tmp_path: Path) -> None:
+    """The consumer wakes the webhook worker when it accepts an alert. The worker here looks at the outbox only
+    once an hour: without the wake-up the alert would wait that long."""
+    bus = MemoryBus()
+    feed = open_feed_keys(None, None, tmp_path / "feed")
+    receiver = Receiver()
+    with serve_app(receiver.app()) as base:
+        receiver.base = base
+        node = AlertsNode(
+            bus, data_dir=tmp_path / "alerts", admin_token=ADMIN, verifier=feed.verifier(), worker_interval_s=3600
+        )
+        node.service.create_subscription(receiver.url("soc"), ["token.anomaly"], "low")
+        node.start()
+        try:
+            assert wait_for(lambda: node.worker.rounds >= 1)  # its first look found nothing: it sleeps now
+            bus.publish(ALERTS, "a-1", make_alert("a-1").to_json())
+            assert wait_for(lambda: len(receiver.at("soc")) == 1), "the alert waited for the worker's next look"
+        finally:
+            node.stop()
+    assert receiver.at("soc")[0].json["data"]["alert_id"] == "a-1"
 
 
 # ------------------------------------------------------------------------------------- ValidatorNode
