@@ -26,7 +26,7 @@ import httpx
 import pytest
 from standardwebhooks import Webhook
 
-from pipeline.alerts.delivery import RetryPolicy
+from pipeline.alerts.retry import RetryPolicy
 from pipeline.alerts.service import AlertsService
 from pipeline.alerts.worker import AlertsWorker
 from pipeline.bus import ALERTS

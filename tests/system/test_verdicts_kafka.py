@@ -21,7 +21,8 @@ import pytest
 
 from pipeline.alerts import AlertsService
 from pipeline.bus import REVOCATIONS, TOKEN_USAGE, Bus
-from pipeline.bus.kafka import KafkaBus, KafkaConsumerAdapter
+from pipeline.bus.kafka import KafkaBus
+from pipeline.bus.kafka_consumer import KafkaConsumerAdapter
 from pipeline.detection.runner import StreamingRunner
 from pipeline.events import Alert, TokenUsage, format_ts
 from pipeline.loop import BackgroundLoop
