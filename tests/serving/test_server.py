@@ -12,6 +12,10 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
 
 from pipeline.bus.memory import MemoryBus
 from pipeline.serving.web import metrics_app
@@ -137,6 +141,48 @@ def test_a_header_block_over_the_cap_gets_431_and_the_connection_closes(url: str
         assert _closed_within(sock, 10)
     # below the cap, headers are the app's business (an 8 KiB+ token gets the app's own 431 and a usage event)
     assert httpx.get(url + "/healthz", headers={"X-Big": "a" * (MAX_HEADER_BYTES // 2)}).status_code == 200
+
+
+def _counting_app(seen: list[str]) -> Starlette:
+    async def anything(request: Request) -> Response:
+        seen.append(request.url.path)
+        return PlainTextResponse("ok")
+
+    return Starlette(routes=[Route("/{path:path}", anything)])
+
+
+def _protocols() -> list[type]:
+    from pipeline.serving.server import GuardedH11Protocol, guarded_protocol
+
+    return [guarded_protocol(), GuardedH11Protocol]
+
+
+@pytest.mark.parametrize("protocol", _protocols(), ids=["httptools", "h11"])
+@pytest.mark.parametrize("split", ["one-write", "blank-line-straddles", "trickled"])
+def test_headers_over_the_cap_never_reach_the_app_however_they_arrive(protocol: type, split: str) -> None:
+    """A header block over the cap gets 431 before the app sees it, also when it arrives whole in one read (both
+    parsers would otherwise parse it and dispatch the request); one just under the cap is the app's."""
+    from pipeline.serving.server import MAX_HEADER_BYTES
+
+    seen: list[str] = []
+    with serve_app(_counting_app(seen), http=protocol) as base:
+        for size, expected in ((MAX_HEADER_BYTES + 1024, b"HTTP/1.1 431"), (MAX_HEADER_BYTES - 1024, b"HTTP/1.1 200")):
+            head = b"GET /probe HTTP/1.1\r\nHost: x\r\nX-Big: "
+            request = head + b"a" * (size - len(head) - 4) + b"\r\n\r\n"
+            with socket.create_connection(_address(base), timeout=10) as sock:
+                with contextlib.suppress(OSError):  # the server may close while we still send
+                    if split == "one-write":
+                        sock.sendall(request)
+                    elif split == "blank-line-straddles":
+                        sock.sendall(request[:-2])
+                        time.sleep(0.2)
+                        sock.sendall(request[-2:])
+                    else:
+                        for start in range(0, len(request), 16384):
+                            sock.sendall(request[start : start + 16384])
+                            time.sleep(0.01)
+                assert sock.recv(64).startswith(expected), (size, split)
+    assert seen == ["/probe"]  # only the request under the cap
 
 
 def test_an_admin_body_that_does_not_arrive_in_time_gets_408(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
