@@ -36,11 +36,11 @@ from pipeline.bus import REVOCATIONS, TOKEN_USAGE, default_topics
 from pipeline.bus.kafka import KafkaBus
 from pipeline.detection.runner import StreamingRunner
 from pipeline.keys import KeyStore
+from pipeline.revocations.feed import FeedSigner, FeedVerifier
+from pipeline.revocations.follower import RevocationFollower
+from pipeline.revocations.store import RevocationStore, new_revocation
 from pipeline.scoring.model import load_model
 from pipeline.simulate import SimulationParams, iter_records, simulate
-from pipeline.validation.follower import RevocationFollower
-from pipeline.validation.revocation_feed import FeedSigner, FeedVerifier
-from pipeline.validation.revocations import RevocationStore, new_revocation
 
 ROOT = Path(__file__).resolve().parent.parent
 

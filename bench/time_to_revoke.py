@@ -25,8 +25,8 @@ from rich.table import Table
 from pipeline.keys import KeyStore
 from pipeline.nodes import AllInOne, ServeOptions
 from pipeline.response.policy import ResponsePolicy
+from pipeline.serving.server import background_server
 from pipeline.validation import ValidatorConfig
-from pipeline.validation.server import background_server
 
 ISSUER, AUDIENCE = "https://issuer.bench", "https://api.bench"
 MODEL = Path(__file__).resolve().parent.parent / "models" / "default"

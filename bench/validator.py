@@ -43,8 +43,8 @@ from rich.table import Table
 
 from bench.machine import environment, machine_line, write_report
 from pipeline.events import Revocation, format_ts
+from pipeline.revocations.store import RevocationIndex
 from pipeline.validation import TokenValidator, ValidatorConfig
-from pipeline.validation.revocations import RevocationIndex
 from tests.support.jwtkit import AUDIENCE, ISSUER, SigningKey, new_key, standard_claims
 
 TOKEN_TTL_S = 3600  # far beyond the run time: no token expires mid-benchmark

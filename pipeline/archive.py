@@ -45,11 +45,10 @@ import pyarrow.parquet as pq
 from pipeline.bus import ALERTS, TOKEN_USAGE, VERDICTS, Bus, Message
 from pipeline.bus.checkpoint import CheckpointLoop
 from pipeline.bus.dead_letter import is_infrastructure_fault
-from pipeline.events import ALERT_ARROW, Alert, AlertVerdict, TokenUsage, parse_ts, to_arrow
+from pipeline.events import ALERT_ARROW, Alert, AlertVerdict, TokenUsage, parse_ts, to_arrow, to_arrow_table
 from pipeline.features import FEATURES
 from pipeline.files import atomic_file
 from pipeline.scoring.model import DetectionModel
-from pipeline.simulate.io import to_arrow_table  # a token-usage/1 frame as Arrow (not only for simulations)
 
 log = logging.getLogger(__name__)
 

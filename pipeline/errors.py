@@ -91,7 +91,8 @@ class InsecureFileError(JwtwatchError, PermissionError):
 
 
 class RequestTimeout(JwtwatchError):
-    """The request body did not arrive in time; ``pipeline.web.install_error_handlers`` answers 408 and closes."""
+    """The request body did not arrive in time; ``pipeline.serving.web.install_error_handlers`` answers 408 and
+    closes."""
 
 
 class TransportError(JwtwatchError, ValueError):

@@ -129,7 +129,8 @@ def test_the_consumer_parks_what_it_cannot_archive_and_archives_the_rest(
 ) -> None:
     """A message that fails for a reason of its own — not parsed, or parsed but not writable — is dead-lettered
     by the archive (consumer ``jwtwatch-archive``) and the others are archived and committed."""
-    monkeypatch.setattr(events, "MAX_NESTING", 10_000)  # lift the parse-time bound to reach the write path
+    # lift the parse-time bound to reach the write path
+    monkeypatch.setattr("pipeline.events._checks.MAX_NESTING", 10_000)
     sim = simulate(SimulationParams(minutes=2, seed=8, browsers=4, mobile=2, services=1, offices=1))
     records = list(iter_records(sim))[:30]
     ts = records[0].ts

@@ -12,7 +12,8 @@
 from __future__ import annotations
 
 from pipeline.alerts.app import create_alerts_app
-from pipeline.alerts.delivery import EVENT_TYPES, RetryPolicy
+from pipeline.alerts.delivery import EVENT_TYPES
+from pipeline.alerts.retry import RetryPolicy
 from pipeline.alerts.service import AlertsService
 from pipeline.alerts.targets import check_target_url
 from pipeline.alerts.worker import AlertsConsumer, AlertsWorker

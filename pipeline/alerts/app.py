@@ -17,11 +17,13 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
+from pipeline.alerts.alert_log import MAX_SUPPRESS_S, MIN_SUPPRESS_S, verdict_view
 from pipeline.alerts.delivery import EVENT_TYPES, EventType
-from pipeline.alerts.service import DELIVERY_STATUSES, MAX_SUPPRESS_S, MIN_SUPPRESS_S, AlertsService, verdict_view
+from pipeline.alerts.outbox import DELIVERY_STATUSES
+from pipeline.alerts.service import AlertsService
 from pipeline.errors import TargetError, Unavailable
 from pipeline.events import ENTITY_TYPES, SEVERITIES, parse_ts
-from pipeline.web import (
+from pipeline.serving.web import (
     SecurityHeadersMiddleware,
     admin_request_matches,
     install_error_handlers,

@@ -1,4 +1,4 @@
-"""One webhook delivery attempt, Standard Webhooks style, and the retry schedule around it.
+"""One webhook delivery attempt, Standard Webhooks style (when to try again: ``retry.py``).
 
 Signing follows https://www.standardwebhooks.com: the body is ``{"type", "timestamp", "data"}``, the
 headers are ``webhook-id`` (the message id, the same on every retry so receivers can de-duplicate),
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import random
 import secrets
 import ssl
 import time
@@ -28,7 +27,6 @@ from collections.abc import Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from typing import Any, Literal
 
 import httpcore
@@ -68,41 +66,6 @@ def signed_headers(secret: str, msg_id: str, timestamp: float, body: bytes) -> d
         "content-type": "application/json",
         "user-agent": USER_AGENT,
     }
-
-
-@dataclass(frozen=True, slots=True)
-class RetryPolicy:
-    """Exponential backoff with full jitter: the n-th retry waits uniform(0, min(cap, base * 2**(n-1)))."""
-
-    base_s: float = 5.0
-    cap_s: float = 3600.0
-    give_up_after_s: float = 24 * 3600.0
-    min_delay_s: float = 1.0
-
-    def backoff(self, failures: int, rng: random.Random) -> float:
-        ceiling = min(self.cap_s, self.base_s * 2.0 ** min(max(failures, 1) - 1, 40))
-        return max(self.min_delay_s, rng.uniform(0.0, ceiling))
-
-
-MAX_RETRY_AFTER_S = 7 * 24 * 3600.0
-
-
-def parse_retry_after(value: str | None, now: float) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (delay-seconds or an HTTP date); None if absent or bad."""
-    if value is None:
-        return None
-    text = value.strip()
-    if text.isascii() and text.isdigit():  # isdigit() alone admits '²', which float() refuses
-        return min(float(text), MAX_RETRY_AFTER_S)
-    try:
-        moment = parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if moment is None:
-        return None
-    if moment.tzinfo is None:  # "-0000": UTC by RFC 9110's rules for HTTP dates
-        moment = moment.replace(tzinfo=UTC)
-    return min(max(0.0, moment.timestamp() - now), MAX_RETRY_AFTER_S)
 
 
 @dataclass(frozen=True, slots=True)
@@ -366,11 +329,9 @@ __all__ = [
     "DeadlineBackend",
     "DeadlineTransport",
     "DeliveryClient",
-    "RetryPolicy",
     "attempt_deadline",
     "default_client",
     "new_secret",
-    "parse_retry_after",
     "payload",
     "send",
     "signed_headers",

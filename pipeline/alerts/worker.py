@@ -8,7 +8,8 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from pipeline.alerts.service import AlertsService, ClaimedDelivery
+from pipeline.alerts.claims import ClaimedDelivery
+from pipeline.alerts.service import AlertsService
 from pipeline.bus import ALERTS, REVOCATIONS, Bus, Message
 from pipeline.bus.checkpoint import CheckpointLoop
 from pipeline.bus.dead_letter import dead_letter

@@ -9,7 +9,7 @@ ALERTS = "jwtwatch.alerts"
 REVOCATIONS = "jwtwatch.revocations"
 DEAD_LETTER = "jwtwatch.dead-letter"
 VERDICTS = "jwtwatch.verdicts"  # analysts' verdict/1 on alerts, from the alerts service to the pipeline
-REPLAY = "jwtwatch.replay"  # one-time tokens used, shared between validator instances (pipeline.validation.replay)
+REPLAY = "jwtwatch.replay"  # one-time tokens used, shared between validator instances (pipeline.validation.one_time)
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,7 @@ from pipeline.cli._output import err, fail
 
 if TYPE_CHECKING:
     from pipeline.networks import NetworkResolver
-    from pipeline.validation.tls import Transport
+    from pipeline.serving.tls import Transport
 
 
 def choose_transport(
@@ -25,10 +25,10 @@ def choose_transport(
     require_tls: bool,
     insecure_http: bool,
 ) -> Transport:
-    """HTTPS, or plain HTTP only on loopback / behind trusted proxies (pipeline.validation.tls); says which."""
+    """HTTPS, or plain HTTP only on loopback / behind trusted proxies (pipeline.serving.tls); says which."""
     from pipeline.errors import TransportError
-    from pipeline.validation.client_ip import parse_networks
-    from pipeline.validation.tls import choose_transport as choose
+    from pipeline.serving.client_ip import parse_networks
+    from pipeline.serving.tls import choose_transport as choose
 
     try:
         parse_networks(trusted_proxies)
@@ -50,8 +50,8 @@ def choose_transport(
 
 def metrics_socket(host: str, port: int, metrics_host: str, metrics_port: int | None) -> socket.socket | None:
     """The metrics listener's socket (bound now, so that a taken port stops the start), or None without one."""
-    from pipeline.validation.server import is_loopback
-    from pipeline.validation.workers import listening_socket
+    from pipeline.serving.prefork import listening_socket
+    from pipeline.serving.server import is_loopback
 
     if metrics_port is None:
         return None

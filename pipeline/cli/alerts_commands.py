@@ -59,7 +59,7 @@ def alerts_serve(
     """Webhook subscriptions, alert log and signed deliveries; consumes alerts and revocations from Kafka."""
     from pipeline.errors import NodeError
     from pipeline.nodes import AlertsNode, Listener, open_bus, open_feed_keys
-    from pipeline.web import read_admin_token
+    from pipeline.serving.web import read_admin_token
 
     log_to_stderr()
     transport = choose_transport(host, tls_cert, tls_key, trusted_proxies, require_tls, insecure_http)

@@ -81,7 +81,7 @@ def serve(
     from pipeline.errors import JwksError, ModelError
     from pipeline.nodes import AllInOne, Listener, ServeOptions, TokenRules
     from pipeline.response.policy import ResponsePolicy
-    from pipeline.web import read_admin_token
+    from pipeline.serving.web import read_admin_token
 
     log_to_stderr()
     transport = choose_transport(host, tls_cert, tls_key, trusted_proxies, require_tls, insecure_http)

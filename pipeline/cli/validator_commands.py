@@ -165,7 +165,7 @@ def validator_demo(
     ] = Path("data/validator-demo"),
 ) -> None:
     """Run the validator end to end on loopback: good, forged and revoked tokens, with their verdicts."""
-    from pipeline.validation.demo import run_validator_demo
+    from pipeline.demo.validator_walkthrough import run_validator_demo
 
     code = run_validator_demo(data_dir, console)
     raise typer.Exit(code)
@@ -183,7 +183,7 @@ def revoke(
     """Revoke one token (--jti) or a subject (--sub) through the validator's admin API."""
     import httpx
 
-    from pipeline.web import read_admin_token
+    from pipeline.serving.web import read_admin_token
 
     if (jti is None) == (sub is None):
         fail("give exactly one of --jti or --sub")

@@ -5,9 +5,9 @@
 * :mod:`~pipeline.demo.traffic` and :mod:`~pipeline.demo.tokens` — simulated events as HTTP requests
   carrying real signed (or really forged) tokens;
 * :mod:`~pipeline.demo.receiver` — a webhook receiver that verifies Standard Webhooks signatures;
-* :mod:`~pipeline.demo.report` — the summary, the plots and ``index.html``.
-
-The validator-only walkthrough (``jwtwatch validator demo``) lives in :mod:`pipeline.validation.demo`.
+* :mod:`~pipeline.demo.report` — the summary, the plots and ``index.html``;
+* :mod:`~pipeline.demo.validator_walkthrough` — ``jwtwatch validator demo``: the validator alone, a short
+  walkthrough (:func:`~pipeline.demo.validator_walkthrough.run_validator_demo`).
 """
 
 from pipeline.demo.run import DemoOptions, DemoRun, run_demo

@@ -39,9 +39,9 @@ from pipeline.events import Alert
 from pipeline.keys import KeyStore
 from pipeline.nodes import AllInOne, ServeOptions
 from pipeline.response.policy import ResponsePolicy
+from pipeline.serving.server import background_server
 from pipeline.simulate import Simulation, SimulationParams, simulate
 from pipeline.validation.config import ValidatorConfig
-from pipeline.validation.server import background_server
 
 MARKER = ".jwtwatch-demo"  # the demo only ever deletes a directory it made
 #: The simulated clients send through the demo's traffic player on loopback, which plays the gateway.

@@ -25,6 +25,7 @@ from functools import partial
 import numpy as np
 
 from pipeline.detection.batch import EventBatch
+from pipeline.detection.episodes import AlertTracker, Finding
 from pipeline.detection.rules import fired_rules, rule_severity
 from pipeline.events import Alert
 from pipeline.features import (
@@ -38,7 +39,6 @@ from pipeline.features import (
 )
 from pipeline.features.baselines import Baselines
 from pipeline.networks import PREFIXES, Network, NetworkResolver
-from pipeline.response.alerts import AlertTracker, Finding
 from pipeline.response.summary import EntityFacts
 from pipeline.response.suppressions import Suppressions
 from pipeline.scoring.model import DetectionModel

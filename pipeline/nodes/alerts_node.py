@@ -8,8 +8,8 @@ from pipeline.alerts import AlertsConsumer, AlertsService, AlertsWorker, create_
 from pipeline.bus.base import Bus
 from pipeline.loop import BackgroundLoop
 from pipeline.nodes.running import Listener
-from pipeline.validation.revocation_feed import FeedVerifier
-from pipeline.web import metrics_app
+from pipeline.revocations.feed import FeedVerifier
+from pipeline.serving.web import metrics_app
 
 
 class AlertsNode:

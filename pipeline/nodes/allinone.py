@@ -35,13 +35,13 @@ from pipeline.nodes.pipeline_node import PipelineNode, PipelineSettings
 from pipeline.nodes.resources import FeedKeys
 from pipeline.response.policy import ResponsePolicy
 from pipeline.response.responder import Responder
+from pipeline.revocations.feed import FeedSigner, open_or_create_keys
+from pipeline.revocations.follower import RevocationFollower
 from pipeline.scoring.model import DetectionModel, load_model
+from pipeline.serving.web import metrics_app
 from pipeline.validation.app import create_validator_app
 from pipeline.validation.config import ValidatorConfig
-from pipeline.validation.follower import RevocationFollower
-from pipeline.validation.revocation_feed import FeedSigner, open_or_create_keys
 from pipeline.validation.service import ValidatorService
-from pipeline.web import metrics_app
 
 log = logging.getLogger(__name__)
 

@@ -19,8 +19,8 @@ from pipeline.networks import PREFIXES, NetworkResolver
 from pipeline.nodes.running import run_until_signalled
 from pipeline.response.policy import AutoRevoker, ResponsePolicy
 from pipeline.response.responder import Responder
+from pipeline.revocations.feed import FeedSigner
 from pipeline.scoring.model import DetectionModel
-from pipeline.validation.revocation_feed import FeedSigner
 
 
 @dataclass(frozen=True, kw_only=True)

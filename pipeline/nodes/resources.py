@@ -8,7 +8,7 @@ from pathlib import Path
 from pipeline.bus.base import Bus
 from pipeline.errors import KeyStoreError, NodeError
 from pipeline.keys import KeyStore
-from pipeline.validation.revocation_feed import FeedSigner, FeedVerifier, open_or_create_keys
+from pipeline.revocations.feed import FeedSigner, FeedVerifier, open_or_create_keys
 
 
 def open_bus(kafka: str | None, consumer_client: str = "kafka-python") -> Bus:

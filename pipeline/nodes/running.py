@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from starlette.types import ASGIApp
 
 from pipeline.loop import BackgroundLoop
-from pipeline.validation.server import Server, uvicorn_config
+from pipeline.serving.server import Server, uvicorn_config
 
 
 @dataclass(frozen=True)

@@ -17,14 +17,14 @@ from pipeline.loop import BackgroundLoop
 from pipeline.nodes.key_trust import KeyTrust, TrustedKeys
 from pipeline.nodes.resources import open_bus, open_feed_keys
 from pipeline.nodes.running import Listener
+from pipeline.revocations.follower import RevocationFollower
+from pipeline.revocations.store_sync import RevocationStoreSync
+from pipeline.serving.prefork import listening_socket, run_workers
+from pipeline.serving.web import metrics_app, read_admin_token
 from pipeline.validation.app import create_validator_app
 from pipeline.validation.config import ValidatorConfig
-from pipeline.validation.follower import RevocationFollower
 from pipeline.validation.key_sources import CombinedKeySource, KeySource
 from pipeline.validation.service import ValidatorService
-from pipeline.validation.store_sync import RevocationStoreSync
-from pipeline.validation.workers import listening_socket, run_workers
-from pipeline.web import metrics_app, read_admin_token
 
 
 @dataclass(frozen=True, kw_only=True)

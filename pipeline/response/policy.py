@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from pipeline.events import SEVERITIES, SEVERITY_RANK, Alert
-from pipeline.validation.client_ip import Network, parse_networks
+from pipeline.serving.client_ip import Network, parse_networks
 
 Action = Literal["none", "revoked", "revocation_suppressed"]
 

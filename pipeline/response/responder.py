@@ -12,8 +12,8 @@ from typing import Literal
 from pipeline.bus import ALERTS, REVOCATIONS, Bus
 from pipeline.events import Alert, AlertVerdict, parse_ts
 from pipeline.response.policy import AutoRevoker, Decision
-from pipeline.validation.revocation_feed import FeedSigner
-from pipeline.validation.revocations import DEFAULT_MAX_TOKEN_LIFETIME_S, new_revocation
+from pipeline.revocations.feed import FeedSigner
+from pipeline.revocations.store import DEFAULT_MAX_TOKEN_LIFETIME_S, new_revocation
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ class Responder:
             max_token_lifetime_s=self.max_token_lifetime_s,
             now=self.clock(),
         )
-        # Every validator follows the revocation feed (pipeline.validation.follower) and enforces it.
+        # Every validator follows the revocation feed (pipeline.revocations.follower) and enforces it.
         self.bus.publish(REVOCATIONS, record.bus_key, self.signer.sign(record) if self.signer else record.to_json())
         if len(self._done) > 100_000:
             self._done.clear()

@@ -23,7 +23,7 @@ entropy are never read. The baseline does not depend on which threats are inject
 :mod:`pipeline.simulate.io`.
 """
 
-from pipeline.simulate.engine import iter_records, simulate, ts_strings
+from pipeline.simulate.mix import iter_records, simulate, ts_strings
 from pipeline.simulate.model import EVENT_COLUMNS, THREATS, Incident, Simulation, SimulationParams
 
 __all__ = [

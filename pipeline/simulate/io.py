@@ -24,15 +24,13 @@ from itertools import repeat
 from pathlib import Path
 from typing import IO, Any
 
-import numpy as np
 import orjson
 import pandas as pd
-import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.events import REASONS, TOKEN_USAGE_ARROW, TOKEN_USAGE_SCHEMA, TokenUsage, format_ts, parse_ts
+from pipeline.events import TOKEN_USAGE_ARROW, TOKEN_USAGE_SCHEMA, TokenUsage, format_ts, parse_ts, to_arrow_table
 from pipeline.files import atomic_file
-from pipeline.simulate.engine import record_columns
+from pipeline.simulate.mix import record_columns
 from pipeline.simulate.model import Incident, Simulation
 
 LABEL_SCHEMA = "sim-incident/1"
@@ -40,7 +38,6 @@ LABEL_SCHEMA = "sim-incident/1"
 IP_DB_TYPE = "jwtwatch-sim-ASN"
 _CHUNK = 262_144
 _WIRE_ORDER = [f.name for f in dataclasses.fields(TokenUsage)]  # key order of TokenUsage.to_dict()
-_OUTCOMES = ("accepted", "rejected")
 
 
 def _events(sim_or_df: Simulation | pd.DataFrame) -> pd.DataFrame:
@@ -98,34 +95,6 @@ def _write_jsonl(events: pd.DataFrame, out: IO[bytes]) -> None:
         ordered = [columns[name] for name in _WIRE_ORDER]
         for row in zip(repeat(TOKEN_USAGE_SCHEMA), *ordered):
             write(dumps(dict(zip(keys, row, strict=False)), option=newline))
-
-
-def _strings(column: pd.Series) -> pa.Array:
-    return pa.array(column.to_numpy(dtype=object), type=pa.string(), from_pandas=True)
-
-
-def _dictionary(column: pd.Series, values: tuple[str, ...]) -> pa.DictionaryArray:
-    codes = pd.Categorical(column.to_numpy(dtype=object), categories=list(values)).codes.astype(np.int8)
-    indices = pa.array(codes, type=pa.int8(), mask=codes < 0)
-    return pa.DictionaryArray.from_arrays(indices, pa.array(values, type=pa.string()))
-
-
-def to_arrow_table(events: pd.DataFrame) -> pa.Table:
-    """The events as an Arrow table with :data:`pipeline.events.TOKEN_USAGE_ARROW` (no label column)."""
-    arrays: list[pa.Array] = []
-    for field in TOKEN_USAGE_ARROW:
-        column = events[field.name]
-        if field.name == "ts":
-            arrays.append(pa.array(column.to_numpy(dtype=np.int64), type=pa.int64()).cast(field.type))
-        elif field.name in ("iat", "exp"):
-            arrays.append(pa.array(column.array, type=pa.int64()))
-        elif field.name == "outcome":
-            arrays.append(_dictionary(column, _OUTCOMES))
-        elif field.name == "reason":
-            arrays.append(_dictionary(column, REASONS))
-        else:
-            arrays.append(_strings(column))
-    return pa.Table.from_arrays(arrays, schema=TOKEN_USAGE_ARROW)
 
 
 def _write_parquet(events: pd.DataFrame, path: Path) -> None:

@@ -16,7 +16,7 @@ by :func:`pipeline.simulate.io.write_ip_db`):
   a residential proxy from a home. About a third of them are in the *same* ISPs as the benign homes, the rest in
   ISPs no benign user of the world is on;
 * IPv6: every /16 comes with ``2a02:<the /16 as 16 bits>::/32`` in the same AS (the prefix a dual-stack home's
-  /64 is drawn from, :func:`pipeline.simulate.baseline._ipv6_privacy`), so a home's IPv4 and IPv6 addresses are
+  /64 is drawn from, :func:`pipeline.simulate.lookalikes.ipv6_privacy`), so a home's IPv4 and IPv6 addresses are
   in one ISP's network; an office's /64 is in the office's own AS.
 
 The assignment draws from a random stream of its own (``networks``): the events a seed generates are the same

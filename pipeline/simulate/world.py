@@ -1,7 +1,7 @@
 """The simulated world: random streams, string tables, address space, user agents and the API.
 
 Everything here is built from a seeded :class:`numpy.random.Generator`; nothing reads the clock or the OS
-entropy pool. Events are kept as integer codes into these tables until the very end (see ``engine``), which
+entropy pool. Events are kept as integer codes into these tables until the very end (see ``mix``), which
 is what makes generating millions of events cheap.
 """
 

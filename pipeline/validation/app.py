@@ -19,10 +19,8 @@ from starlette.types import Receive, Scope, Send
 
 from pipeline.errors import RevocationStoreError, RevocationsUnavailable
 from pipeline.events import Revocation
-from pipeline.validation.client_ip import client_ip
-from pipeline.validation.fastpath import PATH, ValidateEndpoint, auth_headers, repeated_authorization
-from pipeline.validation.service import RequestContext, ValidatorService
-from pipeline.web import (
+from pipeline.serving.client_ip import client_ip
+from pipeline.serving.web import (
     SecurityHeadersMiddleware,
     admin_request_matches,
     bearer_token,
@@ -30,6 +28,8 @@ from pipeline.web import (
     read_capped,
     read_json_body,
 )
+from pipeline.validation.fastpath import PATH, ValidateEndpoint, auth_headers, repeated_authorization
+from pipeline.validation.service import RequestContext, ValidatorService
 
 log = logging.getLogger(__name__)
 
@@ -305,7 +305,7 @@ def create_validator_app(service: ValidatorService, *, fast_path: bool = True) -
         app.validate_endpoint = ValidateEndpoint(service)
     app.include_router(validator_router(service))
     # No /metrics here: its per-reason counters would tell a caller why their token failed. The metrics listener
-    # (--metrics-port, pipeline.web.metrics_app) serves them apart.
+    # (--metrics-port, pipeline.serving.web.metrics_app) serves them apart.
     install_error_handlers(app)
 
     @app.exception_handler(AdminDenied)

@@ -22,10 +22,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
 from pipeline.errors import RevocationsUnavailable
-from pipeline.validation.client_ip import client_ip
+from pipeline.serving.client_ip import client_ip
+from pipeline.serving.web import bearer_token, secure_headers
 from pipeline.validation.service import RequestContext, ValidatorService
 from pipeline.validation.verifier import carriable
-from pipeline.web import bearer_token, secure_headers
 
 PATH = "/v1/validate"
 _PEERS_MAX = 4096

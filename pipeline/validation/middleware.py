@@ -20,10 +20,10 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from pipeline.errors import RevocationsUnavailable
-from pipeline.validation.client_ip import client_ip
+from pipeline.serving.client_ip import client_ip
+from pipeline.serving.web import bearer_token
 from pipeline.validation.fastpath import repeated_authorization
 from pipeline.validation.service import RequestContext, ValidatorService
-from pipeline.web import bearer_token
 
 
 class TokenValidationMiddleware:

@@ -18,20 +18,20 @@ from pipeline.bus import REVOCATIONS, Bus
 from pipeline.bus.topics import REPLAY
 from pipeline.errors import RevocationsUnavailable
 from pipeline.events import Revocation
-from pipeline.validation.client_ip import Network, parse_networks
+from pipeline.revocations.feed import FeedSigner
+from pipeline.revocations.store import RevocationStore
+from pipeline.revocations.store_sync import RevocationStoreSync
+from pipeline.serving.client_ip import Network, parse_networks
 from pipeline.validation.config import ValidatorConfig
 from pipeline.validation.key_sources import KeySourceCollector, key_source_problem
-from pipeline.validation.replay import ReplayFollower, use_message
-from pipeline.validation.revocation_feed import FeedSigner
-from pipeline.validation.revocations import RevocationStore
-from pipeline.validation.store_sync import RevocationStoreSync
+from pipeline.validation.one_time import ReplayFollower, use_message
 from pipeline.validation.usage import UsageEmitter
 from pipeline.validation.validator import TokenValidator
 from pipeline.validation.verifier import Verdict, reject
 
 
 class FeedProgress(Protocol):
-    """How far the revocation feed a validator follows is applied (a :class:`~pipeline.validation.follower.
+    """How far the revocation feed a validator follows is applied (a :class:`~pipeline.revocations.follower.
     RevocationFollower`)."""
 
     @property

@@ -9,7 +9,7 @@ from typing import Protocol
 from pipeline.validation.cache import VerifiedTokenCache
 from pipeline.validation.config import ValidatorConfig
 from pipeline.validation.key_sources import KeySource, key_source_for
-from pipeline.validation.replay import ReplayCache, is_one_time
+from pipeline.validation.one_time import ReplayCache, is_one_time
 from pipeline.validation.verifier import TokenVerifier, Verdict, reject
 
 

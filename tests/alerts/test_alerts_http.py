@@ -14,7 +14,7 @@ import pytest
 from standardwebhooks import Webhook
 
 from pipeline.alerts import AlertsService, create_alerts_app
-from pipeline.web import metrics_app
+from pipeline.serving.web import metrics_app
 from tests.support.alerts import ADMIN, SUMMARY, FakeClock, Receiver, make_alert, make_revocation
 from tests.support.servers import serve_app
 
@@ -240,9 +240,9 @@ def test_validation_errors_name_the_field_never_the_input(client: httpx.Client) 
 def test_a_webhook_body_that_does_not_arrive_in_time_gets_408(
     client: httpx.Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import pipeline.web
+    import pipeline.serving.web
 
-    monkeypatch.setattr(pipeline.web, "BODY_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(pipeline.serving.web, "BODY_TIMEOUT_S", 1.0)
     host, port = str(client.base_url.host), client.base_url.port
     assert port is not None
     with socket.create_connection((host, port), timeout=10) as raw:

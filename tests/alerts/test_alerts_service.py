@@ -20,9 +20,8 @@ import pytest
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
-from pipeline import events
 from pipeline.alerts import AlertsConsumer, AlertsService, AlertsWorker
-from pipeline.alerts.delivery import RetryPolicy, default_client, parse_retry_after
+from pipeline.alerts.delivery import default_client
 from pipeline.bus import ALERTS, DEAD_LETTER, REVOCATIONS
 from pipeline.bus.memory import MemoryBus
 from pipeline.errors import TargetError
@@ -207,17 +206,6 @@ def test_retries_with_backoff_then_delivered(service: AlertsService, receiver: R
         verify_at(secret, r)
 
 
-def test_backoff_is_seeded_and_capped() -> None:
-    policy = RetryPolicy(base_s=5, cap_s=3600)
-    a = [policy.backoff(n, random.Random(1)) for n in range(1, 30)]
-    b = [policy.backoff(n, random.Random(1)) for n in range(1, 30)]
-    assert a == b
-    rng = random.Random(3)
-    for n in range(1, 60):
-        delay = policy.backoff(n, rng)
-        assert policy.min_delay_s <= delay <= min(3600, 5 * 2 ** (n - 1))
-
-
 def test_retry_after_seconds_and_http_date(service: AlertsService, receiver: Receiver, clock: FakeClock) -> None:
     service.create_subscription(receiver.url("busy"), ["token.anomaly"], "low")
     later = format_datetime(datetime.fromtimestamp(int(clock()) + 900, tz=UTC), usegmt=True)
@@ -236,17 +224,6 @@ def test_retry_after_seconds_and_http_date(service: AlertsService, receiver: Rec
     assert datetime.fromisoformat(d["next_attempt_at"]).timestamp() == pytest.approx(int(t0) + 900, abs=1.0)
     assert run_due(service, clock) == 1
     assert deliveries(service)[0]["status"] == "delivered"
-
-
-def test_parse_retry_after() -> None:
-    now = 1_700_000_000.0
-    assert parse_retry_after("30", now) == 30
-    assert parse_retry_after(" 0 ", now) == 0
-    assert parse_retry_after(format_datetime(datetime.fromtimestamp(now + 60, tz=UTC), usegmt=True), now) == 60
-    assert parse_retry_after(format_datetime(datetime.fromtimestamp(now - 60, tz=UTC), usegmt=True), now) == 0
-    assert parse_retry_after("99999999999", now) == 7 * 24 * 3600
-    for bad in (None, "", "soon", "-5", "1.5", "Mon, 99 Foo 2025"):
-        assert parse_retry_after(bad, now) is None
 
 
 def test_410_disables_the_endpoint(service: AlertsService, receiver: Receiver, clock: FakeClock) -> None:
@@ -537,7 +514,7 @@ def test_consumer_parks_a_record_that_fails_for_any_reason_of_its_own(
 ) -> None:
     """Not only ValueError: here orjson's TypeError when the alert is stored (the parse-time nesting bound, which
     now stops this one earlier, is lifted to reach that path), and RecursionError-deep JSON."""
-    monkeypatch.setattr(events, "MAX_NESTING", 10_000)
+    monkeypatch.setattr("pipeline.events._checks.MAX_NESTING", 10_000)
     good = make_alert("deep").to_json()
     deep = good.replace(b'"features":{"distinct_ips":4.0}', b'"features":' + b'{"d":' * 300 + b"1" + b"}" * 300)
     bus = MemoryBus()

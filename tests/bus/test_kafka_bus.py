@@ -19,7 +19,9 @@ from kafka.admin import ConfigResource, ConfigResourceType
 from kafka.partitioner.default import murmur2
 
 from pipeline.bus import ALERTS, DEAD_LETTER, REVOCATIONS, TOKEN_USAGE, Message, TopicSpec
-from pipeline.bus.kafka import CONSUMER_CLIENTS, KafkaBus, KafkaConsumerAdapter, _translated
+from pipeline.bus.kafka import CONSUMER_CLIENTS, KafkaBus
+from pipeline.bus.kafka_calls import translated
+from pipeline.bus.kafka_consumer import KafkaConsumerAdapter
 from pipeline.errors import CommitRejected, KafkaBusError, KafkaCommitRejected
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(120)]
@@ -569,11 +571,11 @@ def test_many_small_messages_are_all_delivered(make_bus: BusFactory, capsys: pyt
 def test_a_commit_lost_to_a_rebalance_is_rejected_not_failed(error: type[Exception]) -> None:
     """kafka-python's answers to a commit a rebalance got ahead of become CommitRejected (the runner keeps its
     work and commits again); any other Kafka error, and these outside a commit, stay KafkaBusError."""
-    with pytest.raises(KafkaCommitRejected, match="commit"), _translated("commit", commit=True):
+    with pytest.raises(KafkaCommitRejected, match="commit"), translated("commit", commit=True):
         raise error("generation moved on")
-    with pytest.raises(KafkaBusError) as raised, _translated("poll"):
+    with pytest.raises(KafkaBusError) as raised, translated("poll"):
         raise error("generation moved on")
     assert not isinstance(raised.value, CommitRejected)
-    with pytest.raises(KafkaBusError) as raised, _translated("commit", commit=True):
+    with pytest.raises(KafkaBusError) as raised, translated("commit", commit=True):
         raise kafka_errors.KafkaTimeoutError("no answer")
     assert not isinstance(raised.value, CommitRejected)

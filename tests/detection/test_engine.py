@@ -23,13 +23,13 @@ from pipeline.bus import ALERTS, DEAD_LETTER, TOKEN_USAGE, default_topics
 from pipeline.bus.memory import MemoryBus
 from pipeline.detection.batch import EventBatch, micro_batches
 from pipeline.detection.engine import DetectionEngine
+from pipeline.detection.episodes import Finding
 from pipeline.detection.replay import replay
 from pipeline.detection.runner import StreamingRunner
 from pipeline.detection.training import TrainingParams, train_model
 from pipeline.events import Alert, TokenUsage, format_ts, ts_to_epoch_ms
 from pipeline.features.baselines import Baselines
 from pipeline.networks import PREFIXES, Network, NetworkResolver
-from pipeline.response.alerts import Finding
 from pipeline.scoring.model import DetectionModel, load_model, save_model
 from pipeline.simulate import Simulation, SimulationParams, iter_records, simulate
 from pipeline.windows import FORGED, RETURNS, TOTAL, prefix16

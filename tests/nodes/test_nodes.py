@@ -33,9 +33,9 @@ from pipeline.nodes import (
     open_feed_keys,
 )
 from pipeline.response.policy import ResponsePolicy
+from pipeline.revocations.store import new_revocation
 from pipeline.scoring.model import load_model
 from pipeline.validation import ValidatorConfig
-from pipeline.validation.revocations import new_revocation
 from tests.support.alerts import FakeClock, Receiver, make_alert
 from tests.support.paths import DEFAULT_MODEL
 from tests.support.servers import serve_app

@@ -9,8 +9,8 @@ from collections.abc import Callable
 
 import pytest
 
+from pipeline.detection.episodes import AlertTracker, Finding
 from pipeline.networks import PREFIXES, Network
-from pipeline.response.alerts import AlertTracker, Finding
 from pipeline.response.summary import MAX_SUMMARY, EntityFacts, network_label, summarize
 
 L = math.log1p

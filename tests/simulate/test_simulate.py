@@ -23,8 +23,8 @@ from pipeline.simulate import (
     simulate,
     ts_strings,
 )
-from pipeline.simulate.engine import record_columns
 from pipeline.simulate.io import read_labels, write_events, write_labels
+from pipeline.simulate.mix import record_columns
 
 SMALL = SimulationParams(minutes=8, seed=3, browsers=60, mobile=30, services=4, offices=3, incidents_per_threat=2)
 WIRE_FIELDS = [c for c in EVENT_COLUMNS if c != "incident_id"]

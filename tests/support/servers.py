@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 
-from pipeline.validation.server import background_server as serve_app
+from pipeline.serving.server import background_server as serve_app
 
 __all__ = ["RequestTrap", "serve_app", "wait_ready"]
 

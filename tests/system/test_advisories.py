@@ -27,9 +27,9 @@ from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from pipeline.events import TokenUsage
+from pipeline.revocations.store import RevocationStore
+from pipeline.serving.server import MAX_HEADER_BYTES
 from pipeline.validation import TokenValidator, ValidatorConfig
-from pipeline.validation.revocations import RevocationStore
-from pipeline.validation.server import MAX_HEADER_BYTES
 from pipeline.validation.service import ValidatorService
 from tests.support.jwtkit import AUDIENCE, DROP, ISSUER, Issuer, b64url, standard_claims
 from tests.support.paths import DEFAULT_MODEL
@@ -792,7 +792,7 @@ def test_low_9_the_service_port_never_tells_why_a_token_failed(tmp_path: Path) -
         with serve_app(create_alerts_app(alerts)) as url:
             assert httpx.get(f"{url}/metrics").status_code == 404
         # the operators still have every reason, on the metrics listener's app
-        from pipeline.web import metrics_app
+        from pipeline.serving.web import metrics_app
 
         for _, service in services:
             with serve_app(metrics_app(service.registry)) as metrics_url:
@@ -812,8 +812,8 @@ def test_low_9_the_service_port_never_tells_why_a_token_failed(tmp_path: Path) -
 
 def test_low_10_fail_closed_holds_on_every_surface(tmp_path: Path) -> None:
     from pipeline.bus.memory import MemoryBus
+    from pipeline.revocations.follower import RevocationFollower
     from pipeline.validation.app import create_validator_app
-    from pipeline.validation.follower import RevocationFollower
     from pipeline.validation.middleware import TokenValidationMiddleware
 
     issuer = Issuer.create()
@@ -892,9 +892,9 @@ def test_low_12_a_live_revocation_signed_with_a_since_rotated_feed_key_reaches_a
     from pipeline.bus import REVOCATIONS
     from pipeline.bus.memory import MemoryBus
     from pipeline.keys import KeyStore
-    from pipeline.validation.follower import RevocationFollower
-    from pipeline.validation.revocation_feed import FeedSigner, FeedVerifier
-    from pipeline.validation.revocations import RevocationStore, new_revocation
+    from pipeline.revocations.feed import FeedSigner, FeedVerifier
+    from pipeline.revocations.follower import RevocationFollower
+    from pipeline.revocations.store import RevocationStore, new_revocation
 
     iss = "https://issuer.advisory.test"
     keys = KeyStore.init(tmp_path / "feed-keys", alg="ES256", passphrase=None)  # max token lifetime: 1 h
@@ -955,7 +955,7 @@ def test_low_13_a_world_readable_admin_token_file_is_refused(tmp_path: Path) -> 
     import subprocess
     import sys
 
-    from pipeline.web import read_admin_token
+    from pipeline.serving.web import read_admin_token
 
     token = tmp_path / "admin-token"
     token.write_text("low-13-admin-token-0123456789\n")

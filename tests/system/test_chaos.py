@@ -26,7 +26,7 @@ import httpx
 import pytest
 from standardwebhooks import Webhook
 
-from pipeline.alerts.delivery import RetryPolicy
+from pipeline.alerts.retry import RetryPolicy
 from pipeline.alerts.service import AlertsService
 from pipeline.alerts.worker import AlertsWorker
 from pipeline.bus import ALERTS
@@ -35,9 +35,9 @@ from pipeline.bus.memory import MemoryBus
 from pipeline.errors import RevocationStoreError
 from pipeline.events import Alert
 from pipeline.keys import KeyStore
+from pipeline.revocations.store import RevocationStore
 from pipeline.validation.app import create_validator_app
 from pipeline.validation.config import ValidatorConfig
-from pipeline.validation.revocations import RevocationStore
 from pipeline.validation.service import ValidatorService
 from tests.support.jwtkit import Issuer
 from tests.support.paths import DEFAULT_MODEL
@@ -373,8 +373,8 @@ def test_bus_consumers_on_a_full_disk_park_nothing_and_lose_nothing(small_disk: 
     from pipeline.alerts.worker import AlertsConsumer
     from pipeline.archive import ArchiveConsumer, ArchiveWriter, read_archive
     from pipeline.bus import DEAD_LETTER, REVOCATIONS
-    from pipeline.validation.follower import RevocationFollower
-    from pipeline.validation.revocations import new_revocation
+    from pipeline.revocations.follower import RevocationFollower
+    from pipeline.revocations.store import new_revocation
 
     bus = MemoryBus()
     service = AlertsService(small_disk / "alerts", admin_token=ADMIN)

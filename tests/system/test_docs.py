@@ -26,11 +26,11 @@ from pipeline.bus.memory import MemoryBus
 from pipeline.cli import app as cli_app
 from pipeline.events import TokenUsage
 from pipeline.keys import KeyStore
+from pipeline.revocations.feed import FeedSigner
+from pipeline.revocations.store import new_revocation
 from pipeline.validation import ValidatorConfig
 from pipeline.validation.app import create_validator_app
 from pipeline.validation.config import DEFAULT_ALGORITHMS
-from pipeline.validation.revocation_feed import FeedSigner
-from pipeline.validation.revocations import new_revocation
 from pipeline.validation.service import ValidatorService
 from tests.support.alerts import make_alert, make_revocation
 from tests.support.paths import REPO

@@ -21,8 +21,8 @@ from starlette.routing import Route
 from pipeline.bus import REVOCATIONS
 from pipeline.bus.kafka import KafkaBus
 from pipeline.keys import KeyStore
-from pipeline.validation.revocation_feed import FeedSigner
-from pipeline.validation.revocations import new_revocation
+from pipeline.revocations.feed import FeedSigner
+from pipeline.revocations.store import new_revocation
 from tests.support.cli import start
 from tests.support.kafka import fresh_topics
 from tests.support.ports import free_port

@@ -21,15 +21,16 @@ import pytest
 
 from pipeline.alerts import AlertsService
 from pipeline.bus import REVOCATIONS, TOKEN_USAGE, Bus
-from pipeline.bus.kafka import KafkaBus, KafkaConsumerAdapter
+from pipeline.bus.kafka import KafkaBus
+from pipeline.bus.kafka_consumer import KafkaConsumerAdapter
 from pipeline.detection.runner import StreamingRunner
 from pipeline.events import Alert, TokenUsage, format_ts
 from pipeline.keys import KeyStore
 from pipeline.loop import BackgroundLoop
 from pipeline.response.policy import AutoRevoker, ResponsePolicy
 from pipeline.response.responder import Responder
+from pipeline.revocations.feed import FeedSigner, FeedVerifier
 from pipeline.scoring.model import DetectionModel, load_model
-from pipeline.validation.revocation_feed import FeedSigner, FeedVerifier
 from tests.support.alerts import ADMIN, make_alert
 from tests.support.cli import start
 from tests.support.kafka import fresh_topics

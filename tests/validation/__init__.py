@@ -1,1 +1,1 @@
-"""Tests of pipeline/validation: the verifier, keys, JWKS, revocations, the HTTP service and middleware."""
+"""Tests of pipeline/validation: the verifier, keys, JWKS, the HTTP service and middleware, enforcement."""

@@ -10,11 +10,11 @@ import httpx
 import pytest
 
 from pipeline.bus.memory import MemoryBus
+from pipeline.revocations.follower import RevocationFollower
+from pipeline.serving.web import metrics_app
 from pipeline.validation import ValidatorConfig
 from pipeline.validation.app import create_validator_app
-from pipeline.validation.follower import RevocationFollower
 from pipeline.validation.service import ValidatorService
-from pipeline.web import metrics_app
 from tests.support.jwtkit import AUDIENCE, ISSUER, Issuer
 from tests.support.servers import serve_app
 

@@ -107,7 +107,7 @@ def test_identities_the_api_would_not_see_unchanged_are_refused(api, issuer: Iss
 
 
 def test_fail_closed_refuses_every_token_while_the_feed_is_stale(issuer: Issuer, tmp_path: Path) -> None:
-    from pipeline.validation.follower import RevocationFollower
+    from pipeline.revocations.follower import RevocationFollower
 
     bus = MemoryBus()
     service = ValidatorService(

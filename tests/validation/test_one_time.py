@@ -15,11 +15,11 @@ from pipeline.bus import DEAD_LETTER, TOKEN_USAGE, Bus
 from pipeline.bus.memory import MemoryBus
 from pipeline.bus.topics import REPLAY, default_topics
 from pipeline.events import TokenUsage
+from pipeline.serving.web import metrics_app
 from pipeline.validation import TokenValidator, ValidatorConfig
 from pipeline.validation.app import create_validator_app
-from pipeline.validation.replay import ReplayCache, ReplayFollower, use_message
+from pipeline.validation.one_time import ReplayCache, ReplayFollower, use_message
 from pipeline.validation.service import ValidatorService
-from pipeline.web import metrics_app
 from tests.support.jwtkit import AUDIENCE, ISSUER, Issuer, standard_claims
 from tests.support.paths import DEFAULT_MODEL
 from tests.support.servers import serve_app, wait_ready

@@ -16,11 +16,11 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from pipeline.alerts.delivery import MAX_RETRY_AFTER_S, parse_retry_after
+from pipeline.alerts.retry import MAX_RETRY_AFTER_S, parse_retry_after
 from pipeline.errors import JwksError
 from pipeline.keys.jwk import ASYMMETRIC_ALGORITHMS
+from pipeline.serving.client_ip import client_ip, parse_networks
 from pipeline.validation import ValidatorConfig
-from pipeline.validation.client_ip import client_ip, parse_networks
 from pipeline.validation.jwks import KeySet, parse_jwks
 from tests.support.jwtkit import AUDIENCE, ISSUER, Issuer
 

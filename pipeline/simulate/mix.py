@@ -10,10 +10,11 @@ import pandas as pd
 
 from pipeline.events import REASONS, TokenUsage
 from pipeline.simulate.baseline import generate_baseline
+from pipeline.simulate.injector import Injector
 from pipeline.simulate.model import EVENT_COLUMNS, Simulation, SimulationParams
 from pipeline.simulate.networks import network_table
 from pipeline.simulate.tables import EventBatch, epoch_ms
-from pipeline.simulate.threats import Injector, inject
+from pipeline.simulate.threats import inject
 from pipeline.simulate.world import AddressSpace, Api, Strings, stream, uuid4_strings
 
 _OUTCOMES = np.array(["rejected", "accepted"], dtype=object)

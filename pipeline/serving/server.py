@@ -6,8 +6,11 @@ Two limits uvicorn leaves open are closed here, in the HTTP protocol itself (:fu
   cancelled by the first byte), so a client trickling a request line held its connection — and a slot of the
   process — for ever. A request's headers must now be complete within ``header_timeout_s`` of the connection
   opening, of the previous answer, or of the request's first byte; else the connection is closed.
-- **size of the headers**: httptools (uvicorn's parser when installed) buffers headers without a limit; h11 has
-  ``h11_max_incomplete_event_size``. Both now stop at :data:`MAX_HEADER_BYTES` with ``431``.
+- **size of the headers**: httptools (uvicorn's parser when installed) buffers headers without a limit; h11's
+  ``h11_max_incomplete_event_size`` bounds only a header block still *incomplete*, so either parser took a block
+  of any size that arrived in one read. Each read's header bytes (up to the blank line that ends them) are now
+  counted *before* the parser sees them: past :data:`MAX_HEADER_BYTES` the request gets ``431`` and never
+  reaches the app, however the bytes were split.
 
 :class:`Server` is uvicorn's server with an optional second listener in the same event loop: the metrics
 listener (``--metrics-port``), which serves Prometheus metrics apart from the public port.
@@ -72,6 +75,26 @@ class _HeaderGuard:
             log.debug("closing a connection whose request headers took over %.0f s", self.header_timeout_s)
             self.transport.close()
 
+    _header_bytes = 0
+    _header_tail = b""  # the last bytes of the previous read: a blank line may straddle two reads
+
+    def _headers_fit(self, data: bytes) -> bool:
+        """Count the header bytes of this read (all of it, or up to the blank line that ends the headers);
+        False once the request's headers exceed the cap. Called before the parser sees ``data``."""
+        window = self._header_tail + data
+        end = window.find(b"\r\n\r\n")
+        if end < 0:
+            self._header_bytes += len(data)
+            self._header_tail = window[-3:]
+        else:
+            self._header_bytes += max(0, end + 4 - len(self._header_tail))
+            self._header_tail = b""
+        return self._header_bytes <= self.max_header_bytes
+
+    def _restart_header_count(self) -> None:
+        self._header_bytes = 0
+        self._header_tail = b""
+
     def _refuse_oversized_headers(self, answer_allowed: bool) -> None:
         self._disarm_header_deadline()
         if answer_allowed:
@@ -97,7 +120,6 @@ def _httptools_protocol() -> type[asyncio.Protocol] | None:
         """
 
         _awaiting_headers = True
-        _header_bytes = 0
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]  # as uvicorn has it
             super().connection_made(transport)
@@ -109,13 +131,12 @@ def _httptools_protocol() -> type[asyncio.Protocol] | None:
 
         def data_received(self, data: bytes) -> None:
             # Counted per read, before parsing: httptools buffers a header line it has not finished in C, out of
-            # the callbacks' sight. A read that completes the headers ends the count, whatever body follows.
-            if self._awaiting_headers:
-                self._header_bytes += len(data)
+            # the callbacks' sight, and dispatches a request whose headers came whole in one read at once.
+            if self._awaiting_headers and not self._headers_fit(data):
+                if not self.transport.is_closing():
+                    self._refuse_oversized_headers(answer_allowed=self.cycle is None or self.cycle.response_complete)
+                return
             super().data_received(data)
-            too_long = self._awaiting_headers and self._header_bytes > self.max_header_bytes
-            if too_long and not self.transport.is_closing():
-                self._refuse_oversized_headers(answer_allowed=self.cycle is None or self.cycle.response_complete)
 
         def on_message_begin(self) -> None:
             super().on_message_begin()
@@ -124,9 +145,13 @@ def _httptools_protocol() -> type[asyncio.Protocol] | None:
 
         def on_headers_complete(self) -> None:
             self._awaiting_headers = False
-            self._header_bytes = 0
+            self._restart_header_count()
             self._disarm_header_deadline()
             super().on_headers_complete()
+
+        def on_message_complete(self) -> None:
+            super().on_message_complete()
+            self._awaiting_headers = True  # what comes next on the connection is the next request's headers
 
         def on_response_complete(self) -> None:
             waiting_for_next = not self.pipeline  # a queued request has its headers already
@@ -138,7 +163,14 @@ def _httptools_protocol() -> type[asyncio.Protocol] | None:
 
 
 class GuardedH11Protocol(_HeaderGuard, H11Protocol):
-    """uvicorn's h11 protocol with the same header deadline (h11 caps the size itself)."""
+    """uvicorn's h11 protocol with the same header deadline and size cap."""
+
+    def data_received(self, data: bytes) -> None:
+        if self.conn.their_state is h11.IDLE and not self._headers_fit(data):
+            if not self.transport.is_closing():
+                self._refuse_oversized_headers(answer_allowed=self.cycle is None or self.cycle.response_complete)
+            return
+        super().data_received(data)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]  # as uvicorn has it
         super().connection_made(transport)
@@ -162,6 +194,7 @@ class GuardedH11Protocol(_HeaderGuard, H11Protocol):
             self._arm_header_deadline()
         else:
             self._disarm_header_deadline()
+            self._restart_header_count()
 
 
 def guarded_protocol(
@@ -183,7 +216,7 @@ def uvicorn_config(
     header_timeout_s: float = HEADER_TIMEOUT_S,
     **extra: Any,
 ) -> uvicorn.Config:
-    """uvicorn's configuration for a jwtwatch service; with ``tls`` (``pipeline.validation.tls.server_context``)
+    """uvicorn's configuration for a jwtwatch service; with ``tls`` (``pipeline.serving.tls.server_context``)
     it serves HTTPS with exactly that context (minimum version and ciphers included), else plain HTTP.
 
     The HTTP protocol is :func:`guarded_protocol`'s unless ``http`` names another (tests: the h11 variant)."""
@@ -197,7 +230,7 @@ def uvicorn_config(
         log_level="warning",
         access_log=False,
         server_header=False,
-        proxy_headers=False,  # client IPs are resolved by pipeline.validation.client_ip, trusted proxies only
+        proxy_headers=False,  # client IPs are resolved by pipeline.serving.client_ip, trusted proxies only
         h11_max_incomplete_event_size=MAX_HEADER_BYTES,
         **extra,
     )

@@ -10,8 +10,8 @@ import pytest
 from pipeline.bus import DEAD_LETTER, REVOCATIONS
 from pipeline.bus.memory import MemoryBus
 from pipeline.errors import RevocationStoreError
-from pipeline.validation.follower import RevocationFollower
-from pipeline.validation.revocations import RevocationStore, new_revocation
+from pipeline.revocations.follower import RevocationFollower
+from pipeline.revocations.store import RevocationStore, new_revocation
 
 
 def test_two_validators_both_enforce_a_published_revocation(tmp_path: Path) -> None:

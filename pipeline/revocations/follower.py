@@ -19,8 +19,8 @@ from pipeline.bus import REVOCATIONS, Bus, Message
 from pipeline.bus.checkpoint import CheckpointLoop
 from pipeline.errors import RevocationStoreError
 from pipeline.events import Revocation
-from pipeline.validation.revocation_feed import FeedVerifier
-from pipeline.validation.revocations import RevocationStore
+from pipeline.revocations.feed import FeedVerifier
+from pipeline.revocations.store import RevocationStore
 
 
 class RevocationFollower:

@@ -1,13 +1,14 @@
-"""``validator serve --workers N``: N forked worker processes accepting on one listening socket.
+"""A pre-fork supervisor: N forked worker processes accepting on one listening socket (``validator serve --workers N``).
 
 The parent binds the socket, forks the workers and supervises them; it never serves, and starts no thread
-before forking (a fork copies only the calling thread). Each worker builds its own service — bus connection,
-revocation store connection, background loops — after the fork, then serves on the inherited socket.
+before forking (a fork copies only the calling thread). What a worker runs is the caller's: ``worker(index)``
+builds its own service — bus connection, revocation store connection, background loops — after the fork, then
+serves on the inherited socket.
 
-What the workers share, and how (``docs/configuration.md``, "validator serve"):
+What the validator's workers share, and how (``docs/configuration.md``, "validator serve"):
 
 - revocations: one SQLite store under the data dir; each worker reads what the others wrote every
-  ~100 ms (:mod:`pipeline.validation.store_sync`), and over Kafka each also follows the feed;
+  ~100 ms (:mod:`pipeline.revocations.store_sync`), and over Kafka each also follows the feed;
 - usage events to ``--events-out``: one file opened ``O_APPEND``, whole lines per ``write(2)``;
 - one-time tokens: their replay cache is shared over the bus only, so ``--workers > 1`` with one-time
   rules needs ``--kafka`` (refused otherwise);

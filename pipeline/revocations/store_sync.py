@@ -20,7 +20,7 @@ import logging
 import threading
 import time
 
-from pipeline.validation.revocations import RevocationStore
+from pipeline.revocations.store import RevocationStore
 
 log = logging.getLogger(__name__)
 

@@ -21,9 +21,9 @@ from pipeline.bus import TOKEN_USAGE
 from pipeline.bus.memory import MemoryBus
 from pipeline.events import TokenUsage
 from pipeline.keys import KeyStore
+from pipeline.serving.server import background_server
 from pipeline.validation.app import create_validator_app
 from pipeline.validation.config import ValidatorConfig
-from pipeline.validation.server import background_server
 from pipeline.validation.service import ValidatorService
 
 ISSUER = "https://issuer.demo.jwtwatch"

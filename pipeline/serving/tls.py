@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.errors import TransportError
-from pipeline.validation.server import is_loopback
+from pipeline.serving.server import is_loopback
 
 MINIMUM_VERSION = ssl.TLSVersion.TLSv1_2
 #: TLS 1.2 suites: ephemeral ECDH (forward secrecy) and an AEAD cipher only — no CBC, no RSA key exchange,

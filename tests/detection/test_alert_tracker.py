@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pipeline.response.alerts import AlertTracker, Finding
+from pipeline.detection.episodes import AlertTracker, Finding
 
 T0 = 1_790_000_100.0
 

@@ -12,9 +12,9 @@ import pytest
 from pipeline.bus import TOKEN_USAGE
 from pipeline.bus.memory import MemoryBus
 from pipeline.events import TokenUsage
+from pipeline.serving.client_ip import client_ip, parse_networks
 from pipeline.validation import ValidatorConfig
 from pipeline.validation.app import create_validator_app
-from pipeline.validation.client_ip import client_ip, parse_networks
 from pipeline.validation.service import ValidatorService
 from tests.support.jwtkit import AUDIENCE, ISSUER, Issuer
 from tests.support.servers import serve_app
@@ -176,7 +176,7 @@ def _server(issuer: Issuer, tmp: object, trusted: str | None) -> Iterator[Server
     bus = MemoryBus()
     config = ValidatorConfig(issuer=ISSUER, audience=AUDIENCE, jwks=issuer.jwks())
     service = ValidatorService(config, data_dir=tmp, bus=bus, trusted_proxies=trusted)  # type: ignore[arg-type]
-    # serve_app is the production runner (pipeline.validation.server): uvicorn's own X-Forwarded-For
+    # serve_app is the production runner (pipeline.serving.server): uvicorn's own X-Forwarded-For
     # rewriting is off there, so whatever the app sees as the peer really is the socket peer.
     with serve_app(create_validator_app(service)) as url:
         yield Server(url, bus)

@@ -15,9 +15,9 @@ from pipeline.bus.memory import MemoryBus
 from pipeline.errors import FeedError
 from pipeline.events import format_ts
 from pipeline.keys import KeyStore
-from pipeline.validation.follower import RevocationFollower
-from pipeline.validation.revocation_feed import FeedSigner, FeedVerifier
-from pipeline.validation.revocations import RevocationStore, new_revocation
+from pipeline.revocations.feed import FeedSigner, FeedVerifier
+from pipeline.revocations.follower import RevocationFollower
+from pipeline.revocations.store import RevocationStore, new_revocation
 
 ISS = "https://issuer.feed.test"
 
@@ -160,7 +160,7 @@ def test_a_revocation_reaching_years_ahead_does_not_keep_feed_keys_for_years(
 ) -> None:
     """Retention only grows, store-wide: one subject revoked "before" 2096 would have kept every retired feed key
     published and trusted for 75 years. It is capped; that revocation is still signed and enforced."""
-    from pipeline.validation.revocation_feed import MAX_RETENTION_S
+    from pipeline.revocations.feed import MAX_RETENTION_S
 
     feed = KeyStore.init(tmp_path / "feed", alg="ES256", passphrase="feed test passphrase")
     signer = FeedSigner(feed)

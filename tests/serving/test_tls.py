@@ -20,8 +20,8 @@ import pytest
 from fastapi import FastAPI
 
 from pipeline.errors import TransportError
-from pipeline.validation.server import background_server
-from pipeline.validation.tls import choose_transport, server_context
+from pipeline.serving.server import background_server
+from pipeline.serving.tls import choose_transport, server_context
 from tests.support.cli import AUDIENCE, ISSUER, JWTWATCH, run
 from tests.support.ports import free_port
 from tests.support.servers import stop_process

@@ -20,9 +20,9 @@ from pipeline.bus.memory import MemoryBus
 from pipeline.errors import FeedError
 from pipeline.events import Revocation
 from pipeline.keys import KeyStore
-from pipeline.validation.follower import RevocationFollower
-from pipeline.validation.revocation_feed import AUDIENCE, SESSION_REVOKED, SET_TYPE, FeedSigner, FeedVerifier
-from pipeline.validation.revocations import RevocationStore
+from pipeline.revocations.feed import AUDIENCE, SESSION_REVOKED, SET_TYPE, FeedSigner, FeedVerifier
+from pipeline.revocations.follower import RevocationFollower
+from pipeline.revocations.store import RevocationStore
 from tests.support.jwtkit import b64json, b64url
 
 PROPERTY = settings(max_examples=200, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])

@@ -1,0 +1,1 @@
+"""Tests of pipeline/revocations: the index and its store, the signed feed, following it, syncing workers."""

@@ -1,0 +1,1 @@
+"""Tests of pipeline/serving: the HTTP server's guards, TLS, the client address, what every service's HTTP shares."""
