@@ -6,9 +6,10 @@
 * :func:`verify_audit` — the hash-chained, MAC'd audit log of every key change (:mod:`pipeline.keys.audit`);
   :func:`verify_store` — the CI gate over a whole store (:mod:`pipeline.keys.verify`);
 * :mod:`pipeline.keys.signed_jwks` — the store's public keys signed by a root key (:class:`RootKey`);
-* :mod:`pipeline.keys.jwk` — canonical JSON, RFC 7638 thumbprints, binding a JWK to one algorithm.
+* :mod:`pipeline.keys.jwk` — canonical JSON, RFC 7638 thumbprints, binding a JWK to one algorithm;
+* :mod:`pipeline.keys.key_set` — a JWK Set parsed into the keys a verifier may use (validators, the feed).
 
-Nothing here imports the validator, the nodes or the CLI: they import this.
+Nothing here imports the validator, the revocation feed, the nodes or the CLI: they import this.
 """
 
 from __future__ import annotations

@@ -34,7 +34,7 @@ from jwt.exceptions import PyJWTError
 from pipeline.errors import FeedError, KeyStoreError, RecordError
 from pipeline.events import Revocation, parse_ts
 from pipeline.keys import KeyStore
-from pipeline.validation.jwks import KeySet, parse_jwks
+from pipeline.keys.key_set import KeySet, parse_jwks
 
 log = logging.getLogger(__name__)
 

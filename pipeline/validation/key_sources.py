@@ -29,7 +29,7 @@ import httpx
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from pipeline.errors import JwksError, JwksFetchError
-from pipeline.validation.jwks import KeySet, parse_jwks
+from pipeline.keys.key_set import KeySet, parse_jwks
 
 log = logging.getLogger(__name__)
 

@@ -31,8 +31,8 @@ import jwt
 from pipeline.errors import JwksError, RollbackError
 from pipeline.files import atomic_write
 from pipeline.keys.jwk import bind_key, canonical_json
+from pipeline.keys.key_set import KeySet, parse_jwks
 from pipeline.keys.signed_jwks import DEFAULT_VALIDITY_S, SignedKeySet, verify_signed_key_set
-from pipeline.validation.jwks import KeySet, parse_jwks
 
 log = logging.getLogger(__name__)
 

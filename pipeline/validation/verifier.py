@@ -20,8 +20,8 @@ import jwt
 import orjson
 from jwt.exceptions import PyJWTError
 
+from pipeline.keys.key_set import KeySet
 from pipeline.validation.config import ValidatorConfig
-from pipeline.validation.jwks import KeySet
 
 if TYPE_CHECKING:
     from jwt.types import Options

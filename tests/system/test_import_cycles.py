@@ -132,19 +132,64 @@ def test_pipeline_has_no_import_cycle() -> None:
     )
 
 
-def test_keys_import_nothing_that_uses_them() -> None:
-    """pipeline/keys is below the validator, the nodes, the CLI and the responder: they import it, never back."""
+#: The one-way rule (docs/architecture.md, "Module map"), bottom layer first. A unit is a package under pipeline/
+#: or a module at its top; a unit may import units of lower layers only (and itself), never one of its own layer
+#: or above. A new unit must be placed here before it can be imported.
+LAYERS: tuple[tuple[str, ...], ...] = (
+    ("errors", "loop", "_accel"),
+    ("files", "events", "windows"),
+    ("bus", "networks", "serving", "keys"),
+    ("features", "revocations"),
+    ("scoring", "simulate", "validation", "alerts"),
+    ("archive", "response"),
+    ("detection",),
+    ("nodes",),
+    ("demo",),
+    ("cli",),
+)
+
+
+def _unit(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else None  # None: pipeline/__init__.py, which imports nothing
+
+
+def layer_violations(graph: Graph, layers: tuple[tuple[str, ...], ...] = LAYERS) -> list[str]:
+    """``module imports other (layer i -> layer j)`` for every import that does not go down a layer."""
+    rank = {unit: i for i, layer in enumerate(layers) for unit in layer}
+    found = []
+    for module, imports in sorted(graph.items()):
+        unit = _unit(module)
+        for imported in sorted(imports):
+            other = _unit(imported)
+            if unit is None or other is None or other == unit:
+                continue
+            if unit not in rank or other not in rank:
+                found.append(f"{module} imports {imported}: place {unit if unit not in rank else other} in LAYERS")
+            elif rank[other] >= rank[unit]:
+                found.append(f"{module} imports {imported} (layer {rank[unit]} -> layer {rank[other]})")
+    return found
+
+
+def test_imports_go_down_the_layers() -> None:
     graph = import_graph(ROOT, "pipeline")
-    above = ("pipeline.validation", "pipeline.nodes", "pipeline.cli", "pipeline.response")
-    found = sorted(
-        f"{module} imports {imported}"
-        for module, imports in graph.items()
-        if module == "pipeline.keys" or module.startswith("pipeline.keys.")
-        for imported in imports
-        if any(imported == pkg or imported.startswith(pkg + ".") for pkg in above)
-    )
-    assert any(m.startswith("pipeline.keys.") for m in graph), "no pipeline.keys modules: the test proves nothing"
-    assert not found, "\n".join(found)
+    units = {_unit(module) for module in graph} - {None}
+    assert units == {unit for layer in LAYERS for unit in layer}, "LAYERS names units that are gone, or misses some"
+    assert not layer_violations(graph), "\n".join(layer_violations(graph))
+
+
+def test_an_import_up_or_across_a_layer_is_named() -> None:
+    graph: Graph = {
+        "pipeline.keys.store": {"pipeline.validation.config", "pipeline.errors"},  # up
+        "pipeline.bus.kafka": {"pipeline.serving.web"},  # across: the same layer
+        "pipeline.validation.app": {"pipeline.keys.store", "pipeline.validation.config"},  # down, and within
+        "pipeline.newthing": {"pipeline.errors"},  # not placed
+    }
+    assert layer_violations(graph) == [
+        "pipeline.bus.kafka imports pipeline.serving.web (layer 2 -> layer 2)",
+        "pipeline.keys.store imports pipeline.validation.config (layer 2 -> layer 4)",
+        "pipeline.newthing imports pipeline.errors: place newthing in LAYERS",
+    ]
 
 
 def _package(root: Path, files: dict[str, str]) -> None:

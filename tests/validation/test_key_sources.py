@@ -192,7 +192,7 @@ def test_private_members_in_a_jwks_are_ignored(tmp_path: Path) -> None:
     key = new_key("RS256", kid="leaky")
     private_jwk = RSAAlgorithm.to_jwk(key.private, as_dict=True) | {"kid": "leaky", "alg": "RS256"}
     assert "d" in private_jwk
-    from pipeline.validation.jwks import parse_jwks
+    from pipeline.keys.key_set import parse_jwks
 
     keys = parse_jwks({"keys": [private_jwk]})
     published = keys.public_jwks()["keys"][0]
@@ -200,7 +200,7 @@ def test_private_members_in_a_jwks_are_ignored(tmp_path: Path) -> None:
 
 
 def test_symmetric_keys_in_a_jwks_are_refused() -> None:
-    from pipeline.validation.jwks import parse_jwks
+    from pipeline.keys.key_set import parse_jwks
 
     with pytest.raises(JwksError, match="oct"):
         parse_jwks({"keys": [{"kty": "oct", "k": "c2VjcmV0", "kid": "h", "alg": "HS256"}]})
@@ -214,7 +214,7 @@ def test_config_refuses_symmetric_and_none_algorithms(alg: str) -> None:
 
 def test_only_sources_that_may_fetch_keys_are_marked_blocking(tmp_path: Path, issuer: Issuer) -> None:
     """The HTTP fast path validates on the event loop only when no key source can do network I/O."""
-    from pipeline.validation.jwks import KeySet
+    from pipeline.keys.key_set import KeySet
     from pipeline.validation.key_sources import CombinedKeySource, SignedJwksUrlSource, StaticKeySource
 
     assert UrlKeySource.may_block and SignedJwksUrlSource.may_block

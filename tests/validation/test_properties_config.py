@@ -19,9 +19,9 @@ from pydantic import ValidationError
 from pipeline.alerts.retry import MAX_RETRY_AFTER_S, parse_retry_after
 from pipeline.errors import JwksError
 from pipeline.keys.jwk import ASYMMETRIC_ALGORITHMS
+from pipeline.keys.key_set import KeySet, parse_jwks
 from pipeline.serving.client_ip import client_ip, parse_networks
 from pipeline.validation import ValidatorConfig
-from pipeline.validation.jwks import KeySet, parse_jwks
 from tests.support.jwtkit import AUDIENCE, ISSUER, Issuer
 
 PROPERTY = settings(max_examples=200, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])

@@ -145,7 +145,7 @@ def test_claims_cannot_inject_headers_into_the_upstream_request(url: str, issuer
 
 
 def test_readiness_fails_without_usable_keys(tmp_path: Path) -> None:
-    from pipeline.validation.jwks import KeySet
+    from pipeline.keys.key_set import KeySet
     from pipeline.validation.key_sources import StaticKeySource
 
     service = ValidatorService(
