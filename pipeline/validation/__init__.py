@@ -1,4 +1,7 @@
-"""The validation tier: a hardened access-token validator, its keys, revocations and HTTP surfaces."""
+"""The validation tier: a hardened access-token validator and its surfaces (forward-auth app, middleware).
+
+Its keys come from :mod:`pipeline.keys`, revocations from :mod:`pipeline.revocations`, HTTP serving from
+:mod:`pipeline.serving`."""
 
 from pipeline.errors import JwksError
 from pipeline.keys.key_set import KeySet, parse_jwks
