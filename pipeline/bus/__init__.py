@@ -15,13 +15,26 @@ deterministic ``alert_id``).
 from __future__ import annotations
 
 from pipeline.bus.base import Bus, Consumer, Message, MessageRun
-from pipeline.bus.topics import ALERTS, DEAD_LETTER, REVOCATIONS, TOKEN_USAGE, VERDICTS, TopicSpec, default_topics
+from pipeline.bus.topics import (
+    ALERTS,
+    DEAD_LETTER,
+    REVOCATIONS,
+    TOKEN_USAGE,
+    TOKEN_USAGE_BY_IP,
+    TOKEN_USAGE_BY_SUBJECT,
+    VERDICTS,
+    TopicSpec,
+    default_topics,
+    keyed_views,
+)
 
 __all__ = [
     "ALERTS",
     "DEAD_LETTER",
     "REVOCATIONS",
     "TOKEN_USAGE",
+    "TOKEN_USAGE_BY_IP",
+    "TOKEN_USAGE_BY_SUBJECT",
     "VERDICTS",
     "Bus",
     "Consumer",
@@ -29,4 +42,5 @@ __all__ = [
     "MessageRun",
     "TopicSpec",
     "default_topics",
+    "keyed_views",
 ]

@@ -12,6 +12,15 @@ VERDICTS = "jwtwatch.verdicts"  # analysts' verdict/1 on alerts, from the alerts
 REPLAY = "jwtwatch.replay"  # one-time tokens used, shared between validator instances (pipeline.validation.one_time)
 
 
+def keyed_views(usage_topic: str) -> tuple[str, str]:
+    """The keyed views of a usage topic: ``(<topic>.by-subject, <topic>.by-ip)``, the same events keyed by subject
+    and by client IP (pipeline.views). The token view is the usage topic itself (keyed by ``jti``, else IP)."""
+    return f"{usage_topic}.by-subject", f"{usage_topic}.by-ip"
+
+
+TOKEN_USAGE_BY_SUBJECT, TOKEN_USAGE_BY_IP = keyed_views(TOKEN_USAGE)
+
+
 @dataclass(frozen=True, slots=True)
 class TopicSpec:
     name: str
@@ -24,6 +33,9 @@ def default_topics(partitions: int = 3) -> list[TopicSpec]:
     # so that versions are applied monotonically.
     return [
         TopicSpec(TOKEN_USAGE, partitions),
+        # Its keyed views (pipeline.views.rekey): as many partitions, so that a worker can own the same share.
+        TopicSpec(TOKEN_USAGE_BY_SUBJECT, partitions),
+        TopicSpec(TOKEN_USAGE_BY_IP, partitions),
         TopicSpec(ALERTS, partitions),
         TopicSpec(REVOCATIONS, 1, compacted=True),
         TopicSpec(DEAD_LETTER, 1),

@@ -29,7 +29,7 @@ from pipeline.cli.keys_commands import (
     keys_rotate,
     keys_sign_jwks,
 )
-from pipeline.cli.pipeline_commands import pipeline_run
+from pipeline.cli.pipeline_commands import pipeline_rekey, pipeline_run
 from pipeline.cli.serve_commands import serve
 from pipeline.cli.simulate_commands import simulate_command
 from pipeline.cli.token_commands import token_issue
@@ -90,6 +90,7 @@ _command(token_app, "issue", token_issue)
 
 pipeline_app = _group("pipeline", "The detection pipeline as its own process (over Kafka).")
 _command(pipeline_app, "run", pipeline_run)
+_command(pipeline_app, "rekey", pipeline_rekey)
 
 alerts_app = _group("alerts", "The alerts service as its own process (over Kafka).")
 _command(alerts_app, "serve", alerts_serve)

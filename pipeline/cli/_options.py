@@ -159,6 +159,20 @@ InsecureHttp = Annotated[
 _kafka = typer.Option(envvar=env("kafka"), help="Kafka bootstrap HOST:PORT.")
 Kafka = Annotated[str | None, _kafka]
 RequiredKafka = Annotated[str, _kafka]
+#: The pipeline's consumer group (``pipeline run``; ``pipeline rekey`` reads in ``<group>-rekey``).
+PipelineGroup = Annotated[
+    str, typer.Option("--group", envvar=env("group"), help="Consumer group (share it to share work).")
+]
+DEFAULT_PIPELINE_GROUP = "jwtwatch-pipeline"
+KafkaConsumerClient = Annotated[
+    str,
+    typer.Option(
+        "--kafka-consumer",
+        envvar=env("kafka_consumer"),
+        help="Library that reads the usage topic: kafka-python, or confluent-kafka (librdkafka: records "
+        "decoded in C, about 1.5x the events per second; pip install 'jwtwatch[confluent]').",
+    ),
+]
 RevocationKeys = Annotated[
     Path | None,
     typer.Option(

@@ -1,4 +1,5 @@
-"""``jwtwatch pipeline run``: the detection pipeline as its own process, over Kafka."""
+"""``jwtwatch pipeline run``: the detection pipeline as its own process, over Kafka; ``jwtwatch pipeline rekey``: the
+re-keying stage that makes the usage topic's keyed views."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import typer
 
 from pipeline.cli._options import (
     DEFAULT_MODEL_DIR,
+    DEFAULT_PIPELINE_GROUP,
     AllowCidrs,
     AllowClients,
     AllowSubjects,
@@ -17,8 +19,10 @@ from pipeline.cli._options import (
     DataDir,
     DryRun,
     IpDb,
+    KafkaConsumerClient,
     MaxRevocationsPerMinute,
     ModelDir,
+    PipelineGroup,
     RequiredKafka,
     RevocationKeys,
     RevokeMinSeverity,
@@ -40,18 +44,9 @@ def pipeline_run(
     allow_clients: AllowClients = None,
     allow_cidrs: AllowCidrs = None,
     max_revocations_per_minute: MaxRevocationsPerMinute = 10,
-    group: Annotated[str, typer.Option(envvar=env("group"), help="Consumer group (share it to share work).")] = (
-        "jwtwatch-pipeline"
-    ),
+    group: PipelineGroup = DEFAULT_PIPELINE_GROUP,
     revocation_keys: RevocationKeys = None,
-    kafka_consumer: Annotated[
-        str,
-        typer.Option(
-            envvar=env("kafka_consumer"),
-            help="Library that reads the usage topic: kafka-python, or confluent-kafka (librdkafka: records "
-            "decoded in C, about 1.5x the events per second; pip install 'jwtwatch[confluent]').",
-        ),
-    ] = "kafka-python",
+    kafka_consumer: KafkaConsumerClient = "kafka-python",
     ip_db: IpDb = None,
 ) -> None:
     """Consume token-usage/1, score it, publish alert/1 (and revocations); archive events and alerts."""
@@ -81,6 +76,34 @@ def pipeline_run(
     node = PipelineNode(bus, model, settings, signer=signer)
     console.print(f"pipeline on {kafka}: model {model.version}, group {group}, data in {data_dir}")
     try:
+        node.run_until_signalled()
+    finally:
+        bus.close()
+
+
+def pipeline_rekey(
+    kafka: RequiredKafka,
+    group: PipelineGroup = DEFAULT_PIPELINE_GROUP,
+    kafka_consumer: KafkaConsumerClient = "kafka-python",
+) -> None:
+    """Re-key token-usage/1 into its views by subject and by IP (bytes unchanged), in group GROUP-rekey."""
+    from pipeline.bus.kafka import check_consumer_client
+    from pipeline.bus.topics import TOKEN_USAGE, keyed_views
+    from pipeline.errors import NodeError
+    from pipeline.nodes import RekeyNode, open_bus
+
+    with failing_on(ValueError, prefix="--kafka-consumer: "):
+        check_consumer_client(kafka_consumer)
+    log_to_stderr()
+    with failing_on(NodeError):
+        bus = open_bus(kafka, kafka_consumer)
+    try:
+        node = RekeyNode(bus, group=group)
+        by_subject, by_ip = keyed_views(TOKEN_USAGE)
+        console.print(
+            f"rekey on {kafka}: {TOKEN_USAGE} (group {node.group}) -> {by_subject} (key: subject) and {by_ip} "
+            f"(key: client IP); until SIGINT or SIGTERM"
+        )
         node.run_until_signalled()
     finally:
         bus.close()

@@ -42,6 +42,7 @@ from pipeline.networks import PREFIXES, Network, NetworkResolver
 from pipeline.response.summary import EntityFacts
 from pipeline.response.suppressions import Suppressions
 from pipeline.scoring.model import DetectionModel
+from pipeline.views.keys import VERIFIED_REASONS  # which events' claims count: the keyed views' rule too
 from pipeline.windows import (
     FORGED,
     NEVER,
@@ -54,10 +55,6 @@ from pipeline.windows import (
     WindowStore,
 )
 
-#: Reasons given only after the signature was verified: the claims in such an event are authentic.
-VERIFIED_REASONS = frozenset(
-    {None, "expired", "not_yet_valid", "issuer", "audience", "missing_claim", "lifetime", "revoked", "replayed"}
-)
 _ROW_FOR_REASON = {
     None: 0,
     "bad_signature": FORGED,

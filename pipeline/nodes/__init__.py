@@ -2,6 +2,7 @@
 
 * :class:`ValidatorNode` (``validator serve``) — the validator, one process or ``--workers`` forked ones;
 * :class:`PipelineNode` (``pipeline run``) — runner, responder and archive on a bus;
+* :class:`RekeyNode` (``pipeline rekey``) — the usage topic re-keyed into its views by subject and by IP;
 * :class:`AlertsNode` (``alerts serve``) — the alerts service fed by a bus;
 * :class:`AllInOne` (``serve``, and ``demo`` on its simulated clock) — all three on one in-process bus and port.
 
@@ -14,6 +15,7 @@ from pipeline.nodes.alerts_node import AlertsNode
 from pipeline.nodes.allinone import AllInOne, ServeOptions
 from pipeline.nodes.key_trust import KeyTrust
 from pipeline.nodes.pipeline_node import PipelineNode, PipelineSettings
+from pipeline.nodes.rekey_node import RekeyNode
 from pipeline.nodes.resources import FeedKeys, open_bus, open_feed_keys
 from pipeline.nodes.running import Listener
 from pipeline.nodes.validator_node import TokenRules, ValidatorNode, ValidatorSettings
@@ -27,6 +29,7 @@ __all__ = [
     "NodeError",
     "PipelineNode",
     "PipelineSettings",
+    "RekeyNode",
     "ServeOptions",
     "TokenRules",
     "ValidatorNode",

@@ -18,7 +18,17 @@ from kafka import errors as kafka_errors
 from kafka.admin import ConfigResource, ConfigResourceType
 from kafka.partitioner.default import murmur2
 
-from pipeline.bus import ALERTS, DEAD_LETTER, REVOCATIONS, TOKEN_USAGE, Message, TopicSpec
+from pipeline.bus import (
+    ALERTS,
+    DEAD_LETTER,
+    REVOCATIONS,
+    TOKEN_USAGE,
+    TOKEN_USAGE_BY_IP,
+    TOKEN_USAGE_BY_SUBJECT,
+    Message,
+    TopicSpec,
+    keyed_views,
+)
 from pipeline.bus.kafka import CONSUMER_CLIENTS, KafkaBus
 from pipeline.bus.kafka_calls import translated
 from pipeline.bus.kafka_consumer import KafkaConsumerAdapter
@@ -139,9 +149,18 @@ def test_topics_are_created_with_partitions_and_compaction(make_bus: BusFactory,
 def test_default_topics_exist_with_their_shapes(kafka_bootstrap: str, admin: KafkaAdminClient) -> None:
     with KafkaBus(kafka_bootstrap, client_id=unique("test")) as bus:
         group = unique("g")
-        with bus.consumer([TOKEN_USAGE, ALERTS, REVOCATIONS, DEAD_LETTER], group) as consumer:
+        with bus.consumer(
+            [TOKEN_USAGE, *keyed_views(TOKEN_USAGE), ALERTS, REVOCATIONS, DEAD_LETTER], group
+        ) as consumer:
             partitions = Counter(topic for topic, _ in consumer.end_offsets())
-    assert partitions == {TOKEN_USAGE: 3, ALERTS: 3, REVOCATIONS: 1, DEAD_LETTER: 1}
+    assert partitions == {
+        TOKEN_USAGE: 3,
+        TOKEN_USAGE_BY_SUBJECT: 3,
+        TOKEN_USAGE_BY_IP: 3,
+        ALERTS: 3,
+        REVOCATIONS: 1,
+        DEAD_LETTER: 1,
+    }
     assert topic_configs(admin, REVOCATIONS, TOKEN_USAGE) == {REVOCATIONS: "compact", TOKEN_USAGE: "delete"}
 
 

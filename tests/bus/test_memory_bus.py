@@ -8,7 +8,18 @@ from collections import Counter
 
 import pytest
 
-from pipeline.bus import ALERTS, DEAD_LETTER, REVOCATIONS, TOKEN_USAGE, Consumer, Message, TopicSpec
+from pipeline.bus import (
+    ALERTS,
+    DEAD_LETTER,
+    REVOCATIONS,
+    TOKEN_USAGE,
+    TOKEN_USAGE_BY_IP,
+    TOKEN_USAGE_BY_SUBJECT,
+    Consumer,
+    Message,
+    TopicSpec,
+    keyed_views,
+)
 from pipeline.bus.memory import MemoryBus
 
 TOPIC = "test.events"
@@ -36,9 +47,16 @@ def values(messages: list[Message]) -> list[bytes]:
 
 def test_default_topics_exist_with_their_shapes() -> None:
     bus = MemoryBus()
-    with bus.consumer([TOKEN_USAGE, ALERTS, REVOCATIONS, DEAD_LETTER], "g") as consumer:
+    with bus.consumer([TOKEN_USAGE, *keyed_views(TOKEN_USAGE), ALERTS, REVOCATIONS, DEAD_LETTER], "g") as consumer:
         partitions = Counter(topic for topic, _ in consumer.end_offsets())
-    assert partitions == {TOKEN_USAGE: 3, ALERTS: 3, REVOCATIONS: 1, DEAD_LETTER: 1}
+    assert partitions == {
+        TOKEN_USAGE: 3,
+        TOKEN_USAGE_BY_SUBJECT: 3,
+        TOKEN_USAGE_BY_IP: 3,
+        ALERTS: 3,
+        REVOCATIONS: 1,
+        DEAD_LETTER: 1,
+    }
 
 
 def test_same_key_same_partition_in_order() -> None:

@@ -83,6 +83,17 @@ def test_pipeline_run_names_the_kafka_consumers_it_knows() -> None:
     assert "kafka-python, confluent-kafka" in result.stderr
 
 
+def test_pipeline_rekey_checks_its_options_and_its_broker_in_one_line() -> None:
+    assert "rekey" in run("pipeline", "--help").stdout
+    wrong = run("pipeline", "rekey", "--kafka", "127.0.0.1:1", "--kafka-consumer", "librdkafka", check=False)
+    assert wrong.returncode == 2 and "Traceback" not in wrong.stderr
+    assert "kafka-python, confluent-kafka" in wrong.stderr
+    # No broker there: the start stops with one line (the bus's deadline), before the stage says it runs.
+    result = run("pipeline", "rekey", "--kafka", "127.0.0.1:1", check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert "rekey on" not in result.stdout
+
+
 def test_token_issue_refuses_more_than_the_lifetime_cap(keys: Path) -> None:
     result = run("token", "issue", "--dir", str(keys), "--sub", "a", "--aud", AUDIENCE, "--ttl", "7200", check=False)
     assert result.returncode == 2

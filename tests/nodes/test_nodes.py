@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import time
 import uuid
@@ -15,7 +16,7 @@ import pytest
 from pydantic import ValidationError
 
 from pipeline.archive import read_archive
-from pipeline.bus import ALERTS, DEAD_LETTER, REVOCATIONS, TOKEN_USAGE
+from pipeline.bus import ALERTS, DEAD_LETTER, REVOCATIONS, TOKEN_USAGE, TOKEN_USAGE_BY_IP, TOKEN_USAGE_BY_SUBJECT
 from pipeline.bus.memory import MemoryBus
 from pipeline.errors import NodeError
 from pipeline.events import Alert, TokenUsage, format_ts, parse_ts
@@ -26,6 +27,7 @@ from pipeline.nodes import (
     KeyTrust,
     PipelineNode,
     PipelineSettings,
+    RekeyNode,
     ServeOptions,
     TokenRules,
     ValidatorNode,
@@ -163,6 +165,32 @@ def test_a_pipeline_node_turns_usage_into_an_alert_a_signed_revocation_and_an_ar
     assert (tmp_path / "baselines.json").exists()
     archived = bus.consumer([TOKEN_USAGE], "nodes-test-archive", from_beginning=True)  # the group: <group>-archive
     assert sum(archived.committed().values()) == 24
+
+
+# ---------------------------------------------------------------------------------------- RekeyNode
+
+
+def test_a_rekey_node_keys_the_usage_topic_by_subject_and_by_ip(tmp_path: Path) -> None:
+    bus = MemoryBus()
+    events = [usage(SIM_START + i, ip, CHROME) for i, ip in enumerate(("81.2.3.4", "45.9.8.7", "81.2.3.4"))]
+    forged = dataclasses.replace(events[0], event_id=str(uuid.uuid4()), outcome="rejected", reason="bad_signature")
+    for event in (*events, forged):
+        bus.publish(TOKEN_USAGE, event.bus_key, event.to_json())
+    node = RekeyNode(bus, group="nodes-test")
+    assert node.group == "nodes-test-rekey"  # beside the pipeline's group, never in it
+    for loop in node.loops:
+        loop.start()
+    try:
+        done = wait_for(lambda: len(read_topic(bus, TOKEN_USAGE_BY_IP)) == 4)
+    finally:
+        for loop in node.loops:
+            loop.stop()
+        node.close()
+    assert done, "the IP view never held every event"
+    assert read_topic(bus, TOKEN_USAGE_BY_SUBJECT) == [e.to_json() for e in events]  # the forged one has no subject
+    assert sorted(read_topic(bus, TOKEN_USAGE_BY_IP)) == sorted(e.to_json() for e in (*events, forged))
+    rekeyed = bus.consumer([TOKEN_USAGE], "nodes-test-rekey", from_beginning=True)
+    assert sum(rekeyed.committed().values()) == 4
 
 
 # ---------------------------------------------------------------------------------------- AlertsNode

@@ -139,7 +139,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("errors", "loop", "_accel"),
     ("files", "events", "windows"),
     ("bus", "networks", "serving", "keys"),
-    ("features", "revocations"),
+    ("features", "revocations", "views"),
     ("scoring", "simulate", "validation", "alerts"),
     ("archive", "response"),
     ("detection",),
