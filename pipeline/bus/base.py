@@ -124,8 +124,12 @@ class Consumer(ABC):
 
 class Bus(ABC):
     @abstractmethod
-    def publish(self, topic: str, key: str | bytes | None, value: bytes | None) -> None:
-        """Queue one message. Messages with the same key keep their order."""
+    def publish(
+        self, topic: str, key: str | bytes | None, value: bytes | None, timestamp_ms: int | None = None
+    ) -> None:
+        """Queue one message. Messages with the same key keep their order. ``timestamp_ms`` is its time (default:
+        now); a stage that republishes a message keeps the original's, so seeking by time finds it where it
+        finds the original."""
 
     @abstractmethod
     def flush(self, timeout_s: float | None = None) -> None:

@@ -142,10 +142,12 @@ class KafkaBus(Bus):
 
     # -- producing --------------------------------------------------------------------------------------
 
-    def publish(self, topic: str, key: str | bytes | None, value: bytes | None) -> None:
+    def publish(
+        self, topic: str, key: str | bytes | None, value: bytes | None, timestamp_ms: int | None = None
+    ) -> None:
         if self._closed:
             raise RuntimeError("bus is closed")
-        self._publisher.publish(topic, encode_key(key), value)
+        self._publisher.publish(topic, encode_key(key), value, timestamp_ms)
 
     def flush(self, timeout_s: float | None = None) -> None:
         """Block until every published message is acknowledged by the broker (``acks=all``).

@@ -46,8 +46,8 @@ class Publisher:
         """The current ``KafkaProducer``."""
         return self._producer.producer
 
-    def publish(self, topic: str, key: bytes | None, value: bytes | None) -> None:
-        self._working_producer().send(topic, key, value)
+    def publish(self, topic: str, key: bytes | None, value: bytes | None, timestamp_ms: int | None = None) -> None:
+        self._working_producer().send(topic, key, value, timestamp_ms)
 
     def _working_producer(self) -> _Producer:
         """The producer, replaced first if a non-retriable delivery error has broken it.
@@ -121,13 +121,13 @@ class _Producer:
         self.producer = producer
         self.broken = False
 
-    def send(self, topic: str, key: bytes | None, value: bytes | None) -> None:
+    def send(self, topic: str, key: bytes | None, value: bytes | None, timestamp_ms: int | None = None) -> None:
         publisher = self.publisher
         with publisher._cond:
             publisher._pending += 1
         try:
             with translated(f"publish to {topic!r}"):
-                future = self.producer.send(topic, key=key, value=value)
+                future = self.producer.send(topic, key=key, value=value, timestamp_ms=timestamp_ms)
         except BaseException:
             publisher._sent()
             raise

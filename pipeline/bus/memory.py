@@ -113,7 +113,9 @@ class MemoryBus(Bus):
             self._topics[topic] = [self._partition() for _ in range(3)]
         return self._topics[topic]
 
-    def publish(self, topic: str, key: str | bytes | None, value: bytes | None) -> None:
+    def publish(
+        self, topic: str, key: str | bytes | None, value: bytes | None, timestamp_ms: int | None = None
+    ) -> None:
         raw_key = encode_key(key)
         with self._lock:
             if self._closed:
@@ -122,7 +124,7 @@ class MemoryBus(Bus):
             index = zlib.crc32(raw_key) % len(parts) if raw_key is not None else 0
             part = parts[index]
             # A None value is a tombstone (Kafka's delete marker); readers see it as empty bytes.
-            part.append(raw_key, value or b"", int(time.time() * 1000))
+            part.append(raw_key, value or b"", int(time.time() * 1000) if timestamp_ms is None else timestamp_ms)
             # Compacted topics are the revocation feed: small, and every entry must stay readable.
             if topic not in self._compacted and len(part) > self._retention + self._retention // 8:
                 # Trim in chunks: dropping one message at a time from a list's head would be O(n) each.

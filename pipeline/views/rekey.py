@@ -56,10 +56,12 @@ class Rekeyer:
         # Encoded here, outside the publishing: a key that cannot be encoded (a lone surrogate) is the record's fault.
         subject_bytes = None if subject is None else subject.encode("utf-8")
         ip_bytes = ip_key(record.ip).encode("utf-8")
+        # The source's time, not ours: a worker rebuilding a view's windows seeks by time, as it does on the topic.
+        timestamp_ms = message.timestamp_ms if message.timestamp_ms > 0 else None
         try:
             if subject_bytes is not None:
-                self.bus.publish(self.subject_topic, subject_bytes, message.value)
-            self.bus.publish(self.ip_topic, ip_bytes, message.value)
+                self.bus.publish(self.subject_topic, subject_bytes, message.value, timestamp_ms)
+            self.bus.publish(self.ip_topic, ip_bytes, message.value, timestamp_ms)
         except Exception as exc:  # the bus's, not the record's: rewind to this record and retry it later
             raise Unavailable(f"the keyed views of {self.source} cannot be published to: {exc}") from exc
         self.read += 1

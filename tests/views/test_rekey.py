@@ -29,12 +29,14 @@ class JournalBus(MemoryBus):
         self.fail_flush: BaseException | None = None
         self.fail_publish: dict[str, BaseException] = {}
 
-    def publish(self, topic: str, key: str | bytes | None, value: bytes | None) -> None:
+    def publish(
+        self, topic: str, key: str | bytes | None, value: bytes | None, timestamp_ms: int | None = None
+    ) -> None:
         if topic in self.fail_publish:
             raise self.fail_publish.pop(topic)
         if topic != TOKEN_USAGE:
             self.journal.append(f"publish {topic}")
-        super().publish(topic, key, value)
+        super().publish(topic, key, value, timestamp_ms)
 
     def flush(self, timeout_s: float | None = None) -> None:
         self.journal.append("producer flush")
@@ -76,6 +78,19 @@ def run_to_end(stage: RekeyStage) -> None:
 
 def committed(bus: MemoryBus) -> dict[int, int]:
     return {p: o for (t, p), o in bus._groups[GROUP].committed.items() if t == TOKEN_USAGE}
+
+
+def test_a_view_message_keeps_its_source_messages_time() -> None:
+    """The views carry the source's timestamps, not the stage's clock: a worker rebuilding windows seeks a view by
+    time, and must find there what it would find on the usage topic."""
+    bus = JournalBus()
+    records = usage_stream()[:50]
+    for offset, record in enumerate(records):
+        bus.publish(TOKEN_USAGE, record.bus_key, record.to_json(), timestamp_ms=1_700_000_000_000 + offset)
+    run_to_end(stage_on(bus))
+    source_time = {m.value: m.timestamp_ms for m in read_all(bus, TOKEN_USAGE)}
+    views = read_all(bus, TOKEN_USAGE_BY_SUBJECT) + read_all(bus, TOKEN_USAGE_BY_IP)
+    assert views and all(m.timestamp_ms == source_time[m.value] for m in views)
 
 
 def test_every_event_lands_in_its_views_under_its_keys_bytes_unchanged() -> None:

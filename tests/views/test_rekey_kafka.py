@@ -43,8 +43,9 @@ def foreign_produce(bootstrap: str, topic: str, records: tuple[TokenUsage, ...])
     """What a producer that knows nothing of jwtwatch but the record does: plain kafka-python, the usage topic's key."""
     producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
     try:
-        for record in records:
-            producer.send(topic, key=record.bus_key.encode(), value=record.to_json())
+        an_hour_ago = int(time.time() * 1000) - 3_600_000  # its own times, an hour back: not the stage's clock
+        for index, record in enumerate(records):
+            producer.send(topic, key=record.bus_key.encode(), value=record.to_json(), timestamp_ms=an_hour_ago + index)
         producer.flush(timeout=60)
     finally:
         producer.close(timeout=10)
@@ -84,6 +85,10 @@ def test_a_foreign_producers_stream_reaches_both_views_whole(
     assert (subjects, ips) == expected_counts(records)
     assert set(ids) == {r.event_id for r in records} and set(ids.values()) == {1}
     assert stage.dead_letters == 0
+    # Each view message keeps its source message's time (a rebuild seeks a view by time as it does the topic).
+    source_time = {m.value: m.timestamp_ms for m in read_topic(kafka_bootstrap, source)}
+    views = [m for view in keyed_views(source) for m in read_topic(kafka_bootstrap, view)]
+    assert views and all(m.timestamp_ms == source_time[m.value] for m in views)
 
 
 def test_a_restarted_stage_resumes_from_its_commit_without_losing_events(kafka_bootstrap: str, source: str) -> None:
