@@ -48,30 +48,6 @@ def translated(what: str, *, commit: bool = False) -> Iterator[None]:
         raise KafkaBusError(message) from exc
 
 
-def _bounded(call: Callable[[], object], timeout_s: float, what: str) -> None:
-    """Run a kafka-python call that has no timeout of its own; give up (raise) after ``timeout_s``."""
-    outcome: list[BaseException | None] = []
-
-    def run() -> None:
-        try:
-            call()
-        except BaseException as exc:
-            outcome.append(exc)
-        else:
-            outcome.append(None)
-
-    worker = threading.Thread(target=run, name="jwtwatch-kafka-call", daemon=True)
-    worker.start()
-    worker.join(timeout_s)
-    if not outcome:
-        raise KafkaBusError(f"{what}: no answer from Kafka within {timeout_s:g} s")
-    error = outcome[0]
-    if isinstance(error, KafkaError):
-        raise KafkaBusError(f"{what}: {type(error).__name__}: {error}") from error
-    if error is not None:
-        raise error
-
-
 def bounded(call: Callable[[], object], timeout_s: float, what: str) -> None:
     """Run a kafka-python call that has no timeout of its own; give up (raise) after ``timeout_s``."""
     outcome: list[BaseException | None] = []
