@@ -10,6 +10,13 @@ from bench.broker import reachable as _bootstrap_reachable
 from tests.support.kafka_broker import KAFKA_LOCAL, private_broker, unavailable
 
 
+@pytest.fixture(autouse=True)
+def _no_ambient_passphrase(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A key-store passphrase in the environment of whoever runs the tests must not open (or change) their stores."""
+    monkeypatch.delenv("JWTWATCH_KEYS_PASSPHRASE", raising=False)
+    monkeypatch.delenv("JWTWATCH_KEYS_PASSPHRASE_FILE", raising=False)
+
+
 @pytest.fixture(scope="session")
 def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Bootstrap address ("host:port") of a real Kafka broker.

@@ -19,12 +19,6 @@ from pipeline.keys.signed_jwks import SIGNED_JWKS_FILE, RootKey, publish_signed_
 ISS = "https://issuer.signed.test"
 
 
-@pytest.fixture(autouse=True)
-def _no_ambient_passphrase(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("JWTWATCH_KEYS_PASSPHRASE", raising=False)
-    monkeypatch.delenv("JWTWATCH_KEYS_PASSPHRASE_FILE", raising=False)
-
-
 @pytest.fixture
 def root(tmp_path: Path) -> RootKey:
     return RootKey.init(tmp_path / "root", ISS)

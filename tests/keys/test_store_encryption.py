@@ -19,12 +19,6 @@ PASS = b"correct horse battery staple"
 runner = CliRunner()
 
 
-@pytest.fixture(autouse=True)
-def _no_ambient_passphrase(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("JWTWATCH_KEYS_PASSPHRASE", raising=False)
-    monkeypatch.delenv("JWTWATCH_KEYS_PASSPHRASE_FILE", raising=False)
-
-
 def pem_files(store: KeyStore) -> list[bytes]:
     return [p.read_bytes() for p in sorted((store.path / "private").iterdir())]
 

@@ -12,20 +12,14 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import PlainTextResponse, Response
-from starlette.routing import Route
 
-from pipeline.bus.memory import MemoryBus
 from pipeline.serving.web import metrics_app
-from pipeline.validation import ValidatorConfig
 from pipeline.validation.app import create_validator_app
 from pipeline.validation.service import ValidatorService
-from tests.support.jwtkit import AUDIENCE, ISSUER, Issuer
+from tests.support.alerts import Receiver
+from tests.support.jwtkit import Issuer
 from tests.support.servers import serve_app
-
-ADMIN = "admin-token-for-tests-0123456789"
+from tests.support.validators import ADMIN, validator_service
 
 
 @pytest.fixture(scope="module")
@@ -35,14 +29,8 @@ def issuer() -> Issuer:
 
 @pytest.fixture(scope="module")
 def service(issuer: Issuer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ValidatorService]:
-    service = ValidatorService(
-        ValidatorConfig(issuer=ISSUER, audience=AUDIENCE, jwks=issuer.jwks()),
-        data_dir=tmp_path_factory.mktemp("data"),
-        bus=MemoryBus(),
-        admin_token=ADMIN,
-    )
-    yield service
-    service.close()
+    with validator_service(issuer, tmp_path_factory.mktemp("data")) as service:
+        yield service
 
 
 @pytest.fixture(scope="module")
@@ -143,14 +131,6 @@ def test_a_header_block_over_the_cap_gets_431_and_the_connection_closes(url: str
     assert httpx.get(url + "/healthz", headers={"X-Big": "a" * (MAX_HEADER_BYTES // 2)}).status_code == 200
 
 
-def _counting_app(seen: list[str]) -> Starlette:
-    async def anything(request: Request) -> Response:
-        seen.append(request.url.path)
-        return PlainTextResponse("ok")
-
-    return Starlette(routes=[Route("/{path:path}", anything)])
-
-
 def _protocols() -> list[type]:
     from pipeline.serving.server import GuardedH11Protocol, guarded_protocol
 
@@ -164,10 +144,10 @@ def test_headers_over_the_cap_never_reach_the_app_however_they_arrive(protocol: 
     parsers would otherwise parse it and dispatch the request); one just under the cap is the app's."""
     from pipeline.serving.server import MAX_HEADER_BYTES
 
-    seen: list[str] = []
-    with serve_app(_counting_app(seen), http=protocol) as base:
+    receiver = Receiver()  # records every request that reaches the app
+    with serve_app(receiver.app(), http=protocol) as base:
         for size, expected in ((MAX_HEADER_BYTES + 1024, b"HTTP/1.1 431"), (MAX_HEADER_BYTES - 1024, b"HTTP/1.1 200")):
-            head = b"GET /probe HTTP/1.1\r\nHost: x\r\nX-Big: "
+            head = b"POST /hook/probe HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nX-Big: "
             request = head + b"a" * (size - len(head) - 4) + b"\r\n\r\n"
             with socket.create_connection(_address(base), timeout=10) as sock:
                 with contextlib.suppress(OSError):  # the server may close while we still send
@@ -182,7 +162,7 @@ def test_headers_over_the_cap_never_reach_the_app_however_they_arrive(protocol: 
                             sock.sendall(request[start : start + 16384])
                             time.sleep(0.01)
                 assert sock.recv(64).startswith(expected), (size, split)
-    assert seen == ["/probe"]  # only the request under the cap
+    assert [r.path for r in receiver.requests] == ["/hook/probe"]  # only the request under the cap
 
 
 def test_an_admin_body_that_does_not_arrive_in_time_gets_408(url: str, monkeypatch: pytest.MonkeyPatch) -> None:

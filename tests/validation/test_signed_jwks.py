@@ -37,12 +37,6 @@ AUD = "https://api.signed.test"
 ALGS = ("RS256", "ES256", "EdDSA")
 
 
-@pytest.fixture(autouse=True)
-def _no_ambient_passphrase(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("JWTWATCH_KEYS_PASSPHRASE", raising=False)
-    monkeypatch.delenv("JWTWATCH_KEYS_PASSPHRASE_FILE", raising=False)
-
-
 @pytest.fixture
 def root(tmp_path: Path) -> RootKey:
     return RootKey.init(tmp_path / "root", ISS)

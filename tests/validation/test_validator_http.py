@@ -10,15 +10,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from pipeline.bus.memory import MemoryBus
 from pipeline.serving.web import metrics_app
 from pipeline.validation import ValidatorConfig
 from pipeline.validation.app import create_validator_app
 from pipeline.validation.service import ValidatorService
 from tests.support.jwtkit import AUDIENCE, ISSUER, Issuer
 from tests.support.servers import serve_app
-
-ADMIN = "admin-token-for-tests-0123456789"
+from tests.support.validators import ADMIN, validator_service
 
 
 @pytest.fixture(scope="module")
@@ -28,14 +26,8 @@ def issuer() -> Issuer:
 
 @pytest.fixture(scope="module")
 def service(issuer: Issuer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ValidatorService]:
-    service = ValidatorService(
-        ValidatorConfig(issuer=ISSUER, audience=AUDIENCE, jwks=issuer.jwks()),
-        data_dir=tmp_path_factory.mktemp("data"),
-        bus=MemoryBus(),
-        admin_token=ADMIN,
-    )
-    yield service
-    service.close()
+    with validator_service(issuer, tmp_path_factory.mktemp("data")) as service:
+        yield service
 
 
 @pytest.fixture(scope="module")
