@@ -17,8 +17,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import os
-import platform
 import tempfile
 import threading
 import time
@@ -31,7 +29,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench import broker
-from bench.machine import write_report
+from bench.machine import run_line, write_report
 from pipeline.bus import REVOCATIONS, TOKEN_USAGE, default_topics
 from pipeline.bus.kafka import KafkaBus
 from pipeline.detection.runner import StreamingRunner
@@ -175,10 +173,7 @@ def main() -> None:
         )
         table.add_row("events processed / late", f"{drained['processed']:,} / {drained['late']:,}", "")
     console.print(table)
-    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    console.print(
-        f"{platform.python_version()} · {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} · load average {load}"
-    )
+    console.print(run_line())
     write_report(figures, args.out, to_stdout=False)
 
 

@@ -6,6 +6,7 @@ import datetime as dt
 import json
 import os
 import platform
+import time
 from importlib.metadata import version
 from typing import Any
 
@@ -36,6 +37,12 @@ def environment(*distributions: str) -> dict[str, Any]:
 def machine_line(env: dict[str, Any], *distributions: str) -> str:
     versions = " · ".join(f"{name} {env[name]}" for name in distributions)
     return f"{env['cpus']} CPU(s) {env['cpu_model']} · Python {env['python']} · {versions} · {env['date']}"
+
+
+def run_line() -> str:
+    """Python, the time and the load average now: the footer a benchmark prints under its table."""
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    return f"{platform.python_version()} · {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} · load average {load}"
 
 
 def write_report(report: dict[str, Any], out: str | None, to_stdout: bool) -> None:

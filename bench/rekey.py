@@ -22,8 +22,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib.util
-import os
-import platform
 import tempfile
 import time
 import uuid
@@ -34,7 +32,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench import broker
-from bench.machine import write_report
+from bench.machine import run_line, write_report
 from pipeline.bus import DEAD_LETTER, TOKEN_USAGE, Message, TopicSpec, keyed_views
 from pipeline.bus.checkpoint import CheckpointLoop
 from pipeline.bus.kafka import KafkaBus
@@ -141,10 +139,7 @@ def main() -> None:
         f"{(events + with_subject) / events:.2f} view messages per event; published to the source at "
         f"{published:,.0f} ev/s"
     )
-    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    console.print(
-        f"{platform.python_version()} · {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} · load average {load}"
-    )
+    console.print(run_line())
     write_report(figures, args.out, to_stdout=False)
 
 
